@@ -1,0 +1,43 @@
+// mllm — train, evaluate and inspect multimodal LLMs from YAML recipes.
+// Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
+#include <spdlog/spdlog.h>
+
+#include <iostream>
+#include <map>
+
+#include "cli/commands.h"
+#include "core/error.h"
+#include "core/logging.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"mllm: a C++ training framework for multimodal LLMs (alignment pretraining, "
+               "instruction tuning, preference alignment)"};
+  app.set_version_flag("--version", std::string("mllm ") + MLLM_VERSION);
+  app.require_subcommand(1);
+  std::map<CLI::App*, mllm::cli::Action> actions;
+  auto add = [&](mllm::cli::Action (*f)(CLI::App&)) {
+    const size_t before = app.get_subcommands({}).size();
+    auto action = f(app);
+    actions[app.get_subcommands({})[before]] = action;
+  };
+  add(mllm::cli::add_train_command);
+  add(mllm::cli::add_data_command);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
+  mllm::setup_console_logging();
+  try {
+    for (auto& [sub, action] : actions)
+      if (sub->parsed()) return action();
+  } catch (const mllm::ConfigError& e) {
+    spdlog::error("{}", e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    spdlog::error("{}", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,552 @@
+// YAML <-> typed Config. Each section is described once, in a `describe(Binder&, Section&)` function,
+// and that one description drives reading (with validation), writing the resolved config, and the
+// list of known key paths used for did-you-mean suggestions.
+#include "core/config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <functional>
+#include <set>
+#include <sstream>
+
+#include "core/error.h"
+
+namespace mllm {
+
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    cur[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      const size_t sub = prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1);
+      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, sub});
+    }
+    std::swap(prev, cur);
+  }
+  return prev[b.size()];
+}
+
+std::string Config::where(const std::string& key) const {
+  auto it = origin.find(key);
+  if (it != origin.end()) return it->second + ": " + key;
+  return (source.empty() ? std::string("config") : source) + ": " + key;
+}
+
+std::filesystem::path Config::output_dir() const {
+  return run.output_dir.empty() ? std::filesystem::path("runs") / run.name
+                                : std::filesystem::path(run.output_dir);
+}
+
+namespace {
+
+// Returns an error text for a bad value, or "" when the value is fine.
+template <class T>
+using Check = std::function<std::string(const T&)>;
+
+std::string join(const std::vector<std::string>& v, const std::string& sep) {
+  std::string out;
+  for (size_t i = 0; i < v.size(); ++i) out += (i ? sep : "") + v[i];
+  return out;
+}
+
+std::string closest(const std::string& word, const std::vector<std::string>& candidates) {
+  std::string best;
+  size_t best_d = std::string::npos;
+  for (const auto& c : candidates) {
+    const size_t d = edit_distance(word, c);
+    if (d < best_d) best_d = d, best = c;
+  }
+  const size_t limit = std::max<size_t>(2, word.size() / 3);
+  return best_d <= limit ? best : "";
+}
+
+struct Context {
+  std::string file;
+  std::map<std::string, std::string> overrides;  // key path -> original "--set" argument
+  std::vector<std::string> known_paths;          // all key paths, for suggestions
+  std::map<std::string, std::string>* origin = nullptr;
+};
+
+class Binder {
+ public:
+  enum class Mode { Read, Write, Paths };
+
+  Binder(Mode mode, Context& ctx, std::string prefix, YAML::Node node, YAML::Emitter* out)
+      : mode_(mode), ctx_(ctx), prefix_(std::move(prefix)), node_(node), out_(out) {}
+
+  template <class T>
+  void value(const std::string& key, T& v, Check<T> check = {}) {
+    const std::string path = full(key);
+    if (mode_ == Mode::Paths) return ctx_.known_paths.push_back(path);
+    if (mode_ == Mode::Write) return emit(key, v);
+    used_.insert(key);
+    const YAML::Node n = lookup(key);
+    if (!n) return;  // absent: keep the default
+    record(path, n);
+    parse(path, n, v);
+    if (check) {
+      const std::string problem = check(v);
+      if (!problem.empty()) fail(path, problem);
+    }
+  }
+
+  void choice(const std::string& key, std::string& v, const std::vector<std::string>& options) {
+    value<std::string>(key, v, [&](const std::string& s) -> std::string {
+      if (std::find(options.begin(), options.end(), s) != options.end()) return "";
+      std::string msg = "must be one of " + join(options, ", ") + " (got '" + s + "')";
+      const std::string guess = closest(s, options);
+      if (!guess.empty()) msg += "; did you mean '" + guess + "'?";
+      return msg;
+    });
+  }
+
+  // A path that, when given, must exist. `dir` chooses between a directory and a regular file.
+  void existing_path(const std::string& key, std::string& v, bool dir) {
+    value<std::string>(key, v, [dir](const std::string& p) -> std::string {
+      if (p.empty()) return "";
+      std::error_code ec;
+      if (!std::filesystem::exists(p, ec)) return "not found: " + p;
+      if (dir && !std::filesystem::is_directory(p, ec)) return "not a directory: " + p;
+      if (!dir && std::filesystem::is_directory(p, ec)) return "is a directory, expected a file: " + p;
+      return "";
+    });
+  }
+
+  template <class S>
+  void section(const std::string& key, S& s) {
+    const std::string path = full(key);
+    if (mode_ == Mode::Paths) {
+      Binder sub(mode_, ctx_, path, YAML::Node(), nullptr);
+      describe(sub, s);
+      return;
+    }
+    if (mode_ == Mode::Write) {
+      *out_ << YAML::Key << key << YAML::Value << YAML::BeginMap;
+      Binder sub(mode_, ctx_, path, YAML::Node(), out_);
+      describe(sub, s);
+      *out_ << YAML::EndMap;
+      return;
+    }
+    used_.insert(key);
+    const YAML::Node n = lookup(key);
+    if (!n || n.IsNull()) return;
+    record(path, n);
+    if (!n.IsMap()) fail(path, "expected a mapping of keys, got " + kind(n));
+    Binder sub(mode_, ctx_, path, n, nullptr);
+    describe(sub, s);
+    sub.reject_unknown();
+  }
+
+  // After a section is read: every key present in the YAML must have been consumed.
+  void reject_unknown() {
+    if (mode_ != Mode::Read || !node_ || !node_.IsMap()) return;
+    for (const auto& kv : node_) {
+      const std::string key = kv.first.as<std::string>();
+      if (used_.count(key)) continue;
+      const std::string path = full(key);
+      record(path, kv.first);
+      std::string msg = "unknown key";
+      // Suggest the closest key of this section, else the same key in another section.
+      const std::string head = prefix_.empty() ? "" : prefix_ + ".";
+      std::vector<std::string> siblings;
+      for (const auto& p : ctx_.known_paths)
+        if (p.rfind(head, 0) == 0) siblings.push_back(p.substr(head.size(), p.find('.', head.size()) - head.size()));
+      std::string guess = closest(key, siblings);
+      if (!guess.empty()) guess = head + guess;
+      if (guess.empty()) {  // train.seed -> run.seed
+        for (const auto& p : ctx_.known_paths) {
+          const auto dot = p.rfind('.');
+          if (p.substr(dot == std::string::npos ? 0 : dot + 1) == key) guess = p;
+        }
+      }
+      if (!guess.empty()) msg += " (did you mean " + guess + "?)";
+      fail(path, msg);
+    }
+  }
+
+  [[noreturn]] void fail(const std::string& path, const std::string& msg) const {
+    throw ConfigError(location(path) + ": " + path + ": " + msg);
+  }
+
+ private:
+  std::string full(const std::string& key) const { return prefix_.empty() ? key : prefix_ + "." + key; }
+
+  YAML::Node lookup(const std::string& key) const {
+    if (!node_ || !node_.IsMap()) return YAML::Node(YAML::NodeType::Undefined);
+    for (const auto& kv : node_)
+      if (kv.first.as<std::string>() == key) return kv.second;
+    return YAML::Node(YAML::NodeType::Undefined);
+  }
+
+  std::string location(const std::string& path) const {
+    auto it = ctx_.origin->find(path);
+    return it != ctx_.origin->end() ? it->second : ctx_.file;
+  }
+
+  // Remembers where a key came from, so later errors (cross-field checks, model loading) can cite it.
+  void record(const std::string& path, const YAML::Node& n) {
+    std::string where = ctx_.file;
+    const YAML::Mark m = n.Mark();
+    if (!m.is_null()) where += ":" + std::to_string(m.line + 1);
+    for (std::string p = path;;) {  // an override of this key or of a parent section wins
+      auto it = ctx_.overrides.find(p);
+      if (it != ctx_.overrides.end()) {
+        where = "--set " + it->second;
+        break;
+      }
+      const auto dot = p.rfind('.');
+      if (dot == std::string::npos) break;
+      p = p.substr(0, dot);
+    }
+    (*ctx_.origin)[path] = where;
+  }
+
+  static std::string kind(const YAML::Node& n) {
+    if (n.IsMap()) return "a mapping";
+    if (n.IsSequence()) return "a list";
+    if (n.IsNull()) return "null";
+    return "'" + n.Scalar() + "'";
+  }
+
+  void parse(const std::string& path, const YAML::Node& n, int64_t& v) const {
+    if (!n.IsScalar()) fail(path, "expected an integer, got " + kind(n));
+    const std::string s = n.Scalar();
+    if (s == "auto" && (path == "run.threads")) {
+      v = 0;
+      return;
+    }
+    errno = 0;
+    char* end = nullptr;
+    const long long x = std::strtoll(s.c_str(), &end, 10);
+    if (s.empty() || *end != '\0' || errno == ERANGE)
+      fail(path, "expected an integer, got '" + s + "'");
+    v = x;
+  }
+  void parse(const std::string& path, const YAML::Node& n, double& v) const {
+    if (!n.IsScalar()) fail(path, "expected a number, got " + kind(n));
+    const std::string s = n.Scalar();
+    errno = 0;
+    char* end = nullptr;
+    const double x = std::strtod(s.c_str(), &end);
+    if (s.empty() || *end != '\0' || errno == ERANGE || !std::isfinite(x))
+      fail(path, "expected a number, got '" + s + "'");
+    v = x;
+  }
+  void parse(const std::string& path, const YAML::Node& n, bool& v) const {
+    const std::string s = n.IsScalar() ? n.Scalar() : "";
+    if (s == "true" || s == "True" || s == "yes") v = true;
+    else if (s == "false" || s == "False" || s == "no") v = false;
+    else fail(path, "expected true or false, got " + kind(n));
+  }
+  void parse(const std::string& path, const YAML::Node& n, std::string& v) const {
+    if (n.IsNull()) {
+      v.clear();
+      return;
+    }
+    if (!n.IsScalar()) fail(path, "expected a string, got " + kind(n));
+    v = n.Scalar();
+  }
+  template <class T>
+  void parse(const std::string& path, const YAML::Node& n, std::vector<T>& v) const {
+    if (n.IsNull()) {
+      v.clear();
+      return;
+    }
+    if (!n.IsSequence()) fail(path, "expected a list, got " + kind(n));
+    v.clear();
+    for (size_t i = 0; i < n.size(); ++i) {
+      T x{};
+      parse(path + "[" + std::to_string(i) + "]", n[i], x);
+      v.push_back(x);
+    }
+  }
+
+  template <class T>
+  void emit(const std::string& key, const T& v) {
+    *out_ << YAML::Key << key << YAML::Value;
+    emit_value(v);
+  }
+  void emit_value(const std::string& s) {
+    if (s.empty()) *out_ << YAML::Null;
+    else *out_ << YAML::DoubleQuoted << s;
+  }
+  void emit_value(int64_t x) { *out_ << x; }
+  void emit_value(bool b) { *out_ << (b ? "true" : "false"); }
+  void emit_value(double x) {
+    std::ostringstream ss;
+    ss.precision(17);
+    ss << x;
+    std::string s = ss.str();
+    if (s.find_first_of(".eEn") == std::string::npos) s += ".0";
+    *out_ << s;
+  }
+  template <class T>
+  void emit_value(const std::vector<T>& v) {
+    *out_ << YAML::Flow << YAML::BeginSeq;
+    for (const auto& x : v) emit_value(x);
+    *out_ << YAML::EndSeq;
+  }
+
+  Mode mode_;
+  Context& ctx_;
+  std::string prefix_;
+  YAML::Node node_;
+  YAML::Emitter* out_;
+  std::set<std::string> used_;
+};
+
+// ---- Checks -------------------------------------------------------------------------------------
+
+Check<int64_t> at_least(int64_t lo) {
+  return [lo](const int64_t& v) {
+    return v >= lo ? "" : "must be >= " + std::to_string(lo) + " (got " + std::to_string(v) + ")";
+  };
+}
+Check<double> in_range(double lo, double hi, bool lo_open = false) {
+  return [=](const double& v) -> std::string {
+    if ((lo_open ? v > lo : v >= lo) && v <= hi) return "";
+    std::ostringstream ss;
+    ss << "must be in " << (lo_open ? "(" : "[") << lo << ", " << hi << "] (got " << v << ")";
+    return ss.str();
+  };
+}
+Check<std::vector<double>> of_size(size_t n) {
+  return [n](const std::vector<double>& v) {
+    return v.size() == n ? "" : "expected a list of " + std::to_string(n) + " numbers";
+  };
+}
+
+// ---- Section descriptions -----------------------------------------------------------------------
+
+void describe(Binder& b, RunConfig& c) {
+  b.value("name", c.name, Check<std::string>([](const std::string& s) -> std::string {
+            return s.empty() || s.find('/') != std::string::npos ? "must be a non-empty name without '/'"
+                                                                 : "";
+          }));
+  b.value("output_dir", c.output_dir);
+  b.value("seed", c.seed, at_least(0));
+  b.value("device", c.device, Check<std::string>([](const std::string& s) -> std::string {
+            if (s == "auto" || s == "cpu" || s == "cuda" || s.rfind("cuda:", 0) == 0) return "";
+            return "must be auto, cpu, cuda or cuda:N (got '" + s + "')";
+          }));
+  b.value("threads", c.threads, at_least(0));
+  b.choice("log_level", c.log_level, {"trace", "debug", "info", "warn", "error"});
+}
+
+void describe(Binder& b, VisionConfig& c) {
+  b.choice("type", c.type, {"clip_vit"});
+  b.existing_path("pretrained", c.pretrained, true);
+  b.value("image_size", c.image_size, at_least(1));
+  b.value("patch_size", c.patch_size, at_least(1));
+  b.value("hidden", c.hidden, at_least(1));
+  b.value("layers", c.layers, at_least(1));
+  b.value("heads", c.heads, at_least(1));
+  b.value("intermediate", c.intermediate, at_least(1));
+  b.value("layer_norm_eps", c.layer_norm_eps, in_range(0, 1, true));
+  b.value("feature_layer", c.feature_layer);
+  b.choice("select", c.select, {"patch", "cls_patch"});
+}
+
+void describe(Binder& b, LlmConfig& c) {
+  b.choice("type", c.type, {"llama", "qwen2"});
+  b.existing_path("pretrained", c.pretrained, true);
+  b.value("hidden", c.hidden, at_least(1));
+  b.value("layers", c.layers, at_least(1));
+  b.value("heads", c.heads, at_least(1));
+  b.value("kv_heads", c.kv_heads, at_least(1));
+  b.value("intermediate", c.intermediate, at_least(1));
+  b.value("vocab", c.vocab, at_least(1));
+  b.value("max_position", c.max_position, at_least(1));
+  b.value("rope_theta", c.rope_theta, in_range(0, 1e12, true));
+  b.value("rms_norm_eps", c.rms_norm_eps, in_range(0, 1, true));
+  b.value("tie_word_embeddings", c.tie_word_embeddings);
+}
+
+void describe(Binder& b, ConnectorConfig& c) {
+  b.choice("type", c.type, {"linear", "mlp2x_gelu"});
+}
+
+void describe(Binder& b, ModelConfig& c) {
+  b.section("vision", c.vision);
+  b.section("llm", c.llm);
+  b.section("connector", c.connector);
+  b.existing_path("tokenizer", c.tokenizer, false);
+}
+
+void describe(Binder& b, DataSourceConfig& c) {
+  b.choice("format", c.format, {"llava_json"});
+  b.existing_path("path", c.path, false);
+  b.existing_path("image_root", c.image_root, true);
+  b.value("max_samples", c.max_samples, at_least(0));
+}
+
+void describe(Binder& b, ImageConfig& c) {
+  b.value("size", c.size, at_least(0));
+  b.choice("aspect", c.aspect, {"pad", "resize"});
+  b.value("mean", c.mean, of_size(3));
+  b.value("std", c.std, Check<std::vector<double>>([](const std::vector<double>& v) -> std::string {
+            if (v.size() != 3) return "expected a list of 3 numbers";
+            for (double x : v)
+              if (!(x > 0)) return "every value must be > 0";
+            return "";
+          }));
+}
+
+void describe(Binder& b, DataConfig& c) {
+  b.section("train", c.train);
+  b.section("eval", c.eval);
+  b.choice("template", c.template_name, {"plain", "text"});
+  b.value("max_length", c.max_length, at_least(8));
+  b.section("image", c.image);
+  b.choice("on_bad_record", c.on_bad_record, {"error", "skip"});
+}
+
+void describe(Binder& b, TrainConfig& c) {
+  b.choice("stage", c.stage, {"pretrain"});
+  b.value("trainable", c.trainable);
+  b.value("epochs", c.epochs, at_least(1));
+  b.value("max_steps", c.max_steps, at_least(0));
+  b.value("batch_size", c.batch_size, at_least(1));
+  b.value("grad_accum", c.grad_accum, at_least(1));
+  b.value("lr", c.lr, in_range(0, 10, true));
+  b.value("weight_decay", c.weight_decay, in_range(0, 10));
+  b.value("betas", c.betas, Check<std::vector<double>>([](const std::vector<double>& v) -> std::string {
+            if (v.size() != 2) return "expected a list of 2 numbers";
+            for (double x : v)
+              if (!(x >= 0 && x < 1)) return "each beta must be in [0, 1)";
+            return "";
+          }));
+  b.value("adam_eps", c.adam_eps, in_range(0, 1, true));
+  b.value("warmup_ratio", c.warmup_ratio, in_range(0, 1));
+  b.choice("schedule", c.schedule, {"cosine", "linear", "constant"});
+  b.value("min_lr_ratio", c.min_lr_ratio, in_range(0, 1));
+  b.value("clip_grad_norm", c.clip_grad_norm, in_range(0, 1e9));
+  b.choice("precision", c.precision, {"fp32", "bf16"});
+  b.value("save_every", c.save_every, at_least(0));
+  b.value("keep_last", c.keep_last, at_least(0));
+  b.value("log_every", c.log_every, at_least(1));
+  b.value("eval_every", c.eval_every, at_least(0));
+  b.value("eval_batches", c.eval_batches, at_least(0));
+}
+
+void describe(Binder& b, Config& c) {
+  b.section("run", c.run);
+  b.section("model", c.model);
+  b.section("data", c.data);
+  b.section("train", c.train);
+}
+
+std::vector<std::string> split(const std::string& s, char sep) {
+  std::vector<std::string> out;
+  std::string cur;
+  std::istringstream ss(s);
+  while (std::getline(ss, cur, sep)) out.push_back(cur);
+  return out;
+}
+
+void set_path(YAML::Node node, const std::vector<std::string>& parts, size_t i, const YAML::Node& value) {
+  if (i + 1 == parts.size()) {
+    node[parts[i]] = value;
+    return;
+  }
+  const YAML::Node& cnode = node;
+  if (!cnode[parts[i]] || !cnode[parts[i]].IsMap()) node[parts[i]] = YAML::Node(YAML::NodeType::Map);
+  set_path(node[parts[i]], parts, i + 1, value);
+}
+
+// Relations between fields that no single-field check can see.
+void cross_check(const Config& c, const Binder& b) {
+  const auto& v = c.model.vision;
+  const auto& l = c.model.llm;
+  if (v.hidden % v.heads != 0)
+    b.fail("model.vision.heads", "model.vision.hidden (" + std::to_string(v.hidden) +
+                                     ") must be divisible by the number of heads (" +
+                                     std::to_string(v.heads) + ")");
+  if (v.image_size % v.patch_size != 0)
+    b.fail("model.vision.patch_size", "model.vision.image_size (" + std::to_string(v.image_size) +
+                                          ") must be divisible by the patch size (" +
+                                          std::to_string(v.patch_size) + ")");
+  if (v.feature_layer > v.layers || v.feature_layer < -(v.layers + 1))
+    b.fail("model.vision.feature_layer", "must index one of the " + std::to_string(v.layers + 1) +
+                                             " hidden states (got " + std::to_string(v.feature_layer) +
+                                             ")");
+  if (l.hidden % l.heads != 0 || (l.hidden / l.heads) % 2 != 0)
+    b.fail("model.llm.heads", "model.llm.hidden / heads must be an even integer (rotary embedding)");
+  if (l.heads % l.kv_heads != 0)
+    b.fail("model.llm.kv_heads", "model.llm.heads (" + std::to_string(l.heads) +
+                                     ") must be a multiple of kv_heads (" +
+                                     std::to_string(l.kv_heads) + ")");
+  if (c.data.train.path.empty()) b.fail("data.train.path", "is required");
+  if (c.model.tokenizer.empty()) b.fail("model.tokenizer", "is required");
+}
+
+}  // namespace
+
+Config load_config(const std::filesystem::path& yaml_path, const std::vector<std::string>& overrides) {
+  Config config;
+  config.source = yaml_path.string();
+  Context ctx;
+  ctx.file = yaml_path.string();
+  ctx.origin = &config.origin;
+  {
+    Config defaults;
+    Binder paths(Binder::Mode::Paths, ctx, "", YAML::Node(), nullptr);
+    describe(paths, defaults);
+  }
+
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(yaml_path, ec))
+    throw ConfigError(yaml_path.string() + ": config file not found");
+  YAML::Node root;
+  try {
+    root = YAML::LoadFile(yaml_path.string());
+  } catch (const YAML::Exception& e) {
+    throw ConfigError(yaml_path.string() + ":" + std::to_string(e.mark.line + 1) +
+                      ": invalid YAML: " + e.msg);
+  }
+  if (root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
+  if (!root.IsMap()) throw ConfigError(yaml_path.string() + ": expected a mapping at the top level");
+
+  for (const auto& o : overrides) {
+    const auto eq = o.find('=');
+    if (eq == std::string::npos || eq == 0)
+      throw ConfigError("--set " + o + ": expected key.path=value");
+    const std::string key = o.substr(0, eq);
+    YAML::Node value;
+    try {
+      value = YAML::Load(o.substr(eq + 1));
+    } catch (const YAML::Exception& e) {
+      throw ConfigError("--set " + o + ": cannot parse the value: " + e.msg);
+    }
+    const auto parts = split(key, '.');
+    for (const auto& p : parts)
+      if (p.empty()) throw ConfigError("--set " + o + ": empty component in key path '" + key + "'");
+    set_path(root, parts, 0, value);
+    ctx.overrides[key] = o;
+  }
+
+  Binder reader(Binder::Mode::Read, ctx, "", root, nullptr);
+  describe(reader, config);
+  reader.reject_unknown();
+  cross_check(config, reader);
+  return config;
+}
+
+std::string config_to_yaml(const Config& config) {
+  Context ctx;
+  std::map<std::string, std::string> unused;
+  ctx.origin = &unused;
+  YAML::Emitter out;
+  out << YAML::BeginMap;
+  Binder writer(Binder::Mode::Write, ctx, "", YAML::Node(), &out);
+  describe(writer, const_cast<Config&>(config));
+  out << YAML::EndMap;
+  return std::string(out.c_str()) + "\n";
+}
+
+}  // namespace mllm

@@ -1,0 +1,135 @@
+// The typed configuration of a run: one struct per YAML section (run, model, data, train), each with
+// its defaults. `load_config` reads a recipe, applies `--set key.path=value` overrides, checks every
+// key, type, range and file, and reports the first problem as one ConfigError that names the YAML
+// file and line (or the --set argument) and the key path. No LibTorch here: this header is cheap.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace mllm {
+
+struct RunConfig {
+  std::string name = "run";
+  std::string output_dir;      // default: runs/<name>
+  int64_t seed = 0;
+  std::string device = "auto"; // auto | cpu | cuda | cuda:N
+  int64_t threads = 0;         // 0 = auto (all cores)
+  std::string log_level = "info";
+};
+
+struct VisionConfig {
+  std::string type = "clip_vit";
+  std::string pretrained;  // HF folder, or empty for random init from run.seed
+  int64_t image_size = 64;
+  int64_t patch_size = 8;
+  int64_t hidden = 64;
+  int64_t layers = 3;
+  int64_t heads = 4;
+  int64_t intermediate = 256;
+  double layer_norm_eps = 1e-5;
+  int64_t feature_layer = -2;   // index into hidden_states (0 = embeddings), negative from the end
+  std::string select = "patch"; // patch | cls_patch
+};
+
+struct LlmConfig {
+  std::string type = "llama";  // llama | qwen2
+  std::string pretrained;      // HF folder or a run's final/ folder; its config.json wins
+  int64_t hidden = 128;
+  int64_t layers = 4;
+  int64_t heads = 4;
+  int64_t kv_heads = 4;
+  int64_t intermediate = 352;
+  int64_t vocab = 128;
+  int64_t max_position = 2048;
+  double rope_theta = 10000.0;
+  double rms_norm_eps = 1e-6;
+  bool tie_word_embeddings = false;
+};
+
+struct ConnectorConfig {
+  std::string type = "mlp2x_gelu";
+};
+
+struct ModelConfig {
+  VisionConfig vision;
+  LlmConfig llm;
+  ConnectorConfig connector;
+  std::string tokenizer;  // tokenizer.json
+};
+
+struct DataSourceConfig {
+  std::string format = "llava_json";
+  std::string path;        // empty = none (only allowed for data.eval)
+  std::string image_root;  // folder that record "image" paths are relative to
+  int64_t max_samples = 0; // 0 = all
+};
+
+struct ImageConfig {
+  int64_t size = 0;            // 0 = model.vision.image_size
+  std::string aspect = "pad";  // pad | resize
+  std::vector<double> mean = {0.48145466, 0.4578275, 0.40821073};  // CLIP's
+  std::vector<double> std = {0.26862954, 0.26130258, 0.27577711};
+};
+
+struct DataConfig {
+  DataSourceConfig train;
+  DataSourceConfig eval;
+  std::string template_name = "plain";  // YAML key: template. plain | text
+  int64_t max_length = 512;
+  ImageConfig image;
+  std::string on_bad_record = "error";  // error | skip
+};
+
+struct TrainConfig {
+  std::string stage = "pretrain";  // pretrain (the LM objective); instruct and dpo arrive later
+  std::vector<std::string> trainable;
+  int64_t epochs = 1;
+  int64_t max_steps = 0;  // 0 = bounded by epochs
+  int64_t batch_size = 16;
+  int64_t grad_accum = 1;
+  double lr = 1e-3;
+  double weight_decay = 0.0;
+  std::vector<double> betas = {0.9, 0.999};
+  double adam_eps = 1e-8;
+  double warmup_ratio = 0.03;
+  std::string schedule = "cosine";  // cosine | linear | constant
+  double min_lr_ratio = 0.0;
+  double clip_grad_norm = 1.0;  // 0 = off
+  std::string precision = "fp32";  // fp32 | bf16
+  int64_t save_every = 0;  // 0 = only the final weights
+  int64_t keep_last = 2;   // 0 = keep all
+  int64_t log_every = 10;
+  int64_t eval_every = 0;  // 0 = only at the start and the end
+  int64_t eval_batches = 0;  // 0 = the whole eval set
+};
+
+struct Config {
+  RunConfig run;
+  ModelConfig model;
+  DataConfig data;
+  TrainConfig train;
+
+  std::string source;                          // the YAML file it came from
+  std::map<std::string, std::string> origin;   // key path -> "file.yaml:LINE" or "--set key=..."
+
+  // "configs/x.yaml:12: model.llm.pretrained" — the prefix for an error about `key`.
+  std::string where(const std::string& key) const;
+  std::filesystem::path output_dir() const;
+};
+
+// Reads `yaml_path`, applies overrides ("a.b=value", the value parsed as YAML), validates.
+// Throws ConfigError naming the file/line or override and the key path.
+Config load_config(const std::filesystem::path& yaml_path,
+                   const std::vector<std::string>& overrides = {});
+
+// Every field with its effective value, as YAML that load_config reads back to the same Config.
+std::string config_to_yaml(const Config& config);
+
+// Levenshtein distance, for did-you-mean suggestions.
+size_t edit_distance(const std::string& a, const std::string& b);
+
+}  // namespace mllm

@@ -1,0 +1,22 @@
+// Errors the user can act on. Every message names what went wrong and where: the file, the key path
+// or the line. The CLI maps ConfigError (and usage errors) to exit code 2, everything else to 1.
+#pragma once
+
+#include <stdexcept>
+#include <string>
+
+namespace mllm {
+
+// A runtime failure: missing file, corrupt image, malformed safetensors, diverged run.
+class Error : public std::runtime_error {
+ public:
+  explicit Error(const std::string& what) : std::runtime_error(what) {}
+};
+
+// The user's recipe or command line is wrong: unknown key, wrong type, value out of range.
+class ConfigError : public Error {
+ public:
+  explicit ConfigError(const std::string& what) : Error(what) {}
+};
+
+}  // namespace mllm

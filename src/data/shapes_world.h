@@ -1,0 +1,97 @@
+// ShapesWorld: the embedded synthetic dataset. Each image is a muted background with 1-3 filled
+// shapes (kind, colour, size, cell of a 3x3 grid); from the same scene come a caption, instruction
+// questions with answers, and preference pairs whose rejected answer hallucinates (wrong colour,
+// shape, size, count or position, or an object that is not there). Small enough that a tiny
+// multimodal model visibly learns it on a CPU in minutes.
+//
+// Everything is a deterministic function of the seed (only mllm::Rng, no std:: distributions, no
+// unordered containers): the same seed gives byte-identical files. The vocabulary is fixed and does
+// not depend on the seed; the generator throws if any text it writes leaves it. This file is not a
+// loader: the output is plain LLaVA JSON read by data/datasets.h like any other dataset.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <opencv2/core.hpp>
+
+#include "core/rng.h"
+
+namespace mllm::data {
+
+// Sizes of the fixed tables; a Scene stores indices into them.
+inline constexpr int kShapeKinds = 5;    // circle, square, triangle, diamond, star
+inline constexpr int kShapeColours = 7;  // red, green, blue, yellow, purple, orange, white
+inline constexpr int kShapeSizes = 2;    // small, large
+inline constexpr int kGridCells = 9;     // 3x3, row-major from "top left" to "bottom right"
+inline constexpr int kBackgrounds = 4;   // dark gray, navy, dark green, dark brown (never named)
+
+const char* shape_kind_name(int kind);
+const char* shape_colour_name(int colour);
+const char* shape_size_name(int size);
+const char* grid_cell_name(int cell);  // "top left", "top", ..., "center", ..., "bottom right"
+cv::Vec3b shape_colour_bgr(int colour);
+cv::Vec3b background_bgr(int background);
+
+struct ShapeSpec {
+  int kind = 0;
+  int colour = 0;
+  int size = 0;  // 0 small (~0.45 of a cell), 1 large (~0.8 of a cell)
+  int cell = 0;
+  // Offset of the centre inside the cell's free room, in [-1, 1] (resolution-independent, so one
+  // scene renders the same at every image size); the shape never leaves its cell.
+  double jitter_x = 0.0, jitter_y = 0.0;
+};
+
+// Shapes are sorted by cell (row-major), distinct cells, distinct (colour, kind) pairs.
+struct Scene {
+  int background = 0;
+  std::vector<ShapeSpec> shapes;
+};
+
+Scene sample_scene(mllm::Rng& rng);
+
+// The shape's centre in pixel coordinates (pixel centres at integers) for an image_size^2 image.
+cv::Point2d shape_centre(const ShapeSpec& shape, int image_size);
+
+// (S,S) CV_8UC3 BGR image, S = image_size; shapes filled and anti-aliased.
+cv::Mat render_scene(const Scene& scene, int image_size);
+
+// "a large red circle at the top left and a small blue star at the bottom right." Shapes in cell
+// order, so the caption is a function of the scene; the centre cell reads "in the center".
+std::string scene_caption(const Scene& scene);
+
+// Every word and punctuation token the generator can emit (split by \w+|[^\w\s]+), sorted by
+// std::string order, special tokens excluded. Independent of seed and counts.
+std::vector<std::string> shapes_world_vocabulary();
+
+// A Hugging Face tokenizer.json: WordLevel over <pad> <s> </s> <unk> <image> (ids 0-4) followed by
+// shapes_world_vocabulary() (ids 5..), Lowercase normalizer, Whitespace pre-tokenizer.
+std::string shapes_world_tokenizer_json();
+
+struct ShapesWorldOptions {
+  uint64_t seed = 0;
+  int64_t train = 2000;  // images in the train split
+  int64_t val = 200;     // images in the val split
+  int image_size = 64;
+};
+
+struct ShapesWorldSummary {
+  int64_t train_images = 0, val_images = 0;
+  int64_t instruct_records = 0, preference_records = 0;  // both splits together
+};
+
+// Writes into out_dir (created if missing):
+//   images/{train,val}/NNNNNN.png
+//   captions_{train,val}.json, instruct_{train,val}.json   LLaVA records, image paths relative to
+//   images/ preference_{train,val}.json   [{"id", "image", "prompt", "chosen", "rejected"}]
+//   tokenizer.json, info.json
+// Train and val use independent seeds derived from options.seed, so the val set does not change
+// with
+// --train. Throws Error("shapes: --<option> ...") for invalid options.
+ShapesWorldSummary generate_shapes_world(const std::filesystem::path& out_dir,
+                                         const ShapesWorldOptions& options);
+
+}  // namespace mllm::data

@@ -1,0 +1,102 @@
+#include "data/tokenizer/tokenizer.h"
+
+#include <algorithm>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "core/fs.h"
+
+namespace mllm {
+
+std::unique_ptr<Tokenizer> make_wordlevel_tokenizer(const std::filesystem::path& path,
+                                                    const nlohmann::json& j);
+
+std::vector<int64_t> Tokenizer::encode(const std::string& text) const {
+  // Split on added tokens, leftmost match first and the longest at a position.
+  std::vector<int64_t> ids;
+  size_t start = 0, pos = 0;
+  while (pos < text.size()) {
+    const AddedToken* match = nullptr;
+    for (const auto& a : added_)
+      if (text.compare(pos, a.content.size(), a.content) == 0 &&
+          (!match || a.content.size() > match->content.size()))
+        match = &a;
+    if (!match) {
+      ++pos;
+      continue;
+    }
+    if (pos > start) {
+      auto seg = encode_segment(text.substr(start, pos - start));
+      ids.insert(ids.end(), seg.begin(), seg.end());
+    }
+    ids.push_back(match->id);
+    pos += match->content.size();
+    start = pos;
+  }
+  if (start < text.size()) {
+    auto seg = encode_segment(text.substr(start));
+    ids.insert(ids.end(), seg.begin(), seg.end());
+  }
+  return ids;
+}
+
+std::string Tokenizer::decode(const std::vector<int64_t>& ids, bool skip_special) const {
+  std::vector<std::string> tokens;
+  for (int64_t id : ids) {
+    if (skip_special && std::any_of(added_.begin(), added_.end(),
+                                    [&](const AddedToken& a) { return a.id == id && a.special; }))
+      continue;
+    tokens.push_back(id_to_token(id));
+  }
+  return join_tokens(tokens);
+}
+
+int64_t Tokenizer::vocab_size() const {
+  return id_to_token_.empty() ? 0 : id_to_token_.rbegin()->first + 1;
+}
+
+std::optional<int64_t> Tokenizer::token_to_id(const std::string& token) const {
+  auto it = vocab_.find(token);
+  if (it == vocab_.end()) return std::nullopt;
+  return it->second;
+}
+
+std::string Tokenizer::id_to_token(int64_t id) const {
+  auto it = id_to_token_.find(id);
+  if (it == id_to_token_.end())
+    throw Error("[Tokenizer::id_to_token] id " + std::to_string(id) + " is not in the vocabulary of " +
+                path_.string());
+  return it->second;
+}
+
+void Tokenizer::finish_setup() {
+  for (const auto& a : added_) vocab_[a.content] = a.id;
+  for (const auto& kv : vocab_) id_to_token_[kv.second] = kv.first;
+  auto find_any = [&](std::initializer_list<const char*> names) -> int64_t {
+    for (const char* n : names)
+      if (auto id = token_to_id(n)) return *id;
+    return -1;
+  };
+  bos_id_ = find_any({"<s>", "<|begin_of_text|>", "<bos>"});
+  eos_id_ = find_any({"</s>", "<|end_of_text|>", "<|endoftext|>", "<eos>"});
+  pad_id_ = find_any({"<pad>", "<|pad|>", "<unk>"});
+  image_id_ = find_any({"<image>"});
+}
+
+std::unique_ptr<Tokenizer> load_tokenizer(const std::filesystem::path& path) {
+  const std::string text = read_file(path);
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::parse_error& e) {
+    throw Error(path.string() + ": not valid JSON (" + e.what() + ")");
+  }
+  if (!j.is_object() || !j.contains("model") || !j["model"].is_object())
+    throw Error(path.string() + ": not a tokenizer.json (no \"model\" object)");
+  const std::string type = j["model"].value("type", "");
+  if (type == "WordLevel") return make_wordlevel_tokenizer(path, j);
+  throw Error(path.string() + ": model.type '" + type + "' is not supported yet (supported: WordLevel)");
+}
+
+}  // namespace mllm

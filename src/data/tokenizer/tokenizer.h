@@ -1,0 +1,62 @@
+// Tokenizers read from Hugging Face `tokenizer.json` files. The base class handles what every model
+// type shares — added tokens (special tokens such as <s> and <image> are matched verbatim before the
+// model sees the text) and id <-> token lookup — and each model type (WordLevel here; BPE and
+// SentencePiece later) implements `encode_segment` for the text between added tokens.
+// Reference: huggingface/tokenizers, tokenizers/src/tokenizer/added_vocabulary.rs.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace mllm {
+
+class Tokenizer {
+ public:
+  virtual ~Tokenizer() = default;
+
+  // Text -> ids. No BOS/EOS are added: templates place them explicitly.
+  std::vector<int64_t> encode(const std::string& text) const;
+  // Ids -> text; special added tokens are dropped when skip_special.
+  std::string decode(const std::vector<int64_t>& ids, bool skip_special = true) const;
+
+  int64_t vocab_size() const;  // one past the largest id
+  std::optional<int64_t> token_to_id(const std::string& token) const;
+  std::string id_to_token(int64_t id) const;
+
+  // Ids of well-known tokens, -1 when the vocabulary has none.
+  int64_t bos_id() const { return bos_id_; }
+  int64_t eos_id() const { return eos_id_; }
+  int64_t pad_id() const { return pad_id_; }
+  int64_t image_id() const { return image_id_; }
+  const std::filesystem::path& path() const { return path_; }
+
+ protected:
+  struct AddedToken {
+    std::string content;
+    int64_t id;
+    bool special;
+  };
+  // Encodes text that contains no added token.
+  virtual std::vector<int64_t> encode_segment(const std::string& text) const = 0;
+  // Joins decoded pieces (model-specific: WordLevel joins with spaces).
+  virtual std::string join_tokens(const std::vector<std::string>& tokens) const = 0;
+
+  // Called by subclasses once vocab_ and added_ are filled: fills the reverse map and special ids.
+  void finish_setup();
+
+  std::filesystem::path path_;
+  std::map<std::string, int64_t> vocab_;  // model vocabulary plus added tokens
+  std::vector<AddedToken> added_;
+  std::map<int64_t, std::string> id_to_token_;
+  int64_t bos_id_ = -1, eos_id_ = -1, pad_id_ = -1, image_id_ = -1;
+};
+
+// Loads a tokenizer.json; throws Error naming the file and the offending field.
+std::unique_ptr<Tokenizer> load_tokenizer(const std::filesystem::path& path);
+
+}  // namespace mllm

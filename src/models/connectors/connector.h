@@ -1,0 +1,43 @@
+// Connectors map vision features into the LLM. A token-level connector turns (N,P,Cv) image
+// features into (N,Q,C) tokens that replace the <image> placeholders in the text embeddings.
+// Each design lives in its own file and registers itself by name in registry.cpp; parameter
+// names are relative to `multi_modal_projector.` (HF's llava names where HF has them).
+#pragma once
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+
+#include <torch/torch.h>
+
+#include "core/config.h"
+
+namespace mllm {
+
+struct ConnectorSpec {
+  int64_t vision_hidden;  // Cv
+  int64_t llm_hidden;     // C
+  int64_t input_tokens;   // P, tokens per image coming from the encoder
+  ConnectorConfig config;
+};
+
+class Connector : public torch::nn::Module {
+ public:
+  // features (N,P,Cv) -> (N,Q,C)
+  virtual torch::Tensor forward(const torch::Tensor& features) = 0;
+  // Q: tokens per image this connector emits (how many placeholders an <image> expands to).
+  virtual int64_t output_tokens() const = 0;
+};
+
+using ConnectorFactory = std::function<std::shared_ptr<Connector>(const ConnectorSpec&)>;
+
+// Builds the connector named spec.config.type; throws ConfigError listing the known names.
+std::shared_ptr<Connector> make_connector(const ConnectorSpec& spec);
+std::vector<std::string> connector_names();
+
+// One line per design, defined next to each connector.
+std::shared_ptr<Connector> make_linear_connector(const ConnectorSpec& spec);
+std::shared_ptr<Connector> make_mlp2x_gelu_connector(const ConnectorSpec& spec);
+
+}  // namespace mllm

@@ -1,0 +1,59 @@
+// The multimodal model: vision tower -> connector -> LLM, with the module tree laid out as
+// transformers' LlavaForConditionalGeneration so named_parameters() are llava-hf checkpoint keys:
+// vision_tower.vision_model.*, multi_modal_projector.*, language_model.model.*, language_model.lm_head.
+//
+// The text has already been tokenized with every <image> expanded into Q placeholder ids (Q =
+// connector->output_tokens()); forward() replaces exactly those positions with the connector's
+// output, in order, and fails if the counts differ.
+#pragma once
+
+#include <torch/torch.h>
+
+#include "core/config.h"
+#include "models/connectors/connector.h"
+#include "models/llm/llama.h"
+#include "models/vision/clip_vit.h"
+
+namespace mllm {
+
+class MultimodalModelImpl : public torch::nn::Module {
+ public:
+  // `image_token_id` is the tokenizer's placeholder id for image positions.
+  MultimodalModelImpl(const ModelConfig& config, int64_t image_token_id);
+
+  // Text embeddings with image features spliced in. input_ids (B,T); pixel_values (N,3,H,W) with N
+  // the number of <image> occurrences in the batch (may be 0 / undefined). Returns (B,T,C).
+  torch::Tensor embed(const torch::Tensor& input_ids, const torch::Tensor& pixel_values);
+
+  // Hidden states after the LLM's final norm, (B,T,C). attention_mask (B,T) may be undefined.
+  torch::Tensor forward(const torch::Tensor& input_ids, const torch::Tensor& pixel_values,
+                        const torch::Tensor& attention_mask = {});
+
+  // (...,C) -> (...,V)
+  torch::Tensor logits(const torch::Tensor& hidden) { return language_model->logits(hidden); }
+
+  // Q: placeholder tokens per image.
+  int64_t image_tokens() const { return connector->output_tokens(); }
+  int64_t image_token_id() const { return image_token_id_; }
+  const ModelConfig& config() const { return config_; }
+
+  // Whether gradients must flow into the vision tower (any of its parameters trainable). When not,
+  // the tower runs in inference mode without building a graph.
+  bool vision_trainable() const;
+
+  ClipVisionModel vision_tower{nullptr};
+  std::shared_ptr<Connector> connector;  // registered as "multi_modal_projector"
+  LlamaForCausalLM language_model{nullptr};
+
+ private:
+  ModelConfig config_;
+  int64_t image_token_id_;
+};
+TORCH_MODULE(MultimodalModel);
+
+// Splices image tokens into text embeddings: every position where `is_image` (B,T) is true takes the
+// next row of `image_tokens` (N*Q,C), in row-major order. Out of place; gradients reach both inputs.
+torch::Tensor splice_image_tokens(const torch::Tensor& text_embeds, const torch::Tensor& is_image,
+                                  const torch::Tensor& image_tokens);
+
+}  // namespace mllm

@@ -1,0 +1,49 @@
+#include "train/freeze.h"
+
+#include "core/error.h"
+
+namespace mllm {
+
+bool glob_match(const std::string& p, const std::string& s) {
+  // Iterative wildcard matching with backtracking to the last '*'.
+  size_t i = 0, j = 0, star = std::string::npos, mark = 0;
+  while (j < s.size()) {
+    if (i < p.size() && (p[i] == '?' || p[i] == s[j])) {
+      ++i, ++j;
+    } else if (i < p.size() && p[i] == '*') {
+      star = i++, mark = j;
+    } else if (star != std::string::npos) {
+      i = star + 1, j = ++mark;
+    } else {
+      return false;
+    }
+  }
+  while (i < p.size() && p[i] == '*') ++i;
+  return i == p.size();
+}
+
+std::vector<std::string> apply_trainable(torch::nn::Module& module, const Config& config) {
+  const auto& globs = config.train.trainable;
+  std::vector<bool> used(globs.size(), false);
+  std::vector<std::string> trainable;
+  for (auto& item : module.named_parameters(true)) {
+    bool on = false;
+    for (size_t g = 0; g < globs.size(); ++g)
+      if (glob_match(globs[g], item.key())) on = true, used[g] = true;
+    item.value().set_requires_grad(on);
+    if (on) trainable.push_back(item.key());
+  }
+  for (size_t g = 0; g < globs.size(); ++g) {
+    if (used[g]) continue;
+    // Suggest the top-level parts, the usual thing to glob on.
+    throw ConfigError(config.where("train.trainable") + "[" + std::to_string(g) + "]: '" + globs[g] +
+                      "' matches no parameter (top-level parts: vision_tower.*, multi_modal_projector.*, "
+                      "language_model.*; `mllm` parameter names are HF keys)");
+  }
+  if (trainable.empty())
+    throw ConfigError(config.where("train.trainable") + ": no parameter is trainable (list globs such as "
+                      "multi_modal_projector.*)");
+  return trainable;
+}
+
+}  // namespace mllm

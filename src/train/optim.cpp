@@ -1,0 +1,39 @@
+#include "train/optim.h"
+
+#include <cmath>
+
+namespace mllm {
+
+std::unique_ptr<torch::optim::AdamW> make_optimizer(torch::nn::Module& module, const TrainConfig& t) {
+  std::vector<torch::Tensor> decay, no_decay;
+  for (const auto& p : module.parameters(true)) {
+    if (!p.requires_grad()) continue;
+    (p.dim() >= 2 ? decay : no_decay).push_back(p);
+  }
+  auto options = [&](double wd) {
+    return std::make_unique<torch::optim::AdamWOptions>(torch::optim::AdamWOptions(t.lr)
+                                                            .betas({t.betas[0], t.betas[1]})
+                                                            .eps(t.adam_eps)
+                                                            .weight_decay(wd));
+  };
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  groups.emplace_back(decay, options(t.weight_decay));
+  groups.emplace_back(no_decay, options(0.0));
+  return std::make_unique<torch::optim::AdamW>(groups, torch::optim::AdamWOptions(t.lr));
+}
+
+double lr_at(const TrainConfig& t, int64_t step, int64_t total) {
+  const auto warmup = static_cast<int64_t>(std::ceil(t.warmup_ratio * static_cast<double>(total)));
+  if (step < warmup) return t.lr * static_cast<double>(step) / static_cast<double>(std::max<int64_t>(1, warmup));
+  if (t.schedule == "constant") return t.lr;
+  const double progress = std::min(
+      1.0, static_cast<double>(step - warmup) / static_cast<double>(std::max<int64_t>(1, total - warmup)));
+  const double decay = t.schedule == "cosine" ? 0.5 * (1.0 + std::cos(M_PI * progress)) : 1.0 - progress;
+  return t.lr * (t.min_lr_ratio + (1.0 - t.min_lr_ratio) * decay);
+}
+
+void set_lr(torch::optim::Optimizer& optimizer, double lr) {
+  for (auto& g : optimizer.param_groups()) g.options().set_lr(lr);
+}
+
+}  // namespace mllm

@@ -1,0 +1,257 @@
+#include "train/trainer.h"
+
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+
+#include "core/error.h"
+#include "core/fs.h"
+#include "core/logging.h"
+#include "core/threads.h"
+#include "core/torch_compat.h"
+#include "data/collator.h"
+#include "data/datasets.h"
+#include "data/image_transform.h"
+#include "data/sampler.h"
+#include "models/factory.h"
+#include "models/hf/config_json.h"
+#include "models/hf/weights.h"
+#include "train/checkpoint.h"
+#include "train/freeze.h"
+#include "train/metrics_sink.h"
+#include "train/objectives.h"
+#include "train/optim.h"
+
+namespace mllm {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+// Mean of the objective over (up to max_batches batches of) a dataset, in order, without gradients.
+double evaluate(MultimodalModelImpl& model, Objective& objective, const ConversationDataset& data,
+                const ImageTransform& transform, int64_t pad_id, int64_t batch_size, int64_t max_batches,
+                const torch::Device& device, bool bf16) {
+  torch::NoGradGuard no_grad;
+  model.eval();
+  double sum = 0;
+  int64_t weight = 0, batches = 0;
+  for (size_t i = 0; i < data.size(); i += static_cast<size_t>(batch_size)) {
+    if (max_batches > 0 && batches++ >= max_batches) break;
+    std::vector<const Sample*> samples;
+    for (size_t k = i; k < std::min(data.size(), i + static_cast<size_t>(batch_size)); ++k)
+      samples.push_back(&data[k]);
+    const Batch batch = collate(samples, transform, pad_id).to(device);
+    AutocastScope autocast(bf16, device.type(), torch::kBFloat16);
+    const auto out = objective.forward(model, batch);
+    sum += out.loss_sum.item<double>();
+    weight += out.weight;
+  }
+  model.train();
+  return weight > 0 ? sum / static_cast<double>(weight) : 0.0;
+}
+
+// Refuses to start a fresh run over an earlier one's results.
+void check_fresh_output(const Config& config, const fs::path& out) {
+  const bool has_ckpt = fs::is_directory(out / "checkpoints") && !fs::is_empty(out / "checkpoints");
+  if (has_ckpt || fs::exists(out / "final"))
+    throw ConfigError(config.where("run.output_dir") + ": " + out.string() +
+                      " already holds a run (checkpoints/ or final/); pass --resume auto to continue it, "
+                      "or choose another run.output_dir");
+}
+
+void write_final(const fs::path& out, MultimodalModelImpl& model, const Config& config) {
+  const fs::path final_dir = out / "final";
+  const fs::path tmp = out / ".tmp-final";
+  fs::remove_all(tmp);
+  fs::create_directories(tmp);
+  save_safetensors(tmp / "model.safetensors", named_parameters(model), {{"format", "pt"}});
+  write_file_atomic(tmp / "config.json",
+                    llava_config_json(config.model, model.image_token_id()).dump(2) + "\n");
+  write_file_atomic(tmp / "tokenizer.json", read_file(config.model.tokenizer));
+  fsync_path(tmp);
+  if (fs::exists(final_dir)) fs::remove_all(final_dir);
+  rename_durable(tmp, final_dir);
+}
+
+}  // namespace
+
+TrainSummary train(Config config, const TrainOptions& options) {
+  const fs::path out = config.output_dir();
+  const fs::path ckpt_root = out / "checkpoints";
+  std::optional<fs::path> resume_from;
+  if (options.resume == "auto") {
+    resume_from = find_latest_checkpoint(ckpt_root);
+    if (!resume_from) check_fresh_output(config, out);
+  } else if (options.resume != "none" && !options.resume.empty()) {
+    resume_from = fs::path(options.resume);
+    if (!fs::is_directory(*resume_from)) throw ConfigError("--resume: " + options.resume + ": not a directory");
+  } else {
+    check_fresh_output(config, out);
+  }
+  fs::create_directories(out);
+  add_log_file(out / "train.log");
+
+  const int threads = configure_threads(config.run.threads);
+  const torch::Device device = select_device(config.run.device);
+  const bool bf16 = config.train.precision == "bf16";
+  spdlog::info("run {} -> {} ({} on {}, {} threads)", config.run.name, out.string(),
+               config.train.precision, device.str(), threads);
+
+  const auto tokenizer = load_tokenizer(config.model.tokenizer);
+  MultimodalModel model = build_model(config, *tokenizer);
+  model->to(device);
+  write_file_atomic(out / "config.yaml", config_to_yaml(config));
+
+  const auto trainable = apply_trainable(*model, config);
+  int64_t n_trainable = 0, n_total = 0;
+  for (const auto& p : model->parameters()) {
+    n_total += p.numel();
+    if (p.requires_grad()) n_trainable += p.numel();
+  }
+  spdlog::info("parameters: {} trainable of {} ({} tensors trainable)", n_trainable, n_total, trainable.size());
+
+  auto optimizer = make_optimizer(*model, config.train);
+  auto objective = make_objective(config.train);
+
+  const int64_t Q = model->image_tokens();
+  ConversationDataset train_data(config.data.train, config.data, *tokenizer, Q, "data.train");
+  std::optional<ConversationDataset> eval_data;
+  if (!config.data.eval.path.empty())
+    eval_data.emplace(config.data.eval, config.data, *tokenizer, Q, "data.eval");
+  const int64_t image_size = config.data.image.size > 0 ? config.data.image.size : config.model.vision.image_size;
+  const ImageTransform transform(image_size, config.data.image);
+  const int64_t pad_id = tokenizer->pad_id() >= 0 ? tokenizer->pad_id() : 0;
+  const bool skip_bad = config.data.on_bad_record == "skip";
+
+  const auto& tc = config.train;
+  const int64_t per_step = tc.batch_size * tc.grad_accum;
+  const auto N = static_cast<int64_t>(train_data.size());
+  const int64_t steps_per_epoch = N / per_step;
+  if (steps_per_epoch == 0)
+    throw ConfigError(config.where("train.batch_size") + ": " + config.data.train.path + " has " +
+                      std::to_string(N) + " samples, fewer than batch_size*grad_accum = " +
+                      std::to_string(per_step));
+  const int64_t total = tc.max_steps > 0 ? tc.max_steps : tc.epochs * steps_per_epoch;
+  spdlog::info("data: {} train samples ({} steps/epoch of {}), {} eval samples; {} steps", N, steps_per_epoch,
+               per_step, eval_data ? eval_data->size() : 0, total);
+
+  TrainerState state;
+  state.total_steps = total;
+  if (resume_from) {
+    state = load_checkpoint(*resume_from, *model, *optimizer);
+    if (state.total_steps != total)
+      spdlog::warn("the checkpoint was written for {} steps, this run has {}: the schedule changes",
+                   state.total_steps, total);
+    state.total_steps = total;
+    spdlog::info("resumed from {} at step {} (epoch {}, sample {})", resume_from->string(), state.step,
+                 state.epoch, state.position);
+  }
+
+  MetricsSink metrics(out / "metrics.jsonl");
+  TrainSummary summary;
+  summary.output_dir = out;
+  auto run_eval = [&](const char* when) {
+    if (!eval_data) return;
+    const double loss = evaluate(*model, *objective, *eval_data, transform, pad_id, tc.batch_size,
+                                 tc.eval_batches, device, bf16);
+    if (!summary.first_eval_loss) summary.first_eval_loss = loss;
+    summary.last_eval_loss = loss;
+    metrics.write({{"step", state.step}, {"eval_loss", loss}});
+    spdlog::info("eval ({}) step {}: held-out loss {:.4f}", when, state.step, loss);
+  };
+  if (!resume_from) run_eval("start");
+
+  EpochSampler sampler(N, static_cast<uint64_t>(config.run.seed));
+  std::vector<int64_t> order = sampler.order(state.epoch);
+  const auto loop_start = Clock::now();
+  auto interval_start = Clock::now();
+  int64_t interval_tokens = 0, steps_here = 0, dropped = 0;
+  model->train();
+
+  while (state.step < total) {
+    if (options.stop_after > 0 && steps_here >= options.stop_after) break;
+    if (state.position + per_step > N) {
+      ++state.epoch;
+      state.position = 0;
+      order = sampler.order(state.epoch);
+    }
+    state.lr = lr_at(tc, state.step, total);
+    set_lr(*optimizer, state.lr);
+    optimizer->zero_grad();
+
+    std::vector<Batch> micro;
+    for (int64_t m = 0; m < tc.grad_accum; ++m) {
+      std::vector<const Sample*> samples;
+      for (int64_t k = 0; k < tc.batch_size; ++k)
+        samples.push_back(&train_data[static_cast<size_t>(order[static_cast<size_t>(state.position + m * tc.batch_size + k)])]);
+      micro.push_back(collate(samples, transform, pad_id, skip_bad, &dropped).to(device));
+    }
+    int64_t weight = 0;
+    for (const auto& b : micro) weight += objective->weight(b);
+    double loss_sum = 0;
+    for (const auto& b : micro) {
+      ObjectiveOutput o;
+      {
+        AutocastScope autocast(bf16, device.type(), torch::kBFloat16);
+        o = objective->forward(*model, b);
+      }
+      (o.loss_sum / static_cast<double>(std::max<int64_t>(1, weight))).backward();
+      loss_sum += o.loss_sum.item<double>();
+      interval_tokens += b.tokens;
+    }
+    const double max_norm = tc.clip_grad_norm > 0 ? tc.clip_grad_norm : std::numeric_limits<double>::infinity();
+    std::vector<torch::Tensor> params;
+    for (const auto& p : model->parameters())
+      if (p.requires_grad()) params.push_back(p);
+    const double grad_norm = torch::nn::utils::clip_grad_norm_(params, max_norm);
+    optimizer->step();
+    ++state.step;
+    ++steps_here;
+    state.position += per_step;
+
+    const double loss = loss_sum / static_cast<double>(std::max<int64_t>(1, weight));
+    if (!std::isfinite(loss))
+      throw Error("the loss is " + std::to_string(loss) + " at step " + std::to_string(state.step) +
+                  ": the run diverged (lower train.lr or raise train.warmup_ratio); the last checkpoint is kept");
+    summary.losses.emplace_back(state.step, loss);
+    state.extra = {{"loss", loss}};
+
+    if (state.step % tc.log_every == 0 || state.step == total) {
+      const double dt = seconds_since(interval_start);
+      const double tps = dt > 0 ? static_cast<double>(interval_tokens) / dt : 0.0;
+      const double eta = seconds_since(loop_start) / static_cast<double>(steps_here) *
+                         static_cast<double>(total - state.step);
+      metrics.write({{"step", state.step}, {"epoch", state.epoch}, {"loss", loss}, {"lr", state.lr},
+                     {"grad_norm", grad_norm}, {"tokens_per_s", tps}});
+      spdlog::info("step {}/{} | loss {:.4f} | lr {:.2e} | grad_norm {:.3f} | {:.0f} tok/s | ETA {}", state.step,
+                   total, loss, state.lr, grad_norm, tps, format_duration(eta));
+      interval_start = Clock::now();
+      interval_tokens = 0;
+    }
+    if (tc.eval_every > 0 && state.step % tc.eval_every == 0 && state.step != total) run_eval("periodic");
+    if (tc.save_every > 0 && (state.step % tc.save_every == 0 || state.step == total)) {
+      const auto dir = save_checkpoint(ckpt_root, *model, *optimizer, state, tc.keep_last);
+      spdlog::info("checkpoint {}", dir.string());
+    }
+  }
+  summary.steps = state.step;
+  if (dropped > 0) spdlog::warn("{} samples were dropped for unreadable images", dropped);
+  if (state.step < total) {
+    spdlog::info("stopped at step {} of {} (--stop-after)", state.step, total);
+    return summary;
+  }
+  run_eval("end");
+  write_final(out, *model, config);
+  summary.final_dir = out / "final";
+  spdlog::info("final weights: {}", summary.final_dir.string());
+  return summary;
+}
+
+}  // namespace mllm

@@ -1,0 +1,35 @@
+// The one training loop every stage runs. A stage is a recipe: which parameters train
+// (train.trainable), which objective (train.stage), which data and template. The loop: sample a
+// step's micro-batches, forward through the objective, backward with the step's normalisation,
+// clip, AdamW, schedule; log metrics, evaluate, checkpoint atomically, and resume exactly.
+#pragma once
+
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/config.h"
+
+namespace mllm {
+
+struct TrainOptions {
+  // "none": a fresh run (refused if the output directory already holds checkpoints or final/);
+  // "auto": continue from the newest complete checkpoint if there is one; else a checkpoint path.
+  std::string resume = "none";
+  // Stop after this many steps of this process (0 = run to the end) — a stand-in for preemption,
+  // used by tests and by `mllm train --stop-after`.
+  int64_t stop_after = 0;
+};
+
+struct TrainSummary {
+  int64_t steps = 0;  // completed optimizer updates, in all
+  std::vector<std::pair<int64_t, double>> losses;  // (step, train loss) for the steps run here
+  std::optional<double> first_eval_loss, last_eval_loss;
+  std::filesystem::path output_dir;
+  std::filesystem::path final_dir;  // empty if the run stopped early
+};
+
+TrainSummary train(Config config, const TrainOptions& options = {});
+
+}  // namespace mllm

@@ -1,0 +1,135 @@
+#include <catch2/catch.hpp>
+
+#include "core/config.h"
+#include "core/error.h"
+#include "test_util.h"
+
+using namespace mllm;
+using mllm::test::TempDir;
+using mllm::test::write_text;
+
+namespace {
+
+// A minimal valid recipe whose files exist inside `dir`: `model_extra` goes inside the model
+// section, `body` (other sections) at the end.
+std::filesystem::path recipe(const TempDir& dir, const std::string& body, const std::string& model_extra = "") {
+  write_text(dir / "tok.json", "{}");
+  write_text(dir / "train.json", "[]");
+  const auto p = dir / "recipe.yaml";
+  write_text(p, "model:\n  tokenizer: " + (dir / "tok.json").string() + "\n" + model_extra +
+                    "data:\n  train:\n    path: " + (dir / "train.json").string() + "\n" + body);
+  return p;
+}
+
+std::string error_of(const std::filesystem::path& p, const std::vector<std::string>& overrides = {}) {
+  try {
+    load_config(p, overrides);
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST_CASE("config: defaults fill what a recipe leaves out") {
+  TempDir dir;
+  const Config c = load_config(recipe(dir, "train:\n  lr: 2.0e-5\n  batch_size: 4\n"));
+  CHECK(c.train.lr == Approx(2e-5));
+  CHECK(c.train.batch_size == 4);
+  CHECK(c.train.grad_accum == 1);
+  CHECK(c.model.vision.feature_layer == -2);
+  CHECK(c.model.connector.type == "mlp2x_gelu");
+  CHECK(c.output_dir() == std::filesystem::path("runs/run"));
+}
+
+TEST_CASE("config: an unknown key names the file, line, key path and a suggestion") {
+  TempDir dir;
+  const auto p = recipe(dir, "train:\n  batch_size: 4\n  lrr: 0.1\n");
+  const std::string e = error_of(p);
+  CHECK_THAT(e, Catch::Contains(p.string() + ":8"));
+  CHECK_THAT(e, Catch::Contains("train.lrr: unknown key"));
+  CHECK_THAT(e, Catch::Contains("did you mean train.lr?"));
+}
+
+TEST_CASE("config: a key in the wrong section suggests the right one") {
+  TempDir dir;
+  CHECK_THAT(error_of(recipe(dir, "train:\n  seed: 3\n")), Catch::Contains("did you mean run.seed?"));
+}
+
+TEST_CASE("config: unknown top-level section is an error") {
+  TempDir dir;
+  CHECK_THAT(error_of(recipe(dir, "trian:\n  lr: 1\n")), Catch::Contains("trian: unknown key (did you mean train?)"));
+}
+
+TEST_CASE("config: wrong types are reported with the offending value") {
+  TempDir dir;
+  CHECK_THAT(error_of(recipe(dir, "train:\n  lr: fast\n")),
+             Catch::Contains("train.lr: expected a number, got 'fast'"));
+  CHECK_THAT(error_of(recipe(dir, "train:\n  batch_size: 2.5\n")),
+             Catch::Contains("train.batch_size: expected an integer, got '2.5'"));
+  CHECK_THAT(error_of(recipe(dir, "train:\n  trainable: projector\n")),
+             Catch::Contains("train.trainable: expected a list"));
+  CHECK_THAT(error_of(recipe(dir, "run: 3\n")), Catch::Contains("run: expected a mapping"));
+}
+
+TEST_CASE("config: values out of range and bad choices") {
+  TempDir dir;
+  CHECK_THAT(error_of(recipe(dir, "train:\n  lr: -1\n")), Catch::Contains("train.lr: must be in (0"));
+  CHECK_THAT(error_of(recipe(dir, "train:\n  batch_size: 0\n")),
+             Catch::Contains("train.batch_size: must be >= 1 (got 0)"));
+  CHECK_THAT(error_of(recipe(dir, "train:\n  schedule: cosin\n")),
+             Catch::Contains("did you mean 'cosine'?"));
+  CHECK_THAT(error_of(recipe(dir, "train:\n  betas: [0.9]\n")), Catch::Contains("train.betas"));
+  CHECK_THAT(error_of(recipe(dir, "", "  llm: {heads: 4, kv_heads: 3}\n")),
+             Catch::Contains("model.llm.kv_heads"));
+}
+
+TEST_CASE("config: a missing file names the key and the path") {
+  TempDir dir;
+  const std::string e = error_of(recipe(dir, "", "  llm: {pretrained: /nonexistent/llm}\n"));
+  CHECK_THAT(e, Catch::Contains("model.llm.pretrained: not found: /nonexistent/llm"));
+  CHECK_THAT(error_of(dir / "nope.yaml"), Catch::Contains("nope.yaml: config file not found"));
+}
+
+TEST_CASE("config: malformed YAML gives the line") {
+  TempDir dir;
+  write_text(dir / "bad.yaml", "train:\n  lr: [1, 2\n");
+  CHECK_THAT(error_of(dir / "bad.yaml"), Catch::Contains("bad.yaml:") && Catch::Contains("invalid YAML"));
+}
+
+TEST_CASE("config: --set overrides are applied and type-checked the same way") {
+  TempDir dir;
+  const auto p = recipe(dir, "train:\n  lr: 0.1\n");
+  const Config c = load_config(p, {"train.lr=2e-5", "model.connector.type=linear",
+                                   "train.trainable=[\"a.*\", \"b.*\"]", "run.threads=auto"});
+  CHECK(c.train.lr == Approx(2e-5));
+  CHECK(c.model.connector.type == "linear");
+  CHECK(c.train.trainable == std::vector<std::string>{"a.*", "b.*"});
+  CHECK(c.run.threads == 0);
+  CHECK(c.where("train.lr") == "--set train.lr=2e-5: train.lr");
+
+  CHECK_THAT(error_of(p, {"train.lr=abc"}), Catch::Contains("--set train.lr=abc: train.lr: expected a number"));
+  CHECK_THAT(error_of(p, {"train.lrr=1"}),
+             Catch::Contains("--set train.lrr=1: train.lrr: unknown key (did you mean train.lr?)"));
+  CHECK_THAT(error_of(p, {"train.lr"}), Catch::Contains("expected key.path=value"));
+}
+
+TEST_CASE("config: the resolved YAML reads back to the same config") {
+  TempDir dir;
+  const Config a = load_config(recipe(dir, "train:\n  lr: 3.0e-4\n  trainable: [\"x.*\"]\nrun:\n  name: r1\n"),
+                               {"model.llm.layers=7"});
+  write_text(dir / "resolved.yaml", config_to_yaml(a));
+  const Config b = load_config(dir / "resolved.yaml");
+  CHECK(config_to_yaml(b) == config_to_yaml(a));
+  CHECK(b.train.lr == a.train.lr);
+  CHECK(b.model.llm.layers == 7);
+  CHECK(b.train.trainable == a.train.trainable);
+  CHECK(b.run.name == "r1");
+}
+
+TEST_CASE("config: edit distance") {
+  CHECK(edit_distance("lr", "lrr") == 1);
+  CHECK(edit_distance("kitten", "sitting") == 3);
+  CHECK(edit_distance("", "abc") == 3);
+}

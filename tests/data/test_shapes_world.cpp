@@ -1,0 +1,291 @@
+#include <catch2/catch.hpp>
+
+#include <map>
+#include <regex>
+#include <set>
+
+#include <nlohmann/json.hpp>
+#include <opencv2/imgcodecs.hpp>
+
+#include "core/error.h"
+#include "core/fs.h"
+#include "data/shapes_world.h"
+#include "test_util.h"
+
+using namespace mllm;
+using namespace mllm::data;
+using mllm::test::TempDir;
+using nlohmann::json;
+
+namespace {
+
+ShapesWorldSummary make(const fs::path& dir, uint64_t seed, int64_t train, int64_t val,
+                        int size = 32) {
+  ShapesWorldOptions o;
+  o.seed = seed;
+  o.train = train;
+  o.val = val;
+  o.image_size = size;
+  return generate_shapes_world(dir, o);
+}
+
+// Every regular file under `root`, relative path -> bytes.
+std::map<std::string, std::string> all_files(const fs::path& root) {
+  std::map<std::string, std::string> files;
+  for (const auto& e : fs::recursive_directory_iterator(root))
+    if (e.is_regular_file()) files[fs::relative(e.path(), root).string()] = read_file(e.path());
+  return files;
+}
+
+json load(const fs::path& p) {
+  return json::parse(read_file(p));
+}
+
+// The tokenizer's pre-tokenization rule.
+std::vector<std::string> words(const std::string& text) {
+  static const std::regex re(R"(\w+|[^\w\s]+)");
+  std::vector<std::string> out;
+  for (auto it = std::sregex_iterator(text.begin(), text.end(), re); it != std::sregex_iterator();
+       ++it)
+    out.push_back(it->str());
+  return out;
+}
+
+std::string strip_image(const std::string& s) {
+  return s.rfind("<image>\n", 0) == 0 ? s.substr(8) : s;
+}
+
+std::string phrase(int size, int colour, int kind) {
+  return std::string(shape_size_name(size)) + " " + shape_colour_name(colour) + " " +
+         shape_kind_name(kind);
+}
+
+}  // namespace
+
+TEST_CASE("shapes world: the same seed gives byte-identical files, another seed another dataset") {
+  TempDir dir("shapes-det");
+  make(dir / "a", 5, 12, 4);
+  make(dir / "b", 5, 12, 4);
+  make(dir / "c", 6, 12, 4);
+  const auto a = all_files(dir / "a"), b = all_files(dir / "b");
+  REQUIRE(a.size() == 12 + 4 + 6 + 2);  // images, 6 record files, tokenizer.json, info.json
+  REQUIRE(a.size() == b.size());
+  for (const auto& [name, bytes] : a) {
+    INFO(name);
+    REQUIRE(b.count(name));
+    CHECK(b.at(name) == bytes);
+  }
+  CHECK(read_file(dir / "c" / "captions_train.json") != a.at("captions_train.json"));
+  CHECK(read_file(dir / "c" / "images/train/000000.png") != a.at("images/train/000000.png"));
+}
+
+TEST_CASE("shapes world: captions follow the fixed phrasing, shapes in grid order") {
+  Scene s;
+  s.shapes = {{0, 0, 1, 0}, {4, 2, 0, 8}};
+  CHECK(scene_caption(s) ==
+        "a large red circle at the top left and a small blue star at the bottom right.");
+  s.shapes = {{2, 1, 0, 4}};
+  CHECK(scene_caption(s) == "a small green triangle in the center.");
+  s.shapes = {{1, 3, 0, 1}, {3, 6, 1, 3}, {0, 5, 0, 7}};
+  CHECK(scene_caption(s) ==
+        "a small yellow square at the top, a large white diamond at the left and a small orange "
+        "circle at the bottom.");
+}
+
+TEST_CASE("shapes world: the caption names exactly the shapes drawn, where they are drawn") {
+  Rng rng(11);
+  for (int image_size : {32, 64, 96, 512}) {
+    for (int i = 0; i < 100; ++i) {
+      const Scene scene = sample_scene(rng);
+      REQUIRE(!scene.shapes.empty());
+      REQUIRE(scene.shapes.size() <= 3);
+      const cv::Mat img = render_scene(scene, image_size);
+      REQUIRE(img.type() == CV_8UC3);
+      REQUIRE(img.rows == image_size);
+      REQUIRE(img.cols == image_size);
+      const std::string caption = scene_caption(scene);
+      INFO(caption << " at " << image_size << "px");
+      std::set<int> cells;
+      for (const auto& sh : scene.shapes) {
+        const cv::Point2d c = shape_centre(sh, image_size);
+        CHECK(img.at<cv::Vec3b>(static_cast<int>(std::lround(c.y)),
+                                static_cast<int>(std::lround(c.x))) == shape_colour_bgr(sh.colour));
+        const std::string where =
+            sh.cell == 4 ? "in the center" : std::string("at the ") + grid_cell_name(sh.cell);
+        CHECK(caption.find("a " + phrase(sh.size, sh.colour, sh.kind) + " " + where) !=
+              std::string::npos);
+        cells.insert(sh.cell);
+      }
+      CHECK(cells.size() == scene.shapes.size());
+      // Nothing is drawn in the other cells, and the caption names no other object.
+      for (int cell = 0; cell < kGridCells; ++cell) {
+        if (cells.count(cell)) continue;
+        ShapeSpec probe;
+        probe.cell = cell;
+        const cv::Point2d c = shape_centre(probe, image_size);
+        CHECK(img.at<cv::Vec3b>(static_cast<int>(std::lround(c.y)),
+                                static_cast<int>(std::lround(c.x))) ==
+              background_bgr(scene.background));
+      }
+      int named = 0;
+      for (int size = 0; size < kShapeSizes; ++size)
+        for (int colour = 0; colour < kShapeColours; ++colour)
+          for (int kind = 0; kind < kShapeKinds; ++kind)
+            named += caption.find(phrase(size, colour, kind)) != std::string::npos;
+      CHECK(named == static_cast<int>(scene.shapes.size()));
+    }
+  }
+}
+
+TEST_CASE("shapes world: shapes stay inside their grid cell at any jitter") {
+  for (int image_size : {32, 64, 100}) {
+    const double cell = image_size / 3.0;
+    // Pixel x spans [x-0.5, x+0.5]; the center cell spans [cell-0.5, 2*cell-0.5].
+    auto touches_cell = [&](int x) { return x > cell - 1 && x < 2 * cell; };
+    for (int kind = 0; kind < kShapeKinds; ++kind)
+      for (int size = 0; size < kShapeSizes; ++size)
+        for (double jx : {-1.0, 1.0})
+          for (double jy : {-1.0, 1.0}) {
+            Scene scene;
+            scene.shapes = {{kind, 6, size, 4, jx, jy}};  // white, in the center cell
+            const cv::Mat img = render_scene(scene, image_size);
+            for (int y = 0; y < image_size; ++y)
+              for (int x = 0; x < image_size; ++x)
+                if (!touches_cell(x) || !touches_cell(y))
+                  REQUIRE(img.at<cv::Vec3b>(y, x) == background_bgr(0));
+          }
+  }
+}
+
+TEST_CASE("shapes world: every generated word is in the vocabulary; tokenizer ids are 0..N-1") {
+  TempDir dir("shapes-vocab");
+  make(dir.path(), 3, 300, 30);
+  const auto vocab = shapes_world_vocabulary();
+  const std::set<std::string> known(vocab.begin(), vocab.end());
+  CHECK(known.size() == vocab.size());  // no duplicates
+  CHECK(std::is_sorted(vocab.begin(), vocab.end()));
+  CHECK(vocab.size() + 5 <= 120);
+
+  std::set<std::string> used;
+  auto check_text = [&](const std::string& text) {
+    for (const auto& w : words(strip_image(text))) {
+      INFO(text);
+      CHECK(known.count(w));
+      used.insert(w);
+    }
+  };
+  for (const char* split : {"train", "val"}) {
+    for (const char* kind : {"captions", "instruct"})
+      for (const auto& r : load(dir / (std::string(kind) + "_" + split + ".json")))
+        for (const auto& t : r["conversations"]) check_text(t["value"]);
+    for (const auto& r : load(dir / (std::string("preference_") + split + ".json"))) {
+      check_text(r["prompt"]);
+      check_text(r["chosen"]);
+      check_text(r["rejected"]);
+    }
+  }
+  // The list is not padded with words the generator never says.
+  CHECK(used.size() == known.size());
+
+  const json tok = load(dir / "tokenizer.json");
+  CHECK(tok == json::parse(shapes_world_tokenizer_json()));
+  CHECK(tok["model"]["type"] == "WordLevel");
+  CHECK(tok["model"]["unk_token"] == "<unk>");
+  CHECK(tok["pre_tokenizer"]["type"] == "Whitespace");
+  const auto& v = tok["model"]["vocab"];
+  REQUIRE(v.size() == vocab.size() + 5);
+  std::set<int64_t> ids;
+  for (const auto& [token, id] : v.items()) ids.insert(id.get<int64_t>());
+  CHECK(ids.size() == v.size());
+  CHECK(*ids.begin() == 0);
+  CHECK(*ids.rbegin() == static_cast<int64_t>(v.size()) - 1);
+  const std::vector<std::string> specials = {"<pad>", "<s>", "</s>", "<unk>", "<image>"};
+  for (size_t i = 0; i < specials.size(); ++i) {
+    CHECK(v[specials[i]] == i);
+    CHECK(tok["added_tokens"][i]["content"] == specials[i]);
+    CHECK(tok["added_tokens"][i]["id"] == i);
+    CHECK(tok["added_tokens"][i]["special"] == true);
+  }
+  for (size_t i = 0; i < vocab.size(); ++i) CHECK(v[vocab[i]] == i + 5);
+}
+
+TEST_CASE("shapes world: records are LLaVA conversations and preference pairs differ") {
+  TempDir dir("shapes-json");
+  const auto summary = make(dir.path(), 9, 40, 10);
+  CHECK(summary.train_images == 40);
+  CHECK(summary.val_images == 10);
+  CHECK(summary.instruct_records == 50);
+  CHECK(summary.preference_records == 50);
+  std::set<size_t> turn_counts;
+  for (const std::string split : {"train", "val"}) {
+    const int64_t n = split == "train" ? 40 : 10;
+    for (const std::string kind : {"captions", "instruct"}) {
+      const json records = load(dir / (kind + "_" + split + ".json"));
+      REQUIRE(records.is_array());
+      REQUIRE(static_cast<int64_t>(records.size()) == n);
+      for (size_t i = 0; i < records.size(); ++i) {
+        const json& r = records[i];
+        char id[32];
+        std::snprintf(id, sizeof id, "%s-%06zu", split.c_str(), i);
+        CHECK(r["id"] == id);
+        const std::string image = r["image"];
+        CHECK(image.rfind(split + "/", 0) == 0);
+        CHECK(fs::is_regular_file(dir / "images" / image));
+        const json& turns = r["conversations"];
+        REQUIRE(turns.size() >= 2);
+        REQUIRE(turns.size() % 2 == 0);
+        if (kind == "captions") CHECK(turns.size() == 2);
+        turn_counts.insert(turns.size() / 2);
+        for (size_t t = 0; t < turns.size(); ++t) {
+          CHECK(turns[t]["from"] == (t % 2 == 0 ? "human" : "gpt"));
+          const std::string value = turns[t]["value"];
+          CHECK(!value.empty());
+          CHECK((value.rfind("<image>\n", 0) == 0) == (t == 0));
+        }
+      }
+    }
+    for (const json& r : load(dir / ("preference_" + split + ".json"))) {
+      const std::string prompt = r["prompt"];
+      CHECK(prompt.rfind("<image>\n", 0) == 0);
+      CHECK(fs::is_regular_file(dir / "images" / r["image"].get<std::string>()));
+      CHECK(r["chosen"] != r["rejected"]);
+    }
+  }
+  CHECK(turn_counts == std::set<size_t>{1, 2, 3});
+  const cv::Mat img = cv::imread((dir / "images/val/000009.png").string());
+  CHECK(img.rows == 32);
+  CHECK(img.cols == 32);
+  const json info = load(dir / "info.json");
+  CHECK(info["seed"] == 9);
+  CHECK(info["image_size"] == 32);
+}
+
+TEST_CASE("shapes world: the val set does not depend on the train count") {
+  TempDir dir("shapes-val");
+  make(dir / "small", 4, 3, 5);
+  make(dir / "big", 4, 20, 5);
+  const auto small = all_files(dir / "small"), big = all_files(dir / "big");
+  for (const char* f :
+       {"captions_val.json", "instruct_val.json", "preference_val.json", "images/val/000004.png"})
+    CHECK(small.at(f) == big.at(f));
+  CHECK(small.at("captions_train.json") != big.at("captions_train.json"));
+  CHECK(small.at("images/train/000002.png") == big.at("images/train/000002.png"));
+}
+
+TEST_CASE("shapes world: bad options throw errors naming the option") {
+  TempDir dir("shapes-bad");
+  ShapesWorldOptions o;
+  o.image_size = 8;
+  CHECK_THROWS_WITH(generate_shapes_world(dir.path(), o),
+                    "shapes: --image-size must be in [32, 1024] (got 8)");
+  o.image_size = 2048;
+  CHECK_THROWS_WITH(generate_shapes_world(dir.path(), o), Catch::Contains("--image-size"));
+  o = ShapesWorldOptions{};
+  o.train = 0;
+  CHECK_THROWS_WITH(generate_shapes_world(dir.path(), o), Catch::StartsWith("shapes: --train"));
+  o = ShapesWorldOptions{};
+  o.val = -1;
+  CHECK_THROWS_WITH(generate_shapes_world(dir.path(), o), Catch::StartsWith("shapes: --val"));
+  CHECK_THROWS_AS(generate_shapes_world(dir.path(), o), Error);
+  CHECK(fs::is_empty(dir.path()));  // validated before anything is written
+}

@@ -1,0 +1,149 @@
+#include <catch2/catch.hpp>
+
+#include "core/config.h"
+#include "core/error.h"
+#include "models/hf/weights.h"
+#include "models/multimodal_model.h"
+
+using namespace mllm;
+
+namespace {
+ModelConfig tiny_model() {
+  ModelConfig m;
+  auto& v = m.vision;
+  v.image_size = 32, v.patch_size = 8, v.hidden = 32, v.layers = 2, v.heads = 2, v.intermediate = 64;
+  auto& l = m.llm;
+  l.hidden = 32, l.layers = 2, l.heads = 4, l.kv_heads = 2, l.intermediate = 64, l.vocab = 50;
+  return m;
+}
+constexpr int64_t kImage = 4;
+}  // namespace
+
+TEST_CASE("models: parameter names are the llava-hf checkpoint keys") {
+  torch::manual_seed(0);
+  MultimodalModel model(tiny_model(), kImage);
+  std::set<std::string> names;
+  for (const auto& kv : named_parameters(*model)) names.insert(kv.first);
+  for (const char* key : {
+           "vision_tower.vision_model.embeddings.class_embedding",
+           "vision_tower.vision_model.embeddings.patch_embedding.weight",
+           "vision_tower.vision_model.embeddings.position_embedding.weight",
+           "vision_tower.vision_model.pre_layrnorm.weight",
+           "vision_tower.vision_model.encoder.layers.1.self_attn.out_proj.bias",
+           "vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight",
+           "vision_tower.vision_model.encoder.layers.0.layer_norm2.bias",
+           "vision_tower.vision_model.post_layernorm.weight",
+           "multi_modal_projector.linear_1.weight",
+           "multi_modal_projector.linear_2.bias",
+           "language_model.model.embed_tokens.weight",
+           "language_model.model.layers.1.self_attn.k_proj.weight",
+           "language_model.model.layers.0.mlp.gate_proj.weight",
+           "language_model.model.layers.0.post_attention_layernorm.weight",
+           "language_model.model.norm.weight",
+           "language_model.lm_head.weight",
+       })
+    CHECK(names.count(key) == 1);
+  CHECK(names.count("vision_tower.vision_model.embeddings.patch_embedding.bias") == 0);  // CLIP: no bias
+  CHECK(names.count("language_model.model.layers.0.self_attn.q_proj.bias") == 0);        // llama: no bias
+}
+
+TEST_CASE("models: shapes through vision tower, connector and LLM") {
+  torch::manual_seed(0);
+  auto cfg = tiny_model();
+  MultimodalModel model(cfg, kImage);
+  auto pixels = torch::randn({3, 3, 32, 32});
+  auto f = model->vision_tower->features(pixels);
+  CHECK(f.sizes() == torch::IntArrayRef({3, 16, 32}));  // (N,P,Cv), class token dropped
+  auto hidden = model->vision_tower->vision_model(pixels);
+  CHECK(hidden.size() == 3);  // embeddings + 2 layers
+  CHECK(model->image_tokens() == 16);
+  auto ids = torch::randint(5, 50, {2, 10});
+  auto h = model->forward(ids, {});
+  CHECK(h.sizes() == torch::IntArrayRef({2, 10, 32}));
+  CHECK(model->logits(h).sizes() == torch::IntArrayRef({2, 10, 50}));
+
+  cfg.vision.select = "cls_patch";
+  MultimodalModel with_cls(cfg, kImage);
+  CHECK(with_cls->vision_tower->features(pixels).sizes() == torch::IntArrayRef({3, 17, 32}));
+}
+
+TEST_CASE("models: qwen2 adds q/k/v biases; tied embeddings drop lm_head") {
+  auto cfg = tiny_model();
+  cfg.llm.type = "qwen2";
+  cfg.llm.tie_word_embeddings = true;
+  MultimodalModel model(cfg, kImage);
+  std::set<std::string> names;
+  for (const auto& kv : named_parameters(*model)) names.insert(kv.first);
+  CHECK(names.count("language_model.model.layers.0.self_attn.q_proj.bias") == 1);
+  CHECK(names.count("language_model.model.layers.0.self_attn.o_proj.bias") == 0);
+  CHECK(names.count("language_model.lm_head.weight") == 0);
+  auto h = model->forward(torch::randint(5, 50, {1, 4}), {});
+  CHECK(model->logits(h).size(-1) == 50);
+}
+
+TEST_CASE("models: the decoder is causal") {
+  torch::manual_seed(1);
+  MultimodalModel model(tiny_model(), kImage);
+  torch::NoGradGuard g;
+  auto ids = torch::randint(5, 50, {1, 8});
+  auto a = model->forward(ids, {});
+  auto ids2 = ids.clone();
+  ids2[0][5] = (ids[0][5].item<int64_t>() + 1 - 5) % 45 + 5;
+  auto b = model->forward(ids2, {});
+  CHECK(torch::allclose(a.slice(1, 0, 5), b.slice(1, 0, 5), 1e-5, 1e-6));
+  CHECK(!torch::allclose(a.slice(1, 5), b.slice(1, 5), 1e-5, 1e-6));
+}
+
+TEST_CASE("models: right padding does not change the real tokens' outputs") {
+  torch::manual_seed(2);
+  MultimodalModel model(tiny_model(), kImage);
+  torch::NoGradGuard g;
+  auto ids = torch::randint(5, 50, {1, 6});
+  auto alone = model->forward(ids, {});
+  auto padded_ids = torch::cat({ids, torch::zeros({1, 3}, torch::kLong)}, 1);
+  auto mask = torch::cat({torch::ones({1, 6}, torch::kLong), torch::zeros({1, 3}, torch::kLong)}, 1);
+  auto padded = model->forward(padded_ids, {}, mask);
+  CHECK(torch::allclose(alone, padded.slice(1, 0, 6), 1e-5, 1e-6));
+}
+
+TEST_CASE("splicing: image features land exactly where <image> was; text elsewhere untouched") {
+  torch::manual_seed(3);
+  MultimodalModel model(tiny_model(), kImage);
+  torch::NoGradGuard g;
+  const int64_t Q = model->image_tokens();
+  // Sample 0: BOS, Q image tokens, 3 words. Sample 1: 2 words, Q image tokens, 1 word, padding.
+  std::vector<int64_t> a{1}, b{7, 8};
+  a.insert(a.end(), static_cast<size_t>(Q), kImage);
+  a.insert(a.end(), {9, 10, 11});
+  b.insert(b.end(), static_cast<size_t>(Q), kImage);
+  b.insert(b.end(), {12, 0});
+  auto ids = torch::stack({torch::tensor(a), torch::tensor(b)});
+  auto pixels = torch::randn({2, 3, 32, 32});
+  auto embeds = model->embed(ids, pixels);
+  auto text = model->language_model->embed(ids);
+  auto image_tokens = model->connector->forward(model->vision_tower->features(pixels));  // (2,Q,C)
+  CHECK(torch::equal(embeds[0].slice(0, 1, 1 + Q), image_tokens[0]));
+  CHECK(torch::equal(embeds[1].slice(0, 2, 2 + Q), image_tokens[1]));
+  CHECK(torch::equal(embeds[0][0], text[0][0]));
+  CHECK(torch::equal(embeds[0].slice(0, 1 + Q), text[0].slice(0, 1 + Q)));
+  CHECK(torch::equal(embeds[1].slice(0, 0, 2), text[1].slice(0, 0, 2)));
+  CHECK(torch::equal(embeds[1].slice(0, 2 + Q), text[1].slice(0, 2 + Q)));
+}
+
+TEST_CASE("splicing: a placeholder count that does not match the images is an error") {
+  MultimodalModel model(tiny_model(), kImage);
+  torch::NoGradGuard g;
+  auto ids = torch::full({1, 5}, kImage, torch::kLong);  // 5 placeholders, but an image is 16 tokens
+  CHECK_THROWS_WITH(model->embed(ids, torch::randn({1, 3, 32, 32})),
+                    Catch::Contains("5 image placeholder tokens but the connector produced 16"));
+  CHECK_THROWS_AS(model->embed(ids, {}), Error);
+}
+
+TEST_CASE("connector registry: names and unknown types") {
+  auto cfg = tiny_model();
+  cfg.connector.type = "linear";
+  MultimodalModel model(cfg, kImage);
+  CHECK(model->connector->forward(torch::randn({2, 16, 32})).sizes() == torch::IntArrayRef({2, 16, 32}));
+  cfg.connector.type = "qformer9";
+  CHECK_THROWS_WITH(MultimodalModel(cfg, kImage), Catch::Contains("unknown connector 'qformer9'"));
+}

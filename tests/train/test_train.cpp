@@ -1,0 +1,226 @@
+#include <catch2/catch.hpp>
+
+#include "core/error.h"
+#include "core/safetensors.h"
+#include "core/torch_compat.h"
+#include "data/tokenizer/tokenizer.h"
+#include "fixtures.h"
+#include "models/factory.h"
+#include "models/hf/weights.h"
+#include "train/checkpoint.h"
+#include "train/freeze.h"
+#include "train/optim.h"
+#include "train/trainer.h"
+
+using namespace mllm;
+using mllm::test::TempDir;
+
+namespace {
+std::map<std::string, torch::Tensor> snapshot(const torch::nn::Module& m) {
+  std::map<std::string, torch::Tensor> out;
+  for (const auto& [name, t] : named_parameters(m)) out[name] = t.detach().clone();
+  return out;
+}
+}  // namespace
+
+TEST_CASE("freeze: glob matching") {
+  CHECK(glob_match("multi_modal_projector.*", "multi_modal_projector.linear_1.weight"));
+  CHECK(glob_match("*.bias", "a.b.c.bias"));
+  CHECK(glob_match("language_model.model.layers.?.mlp.*", "language_model.model.layers.3.mlp.up_proj.weight"));
+  CHECK(!glob_match("language_model.model.layers.?.mlp.*", "language_model.model.layers.13.mlp.up_proj.weight"));
+  CHECK(!glob_match("vision_tower.*", "multi_modal_projector.linear_1.weight"));
+  CHECK(glob_match("*", ""));
+}
+
+TEST_CASE("schedule: warmup then cosine / linear decay, as transformers' schedulers") {
+  TrainConfig t;
+  t.lr = 1.0;
+  t.warmup_ratio = 0.1;  // 10 of 100 steps
+  t.schedule = "cosine";
+  CHECK(lr_at(t, 0, 100) == 0.0);
+  CHECK(lr_at(t, 5, 100) == Approx(0.5));
+  CHECK(lr_at(t, 10, 100) == Approx(1.0));
+  CHECK(lr_at(t, 55, 100) == Approx(0.5));  // half-way through the decay
+  CHECK(lr_at(t, 100, 100) == Approx(0.0).margin(1e-12));
+  t.schedule = "linear";
+  CHECK(lr_at(t, 55, 100) == Approx(0.5));
+  CHECK(lr_at(t, 82, 100) == Approx(0.2));
+  t.schedule = "constant";
+  CHECK(lr_at(t, 82, 100) == Approx(1.0));
+  t.schedule = "cosine";
+  t.min_lr_ratio = 0.1;
+  CHECK(lr_at(t, 100, 100) == Approx(0.1));
+}
+
+TEST_CASE("freeze: an unmatched glob is a config error naming train.trainable") {
+  TempDir data("mllm-data");
+  test::make_shapes(data.path(), 16, 4);
+  Config c = test::tiny_config(data.path(), data / "run");
+  auto tok = load_tokenizer(c.model.tokenizer);
+  auto model = build_model(c, *tok);
+  c.train.trainable = {"multi_modal_projector.*", "multi_modal_projecter.*"};
+  CHECK_THROWS_WITH(apply_trainable(*model, c), Catch::Contains("train.trainable[1]: 'multi_modal_projecter.*' "
+                                                                "matches no parameter"));
+}
+
+TEST_CASE("stage 1 leaves frozen encoder and LLM weights unchanged and trains the connector") {
+  TempDir data("mllm-data");
+  test::make_shapes(data.path(), 32, 8);
+  Config c = test::tiny_config(data.path(), data / "run");
+  c.train.max_steps = 3;
+  // Build the same initial model the trainer builds (same seed) to compare against.
+  auto tok = load_tokenizer(c.model.tokenizer);
+  const auto before = snapshot(*build_model(c, *tok));
+  const TrainSummary s = train(c);
+  REQUIRE(s.steps == 3);
+  SafetensorsFile after(s.final_dir / "model.safetensors");
+  int64_t changed_connector = 0;
+  for (const auto& [name, t] : before) {
+    const auto now = after.get(name);
+    if (name.rfind("multi_modal_projector.", 0) == 0) {
+      changed_connector += !torch::equal(now, t);
+    } else {
+      INFO(name);
+      CHECK(torch::equal(now, t));
+    }
+  }
+  CHECK(changed_connector == 4);  // both weights and both biases of the MLP
+}
+
+TEST_CASE("frozen parameters get no gradient; trainable ones do") {
+  TempDir data("mllm-data");
+  test::make_shapes(data.path(), 16, 4);
+  Config c = test::tiny_config(data.path(), data / "run");
+  auto tok = load_tokenizer(c.model.tokenizer);
+  auto model = build_model(c, *tok);
+  apply_trainable(*model, c);
+  CHECK(!model->vision_trainable());
+  auto ids = torch::tensor({int64_t(1)});
+  std::vector<int64_t> seq{1};
+  seq.insert(seq.end(), static_cast<size_t>(model->image_tokens()), tok->image_id());
+  seq.insert(seq.end(), {10, 11, 2});
+  auto input = torch::tensor(seq).unsqueeze(0);
+  auto h = model->forward(input, torch::randn({1, 3, 32, 32}));
+  model->logits(h).sum().backward();
+  for (const auto& [name, p] : named_parameters(*model)) {
+    INFO(name);
+    if (name.rfind("multi_modal_projector.", 0) == 0) CHECK(p.grad().defined());
+    else CHECK(!p.grad().defined());
+  }
+}
+
+TEST_CASE("loss falls on a small fixed batch") {
+  TempDir data("mllm-data");
+  test::make_shapes(data.path(), 8, 4);
+  Config c = test::tiny_config(data.path(), data / "run");
+  c.train.trainable = {"multi_modal_projector.*", "language_model.*"};
+  c.train.max_steps = 40;
+  c.train.lr = 1e-2;
+  const TrainSummary s = train(c);
+  REQUIRE(s.losses.size() == 40);
+  const double first = s.losses.front().second, last = s.losses.back().second;
+  INFO("first " << first << " last " << last);
+  CHECK(last < 0.5 * first);
+}
+
+TEST_CASE("checkpoint round trip restores weights, optimizer moments and trainer state") {
+  TempDir data("mllm-data");
+  test::make_shapes(data.path(), 16, 4);
+  Config c = test::tiny_config(data.path(), data / "run");
+  auto tok = load_tokenizer(c.model.tokenizer);
+  auto model = build_model(c, *tok);
+  apply_trainable(*model, c);
+  auto opt = make_optimizer(*model, c.train);
+  // One real update so the optimizer has state.
+  auto ids = torch::randint(5, 50, {2, 6});
+  model->logits(model->forward(ids, {})).pow(2).mean().backward();
+  opt->step();
+  TrainerState st;
+  st.step = 7, st.epoch = 2, st.position = 40, st.total_steps = 99, st.lr = 0.25;
+  const auto dir = save_checkpoint(data / "ckpt", *model, *opt, st, 2);
+  CHECK(dir.filename() == "step-000007");
+  CHECK(find_latest_checkpoint(data / "ckpt") == dir);
+
+  c.run.seed = 99;  // different init: everything must come from the checkpoint
+  auto model2 = build_model(c, *tok);
+  apply_trainable(*model2, c);
+  auto opt2 = make_optimizer(*model2, c.train);
+  const TrainerState st2 = load_checkpoint(dir, *model2, *opt2);
+  CHECK(st2.step == 7);
+  CHECK(st2.epoch == 2);
+  CHECK(st2.position == 40);
+  CHECK(st2.lr == 0.25);
+  const auto a = snapshot(*model), b = snapshot(*model2);
+  for (const auto& [name, t] : a)
+    if (name.rfind("multi_modal_projector.", 0) == 0) CHECK(torch::equal(t, b.at(name)));
+  // Optimizer moments: compare by parameter position.
+  REQUIRE(opt->state().size() == opt2->state().size());
+  const auto p1 = opt->param_groups()[0].params(), p2 = opt2->param_groups()[0].params();
+  REQUIRE(!p1.empty());
+  for (size_t i = 0; i < p1.size(); ++i) {
+    auto* s1 = optimizer_param_state(*opt, p1[i]);
+    auto* s2 = optimizer_param_state(*opt2, p2[i]);
+    REQUIRE(s1);
+    REQUIRE(s2);
+    auto& a1 = static_cast<torch::optim::AdamWParamState&>(*s1);
+    auto& a2 = static_cast<torch::optim::AdamWParamState&>(*s2);
+    CHECK(torch::equal(a1.exp_avg(), a2.exp_avg()));
+    CHECK(torch::equal(a1.exp_avg_sq(), a2.exp_avg_sq()));
+    CHECK(a1.step() == a2.step());
+  }
+}
+
+TEST_CASE("checkpoints: keep_last prunes the oldest; half-written ones are never picked") {
+  TempDir data("mllm-data");
+  test::make_shapes(data.path(), 16, 4);
+  Config c = test::tiny_config(data.path(), data / "run");
+  auto tok = load_tokenizer(c.model.tokenizer);
+  auto model = build_model(c, *tok);
+  apply_trainable(*model, c);
+  auto opt = make_optimizer(*model, c.train);
+  TrainerState st;
+  for (int64_t step : {1, 2, 3}) {
+    st.step = step;
+    save_checkpoint(data / "ckpt", *model, *opt, st, 2);
+  }
+  CHECK(!std::filesystem::exists(data / "ckpt" / "step-000001"));
+  CHECK(std::filesystem::exists(data / "ckpt" / "step-000002"));
+  // A crash mid-write leaves a temp dir and maybe a stale `latest`: the newest complete one wins.
+  std::filesystem::create_directories(data / "ckpt" / "step-000009");
+  test::write_text(data / "ckpt" / "latest", "step-000009\n");
+  CHECK(find_latest_checkpoint(data / "ckpt") == data / "ckpt" / "step-000003");
+}
+
+TEST_CASE("a run stopped after k steps and resumed gives the same losses as an uninterrupted run") {
+  TempDir data("mllm-data");
+  test::make_shapes(data.path(), 24, 4);
+  Config c = test::tiny_config(data.path(), data / "full");
+  c.train.max_steps = 6;
+  c.train.batch_size = 4;
+  c.train.grad_accum = 2;  // 3 steps per epoch: the resume crosses an epoch boundary
+  c.train.warmup_ratio = 0.3;
+  const TrainSummary full = train(c);
+  REQUIRE(full.losses.size() == 6);
+
+  Config r = c;
+  r.run.output_dir = (data / "resumed").string();
+  r.train.save_every = 2;
+  TrainOptions stop;
+  stop.stop_after = 4;
+  const TrainSummary first = train(r, stop);
+  CHECK(first.steps == 4);
+  CHECK(first.final_dir.empty());
+  // A fresh start over it is refused: that would overwrite its checkpoints.
+  CHECK_THROWS_AS(train(r), ConfigError);
+  TrainOptions resume;
+  resume.resume = "auto";
+  const TrainSummary second = train(r, resume);
+  REQUIRE(second.losses.size() == 2);
+  CHECK(second.steps == 6);
+  for (size_t i = 0; i < 4; ++i) CHECK(first.losses[i].second == Approx(full.losses[i].second).epsilon(1e-6));
+  for (size_t i = 0; i < 2; ++i) {
+    CHECK(second.losses[i].first == full.losses[4 + i].first);
+    CHECK(second.losses[i].second == Approx(full.losses[4 + i].second).epsilon(1e-6));
+  }
+  CHECK(second.last_eval_loss == Approx(*full.last_eval_loss).epsilon(1e-6));
+}
