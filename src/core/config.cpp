@@ -70,6 +70,12 @@ struct Context {
   std::map<std::string, std::string> overrides;  // key path -> original "--set" argument
   std::vector<std::string> known_paths;          // all key paths, for suggestions
   std::map<std::string, std::string>* origin = nullptr;
+  struct FileCheck {
+    std::string path;
+    const std::string* value;
+    bool dir;
+  };
+  std::vector<FileCheck> file_checks;
 };
 
 class Binder {
@@ -106,15 +112,22 @@ class Binder {
   }
 
   // A path that, when given, must exist. `dir` chooses between a directory and a regular file.
+  // Checked after every key and type, so a typo is reported before a file that is missing only
+  // because of the environment.
   void existing_path(const std::string& key, std::string& v, bool dir) {
-    value<std::string>(key, v, [dir](const std::string& p) -> std::string {
-      if (p.empty()) return "";
+    value<std::string>(key, v);
+    if (mode_ == Mode::Read) ctx_.file_checks.push_back({full(key), &v, dir});
+  }
+
+  void check_files() const {
+    for (const auto& c : ctx_.file_checks) {
+      const std::string& p = *c.value;
+      if (p.empty()) continue;
       std::error_code ec;
-      if (!std::filesystem::exists(p, ec)) return "not found: " + p;
-      if (dir && !std::filesystem::is_directory(p, ec)) return "not a directory: " + p;
-      if (!dir && std::filesystem::is_directory(p, ec)) return "is a directory, expected a file: " + p;
-      return "";
-    });
+      if (!std::filesystem::exists(p, ec)) fail(c.path, "not found: " + p);
+      if (c.dir && !std::filesystem::is_directory(p, ec)) fail(c.path, "not a directory: " + p);
+      if (!c.dir && std::filesystem::is_directory(p, ec)) fail(c.path, "is a directory, expected a file: " + p);
+    }
   }
 
   template <class S>
@@ -534,6 +547,7 @@ Config load_config(const std::filesystem::path& yaml_path, const std::vector<std
   describe(reader, config);
   reader.reject_unknown();
   cross_check(config, reader);
+  reader.check_files();
   return config;
 }
 

@@ -11,7 +11,9 @@ torch::Tensor splice_image_tokens(const torch::Tensor& text_embeds, const torch:
     throw Error("[splice_image_tokens] the batch has " + std::to_string(slots) +
                 " image placeholder tokens but the connector produced " +
                 std::to_string(image_tokens.size(0)) + " image tokens");
-  if (slots == 0) return text_embeds;
+  // With no image the connector's (empty) output still joins the graph, so every trainable
+  // parameter receives a (zero) gradient each step, as data-parallel gradient sync expects.
+  if (slots == 0) return image_tokens.requires_grad() ? text_embeds + image_tokens.sum() * 0.0 : text_embeds;
   return text_embeds.masked_scatter(is_image.unsqueeze(-1), image_tokens.to(text_embeds.dtype()));
 }
 

@@ -147,3 +147,13 @@ TEST_CASE("connector registry: names and unknown types") {
   cfg.connector.type = "qformer9";
   CHECK_THROWS_WITH(MultimodalModel(cfg, kImage), Catch::Contains("unknown connector 'qformer9'"));
 }
+
+TEST_CASE("splicing: a text-only batch still gives the connector a (zero) gradient") {
+  MultimodalModel model(tiny_model(), kImage);
+  auto h = model->forward(torch::randint(5, 50, {2, 6}), {});
+  model->logits(h).sum().backward();
+  for (const auto& p : model->connector->parameters()) {
+    REQUIRE(p.grad().defined());
+    CHECK(p.grad().abs().sum().item<double>() == 0.0);
+  }
+}

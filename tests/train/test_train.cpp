@@ -95,7 +95,6 @@ TEST_CASE("frozen parameters get no gradient; trainable ones do") {
   auto model = build_model(c, *tok);
   apply_trainable(*model, c);
   CHECK(!model->vision_trainable());
-  auto ids = torch::tensor({int64_t(1)});
   std::vector<int64_t> seq{1};
   seq.insert(seq.end(), static_cast<size_t>(model->image_tokens()), tok->image_id());
   seq.insert(seq.end(), {10, 11, 2});
@@ -132,8 +131,9 @@ TEST_CASE("checkpoint round trip restores weights, optimizer moments and trainer
   apply_trainable(*model, c);
   auto opt = make_optimizer(*model, c.train);
   // One real update so the optimizer has state.
-  auto ids = torch::randint(5, 50, {2, 6});
-  model->logits(model->forward(ids, {})).pow(2).mean().backward();
+  std::vector<int64_t> seq(static_cast<size_t>(model->image_tokens()), tok->image_id());
+  seq.insert(seq.end(), {10, 11, 2});
+  model->logits(model->forward(torch::tensor(seq).unsqueeze(0), torch::randn({1, 3, 32, 32}))).pow(2).mean().backward();
   opt->step();
   TrainerState st;
   st.step = 7, st.epoch = 2, st.position = 40, st.total_steps = 99, st.lr = 0.25;
