@@ -18,7 +18,8 @@ inline void make_shapes(const std::filesystem::path& dir, int64_t train = 48, in
 }
 
 // A stage-1-like config over the data in `data_dir`, with models small enough to train in seconds.
-inline Config tiny_config(const std::filesystem::path& data_dir, const std::filesystem::path& out_dir) {
+inline Config tiny_config(const std::filesystem::path& data_dir,
+                          const std::filesystem::path& out_dir) {
   Config c;
   c.source = "tiny";
   c.run.name = "tiny";
@@ -26,7 +27,8 @@ inline Config tiny_config(const std::filesystem::path& data_dir, const std::file
   c.run.threads = 1;
   c.run.seed = 3;
   auto& v = c.model.vision;
-  v.image_size = 32, v.patch_size = 8, v.hidden = 32, v.layers = 2, v.heads = 2, v.intermediate = 64;
+  v.image_size = 32, v.patch_size = 8, v.hidden = 32, v.layers = 2, v.heads = 2,
+  v.intermediate = 64;
   auto& l = c.model.llm;
   l.hidden = 32, l.layers = 2, l.heads = 2, l.kv_heads = 1, l.intermediate = 64, l.vocab = 128;
   c.model.tokenizer = (data_dir / "tokenizer.json").string();

@@ -10,23 +10,30 @@ namespace mllm::cli {
 Action add_data_command(CLI::App& app) {
   auto* data = app.add_subcommand("data", "Generate or convert datasets");
   data->require_subcommand(1);
-  auto* shapes = data->add_subcommand("shapes", "Generate ShapesWorld: images of shapes with captions, "
-                                                "questions, preference pairs and a tokenizer.json");
+  auto* shapes = data->add_subcommand("shapes",
+                                      "Generate ShapesWorld: images of shapes with captions, "
+                                      "questions, preference pairs and a tokenizer.json");
   struct Args {
     std::string out;
     data::ShapesWorldOptions options;
   };
   auto args = std::make_shared<Args>();
   shapes->add_option("--out", args->out, "Output directory")->required();
-  shapes->add_option("--seed", args->options.seed, "Random seed (same seed, same bytes)")->capture_default_str();
-  shapes->add_option("--train", args->options.train, "Number of training images")->capture_default_str();
-  shapes->add_option("--val", args->options.val, "Number of validation images")->capture_default_str();
-  shapes->add_option("--image-size", args->options.image_size, "Image side in pixels")->capture_default_str();
+  shapes->add_option("--seed", args->options.seed, "Random seed (same seed, same bytes)")
+      ->capture_default_str();
+  shapes->add_option("--train", args->options.train, "Number of training images")
+      ->capture_default_str();
+  shapes->add_option("--val", args->options.val, "Number of validation images")
+      ->capture_default_str();
+  shapes->add_option("--image-size", args->options.image_size, "Image side in pixels")
+      ->capture_default_str();
   return [args]() {
     try {
       const auto s = data::generate_shapes_world(args->out, args->options);
-      spdlog::info("ShapesWorld -> {}: {} train / {} val images, {} instruction records, {} preference pairs",
-                   args->out, s.train_images, s.val_images, s.instruct_records, s.preference_records);
+      spdlog::info(
+          "ShapesWorld -> {}: {} train / {} val images, {} instruction records, {} preference "
+          "pairs",
+          args->out, s.train_images, s.val_images, s.instruct_records, s.preference_records);
     } catch (const Error& e) {
       // Bad options are usage errors.
       const std::string what = e.what();

@@ -10,8 +10,9 @@
 #include "core/logging.h"
 
 int main(int argc, char** argv) {
-  CLI::App app{"mllm: a C++ training framework for multimodal LLMs (alignment pretraining, "
-               "instruction tuning, preference alignment)"};
+  CLI::App app{
+      "mllm: a C++ training framework for multimodal LLMs (alignment pretraining, "
+      "instruction tuning, preference alignment)"};
   app.set_version_flag("--version", std::string("mllm ") + MLLM_VERSION);
   app.require_subcommand(1);
   std::map<CLI::App*, mllm::cli::Action> actions;

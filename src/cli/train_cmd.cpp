@@ -18,13 +18,16 @@ Action add_train_command(CLI::App& app) {
   };
   auto args = std::make_shared<Args>();
   cmd->add_option("--config,-c", args->config, "YAML recipe")->required();
-  cmd->add_option("--set", args->overrides, "Override a config value: --set train.lr=2e-5 (repeatable)")
+  cmd->add_option("--set", args->overrides,
+                  "Override a config value: --set train.lr=2e-5 (repeatable)")
       ->take_all()
       ->allow_extra_args(false);
-  cmd->add_option("--resume", args->resume,
-                  "auto (newest complete checkpoint, if any), none (fresh run), or a checkpoint directory")
+  cmd->add_option(
+         "--resume", args->resume,
+         "auto (newest complete checkpoint, if any), none (fresh run), or a checkpoint directory")
       ->capture_default_str();
-  cmd->add_option("--stop-after", args->stop_after, "Stop after N steps of this process (simulated preemption)");
+  cmd->add_option("--stop-after", args->stop_after,
+                  "Stop after N steps of this process (simulated preemption)");
   return [args]() {
     Config config = load_config(args->config, args->overrides);
     spdlog::set_level(spdlog::level::from_str(config.run.log_level));
@@ -33,7 +36,8 @@ Action add_train_command(CLI::App& app) {
     options.stop_after = args->stop_after;
     const TrainSummary s = train(config, options);
     if (s.first_eval_loss && s.last_eval_loss)
-      spdlog::info("held-out loss: {:.4f} at the start, {:.4f} at the end", *s.first_eval_loss, *s.last_eval_loss);
+      spdlog::info("held-out loss: {:.4f} at the start, {:.4f} at the end", *s.first_eval_loss,
+                   *s.last_eval_loss);
     spdlog::info("run directory: {}", s.output_dir.string());
     return 0;
   };

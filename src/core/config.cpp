@@ -1,6 +1,6 @@
-// YAML <-> typed Config. Each section is described once, in a `describe(Binder&, Section&)` function,
-// and that one description drives reading (with validation), writing the resolved config, and the
-// list of known key paths used for did-you-mean suggestions.
+// YAML <-> typed Config. Each section is described once, in a `describe(Binder&, Section&)`
+// function, and that one description drives reading (with validation), writing the resolved config,
+// and the list of known key paths used for did-you-mean suggestions.
 #include "core/config.h"
 
 #include <yaml-cpp/yaml.h>
@@ -126,7 +126,8 @@ class Binder {
       std::error_code ec;
       if (!std::filesystem::exists(p, ec)) fail(c.path, "not found: " + p);
       if (c.dir && !std::filesystem::is_directory(p, ec)) fail(c.path, "not a directory: " + p);
-      if (!c.dir && std::filesystem::is_directory(p, ec)) fail(c.path, "is a directory, expected a file: " + p);
+      if (!c.dir && std::filesystem::is_directory(p, ec))
+        fail(c.path, "is a directory, expected a file: " + p);
     }
   }
 
@@ -168,7 +169,8 @@ class Binder {
       const std::string head = prefix_.empty() ? "" : prefix_ + ".";
       std::vector<std::string> siblings;
       for (const auto& p : ctx_.known_paths)
-        if (p.rfind(head, 0) == 0) siblings.push_back(p.substr(head.size(), p.find('.', head.size()) - head.size()));
+        if (p.rfind(head, 0) == 0)
+          siblings.push_back(p.substr(head.size(), p.find('.', head.size()) - head.size()));
       std::string guess = closest(key, siblings);
       if (!guess.empty()) guess = head + guess;
       if (guess.empty()) {  // train.seed -> run.seed
@@ -187,7 +189,9 @@ class Binder {
   }
 
  private:
-  std::string full(const std::string& key) const { return prefix_.empty() ? key : prefix_ + "." + key; }
+  std::string full(const std::string& key) const {
+    return prefix_.empty() ? key : prefix_ + "." + key;
+  }
 
   YAML::Node lookup(const std::string& key) const {
     if (!node_ || !node_.IsMap()) return YAML::Node(YAML::NodeType::Undefined);
@@ -201,7 +205,8 @@ class Binder {
     return it != ctx_.origin->end() ? it->second : ctx_.file;
   }
 
-  // Remembers where a key came from, so later errors (cross-field checks, model loading) can cite it.
+  // Remembers where a key came from, so later errors (cross-field checks, model loading) can cite
+  // it.
   void record(const std::string& path, const YAML::Node& n) {
     std::string where = ctx_.file;
     const YAML::Mark m = n.Mark();
@@ -252,9 +257,12 @@ class Binder {
   }
   void parse(const std::string& path, const YAML::Node& n, bool& v) const {
     const std::string s = n.IsScalar() ? n.Scalar() : "";
-    if (s == "true" || s == "True" || s == "yes") v = true;
-    else if (s == "false" || s == "False" || s == "no") v = false;
-    else fail(path, "expected true or false, got " + kind(n));
+    if (s == "true" || s == "True" || s == "yes")
+      v = true;
+    else if (s == "false" || s == "False" || s == "no")
+      v = false;
+    else
+      fail(path, "expected true or false, got " + kind(n));
   }
   void parse(const std::string& path, const YAML::Node& n, std::string& v) const {
     if (n.IsNull()) {
@@ -285,8 +293,10 @@ class Binder {
     emit_value(v);
   }
   void emit_value(const std::string& s) {
-    if (s.empty()) *out_ << YAML::Null;
-    else *out_ << YAML::DoubleQuoted << s;
+    if (s.empty())
+      *out_ << YAML::Null;
+    else
+      *out_ << YAML::DoubleQuoted << s;
   }
   void emit_value(int64_t x) { *out_ << x; }
   void emit_value(bool b) { *out_ << (b ? "true" : "false"); }
@@ -338,8 +348,9 @@ Check<std::vector<double>> of_size(size_t n) {
 
 void describe(Binder& b, RunConfig& c) {
   b.value("name", c.name, Check<std::string>([](const std::string& s) -> std::string {
-            return s.empty() || s.find('/') != std::string::npos ? "must be a non-empty name without '/'"
-                                                                 : "";
+            return s.empty() || s.find('/') != std::string::npos
+                       ? "must be a non-empty name without '/'"
+                       : "";
           }));
   b.value("output_dir", c.output_dir);
   b.value("seed", c.seed, at_least(0));
@@ -428,7 +439,8 @@ void describe(Binder& b, TrainConfig& c) {
   b.value("grad_accum", c.grad_accum, at_least(1));
   b.value("lr", c.lr, in_range(0, 10, true));
   b.value("weight_decay", c.weight_decay, in_range(0, 10));
-  b.value("betas", c.betas, Check<std::vector<double>>([](const std::vector<double>& v) -> std::string {
+  b.value("betas", c.betas,
+          Check<std::vector<double>>([](const std::vector<double>& v) -> std::string {
             if (v.size() != 2) return "expected a list of 2 numbers";
             for (double x : v)
               if (!(x >= 0 && x < 1)) return "each beta must be in [0, 1)";
@@ -462,13 +474,15 @@ std::vector<std::string> split(const std::string& s, char sep) {
   return out;
 }
 
-void set_path(YAML::Node node, const std::vector<std::string>& parts, size_t i, const YAML::Node& value) {
+void set_path(YAML::Node node, const std::vector<std::string>& parts, size_t i,
+              const YAML::Node& value) {
   if (i + 1 == parts.size()) {
     node[parts[i]] = value;
     return;
   }
   const YAML::Node& cnode = node;
-  if (!cnode[parts[i]] || !cnode[parts[i]].IsMap()) node[parts[i]] = YAML::Node(YAML::NodeType::Map);
+  if (!cnode[parts[i]] || !cnode[parts[i]].IsMap())
+    node[parts[i]] = YAML::Node(YAML::NodeType::Map);
   set_path(node[parts[i]], parts, i + 1, value);
 }
 
@@ -486,10 +500,11 @@ void cross_check(const Config& c, const Binder& b) {
                                           std::to_string(v.patch_size) + ")");
   if (v.feature_layer > v.layers || v.feature_layer < -(v.layers + 1))
     b.fail("model.vision.feature_layer", "must index one of the " + std::to_string(v.layers + 1) +
-                                             " hidden states (got " + std::to_string(v.feature_layer) +
-                                             ")");
+                                             " hidden states (got " +
+                                             std::to_string(v.feature_layer) + ")");
   if (l.hidden % l.heads != 0 || (l.hidden / l.heads) % 2 != 0)
-    b.fail("model.llm.heads", "model.llm.hidden / heads must be an even integer (rotary embedding)");
+    b.fail("model.llm.heads",
+           "model.llm.hidden / heads must be an even integer (rotary embedding)");
   if (l.heads % l.kv_heads != 0)
     b.fail("model.llm.kv_heads", "model.llm.heads (" + std::to_string(l.heads) +
                                      ") must be a multiple of kv_heads (" +
@@ -500,7 +515,8 @@ void cross_check(const Config& c, const Binder& b) {
 
 }  // namespace
 
-Config load_config(const std::filesystem::path& yaml_path, const std::vector<std::string>& overrides) {
+Config load_config(const std::filesystem::path& yaml_path,
+                   const std::vector<std::string>& overrides) {
   Config config;
   config.source = yaml_path.string();
   Context ctx;
@@ -523,7 +539,8 @@ Config load_config(const std::filesystem::path& yaml_path, const std::vector<std
                       ": invalid YAML: " + e.msg);
   }
   if (root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
-  if (!root.IsMap()) throw ConfigError(yaml_path.string() + ": expected a mapping at the top level");
+  if (!root.IsMap())
+    throw ConfigError(yaml_path.string() + ": expected a mapping at the top level");
 
   for (const auto& o : overrides) {
     const auto eq = o.find('=');
@@ -538,7 +555,8 @@ Config load_config(const std::filesystem::path& yaml_path, const std::vector<std
     }
     const auto parts = split(key, '.');
     for (const auto& p : parts)
-      if (p.empty()) throw ConfigError("--set " + o + ": empty component in key path '" + key + "'");
+      if (p.empty())
+        throw ConfigError("--set " + o + ": empty component in key path '" + key + "'");
     set_path(root, parts, 0, value);
     ctx.overrides[key] = o;
   }

@@ -1,7 +1,8 @@
-// The typed configuration of a run: one struct per YAML section (run, model, data, train), each with
-// its defaults. `load_config` reads a recipe, applies `--set key.path=value` overrides, checks every
-// key, type, range and file, and reports the first problem as one ConfigError that names the YAML
-// file and line (or the --set argument) and the key path. No LibTorch here: this header is cheap.
+// The typed configuration of a run: one struct per YAML section (run, model, data, train), each
+// with its defaults. `load_config` reads a recipe, applies `--set key.path=value` overrides, checks
+// every key, type, range and file, and reports the first problem as one ConfigError that names the
+// YAML file and line (or the --set argument) and the key path. No LibTorch here: this header is
+// cheap.
 #pragma once
 
 #include <cstdint>
@@ -14,10 +15,10 @@ namespace mllm {
 
 struct RunConfig {
   std::string name = "run";
-  std::string output_dir;      // default: runs/<name>
+  std::string output_dir;  // default: runs/<name>
   int64_t seed = 0;
-  std::string device = "auto"; // auto | cpu | cuda | cuda:N
-  int64_t threads = 0;         // 0 = auto (all cores)
+  std::string device = "auto";  // auto | cpu | cuda | cuda:N
+  int64_t threads = 0;          // 0 = auto (all cores)
   std::string log_level = "info";
 };
 
@@ -31,8 +32,8 @@ struct VisionConfig {
   int64_t heads = 4;
   int64_t intermediate = 256;
   double layer_norm_eps = 1e-5;
-  int64_t feature_layer = -2;   // index into hidden_states (0 = embeddings), negative from the end
-  std::string select = "patch"; // patch | cls_patch
+  int64_t feature_layer = -2;    // index into hidden_states (0 = embeddings), negative from the end
+  std::string select = "patch";  // patch | cls_patch
 };
 
 struct LlmConfig {
@@ -63,14 +64,14 @@ struct ModelConfig {
 
 struct DataSourceConfig {
   std::string format = "llava_json";
-  std::string path;        // empty = none (only allowed for data.eval)
-  std::string image_root;  // folder that record "image" paths are relative to
-  int64_t max_samples = 0; // 0 = all
+  std::string path;         // empty = none (only allowed for data.eval)
+  std::string image_root;   // folder that record "image" paths are relative to
+  int64_t max_samples = 0;  // 0 = all
 };
 
 struct ImageConfig {
-  int64_t size = 0;            // 0 = model.vision.image_size
-  std::string aspect = "pad";  // pad | resize
+  int64_t size = 0;                                                // 0 = model.vision.image_size
+  std::string aspect = "pad";                                      // pad | resize
   std::vector<double> mean = {0.48145466, 0.4578275, 0.40821073};  // CLIP's
   std::vector<double> std = {0.26862954, 0.26130258, 0.27577711};
 };
@@ -98,12 +99,12 @@ struct TrainConfig {
   double warmup_ratio = 0.03;
   std::string schedule = "cosine";  // cosine | linear | constant
   double min_lr_ratio = 0.0;
-  double clip_grad_norm = 1.0;  // 0 = off
+  double clip_grad_norm = 1.0;     // 0 = off
   std::string precision = "fp32";  // fp32 | bf16
-  int64_t save_every = 0;  // 0 = only the final weights
-  int64_t keep_last = 2;   // 0 = keep all
+  int64_t save_every = 0;          // 0 = only the final weights
+  int64_t keep_last = 2;           // 0 = keep all
   int64_t log_every = 10;
-  int64_t eval_every = 0;  // 0 = only at the start and the end
+  int64_t eval_every = 0;    // 0 = only at the start and the end
   int64_t eval_batches = 0;  // 0 = the whole eval set
 };
 
@@ -113,8 +114,8 @@ struct Config {
   DataConfig data;
   TrainConfig train;
 
-  std::string source;                          // the YAML file it came from
-  std::map<std::string, std::string> origin;   // key path -> "file.yaml:LINE" or "--set key=..."
+  std::string source;                         // the YAML file it came from
+  std::map<std::string, std::string> origin;  // key path -> "file.yaml:LINE" or "--set key=..."
 
   // "configs/x.yaml:12: model.llm.pretrained" — the prefix for an error about `key`.
   std::string where(const std::string& key) const;

@@ -30,7 +30,8 @@ void fsync_path(const fs::path& path) {
 void rename_durable(const fs::path& from, const fs::path& to) {
   std::error_code ec;
   fs::rename(from, to, ec);
-  if (ec) throw Error(to.string() + ": cannot rename from " + from.string() + " (" + ec.message() + ")");
+  if (ec)
+    throw Error(to.string() + ": cannot rename from " + from.string() + " (" + ec.message() + ")");
   fsync_path(to.has_parent_path() ? to.parent_path() : fs::path("."));
 }
 

@@ -1,6 +1,6 @@
-// Filesystem helpers that never leave half a file behind: write to a temporary sibling, fsync, rename.
-// Checkpoints and run outputs go through here so that a crash or preemption at any instant leaves
-// either the old file or the new one.
+// Filesystem helpers that never leave half a file behind: write to a temporary sibling, fsync,
+// rename. Checkpoints and run outputs go through here so that a crash or preemption at any instant
+// leaves either the old file or the new one.
 #pragma once
 
 #include <filesystem>
@@ -13,8 +13,8 @@ namespace fs = std::filesystem;
 // Reads a whole file; throws Error("<path>: cannot read ...") if it is missing or unreadable.
 std::string read_file(const fs::path& path);
 
-// Writes `bytes` to `path` atomically (temporary file in the same directory, fsync, rename, fsync of
-// the directory).
+// Writes `bytes` to `path` atomically (temporary file in the same directory, fsync, rename, fsync
+// of the directory).
 void write_file_atomic(const fs::path& path, const std::string& bytes);
 
 // fsync a file or directory by path (best effort on filesystems that refuse directory fsync).

@@ -14,9 +14,11 @@ int configure_threads(int64_t threads) {
 }
 
 torch::Device select_device(const std::string& device) {
-  if (device == "auto") return torch::cuda::is_available() ? torch::Device("cuda") : torch::Device("cpu");
+  if (device == "auto")
+    return torch::cuda::is_available() ? torch::Device("cuda") : torch::Device("cpu");
   if (device.rfind("cuda", 0) == 0 && !torch::cuda::is_available())
-    throw ConfigError("run.device: '" + device + "' requested but this build/machine has no CUDA device");
+    throw ConfigError("run.device: '" + device +
+                      "' requested but this build/machine has no CUDA device");
   return torch::Device(device);
 }
 

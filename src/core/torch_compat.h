@@ -7,7 +7,8 @@
 #include <torch/version.h>
 
 #define MLLM_TORCH_AT_LEAST(major, minor) \
-  (TORCH_VERSION_MAJOR > (major) || (TORCH_VERSION_MAJOR == (major) && TORCH_VERSION_MINOR >= (minor)))
+  (TORCH_VERSION_MAJOR > (major) ||       \
+   (TORCH_VERSION_MAJOR == (major) && TORCH_VERSION_MINOR >= (minor)))
 
 namespace mllm {
 
@@ -22,9 +23,12 @@ inline at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::
   // With a padding mask, causality is folded into the mask (2.x rejects mask + is_causal).
   const auto T = q.size(-2), S = k.size(-2);
   auto causal = at::ones({T, S}, q.options().dtype(at::kBool)).triu(S - T + 1);
-  return at::scaled_dot_product_attention(q, k, v, is_causal ? (*m + at::zeros({T, S}, m->options())).masked_fill(causal, -1e9) : *m, 0.0, false);
+  return at::scaled_dot_product_attention(
+      q, k, v, is_causal ? (*m + at::zeros({T, S}, m->options())).masked_fill(causal, -1e9) : *m,
+      0.0, false);
 #else
-  if (!mask.has_value()) return std::get<0>(at::_scaled_dot_product_attention(q, k, v, {}, 0.0, false, is_causal));
+  if (!mask.has_value())
+    return std::get<0>(at::_scaled_dot_product_attention(q, k, v, {}, 0.0, false, is_causal));
   // 1.13's fused entry point does not combine a mask with is_causal: do the math explicitly.
   const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
   auto scores = at::matmul(q, k.transpose(-2, -1)) * scale + *mask;
@@ -37,7 +41,8 @@ inline at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::
 #endif
 }
 
-// Enables autocast to `dtype` on `device_type` for the lifetime of the scope (bf16 mixed precision).
+// Enables autocast to `dtype` on `device_type` for the lifetime of the scope (bf16 mixed
+// precision).
 class AutocastScope {
  public:
   AutocastScope(bool enabled, at::DeviceType device_type, at::ScalarType dtype)
@@ -98,13 +103,15 @@ namespace mllm {
 namespace detail {
 template <class Key>
 Key optimizer_state_key(const at::Tensor& p) {
-  if constexpr (std::is_same_v<Key, std::string>) return c10::guts::to_string(p.unsafeGetTensorImpl());
-  else return static_cast<Key>(p.unsafeGetTensorImpl());
+  if constexpr (std::is_same_v<Key, std::string>)
+    return c10::guts::to_string(p.unsafeGetTensorImpl());
+  else
+    return static_cast<Key>(p.unsafeGetTensorImpl());
 }
 }  // namespace detail
 
-// The optimizer's per-parameter state for `p` (null if none yet). The state map is keyed by a string
-// of the TensorImpl address in 1.13 and by the address itself in later releases.
+// The optimizer's per-parameter state for `p` (null if none yet). The state map is keyed by a
+// string of the TensorImpl address in 1.13 and by the address itself in later releases.
 inline torch::optim::OptimizerParamState* optimizer_param_state(torch::optim::Optimizer& opt,
                                                                 const at::Tensor& p) {
   auto& state = opt.state();

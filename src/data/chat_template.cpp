@@ -4,7 +4,9 @@
 
 namespace mllm {
 
-bool template_uses_images(const std::string& name) { return name != "text"; }
+bool template_uses_images(const std::string& name) {
+  return name != "text";
+}
 
 namespace {
 
@@ -20,8 +22,8 @@ void check_roles(const std::vector<Turn>& turns) {
   for (size_t i = 0; i < turns.size(); ++i) {
     const char* want = i % 2 == 0 ? "human" : "gpt";
     if (turns[i].from != want)
-      throw Error("turn " + std::to_string(i) + " is from '" + turns[i].from + "', expected '" + want +
-                  "' (turns alternate human, gpt)");
+      throw Error("turn " + std::to_string(i) + " is from '" + turns[i].from + "', expected '" +
+                  want + "' (turns alternate human, gpt)");
   }
 }
 

@@ -1,6 +1,6 @@
 // Conversation templates: how a record's turns become the token stream the model trains on, and
-// which parts of it carry the loss. A template yields pieces of text, each marked supervised or not;
-// the dataset tokenizes them and builds labels from the marks.
+// which parts of it carry the loss. A template yields pieces of text, each marked supervised or
+// not; the dataset tokenizes them and builds labels from the marks.
 //   plain — LLaVA's pretraining template: <s> <image> caption </s>; the loss is on the caption.
 //           (LLaVA: conversation_lib "plain" — the human turn is replaced by the image alone.)
 //   text  — text only, for warming up an LLM: <s> then every gpt turn followed by </s>, all

@@ -15,8 +15,8 @@ Batch Batch::to(const torch::Device& device) const {
   return b;
 }
 
-Batch collate(const std::vector<const Sample*>& samples, const ImageTransform& transform, int64_t pad_id,
-              bool skip_bad_images, int64_t* dropped) {
+Batch collate(const std::vector<const Sample*>& samples, const ImageTransform& transform,
+              int64_t pad_id, bool skip_bad_images, int64_t* dropped) {
   std::vector<const Sample*> kept;
   std::vector<torch::Tensor> images;
   for (const Sample* s : samples) {

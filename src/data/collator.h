@@ -12,10 +12,10 @@
 namespace mllm {
 
 struct Batch {
-  torch::Tensor input_ids;       // (B,T) int64
-  torch::Tensor labels;          // (B,T) int64, -100 = no loss
-  torch::Tensor attention_mask;  // (B,T) int64, 1 = real token
-  torch::Tensor pixel_values;    // (N,3,S,S) float, N = images in the batch (undefined if none)
+  torch::Tensor input_ids;        // (B,T) int64
+  torch::Tensor labels;           // (B,T) int64, -100 = no loss
+  torch::Tensor attention_mask;   // (B,T) int64, 1 = real token
+  torch::Tensor pixel_values;     // (N,3,S,S) float, N = images in the batch (undefined if none)
   int64_t supervised_tokens = 0;  // labels != -100 after the shift (what the loss averages over)
   int64_t tokens = 0;             // real (non-pad) tokens
 
@@ -24,7 +24,7 @@ struct Batch {
 
 // Images that fail to decode throw Error naming the file and the record, unless `skip_bad_images`,
 // in which case the sample is dropped from the batch (and `dropped` counts it).
-Batch collate(const std::vector<const Sample*>& samples, const ImageTransform& transform, int64_t pad_id,
-              bool skip_bad_images = false, int64_t* dropped = nullptr);
+Batch collate(const std::vector<const Sample*>& samples, const ImageTransform& transform,
+              int64_t pad_id, bool skip_bad_images = false, int64_t* dropped = nullptr);
 
 }  // namespace mllm

@@ -1,7 +1,7 @@
 #include "data/datasets.h"
 
-#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
+#include <nlohmann/json.hpp>
 
 #include "core/error.h"
 #include "core/fs.h"
@@ -12,11 +12,12 @@ namespace mllm {
 namespace {
 
 // Tokenizes one record; throws Error(reason) when it cannot be used.
-Sample make_sample(const nlohmann::json& rec, const DataConfig& data, const DataSourceConfig& source,
-                   const Tokenizer& tok, int64_t image_tokens) {
+Sample make_sample(const nlohmann::json& rec, const DataConfig& data,
+                   const DataSourceConfig& source, const Tokenizer& tok, int64_t image_tokens) {
   if (!rec.is_object()) throw Error("a record must be a JSON object");
   Sample s;
-  if (rec.contains("id")) s.id = rec["id"].is_string() ? rec["id"].get<std::string>() : rec["id"].dump();
+  if (rec.contains("id"))
+    s.id = rec["id"].is_string() ? rec["id"].get<std::string>() : rec["id"].dump();
   if (!rec.contains("conversations") || !rec["conversations"].is_array())
     throw Error("missing \"conversations\" array");
   std::vector<Turn> turns;
@@ -49,13 +50,13 @@ Sample make_sample(const nlohmann::json& rec, const DataConfig& data, const Data
   }
   const int64_t want_images = s.image.empty() ? 0 : 1;
   if (images_in_text != want_images)
-    throw Error("the text has " + std::to_string(images_in_text) + " <image> tokens but the record has " +
-                std::to_string(want_images) + " image");
+    throw Error("the text has " + std::to_string(images_in_text) +
+                " <image> tokens but the record has " + std::to_string(want_images) + " image");
   const auto max_len = static_cast<size_t>(data.max_length);
   if (s.input_ids.size() > max_len) {
     // Truncate the tail (as LLaVA does at model_max_length), but never inside an image.
-    const bool cuts_image = std::find(s.input_ids.begin() + static_cast<long>(max_len), s.input_ids.end(),
-                                      tok.image_id()) != s.input_ids.end();
+    const bool cuts_image = std::find(s.input_ids.begin() + static_cast<long>(max_len),
+                                      s.input_ids.end(), tok.image_id()) != s.input_ids.end();
     if (cuts_image)
       throw Error(std::to_string(s.input_ids.size()) + " tokens exceed data.max_length=" +
                   std::to_string(max_len) + " and truncation would cut the image");
@@ -88,9 +89,11 @@ ConversationDataset::ConversationDataset(const DataSourceConfig& source, const D
     try {
       samples_.push_back(make_sample(j[i], data, source, tokenizer, image_tokens));
     } catch (const Error& e) {
-      std::string id = j[i].is_object() && j[i].contains("id") ? " (id " + j[i]["id"].dump() + ")" : "";
+      std::string id =
+          j[i].is_object() && j[i].contains("id") ? " (id " + j[i]["id"].dump() + ")" : "";
       const std::string msg = file + ": record " + std::to_string(i) + id + ": " + e.what();
-      if (data.on_bad_record == "error") throw Error(msg + " (set data.on_bad_record=skip to skip such records)");
+      if (data.on_bad_record == "error")
+        throw Error(msg + " (set data.on_bad_record=skip to skip such records)");
       if (skipped_ < 5) spdlog::warn("skipping {}", msg);
       ++skipped_;
     }

@@ -25,8 +25,8 @@ struct Sample {
 class ConversationDataset {
  public:
   // `key` names the config section ("data.train") for error messages.
-  ConversationDataset(const DataSourceConfig& source, const DataConfig& data, const Tokenizer& tokenizer,
-                      int64_t image_tokens, const std::string& key);
+  ConversationDataset(const DataSourceConfig& source, const DataConfig& data,
+                      const Tokenizer& tokenizer, int64_t image_tokens, const std::string& key);
 
   size_t size() const { return samples_.size(); }
   const Sample& operator[](size_t i) const { return samples_[i]; }

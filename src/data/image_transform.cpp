@@ -7,7 +7,8 @@
 
 namespace mllm {
 
-ImageTransform::ImageTransform(int64_t size, const ImageConfig& config) : size_(size), config_(config) {}
+ImageTransform::ImageTransform(int64_t size, const ImageConfig& config)
+    : size_(size), config_(config) {}
 
 torch::Tensor ImageTransform::operator()(const cv::Mat& bgr) const {
   cv::Mat img = bgr;
@@ -37,7 +38,8 @@ torch::Tensor ImageTransform::operator()(const cv::Mat& bgr) const {
 torch::Tensor ImageTransform::load(const std::filesystem::path& path) const {
   if (!std::filesystem::exists(path)) throw Error(path.string() + ": image not found");
   cv::Mat img = cv::imread(path.string(), cv::IMREAD_COLOR);
-  if (img.empty()) throw Error(path.string() + ": cannot decode image (corrupt or unsupported format)");
+  if (img.empty())
+    throw Error(path.string() + ": cannot decode image (corrupt or unsupported format)");
   return (*this)(img);
 }
 

@@ -5,8 +5,8 @@
 
 #include <filesystem>
 
-#include <opencv2/core.hpp>
 #include <torch/torch.h>
+#include <opencv2/core.hpp>
 
 #include "core/config.h"
 

@@ -12,7 +12,8 @@ namespace {
 
 // The prefix under which `probe` appears in the file: a whole llava checkpoint nests the part under
 // `outer`, a bare HF checkpoint of the part does not.
-std::string detect_prefix(const SafetensorsFile& f, const std::string& outer, const std::string& probe) {
+std::string detect_prefix(const SafetensorsFile& f, const std::string& outer,
+                          const std::string& probe) {
   if (f.contains(outer + probe)) return outer;
   if (f.contains(probe)) return "";
   throw Error(f.path().string() + ": neither " + outer + probe + " nor " + probe +
@@ -36,9 +37,9 @@ MultimodalModel build_model(Config& config, const Tokenizer& tokenizer) {
                  llm.pretrained, llm.layers, llm.hidden, llm.vocab);
   }
   if (tokenizer.vocab_size() > llm.vocab)
-    throw ConfigError(config.where("model.llm.vocab") + ": the tokenizer " + tokenizer.path().string() +
-                      " has " + std::to_string(tokenizer.vocab_size()) + " ids but the LLM only " +
-                      std::to_string(llm.vocab));
+    throw ConfigError(config.where("model.llm.vocab") + ": the tokenizer " +
+                      tokenizer.path().string() + " has " + std::to_string(tokenizer.vocab_size()) +
+                      " ids but the LLM only " + std::to_string(llm.vocab));
   if (tokenizer.image_id() < 0)
     throw ConfigError(config.where("model.tokenizer") + ": " + tokenizer.path().string() +
                       " has no <image> token");

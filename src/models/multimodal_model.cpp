@@ -13,17 +13,18 @@ torch::Tensor splice_image_tokens(const torch::Tensor& text_embeds, const torch:
                 std::to_string(image_tokens.size(0)) + " image tokens");
   // With no image the connector's (empty) output still joins the graph, so every trainable
   // parameter receives a (zero) gradient each step, as data-parallel gradient sync expects.
-  if (slots == 0) return image_tokens.requires_grad() ? text_embeds + image_tokens.sum() * 0.0 : text_embeds;
+  if (slots == 0)
+    return image_tokens.requires_grad() ? text_embeds + image_tokens.sum() * 0.0 : text_embeds;
   return text_embeds.masked_scatter(is_image.unsqueeze(-1), image_tokens.to(text_embeds.dtype()));
 }
 
 MultimodalModelImpl::MultimodalModelImpl(const ModelConfig& config, int64_t image_token_id)
     : config_(config), image_token_id_(image_token_id) {
   vision_tower = register_module("vision_tower", ClipVisionModel(config.vision));
-  connector = register_module(
-      "multi_modal_projector",
-      make_connector({config.vision.hidden, config.llm.hidden, vision_tower->num_feature_tokens(),
-                      config.connector}));
+  connector =
+      register_module("multi_modal_projector",
+                      make_connector({config.vision.hidden, config.llm.hidden,
+                                      vision_tower->num_feature_tokens(), config.connector}));
   language_model = register_module("language_model", LlamaForCausalLM(config.llm));
 }
 

@@ -1,6 +1,7 @@
 // The multimodal model: vision tower -> connector -> LLM, with the module tree laid out as
 // transformers' LlavaForConditionalGeneration so named_parameters() are llava-hf checkpoint keys:
-// vision_tower.vision_model.*, multi_modal_projector.*, language_model.model.*, language_model.lm_head.
+// vision_tower.vision_model.*, multi_modal_projector.*, language_model.model.*,
+// language_model.lm_head.
 //
 // The text has already been tokenized with every <image> expanded into Q placeholder ids (Q =
 // connector->output_tokens()); forward() replaces exactly those positions with the connector's
@@ -51,8 +52,9 @@ class MultimodalModelImpl : public torch::nn::Module {
 };
 TORCH_MODULE(MultimodalModel);
 
-// Splices image tokens into text embeddings: every position where `is_image` (B,T) is true takes the
-// next row of `image_tokens` (N*Q,C), in row-major order. Out of place; gradients reach both inputs.
+// Splices image tokens into text embeddings: every position where `is_image` (B,T) is true takes
+// the next row of `image_tokens` (N*Q,C), in row-major order. Out of place; gradients reach both
+// inputs.
 torch::Tensor splice_image_tokens(const torch::Tensor& text_embeds, const torch::Tensor& is_image,
                                   const torch::Tensor& image_tokens);
 

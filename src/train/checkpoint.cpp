@@ -30,8 +30,8 @@ int64_t step_of(const std::string& name) {
 }  // namespace
 
 nlohmann::json TrainerState::to_json() const {
-  return {{"format", kMagic}, {"version", kVersion}, {"step", step},     {"epoch", epoch},
-          {"position", position}, {"total_steps", total_steps}, {"lr", lr}, {"extra", extra}};
+  return {{"format", kMagic},     {"version", kVersion},        {"step", step}, {"epoch", epoch},
+          {"position", position}, {"total_steps", total_steps}, {"lr", lr},     {"extra", extra}};
 }
 
 TrainerState TrainerState::from_json(const nlohmann::json& j, const std::filesystem::path& file) {
@@ -118,8 +118,9 @@ std::optional<std::filesystem::path> find_latest_checkpoint(const std::filesyste
 TrainerState load_checkpoint(const std::filesystem::path& dir, torch::nn::Module& model,
                              torch::optim::Optimizer& optimizer) {
   if (!complete(dir))
-    throw Error(dir.string() + ": incomplete checkpoint (needs model.safetensors, optimizer.pt, "
-                               "trainer_state.json)");
+    throw Error(dir.string() +
+                ": incomplete checkpoint (needs model.safetensors, optimizer.pt, "
+                "trainer_state.json)");
   const auto state_file = dir / "trainer_state.json";
   nlohmann::json j;
   try {

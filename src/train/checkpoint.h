@@ -10,8 +10,8 @@
 #include <filesystem>
 #include <optional>
 
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 namespace mllm {
 
@@ -29,16 +29,18 @@ struct TrainerState {
 
 std::string checkpoint_name(int64_t step);
 
-// Writes checkpoints/<step-N>; updates `latest`; removes the oldest beyond keep_last (0 = keep all).
-std::filesystem::path save_checkpoint(const std::filesystem::path& checkpoints_dir, torch::nn::Module& model,
-                                      torch::optim::Optimizer& optimizer, const TrainerState& state,
-                                      int64_t keep_last);
+// Writes checkpoints/<step-N>; updates `latest`; removes the oldest beyond keep_last (0 = keep
+// all).
+std::filesystem::path save_checkpoint(const std::filesystem::path& checkpoints_dir,
+                                      torch::nn::Module& model, torch::optim::Optimizer& optimizer,
+                                      const TrainerState& state, int64_t keep_last);
 
 // The newest complete checkpoint under checkpoints_dir (by `latest`, else by scanning), if any.
-std::optional<std::filesystem::path> find_latest_checkpoint(const std::filesystem::path& checkpoints_dir);
+std::optional<std::filesystem::path> find_latest_checkpoint(
+    const std::filesystem::path& checkpoints_dir);
 
-// Restores the trainable parameters, the optimizer state and returns the trainer state. Throws Error
-// naming the checkpoint and the file that is missing or malformed.
+// Restores the trainable parameters, the optimizer state and returns the trainer state. Throws
+// Error naming the checkpoint and the file that is missing or malformed.
 TrainerState load_checkpoint(const std::filesystem::path& dir, torch::nn::Module& model,
                              torch::optim::Optimizer& optimizer);
 

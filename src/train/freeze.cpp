@@ -36,12 +36,14 @@ std::vector<std::string> apply_trainable(torch::nn::Module& module, const Config
   for (size_t g = 0; g < globs.size(); ++g) {
     if (used[g]) continue;
     // Suggest the top-level parts, the usual thing to glob on.
-    throw ConfigError(config.where("train.trainable") + "[" + std::to_string(g) + "]: '" + globs[g] +
-                      "' matches no parameter (top-level parts: vision_tower.*, multi_modal_projector.*, "
-                      "language_model.*; `mllm` parameter names are HF keys)");
+    throw ConfigError(
+        config.where("train.trainable") + "[" + std::to_string(g) + "]: '" + globs[g] +
+        "' matches no parameter (top-level parts: vision_tower.*, multi_modal_projector.*, "
+        "language_model.*; `mllm` parameter names are HF keys)");
   }
   if (trainable.empty())
-    throw ConfigError(config.where("train.trainable") + ": no parameter is trainable (list globs such as "
+    throw ConfigError(config.where("train.trainable") +
+                      ": no parameter is trainable (list globs such as "
                       "multi_modal_projector.*)");
   return trainable;
 }

@@ -5,10 +5,11 @@
 namespace mllm {
 
 ObjectiveOutput lm_loss(MultimodalModelImpl& model, const Batch& batch) {
-  auto hidden = model.forward(batch.input_ids, batch.pixel_values, batch.attention_mask);  // (B,T,C)
-  auto targets = batch.labels.slice(1, 1);                                                 // (B,T-1)
+  auto hidden =
+      model.forward(batch.input_ids, batch.pixel_values, batch.attention_mask);  // (B,T,C)
+  auto targets = batch.labels.slice(1, 1);                                       // (B,T-1)
   auto keep = targets != kIgnoreIndex;
-  auto h = hidden.slice(1, 0, -1).index({keep});  // (N,C)
+  auto h = hidden.slice(1, 0, -1).index({keep});    // (N,C)
   auto logits = model.logits(h).to(torch::kFloat);  // (N,V)
   auto loss = torch::nn::functional::cross_entropy(
       logits, targets.index({keep}),

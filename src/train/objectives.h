@@ -28,8 +28,9 @@ class Objective {
   virtual int64_t weight(const Batch& batch) const = 0;
 };
 
-// Next-token cross-entropy on the supervised tokens: position t predicts labels[t+1]. Only the hidden
-// states of supervised positions go through the LM head (B*T*V logits are never materialised).
+// Next-token cross-entropy on the supervised tokens: position t predicts labels[t+1]. Only the
+// hidden states of supervised positions go through the LM head (B*T*V logits are never
+// materialised).
 ObjectiveOutput lm_loss(MultimodalModelImpl& model, const Batch& batch);
 
 std::unique_ptr<Objective> make_objective(const TrainConfig& train);

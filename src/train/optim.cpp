@@ -4,7 +4,8 @@
 
 namespace mllm {
 
-std::unique_ptr<torch::optim::AdamW> make_optimizer(torch::nn::Module& module, const TrainConfig& t) {
+std::unique_ptr<torch::optim::AdamW> make_optimizer(torch::nn::Module& module,
+                                                    const TrainConfig& t) {
   std::vector<torch::Tensor> decay, no_decay;
   for (const auto& p : module.parameters(true)) {
     if (!p.requires_grad()) continue;
@@ -24,11 +25,14 @@ std::unique_ptr<torch::optim::AdamW> make_optimizer(torch::nn::Module& module, c
 
 double lr_at(const TrainConfig& t, int64_t step, int64_t total) {
   const auto warmup = static_cast<int64_t>(std::ceil(t.warmup_ratio * static_cast<double>(total)));
-  if (step < warmup) return t.lr * static_cast<double>(step) / static_cast<double>(std::max<int64_t>(1, warmup));
+  if (step < warmup)
+    return t.lr * static_cast<double>(step) / static_cast<double>(std::max<int64_t>(1, warmup));
   if (t.schedule == "constant") return t.lr;
-  const double progress = std::min(
-      1.0, static_cast<double>(step - warmup) / static_cast<double>(std::max<int64_t>(1, total - warmup)));
-  const double decay = t.schedule == "cosine" ? 0.5 * (1.0 + std::cos(M_PI * progress)) : 1.0 - progress;
+  const double progress =
+      std::min(1.0, static_cast<double>(step - warmup) /
+                        static_cast<double>(std::max<int64_t>(1, total - warmup)));
+  const double decay =
+      t.schedule == "cosine" ? 0.5 * (1.0 + std::cos(M_PI * progress)) : 1.0 - progress;
   return t.lr * (t.min_lr_ratio + (1.0 - t.min_lr_ratio) * decay);
 }
 

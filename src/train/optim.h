@@ -11,7 +11,8 @@
 
 namespace mllm {
 
-std::unique_ptr<torch::optim::AdamW> make_optimizer(torch::nn::Module& module, const TrainConfig& train);
+std::unique_ptr<torch::optim::AdamW> make_optimizer(torch::nn::Module& module,
+                                                    const TrainConfig& train);
 
 // lr for the update after `step` completed updates, out of `total` (transformers'
 // get_{cosine,linear,constant}_schedule_with_warmup: linear warmup from 0 over

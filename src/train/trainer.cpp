@@ -36,8 +36,8 @@ double seconds_since(Clock::time_point t) {
 
 // Mean of the objective over (up to max_batches batches of) a dataset, in order, without gradients.
 double evaluate(MultimodalModelImpl& model, Objective& objective, const ConversationDataset& data,
-                const ImageTransform& transform, int64_t pad_id, int64_t batch_size, int64_t max_batches,
-                const torch::Device& device, bool bf16) {
+                const ImageTransform& transform, int64_t pad_id, int64_t batch_size,
+                int64_t max_batches, const torch::Device& device, bool bf16) {
   torch::NoGradGuard no_grad;
   model.eval();
   double sum = 0;
@@ -61,9 +61,10 @@ double evaluate(MultimodalModelImpl& model, Objective& objective, const Conversa
 void check_fresh_output(const Config& config, const fs::path& out) {
   const bool has_ckpt = fs::is_directory(out / "checkpoints") && !fs::is_empty(out / "checkpoints");
   if (has_ckpt || fs::exists(out / "final"))
-    throw ConfigError(config.where("run.output_dir") + ": " + out.string() +
-                      " already holds a run (checkpoints/ or final/); pass --resume auto to continue it, "
-                      "or choose another run.output_dir");
+    throw ConfigError(
+        config.where("run.output_dir") + ": " + out.string() +
+        " already holds a run (checkpoints/ or final/); pass --resume auto to continue it, "
+        "or choose another run.output_dir");
 }
 
 void write_final(const fs::path& out, MultimodalModelImpl& model, const Config& config) {
@@ -91,7 +92,8 @@ TrainSummary train(Config config, const TrainOptions& options) {
     if (!resume_from) check_fresh_output(config, out);
   } else if (options.resume != "none" && !options.resume.empty()) {
     resume_from = fs::path(options.resume);
-    if (!fs::is_directory(*resume_from)) throw ConfigError("--resume: " + options.resume + ": not a directory");
+    if (!fs::is_directory(*resume_from))
+      throw ConfigError("--resume: " + options.resume + ": not a directory");
   } else {
     check_fresh_output(config, out);
   }
@@ -115,7 +117,8 @@ TrainSummary train(Config config, const TrainOptions& options) {
     n_total += p.numel();
     if (p.requires_grad()) n_trainable += p.numel();
   }
-  spdlog::info("parameters: {} trainable of {} ({} tensors trainable)", n_trainable, n_total, trainable.size());
+  spdlog::info("parameters: {} trainable of {} ({} tensors trainable)", n_trainable, n_total,
+               trainable.size());
 
   auto optimizer = make_optimizer(*model, config.train);
   auto objective = make_objective(config.train);
@@ -125,7 +128,8 @@ TrainSummary train(Config config, const TrainOptions& options) {
   std::optional<ConversationDataset> eval_data;
   if (!config.data.eval.path.empty())
     eval_data.emplace(config.data.eval, config.data, *tokenizer, Q, "data.eval");
-  const int64_t image_size = config.data.image.size > 0 ? config.data.image.size : config.model.vision.image_size;
+  const int64_t image_size =
+      config.data.image.size > 0 ? config.data.image.size : config.model.vision.image_size;
   const ImageTransform transform(image_size, config.data.image);
   const int64_t pad_id = tokenizer->pad_id() >= 0 ? tokenizer->pad_id() : 0;
   const bool skip_bad = config.data.on_bad_record == "skip";
@@ -136,11 +140,11 @@ TrainSummary train(Config config, const TrainOptions& options) {
   const int64_t steps_per_epoch = N / per_step;
   if (steps_per_epoch == 0)
     throw ConfigError(config.where("train.batch_size") + ": " + config.data.train.path + " has " +
-                      std::to_string(N) + " samples, fewer than batch_size*grad_accum = " +
-                      std::to_string(per_step));
+                      std::to_string(N) +
+                      " samples, fewer than batch_size*grad_accum = " + std::to_string(per_step));
   const int64_t total = tc.max_steps > 0 ? tc.max_steps : tc.epochs * steps_per_epoch;
-  spdlog::info("data: {} train samples ({} steps/epoch of {}), {} eval samples; {} steps", N, steps_per_epoch,
-               per_step, eval_data ? eval_data->size() : 0, total);
+  spdlog::info("data: {} train samples ({} steps/epoch of {}), {} eval samples; {} steps", N,
+               steps_per_epoch, per_step, eval_data ? eval_data->size() : 0, total);
 
   TrainerState state;
   state.total_steps = total;
@@ -150,8 +154,8 @@ TrainSummary train(Config config, const TrainOptions& options) {
       spdlog::warn("the checkpoint was written for {} steps, this run has {}: the schedule changes",
                    state.total_steps, total);
     state.total_steps = total;
-    spdlog::info("resumed from {} at step {} (epoch {}, sample {})", resume_from->string(), state.step,
-                 state.epoch, state.position);
+    spdlog::info("resumed from {} at step {} (epoch {}, sample {})", resume_from->string(),
+                 state.step, state.epoch, state.position);
   }
 
   MetricsSink metrics(out / "metrics.jsonl");
@@ -190,7 +194,8 @@ TrainSummary train(Config config, const TrainOptions& options) {
     for (int64_t m = 0; m < tc.grad_accum; ++m) {
       std::vector<const Sample*> samples;
       for (int64_t k = 0; k < tc.batch_size; ++k)
-        samples.push_back(&train_data[static_cast<size_t>(order[static_cast<size_t>(state.position + m * tc.batch_size + k)])]);
+        samples.push_back(&train_data[static_cast<size_t>(
+            order[static_cast<size_t>(state.position + m * tc.batch_size + k)])]);
       micro.push_back(collate(samples, transform, pad_id, skip_bad, &dropped).to(device));
     }
     int64_t weight = 0;
@@ -206,7 +211,8 @@ TrainSummary train(Config config, const TrainOptions& options) {
       loss_sum += o.loss_sum.item<double>();
       interval_tokens += b.tokens;
     }
-    const double max_norm = tc.clip_grad_norm > 0 ? tc.clip_grad_norm : std::numeric_limits<double>::infinity();
+    const double max_norm =
+        tc.clip_grad_norm > 0 ? tc.clip_grad_norm : std::numeric_limits<double>::infinity();
     std::vector<torch::Tensor> params;
     for (const auto& p : model->parameters())
       if (p.requires_grad()) params.push_back(p);
@@ -219,7 +225,8 @@ TrainSummary train(Config config, const TrainOptions& options) {
     const double loss = loss_sum / static_cast<double>(std::max<int64_t>(1, weight));
     if (!std::isfinite(loss))
       throw Error("the loss is " + std::to_string(loss) + " at step " + std::to_string(state.step) +
-                  ": the run diverged (lower train.lr or raise train.warmup_ratio); the last checkpoint is kept");
+                  ": the run diverged (lower train.lr or raise train.warmup_ratio); the last "
+                  "checkpoint is kept");
     summary.losses.emplace_back(state.step, loss);
     state.extra = {{"loss", loss}};
 
@@ -228,14 +235,20 @@ TrainSummary train(Config config, const TrainOptions& options) {
       const double tps = dt > 0 ? static_cast<double>(interval_tokens) / dt : 0.0;
       const double eta = seconds_since(loop_start) / static_cast<double>(steps_here) *
                          static_cast<double>(total - state.step);
-      metrics.write({{"step", state.step}, {"epoch", state.epoch}, {"loss", loss}, {"lr", state.lr},
-                     {"grad_norm", grad_norm}, {"tokens_per_s", tps}});
-      spdlog::info("step {}/{} | loss {:.4f} | lr {:.2e} | grad_norm {:.3f} | {:.0f} tok/s | ETA {}", state.step,
-                   total, loss, state.lr, grad_norm, tps, format_duration(eta));
+      metrics.write({{"step", state.step},
+                     {"epoch", state.epoch},
+                     {"loss", loss},
+                     {"lr", state.lr},
+                     {"grad_norm", grad_norm},
+                     {"tokens_per_s", tps}});
+      spdlog::info(
+          "step {}/{} | loss {:.4f} | lr {:.2e} | grad_norm {:.3f} | {:.0f} tok/s | ETA {}",
+          state.step, total, loss, state.lr, grad_norm, tps, format_duration(eta));
       interval_start = Clock::now();
       interval_tokens = 0;
     }
-    if (tc.eval_every > 0 && state.step % tc.eval_every == 0 && state.step != total) run_eval("periodic");
+    if (tc.eval_every > 0 && state.step % tc.eval_every == 0 && state.step != total)
+      run_eval("periodic");
     if (tc.save_every > 0 && (state.step % tc.save_every == 0 || state.step == total)) {
       const auto dir = save_checkpoint(ckpt_root, *model, *optimizer, state, tc.keep_last);
       spdlog::info("checkpoint {}", dir.string());

@@ -23,7 +23,7 @@ struct TrainOptions {
 };
 
 struct TrainSummary {
-  int64_t steps = 0;  // completed optimizer updates, in all
+  int64_t steps = 0;                               // completed optimizer updates, in all
   std::vector<std::pair<int64_t, double>> losses;  // (step, train loss) for the steps run here
   std::optional<double> first_eval_loss, last_eval_loss;
   std::filesystem::path output_dir;

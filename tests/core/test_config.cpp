@@ -12,7 +12,8 @@ namespace {
 
 // A minimal valid recipe whose files exist inside `dir`: `model_extra` goes inside the model
 // section, `body` (other sections) at the end.
-std::filesystem::path recipe(const TempDir& dir, const std::string& body, const std::string& model_extra = "") {
+std::filesystem::path recipe(const TempDir& dir, const std::string& body,
+                             const std::string& model_extra = "") {
   write_text(dir / "tok.json", "{}");
   write_text(dir / "train.json", "[]");
   const auto p = dir / "recipe.yaml";
@@ -21,7 +22,8 @@ std::filesystem::path recipe(const TempDir& dir, const std::string& body, const 
   return p;
 }
 
-std::string error_of(const std::filesystem::path& p, const std::vector<std::string>& overrides = {}) {
+std::string error_of(const std::filesystem::path& p,
+                     const std::vector<std::string>& overrides = {}) {
   try {
     load_config(p, overrides);
   } catch (const ConfigError& e) {
@@ -54,12 +56,14 @@ TEST_CASE("config: an unknown key names the file, line, key path and a suggestio
 
 TEST_CASE("config: a key in the wrong section suggests the right one") {
   TempDir dir;
-  CHECK_THAT(error_of(recipe(dir, "train:\n  seed: 3\n")), Catch::Contains("did you mean run.seed?"));
+  CHECK_THAT(error_of(recipe(dir, "train:\n  seed: 3\n")),
+             Catch::Contains("did you mean run.seed?"));
 }
 
 TEST_CASE("config: unknown top-level section is an error") {
   TempDir dir;
-  CHECK_THAT(error_of(recipe(dir, "trian:\n  lr: 1\n")), Catch::Contains("trian: unknown key (did you mean train?)"));
+  CHECK_THAT(error_of(recipe(dir, "trian:\n  lr: 1\n")),
+             Catch::Contains("trian: unknown key (did you mean train?)"));
 }
 
 TEST_CASE("config: wrong types are reported with the offending value") {
@@ -75,7 +79,8 @@ TEST_CASE("config: wrong types are reported with the offending value") {
 
 TEST_CASE("config: values out of range and bad choices") {
   TempDir dir;
-  CHECK_THAT(error_of(recipe(dir, "train:\n  lr: -1\n")), Catch::Contains("train.lr: must be in (0"));
+  CHECK_THAT(error_of(recipe(dir, "train:\n  lr: -1\n")),
+             Catch::Contains("train.lr: must be in (0"));
   CHECK_THAT(error_of(recipe(dir, "train:\n  batch_size: 0\n")),
              Catch::Contains("train.batch_size: must be >= 1 (got 0)"));
   CHECK_THAT(error_of(recipe(dir, "train:\n  schedule: cosin\n")),
@@ -95,7 +100,8 @@ TEST_CASE("config: a missing file names the key and the path") {
 TEST_CASE("config: malformed YAML gives the line") {
   TempDir dir;
   write_text(dir / "bad.yaml", "train:\n  lr: [1, 2\n");
-  CHECK_THAT(error_of(dir / "bad.yaml"), Catch::Contains("bad.yaml:") && Catch::Contains("invalid YAML"));
+  CHECK_THAT(error_of(dir / "bad.yaml"),
+             Catch::Contains("bad.yaml:") && Catch::Contains("invalid YAML"));
 }
 
 TEST_CASE("config: --set overrides are applied and type-checked the same way") {
@@ -109,7 +115,8 @@ TEST_CASE("config: --set overrides are applied and type-checked the same way") {
   CHECK(c.run.threads == 0);
   CHECK(c.where("train.lr") == "--set train.lr=2e-5: train.lr");
 
-  CHECK_THAT(error_of(p, {"train.lr=abc"}), Catch::Contains("--set train.lr=abc: train.lr: expected a number"));
+  CHECK_THAT(error_of(p, {"train.lr=abc"}),
+             Catch::Contains("--set train.lr=abc: train.lr: expected a number"));
   CHECK_THAT(error_of(p, {"train.lrr=1"}),
              Catch::Contains("--set train.lrr=1: train.lrr: unknown key (did you mean train.lr?)"));
   CHECK_THAT(error_of(p, {"train.lr"}), Catch::Contains("expected key.path=value"));
@@ -117,8 +124,9 @@ TEST_CASE("config: --set overrides are applied and type-checked the same way") {
 
 TEST_CASE("config: the resolved YAML reads back to the same config") {
   TempDir dir;
-  const Config a = load_config(recipe(dir, "train:\n  lr: 3.0e-4\n  trainable: [\"x.*\"]\nrun:\n  name: r1\n"),
-                               {"model.llm.layers=7"});
+  const Config a =
+      load_config(recipe(dir, "train:\n  lr: 3.0e-4\n  trainable: [\"x.*\"]\nrun:\n  name: r1\n"),
+                  {"model.llm.layers=7"});
   write_text(dir / "resolved.yaml", config_to_yaml(a));
   const Config b = load_config(dir / "resolved.yaml");
   CHECK(config_to_yaml(b) == config_to_yaml(a));

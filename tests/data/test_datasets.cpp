@@ -78,9 +78,9 @@ TEST_CASE("dataset: over-long records are errors naming file and record, or skip
   DataConfig data;
   data.train.path = (dir / "recs.json").string();
   data.max_length = 12;  // shorter than 1 + 16 image tokens
-  CHECK_THROWS_WITH(ConversationDataset(data.train, data, *tok, 16, "data.train"),
-                    Catch::Contains("recs.json: record 0 (id \"r0\")") &&
-                        Catch::Contains("would cut the image"));
+  CHECK_THROWS_WITH(
+      ConversationDataset(data.train, data, *tok, 16, "data.train"),
+      Catch::Contains("recs.json: record 0 (id \"r0\")") && Catch::Contains("would cut the image"));
   data.max_length = 22;  // fits record 0 (1+16+4+1), truncates record 1's caption
   ConversationDataset ds(data.train, data, *tok, 16, "data.train");
   REQUIRE(ds.size() == 2);
@@ -100,7 +100,9 @@ TEST_CASE("dataset: malformed JSON and records give one clear error") {
   write_text(dir / "bad.json", "[{\"id\": 1,");
   CHECK_THROWS_WITH(ConversationDataset(data.train, data, *tok, 4, "data.train"),
                     Catch::Contains("bad.json: malformed JSON"));
-  write_text(dir / "bad.json", R"([{"id": "x", "image": "a.png", "conversations": [{"from": "gpt", "value": "hi"}]}])");
+  write_text(
+      dir / "bad.json",
+      R"([{"id": "x", "image": "a.png", "conversations": [{"from": "gpt", "value": "hi"}]}])");
   CHECK_THROWS_WITH(ConversationDataset(data.train, data, *tok, 4, "data.train"),
                     Catch::Contains("record 0 (id \"x\")") && Catch::Contains("expected 'human'"));
   write_text(dir / "bad.json", R"({"not": "a list"})");
@@ -119,7 +121,8 @@ TEST_CASE("image transform: pad to square with the mean colour, resize, normalis
   // Blue in RGB order: channel 2 is +1 (255 normalised), channel 0 is -1, in the middle rows.
   CHECK(x[2][1][1].item<float>() == Approx(1.0).margin(0.02));
   CHECK(x[0][1][1].item<float>() == Approx(-1.0).margin(0.02));
-  // The padded top row is the mean colour: 0 after normalisation (up to bicubic ringing at the edge).
+  // The padded top row is the mean colour: 0 after normalisation (up to bicubic ringing at the
+  // edge).
   CHECK(std::abs(x[0][0][0].item<float>()) < 0.05);
 }
 
@@ -131,7 +134,8 @@ TEST_CASE("image transform: a corrupt or missing image names the file") {
   CHECK_THROWS_WITH(t.load(dir / "absent.png"), Catch::Contains("absent.png: image not found"));
 }
 
-TEST_CASE("collator: right padding, -100 labels on padding, supervised token count after the shift") {
+TEST_CASE(
+    "collator: right padding, -100 labels on padding, supervised token count after the shift") {
   Sample a{"a", {1, 5, 6, 2}, {-100, 5, 6, 2}, {}};
   Sample b{"b", {1, 7}, {-100, 7}, {}};
   ImageTransform t(8, ImageConfig{});

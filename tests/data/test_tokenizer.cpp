@@ -19,7 +19,8 @@ std::unique_ptr<Tokenizer> shapes_tokenizer(const TempDir& dir) {
 TEST_CASE("tokenizer: ShapesWorld text round-trips through encode and decode") {
   TempDir dir;
   auto tok = shapes_tokenizer(dir);
-  const std::string text = "a large red circle at the top left and a small blue square in the center .";
+  const std::string text =
+      "a large red circle at the top left and a small blue square in the center .";
   const auto ids = tok->encode(text);
   REQUIRE(ids.size() == 17);
   for (int64_t id : ids) CHECK(id != *tok->token_to_id("<unk>"));
@@ -64,5 +65,6 @@ TEST_CASE("tokenizer: malformed files name the file") {
   CHECK_THROWS_WITH(load_tokenizer(dir / "bpe.json"), Catch::Contains("Unigram' is not supported"));
   write_text(dir / "vocab.json", R"({"model": {"type": "WordLevel", "vocab": {"a": "x"}}})");
   CHECK_THROWS_WITH(load_tokenizer(dir / "vocab.json"), Catch::Contains("model.vocab[\"a\"]"));
-  CHECK_THROWS_WITH(load_tokenizer(dir / "missing.json"), Catch::Contains("missing.json: cannot read"));
+  CHECK_THROWS_WITH(load_tokenizer(dir / "missing.json"),
+                    Catch::Contains("missing.json: cannot read"));
 }

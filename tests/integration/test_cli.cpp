@@ -1,8 +1,8 @@
 // Whole runs through the `mllm` executable, as a user launches them.
 #include <catch2/catch.hpp>
 
-#include <cstdio>
 #include <sys/wait.h>
+#include <cstdio>
 
 #include <nlohmann/json.hpp>
 
@@ -30,15 +30,18 @@ Result run(const std::string& args) {
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
 }
 
-std::string src(const std::string& rel) { return std::string(MLLM_SOURCE_DIR) + "/" + rel; }
+std::string src(const std::string& rel) {
+  return std::string(MLLM_SOURCE_DIR) + "/" + rel;
+}
 
 // --set arguments that point a shapes recipe at `data` and shrink its models and run.
 std::string shrink(const std::filesystem::path& data, const std::filesystem::path& out) {
   const std::string d = data.string();
   return " --set run.output_dir=" + out.string() + " --set run.threads=1" +
-         " --set model.tokenizer=" + d + "/tokenizer.json" +
-         " --set data.train.path=" + d + "/captions_train.json --set data.train.image_root=" + d + "/images" +
-         " --set data.eval.path=" + d + "/captions_val.json --set data.eval.image_root=" + d + "/images" +
+         " --set model.tokenizer=" + d + "/tokenizer.json" + " --set data.train.path=" + d +
+         "/captions_train.json --set data.train.image_root=" + d + "/images" +
+         " --set data.eval.path=" + d + "/captions_val.json --set data.eval.image_root=" + d +
+         "/images" +
          " --set model.vision.image_size=32 --set data.image.size=32 --set model.vision.hidden=32" +
          " --set model.vision.layers=2 --set model.vision.intermediate=64" +
          " --set train.batch_size=8 --set train.log_every=2 --set train.eval_batches=1";
@@ -64,10 +67,12 @@ TEST_CASE("cli: --version, --help and usage errors") {
   CHECK(run("data shapes --out /tmp/x --image-size 8").code == 2);
 }
 
-TEST_CASE("cli: stage 0 then stage 1 through the shapes recipes, with checkpoints, resume and errors") {
+TEST_CASE(
+    "cli: stage 0 then stage 1 through the shapes recipes, with checkpoints, resume and errors") {
   TempDir dir("mllm-cli");
   const auto data = dir / "shapes";
-  Result gen = run("data shapes --out " + data.string() + " --seed 0 --train 64 --val 16 --image-size 32");
+  Result gen =
+      run("data shapes --out " + data.string() + " --seed 0 --train 64 --val 16 --image-size 32");
   INFO(gen.output);
   REQUIRE(gen.code == 0);
 
@@ -77,8 +82,8 @@ TEST_CASE("cli: stage 0 then stage 1 through the shapes recipes, with checkpoint
                   " --set train.max_steps=4 --set train.save_every=2");
   INFO(r0.output);
   REQUIRE(r0.code == 0);
-  for (const char* f : {"final/model.safetensors", "final/config.json", "final/tokenizer.json", "config.yaml",
-                        "train.log", "metrics.jsonl", "checkpoints/latest"})
+  for (const char* f : {"final/model.safetensors", "final/config.json", "final/tokenizer.json",
+                        "config.yaml", "train.log", "metrics.jsonl", "checkpoints/latest"})
     CHECK(std::filesystem::exists(s0 / f));
   const auto final_config = nlohmann::json::parse(read_text(s0 / "final/config.json"));
   CHECK(final_config["model_type"] == "llava");
@@ -86,7 +91,8 @@ TEST_CASE("cli: stage 0 then stage 1 through the shapes recipes, with checkpoint
 
   // Stage 1 loads it and trains the connector only.
   const auto s1 = dir / "stage1";
-  const std::string stage1 = "train --config " + src("configs/shapes/stage1_pretrain.yaml") + shrink(data, s1) +
+  const std::string stage1 = "train --config " + src("configs/shapes/stage1_pretrain.yaml") +
+                             shrink(data, s1) +
                              " --set model.llm.pretrained=" + (s0 / "final").string() +
                              " --set train.max_steps=4 --set train.save_every=2";
   Result r1 = run(stage1);
@@ -101,7 +107,8 @@ TEST_CASE("cli: stage 0 then stage 1 through the shapes recipes, with checkpoint
     for (const char* k : {"step", "loss", "lr", "grad_norm", "tokens_per_s"}) CHECK(m.contains(k));
   }
   CHECK(logged == 2);
-  CHECK(read_text(s1 / "config.yaml").find("pretrained: \"" + (s0 / "final").string() + "\"") != std::string::npos);
+  CHECK(read_text(s1 / "config.yaml").find("pretrained: \"" + (s0 / "final").string() + "\"") !=
+        std::string::npos);
 
   // Running it again fresh would overwrite that run: refused with exit 2, the checkpoints intact.
   const std::string latest = read_text(s1 / "checkpoints/latest");
@@ -119,16 +126,19 @@ TEST_CASE("cli: stage 0 then stage 1 through the shapes recipes, with checkpoint
   write_text(dir / "typo.yaml", typo);
   Result t = run("train --config " + (dir / "typo.yaml").string() + shrink(data, dir / "t"));
   CHECK(t.code == 2);
-  CHECK_THAT(t.output, Catch::Contains("typo.yaml:") && Catch::Contains("train.lrr: unknown key (did you mean train.lr?)"));
-  Result t2 = run("train --config " + src("configs/shapes/stage1_pretrain.yaml") + shrink(data, dir / "t2") +
-                  " --set train.batch_size=many");
+  CHECK_THAT(t.output, Catch::Contains("typo.yaml:") &&
+                           Catch::Contains("train.lrr: unknown key (did you mean train.lr?)"));
+  Result t2 = run("train --config " + src("configs/shapes/stage1_pretrain.yaml") +
+                  shrink(data, dir / "t2") + " --set train.batch_size=many");
   CHECK(t2.code == 2);
-  CHECK_THAT(t2.output, Catch::Contains("--set train.batch_size=many: train.batch_size: expected an integer"));
+  CHECK_THAT(t2.output,
+             Catch::Contains("--set train.batch_size=many: train.batch_size: expected an integer"));
 
   // A corrupt image: exit 1 naming the file.
   write_text(data / "images/train/000003.png", "garbage");
-  Result bad = run("train --config " + src("configs/shapes/stage1_pretrain.yaml") + shrink(data, dir / "bad") +
-                   " --set model.llm.pretrained=" + (s0 / "final").string() + " --set train.max_steps=20");
+  Result bad = run(
+      "train --config " + src("configs/shapes/stage1_pretrain.yaml") + shrink(data, dir / "bad") +
+      " --set model.llm.pretrained=" + (s0 / "final").string() + " --set train.max_steps=20");
   CHECK(bad.code == 1);
   CHECK_THAT(bad.output, Catch::Contains("000003.png: cannot decode image"));
 }

@@ -11,7 +11,8 @@ namespace {
 ModelConfig tiny_model() {
   ModelConfig m;
   auto& v = m.vision;
-  v.image_size = 32, v.patch_size = 8, v.hidden = 32, v.layers = 2, v.heads = 2, v.intermediate = 64;
+  v.image_size = 32, v.patch_size = 8, v.hidden = 32, v.layers = 2, v.heads = 2,
+  v.intermediate = 64;
   auto& l = m.llm;
   l.hidden = 32, l.layers = 2, l.heads = 4, l.kv_heads = 2, l.intermediate = 64, l.vocab = 50;
   return m;
@@ -43,8 +44,9 @@ TEST_CASE("models: parameter names are the llava-hf checkpoint keys") {
            "language_model.lm_head.weight",
        })
     CHECK(names.count(key) == 1);
-  CHECK(names.count("vision_tower.vision_model.embeddings.patch_embedding.bias") == 0);  // CLIP: no bias
-  CHECK(names.count("language_model.model.layers.0.self_attn.q_proj.bias") == 0);        // llama: no bias
+  CHECK(names.count("vision_tower.vision_model.embeddings.patch_embedding.bias") ==
+        0);                                                                        // CLIP: no bias
+  CHECK(names.count("language_model.model.layers.0.self_attn.q_proj.bias") == 0);  // llama: no bias
 }
 
 TEST_CASE("models: shapes through vision tower, connector and LLM") {
@@ -101,7 +103,8 @@ TEST_CASE("models: right padding does not change the real tokens' outputs") {
   auto ids = torch::randint(5, 50, {1, 6});
   auto alone = model->forward(ids, {});
   auto padded_ids = torch::cat({ids, torch::zeros({1, 3}, torch::kLong)}, 1);
-  auto mask = torch::cat({torch::ones({1, 6}, torch::kLong), torch::zeros({1, 3}, torch::kLong)}, 1);
+  auto mask =
+      torch::cat({torch::ones({1, 6}, torch::kLong), torch::zeros({1, 3}, torch::kLong)}, 1);
   auto padded = model->forward(padded_ids, {}, mask);
   CHECK(torch::allclose(alone, padded.slice(1, 0, 6), 1e-5, 1e-6));
 }
@@ -133,7 +136,8 @@ TEST_CASE("splicing: image features land exactly where <image> was; text elsewhe
 TEST_CASE("splicing: a placeholder count that does not match the images is an error") {
   MultimodalModel model(tiny_model(), kImage);
   torch::NoGradGuard g;
-  auto ids = torch::full({1, 5}, kImage, torch::kLong);  // 5 placeholders, but an image is 16 tokens
+  auto ids =
+      torch::full({1, 5}, kImage, torch::kLong);  // 5 placeholders, but an image is 16 tokens
   CHECK_THROWS_WITH(model->embed(ids, torch::randn({1, 3, 32, 32})),
                     Catch::Contains("5 image placeholder tokens but the connector produced 16"));
   CHECK_THROWS_AS(model->embed(ids, {}), Error);
@@ -143,7 +147,8 @@ TEST_CASE("connector registry: names and unknown types") {
   auto cfg = tiny_model();
   cfg.connector.type = "linear";
   MultimodalModel model(cfg, kImage);
-  CHECK(model->connector->forward(torch::randn({2, 16, 32})).sizes() == torch::IntArrayRef({2, 16, 32}));
+  CHECK(model->connector->forward(torch::randn({2, 16, 32})).sizes() ==
+        torch::IntArrayRef({2, 16, 32}));
   cfg.connector.type = "qformer9";
   CHECK_THROWS_WITH(MultimodalModel(cfg, kImage), Catch::Contains("unknown connector 'qformer9'"));
 }

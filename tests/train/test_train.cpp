@@ -26,8 +26,10 @@ std::map<std::string, torch::Tensor> snapshot(const torch::nn::Module& m) {
 TEST_CASE("freeze: glob matching") {
   CHECK(glob_match("multi_modal_projector.*", "multi_modal_projector.linear_1.weight"));
   CHECK(glob_match("*.bias", "a.b.c.bias"));
-  CHECK(glob_match("language_model.model.layers.?.mlp.*", "language_model.model.layers.3.mlp.up_proj.weight"));
-  CHECK(!glob_match("language_model.model.layers.?.mlp.*", "language_model.model.layers.13.mlp.up_proj.weight"));
+  CHECK(glob_match("language_model.model.layers.?.mlp.*",
+                   "language_model.model.layers.3.mlp.up_proj.weight"));
+  CHECK(!glob_match("language_model.model.layers.?.mlp.*",
+                    "language_model.model.layers.13.mlp.up_proj.weight"));
   CHECK(!glob_match("vision_tower.*", "multi_modal_projector.linear_1.weight"));
   CHECK(glob_match("*", ""));
 }
@@ -59,8 +61,9 @@ TEST_CASE("freeze: an unmatched glob is a config error naming train.trainable") 
   auto tok = load_tokenizer(c.model.tokenizer);
   auto model = build_model(c, *tok);
   c.train.trainable = {"multi_modal_projector.*", "multi_modal_projecter.*"};
-  CHECK_THROWS_WITH(apply_trainable(*model, c), Catch::Contains("train.trainable[1]: 'multi_modal_projecter.*' "
-                                                                "matches no parameter"));
+  CHECK_THROWS_WITH(apply_trainable(*model, c),
+                    Catch::Contains("train.trainable[1]: 'multi_modal_projecter.*' "
+                                    "matches no parameter"));
 }
 
 TEST_CASE("stage 1 leaves frozen encoder and LLM weights unchanged and trains the connector") {
@@ -103,8 +106,10 @@ TEST_CASE("frozen parameters get no gradient; trainable ones do") {
   model->logits(h).sum().backward();
   for (const auto& [name, p] : named_parameters(*model)) {
     INFO(name);
-    if (name.rfind("multi_modal_projector.", 0) == 0) CHECK(p.grad().defined());
-    else CHECK(!p.grad().defined());
+    if (name.rfind("multi_modal_projector.", 0) == 0)
+      CHECK(p.grad().defined());
+    else
+      CHECK(!p.grad().defined());
   }
 }
 
@@ -133,7 +138,10 @@ TEST_CASE("checkpoint round trip restores weights, optimizer moments and trainer
   // One real update so the optimizer has state.
   std::vector<int64_t> seq(static_cast<size_t>(model->image_tokens()), tok->image_id());
   seq.insert(seq.end(), {10, 11, 2});
-  model->logits(model->forward(torch::tensor(seq).unsqueeze(0), torch::randn({1, 3, 32, 32}))).pow(2).mean().backward();
+  model->logits(model->forward(torch::tensor(seq).unsqueeze(0), torch::randn({1, 3, 32, 32})))
+      .pow(2)
+      .mean()
+      .backward();
   opt->step();
   TrainerState st;
   st.step = 7, st.epoch = 2, st.position = 40, st.total_steps = 99, st.lr = 0.25;
@@ -217,7 +225,8 @@ TEST_CASE("a run stopped after k steps and resumed gives the same losses as an u
   const TrainSummary second = train(r, resume);
   REQUIRE(second.losses.size() == 2);
   CHECK(second.steps == 6);
-  for (size_t i = 0; i < 4; ++i) CHECK(first.losses[i].second == Approx(full.losses[i].second).epsilon(1e-6));
+  for (size_t i = 0; i < 4; ++i)
+    CHECK(first.losses[i].second == Approx(full.losses[i].second).epsilon(1e-6));
   for (size_t i = 0; i < 2; ++i) {
     CHECK(second.losses[i].first == full.losses[4 + i].first);
     CHECK(second.losses[i].second == Approx(full.losses[4 + i].second).epsilon(1e-6));

@@ -65,8 +65,8 @@ std::optional<int64_t> Tokenizer::token_to_id(const std::string& token) const {
 std::string Tokenizer::id_to_token(int64_t id) const {
   auto it = id_to_token_.find(id);
   if (it == id_to_token_.end())
-    throw Error("[Tokenizer::id_to_token] id " + std::to_string(id) + " is not in the vocabulary of " +
-                path_.string());
+    throw Error("[Tokenizer::id_to_token] id " + std::to_string(id) +
+                " is not in the vocabulary of " + path_.string());
   return it->second;
 }
 
@@ -96,7 +96,8 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::filesystem::path& path) {
     throw Error(path.string() + ": not a tokenizer.json (no \"model\" object)");
   const std::string type = j["model"].value("type", "");
   if (type == "WordLevel") return make_wordlevel_tokenizer(path, j);
-  throw Error(path.string() + ": model.type '" + type + "' is not supported yet (supported: WordLevel)");
+  throw Error(path.string() + ": model.type '" + type +
+              "' is not supported yet (supported: WordLevel)");
 }
 
 }  // namespace mllm

@@ -1,6 +1,6 @@
 // Tokenizers read from Hugging Face `tokenizer.json` files. The base class handles what every model
-// type shares — added tokens (special tokens such as <s> and <image> are matched verbatim before the
-// model sees the text) and id <-> token lookup — and each model type (WordLevel here; BPE and
+// type shares — added tokens (special tokens such as <s> and <image> are matched verbatim before
+// the model sees the text) and id <-> token lookup — and each model type (WordLevel here; BPE and
 // SentencePiece later) implements `encode_segment` for the text between added tokens.
 // Reference: huggingface/tokenizers, tokenizers/src/tokenizer/added_vocabulary.rs.
 #pragma once

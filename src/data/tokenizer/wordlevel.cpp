@@ -21,7 +21,8 @@ class WordLevelTokenizer : public Tokenizer {
       throw Error(path.string() + ": model.vocab must be an object of token -> id");
     for (const auto& [tok, id] : model["vocab"].items()) {
       if (!id.is_number_integer() || id.get<int64_t>() < 0)
-        throw Error(path.string() + ": model.vocab[\"" + tok + "\"]: expected a non-negative integer id");
+        throw Error(path.string() + ": model.vocab[\"" + tok +
+                    "\"]: expected a non-negative integer id");
       vocab_[tok] = id.get<int64_t>();
     }
     const std::string unk = model.value("unk_token", "");
@@ -35,20 +36,24 @@ class WordLevelTokenizer : public Tokenizer {
       for (const auto& a : j["added_tokens"]) {
         if (!a.contains("content") || !a.contains("id"))
           throw Error(path.string() + ": added_tokens: each entry needs content and id");
-        added_.push_back({a["content"].get<std::string>(), a["id"].get<int64_t>(), a.value("special", false)});
+        added_.push_back(
+            {a["content"].get<std::string>(), a["id"].get<int64_t>(), a.value("special", false)});
       }
     }
     const auto norm = j.value("normalizer", nlohmann::json());
     if (!norm.is_null()) {
       const std::string t = norm.value("type", "");
-      if (t != "Lowercase") throw Error(path.string() + ": normalizer type '" + t + "' is not supported for WordLevel");
+      if (t != "Lowercase")
+        throw Error(path.string() + ": normalizer type '" + t + "' is not supported for WordLevel");
       lowercase_ = true;
     }
     const auto pre = j.value("pre_tokenizer", nlohmann::json());
     const std::string pt = pre.is_null() ? "WhitespaceSplit" : pre.value("type", "");
-    if (pt == "Whitespace") split_punct_ = true;
+    if (pt == "Whitespace")
+      split_punct_ = true;
     else if (pt != "WhitespaceSplit")
-      throw Error(path.string() + ": pre_tokenizer type '" + pt + "' is not supported for WordLevel");
+      throw Error(path.string() + ": pre_tokenizer type '" + pt +
+                  "' is not supported for WordLevel");
     finish_setup();
   }
 
@@ -60,9 +65,13 @@ class WordLevelTokenizer : public Tokenizer {
     auto flush = [&] {
       if (word.empty()) return;
       auto it = vocab_.find(word);
-      if (it != vocab_.end()) ids.push_back(it->second);
-      else if (unk_id_ >= 0) ids.push_back(unk_id_);
-      else throw Error(path_.string() + ": word '" + word + "' is not in the vocabulary and there is no unk_token");
+      if (it != vocab_.end())
+        ids.push_back(it->second);
+      else if (unk_id_ >= 0)
+        ids.push_back(unk_id_);
+      else
+        throw Error(path_.string() + ": word '" + word +
+                    "' is not in the vocabulary and there is no unk_token");
       word.clear();
     };
     for (unsigned char ch : text) {

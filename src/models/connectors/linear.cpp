@@ -9,7 +9,9 @@ class LinearConnector : public Connector {
   explicit LinearConnector(const ConnectorSpec& s) : tokens_(s.input_tokens) {
     linear = register_module("linear", torch::nn::Linear(s.vision_hidden, s.llm_hidden));
   }
-  torch::Tensor forward(const torch::Tensor& features) override { return linear(features); }  // (N,P,Cv) -> (N,P,C)
+  torch::Tensor forward(const torch::Tensor& features) override {
+    return linear(features);
+  }  // (N,P,Cv) -> (N,P,C)
   int64_t output_tokens() const override { return tokens_; }
 
  private:

@@ -25,16 +25,11 @@ nlohmann::json llava_config_json(const ModelConfig& m, int64_t image_token_id) {
       {"torch_dtype", "float32"},
   };
   nlohmann::json vision = {
-      {"model_type", "clip_vision_model"},
-      {"hidden_size", v.hidden},
-      {"intermediate_size", v.intermediate},
-      {"num_hidden_layers", v.layers},
-      {"num_attention_heads", v.heads},
-      {"image_size", v.image_size},
-      {"patch_size", v.patch_size},
-      {"num_channels", 3},
-      {"hidden_act", "quick_gelu"},
-      {"layer_norm_eps", v.layer_norm_eps},
+      {"model_type", "clip_vision_model"},   {"hidden_size", v.hidden},
+      {"intermediate_size", v.intermediate}, {"num_hidden_layers", v.layers},
+      {"num_attention_heads", v.heads},      {"image_size", v.image_size},
+      {"patch_size", v.patch_size},          {"num_channels", 3},
+      {"hidden_act", "quick_gelu"},          {"layer_norm_eps", v.layer_norm_eps},
   };
   return {
       {"architectures", {"LlavaForConditionalGeneration"}},

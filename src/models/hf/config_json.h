@@ -1,5 +1,5 @@
-// HF `config.json` for the models we write and read. A run's final/ folder is a llava-style HF folder:
-// its config.json follows transformers' LlavaConfig (text_config, vision_config,
+// HF `config.json` for the models we write and read. A run's final/ folder is a llava-style HF
+// folder: its config.json follows transformers' LlavaConfig (text_config, vision_config,
 // image_token_index, vision_feature_layer, vision_feature_select_strategy), plus an
 // "mllm_connector" entry for connectors HF has no name for.
 #pragma once
@@ -14,8 +14,8 @@ namespace mllm {
 
 nlohmann::json llava_config_json(const ModelConfig& model, int64_t image_token_id);
 
-// Reads a folder's config.json (a llava folder's text_config, or a bare llama/qwen2 config) into the
-// architecture fields of `llm`. Throws Error naming the file and field.
+// Reads a folder's config.json (a llava folder's text_config, or a bare llama/qwen2 config) into
+// the architecture fields of `llm`. Throws Error naming the file and field.
 void read_llm_config_json(const std::filesystem::path& folder, LlmConfig& llm);
 
 }  // namespace mllm

@@ -11,8 +11,8 @@ NamedTensors named_parameters(const torch::nn::Module& module, bool trainable_on
   return out;
 }
 
-int64_t load_parameters(torch::nn::Module& module, const SafetensorsFile& file, const std::string& prefix,
-                        bool only_trainable) {
+int64_t load_parameters(torch::nn::Module& module, const SafetensorsFile& file,
+                        const std::string& prefix, bool only_trainable) {
   std::vector<std::string> missing, mismatched;
   int64_t loaded = 0;
   torch::NoGradGuard no_grad;
@@ -27,7 +27,8 @@ int64_t load_parameters(torch::nn::Module& module, const SafetensorsFile& file, 
     auto t = file.get(key);
     if (t.sizes() != p.sizes()) {
       std::ostringstream ss;
-      ss << key << " has shape " << t.sizes() << " in the file but " << p.sizes() << " in the model";
+      ss << key << " has shape " << t.sizes() << " in the file but " << p.sizes()
+         << " in the model";
       mismatched.push_back(ss.str());
       continue;
     }
@@ -40,7 +41,8 @@ int64_t load_parameters(torch::nn::Module& module, const SafetensorsFile& file, 
     if (v.size() > 5) s += ", ... (" + std::to_string(v.size()) + " in all)";
     return s;
   };
-  if (!mismatched.empty()) throw Error(file.path().string() + ": shape mismatch: " + list(mismatched));
+  if (!mismatched.empty())
+    throw Error(file.path().string() + ": shape mismatch: " + list(mismatched));
   if (!missing.empty()) throw Error(file.path().string() + ": missing tensors: " + list(missing));
   return loaded;
 }

@@ -19,7 +19,7 @@ NamedTensors named_parameters(const torch::nn::Module& module, bool trainable_on
 // present with the same shape (dtype is converted). Throws Error naming the file and the first
 // missing or mismatched keys. `only_trainable` restricts the check to trainable parameters (what a
 // checkpoint holds). Returns the number of tensors loaded.
-int64_t load_parameters(torch::nn::Module& module, const SafetensorsFile& file, const std::string& prefix,
-                        bool only_trainable = false);
+int64_t load_parameters(torch::nn::Module& module, const SafetensorsFile& file,
+                        const std::string& prefix, bool only_trainable = false);
 
 }  // namespace mllm

@@ -20,7 +20,8 @@ std::pair<torch::Tensor, torch::Tensor> rope_tables(int64_t T, int64_t head_dim,
                                                     const torch::TensorOptions& options) {
   auto f32 = options.dtype(torch::kFloat);
   // inv_freq[i] = theta^(-2i/D); angles (T,D/2) duplicated to (T,D) for rotate_half.
-  auto inv_freq = 1.0 / torch::pow(theta, torch::arange(0, head_dim, 2, f32) / static_cast<double>(head_dim));
+  auto inv_freq =
+      1.0 / torch::pow(theta, torch::arange(0, head_dim, 2, f32) / static_cast<double>(head_dim));
   auto angles = torch::outer(torch::arange(T, f32), inv_freq);
   auto emb = torch::cat({angles, angles}, -1);
   return {emb.cos().to(options.dtype()), emb.sin().to(options.dtype())};
@@ -64,7 +65,9 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const torch::T
 }
 
 LlamaMlpImpl::LlamaMlpImpl(const LlmConfig& c) {
-  auto lin = [](int64_t in, int64_t out) { return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false)); };
+  auto lin = [](int64_t in, int64_t out) {
+    return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
+  };
   gate_proj = register_module("gate_proj", lin(c.hidden, c.intermediate));
   up_proj = register_module("up_proj", lin(c.hidden, c.intermediate));
   down_proj = register_module("down_proj", lin(c.intermediate, c.hidden));
@@ -118,7 +121,8 @@ torch::Tensor LlamaModelImpl::forward(const torch::Tensor& inputs_embeds,
 LlamaForCausalLMImpl::LlamaForCausalLMImpl(const LlmConfig& c) : config_(c) {
   model = register_module("model", LlamaModel(c));
   if (!c.tie_word_embeddings)
-    lm_head = register_module("lm_head", torch::nn::Linear(torch::nn::LinearOptions(c.hidden, c.vocab).bias(false)));
+    lm_head = register_module(
+        "lm_head", torch::nn::Linear(torch::nn::LinearOptions(c.hidden, c.vocab).bias(false)));
 }
 
 torch::Tensor LlamaForCausalLMImpl::embed(const torch::Tensor& input_ids) {

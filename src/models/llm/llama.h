@@ -60,7 +60,8 @@ class LlamaModelImpl : public torch::nn::Module {
   explicit LlamaModelImpl(const LlmConfig& c);
   // inputs_embeds (B,T,C); attention_mask (B,T) with 1 for real tokens, or undefined when every
   // token is real. Returns the final-normed hidden states (B,T,C).
-  torch::Tensor forward(const torch::Tensor& inputs_embeds, const torch::Tensor& attention_mask = {});
+  torch::Tensor forward(const torch::Tensor& inputs_embeds,
+                        const torch::Tensor& attention_mask = {});
   torch::nn::Embedding embed_tokens{nullptr};
   torch::nn::ModuleList layers{nullptr};
   RmsNorm norm{nullptr};
@@ -75,7 +76,8 @@ class LlamaForCausalLMImpl : public torch::nn::Module {
   explicit LlamaForCausalLMImpl(const LlmConfig& c);
   torch::Tensor embed(const torch::Tensor& input_ids);  // (B,T) -> (B,T,C)
   // (B,T,C) -> (B,T,C) hidden states after the final norm.
-  torch::Tensor forward(const torch::Tensor& inputs_embeds, const torch::Tensor& attention_mask = {});
+  torch::Tensor forward(const torch::Tensor& inputs_embeds,
+                        const torch::Tensor& attention_mask = {});
   torch::Tensor logits(const torch::Tensor& hidden);  // (...,C) -> (...,V)
   const LlmConfig& config() const { return config_; }
 

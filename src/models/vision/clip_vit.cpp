@@ -10,9 +10,9 @@ ClipVisionEmbeddingsImpl::ClipVisionEmbeddingsImpl(const VisionConfig& c) {
   const int64_t patches = (c.image_size / c.patch_size) * (c.image_size / c.patch_size);
   class_embedding = register_parameter("class_embedding", torch::randn({c.hidden}) * 0.02);
   patch_embedding = register_module(
-      "patch_embedding", torch::nn::Conv2d(torch::nn::Conv2dOptions(3, c.hidden, c.patch_size)
-                                               .stride(c.patch_size)
-                                               .bias(false)));
+      "patch_embedding",
+      torch::nn::Conv2d(
+          torch::nn::Conv2dOptions(3, c.hidden, c.patch_size).stride(c.patch_size).bias(false)));
   position_embedding =
       register_module("position_embedding", torch::nn::Embedding(patches + 1, c.hidden));
   torch::NoGradGuard no_grad;
@@ -38,7 +38,9 @@ ClipAttentionImpl::ClipAttentionImpl(int64_t hidden, int64_t heads_) : heads(hea
 
 torch::Tensor ClipAttentionImpl::forward(const torch::Tensor& x) {
   const auto B = x.size(0), T = x.size(1), C = x.size(2);
-  auto split = [&](const torch::Tensor& t) { return t.view({B, T, heads, C / heads}).transpose(1, 2); };
+  auto split = [&](const torch::Tensor& t) {
+    return t.view({B, T, heads, C / heads}).transpose(1, 2);
+  };
   auto y = attention(split(q_proj(x)), split(k_proj(x)), split(v_proj(x)), {}, false);
   return out_proj(y.transpose(1, 2).reshape({B, T, C}));
 }
@@ -55,7 +57,9 @@ torch::Tensor ClipMlpImpl::forward(const torch::Tensor& x) {
 }
 
 ClipEncoderLayerImpl::ClipEncoderLayerImpl(const VisionConfig& c) {
-  auto ln = [&] { return torch::nn::LayerNorm(torch::nn::LayerNormOptions({c.hidden}).eps(c.layer_norm_eps)); };
+  auto ln = [&] {
+    return torch::nn::LayerNorm(torch::nn::LayerNormOptions({c.hidden}).eps(c.layer_norm_eps));
+  };
   self_attn = register_module("self_attn", ClipAttention(c.hidden, c.heads));
   layer_norm1 = register_module("layer_norm1", ln());
   mlp = register_module("mlp", ClipMlp(c.hidden, c.intermediate));
@@ -73,7 +77,9 @@ ClipEncoderImpl::ClipEncoderImpl(const VisionConfig& c) {
 }
 
 ClipVisionTransformerImpl::ClipVisionTransformerImpl(const VisionConfig& c) {
-  auto ln = [&] { return torch::nn::LayerNorm(torch::nn::LayerNormOptions({c.hidden}).eps(c.layer_norm_eps)); };
+  auto ln = [&] {
+    return torch::nn::LayerNorm(torch::nn::LayerNormOptions({c.hidden}).eps(c.layer_norm_eps));
+  };
   embeddings = register_module("embeddings", ClipVisionEmbeddings(c));
   pre_layrnorm = register_module("pre_layrnorm", ln());
   encoder = register_module("encoder", ClipEncoder(c));
@@ -102,7 +108,7 @@ int64_t ClipVisionModelImpl::num_feature_tokens() const {
 torch::Tensor ClipVisionModelImpl::features(const torch::Tensor& pixel_values) {
   // feature_layer indexes hidden_states (L+1 entries); negative counts from the end.
   const int64_t layer = config_.feature_layer >= 0 ? config_.feature_layer
-                                                  : config_.layers + 1 + config_.feature_layer;
+                                                   : config_.layers + 1 + config_.feature_layer;
   auto hidden = vision_model(pixel_values, layer);
   auto f = hidden[static_cast<size_t>(layer)];
   return config_.select == "patch" ? f.slice(1, 1) : f;

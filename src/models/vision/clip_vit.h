@@ -63,8 +63,8 @@ class ClipVisionTransformerImpl : public torch::nn::Module {
  public:
   explicit ClipVisionTransformerImpl(const VisionConfig& c);
   // Returns L+1 tensors of (B,1+P,C): index 0 is the (pre-layernormed) embeddings, i is layer i's
-  // output — the same indexing as HF's `output_hidden_states`. Stops after `up_to_layer` layers when
-  // given (>= 0), since later layers are not needed for features.
+  // output — the same indexing as HF's `output_hidden_states`. Stops after `up_to_layer` layers
+  // when given (>= 0), since later layers are not needed for features.
   std::vector<torch::Tensor> forward(const torch::Tensor& pixel_values, int64_t up_to_layer = -1);
   ClipVisionEmbeddings embeddings{nullptr};
   torch::nn::LayerNorm pre_layrnorm{nullptr};  // sic: HF's spelling, kept for key compatibility
