@@ -233,3 +233,20 @@ TEST_CASE("a run stopped after k steps and resumed gives the same losses as an u
   }
   CHECK(second.last_eval_loss == Approx(*full.last_eval_loss).epsilon(1e-6));
 }
+
+TEST_CASE("bf16 autocast trains and stays close to fp32 on the first step") {
+  TempDir data("mllm-data");
+  test::make_shapes(data.path(), 16, 4);
+  Config c = test::tiny_config(data.path(), data / "fp32");
+  c.train.max_steps = 3;
+  const TrainSummary fp32 = train(c);
+  c.run.output_dir = (data / "bf16").string();
+  c.train.precision = "bf16";
+  const TrainSummary bf16 = train(c);
+  REQUIRE(bf16.losses.size() == 3);
+  CHECK(bf16.losses[0].second == Approx(fp32.losses[0].second).epsilon(0.02));
+  CHECK(bf16.losses[0].second != fp32.losses[0].second);  // it really ran in bf16
+  // Parameters and optimizer state stay fp32 (autocast only lowers the matmuls).
+  SafetensorsFile f(bf16.final_dir / "model.safetensors");
+  CHECK(f.dtype("multi_modal_projector.linear_1.weight") == "F32");
+}
