@@ -45,8 +45,12 @@ std::vector<TemplatePiece> render_template(const std::string& name, const std::v
   }
   if (name == "text") {
     out.push_back({t.bos, false});
-    for (size_t i = 1; i < turns.size(); i += 2) {
-      out.push_back({trim(turns[i].value), true});
+    for (size_t i = 0; i + 1 < turns.size(); i += 2) {
+      std::string question = turns[i].value;
+      for (size_t p; (p = question.find(t.image)) != std::string::npos;)
+        question.erase(p, t.image.size());
+      out.push_back({trim(question) + " ", false});
+      out.push_back({trim(turns[i + 1].value), true});
       out.push_back({t.eos, true});
     }
     return out;

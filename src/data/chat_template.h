@@ -3,8 +3,8 @@
 // not; the dataset tokenizes them and builds labels from the marks.
 //   plain — LLaVA's pretraining template: <s> <image> caption </s>; the loss is on the caption.
 //           (LLaVA: conversation_lib "plain" — the human turn is replaced by the image alone.)
-//   text  — text only, for warming up an LLM: <s> then every gpt turn followed by </s>, all
-//           supervised; images are dropped.
+//   text  — text only, for warming up an LLM: <s>, then per exchange the human turn (unsupervised,
+//           <image> removed) and the gpt turn followed by </s> (supervised); images are dropped.
 // No LibTorch here.
 #pragma once
 

@@ -53,7 +53,8 @@ TEST_CASE("dataset: plain template expands <image> and supervises only the capti
   CHECK(s.image == dir.path() / "a.png");
 }
 
-TEST_CASE("dataset: text template drops images and supervises the responses") {
+TEST_CASE(
+    "dataset: text template drops images, keeps prompts unsupervised, supervises the responses") {
   TempDir dir;
   test::make_shapes(dir.path(), 4, 1);
   write_text(dir / "recs.json", kRecords);
@@ -65,9 +66,15 @@ TEST_CASE("dataset: text template drops images and supervises the responses") {
   const Sample& s = ds[0];
   CHECK(s.image.empty());
   CHECK(std::count(s.input_ids.begin(), s.input_ids.end(), tok->image_id()) == 0);
-  CHECK(s.input_ids.size() == tok->encode("a red circle .").size() + 2);
-  CHECK(s.labels[0] == kIgnoreIndex);
-  CHECK(s.labels[1] == s.input_ids[1]);
+  const auto prompt = tok->encode("Describe the image.");
+  const auto answer = tok->encode("a red circle .");
+  REQUIRE(s.input_ids.size() == 1 + prompt.size() + answer.size() + 1);
+  for (size_t i = 0; i <= prompt.size(); ++i) CHECK(s.labels[i] == kIgnoreIndex);
+  for (size_t i = 0; i < answer.size(); ++i) {
+    CHECK(s.input_ids[1 + prompt.size() + i] == answer[i]);
+    CHECK(s.labels[1 + prompt.size() + i] == answer[i]);
+  }
+  CHECK(s.labels.back() == tok->eos_id());
 }
 
 TEST_CASE("dataset: over-long records are errors naming file and record, or skipped") {
