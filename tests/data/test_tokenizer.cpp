@@ -68,3 +68,15 @@ TEST_CASE("tokenizer: malformed files name the file") {
   CHECK_THROWS_WITH(load_tokenizer(dir / "missing.json"),
                     Catch::Contains("missing.json: cannot read"));
 }
+
+TEST_CASE("tokenizer: offsets map every token back to its bytes in the input") {
+  TempDir dir;
+  auto tok = shapes_tokenizer(dir);
+  const std::string text = "<s>Where is the red  circle?</s>";
+  const Encoding e = tok->encode_with_offsets(text);
+  REQUIRE(e.ids.size() == e.offsets.size());
+  std::vector<std::string> pieces;
+  for (const auto& [b, end] : e.offsets) pieces.push_back(text.substr(b, end - b));
+  CHECK(pieces ==
+        std::vector<std::string>{"<s>", "Where", "is", "the", "red", "circle", "?", "</s>"});
+}

@@ -12,9 +12,15 @@ namespace mllm {
 std::unique_ptr<Tokenizer> make_wordlevel_tokenizer(const std::filesystem::path& path,
                                                     const nlohmann::json& j);
 
-std::vector<int64_t> Tokenizer::encode(const std::string& text) const {
+Encoding Tokenizer::encode_with_offsets(const std::string& text) const {
   // Split on added tokens, leftmost match first and the longest at a position.
-  std::vector<int64_t> ids;
+  Encoding out;
+  auto add_segment = [&](size_t begin, size_t end) {
+    if (end <= begin) return;
+    Encoding seg = encode_segment(text.substr(begin, end - begin));
+    out.ids.insert(out.ids.end(), seg.ids.begin(), seg.ids.end());
+    for (const auto& [b, e] : seg.offsets) out.offsets.emplace_back(begin + b, begin + e);
+  };
   size_t start = 0, pos = 0;
   while (pos < text.size()) {
     const AddedToken* match = nullptr;
@@ -26,19 +32,14 @@ std::vector<int64_t> Tokenizer::encode(const std::string& text) const {
       ++pos;
       continue;
     }
-    if (pos > start) {
-      auto seg = encode_segment(text.substr(start, pos - start));
-      ids.insert(ids.end(), seg.begin(), seg.end());
-    }
-    ids.push_back(match->id);
+    add_segment(start, pos);
+    out.ids.push_back(match->id);
+    out.offsets.emplace_back(pos, pos + match->content.size());
     pos += match->content.size();
     start = pos;
   }
-  if (start < text.size()) {
-    auto seg = encode_segment(text.substr(start));
-    ids.insert(ids.end(), seg.begin(), seg.end());
-  }
-  return ids;
+  add_segment(start, text.size());
+  return out;
 }
 
 std::string Tokenizer::decode(const std::vector<int64_t>& ids, bool skip_special) const {

@@ -15,12 +15,23 @@
 
 namespace mllm {
 
+// Ids with the byte span [begin, end) of the input text each token came from, so templates can
+// supervise exactly the tokens of the assistant's spans after tokenizing the whole prompt at once
+// (as HF's return_offsets_mapping / assistant masks do).
+struct Encoding {
+  std::vector<int64_t> ids;
+  std::vector<std::pair<size_t, size_t>> offsets;
+};
+
 class Tokenizer {
  public:
   virtual ~Tokenizer() = default;
 
   // Text -> ids. No BOS/EOS are added: templates place them explicitly.
-  std::vector<int64_t> encode(const std::string& text) const;
+  std::vector<int64_t> encode(const std::string& text) const {
+    return encode_with_offsets(text).ids;
+  }
+  Encoding encode_with_offsets(const std::string& text) const;
   // Ids -> text; special added tokens are dropped when skip_special.
   std::string decode(const std::vector<int64_t>& ids, bool skip_special = true) const;
 
@@ -41,8 +52,8 @@ class Tokenizer {
     int64_t id;
     bool special;
   };
-  // Encodes text that contains no added token.
-  virtual std::vector<int64_t> encode_segment(const std::string& text) const = 0;
+  // Encodes text that contains no added token; offsets are relative to `text`.
+  virtual Encoding encode_segment(const std::string& text) const = 0;
   // Joins decoded pieces (model-specific: WordLevel joins with spaces).
   virtual std::string join_tokens(const std::vector<std::string>& tokens) const = 0;
 

@@ -58,37 +58,40 @@ class WordLevelTokenizer : public Tokenizer {
   }
 
  protected:
-  std::vector<int64_t> encode_segment(const std::string& text) const override {
-    std::vector<int64_t> ids;
+  Encoding encode_segment(const std::string& text) const override {
+    Encoding out;
     std::string word;
+    size_t word_begin = 0;
     int cls = 0;  // 0 none, 1 word chars, 2 punctuation
-    auto flush = [&] {
+    auto flush = [&](size_t end) {
       if (word.empty()) return;
       auto it = vocab_.find(word);
       if (it != vocab_.end())
-        ids.push_back(it->second);
+        out.ids.push_back(it->second);
       else if (unk_id_ >= 0)
-        ids.push_back(unk_id_);
+        out.ids.push_back(unk_id_);
       else
         throw Error(path_.string() + ": word '" + word +
                     "' is not in the vocabulary and there is no unk_token");
+      out.offsets.emplace_back(word_begin, end);
       word.clear();
     };
-    for (unsigned char ch : text) {
-      char c = static_cast<char>(lowercase_ ? std::tolower(ch) : ch);
+    for (size_t i = 0; i < text.size(); ++i) {
+      const auto ch = static_cast<unsigned char>(text[i]);
       if (std::isspace(ch)) {
-        flush();
+        flush(i);
         cls = 0;
         continue;
       }
       // \w: ASCII letters, digits, '_' and (approximately) every non-ASCII byte.
       const int k = !split_punct_ ? 1 : (std::isalnum(ch) || ch == '_' || ch >= 0x80) ? 1 : 2;
-      if (k != cls) flush();
+      if (k != cls) flush(i);
+      if (word.empty()) word_begin = i;
       cls = k;
-      word.push_back(c);
+      word.push_back(static_cast<char>(lowercase_ ? std::tolower(ch) : ch));
     }
-    flush();
-    return ids;
+    flush(text.size());
+    return out;
   }
 
   std::string join_tokens(const std::vector<std::string>& tokens) const override {
