@@ -411,7 +411,7 @@ void describe(Binder& b, DataSourceConfig& c) {
 
 void describe(Binder& b, ImageConfig& c) {
   b.value("size", c.size, at_least(0));
-  b.choice("aspect", c.aspect, {"pad", "resize"});
+  b.choice("aspect", c.aspect, {"pad", "crop", "resize"});
   b.value("mean", c.mean, of_size(3));
   b.value("std", c.std, Check<std::vector<double>>([](const std::vector<double>& v) -> std::string {
             if (v.size() != 3) return "expected a list of 3 numbers";

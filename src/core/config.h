@@ -71,7 +71,7 @@ struct DataSourceConfig {
 
 struct ImageConfig {
   int64_t size = 0;                                                // 0 = model.vision.image_size
-  std::string aspect = "pad";                                      // pad | resize
+  std::string aspect = "pad";                                      // pad | crop | resize
   std::vector<double> mean = {0.48145466, 0.4578275, 0.40821073};  // CLIP's
   std::vector<double> std = {0.26862954, 0.26130258, 0.27577711};
 };

@@ -3,44 +3,161 @@
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
+#include <cmath>
+
 #include "core/error.h"
+#include "core/fs.h"
 
 namespace mllm {
+
+namespace {
+
+// PIL's bicubic kernel (a = -0.5).
+double bicubic(double x) {
+  constexpr double a = -0.5;
+  x = std::abs(x);
+  if (x < 1.0) return ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0;
+  if (x < 2.0) return (((x - 5.0) * x + 8.0) * x - 4.0) * a;
+  return 0.0;
+}
+
+struct Taps {
+  std::vector<int> first;              // first input index per output index
+  std::vector<std::vector<double>> w;  // normalised weights per output index
+};
+
+// Per-output-pixel taps along one axis, as PIL's precompute_coeffs.
+Taps taps(int in, int out) {
+  const double scale = static_cast<double>(in) / out;
+  const double filterscale = std::max(scale, 1.0);
+  const double support = 2.0 * filterscale;
+  Taps t;
+  for (int o = 0; o < out; ++o) {
+    const double center = (o + 0.5) * scale;
+    const int lo = std::max(static_cast<int>(center - support + 0.5), 0);
+    const int hi = std::min(static_cast<int>(center + support + 0.5), in);
+    std::vector<double> w;
+    double sum = 0;
+    for (int x = lo; x < hi; ++x) {
+      w.push_back(bicubic((x - center + 0.5) / filterscale));
+      sum += w.back();
+    }
+    if (sum != 0)
+      for (auto& v : w) v /= sum;
+    t.first.push_back(lo);
+    t.w.push_back(std::move(w));
+  }
+  return t;
+}
+
+uchar to_u8(double v) {
+  return static_cast<uchar>(std::min(255.0, std::max(0.0, std::round(v))));
+}
+
+}  // namespace
+
+cv::Mat resize_bicubic_pil(const cv::Mat& src, int out_w, int out_h) {
+  CV_Assert(src.depth() == CV_8U);
+  const int C = src.channels();
+  // Horizontal pass, then vertical; each rounded to 8 bits like PIL.
+  const Taps th = taps(src.cols, out_w);
+  cv::Mat mid(src.rows, out_w, src.type());
+  for (int y = 0; y < src.rows; ++y) {
+    const uchar* in = src.ptr<uchar>(y);
+    uchar* o = mid.ptr<uchar>(y);
+    for (int x = 0; x < out_w; ++x)
+      for (int c = 0; c < C; ++c) {
+        double acc = 0;
+        const auto& w = th.w[static_cast<size_t>(x)];
+        for (size_t k = 0; k < w.size(); ++k)
+          acc += w[k] * in[(th.first[static_cast<size_t>(x)] + static_cast<int>(k)) * C + c];
+        o[x * C + c] = to_u8(acc);
+      }
+  }
+  const Taps tv = taps(src.rows, out_h);
+  cv::Mat dst(out_h, out_w, src.type());
+  for (int y = 0; y < out_h; ++y) {
+    uchar* o = dst.ptr<uchar>(y);
+    const auto& w = tv.w[static_cast<size_t>(y)];
+    for (int x = 0; x < out_w * C; ++x) {
+      double acc = 0;
+      for (size_t k = 0; k < w.size(); ++k)
+        acc += w[k] * mid.ptr<uchar>(tv.first[static_cast<size_t>(y)] + static_cast<int>(k))[x];
+      o[x] = to_u8(acc);
+    }
+  }
+  return dst;
+}
 
 ImageTransform::ImageTransform(int64_t size, const ImageConfig& config)
     : size_(size), config_(config) {}
 
 torch::Tensor ImageTransform::operator()(const cv::Mat& bgr) const {
+  const int S = static_cast<int>(size_);
   cv::Mat img = bgr;
   if (config_.aspect == "pad" && img.cols != img.rows) {
     // expand2square: centre the image on a square canvas filled with the mean colour.
     const int side = std::max(img.cols, img.rows);
-    const cv::Scalar fill(config_.mean[2] * 255, config_.mean[1] * 255, config_.mean[0] * 255);
-    cv::Mat square(side, side, img.type(), fill);
+    auto m = [&](int c) { return static_cast<int>(config_.mean[static_cast<size_t>(c)] * 255); };
+    cv::Mat square(side, side, img.type(), cv::Scalar(m(2), m(1), m(0)));
     img.copyTo(square(cv::Rect((side - img.cols) / 2, (side - img.rows) / 2, img.cols, img.rows)));
     img = square;
   }
-  if (img.cols != size_ || img.rows != size_) {
-    cv::Mat resized;
-    cv::resize(img, resized, cv::Size(static_cast<int>(size_), static_cast<int>(size_)), 0, 0,
-               cv::INTER_CUBIC);
-    img = resized;
+  if (config_.aspect == "resize") {
+    if (img.cols != S || img.rows != S) img = resize_bicubic_pil(img, S, S);
+  } else {
+    // Shortest side to S (torchvision Resize(int)), then centre crop (torchvision CenterCrop).
+    const int w = img.cols, h = img.rows;
+    if (std::min(w, h) != S) {
+      const int nw = w <= h ? S : static_cast<int>(static_cast<int64_t>(S) * w / h);
+      const int nh = w <= h ? static_cast<int>(static_cast<int64_t>(S) * h / w) : S;
+      img = resize_bicubic_pil(img, nw, nh);
+    }
+    const int top = static_cast<int>(std::lround((img.rows - S) / 2.0));
+    const int left = static_cast<int>(std::lround((img.cols - S) / 2.0));
+    img = img(cv::Rect(left, top, S, S)).clone();
   }
   cv::Mat rgb;
   cv::cvtColor(img, rgb, cv::COLOR_BGR2RGB);
-  auto t = torch::from_blob(rgb.data, {size_, size_, 3}, torch::kUInt8).clone();  // (S,S,3)
+  auto t = torch::from_blob(rgb.data, {S, S, 3}, torch::kUInt8).clone();  // (S,S,3)
   auto x = t.permute({2, 0, 1}).to(torch::kFloat).div_(255.0);
   auto mean = torch::tensor(config_.mean, torch::kDouble).to(torch::kFloat).view({3, 1, 1});
   auto std = torch::tensor(config_.std, torch::kDouble).to(torch::kFloat).view({3, 1, 1});
-  return (x - mean) / std;
+  return ((x - mean) / std).contiguous();
+}
+
+cv::Mat ImageTransform::decode(const std::filesystem::path& path) {
+  if (!std::filesystem::exists(path)) throw Error(path.string() + ": image not found");
+  const std::string bytes = read_file(path);
+  // libjpeg decodes a truncated JPEG with a grey tail and only a warning; PIL refuses it. Refuse
+  // too: a JPEG must end with the EOI marker (FF D9), give or take trailing padding.
+  if (bytes.size() >= 2 && static_cast<uchar>(bytes[0]) == 0xFF &&
+      static_cast<uchar>(bytes[1]) == 0xD8) {
+    size_t end = bytes.size();
+    while (end > 2 && bytes[end - 1] == '\0') --end;
+    if (end < 4 || static_cast<uchar>(bytes[end - 2]) != 0xFF ||
+        static_cast<uchar>(bytes[end - 1]) != 0xD9)
+      throw Error(path.string() + ": cannot decode image (truncated JPEG)");
+  }
+  const cv::Mat buf(1, static_cast<int>(bytes.size()), CV_8U, const_cast<char*>(bytes.data()));
+  cv::Mat img = cv::imdecode(buf, cv::IMREAD_UNCHANGED);
+  if (img.empty())
+    throw Error(path.string() + ": cannot decode image (corrupt or unsupported format)");
+  if (img.depth() == CV_16U)
+    img.convertTo(img, CV_8U, 1.0 / 257.0);
+  else if (img.depth() != CV_8U)
+    throw Error(path.string() + ": unsupported pixel depth");
+  if (img.channels() == 1)
+    cv::cvtColor(img, img, cv::COLOR_GRAY2BGR);
+  else if (img.channels() == 4)
+    cv::cvtColor(img, img, cv::COLOR_BGRA2BGR);
+  else if (img.channels() != 3)
+    throw Error(path.string() + ": unsupported channel count " + std::to_string(img.channels()));
+  return img;
 }
 
 torch::Tensor ImageTransform::load(const std::filesystem::path& path) const {
-  if (!std::filesystem::exists(path)) throw Error(path.string() + ": image not found");
-  cv::Mat img = cv::imread(path.string(), cv::IMREAD_COLOR);
-  if (img.empty())
-    throw Error(path.string() + ": cannot decode image (corrupt or unsupported format)");
-  return (*this)(img);
+  return (*this)(decode(path));
 }
 
 }  // namespace mllm

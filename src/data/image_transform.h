@@ -1,6 +1,14 @@
-// Image preprocessing with OpenCV, matching LLaVA's: decode, pad to a square with the mean colour
-// (LLaVA's expand2square) or resize directly, resize to `size` (bicubic), scale to [0,1],
-// normalize with mean/std, HWC BGR -> CHW RGB.
+// Image preprocessing with OpenCV, matching the references users train with:
+//   decode      any format OpenCV reads (PNG, JPEG, WebP, ...); grayscale -> 3 channels; alpha is
+//               dropped (as PIL's Image.convert("RGB") does — no compositing); 16-bit -> 8-bit
+//   aspect pad  LLaVA-1.5's expand2square: centre on a square of the mean colour (int(m*255)),
+//               then as crop (a no-op crop once square)
+//   aspect crop CLIP's: shortest side to `size` (bicubic, antialiased like PIL), centre crop
+//   aspect resize  straight to size x size (bicubic, antialiased)
+//   then /255, (x - mean) / std, HWC BGR -> CHW RGB float.
+// The bicubic resampler follows PIL's Resample.c (separable, support scaled by the downscale
+// factor, a = -0.5, each pass rounded to 8 bits), so outputs track torchvision's CLIP preprocessing
+// (Resize(size, BICUBIC) + CenterCrop(size) on PIL images) within a fraction of 1/255.
 #pragma once
 
 #include <filesystem>
@@ -12,14 +20,21 @@
 
 namespace mllm {
 
+// PIL-style antialiased bicubic resize of an 8-bit image (any channel count), out_w x out_h.
+cv::Mat resize_bicubic_pil(const cv::Mat& src, int out_w, int out_h);
+
 class ImageTransform {
  public:
   ImageTransform(int64_t size, const ImageConfig& config);
-  // BGR 8-bit image -> (3,S,S) float tensor.
+  // 8-bit BGR image -> (3,S,S) float tensor.
   torch::Tensor operator()(const cv::Mat& bgr) const;
   // Reads and transforms an image file; throws Error("<path>: cannot decode image") on failure.
   torch::Tensor load(const std::filesystem::path& path) const;
   int64_t size() const { return size_; }
+
+  // Decodes a file to 8-bit, 3-channel BGR with the conversions above; throws Error naming the
+  // file.
+  static cv::Mat decode(const std::filesystem::path& path);
 
  private:
   int64_t size_;

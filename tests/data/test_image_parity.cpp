@@ -1,0 +1,99 @@
+// Image preprocessing against the reference (torchvision's CLIP preprocessing on PIL images, run by
+// tests/reference/image_reference.py with Debian's python3) on real photographs shipped by Debian's
+// python3-skimage.
+#include <catch2/catch.hpp>
+
+#include <cstdio>
+
+#include <opencv2/imgcodecs.hpp>
+
+#include "core/error.h"
+#include "data/image_transform.h"
+#include "test_util.h"
+
+using namespace mllm;
+using mllm::test::TempDir;
+
+namespace {
+
+const std::filesystem::path kImages = "/usr/lib/python3/dist-packages/skimage/data";
+
+torch::Tensor reference(const std::filesystem::path& image, int size, const std::string& aspect,
+                        const TempDir& dir) {
+  const auto out = dir / "ref.bin";
+  const std::string cmd = "/usr/bin/python3 " + std::string(MLLM_SOURCE_DIR) +
+                          "/tests/reference/image_reference.py " + image.string() + " " +
+                          std::to_string(size) + " " + aspect + " " + out.string() + " 2>&1";
+  const int rc = std::system(cmd.c_str());
+  INFO("reference failed: " << cmd
+                            << " (scripts/setup installs python3-torchvision and python3-skimage)");
+  REQUIRE(rc == 0);
+  const std::string bytes = test::read_text(out);
+  REQUIRE(bytes.size() == static_cast<size_t>(3 * size * size) * sizeof(float));
+  return torch::from_blob(const_cast<char*>(bytes.data()), {3, size, size}, torch::kFloat).clone();
+}
+
+// Back to [0,1] pixel units, where "1/255 per pixel" is measured.
+torch::Tensor to_pixels(const torch::Tensor& x, const ImageConfig& c) {
+  auto mean = torch::tensor(c.mean, torch::kDouble).to(torch::kFloat).view({3, 1, 1});
+  auto std = torch::tensor(c.std, torch::kDouble).to(torch::kFloat).view({3, 1, 1});
+  return x * std + mean;
+}
+
+}  // namespace
+
+TEST_CASE(
+    "image parity: CLIP preprocessing matches torchvision within 1/255 per pixel on average") {
+  REQUIRE(std::filesystem::exists(kImages / "astronaut.png"));
+  TempDir dir;
+  struct Case {
+    const char* file;
+    int size;
+    const char* aspect;
+  };
+  for (const Case& c :
+       {Case{"astronaut.png", 224, "crop"}, Case{"chelsea.png", 224, "crop"},
+        Case{"coffee.png", 336, "pad"}, Case{"chelsea.png", 336, "pad"},
+        Case{"coffee.png", 224, "resize"}, Case{"camera.png", 224, "crop"},
+        Case{"hubble_deep_field.jpg", 224, "crop"}, Case{"astronaut.png", 600, "crop"}}) {
+    ImageConfig ic;
+    ic.aspect = c.aspect;
+    ImageTransform t(c.size, ic);
+    const auto ours = t.load(kImages / c.file);
+    const auto ref = reference(kImages / c.file, c.size, c.aspect, dir);
+    const auto diff = (to_pixels(ours, ic) - to_pixels(ref, ic)).abs();
+    const double mean = diff.mean().item<double>(), max = diff.max().item<double>();
+    INFO(c.file << " " << c.size << " " << c.aspect << ": mean |diff| " << mean * 255
+                << "/255, max " << max * 255 << "/255");
+    CHECK(ours.sizes() == ref.sizes());
+    CHECK(mean < 1.0 / 255);
+  }
+}
+
+TEST_CASE(
+    "image decode: grayscale becomes 3 equal channels, alpha is dropped, truncated JPEG refused") {
+  const cv::Mat gray = ImageTransform::decode(kImages / "camera.png");
+  REQUIRE(gray.channels() == 3);
+  cv::Mat ch[3];
+  cv::split(gray, ch);
+  CHECK(cv::countNonZero(ch[0] != ch[2]) == 0);
+
+  TempDir dir;
+  cv::Mat rgba(4, 4, CV_8UC4, cv::Scalar(10, 20, 30, 0));  // fully transparent
+  cv::imwrite((dir / "a.png").string(), rgba);
+  const cv::Mat bgr = ImageTransform::decode(dir / "a.png");
+  REQUIRE(bgr.channels() == 3);
+  CHECK(bgr.at<cv::Vec3b>(0, 0) == cv::Vec3b(10, 20, 30));  // PIL's convert("RGB") keeps the colour
+
+  CHECK_THROWS_WITH(ImageTransform::decode(kImages / "truncated.jpg"),
+                    Catch::Contains("truncated.jpg: cannot decode"));
+}
+
+TEST_CASE("resize_bicubic_pil: a constant image stays constant; identity size is a copy") {
+  cv::Mat flat(37, 53, CV_8UC3, cv::Scalar(200, 100, 7));
+  const cv::Mat small = resize_bicubic_pil(flat, 11, 9);
+  const cv::Mat expected(9, 11, CV_8UC3, cv::Scalar(200, 100, 7));
+  CHECK(cv::countNonZero(small.reshape(1) != expected.reshape(1)) == 0);
+  const cv::Mat big = resize_bicubic_pil(flat, 120, 80);
+  CHECK(big.at<cv::Vec3b>(40, 60) == cv::Vec3b(200, 100, 7));
+}
