@@ -403,7 +403,8 @@ void describe(Binder& b, ModelConfig& c) {
 }
 
 void describe(Binder& b, DataSourceConfig& c) {
-  b.choice("format", c.format, {"llava_json"});
+  b.choice("format", c.format,
+           {"llava_json", "llava_jsonl", "preference_json", "preference_jsonl"});
   b.existing_path("path", c.path, false);
   b.existing_path("image_root", c.image_root, true);
   b.value("max_samples", c.max_samples, at_least(0));
@@ -424,7 +425,7 @@ void describe(Binder& b, ImageConfig& c) {
 void describe(Binder& b, DataConfig& c) {
   b.section("train", c.train);
   b.section("eval", c.eval);
-  b.choice("template", c.template_name, {"plain", "text"});
+  b.choice("template", c.template_name, {"plain", "vicuna_v1", "llama_2", "chatml", "text"});
   b.value("max_length", c.max_length, at_least(8));
   b.section("image", c.image);
   b.choice("on_bad_record", c.on_bad_record, {"error", "skip"});

@@ -63,7 +63,7 @@ struct ModelConfig {
 };
 
 struct DataSourceConfig {
-  std::string format = "llava_json";
+  std::string format = "llava_json";  // llava_json[l] | preference_json[l] (data/datasets.h)
   std::string path;         // empty = none (only allowed for data.eval)
   std::string image_root;   // folder that record "image" paths are relative to
   int64_t max_samples = 0;  // 0 = all
@@ -79,7 +79,7 @@ struct ImageConfig {
 struct DataConfig {
   DataSourceConfig train;
   DataSourceConfig eval;
-  std::string template_name = "plain";  // YAML key: template. plain | text
+  std::string template_name = "plain";  // YAML key: template; data/chat_template.h
   int64_t max_length = 512;
   ImageConfig image;
   std::string on_bad_record = "error";  // error | skip

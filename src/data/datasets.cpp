@@ -1,105 +1,381 @@
+// Reading (record by record), validating and tokenizing dataset records; see datasets.h for the
+// formats. The steps per record: read its turns, place the <image> as LLaVA does, render the
+// template, tokenize the whole string once with offsets, label the tokens inside the supervised
+// spans, expand <image> to Q ids, truncate.
 #include "data/datasets.h"
 
 #include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
-#include "core/fs.h"
 #include "data/chat_template.h"
 
 namespace mllm {
 
 namespace {
 
-// Tokenizes one record; throws Error(reason) when it cannot be used.
-Sample make_sample(const nlohmann::json& rec, const DataConfig& data,
-                   const DataSourceConfig& source, const Tokenizer& tok, int64_t image_tokens) {
-  if (!rec.is_object()) throw Error("a record must be a JSON object");
-  Sample s;
-  if (rec.contains("id"))
-    s.id = rec["id"].is_string() ? rec["id"].get<std::string>() : rec["id"].dump();
-  if (!rec.contains("conversations") || !rec["conversations"].is_array())
-    throw Error("missing \"conversations\" array");
-  std::vector<Turn> turns;
-  for (const auto& t : rec["conversations"]) {
-    if (!t.is_object() || !t.contains("from") || !t.contains("value") || !t["from"].is_string() ||
-        !t["value"].is_string())
-      throw Error("each turn needs string \"from\" and \"value\"");
-    turns.push_back({t["from"].get<std::string>(), t["value"].get<std::string>()});
+using Json = nlohmann::json;
+
+// One record's text with where it came from.
+struct RawRecord {
+  size_t index = 0;  // 0-based position among the file's records
+  size_t line = 0;   // 1-based line it starts on
+  std::string text;
+};
+
+// Calls fn for each non-blank line; stops when fn returns false.
+void read_jsonl(const std::string& file, const std::function<bool(const RawRecord&)>& fn) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) throw Error(file + ": cannot read (does the file exist?)");
+  RawRecord r;
+  std::string line;
+  for (size_t n = 1; std::getline(in, line); ++n) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    r.line = n;
+    r.text = std::move(line);
+    if (!fn(r)) return;
+    ++r.index;
   }
-  const bool use_images = template_uses_images(data.template_name);
-  const TemplateTokens tt{tok.bos_id() >= 0 ? tok.id_to_token(tok.bos_id()) : "",
-                          tok.eos_id() >= 0 ? tok.id_to_token(tok.eos_id()) : "", "<image>"};
-  if (rec.contains("image") && use_images) {
-    if (!rec["image"].is_string()) throw Error("\"image\" must be a string path");
-    s.image = std::filesystem::path(source.image_root) / rec["image"].get<std::string>();
+}
+
+// Splits a top-level JSON array into its elements' texts without parsing them, tracking strings
+// and nesting only, so memory holds one record at a time. Structural damage (no '[', a record cut
+// off by the end of the file) is an Error: nothing after it can be trusted.
+class JsonArraySplitter {
+ public:
+  JsonArraySplitter(const std::string& file, std::istream& in) : file_(file), buf_(*in.rdbuf()) {}
+
+  void run(const std::function<bool(const RawRecord&)>& fn) {
+    skip_ws();
+    if (peek() == 0xEF) {  // UTF-8 byte order mark
+      get(), get(), get();
+      skip_ws();
+    }
+    const int first = get();
+    if (first != '[')
+      throw Error(file_ + ": expected a JSON array of records" +
+                  (first == '{' ? std::string(" (for one record per line name the file .jsonl or "
+                                              "set format: llava_jsonl)")
+                                : std::string()));
+    RawRecord r;
+    for (bool need_comma = false;; need_comma = true) {
+      skip_ws();
+      int c = peek();
+      if (c == ']') break;
+      if (need_comma) {
+        if (c != ',') fail("expected ',' or ']' after record " + std::to_string(r.index - 1));
+        get();
+        skip_ws();
+      }
+      r.line = line_;
+      r.text.clear();
+      read_value(r.text, r.index);
+      if (!fn(r)) return;
+      ++r.index;
+    }
   }
-  const auto pieces = render_template(data.template_name, turns, tt);
-  int64_t images_in_text = 0;
-  for (const auto& p : pieces) {
-    for (int64_t id : tok.encode(p.text)) {
-      if (id == tok.image_id()) {
-        ++images_in_text;
-        s.input_ids.insert(s.input_ids.end(), static_cast<size_t>(image_tokens), id);
-        s.labels.insert(s.labels.end(), static_cast<size_t>(image_tokens), kIgnoreIndex);
-      } else {
-        s.input_ids.push_back(id);
-        s.labels.push_back(p.supervised ? id : kIgnoreIndex);
+
+ private:
+  int peek() { return buf_.sgetc(); }
+  int get() {
+    const int c = buf_.sbumpc();
+    if (c == '\n') ++line_;
+    return c;
+  }
+  void skip_ws() {
+    for (int c; (c = peek()) == ' ' || c == '\n' || c == '\t' || c == '\r';) get();
+  }
+  [[noreturn]] void fail(const std::string& what) {
+    throw Error(file_ + ":" + std::to_string(line_) + ": malformed JSON: " + what);
+  }
+
+  void read_value(std::string& out, size_t index) {
+    const size_t start_line = line_;
+    int depth = 0;
+    bool in_string = false, escaped = false;
+    for (;;) {
+      const int c = peek();
+      if (c == std::char_traits<char>::eof())
+        fail("the file ends inside record " + std::to_string(index) + " (it starts at line " +
+             std::to_string(start_line) + ")");
+      if (!in_string && depth == 0 && !out.empty() &&
+          (c == ',' || c == ']' || c == ' ' || c == '\n' || c == '\t' || c == '\r'))
+        return;  // the end of a scalar element
+      out.push_back(static_cast<char>(get()));
+      if (in_string) {
+        if (escaped) {
+          escaped = false;
+        } else if (c == '\\') {
+          escaped = true;
+        } else if (c == '"') {
+          in_string = false;
+          if (depth == 0) return;
+        }
+      } else if (c == '"') {
+        in_string = true;
+      } else if (c == '{' || c == '[') {
+        ++depth;
+      } else if (c == '}' || c == ']') {
+        if (--depth <= 0) return;
       }
     }
   }
-  const int64_t want_images = s.image.empty() ? 0 : 1;
-  if (images_in_text != want_images)
-    throw Error("the text has " + std::to_string(images_in_text) +
-                " <image> tokens but the record has " + std::to_string(want_images) + " image");
-  const auto max_len = static_cast<size_t>(data.max_length);
-  if (s.input_ids.size() > max_len) {
-    // Truncate the tail (as LLaVA does at model_max_length), but never inside an image.
-    const bool cuts_image = std::find(s.input_ids.begin() + static_cast<long>(max_len),
-                                      s.input_ids.end(), tok.image_id()) != s.input_ids.end();
-    if (cuts_image)
-      throw Error(std::to_string(s.input_ids.size()) + " tokens exceed data.max_length=" +
-                  std::to_string(max_len) + " and truncation would cut the image");
-    s.input_ids.resize(max_len);
-    s.labels.resize(max_len);
+
+  std::string file_;
+  std::streambuf& buf_;
+  size_t line_ = 1;
+};
+
+void for_each_record(const DataSourceConfig& source,
+                     const std::function<bool(const RawRecord&)>& fn) {
+  if (is_jsonl_source(source)) return read_jsonl(source.path, fn);
+  std::ifstream in(source.path, std::ios::binary);
+  if (!in) throw Error(source.path + ": cannot read (does the file exist?)");
+  JsonArraySplitter(source.path, in).run(fn);
+}
+
+std::string record_id(const Json& rec) {
+  if (!rec.is_object() || !rec.contains("id")) return "";
+  return rec["id"].is_string() ? rec["id"].get<std::string>() : rec["id"].dump();
+}
+
+// What every record needs: settings, tokenizer, counters.
+struct Context {
+  const DataSourceConfig& source;
+  const DataConfig& data;
+  const Tokenizer& tok;
+  int64_t image_tokens;  // Q
+  std::string key;
+  DatasetStats& stats;
+  TemplateTokens tt;
+  bool use_images;
+
+  Context(const DataSourceConfig& s, const DataConfig& d, const Tokenizer& t, int64_t q,
+          const std::string& k, DatasetStats& st)
+      : source(s), data(d), tok(t), image_tokens(q), key(k), stats(st) {
+    tt = {tok.bos_id() >= 0 ? tok.id_to_token(tok.bos_id()) : "",
+          tok.eos_id() >= 0 ? tok.id_to_token(tok.eos_id()) : "", "<image>"};
+    use_images = template_uses_images(data.template_name);
+    if (use_images && tok.image_id() < 0)
+      throw Error(tok.path().string() + ": the tokenizer has no <image> token (data.template=" +
+                  data.template_name + " keeps images)");
+    if (tt.eos.empty())
+      throw Error(tok.path().string() +
+                  ": the tokenizer has no EOS token (templates end replies "
+                  "with it)");
   }
-  if (std::all_of(s.labels.begin(), s.labels.end(), [](int64_t l) { return l == kIgnoreIndex; }))
-    throw Error("no supervised tokens (empty response, or all truncated by data.max_length=" +
-                std::to_string(max_len) + ")");
-  return s;
+
+  // Parses each record and hands it to `make`; a bad record (make throws Error) is an error naming
+  // file, line, record and id, or skipped and counted. Stops at source.max_samples kept records.
+  void run(const std::function<bool(const Json&)>& make) {
+    int64_t kept = 0;
+    for_each_record(source, [&](const RawRecord& raw) {
+      ++stats.records;
+      Json rec;
+      try {
+        try {
+          rec = Json::parse(raw.text);
+        } catch (const Json::parse_error& e) {
+          throw Error(std::string("malformed JSON: ") + e.what());
+        }
+        if (!rec.is_object()) throw Error("a record must be a JSON object");
+        if (make(rec)) ++kept;
+      } catch (const Error& e) {
+        const std::string id = record_id(rec);
+        const std::string msg = source.path + ":" + std::to_string(raw.line) + ": record " +
+                                std::to_string(raw.index) +
+                                (id.empty() ? "" : " (id \"" + id + "\")") + ": " + e.what();
+        if (data.on_bad_record == "error")
+          throw Error(msg + " (set data.on_bad_record=skip to skip such records)");
+        if (stats.skipped < 5) spdlog::warn("skipping {}", msg);
+        ++stats.skipped;
+      }
+      return source.max_samples <= 0 || kept < source.max_samples;
+    });
+    if (stats.skipped > 0)
+      spdlog::warn("{}: skipped {} bad records of {}", source.path, stats.skipped, stats.records);
+    if (stats.truncated > 0)
+      spdlog::info("{}: {} samples truncated to data.max_length={}", source.path, stats.truncated,
+                   data.max_length);
+    if (kept == 0) throw Error(source.path + ": no usable records (" + key + ")");
+  }
+
+  // The record's image path ("image": "x.jpg", or TRL's "images": ["x.jpg"]); empty when it has
+  // none or the template drops images. The file must exist; decoding waits for the collator.
+  std::filesystem::path image(const Json& rec) const {
+    const Json* v = nullptr;
+    if (rec.contains("image") && !rec["image"].is_null()) v = &rec["image"];
+    if (!v && rec.contains("images") && !rec["images"].is_null()) {
+      const Json& list = rec["images"];
+      if (!list.is_array()) throw Error("\"images\" must be a list of paths");
+      if (list.size() > 1)
+        throw Error("the record has " + std::to_string(list.size()) +
+                    " images; one image per record is supported");
+      if (list.size() == 1) v = &list[0];
+    }
+    if (!v || !use_images) return {};
+    if (v->is_array()) throw Error("\"image\" is a list; one image per record is supported");
+    if (!v->is_string() || v->get<std::string>().empty())
+      throw Error("\"image\" must be a non-empty string path");
+    const auto path = std::filesystem::path(source.image_root) / v->get<std::string>();
+    std::error_code ec;
+    if (!std::filesystem::is_regular_file(path, ec))
+      throw Error("image not found: " + path.string() +
+                  (source.image_root.empty() ? " (" + key + ".image_root is not set)" : ""));
+    return path;
+  }
+
+  // Checks the <image> tags against the record's image and puts the tag in front of its turn.
+  void place_image(std::vector<Turn>& turns, bool has_image) const {
+    const std::string& tag = tt.image;
+    if (!use_images) return;  // the template removes the tags
+    size_t count = 0, at = 0;
+    for (size_t i = 0; i < turns.size(); ++i)
+      for (size_t p = 0; (p = turns[i].value.find(tag, p)) != std::string::npos; p += tag.size())
+        ++count, at = i;
+    if (count == 0 && has_image)
+      throw Error("the record has an image but no " + tag +
+                  " in its turns (LLaVA's data always marks where it goes)");
+    if (count > 0 && !has_image) throw Error(tag + " in the text but the record has no \"image\"");
+    if (count > 1)
+      throw Error(std::to_string(count) + " " + tag + " tags; one image per record is supported");
+    if (count == 1) {
+      if (turns[at].from != "human" && turns[at].from != "user")
+        throw Error(tag + " in a '" + turns[at].from + "' turn; it belongs in a human turn");
+      turns[at].value = move_image_to_front(turns[at].value, tag);
+    }
+  }
+
+  // Renders and tokenizes a conversation that ends with a reply.
+  Sample tokenize(const std::vector<Turn>& turns, const std::filesystem::path& image,
+                  const std::string& id) const {
+    if (turns.empty()) throw Error("no conversation turns");
+    const std::string& last = turns.back().from;
+    if (last != "gpt" && last != "assistant")
+      throw Error("no response: the conversation ends with a '" + last + "' turn");
+    const RenderedConversation r = render_template(data.template_name, turns, tt);
+    const Encoding enc = tok.encode_with_offsets(r.text);
+
+    Sample s;
+    s.id = id;
+    s.image = image;
+    const auto Q = static_cast<size_t>(image_tokens);
+    size_t span = 0, images = 0, image_at = 0;
+    for (size_t i = 0; i < enc.ids.size(); ++i) {
+      const int64_t id_i = enc.ids[i];
+      if (id_i == tok.image_id() && use_images) {
+        ++images;
+        image_at = s.input_ids.size();
+        s.input_ids.insert(s.input_ids.end(), Q, id_i);
+        s.labels.insert(s.labels.end(), Q, kIgnoreIndex);
+        continue;
+      }
+      // A token is supervised when its bytes overlap a supervised span: a SentencePiece "▁The"
+      // that starts at the space before a reply belongs to the reply (LLaVA supervises it too).
+      const auto [b, e] = enc.offsets[i];
+      while (span < r.supervised.size() && r.supervised[span].second <= b) ++span;
+      const bool sup = span < r.supervised.size() &&
+                       (e > b ? r.supervised[span].first < e : r.supervised[span].first <= b);
+      s.input_ids.push_back(id_i);
+      s.labels.push_back(sup ? id_i : kIgnoreIndex);
+    }
+    if (images != (image.empty() ? 0u : 1u))
+      throw Error("the tokenized text has " + std::to_string(images) + " " + tt.image +
+                  " tokens for " + (image.empty() ? "0 images" : "1 image"));
+
+    const auto max_len = static_cast<size_t>(data.max_length);
+    const size_t T = s.input_ids.size();
+    bool truncated = false;
+    if (T > max_len) {
+      // Cut the tail, as LLaVA does at model_max_length, but never inside the image.
+      if (images > 0 && image_at + Q > max_len)
+        throw Error(std::to_string(T) + " tokens exceed data.max_length=" +
+                    std::to_string(max_len) + " and truncation would cut the image");
+      s.input_ids.resize(max_len);
+      s.labels.resize(max_len);
+      truncated = true;
+    }
+    if (std::all_of(s.labels.begin(), s.labels.end(), [](int64_t l) { return l == kIgnoreIndex; }))
+      throw Error(truncated ? std::to_string(T) +
+                                  " tokens exceed data.max_length=" + std::to_string(max_len) +
+                                  " and truncation leaves nothing supervised"
+                            : std::string("no supervised tokens (empty response)"));
+    if (truncated) ++stats.truncated;
+    return s;
+  }
+};
+
+// Text of a message's content: a string, or TRL's list of {"type": "image"|"text"} parts.
+std::string content_text(const Json& c, const std::string& image_tag) {
+  if (c.is_string()) return c.get<std::string>();
+  if (!c.is_array()) throw Error("a turn's content must be a string or a list of parts");
+  std::string out;
+  for (const auto& part : c) {
+    const std::string type = part.is_object() ? part.value("type", "") : "";
+    if (type == "image") {
+      out += image_tag + "\n";
+    } else if (type == "text" && part.contains("text") && part["text"].is_string()) {
+      out += part["text"].get<std::string>();
+    } else {
+      throw Error("a content part must be {\"type\": \"image\"} or {\"type\": \"text\", \"text\"}");
+    }
+  }
+  return out;
+}
+
+// One turn: {"from", "value"} (LLaVA) or {"role", "content"} (OpenAI / TRL).
+Turn read_turn(const Json& t, const std::string& image_tag) {
+  if (t.is_object() && t.contains("from") && t["from"].is_string() && t.contains("value") &&
+      t["value"].is_string())
+    return {t["from"].get<std::string>(), t["value"].get<std::string>()};
+  if (t.is_object() && t.contains("role") && t["role"].is_string() && t.contains("content"))
+    return {t["role"].get<std::string>(), content_text(t["content"], image_tag)};
+  throw Error("each turn needs string \"from\" and \"value\" (or \"role\" and \"content\")");
+}
+
+std::vector<Turn> read_turns(const Json& list, const std::string& field,
+                             const std::string& image_tag) {
+  if (!list.is_array()) throw Error("\"" + field + "\" must be a list of turns");
+  std::vector<Turn> turns;
+  for (const auto& t : list) turns.push_back(read_turn(t, image_tag));
+  return turns;
+}
+
+// A preference side: a reply string, one message, or a list of messages.
+std::vector<Turn> read_reply(const Json& v, const std::string& field,
+                             const std::string& image_tag) {
+  if (v.is_string()) return {{"gpt", v.get<std::string>()}};
+  if (v.is_object()) return {read_turn(v, image_tag)};
+  if (v.is_array()) return read_turns(v, field, image_tag);
+  throw Error("\"" + field + "\" must be a string, a message or a list of messages");
 }
 
 }  // namespace
 
+bool is_jsonl_source(const DataSourceConfig& source) {
+  return source.format == "llava_jsonl" || source.format == "preference_jsonl" ||
+         std::filesystem::path(source.path).extension() == ".jsonl";
+}
+
 ConversationDataset::ConversationDataset(const DataSourceConfig& source, const DataConfig& data,
                                          const Tokenizer& tokenizer, int64_t image_tokens,
                                          const std::string& key) {
-  const std::string file = source.path;
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(read_file(file));
-  } catch (const nlohmann::json::parse_error& e) {
-    throw Error(file + ": malformed JSON (" + key + ".path): " + e.what());
-  }
-  if (!j.is_array()) throw Error(file + ": expected a JSON array of records (" + key + ".path)");
-  if (tokenizer.image_id() < 0 && template_uses_images(data.template_name))
-    throw Error(tokenizer.path().string() + ": the tokenizer has no <image> token");
-  const size_t limit = source.max_samples > 0 ? static_cast<size_t>(source.max_samples) : j.size();
-  for (size_t i = 0; i < j.size() && samples_.size() < limit; ++i) {
-    try {
-      samples_.push_back(make_sample(j[i], data, source, tokenizer, image_tokens));
-    } catch (const Error& e) {
-      std::string id =
-          j[i].is_object() && j[i].contains("id") ? " (id " + j[i]["id"].dump() + ")" : "";
-      const std::string msg = file + ": record " + std::to_string(i) + id + ": " + e.what();
-      if (data.on_bad_record == "error")
-        throw Error(msg + " (set data.on_bad_record=skip to skip such records)");
-      if (skipped_ < 5) spdlog::warn("skipping {}", msg);
-      ++skipped_;
-    }
-  }
-  if (skipped_ > 0) spdlog::warn("{}: skipped {} bad records", file, skipped_);
-  if (samples_.empty()) throw Error(file + ": no usable records (" + key + ")");
+  if (source.format.rfind("preference", 0) == 0)
+    throw Error(key + ".format=" + source.format +
+                ": preference pairs are read by the DPO stage, not as conversations");
+  Context ctx(source, data, tokenizer, image_tokens, key, stats_);
+  ctx.run([&](const Json& rec) {
+    if (!rec.contains("conversations")) throw Error("missing \"conversations\" list");
+    std::vector<Turn> turns = read_turns(rec["conversations"], "conversations", ctx.tt.image);
+    const auto image = ctx.image(rec);
+    ctx.place_image(turns, !image.empty());
+    samples_.push_back(ctx.tokenize(turns, image, record_id(rec)));
+    return true;
+  });
 }
 
 int64_t ConversationDataset::supervised_tokens() const {
@@ -107,6 +383,48 @@ int64_t ConversationDataset::supervised_tokens() const {
   for (const auto& s : samples_)
     for (int64_t l : s.labels) n += l != kIgnoreIndex;
   return n;
+}
+
+PreferenceDataset::PreferenceDataset(const DataSourceConfig& source, const DataConfig& data,
+                                     const Tokenizer& tokenizer, int64_t image_tokens,
+                                     const std::string& key) {
+  Context ctx(source, data, tokenizer, image_tokens, key, stats_);
+  const std::string& tag = ctx.tt.image;
+  ctx.run([&](const Json& rec) {
+    if (!rec.contains("chosen") || !rec.contains("rejected"))
+      throw Error("a preference record needs \"chosen\" and \"rejected\"");
+    std::vector<Turn> prompt;
+    if (rec.contains("prompt")) {
+      const Json& p = rec["prompt"];
+      if (p.is_string())
+        prompt.push_back({"human", p.get<std::string>()});
+      else
+        prompt = read_turns(p, "prompt", tag);
+    } else if (rec.contains("conversations")) {
+      prompt = read_turns(rec["conversations"], "conversations", tag);
+    }
+    std::vector<Turn> chosen = prompt, rejected = prompt;
+    for (auto& t : read_reply(rec["chosen"], "chosen", tag)) chosen.push_back(t);
+    for (auto& t : read_reply(rec["rejected"], "rejected", tag)) rejected.push_back(t);
+    // Both must be the same prompt plus one reply each (TRL's implicit prompt is this prefix).
+    bool same_prompt = chosen.size() == rejected.size() && chosen.size() >= 2;
+    for (size_t i = 0; same_prompt && i + 1 < chosen.size(); ++i)
+      same_prompt = chosen[i].from == rejected[i].from && chosen[i].value == rejected[i].value;
+    if (!same_prompt)
+      throw Error("\"chosen\" and \"rejected\" must share the prompt and differ in the last reply");
+    const auto image = ctx.image(rec);
+    ctx.place_image(chosen, !image.empty());
+    ctx.place_image(rejected, !image.empty());
+    const std::string id = record_id(rec);
+    // Tokenize both before keeping either, so a bad side drops the pair.
+    Sample c = ctx.tokenize(chosen, image, id);
+    Sample r = ctx.tokenize(rejected, image, id);
+    PreferenceSample pair;
+    pair.chosen = std::move(c);
+    pair.rejected = std::move(r);
+    samples_.push_back(std::move(pair));
+    return true;
+  });
 }
 
 }  // namespace mllm
