@@ -429,6 +429,9 @@ void describe(Binder& b, DataConfig& c) {
   b.value("max_length", c.max_length, at_least(8));
   b.section("image", c.image);
   b.choice("on_bad_record", c.on_bad_record, {"error", "skip"});
+  b.value("workers", c.workers, at_least(0));
+  b.value("prefetch", c.prefetch, at_least(1));
+  b.value("group_by_length", c.group_by_length);
 }
 
 void describe(Binder& b, TrainConfig& c) {

@@ -83,6 +83,9 @@ struct DataConfig {
   int64_t max_length = 512;
   ImageConfig image;
   std::string on_bad_record = "error";  // error | skip
+  int64_t workers = 2;                   // loader threads (0 = on the trainer's thread)
+  int64_t prefetch = 2;                  // batches prepared ahead per worker
+  bool group_by_length = false;          // length-grouped batches (less padding)
 };
 
 struct TrainConfig {

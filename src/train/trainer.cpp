@@ -12,7 +12,7 @@
 #include "data/collator.h"
 #include "data/datasets.h"
 #include "data/image_transform.h"
-#include "data/sampler.h"
+#include "data/loader.h"
 #include "models/factory.h"
 #include "models/hf/config_json.h"
 #include "models/hf/weights.h"
@@ -172,32 +172,36 @@ TrainSummary train(Config config, const TrainOptions& options) {
   };
   if (!resume_from) run_eval("start");
 
-  EpochSampler sampler(N, static_cast<uint64_t>(config.run.seed));
-  std::vector<int64_t> order = sampler.order(state.epoch);
+  LoaderOptions lo;
+  lo.batch_size = tc.batch_size;
+  lo.grad_accum = tc.grad_accum;
+  lo.workers = config.data.workers;
+  lo.prefetch = config.data.prefetch;
+  lo.group_by_length = config.data.group_by_length;
+  lo.skip_bad_images = skip_bad;
+  lo.pad_id = pad_id;
+  lo.seed = static_cast<uint64_t>(config.run.seed);
+  DataLoader loader(train_data, transform, lo, {state.epoch, state.position});
   const auto loop_start = Clock::now();
   auto interval_start = Clock::now();
-  int64_t interval_tokens = 0, steps_here = 0, dropped = 0;
+  int64_t interval_tokens = 0, steps_here = 0;
+  double interval_wait = 0, total_wait = 0;
   model->train();
 
   while (state.step < total) {
     if (options.stop_after > 0 && steps_here >= options.stop_after) break;
-    if (state.position + per_step > N) {
-      ++state.epoch;
-      state.position = 0;
-      order = sampler.order(state.epoch);
-    }
     state.lr = lr_at(tc, state.step, total);
     set_lr(*optimizer, state.lr);
     optimizer->zero_grad();
 
     std::vector<Batch> micro;
-    for (int64_t m = 0; m < tc.grad_accum; ++m) {
-      std::vector<const Sample*> samples;
-      for (int64_t k = 0; k < tc.batch_size; ++k)
-        samples.push_back(&train_data[static_cast<size_t>(
-            order[static_cast<size_t>(state.position + m * tc.batch_size + k)])]);
-      micro.push_back(collate(samples, transform, pad_id, skip_bad, &dropped).to(device));
-    }
+    const auto wait_start = Clock::now();
+    for (int64_t m = 0; m < tc.grad_accum; ++m) micro.push_back(loader.next().to(device));
+    const double wait = seconds_since(wait_start);
+    interval_wait += wait;
+    total_wait += wait;
+    state.epoch = loader.position().epoch;
+    state.position = loader.position().position;
     int64_t weight = 0;
     for (const auto& b : micro) weight += objective->weight(b);
     double loss_sum = 0;
@@ -220,7 +224,6 @@ TrainSummary train(Config config, const TrainOptions& options) {
     optimizer->step();
     ++state.step;
     ++steps_here;
-    state.position += per_step;
 
     const double loss = loss_sum / static_cast<double>(std::max<int64_t>(1, weight));
     if (!std::isfinite(loss))
@@ -235,17 +238,23 @@ TrainSummary train(Config config, const TrainOptions& options) {
       const double tps = dt > 0 ? static_cast<double>(interval_tokens) / dt : 0.0;
       const double eta = seconds_since(loop_start) / static_cast<double>(steps_here) *
                          static_cast<double>(total - state.step);
+      const double data_wait = dt > 0 ? interval_wait / dt : 0.0;
       metrics.write({{"step", state.step},
                      {"epoch", state.epoch},
                      {"loss", loss},
                      {"lr", state.lr},
                      {"grad_norm", grad_norm},
-                     {"tokens_per_s", tps}});
+                     {"tokens_per_s", tps},
+                     {"data_wait", data_wait},
+                     {"skipped_records", train_data.skipped()},
+                     {"dropped_images", loader.dropped()}});
       spdlog::info(
-          "step {}/{} | loss {:.4f} | lr {:.2e} | grad_norm {:.3f} | {:.0f} tok/s | ETA {}",
-          state.step, total, loss, state.lr, grad_norm, tps, format_duration(eta));
+          "step {}/{} | loss {:.4f} | lr {:.2e} | grad_norm {:.3f} | {:.0f} tok/s | data wait "
+          "{:.0f}% | ETA {}",
+          state.step, total, loss, state.lr, grad_norm, tps, 100 * data_wait, format_duration(eta));
       interval_start = Clock::now();
       interval_tokens = 0;
+      interval_wait = 0;
     }
     if (tc.eval_every > 0 && state.step % tc.eval_every == 0 && state.step != total)
       run_eval("periodic");
@@ -255,7 +264,11 @@ TrainSummary train(Config config, const TrainOptions& options) {
     }
   }
   summary.steps = state.step;
-  if (dropped > 0) spdlog::warn("{} samples were dropped for unreadable images", dropped);
+  const double loop_s = seconds_since(loop_start);
+  summary.data_wait_fraction = loop_s > 0 ? total_wait / loop_s : 0.0;
+  summary.train_seconds = loop_s;
+  if (loader.dropped() > 0)
+    spdlog::warn("{} samples were dropped for unreadable images", loader.dropped());
   if (state.step < total) {
     spdlog::info("stopped at step {} of {} (--stop-after)", state.step, total);
     return summary;

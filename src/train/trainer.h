@@ -28,6 +28,8 @@ struct TrainSummary {
   std::optional<double> first_eval_loss, last_eval_loss;
   std::filesystem::path output_dir;
   std::filesystem::path final_dir;  // empty if the run stopped early
+  double train_seconds = 0;         // wall time of this process's training loop
+  double data_wait_fraction = 0;    // of which the trainer waited for batches
 };
 
 TrainSummary train(Config config, const TrainOptions& options = {});

@@ -1,0 +1,142 @@
+#include "data/loader.h"
+
+#include <algorithm>
+
+#include "core/error.h"
+#include "data/sampler.h"
+
+namespace mllm {
+
+std::vector<std::vector<int64_t>> plan_epoch(const ConversationDataset& data,
+                                             const LoaderOptions& o, int64_t epoch) {
+  const auto N = static_cast<int64_t>(data.size());
+  const int64_t per_step = o.batch_size * o.grad_accum;
+  std::vector<int64_t> order = EpochSampler(N, o.seed).order(epoch);
+  if (o.group_by_length) {
+    const int64_t mega = per_step * 50;
+    for (int64_t b = 0; b < N; b += mega) {
+      auto first = order.begin() + b, last = order.begin() + std::min(N, b + mega);
+      std::stable_sort(first, last, [&](int64_t x, int64_t y) {
+        return data[static_cast<size_t>(x)].input_ids.size() >
+               data[static_cast<size_t>(y)].input_ids.size();
+      });
+    }
+  }
+  std::vector<std::vector<int64_t>> batches;
+  for (int64_t step = 0; (step + 1) * per_step <= N; ++step)
+    for (int64_t m = 0; m < o.grad_accum; ++m) {
+      const auto begin = order.begin() + step * per_step + m * o.batch_size;
+      batches.emplace_back(begin, begin + o.batch_size);
+    }
+  return batches;
+}
+
+DataLoader::DataLoader(const ConversationDataset& data, const ImageTransform& transform,
+                       LoaderOptions options, LoaderPosition start)
+    : data_(data), transform_(transform), options_(options), consumed_(start), cursor_(start) {
+  if (steps_per_epoch() == 0)
+    throw Error("[DataLoader] " + std::to_string(data.size()) +
+                " samples are fewer than one step (" +
+                std::to_string(options_.batch_size * options_.grad_accum) + ")");
+  for (int64_t i = 0; i < options_.workers; ++i) threads_.emplace_back([this] { worker_loop(); });
+}
+
+DataLoader::~DataLoader() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  space_cv_.notify_all();
+  ready_cv_.notify_all();
+  for (auto& t : threads_) t.join();
+}
+
+int64_t DataLoader::steps_per_epoch() const {
+  return static_cast<int64_t>(data_.size()) / (options_.batch_size * options_.grad_accum);
+}
+
+int64_t DataLoader::dropped() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return dropped_;
+}
+
+DataLoader::Item DataLoader::plan_next() {
+  const int64_t per_step = options_.batch_size * options_.grad_accum;
+  // A new epoch starts where a whole step no longer fits (checked at step boundaries only).
+  if (cursor_.position % per_step == 0 &&
+      cursor_.position + per_step > static_cast<int64_t>(data_.size())) {
+    ++cursor_.epoch;
+    cursor_.position = 0;
+  }
+  if (plan_epoch_ != cursor_.epoch) {
+    epoch_plan_ = plan_epoch(data_, options_, cursor_.epoch);
+    plan_epoch_ = cursor_.epoch;
+  }
+  Item item;
+  item.samples = epoch_plan_[static_cast<size_t>(cursor_.position / options_.batch_size)];
+  cursor_.position += options_.batch_size;
+  item.after = cursor_;
+  return item;
+}
+
+Batch DataLoader::build(const Item& item) {
+  std::vector<const Sample*> samples;
+  for (int64_t i : item.samples) samples.push_back(&data_[static_cast<size_t>(i)]);
+  int64_t dropped = 0;
+  Batch b = collate(samples, transform_, options_.pad_id, options_.skip_bad_images, &dropped);
+  if (dropped) {
+    std::lock_guard<std::mutex> lock(mu_);
+    dropped_ += dropped;
+  }
+  return b;
+}
+
+void DataLoader::worker_loop() {
+  for (;;) {
+    Item item;
+    int64_t seq;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      space_cv_.wait(lock, [&] {
+        return stop_ || next_seq_ < consumer_seq_ +
+                                        options_.workers * std::max<int64_t>(1, options_.prefetch);
+      });
+      if (stop_ || error_) return;
+      seq = next_seq_++;
+      item = plan_next();
+    }
+    try {
+      Batch b = build(item);
+      std::lock_guard<std::mutex> lock(mu_);
+      ready_.emplace(seq, std::move(b));
+      ready_pos_.emplace(seq, item.after);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!error_ || seq < error_seq_) error_ = std::current_exception(), error_seq_ = seq;
+    }
+    ready_cv_.notify_all();
+  }
+}
+
+Batch DataLoader::next() {
+  if (threads_.empty()) {
+    const Item item = plan_next();
+    Batch b = build(item);
+    consumed_ = item.after;
+    return b;
+  }
+  std::unique_lock<std::mutex> lock(mu_);
+  const int64_t seq = consumer_seq_;
+  ready_cv_.wait(lock, [&] { return ready_.count(seq) || (error_ && error_seq_ <= seq); });
+  if (!ready_.count(seq)) std::rethrow_exception(error_);
+  Batch b = std::move(ready_.at(seq));
+  consumed_ = ready_pos_.at(seq);
+  ready_.erase(seq);
+  ready_pos_.erase(seq);
+  ++consumer_seq_;
+  lock.unlock();
+  space_cv_.notify_all();
+  return b;
+}
+
+}  // namespace mllm

@@ -1,0 +1,93 @@
+// Batches for the trainer, prepared ahead of it by worker threads (image decoding and collation),
+// delivered strictly in plan order: the sequence of batches depends only on the seed, the epoch
+// and the starting position — never on the number of workers or on timing. An epoch is a fresh
+// permutation of the samples (EpochSampler); with group_by_length, each megabatch of 50 steps'
+// worth of samples is sorted by length (longest first), as HF's LengthGroupedSampler does, so
+// batches waste less padding. A step takes grad_accum micro-batches; an epoch ends when a whole
+// step no longer fits (incomplete last steps are dropped).
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "data/collator.h"
+#include "data/datasets.h"
+#include "data/image_transform.h"
+
+namespace mllm {
+
+struct LoaderOptions {
+  int64_t batch_size = 1;  // micro-batch
+  int64_t grad_accum = 1;  // micro-batches per step
+  int64_t workers = 0;     // 0 = collate on the calling thread
+  int64_t prefetch = 2;    // batches prepared ahead, per worker
+  bool group_by_length = false;
+  bool skip_bad_images = false;
+  int64_t pad_id = 0;
+  uint64_t seed = 0;
+};
+
+// Where the loader stands: the epoch and the samples of it already handed out.
+struct LoaderPosition {
+  int64_t epoch = 0;
+  int64_t position = 0;
+};
+
+// The samples of every micro-batch of an epoch, in order (a pure function of seed and epoch).
+std::vector<std::vector<int64_t>> plan_epoch(const ConversationDataset& data,
+                                             const LoaderOptions& options, int64_t epoch);
+
+class DataLoader {
+ public:
+  DataLoader(const ConversationDataset& data, const ImageTransform& transform,
+             LoaderOptions options, LoaderPosition start = {});
+  ~DataLoader();
+  DataLoader(const DataLoader&) = delete;
+  DataLoader& operator=(const DataLoader&) = delete;
+
+  // The next micro-batch, in plan order; blocks until it is ready. Errors from a worker (a corrupt
+  // image, say) are rethrown here, on the trainer's thread.
+  Batch next();
+  // The position after the batches handed out so far (what a checkpoint stores).
+  LoaderPosition position() const { return consumed_; }
+  int64_t steps_per_epoch() const;
+  int64_t dropped() const;  // samples dropped for unreadable images (skip mode)
+
+ private:
+  struct Item {
+    std::vector<int64_t> samples;
+    LoaderPosition after;
+  };
+  Item plan_next();  // the next item of the plan (advances the producer cursor)
+  Batch build(const Item& item);
+  void worker_loop();
+
+  const ConversationDataset& data_;
+  const ImageTransform& transform_;
+  LoaderOptions options_;
+  LoaderPosition consumed_;
+
+  // Producer side of the plan.
+  LoaderPosition cursor_;
+  std::vector<std::vector<int64_t>> epoch_plan_;
+  int64_t plan_epoch_ = -1;
+  int64_t next_seq_ = 0;  // next sequence number to hand to a worker
+
+  mutable std::mutex mu_;
+  std::condition_variable ready_cv_, space_cv_;
+  std::map<int64_t, Batch> ready_;
+  std::map<int64_t, LoaderPosition> ready_pos_;
+  std::exception_ptr error_;
+  int64_t error_seq_ = -1;
+  int64_t consumer_seq_ = 0;
+  int64_t dropped_ = 0;
+  bool stop_ = false;
+  std::vector<std::thread> threads_;
+};
+
+}  // namespace mllm
