@@ -11,31 +11,48 @@ namespace mllm {
 
 std::unique_ptr<Tokenizer> make_wordlevel_tokenizer(const std::filesystem::path& path,
                                                     const nlohmann::json& j);
+std::unique_ptr<Tokenizer> make_bpe_tokenizer(const std::filesystem::path& path,
+                                              const nlohmann::json& j);
+std::unique_ptr<Tokenizer> make_sentencepiece_tokenizer(const std::filesystem::path& path);
+
+namespace {
+bool is_space(char c) {
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+}  // namespace
 
 Encoding Tokenizer::encode_with_offsets(const std::string& text) const {
-  // Split on added tokens, leftmost match first and the longest at a position.
+  // Split on added tokens, leftmost match first and the longest at a position; lstrip / rstrip
+  // tokens take the whitespace beside them (tokenizers/src/tokenizer/added_vocabulary.rs).
   Encoding out;
   auto add_segment = [&](size_t begin, size_t end) {
     if (end <= begin) return;
-    Encoding seg = encode_segment(text.substr(begin, end - begin));
+    Encoding seg = encode_segment(text.substr(begin, end - begin), begin == 0);
     out.ids.insert(out.ids.end(), seg.ids.begin(), seg.ids.end());
     for (const auto& [b, e] : seg.offsets) out.offsets.emplace_back(begin + b, begin + e);
   };
   size_t start = 0, pos = 0;
   while (pos < text.size()) {
     const AddedToken* match = nullptr;
-    for (const auto& a : added_)
-      if (text.compare(pos, a.content.size(), a.content) == 0 &&
-          (!match || a.content.size() > match->content.size()))
-        match = &a;
+    if (!added_by_first_byte_.empty())
+      for (const AddedToken* a : added_by_first_byte_[static_cast<unsigned char>(text[pos])])
+        if (text.compare(pos, a->content.size(), a->content) == 0) {
+          match = a;
+          break;
+        }
     if (!match) {
       ++pos;
       continue;
     }
-    add_segment(start, pos);
+    size_t b = pos, e = pos + match->content.size();
+    if (match->lstrip)
+      while (b > start && is_space(text[b - 1])) --b;
+    if (match->rstrip)
+      while (e < text.size() && is_space(text[e])) ++e;
+    add_segment(start, b);
     out.ids.push_back(match->id);
-    out.offsets.emplace_back(pos, pos + match->content.size());
-    pos += match->content.size();
+    out.offsets.emplace_back(b, e);
+    pos = e;
     start = pos;
   }
   add_segment(start, text.size());
@@ -73,6 +90,14 @@ std::string Tokenizer::id_to_token(int64_t id) const {
 
 void Tokenizer::finish_setup() {
   for (const auto& a : added_) vocab_[a.content] = a.id;
+  added_by_first_byte_.assign(256, {});
+  for (const auto& a : added_)
+    if (!a.content.empty())
+      added_by_first_byte_[static_cast<unsigned char>(a.content[0])].push_back(&a);
+  for (auto& v : added_by_first_byte_)
+    std::stable_sort(v.begin(), v.end(), [](const AddedToken* x, const AddedToken* y) {
+      return x->content.size() > y->content.size();
+    });
   for (const auto& kv : vocab_) id_to_token_[kv.second] = kv.first;
   auto find_any = [&](std::initializer_list<const char*> names) -> int64_t {
     for (const char* n : names)
@@ -86,6 +111,7 @@ void Tokenizer::finish_setup() {
 }
 
 std::unique_ptr<Tokenizer> load_tokenizer(const std::filesystem::path& path) {
+  if (path.extension() == ".model") return make_sentencepiece_tokenizer(path);
   const std::string text = read_file(path);
   nlohmann::json j;
   try {
@@ -97,8 +123,9 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::filesystem::path& path) {
     throw Error(path.string() + ": not a tokenizer.json (no \"model\" object)");
   const std::string type = j["model"].value("type", "");
   if (type == "WordLevel") return make_wordlevel_tokenizer(path, j);
+  if (type == "BPE") return make_bpe_tokenizer(path, j);
   throw Error(path.string() + ": model.type '" + type +
-              "' is not supported yet (supported: WordLevel)");
+              "' is not supported (supported: WordLevel, BPE; SentencePiece .model files)");
 }
 
 }  // namespace mllm

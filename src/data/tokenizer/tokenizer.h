@@ -1,7 +1,8 @@
 // Tokenizers read from Hugging Face `tokenizer.json` files. The base class handles what every model
 // type shares — added tokens (special tokens such as <s> and <image> are matched verbatim before
-// the model sees the text) and id <-> token lookup — and each model type (WordLevel here; BPE and
-// SentencePiece later) implements `encode_segment` for the text between added tokens.
+// the model sees the text) and id <-> token lookup — and each model type (WordLevel, BPE in
+// bpe.cpp, SentencePiece .model files in sentencepiece.cpp) implements `encode_segment` for the
+// text between added tokens.
 // Reference: huggingface/tokenizers, tokenizers/src/tokenizer/added_vocabulary.rs.
 #pragma once
 
@@ -33,7 +34,14 @@ class Tokenizer {
   }
   Encoding encode_with_offsets(const std::string& text) const;
   // Ids -> text; special added tokens are dropped when skip_special.
-  std::string decode(const std::vector<int64_t>& ids, bool skip_special = true) const;
+  virtual std::string decode(const std::vector<int64_t>& ids, bool skip_special = true) const;
+
+  // Special ids the tokenizer's post-processor (template) puts before a text, e.g. [<s>] for
+  // LLaMA/Mistral; encode() never adds them.
+  const std::vector<int64_t>& special_prefix() const { return special_prefix_; }
+  bool adds_bos() const {
+    return !special_prefix_.empty() && bos_id_ >= 0 && special_prefix_.front() == bos_id_;
+  }
 
   int64_t vocab_size() const;  // one past the largest id
   std::optional<int64_t> token_to_id(const std::string& token) const;
@@ -51,9 +59,11 @@ class Tokenizer {
     std::string content;
     int64_t id;
     bool special;
+    bool lstrip = false, rstrip = false;  // the match swallows whitespace on that side
   };
-  // Encodes text that contains no added token; offsets are relative to `text`.
-  virtual Encoding encode_segment(const std::string& text) const = 0;
+  // Encodes text that contains no added token; offsets are relative to `text`. `at_input_start`:
+  // the segment begins at byte 0 of the input.
+  virtual Encoding encode_segment(const std::string& text, bool at_input_start) const = 0;
   // Joins decoded pieces (model-specific: WordLevel joins with spaces).
   virtual std::string join_tokens(const std::vector<std::string>& tokens) const = 0;
 
@@ -65,6 +75,10 @@ class Tokenizer {
   std::vector<AddedToken> added_;
   std::map<int64_t, std::string> id_to_token_;
   int64_t bos_id_ = -1, eos_id_ = -1, pad_id_ = -1, image_id_ = -1;
+  std::vector<int64_t> special_prefix_;
+
+ private:
+  std::vector<std::vector<const AddedToken*>> added_by_first_byte_;  // longest first
 };
 
 // Loads a tokenizer.json; throws Error naming the file and the offending field.

@@ -58,7 +58,7 @@ class WordLevelTokenizer : public Tokenizer {
   }
 
  protected:
-  Encoding encode_segment(const std::string& text) const override {
+  Encoding encode_segment(const std::string& text, bool) const override {
     Encoding out;
     std::string word;
     size_t word_begin = 0;

