@@ -250,14 +250,17 @@ struct Context {
     }
   }
 
-  // Renders and tokenizes a conversation that ends with a reply.
+  // Renders and tokenizes a conversation that ends with a reply. With last_reply_only (preference
+  // pairs) earlier replies are prompt, not supervised.
   Sample tokenize(const std::vector<Turn>& turns, const std::filesystem::path& image,
-                  const std::string& id) const {
+                  const std::string& id, bool last_reply_only = false) const {
     if (turns.empty()) throw Error("no conversation turns");
     const std::string& last = turns.back().from;
     if (last != "gpt" && last != "assistant")
       throw Error("no response: the conversation ends with a '" + last + "' turn");
-    const RenderedConversation r = render_template(data.template_name, turns, tt);
+    RenderedConversation r = render_template(data.template_name, turns, tt);
+    if (last_reply_only && r.supervised.size() > 1)
+      r.supervised.erase(r.supervised.begin(), r.supervised.end() - 1);
     const Encoding enc = tok.encode_with_offsets(r.text);
 
     Sample s;
@@ -417,8 +420,8 @@ PreferenceDataset::PreferenceDataset(const DataSourceConfig& source, const DataC
     ctx.place_image(rejected, !image.empty());
     const std::string id = record_id(rec);
     // Tokenize both before keeping either, so a bad side drops the pair.
-    Sample c = ctx.tokenize(chosen, image, id);
-    Sample r = ctx.tokenize(rejected, image, id);
+    Sample c = ctx.tokenize(chosen, image, id, true);
+    Sample r = ctx.tokenize(rejected, image, id, true);
     PreferenceSample pair;
     pair.chosen = std::move(c);
     pair.rejected = std::move(r);
