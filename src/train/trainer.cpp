@@ -247,6 +247,7 @@ TrainSummary train(Config config, const TrainOptions& options) {
                      {"tokens_per_s", tps},
                      {"data_wait", data_wait},
                      {"skipped_records", train_data.skipped()},
+                     {"truncated_samples", train_data.truncated()},
                      {"dropped_images", loader.dropped()}});
       spdlog::info(
           "step {}/{} | loss {:.4f} | lr {:.2e} | grad_norm {:.3f} | {:.0f} tok/s | data wait "
