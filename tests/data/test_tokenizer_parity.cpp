@@ -177,3 +177,58 @@ TEST_CASE("tokenizer parity: LLaMA SentencePiece .model matches spm_encode") {
   CHECK(matched == total);
   CHECK(tok->decode(tok->encode("Hello world, 世界!")) == "Hello world, 世界!");
 }
+
+TEST_CASE("tokenizer: a tiny BPE merges by rank, falls back to bytes, and decodes back") {
+  mllm::test::TempDir dir;
+  const nlohmann::json j = {
+      {"model",
+       {{"type", "BPE"},
+        {"vocab",
+         {{"<unk>", 0},
+          {"<0xC3>", 1},
+          {"<0xA9>", 2},
+          {"a", 3},
+          {"b", 4},
+          {"ab", 5},
+          {"abb", 6},
+          {"\xE2\x96\x81", 7},
+          {"\xE2\x96\x81"
+           "ab",
+           8}}},
+        {"merges", {"a b", nlohmann::json::array({"ab", "b"}), "\xE2\x96\x81 ab"}},
+        {"unk_token", "<unk>"},
+        {"byte_fallback", true}}},
+      {"normalizer",
+       {{"type", "Sequence"},
+        {"normalizers",
+         {{{"type", "Prepend"}, {"prepend", "\xE2\x96\x81"}},
+          {{"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", "\xE2\x96\x81"}}}}}},
+      {"decoder",
+       {{"type", "Sequence"},
+        {"decoders",
+         {{{"type", "Replace"}, {"pattern", {{"String", "\xE2\x96\x81"}}}, {"content", " "}},
+          {{"type", "ByteFallback"}},
+          {{"type", "Fuse"}},
+          {{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}}}}}},
+      {"added_tokens", nlohmann::json::array()}};
+  mllm::test::write_text(dir / "tokenizer.json", j.dump());
+  auto tok = load_tokenizer(dir / "tokenizer.json");
+  // "a b" (rank 0) first, then "ab b" (rank 1) beats "▁ ab" (rank 2).
+  CHECK(tok->encode("abb") == std::vector<int64_t>{7, 6});
+  CHECK(tok->encode("abb é") == std::vector<int64_t>{7, 6, 7, 1, 2});  // é: <0xC3> <0xA9>
+  CHECK(tok->decode(tok->encode("abb é")) == "abb é");
+  const auto enc = tok->encode_with_offsets("ab é");
+  REQUIRE(enc.offsets.size() == 4);
+  CHECK(enc.offsets[0] == std::pair<size_t, size_t>{0, 2});
+  CHECK(enc.offsets[2] == std::pair<size_t, size_t>{3, 4});  // first byte of é
+}
+
+TEST_CASE("tokenizer: unsupported pipeline components are errors naming the file and type") {
+  mllm::test::TempDir dir;
+  const nlohmann::json j = {
+      {"model", {{"type", "BPE"}, {"vocab", {{"a", 0}}}, {"merges", nlohmann::json::array()}}},
+      {"normalizer", {{"type", "NFKD"}}}};
+  mllm::test::write_text(dir / "tokenizer.json", j.dump());
+  CHECK_THROWS_WITH(load_tokenizer(dir / "tokenizer.json"),
+                    Catch::Contains("tokenizer.json") && Catch::Contains("NFKD"));
+}
