@@ -1,8 +1,7 @@
 // Encode throughput of our tokenizers against Hugging Face tokenizers (Node binding) on the same
 // text: the parity corpus repeated. Prints tokens/s for each; asserts nothing.
 //   tokenizer_bench TOKENIZER_JSON [CORPUS_JSON] [REPEAT]
-// Standalone (no LibTorch): g++ -std=c++17 -O2 -I src bench/tokenizer_bench.cpp
-//   src/data/tokenizer/*.cpp src/core/fs.cpp -lpcre2-8 -lsentencepiece
+// Built as build/bench_tokenizer; run through scripts/bench.
 #include <chrono>
 #include <cstdio>
 #include <fstream>
