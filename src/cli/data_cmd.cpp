@@ -27,7 +27,19 @@ Action add_data_command(CLI::App& app) {
       ->capture_default_str();
   shapes->add_option("--image-size", args->options.image_size, "Image side in pixels")
       ->capture_default_str();
-  return [args]() {
+  auto* check = data->add_subcommand("check",
+                                     "Stream the datasets of a recipe and report records, images, "
+                                     "lengths and bad records, without training");
+  struct CheckArgs {
+    std::string config;
+    std::vector<std::string> overrides;
+  };
+  auto check_args = std::make_shared<CheckArgs>();
+  check->add_option("--config,-c", check_args->config, "YAML recipe")->required();
+  check->add_option("--set", check_args->overrides, "Override a config value (repeatable)")
+      ->allow_extra_args(false);
+  return [args, check, check_args]() {
+    if (check->parsed()) return run_data_check(check_args->config, check_args->overrides);
     try {
       const auto s = data::generate_shapes_world(args->out, args->options);
       spdlog::info(

@@ -193,6 +193,8 @@ struct Context {
           throw Error(msg + " (set data.on_bad_record=skip to skip such records)");
         if (stats.skipped < 5) spdlog::warn("skipping {}", msg);
         ++stats.skipped;
+        const std::string why = e.what();
+        ++stats.skip_reasons[why.substr(0, why.find(':'))];
       }
       return source.max_samples <= 0 || kept < source.max_samples;
     });
@@ -267,7 +269,8 @@ struct Context {
     s.id = id;
     s.image = image;
     const auto Q = static_cast<size_t>(image_tokens);
-    size_t span = 0, images = 0, image_at = 0;
+    const std::vector<bool> supervised = supervised_token_mask(enc.offsets, r.supervised);
+    size_t images = 0, image_at = 0;
     for (size_t i = 0; i < enc.ids.size(); ++i) {
       const int64_t id_i = enc.ids[i];
       if (id_i == tok.image_id() && use_images) {
@@ -277,14 +280,8 @@ struct Context {
         s.labels.insert(s.labels.end(), Q, kIgnoreIndex);
         continue;
       }
-      // A token is supervised when its bytes overlap a supervised span: a SentencePiece "▁The"
-      // that starts at the space before a reply belongs to the reply (LLaVA supervises it too).
-      const auto [b, e] = enc.offsets[i];
-      while (span < r.supervised.size() && r.supervised[span].second <= b) ++span;
-      const bool sup = span < r.supervised.size() &&
-                       (e > b ? r.supervised[span].first < e : r.supervised[span].first <= b);
       s.input_ids.push_back(id_i);
-      s.labels.push_back(sup ? id_i : kIgnoreIndex);
+      s.labels.push_back(supervised[i] ? id_i : kIgnoreIndex);
     }
     if (images != (image.empty() ? 0u : 1u))
       throw Error("the tokenized text has " + std::to_string(images) + " " + tt.image +
@@ -362,6 +359,18 @@ std::vector<Turn> read_reply(const Json& v, const std::string& field,
 bool is_jsonl_source(const DataSourceConfig& source) {
   return source.format == "llava_jsonl" || source.format == "preference_jsonl" ||
          std::filesystem::path(source.path).extension() == ".jsonl";
+}
+
+std::vector<bool> supervised_token_mask(const std::vector<std::pair<size_t, size_t>>& offsets,
+                                        const std::vector<std::pair<size_t, size_t>>& spans) {
+  std::vector<bool> mask(offsets.size(), false);
+  size_t span = 0;
+  for (size_t i = 0; i < offsets.size(); ++i) {
+    const auto [b, e] = offsets[i];
+    while (span < spans.size() && spans[span].second <= b) ++span;
+    mask[i] = span < spans.size() && (e > b ? spans[span].first < e : spans[span].first <= b);
+  }
+  return mask;
 }
 
 ConversationDataset::ConversationDataset(const DataSourceConfig& source, const DataConfig& data,

@@ -36,6 +36,7 @@
 #pragma once
 
 #include <filesystem>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -55,10 +56,17 @@ struct Sample {
 
 // Counters shared by the dataset kinds, for logs and metrics.jsonl.
 struct DatasetStats {
-  int64_t records = 0;    // records read (kept + skipped)
-  int64_t skipped = 0;    // bad records skipped under on_bad_record=skip
-  int64_t truncated = 0;  // kept samples cut to data.max_length
+  int64_t records = 0;                          // records read (kept + skipped)
+  int64_t skipped = 0;                          // bad records skipped under on_bad_record=skip
+  int64_t truncated = 0;                        // kept samples cut to data.max_length
+  std::map<std::string, int64_t> skip_reasons;  // reason (text before the first ':') -> count
 };
+
+// Which tokens of an encoding carry the loss: those whose bytes overlap a supervised byte span
+// (a SentencePiece "▁The" that starts at the space before a reply belongs to the reply, as in
+// LLaVA). `spans` are sorted and non-overlapping.
+std::vector<bool> supervised_token_mask(const std::vector<std::pair<size_t, size_t>>& offsets,
+                                        const std::vector<std::pair<size_t, size_t>>& spans);
 
 class ConversationDataset {
  public:

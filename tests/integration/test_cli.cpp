@@ -142,3 +142,41 @@ TEST_CASE(
   CHECK(bad.code == 1);
   CHECK_THAT(bad.output, Catch::Contains("000003.png: cannot decode image"));
 }
+
+TEST_CASE(
+    "cli: tokenize shows ids and supervised spans; data check reports records, images and "
+    "lengths") {
+  TempDir dir("mllm-cli");
+  const auto data = dir / "shapes";
+  REQUIRE(run("data shapes --out " + data.string() + " --seed 2 --train 12 --val 4 --image-size 32")
+              .code == 0);
+  const std::string tok = " --tokenizer " + (data / "tokenizer.json").string();
+
+  Result plain = run("tokenize" + tok + " --text 'a red circle.'");
+  REQUIRE(plain.code == 0);
+  const auto j = nlohmann::json::parse(plain.output.substr(0, plain.output.find('\n')));
+  CHECK(j["ids"].size() == 4);
+  CHECK(j["tokens"][1] == "red");
+
+  write_text(
+      dir / "turns.json",
+      R"([{"from": "human", "value": "<image>\nwhat color is the circle?"}, {"from": "gpt", "value": "red."}])");
+  Result templ =
+      run("tokenize" + tok + " --template vicuna_v1 --text-file " + (dir / "turns.json").string());
+  REQUIRE(templ.code == 0);
+  const auto t = nlohmann::json::parse(templ.output.substr(0, templ.output.find('\n')));
+  CHECK(t["supervised_tokens"] == 3);  // "red", ".", "</s>"
+  CHECK_THAT(templ.output, Catch::Contains("ASSISTANT: \u27e6red.</s>\u27e7"));
+  CHECK(run("tokenize" + tok + " --template vicuna_v1 --text 'not json'").code == 2);
+
+  // One record's image removed: data check counts it instead of stopping.
+  std::filesystem::remove(data / "images/train/000004.png");
+  Result check = run("data check --config " + src("configs/shapes/stage0_text.yaml") +
+                     shrink(data, dir / "c") + " --set data.template=plain");
+  INFO(check.output);
+  REQUIRE(check.code == 0);
+  CHECK_THAT(check.output, Catch::Contains("records 12: 11 kept, 1 skipped"));
+  CHECK_THAT(check.output, Catch::Contains("image not found"));
+  CHECK_THAT(check.output, Catch::Contains("images: 11 found (0 corrupt), 1 missing"));
+  CHECK_THAT(check.output, Catch::Contains("tokens per sample: p50"));
+}

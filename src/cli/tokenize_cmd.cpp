@@ -1,0 +1,106 @@
+// `mllm tokenize`: what the tokenizer (and a template) make of some text — the first thing to look
+// at when a template and a tokenizer disagree. Prints one JSON object: ids, the token strings, and
+// with
+// --template the rendered prompt, a 0/1 supervised flag per token and the prompt with the
+// supervised spans marked ⟦like this⟧.
+#include <iostream>
+
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "core/error.h"
+#include "core/fs.h"
+#include "data/chat_template.h"
+#include "data/datasets.h"
+#include "data/tokenizer/tokenizer.h"
+
+namespace mllm::cli {
+
+namespace {
+
+// Turns from a LLaVA record ({"conversations": [...]}) or a bare list of turns.
+std::vector<Turn> read_conversation(const nlohmann::json& j, const std::string& file) {
+  const nlohmann::json& list =
+      j.is_object() && j.contains("conversations") ? j["conversations"] : j;
+  if (!list.is_array())
+    throw ConfigError(
+        file + ": with --template, expected a LLaVA record or a list of {from, value} turns");
+  std::vector<Turn> turns;
+  for (const auto& t : list) {
+    if (!t.is_object() || !t.contains("from") || !t.contains("value"))
+      throw ConfigError(file + ": each turn needs \"from\" and \"value\"");
+    turns.push_back({t["from"].get<std::string>(), t["value"].get<std::string>()});
+  }
+  return turns;
+}
+
+}  // namespace
+
+Action add_tokenize_command(CLI::App& app) {
+  auto* cmd = app.add_subcommand(
+      "tokenize", "Show the ids (and with --template, the supervised spans) of some text");
+  struct Args {
+    std::string tokenizer, template_name, text_file, text;
+  };
+  auto args = std::make_shared<Args>();
+  cmd->add_option("--tokenizer", args->tokenizer, "tokenizer.json or SentencePiece .model")
+      ->required();
+  cmd->add_option("--template", args->template_name,
+                  "Render a conversation through this chat template first");
+  auto* file = cmd->add_option(
+      "--text-file", args->text_file,
+      "Text to tokenize; with --template, a LLaVA record or a list of turns (JSON)");
+  auto* text = cmd->add_option("--text", args->text, "Text to tokenize (instead of --text-file)");
+  file->excludes(text);
+  return [args]() {
+    if (args->text_file.empty() && args->text.empty())
+      throw ConfigError("tokenize: give --text-file or --text");
+    const auto tok = load_tokenizer(args->tokenizer);
+    const std::string input = args->text_file.empty() ? args->text : read_file(args->text_file);
+    nlohmann::json out;
+    std::string text = input;
+    std::vector<std::pair<size_t, size_t>> spans;
+    if (!args->template_name.empty()) {
+      nlohmann::json j;
+      try {
+        j = nlohmann::json::parse(input);
+      } catch (const nlohmann::json::parse_error& e) {
+        throw ConfigError((args->text_file.empty() ? "--text" : args->text_file) +
+                          ": malformed JSON: " + e.what());
+      }
+      const TemplateTokens tt{tok->bos_id() >= 0 ? tok->id_to_token(tok->bos_id()) : "",
+                              tok->eos_id() >= 0 ? tok->id_to_token(tok->eos_id()) : "", "<image>"};
+      const RenderedConversation r =
+          render_template(args->template_name, read_conversation(j, args->text_file), tt);
+      text = r.text;
+      spans = r.supervised;
+      out["rendered"] = text;
+    }
+    const Encoding enc = tok->encode_with_offsets(text);
+    std::vector<std::string> tokens;
+    for (int64_t id : enc.ids) tokens.push_back(tok->id_to_token(id));
+    out["ids"] = enc.ids;
+    out["tokens"] = tokens;
+    if (!args->template_name.empty()) {
+      const auto mask = supervised_token_mask(enc.offsets, spans);
+      std::vector<int> flags(mask.begin(), mask.end());
+      out["supervised"] = flags;
+      std::string marked;
+      size_t at = 0;
+      for (const auto& [b, e] : spans) {
+        marked += text.substr(at, b - at) + "\u27e6" + text.substr(b, e - b) + "\u27e7";
+        at = e;
+      }
+      marked += text.substr(at);
+      out["marked"] = marked;
+      out["supervised_tokens"] = std::count(flags.begin(), flags.end(), 1);
+    }
+    std::cout << out.dump() << "\n";
+    if (out.contains("marked"))
+      std::cout << "\nrendered prompt, supervised spans marked \u27e6 \u27e7:\n"
+                << out["marked"].get<std::string>() << "\n";
+    return 0;
+  };
+}
+
+}  // namespace mllm::cli
