@@ -87,6 +87,13 @@ TEST_CASE(
 
   CHECK_THROWS_WITH(ImageTransform::decode(kImages / "truncated.jpg"),
                     Catch::Contains("truncated.jpg: cannot decode"));
+
+  // WebP (lossless, so the pixels must come back exactly).
+  cv::Mat img(6, 8, CV_8UC3, cv::Scalar(1, 2, 3));
+  img.at<cv::Vec3b>(2, 5) = cv::Vec3b(200, 150, 100);
+  REQUIRE(cv::imwrite((dir / "x.webp").string(), img, {cv::IMWRITE_WEBP_QUALITY, 101}));
+  const cv::Mat webp = ImageTransform::decode(dir / "x.webp");
+  CHECK(cv::countNonZero(webp.reshape(1) != img.reshape(1)) == 0);
 }
 
 TEST_CASE("resize_bicubic_pil: a constant image stays constant; identity size is a copy") {

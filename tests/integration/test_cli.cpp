@@ -180,3 +180,27 @@ TEST_CASE(
   CHECK_THAT(check.output, Catch::Contains("images: 11 found (0 corrupt), 1 missing"));
   CHECK_THAT(check.output, Catch::Contains("tokens per sample: p50"));
 }
+
+TEST_CASE(
+    "cli: instruction data in the LLaVA-1.5 layout trains through the vicuna_v1 and chatml "
+    "templates") {
+  TempDir dir("mllm-cli");
+  const auto data = dir / "shapes";
+  REQUIRE(run("data shapes --out " + data.string() + " --seed 3 --train 24 --val 4 --image-size 32")
+              .code == 0);
+  for (const char* templ : {"vicuna_v1", "chatml"}) {
+    const auto out = dir / templ;
+    Result r =
+        run("train --config " + src("configs/shapes/stage1_pretrain.yaml") + shrink(data, out) +
+            " --set model.llm.pretrained=null --set model.llm.hidden=32 --set model.llm.layers=1" +
+            " --set model.llm.intermediate=64 --set data.template=" + templ +
+            " --set data.max_length=256 --set data.train.path=" +
+            (data / "instruct_train.json").string() +
+            " --set data.eval.path=" + (data / "instruct_val.json").string() +
+            " --set 'train.trainable=[\"multi_modal_projector.*\",\"language_model.*\"]'" +
+            " --set train.max_steps=3");
+    INFO(templ << "\n" << r.output);
+    CHECK(r.code == 0);
+    CHECK(std::filesystem::exists(out / "final/model.safetensors"));
+  }
+}
