@@ -20,40 +20,58 @@ namespace mllm::cli {
 
 namespace {
 
+double seconds_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
 void check_source(const char* key, const DataSourceConfig& source, DataConfig data,
                   const Tokenizer& tok, int64_t Q) {
   if (source.path.empty()) return;
   data.on_bad_record = "skip";  // count every problem instead of stopping at the first
   const ConversationDataset ds(source, data, tok, Q, key);
-  const auto& st = ds.stats();
+  // Tokenize everything (what the loader's workers do during training), timing it.
+  std::vector<int64_t> lengths;
+  std::vector<std::filesystem::path> images;
+  int64_t tokens = 0;
+  auto t0 = std::chrono::steady_clock::now();
+  for (size_t i = 0; i < ds.size(); ++i) {
+    const auto sample = ds.try_sample(i);
+    if (!sample) continue;
+    lengths.push_back(static_cast<int64_t>(sample->input_ids.size()));
+    tokens += lengths.back();
+    if (!sample->image.empty()) images.push_back(sample->image);
+  }
+  const double tok_s = seconds_since(t0);
+  const DatasetStats st = ds.stats();
   std::printf("%s: %s\n", key, source.path.c_str());
   std::printf("  records %lld: %zu kept, %lld skipped, %lld truncated to data.max_length=%lld\n",
-              static_cast<long long>(st.records), ds.size(), static_cast<long long>(st.skipped),
-              static_cast<long long>(st.truncated), static_cast<long long>(data.max_length));
+              static_cast<long long>(st.records), lengths.size(),
+              static_cast<long long>(st.skipped), static_cast<long long>(st.truncated),
+              static_cast<long long>(data.max_length));
   for (const auto& [why, n] : st.skip_reasons)
     std::printf("    skipped: %-50s %lld\n", why.c_str(), static_cast<long long>(n));
-  std::vector<int64_t> lengths;
-  int64_t with_image = 0, corrupt = 0;
-  const auto t0 = std::chrono::steady_clock::now();
-  for (size_t i = 0; i < ds.size(); ++i) {
-    lengths.push_back(static_cast<int64_t>(ds[i].input_ids.size()));
-    if (ds[i].image.empty()) continue;
-    ++with_image;
+  std::printf("  tokenized at %.0f tokens/s (one thread)\n",
+              tok_s > 0 ? static_cast<double>(tokens) / tok_s : 0.0);
+  int64_t corrupt = 0;
+  t0 = std::chrono::steady_clock::now();
+  for (const auto& image : images) {
     try {
-      ImageTransform::decode(ds[i].image);
+      ImageTransform::decode(image);
     } catch (const Error& e) {
       if (corrupt++ < 5) spdlog::warn("{}", e.what());
     }
   }
-  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double s = seconds_since(t0);
   const int64_t missing =
       st.skip_reasons.count("image not found") ? st.skip_reasons.at("image not found") : 0;
+  const auto with_image = static_cast<int64_t>(images.size());
   std::printf(
       "  images: %lld found (%lld corrupt), %lld missing; %zu text-only samples; decoded at %.0f "
       "images/s\n",
       static_cast<long long>(with_image), static_cast<long long>(corrupt),
-      static_cast<long long>(missing), ds.size() - static_cast<size_t>(with_image),
+      static_cast<long long>(missing), lengths.size() - images.size(),
       s > 0 ? static_cast<double>(with_image) / s : 0.0);
+  if (lengths.empty()) return;
   std::sort(lengths.begin(), lengths.end());
   auto pct = [&](double p) {
     return static_cast<long long>(

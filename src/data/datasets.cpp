@@ -1,7 +1,7 @@
 // Reading (record by record), validating and tokenizing dataset records; see datasets.h for the
-// formats. The steps per record: read its turns, place the <image> as LLaVA does, render the
-// template, tokenize the whole string once with offsets, label the tokens inside the supervised
-// spans, expand <image> to Q ids, truncate.
+// formats. At load, per record: read its turns, place the <image> as LLaVA does, render the
+// template. On demand (RecordTokenizer): tokenize the whole string once with offsets, label the
+// tokens inside the supervised spans, expand <image> to Q ids, truncate.
 #include "data/datasets.h"
 
 #include <spdlog/spdlog.h>
@@ -143,20 +143,19 @@ std::string record_id(const Json& rec) {
   return rec["id"].is_string() ? rec["id"].get<std::string>() : rec["id"].dump();
 }
 
-// What every record needs: settings, tokenizer, counters.
+// What loading every record needs: settings, tokenizer, counters.
 struct Context {
   const DataSourceConfig& source;
   const DataConfig& data;
   const Tokenizer& tok;
-  int64_t image_tokens;  // Q
   std::string key;
   DatasetStats& stats;
   TemplateTokens tt;
   bool use_images;
 
-  Context(const DataSourceConfig& s, const DataConfig& d, const Tokenizer& t, int64_t q,
-          const std::string& k, DatasetStats& st)
-      : source(s), data(d), tok(t), image_tokens(q), key(k), stats(st) {
+  Context(const DataSourceConfig& s, const DataConfig& d, const Tokenizer& t, const std::string& k,
+          DatasetStats& st)
+      : source(s), data(d), tok(t), key(k), stats(st) {
     tt = {tok.bos_id() >= 0 ? tok.id_to_token(tok.bos_id()) : "",
           tok.eos_id() >= 0 ? tok.id_to_token(tok.eos_id()) : "", "<image>"};
     use_images = template_uses_images(data.template_name);
@@ -171,7 +170,7 @@ struct Context {
 
   // Parses each record and hands it to `make`; a bad record (make throws Error) is an error naming
   // file, line, record and id, or skipped and counted. Stops at source.max_samples kept records.
-  void run(const std::function<bool(const Json&)>& make) {
+  void run(const std::function<bool(const Json&, const RawRecord&)>& make) {
     int64_t kept = 0;
     for_each_record(source, [&](const RawRecord& raw) {
       ++stats.records;
@@ -183,7 +182,7 @@ struct Context {
           throw Error(std::string("malformed JSON: ") + e.what());
         }
         if (!rec.is_object()) throw Error("a record must be a JSON object");
-        if (make(rec)) ++kept;
+        if (make(rec, raw)) ++kept;
       } catch (const Error& e) {
         const std::string id = record_id(rec);
         const std::string msg = source.path + ":" + std::to_string(raw.line) + ": record " +
@@ -200,9 +199,6 @@ struct Context {
     });
     if (stats.skipped > 0)
       spdlog::warn("{}: skipped {} bad records of {}", source.path, stats.skipped, stats.records);
-    if (stats.truncated > 0)
-      spdlog::info("{}: {} samples truncated to data.max_length={}", source.path, stats.truncated,
-                   data.max_length);
     if (kept == 0) throw Error(source.path + ": no usable records (" + key + ")");
   }
 
@@ -252,10 +248,10 @@ struct Context {
     }
   }
 
-  // Renders and tokenizes a conversation that ends with a reply. With last_reply_only (preference
-  // pairs) earlier replies are prompt, not supervised.
-  Sample tokenize(const std::vector<Turn>& turns, const std::filesystem::path& image,
-                  const std::string& id, bool last_reply_only = false) const {
+  // Renders a conversation that ends with a reply into a record. With last_reply_only
+  // (preference pairs) earlier replies are prompt, not supervised.
+  Record render(const std::vector<Turn>& turns, const std::filesystem::path& image,
+                const std::string& id, const RawRecord& raw, bool last_reply_only = false) const {
     if (turns.empty()) throw Error("no conversation turns");
     const std::string& last = turns.back().from;
     if (last != "gpt" && last != "assistant")
@@ -263,49 +259,14 @@ struct Context {
     RenderedConversation r = render_template(data.template_name, turns, tt);
     if (last_reply_only && r.supervised.size() > 1)
       r.supervised.erase(r.supervised.begin(), r.supervised.end() - 1);
-    const Encoding enc = tok.encode_with_offsets(r.text);
-
-    Sample s;
-    s.id = id;
-    s.image = image;
-    const auto Q = static_cast<size_t>(image_tokens);
-    const std::vector<bool> supervised = supervised_token_mask(enc.offsets, r.supervised);
-    size_t images = 0, image_at = 0;
-    for (size_t i = 0; i < enc.ids.size(); ++i) {
-      const int64_t id_i = enc.ids[i];
-      if (id_i == tok.image_id() && use_images) {
-        ++images;
-        image_at = s.input_ids.size();
-        s.input_ids.insert(s.input_ids.end(), Q, id_i);
-        s.labels.insert(s.labels.end(), Q, kIgnoreIndex);
-        continue;
-      }
-      s.input_ids.push_back(id_i);
-      s.labels.push_back(supervised[i] ? id_i : kIgnoreIndex);
-    }
-    if (images != (image.empty() ? 0u : 1u))
-      throw Error("the tokenized text has " + std::to_string(images) + " " + tt.image +
-                  " tokens for " + (image.empty() ? "0 images" : "1 image"));
-
-    const auto max_len = static_cast<size_t>(data.max_length);
-    const size_t T = s.input_ids.size();
-    bool truncated = false;
-    if (T > max_len) {
-      // Cut the tail, as LLaVA does at model_max_length, but never inside the image.
-      if (images > 0 && image_at + Q > max_len)
-        throw Error(std::to_string(T) + " tokens exceed data.max_length=" +
-                    std::to_string(max_len) + " and truncation would cut the image");
-      s.input_ids.resize(max_len);
-      s.labels.resize(max_len);
-      truncated = true;
-    }
-    if (std::all_of(s.labels.begin(), s.labels.end(), [](int64_t l) { return l == kIgnoreIndex; }))
-      throw Error(truncated ? std::to_string(T) +
-                                  " tokens exceed data.max_length=" + std::to_string(max_len) +
-                                  " and truncation leaves nothing supervised"
-                            : std::string("no supervised tokens (empty response)"));
-    if (truncated) ++stats.truncated;
-    return s;
+    Record rec;
+    rec.id = id;
+    rec.text = std::move(r.text);
+    rec.supervised = std::move(r.supervised);
+    rec.image = image;
+    rec.line = raw.line;
+    rec.index = raw.index;
+    return rec;
   }
 };
 
@@ -373,36 +334,147 @@ std::vector<bool> supervised_token_mask(const std::vector<std::pair<size_t, size
   return mask;
 }
 
+RecordTokenizer::RecordTokenizer(const DataSourceConfig& source, const DataConfig& data,
+                                 const Tokenizer& tokenizer, int64_t image_tokens)
+    : file_(source.path),
+      tok_(tokenizer),
+      image_tokens_(image_tokens),
+      max_length_(data.max_length),
+      skip_bad_(data.on_bad_record == "skip"),
+      use_images_(template_uses_images(data.template_name)) {}
+
+void RecordTokenizer::resize(size_t slots) {
+  status_ = std::make_unique<std::atomic<uint8_t>[]>(slots);
+  for (size_t i = 0; i < slots; ++i) status_[i] = 0;
+}
+
+void RecordTokenizer::mark(size_t slot, uint8_t status, const std::string& reason) const {
+  // Statuses only rise (fine < truncated < bad), so each record is counted once per kind.
+  uint8_t old = status_[slot].load();
+  while (old < status && !status_[slot].compare_exchange_weak(old, status)) {
+  }
+  if (old >= status) return;
+  if (status == 2) ++truncated_;
+  if (status == 3) {
+    ++bad_;
+    std::lock_guard<std::mutex> lock(reasons_mu_);
+    ++reasons_[reason.substr(0, reason.find(':'))];
+  }
+}
+
+std::string RecordTokenizer::where(const Record& r) const {
+  return file_ + ":" + std::to_string(r.line) + ": record " + std::to_string(r.index) +
+         (r.id.empty() ? "" : " (id \"" + r.id + "\")");
+}
+
+Sample RecordTokenizer::tokenize_unlabelled(const Record& r, bool& truncated) const {
+  const Encoding enc = tok_.encode_with_offsets(r.text);
+  Sample s;
+  s.id = r.id;
+  s.image = r.image;
+  const auto Q = static_cast<size_t>(image_tokens_);
+  const std::vector<bool> supervised = supervised_token_mask(enc.offsets, r.supervised);
+  size_t images = 0, image_at = 0;
+  for (size_t i = 0; i < enc.ids.size(); ++i) {
+    const int64_t id_i = enc.ids[i];
+    if (id_i == tok_.image_id() && use_images_) {
+      ++images;
+      image_at = s.input_ids.size();
+      s.input_ids.insert(s.input_ids.end(), Q, id_i);
+      s.labels.insert(s.labels.end(), Q, kIgnoreIndex);
+      continue;
+    }
+    s.input_ids.push_back(id_i);
+    s.labels.push_back(supervised[i] ? id_i : kIgnoreIndex);
+  }
+  if (images != (r.image.empty() ? 0u : 1u))
+    throw Error("<image> tokens: the tokenized text has " + std::to_string(images) + " for " +
+                (r.image.empty() ? "0 images" : "1 image"));
+
+  const auto max_len = static_cast<size_t>(max_length_);
+  const size_t T = s.input_ids.size();
+  truncated = false;
+  if (T > max_len) {
+    // Cut the tail, as LLaVA does at model_max_length, but never inside the image.
+    if (images > 0 && image_at + Q > max_len)
+      throw Error("too long: " + std::to_string(T) + " tokens exceed data.max_length=" +
+                  std::to_string(max_len) + " and truncation would cut the image");
+    s.input_ids.resize(max_len);
+    s.labels.resize(max_len);
+    truncated = true;
+  }
+  if (std::all_of(s.labels.begin(), s.labels.end(), [](int64_t l) { return l == kIgnoreIndex; }))
+    throw Error(truncated ? "too long: " + std::to_string(T) +
+                                " tokens exceed data.max_length=" + std::to_string(max_len) +
+                                " and truncation leaves nothing supervised"
+                          : std::string("no supervised tokens (empty response)"));
+  return s;
+}
+
+Sample RecordTokenizer::tokenize(const Record& r, size_t slot) const {
+  bool truncated = false;
+  try {
+    Sample s = tokenize_unlabelled(r, truncated);
+    mark(slot, truncated ? 2 : 1);
+    return s;
+  } catch (const Error& e) {
+    mark(slot, 3, e.what());
+    throw Error(where(r) + ": " + e.what() +
+                (skip_bad_ ? "" : " (set data.on_bad_record=skip to skip such records)"));
+  }
+}
+
+std::optional<Sample> RecordTokenizer::try_tokenize(const Record& r, size_t slot) const {
+  if (!skip_bad_) return tokenize(r, slot);
+  try {
+    return tokenize(r, slot);
+  } catch (const Error& e) {
+    if (bad_.load() <= 5) spdlog::warn("skipping {}", e.what());
+    return std::nullopt;
+  }
+}
+
+DatasetStats RecordTokenizer::merged(const DatasetStats& loaded) const {
+  DatasetStats s = loaded;
+  s.skipped += bad_.load();
+  s.truncated += truncated_.load();
+  std::lock_guard<std::mutex> lock(reasons_mu_);
+  for (const auto& [why, n] : reasons_) s.skip_reasons[why] += n;
+  return s;
+}
+
 ConversationDataset::ConversationDataset(const DataSourceConfig& source, const DataConfig& data,
                                          const Tokenizer& tokenizer, int64_t image_tokens,
                                          const std::string& key) {
   if (source.format.rfind("preference", 0) == 0)
     throw Error(key + ".format=" + source.format +
                 ": preference pairs are read by the DPO stage, not as conversations");
-  Context ctx(source, data, tokenizer, image_tokens, key, stats_);
-  ctx.run([&](const Json& rec) {
+  Context ctx(source, data, tokenizer, key, loaded_);
+  ctx.run([&](const Json& rec, const RawRecord& raw) {
     if (!rec.contains("conversations")) throw Error("missing \"conversations\" list");
     std::vector<Turn> turns = read_turns(rec["conversations"], "conversations", ctx.tt.image);
     const auto image = ctx.image(rec);
     ctx.place_image(turns, !image.empty());
-    samples_.push_back(ctx.tokenize(turns, image, record_id(rec)));
+    records_.push_back(ctx.render(turns, image, record_id(rec), raw));
     return true;
   });
+  records_.shrink_to_fit();
+  tokenizer_ = std::make_unique<RecordTokenizer>(source, data, tokenizer, image_tokens);
+  tokenizer_->resize(records_.size());
 }
 
-int64_t ConversationDataset::supervised_tokens() const {
-  int64_t n = 0;
-  for (const auto& s : samples_)
-    for (int64_t l : s.labels) n += l != kIgnoreIndex;
-  return n;
+int64_t ConversationDataset::length_hint(size_t i) const {
+  const Record& r = records_[i];
+  return static_cast<int64_t>(r.text.size() / 4) +
+         (r.image.empty() ? 0 : tokenizer_->image_tokens());
 }
 
 PreferenceDataset::PreferenceDataset(const DataSourceConfig& source, const DataConfig& data,
                                      const Tokenizer& tokenizer, int64_t image_tokens,
                                      const std::string& key) {
-  Context ctx(source, data, tokenizer, image_tokens, key, stats_);
+  Context ctx(source, data, tokenizer, key, loaded_);
   const std::string& tag = ctx.tt.image;
-  ctx.run([&](const Json& rec) {
+  ctx.run([&](const Json& rec, const RawRecord& raw) {
     if (!rec.contains("chosen") || !rec.contains("rejected"))
       throw Error("a preference record needs \"chosen\" and \"rejected\"");
     std::vector<Turn> prompt;
@@ -428,15 +500,28 @@ PreferenceDataset::PreferenceDataset(const DataSourceConfig& source, const DataC
     ctx.place_image(chosen, !image.empty());
     ctx.place_image(rejected, !image.empty());
     const std::string id = record_id(rec);
-    // Tokenize both before keeping either, so a bad side drops the pair.
-    Sample c = ctx.tokenize(chosen, image, id, true);
-    Sample r = ctx.tokenize(rejected, image, id, true);
-    PreferenceSample pair;
-    pair.chosen = std::move(c);
-    pair.rejected = std::move(r);
-    samples_.push_back(std::move(pair));
+    pairs_.emplace_back(ctx.render(chosen, image, id, raw, true),
+                        ctx.render(rejected, image, id, raw, true));
     return true;
   });
+  pairs_.shrink_to_fit();
+  tokenizer_ = std::make_unique<RecordTokenizer>(source, data, tokenizer, image_tokens);
+  tokenizer_->resize(pairs_.size());
+}
+
+PreferenceSample PreferenceDataset::sample(size_t i) const {
+  PreferenceSample p;
+  p.chosen = tokenizer_->tokenize(pairs_[i].first, i);
+  p.rejected = tokenizer_->tokenize(pairs_[i].second, i);
+  return p;
+}
+
+std::optional<PreferenceSample> PreferenceDataset::try_sample(size_t i) const {
+  auto chosen = tokenizer_->try_tokenize(pairs_[i].first, i);
+  if (!chosen) return std::nullopt;
+  auto rejected = tokenizer_->try_tokenize(pairs_[i].second, i);
+  if (!rejected) return std::nullopt;
+  return PreferenceSample{std::move(*chosen), std::move(*rejected)};
 }
 
 }  // namespace mllm

@@ -1,8 +1,15 @@
-// Datasets of LLaVA-format records, tokenized once at load through a conversation template
-// (chat_template.h). Each <image> in the text becomes Q placeholder ids (Q = the connector's tokens
-// per image, as transformers' LlavaProcessor does), so sequence lengths and label masks are known
-// before the model runs. Images are only checked to exist here; the collator decodes them per
-// batch.
+// Datasets of LLaVA-format records. Loading reads, validates and renders every record through the
+// conversation template (chat_template.h) and keeps the rendered text; tokenization happens on
+// demand, in the loader's worker threads (sample(i) is thread-safe), as LLaVA's lazy dataset does.
+// Each <image> in the text becomes Q placeholder ids (Q = the connector's tokens per image, as
+// transformers' LlavaProcessor does). Images are only checked to exist at load; the collator
+// decodes them per batch.
+//
+// What can only be known after tokenizing (a record too long to truncate without cutting the image
+// or every supervised token) is found when the record is first tokenized: sample(i) throws an Error
+// naming file, line, record and id; try_sample(i) honours data.on_bad_record. The counters in
+// stats() include such records once they have been seen. `mllm data check` tokenizes everything
+// up front.
 //
 // Files: a JSON array of records or JSONL (one record per line), chosen by a ".jsonl" extension or
 // data.*.format = llava_jsonl / preference_jsonl. Both are read record by record (an array is split
@@ -35,8 +42,12 @@
 // data.on_bad_record=skip they are counted in skipped() instead.
 #pragma once
 
+#include <atomic>
 #include <filesystem>
 #include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -58,8 +69,56 @@ struct Sample {
 struct DatasetStats {
   int64_t records = 0;                          // records read (kept + skipped)
   int64_t skipped = 0;                          // bad records skipped under on_bad_record=skip
-  int64_t truncated = 0;                        // kept samples cut to data.max_length
+  int64_t truncated = 0;                        // samples cut to data.max_length (seen so far)
   std::map<std::string, int64_t> skip_reasons;  // reason (text before the first ':') -> count
+};
+
+// A record as loaded: the rendered conversation, waiting to be tokenized, and where it came from.
+struct Record {
+  std::string id;
+  std::string text;                                   // the rendered template
+  std::vector<std::pair<size_t, size_t>> supervised;  // byte spans of `text` with the loss
+  std::filesystem::path image;                        // empty for text-only records
+  size_t line = 0;                                    // 1-based line the record starts on
+  size_t index = 0;                                   // 0-based record index in the file
+};
+
+// Turns records into samples (thread-safe) and keeps the counters of what that finds.
+class RecordTokenizer {
+ public:
+  RecordTokenizer(const DataSourceConfig& source, const DataConfig& data,
+                  const Tokenizer& tokenizer, int64_t image_tokens);
+  RecordTokenizer(const RecordTokenizer&) = delete;
+  RecordTokenizer& operator=(const RecordTokenizer&) = delete;
+
+  // Tokenizes record `r` (slot `slot` of the status table). Throws Error naming the record.
+  Sample tokenize(const Record& r, size_t slot) const;
+  // As tokenize, but under on_bad_record=skip a bad record gives nullopt (counted, logged once).
+  std::optional<Sample> try_tokenize(const Record& r, size_t slot) const;
+  void resize(size_t slots);
+  // `loaded` (the counters of loading) plus what tokenization has found so far.
+  DatasetStats merged(const DatasetStats& loaded) const;
+
+  const Tokenizer& tokenizer() const { return tok_; }
+  int64_t image_tokens() const { return image_tokens_; }
+  bool use_images() const { return use_images_; }
+
+ private:
+  Sample tokenize_unlabelled(const Record& r, bool& truncated) const;
+  std::string where(const Record& r) const;
+  void mark(size_t slot, uint8_t status, const std::string& reason = {}) const;
+
+  std::string file_;
+  const Tokenizer& tok_;
+  int64_t image_tokens_;
+  int64_t max_length_;
+  bool skip_bad_;
+  bool use_images_;
+  // Per record: 0 not yet tokenized, 1 fine, 2 truncated, 3 bad (each counted once).
+  std::unique_ptr<std::atomic<uint8_t>[]> status_;
+  mutable std::atomic<int64_t> truncated_{0}, bad_{0};
+  mutable std::mutex reasons_mu_;
+  mutable std::map<std::string, int64_t> reasons_;
 };
 
 // Which tokens of an encoding carry the loss: those whose bytes overlap a supervised byte span
@@ -70,20 +129,30 @@ std::vector<bool> supervised_token_mask(const std::vector<std::pair<size_t, size
 
 class ConversationDataset {
  public:
-  // `key` names the config section ("data.train") for error messages.
+  // `key` names the config section ("data.train") for error messages. The tokenizer must outlive
+  // the dataset.
   ConversationDataset(const DataSourceConfig& source, const DataConfig& data,
                       const Tokenizer& tokenizer, int64_t image_tokens, const std::string& key);
 
-  size_t size() const { return samples_.size(); }
-  const Sample& operator[](size_t i) const { return samples_[i]; }
-  int64_t skipped() const { return stats_.skipped; }
-  int64_t truncated() const { return stats_.truncated; }
-  const DatasetStats& stats() const { return stats_; }
-  int64_t supervised_tokens() const;
+  size_t size() const { return records_.size(); }
+  // Sample i, tokenized now (thread-safe). A bad record throws an Error naming it.
+  Sample sample(size_t i) const { return tokenizer_->tokenize(records_[i], i); }
+  // As sample(i), but under data.on_bad_record=skip a bad record gives nullopt (and is counted).
+  std::optional<Sample> try_sample(size_t i) const {
+    return tokenizer_->try_tokenize(records_[i], i);
+  }
+  const Record& record(size_t i) const { return records_[i]; }
+  // A cheap estimate of sample i's length in tokens (for length-grouped batching, before anything
+  // is tokenized; LLaVA groups by a word count likewise): text bytes / 4, plus Q for an image.
+  int64_t length_hint(size_t i) const;
+  int64_t skipped() const { return stats().skipped; }
+  int64_t truncated() const { return stats().truncated; }
+  DatasetStats stats() const { return tokenizer_->merged(loaded_); }
 
  private:
-  std::vector<Sample> samples_;
-  DatasetStats stats_;
+  std::vector<Record> records_;
+  DatasetStats loaded_;
+  std::unique_ptr<RecordTokenizer> tokenizer_;
 };
 
 // One preference pair. Both samples hold the same prompt tokens followed by their own reply; the
@@ -98,15 +167,19 @@ class PreferenceDataset {
   PreferenceDataset(const DataSourceConfig& source, const DataConfig& data,
                     const Tokenizer& tokenizer, int64_t image_tokens, const std::string& key);
 
-  size_t size() const { return samples_.size(); }
-  const PreferenceSample& operator[](size_t i) const { return samples_[i]; }
-  int64_t skipped() const { return stats_.skipped; }
-  int64_t truncated() const { return stats_.truncated; }
-  const DatasetStats& stats() const { return stats_; }
+  size_t size() const { return pairs_.size(); }
+  // Pair i, both sides tokenized now (thread-safe); a bad side throws an Error naming the record.
+  PreferenceSample sample(size_t i) const;
+  // Under data.on_bad_record=skip a pair with a bad side gives nullopt (and is counted).
+  std::optional<PreferenceSample> try_sample(size_t i) const;
+  int64_t skipped() const { return stats().skipped; }
+  int64_t truncated() const { return stats().truncated; }
+  DatasetStats stats() const { return tokenizer_->merged(loaded_); }
 
  private:
-  std::vector<PreferenceSample> samples_;
-  DatasetStats stats_;
+  std::vector<std::pair<Record, Record>> pairs_;  // chosen, rejected
+  DatasetStats loaded_;
+  std::unique_ptr<RecordTokenizer> tokenizer_;
 };
 
 // Whether `source` is read as JSONL: format llava_jsonl / preference_jsonl or a .jsonl path.

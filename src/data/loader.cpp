@@ -17,8 +17,7 @@ std::vector<std::vector<int64_t>> plan_epoch(const ConversationDataset& data,
     for (int64_t b = 0; b < N; b += mega) {
       auto first = order.begin() + b, last = order.begin() + std::min(N, b + mega);
       std::stable_sort(first, last, [&](int64_t x, int64_t y) {
-        return data[static_cast<size_t>(x)].input_ids.size() >
-               data[static_cast<size_t>(y)].input_ids.size();
+        return data.length_hint(static_cast<size_t>(x)) > data.length_hint(static_cast<size_t>(y));
       });
     }
   }
@@ -60,6 +59,11 @@ int64_t DataLoader::dropped() const {
   return dropped_;
 }
 
+int64_t DataLoader::dropped_records() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return dropped_records_;
+}
+
 DataLoader::Item DataLoader::plan_next() {
   const int64_t per_step = options_.batch_size * options_.grad_accum;
   // A new epoch starts where a whole step no longer fits (checked at step boundaries only).
@@ -79,16 +83,33 @@ DataLoader::Item DataLoader::plan_next() {
   return item;
 }
 
-Batch DataLoader::build(const Item& item) {
-  std::vector<const Sample*> samples;
-  for (int64_t i : item.samples) samples.push_back(&data_[static_cast<size_t>(i)]);
-  int64_t dropped = 0;
-  Batch b = collate(samples, transform_, options_.pad_id, options_.skip_bad_images, &dropped);
-  if (dropped) {
-    std::lock_guard<std::mutex> lock(mu_);
-    dropped_ += dropped;
+DataLoader::Built DataLoader::build(const Item& item) const {
+  // Tokenize here, on the worker: a bad record is an error or (skip mode) leaves the batch.
+  Built out;
+  std::vector<Sample> owned;
+  owned.reserve(item.samples.size());
+  for (int64_t i : item.samples) {
+    auto s = data_.try_sample(static_cast<size_t>(i));
+    if (s)
+      owned.push_back(std::move(*s));
+    else
+      ++out.bad_records;
   }
-  return b;
+  std::vector<const Sample*> samples;
+  for (const Sample& s : owned) samples.push_back(&s);
+  if (samples.empty())
+    throw Error("[DataLoader] every sample of a batch was a bad record (data.on_bad_record=skip)");
+  out.batch =
+      collate(samples, transform_, options_.pad_id, options_.skip_bad_images, &out.bad_images);
+  out.after = item.after;
+  return out;
+}
+
+void DataLoader::count(const Built& built) {
+  std::lock_guard<std::mutex> lock(mu_);
+  dropped_ += built.bad_images;
+  dropped_records_ += built.bad_records;
+  consumed_ = built.after;
 }
 
 void DataLoader::worker_loop() {
@@ -106,10 +127,9 @@ void DataLoader::worker_loop() {
       item = plan_next();
     }
     try {
-      Batch b = build(item);
+      Built b = build(item);
       std::lock_guard<std::mutex> lock(mu_);
       ready_.emplace(seq, std::move(b));
-      ready_pos_.emplace(seq, item.after);
     } catch (...) {
       std::lock_guard<std::mutex> lock(mu_);
       if (!error_ || seq < error_seq_) error_ = std::current_exception(), error_seq_ = seq;
@@ -120,23 +140,21 @@ void DataLoader::worker_loop() {
 
 Batch DataLoader::next() {
   if (threads_.empty()) {
-    const Item item = plan_next();
-    Batch b = build(item);
-    consumed_ = item.after;
-    return b;
+    Built b = build(plan_next());
+    count(b);
+    return std::move(b.batch);
   }
   std::unique_lock<std::mutex> lock(mu_);
   const int64_t seq = consumer_seq_;
   ready_cv_.wait(lock, [&] { return ready_.count(seq) || (error_ && error_seq_ <= seq); });
   if (!ready_.count(seq)) std::rethrow_exception(error_);
-  Batch b = std::move(ready_.at(seq));
-  consumed_ = ready_pos_.at(seq);
+  Built b = std::move(ready_.at(seq));
   ready_.erase(seq);
-  ready_pos_.erase(seq);
   ++consumer_seq_;
   lock.unlock();
   space_cv_.notify_all();
-  return b;
+  count(b);
+  return std::move(b.batch);
 }
 
 }  // namespace mllm

@@ -1,9 +1,10 @@
-// Batches for the trainer, prepared ahead of it by worker threads (image decoding and collation),
-// delivered strictly in plan order: the sequence of batches depends only on the seed, the epoch
-// and the starting position — never on the number of workers or on timing. An epoch is a fresh
-// permutation of the samples (EpochSampler); with group_by_length, each megabatch of 50 steps'
-// worth of samples is sorted by length (longest first), as HF's LengthGroupedSampler does, so
-// batches waste less padding. A step takes grad_accum micro-batches; an epoch ends when a whole
+// Batches for the trainer, prepared ahead of it by worker threads (tokenization, image decoding
+// and collation), delivered strictly in plan order: the sequence of batches depends only on the
+// seed, the epoch and the starting position — never on the number of workers or on timing. An
+// epoch is a fresh permutation of the samples (EpochSampler); with group_by_length, each megabatch
+// of 50 steps' worth of samples is sorted by estimated length (longest first;
+// ConversationDataset::length_hint), as HF's LengthGroupedSampler does, so batches waste less
+// padding. A step takes grad_accum micro-batches; an epoch ends when a whole
 // step no longer fits (incomplete last steps are dropped).
 #pragma once
 
@@ -54,17 +55,29 @@ class DataLoader {
   // image, say) are rethrown here, on the trainer's thread.
   Batch next();
   // The position after the batches handed out so far (what a checkpoint stores).
-  LoaderPosition position() const { return consumed_; }
+  LoaderPosition position() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return consumed_;
+  }
   int64_t steps_per_epoch() const;
-  int64_t dropped() const;  // samples dropped for unreadable images (skip mode)
+  // Of the batches handed out: samples dropped for unreadable images, and as bad records found
+  // when tokenized (both under data.on_bad_record=skip).
+  int64_t dropped() const;
+  int64_t dropped_records() const;
 
  private:
   struct Item {
     std::vector<int64_t> samples;
     LoaderPosition after;
   };
+  struct Built {
+    Batch batch;
+    LoaderPosition after;
+    int64_t bad_images = 0, bad_records = 0;
+  };
   Item plan_next();  // the next item of the plan (advances the producer cursor)
-  Batch build(const Item& item);
+  Built build(const Item& item) const;
+  void count(const Built& built);  // a batch handed out
   void worker_loop();
 
   const ConversationDataset& data_;
@@ -80,12 +93,11 @@ class DataLoader {
 
   mutable std::mutex mu_;
   std::condition_variable ready_cv_, space_cv_;
-  std::map<int64_t, Batch> ready_;
-  std::map<int64_t, LoaderPosition> ready_pos_;
+  std::map<int64_t, Built> ready_;
   std::exception_ptr error_;
   int64_t error_seq_ = -1;
   int64_t consumer_seq_ = 0;
-  int64_t dropped_ = 0;
+  int64_t dropped_ = 0, dropped_records_ = 0;
   bool stop_ = false;
   std::vector<std::thread> threads_;
 };

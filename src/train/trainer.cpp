@@ -44,9 +44,12 @@ double evaluate(MultimodalModelImpl& model, Objective& objective, const Conversa
   int64_t weight = 0, batches = 0;
   for (size_t i = 0; i < data.size(); i += static_cast<size_t>(batch_size)) {
     if (max_batches > 0 && batches++ >= max_batches) break;
-    std::vector<const Sample*> samples;
+    std::vector<Sample> owned;
     for (size_t k = i; k < std::min(data.size(), i + static_cast<size_t>(batch_size)); ++k)
-      samples.push_back(&data[k]);
+      if (auto s = data.try_sample(k)) owned.push_back(std::move(*s));
+    if (owned.empty()) continue;
+    std::vector<const Sample*> samples;
+    for (const Sample& s : owned) samples.push_back(&s);
     const Batch batch = collate(samples, transform, pad_id).to(device);
     AutocastScope autocast(bf16, device.type(), torch::kBFloat16);
     const auto out = objective.forward(model, batch);
@@ -248,7 +251,8 @@ TrainSummary train(Config config, const TrainOptions& options) {
                      {"data_wait", data_wait},
                      {"skipped_records", train_data.skipped()},
                      {"truncated_samples", train_data.truncated()},
-                     {"dropped_images", loader.dropped()}});
+                     {"dropped_images", loader.dropped()},
+                     {"dropped_records", loader.dropped_records()}});
       spdlog::info(
           "step {}/{} | loss {:.4f} | lr {:.2e} | grad_norm {:.3f} | {:.0f} tok/s | data wait "
           "{:.0f}% | ETA {}",

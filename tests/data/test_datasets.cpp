@@ -129,7 +129,7 @@ TEST_CASE("dataset: plain template expands <image> and supervises only the capti
   const int64_t Q = 16;
   ConversationDataset ds(data.train, data, *tok, Q, "data.train");
   REQUIRE(ds.size() == 2);
-  const Sample& s = ds[0];
+  const Sample s = ds.sample(0);
   const auto caption = tok->encode("a red circle .");
   REQUIRE(s.input_ids.size() == 1 + Q + caption.size() + 1);
   CHECK(s.input_ids[0] == tok->bos_id());
@@ -158,7 +158,7 @@ TEST_CASE(
   data.template_name = "text";
   data.train.path = (dir / "recs.json").string();
   ConversationDataset ds(data.train, data, *tok, 16, "data.train");
-  const Sample& s = ds[0];
+  const Sample s = ds.sample(0);
   CHECK(s.image.empty());
   CHECK(std::count(s.input_ids.begin(), s.input_ids.end(), tok->image_id()) == 0);
   const auto prompt = tok->encode("Describe the image.");
@@ -186,7 +186,7 @@ TEST_CASE(
   ConversationDataset ds(data.train, data, *tok, Q, "data.train");
   REQUIRE(ds.size() == 4);
 
-  const Sample& bus = ds[0];
+  const Sample bus = ds.sample(0);
   CHECK(bus.id == "000000033471");
   CHECK(bus.image == dir / "images" / "coco/train2017/000000033471.jpg");
   CHECK(supervised_text(bus, *tok) ==
@@ -204,16 +204,16 @@ TEST_CASE(
   CHECK(bus.input_ids[0] == tok->bos_id());
 
   // "...\n<image>" moves to the front of the turn, as LLaVA's preprocess_multimodal does.
-  const Sample& cat = ds[1];
+  const Sample cat = ds.sample(1);
   const auto user = tok->encode("USER: <image>");
   const auto it = std::search(cat.input_ids.begin(), cat.input_ids.end(), user.begin(), user.end());
   CHECK(it != cat.input_ids.end());
   CHECK(supervised_text(cat, *tok) ==
         "the cat is positioned on top of the back of the couch in the living room . </s>");
-  CHECK(supervised_text(ds[2], *tok) == "sandra boynton </s>");
+  CHECK(supervised_text(ds.sample(2), *tok) == "sandra boynton </s>");
 
   // The ShareGPT record has no image: no image ids, no image path.
-  const Sample& text = ds[3];
+  const Sample text = ds.sample(3);
   CHECK(text.image.empty());
   CHECK(std::count(text.input_ids.begin(), text.input_ids.end(), tok->image_id()) == 0);
   CHECK(supervised_text(text, *tok) ==
@@ -235,11 +235,12 @@ TEST_CASE("dataset: LLaVA pretraining records through plain; multi-turn records 
   REQUIRE(ds.size() == 2);
   const std::vector<int64_t> head = {tok->bos_id(), tok->image_id(), tok->image_id(),
                                      tok->image_id()};
-  CHECK(std::vector<int64_t>(ds[0].input_ids.begin(), ds[0].input_ids.begin() + 4) == head);
-  CHECK(supervised_text(ds[0], *tok) ==
+  const Sample first = ds.sample(0);
+  CHECK(std::vector<int64_t>(first.input_ids.begin(), first.input_ids.begin() + 4) == head);
+  CHECK(supervised_text(ds.sample(0), *tok) ==
         "select luxury furniture 3 - inch gel memory foam mattress topper </s>");
-  CHECK(supervised_text(ds[1], *tok) == "a grey watch with an army style strap </s>");
-  CHECK(ds[0].input_ids.size() == 4 + 11 + 1);
+  CHECK(supervised_text(ds.sample(1), *tok) == "a grey watch with an army style strap </s>");
+  CHECK(first.input_ids.size() == 4 + 11 + 1);
 
   data.train.path = fixture("llava_v1_5_mix665k_sample.json").string();
   CHECK_THROWS_WITH(ConversationDataset(data.train, data, *tok, Q, "data.train"),
@@ -268,8 +269,8 @@ TEST_CASE("dataset: JSONL gives the same samples as the JSON array") {
   ConversationDataset b(data.train, data, *tok, 4, "data.train");
   REQUIRE(a.size() == b.size());
   for (size_t i = 0; i < a.size(); ++i) {
-    CHECK(a[i].input_ids == b[i].input_ids);
-    CHECK(a[i].labels == b[i].labels);
+    CHECK(a.sample(i).input_ids == b.sample(i).input_ids);
+    CHECK(a.sample(i).labels == b.sample(i).labels);
   }
   // A JSONL file named .json is read as JSONL when the format says so.
   write_text(dir / "mix_lines.json", lines);
@@ -292,11 +293,11 @@ TEST_CASE("dataset: chatml supervises the replies and <|im_end|>, with no BOS") 
   data.train.path = file.string();
   data.train.image_root = (dir / "images").string();
   ConversationDataset ds(data.train, data, *tok, 2, "data.train");
-  CHECK(ds[0].input_ids[0] == *tok->token_to_id("<|im_start|>"));
-  CHECK(supervised_text(ds[0], *tok) ==
+  CHECK(ds.sample(0).input_ids[0] == *tok->token_to_id("<|im_start|>"));
+  CHECK(supervised_text(ds.sample(0), *tok) ==
         "the bus in the image is white and red . <|im_end|> the back of the bus features an "
         "advertisement . <|im_end|>");
-  CHECK(supervised_text(ds[2], *tok) == "sandra boynton <|im_end|>");
+  CHECK(supervised_text(ds.sample(2), *tok) == "sandra boynton <|im_end|>");
 }
 
 TEST_CASE("dataset: llama_2 supervises '{reply} </s>' after each [/INST]") {
@@ -309,13 +310,15 @@ TEST_CASE("dataset: llama_2 supervises '{reply} </s>' after each [/INST]") {
   data.train.path = file.string();
   data.train.image_root = (dir / "images").string();
   ConversationDataset ds(data.train, data, *tok, 2, "data.train");
-  CHECK(supervised_text(ds[0], *tok) ==
+  CHECK(supervised_text(ds.sample(0), *tok) ==
         "the bus in the image is white and red . </s> the back of the bus features an "
         "advertisement . </s>");
-  CHECK(std::count(ds[0].input_ids.begin(), ds[0].input_ids.end(), tok->bos_id()) == 2);
+  const Sample first = ds.sample(0);
+  CHECK(std::count(first.input_ids.begin(), first.input_ids.end(), tok->bos_id()) == 2);
 }
 
-TEST_CASE("dataset: over-long records are errors naming file and record, or skipped") {
+TEST_CASE(
+    "dataset: over-long records are errors naming file and record when tokenized, or skipped") {
   TempDir dir;
   test::make_shapes(dir.path(), 4, 1);
   write_text(dir / "recs.json", kRecords);
@@ -326,20 +329,36 @@ TEST_CASE("dataset: over-long records are errors naming file and record, or skip
   data.train.path = (dir / "recs.json").string();
   data.train.image_root = dir.path().string();
   data.max_length = 12;  // shorter than 1 + 16 image tokens
-  CHECK_THROWS_WITH(ConversationDataset(data.train, data, *tok, 16, "data.train"),
-                    Catch::Contains("recs.json:2: record 0 (id \"r0\")") &&
-                        Catch::Contains("would cut the image"));
+  {
+    // Loading only renders; the length is found when a record is tokenized.
+    ConversationDataset ds(data.train, data, *tok, 16, "data.train");
+    REQUIRE(ds.size() == 2);
+    CHECK_THROWS_WITH(ds.sample(0), Catch::Contains("recs.json:2: record 0 (id \"r0\")") &&
+                                        Catch::Contains("would cut the image") &&
+                                        Catch::Contains("on_bad_record=skip"));
+    CHECK_THROWS_WITH(ds.try_sample(1), Catch::Contains("would cut the image"));
+  }
   data.max_length = 22;  // fits record 0 (1+16+4+1), truncates record 1's caption
-  ConversationDataset ds(data.train, data, *tok, 16, "data.train");
-  REQUIRE(ds.size() == 2);
-  CHECK(ds[1].input_ids.size() == 22);
-  CHECK(ds.truncated() == 1);
+  {
+    ConversationDataset ds(data.train, data, *tok, 16, "data.train");
+    CHECK(ds.truncated() == 0);  // nothing tokenized yet
+    CHECK(ds.sample(0).input_ids.size() == 22);
+    CHECK(ds.sample(1).input_ids.size() == 22);
+    CHECK(ds.sample(1).input_ids.size() == 22);
+    CHECK(ds.truncated() == 1);  // counted once per record
+  }
   data.max_length = 17;  // image fits, nothing supervised is left
-  CHECK_THROWS_WITH(ConversationDataset(data.train, data, *tok, 16, "data.train"),
-                    Catch::Contains("truncation leaves nothing supervised"));
   data.on_bad_record = "skip";
-  CHECK_THROWS_WITH(ConversationDataset(data.train, data, *tok, 16, "data.train"),
-                    Catch::Contains("no usable records"));
+  {
+    ConversationDataset ds(data.train, data, *tok, 16, "data.train");
+    CHECK_THROWS_WITH(ds.sample(1), Catch::Contains("truncation leaves nothing supervised"));
+    CHECK_FALSE(ds.try_sample(0).has_value());
+    CHECK_FALSE(ds.try_sample(1).has_value());
+    const DatasetStats st = ds.stats();
+    CHECK(st.skipped == 2);
+    CHECK(st.skip_reasons.begin()->second == 2);
+    CHECK(st.skip_reasons.begin()->first == "too long");
+  }
 }
 
 TEST_CASE("dataset: malformed JSON and records give one clear error") {
@@ -418,7 +437,7 @@ TEST_CASE("preference dataset: ShapesWorld pairs share the prompt and supervise 
   REQUIRE(ds.size() == 4);
   const auto recs = nlohmann::json::parse(test::read_text(dir / "preference_train.json"));
   for (size_t i = 0; i < ds.size(); ++i) {
-    const auto& [chosen, rejected] = ds[i];
+    const auto [chosen, rejected] = ds.sample(i);
     CHECK(chosen.id == recs[i]["id"].get<std::string>());
     CHECK(!chosen.image.empty());
     CHECK(chosen.image == rejected.image);
@@ -469,13 +488,14 @@ TEST_CASE("preference dataset: TRL conversational and LLaVA-conversation layouts
   PreferenceDataset ds(data.train, data, *tok, 2, "data.train");
   REQUIRE(ds.size() == 3);
   CHECK(ds.skipped() == 1);
-  CHECK(ds[0].chosen.image == dir / "a.png");
-  CHECK(std::count(ds[0].chosen.input_ids.begin(), ds[0].chosen.input_ids.end(), tok->image_id()) ==
+  const PreferenceSample first = ds.sample(0);
+  CHECK(first.chosen.image == dir / "a.png");
+  CHECK(std::count(first.chosen.input_ids.begin(), first.chosen.input_ids.end(), tok->image_id()) ==
         2);
-  CHECK(ds[1].chosen.image.empty());
+  CHECK(ds.sample(1).chosen.image.empty());
   // Only the final reply is supervised, not the earlier gpt turn of the conversation.
-  CHECK(supervised_text(ds[2].chosen, *tok) == "red . </s>");
-  CHECK(supervised_text(ds[2].rejected, *tok) == "blue . </s>");
+  CHECK(supervised_text(ds.sample(2).chosen, *tok) == "red . </s>");
+  CHECK(supervised_text(ds.sample(2).rejected, *tok) == "blue . </s>");
 }
 
 TEST_CASE("image transform: pad to square with the mean colour, resize, normalise, RGB order") {

@@ -125,3 +125,49 @@ TEST_CASE("loader: a worker's error surfaces on the trainer's thread, naming the
   DataLoader loader(*f.ds, f.transform, o);
   CHECK_THROWS_WITH(loader.next(), Catch::Contains(".png: cannot decode image"));
 }
+
+TEST_CASE(
+    "loader: workers tokenize; records too long to keep are dropped (skip) or name the record") {
+  TempDir dir{"mllm-loader"};
+  test::make_shapes(dir.path(), 4, 1);
+  auto tok = load_tokenizer(dir / "tokenizer.json");
+  // Eight text-only records; the ones with a long question cannot keep their reply in 12 tokens.
+  std::string lines;
+  for (int i = 0; i < 8; ++i) {
+    const std::string q = i % 4 == 3 ? "what is it ? what is it ? what is it ?" : "what is it ?";
+    lines += R"({"id": "r)" + std::to_string(i) +
+             R"(", "conversations": [{"from": "human", "value": ")" + q +
+             R"("}, {"from": "gpt", "value": "a red circle ."}]})" + "\n";
+  }
+  test::write_text(dir / "recs.jsonl", lines);
+  DataConfig data;
+  data.template_name = "text";
+  data.max_length = 12;
+  data.train.path = (dir / "recs.jsonl").string();
+  data.on_bad_record = "skip";
+  const ConversationDataset ds(data.train, data, *tok, 4, "data.train");
+  REQUIRE(ds.size() == 8);
+  CHECK(ds.stats().skipped == 0);  // loading does not tokenize
+  const ImageTransform transform{32, ImageConfig{}};
+  LoaderOptions o;
+  o.batch_size = 4;
+  o.workers = 2;
+  int64_t rows = 0;
+  {
+    DataLoader loader(ds, transform, o);
+    for (int i = 0; i < 2; ++i) rows += loader.next().input_ids.size(0);
+    CHECK(loader.dropped_records() == 2);
+  }
+  CHECK(rows == 6);
+  CHECK(ds.stats().skipped == 2);
+  CHECK(ds.stats().records == 8);
+
+  data.on_bad_record = "error";
+  const ConversationDataset strict(data.train, data, *tok, 4, "data.train");
+  DataLoader loader(strict, transform, o);
+  auto two_batches = [&] {
+    for (int i = 0; i < 2; ++i) loader.next();
+  };
+  CHECK_THROWS_WITH(two_batches(), Catch::Contains("recs.jsonl:") && Catch::Contains("(id \"r") &&
+                                       Catch::Contains("truncation leaves nothing supervised"));
+}
