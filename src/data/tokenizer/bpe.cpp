@@ -97,17 +97,7 @@ class BpeTokenizer : public Tokenizer {
         ++rank;
       }
     }
-    if (j.contains("added_tokens") && j["added_tokens"].is_array()) {
-      for (const auto& a : j["added_tokens"]) {
-        if (!a.contains("content") || !a.contains("id"))
-          throw Error(file + ": added_tokens: each entry needs content and id");
-        AddedToken t{a["content"].get<std::string>(), a["id"].get<int64_t>(),
-                     a.value("special", false)};
-        t.lstrip = a.value("lstrip", false);
-        t.rstrip = a.value("rstrip", false);
-        added_.push_back(t);
-      }
-    }
+    read_added_tokens(j);
     normalizer_ = tok::make_normalizer(j.value("normalizer", nlohmann::json()), path);
     pre_tokenizer_ = tok::make_pre_tokenizer(j.value("pre_tokenizer", nlohmann::json()), path);
     decoder_ = tok::make_decoder(j.value("decoder", nlohmann::json()), path);
@@ -121,11 +111,34 @@ class BpeTokenizer : public Tokenizer {
   Encoding encode_segment(const std::string& text, bool at_input_start) const override {
     if (!tok::utf8_valid(text))
       throw Error(path_.string() + ": cannot encode text that is not valid UTF-8");
-    tok::Pieces pieces;
-    pieces.push_back(tok::NormalizedString::from_original(text));
-    if (normalizer_) normalizer_->normalize(pieces[0]);
-    if (pre_tokenizer_) pre_tokenizer_->split(pieces, at_input_start);
+    tok::NormalizedString norm = tok::NormalizedString::from_original(text);
+    if (normalizer_) normalizer_->normalize(norm);
+    // Second pass of the added tokens: the normalized ones, in the normalized text.
     Encoding out;
+    tok::Pieces pieces;
+    const auto splits = split_added(norm.text, true);
+    for (const Split& sp : splits) {
+      if (sp.id < 0) {
+        pieces.push_back(splits.size() == 1 ? std::move(norm) : norm.slice(sp.b, sp.e));
+        if (pre_tokenizer_) pre_tokenizer_->split(pieces, at_input_start && sp.b == 0);
+        encode_pieces(pieces, out);
+        pieces.clear();
+      } else {
+        out.ids.push_back(sp.id);
+        out.offsets.push_back(norm.original(sp.b, sp.e));
+      }
+    }
+    return out;
+  }
+
+  std::string normalize_added(const std::string& content) const override {
+    if (!normalizer_) return content;
+    tok::NormalizedString s = tok::NormalizedString::from_original(content);
+    normalizer_->normalize(s);
+    return s.text;
+  }
+
+  void encode_pieces(const tok::Pieces& pieces, Encoding& out) const {
     std::vector<Piece> word;
     for (const auto& p : pieces) {
       if (p.text.empty()) continue;
@@ -136,7 +149,6 @@ class BpeTokenizer : public Tokenizer {
         out.offsets.push_back(p.original(w.b, w.e));
       }
     }
-    return out;
   }
 
   std::string join_tokens(const std::vector<std::string>& tokens) const override {

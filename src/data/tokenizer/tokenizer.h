@@ -1,8 +1,9 @@
 // Tokenizers read from Hugging Face `tokenizer.json` files. The base class handles what every model
-// type shares — added tokens (special tokens such as <s> and <image> are matched verbatim before
-// the model sees the text) and id <-> token lookup — and each model type (WordLevel, BPE in
-// bpe.cpp, SentencePiece .model files in sentencepiece.cpp) implements `encode_segment` for the
-// text between added tokens.
+// type shares — added tokens (those with normalized=false, such as <s> and <image>, are matched
+// verbatim in the input before anything else; those with normalized=true are matched by the
+// model type in each segment's normalized text) and id <-> token lookup — and each model type
+// (WordLevel, BPE in bpe.cpp, SentencePiece .model files in sentencepiece.cpp) implements
+// `encode_segment` for the text between added tokens.
 // Reference: huggingface/tokenizers, tokenizers/src/tokenizer/added_vocabulary.rs.
 #pragma once
 
@@ -13,6 +14,8 @@
 #include <optional>
 #include <string>
 #include <vector>
+
+#include <nlohmann/json_fwd.hpp>
 
 namespace mllm {
 
@@ -60,13 +63,28 @@ class Tokenizer {
     int64_t id;
     bool special;
     bool lstrip = false, rstrip = false;  // the match swallows whitespace on that side
+    bool single_word = false;             // only matches with no word character beside it
+    bool normalized = false;  // matched in the normalized text (against its normalized content)
   };
+  // A piece of a string: an added token's id, or -1 for text to encode, over bytes [b, e).
+  struct Split {
+    size_t b, e;
+    int64_t id;
+  };
+  // HF's AddedVocabulary::find_matches: leftmost-longest non-overlapping matches of the added
+  // tokens whose `normalized` flag is `normalized`, honouring single_word / lstrip / rstrip. The
+  // splits cover `s`.
+  std::vector<Split> split_added(const std::string& s, bool normalized) const;
+  // A normalized added token's content as the normalizer turns it (the identity by default).
+  virtual std::string normalize_added(const std::string& content) const { return content; }
   // Encodes text that contains no added token; offsets are relative to `text`. `at_input_start`:
   // the segment begins at byte 0 of the input.
   virtual Encoding encode_segment(const std::string& text, bool at_input_start) const = 0;
   // Joins decoded pieces (model-specific: WordLevel joins with spaces).
   virtual std::string join_tokens(const std::vector<std::string>& tokens) const = 0;
 
+  // Reads tokenizer.json's "added_tokens" into added_ (errors name path_).
+  void read_added_tokens(const nlohmann::json& j);
   // Called by subclasses once vocab_ and added_ are filled: fills the reverse map and special ids.
   void finish_setup();
 
@@ -78,7 +96,10 @@ class Tokenizer {
   std::vector<int64_t> special_prefix_;
 
  private:
-  std::vector<std::vector<const AddedToken*>> added_by_first_byte_;  // longest first
+  // Per first byte, longest first; [0] the raw-matched tokens, [1] the normalized ones.
+  std::vector<std::vector<const AddedToken*>> added_by_first_byte_[2];
+  std::vector<std::string> normalized_content_;  // per added_ entry
+  bool any_added_[2] = {false, false};
 };
 
 // Loads a tokenizer.json; throws Error naming the file and the offending field.

@@ -32,14 +32,7 @@ class WordLevelTokenizer : public Tokenizer {
         throw Error(path.string() + ": model.unk_token '" + unk + "' is not in model.vocab");
       unk_id_ = it->second;
     }
-    if (j.contains("added_tokens") && j["added_tokens"].is_array()) {
-      for (const auto& a : j["added_tokens"]) {
-        if (!a.contains("content") || !a.contains("id"))
-          throw Error(path.string() + ": added_tokens: each entry needs content and id");
-        added_.push_back(
-            {a["content"].get<std::string>(), a["id"].get<int64_t>(), a.value("special", false)});
-      }
-    }
+    read_added_tokens(j);
     const auto norm = j.value("normalizer", nlohmann::json());
     if (!norm.is_null()) {
       const std::string t = norm.value("type", "");
@@ -59,7 +52,29 @@ class WordLevelTokenizer : public Tokenizer {
 
  protected:
   Encoding encode_segment(const std::string& text, bool) const override {
+    // Lowercasing is per byte (ASCII), so normalized offsets are the input's.
+    const std::string norm = normalize_added(text);
     Encoding out;
+    for (const Split& sp : split_added(norm, true)) {
+      if (sp.id >= 0) {
+        out.ids.push_back(sp.id);
+        out.offsets.emplace_back(sp.b, sp.e);
+      } else {
+        encode_words(norm, sp.b, sp.e, out);
+      }
+    }
+    return out;
+  }
+
+  std::string normalize_added(const std::string& content) const override {
+    std::string out = content;
+    if (lowercase_)
+      for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return out;
+  }
+
+  // Words of text[begin, end).
+  void encode_words(const std::string& text, size_t begin, size_t end, Encoding& out) const {
     std::string word;
     size_t word_begin = 0;
     int cls = 0;  // 0 none, 1 word chars, 2 punctuation
@@ -76,7 +91,7 @@ class WordLevelTokenizer : public Tokenizer {
       out.offsets.emplace_back(word_begin, end);
       word.clear();
     };
-    for (size_t i = 0; i < text.size(); ++i) {
+    for (size_t i = begin; i < end; ++i) {
       const auto ch = static_cast<unsigned char>(text[i]);
       if (std::isspace(ch)) {
         flush(i);
@@ -88,10 +103,9 @@ class WordLevelTokenizer : public Tokenizer {
       if (k != cls) flush(i);
       if (word.empty()) word_begin = i;
       cls = k;
-      word.push_back(static_cast<char>(lowercase_ ? std::tolower(ch) : ch));
+      word.push_back(static_cast<char>(ch));
     }
-    flush(text.size());
-    return out;
+    flush(end);
   }
 
   std::string join_tokens(const std::vector<std::string>& tokens) const override {
