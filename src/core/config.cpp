@@ -377,18 +377,24 @@ void describe(Binder& b, VisionConfig& c) {
 }
 
 void describe(Binder& b, LlmConfig& c) {
-  b.choice("type", c.type, {"llama", "qwen2"});
+  b.choice("type", c.type, {"llama", "qwen2", "mixtral"});
   b.existing_path("pretrained", c.pretrained, true);
   b.value("hidden", c.hidden, at_least(1));
   b.value("layers", c.layers, at_least(1));
   b.value("heads", c.heads, at_least(1));
   b.value("kv_heads", c.kv_heads, at_least(1));
+  b.value("head_dim", c.head_dim, at_least(0));
   b.value("intermediate", c.intermediate, at_least(1));
   b.value("vocab", c.vocab, at_least(1));
   b.value("max_position", c.max_position, at_least(1));
   b.value("rope_theta", c.rope_theta, in_range(0, 1e12, true));
+  b.choice("rope_scaling", c.rope_scaling, {"none", "linear"});
+  b.value("rope_scaling_factor", c.rope_scaling_factor, in_range(0, 1e6, true));
   b.value("rms_norm_eps", c.rms_norm_eps, in_range(0, 1, true));
   b.value("tie_word_embeddings", c.tie_word_embeddings);
+  b.value("experts", c.experts, at_least(0));
+  b.value("experts_per_token", c.experts_per_token, at_least(1));
+  b.value("router_aux_loss_coef", c.router_aux_loss_coef, in_range(0, 1e6));
 }
 
 void describe(Binder& b, ConnectorConfig& c) {
@@ -506,9 +512,16 @@ void cross_check(const Config& c, const Binder& b) {
     b.fail("model.vision.feature_layer", "must index one of the " + std::to_string(v.layers + 1) +
                                              " hidden states (got " +
                                              std::to_string(v.feature_layer) + ")");
-  if (l.hidden % l.heads != 0 || (l.hidden / l.heads) % 2 != 0)
-    b.fail("model.llm.heads",
-           "model.llm.hidden / heads must be an even integer (rotary embedding)");
+  if (l.head_dim > 0 ? l.head_dim % 2 != 0
+                     : (l.hidden % l.heads != 0 || (l.hidden / l.heads) % 2 != 0))
+    b.fail(l.head_dim > 0 ? "model.llm.head_dim" : "model.llm.heads",
+           "the attention head dimension (head_dim, or hidden / heads) must be an even integer "
+           "(rotary embedding)");
+  if (l.experts > 0 && l.experts_per_token > l.experts)
+    b.fail("model.llm.experts_per_token",
+           "must not exceed model.llm.experts (" + std::to_string(l.experts) + ")");
+  if (l.type == "mixtral" && l.experts == 0)
+    b.fail("model.llm.experts", "type mixtral needs experts > 0");
   if (l.heads % l.kv_heads != 0)
     b.fail("model.llm.kv_heads", "model.llm.heads (" + std::to_string(l.heads) +
                                      ") must be a multiple of kv_heads (" +

@@ -37,18 +37,28 @@ struct VisionConfig {
 };
 
 struct LlmConfig {
-  std::string type = "llama";  // llama | qwen2
+  std::string type = "llama";  // llama | qwen2 | mixtral
   std::string pretrained;      // HF folder or a run's final/ folder; its config.json wins
   int64_t hidden = 128;
   int64_t layers = 4;
   int64_t heads = 4;
   int64_t kv_heads = 4;
+  int64_t head_dim = 0;  // 0 = hidden / heads
   int64_t intermediate = 352;
   int64_t vocab = 128;
   int64_t max_position = 2048;
   double rope_theta = 10000.0;
+  std::string rope_scaling = "none";  // none | linear (positions divided by rope_scaling_factor)
+  double rope_scaling_factor = 1.0;
   double rms_norm_eps = 1e-6;
   bool tie_word_embeddings = false;
+  // Sparse mixture-of-experts feed-forward (Mixtral; MoE-LLaVA): experts > 0 replaces every
+  // layer's MLP with `experts` SwiGLU experts behind a top-`experts_per_token` router.
+  int64_t experts = 0;
+  int64_t experts_per_token = 2;
+  double router_aux_loss_coef = 0.01;  // weight of the load-balancing loss in the objective
+
+  int64_t attention_head_dim() const { return head_dim > 0 ? head_dim : hidden / heads; }
 };
 
 struct ConnectorConfig {
@@ -64,9 +74,9 @@ struct ModelConfig {
 
 struct DataSourceConfig {
   std::string format = "llava_json";  // llava_json[l] | preference_json[l] (data/datasets.h)
-  std::string path;         // empty = none (only allowed for data.eval)
-  std::string image_root;   // folder that record "image" paths are relative to
-  int64_t max_samples = 0;  // 0 = all
+  std::string path;                   // empty = none (only allowed for data.eval)
+  std::string image_root;             // folder that record "image" paths are relative to
+  int64_t max_samples = 0;            // 0 = all
 };
 
 struct ImageConfig {
@@ -83,9 +93,9 @@ struct DataConfig {
   int64_t max_length = 512;
   ImageConfig image;
   std::string on_bad_record = "error";  // error | skip
-  int64_t workers = 2;                   // loader threads (0 = on the trainer's thread)
-  int64_t prefetch = 2;                  // batches prepared ahead per worker
-  bool group_by_length = false;          // length-grouped batches (less padding)
+  int64_t workers = 2;                  // loader threads (0 = on the trainer's thread)
+  int64_t prefetch = 2;                 // batches prepared ahead per worker
+  bool group_by_length = false;         // length-grouped batches (less padding)
 };
 
 struct TrainConfig {

@@ -296,4 +296,59 @@ NamedTensors load_safetensors(const fs::path& path) {
   return out;
 }
 
+SafetensorsCheckpoint::SafetensorsCheckpoint(const std::filesystem::path& path) : path_(path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (fs::is_directory(path, ec)) {
+    if (fs::exists(path / "model.safetensors"))
+      path_ = path / "model.safetensors";
+    else if (fs::exists(path / "model.safetensors.index.json"))
+      path_ = path / "model.safetensors.index.json";
+    else
+      throw Error(path.string() +
+                  ": no model.safetensors or model.safetensors.index.json in the folder");
+  }
+  if (path_.extension() != ".json") {
+    files_.push_back(std::make_unique<SafetensorsFile>(path_));
+    for (const auto& n : files_[0]->names()) where_.emplace(n, 0);
+  } else {
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(read_file(path_));
+    } catch (const nlohmann::json::parse_error& e) {
+      throw Error(path_.string() + ": malformed JSON: " + e.what());
+    }
+    if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
+      throw Error(path_.string() + ": not a safetensors index (no \"weight_map\" object)");
+    std::map<std::string, size_t> shard_index;
+    for (const auto& [tensor, shard] : j["weight_map"].items()) {
+      if (!shard.is_string())
+        throw Error(path_.string() + ": weight_map[\"" + tensor + "\"] must be a file name");
+      const std::string name = shard.get<std::string>();
+      if (name.empty() || name.find('/') != std::string::npos || name == "." || name == "..")
+        throw Error(path_.string() + ": weight_map[\"" + tensor + "\"]: \"" + name +
+                    "\" is not a file name in the index's folder");
+      auto it = shard_index.find(name);
+      if (it == shard_index.end()) {
+        const fs::path file = path_.parent_path() / name;
+        if (!fs::is_regular_file(file, ec))
+          throw Error(path_.string() + ": shard " + name + " (of " + tensor + ") is missing");
+        files_.push_back(std::make_unique<SafetensorsFile>(file));
+        it = shard_index.emplace(name, files_.size() - 1).first;
+      }
+      if (!files_[it->second]->contains(tensor))
+        throw Error(path_.string() + ": " + tensor + " is mapped to " + name +
+                    ", which does not hold it");
+      where_.emplace(tensor, it->second);
+    }
+  }
+  for (const auto& kv : where_) names_.push_back(kv.first);
+}
+
+const SafetensorsFile& SafetensorsCheckpoint::file_of(const std::string& name) const {
+  auto it = where_.find(name);
+  if (it == where_.end()) throw Error(path_.string() + ": no tensor named " + name);
+  return *files_[it->second];
+}
+
 }  // namespace mllm

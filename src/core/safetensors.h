@@ -5,7 +5,8 @@
 //
 // Reading is a read-only mmap validated up front, so a corrupt file fails at open with one message
 // naming the file, never later inside a model. This is not a general serializer: no pickles, no
-// complex or fp8 dtypes, no sharded-index (model.safetensors.index.json) handling.
+// complex or fp8 dtypes. Sharded HF checkpoints (model.safetensors.index.json) are read through
+// SafetensorsCheckpoint.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -62,6 +63,33 @@ class SafetensorsFile {
   std::vector<std::string> names_;
   std::map<std::string, Entry> entries_;
   std::map<std::string, std::string> metadata_;
+};
+
+// The weights of a Hugging Face folder or file: one .safetensors file, or the shards a
+// model.safetensors.index.json ({"metadata": {...}, "weight_map": {tensor: shard file}}) names.
+// Every shard is opened (and so validated) up front; the index must name existing shards that hold
+// the tensors it maps to them. Errors name the index or shard file.
+class SafetensorsCheckpoint {
+ public:
+  // `path`: a .safetensors file, an index .json, or a folder holding model.safetensors or
+  // model.safetensors.index.json (other *.safetensors files in the folder are not read).
+  explicit SafetensorsCheckpoint(const std::filesystem::path& path);
+
+  const std::vector<std::string>& names() const { return names_; }  // sorted
+  bool contains(const std::string& name) const { return where_.count(name) != 0; }
+  const SafetensorsFile& file_of(const std::string& name) const;
+  std::vector<int64_t> shape(const std::string& name) const { return file_of(name).shape(name); }
+  std::string dtype(const std::string& name) const { return file_of(name).dtype(name); }
+  at::Tensor get(const std::string& name) const { return file_of(name).get(name); }
+  // The file the checkpoint was opened from (the .safetensors or the index).
+  const std::filesystem::path& path() const { return path_; }
+  const std::vector<std::unique_ptr<SafetensorsFile>>& files() const { return files_; }
+
+ private:
+  std::filesystem::path path_;
+  std::vector<std::unique_ptr<SafetensorsFile>> files_;
+  std::map<std::string, size_t> where_;  // tensor -> index into files_
+  std::vector<std::string> names_;
 };
 
 // All tensors of a file, cloned (independent of the mapping), in file order.

@@ -10,21 +10,22 @@ namespace mllm {
 
 namespace {
 
-// The prefix under which `probe` appears in the file: a whole llava checkpoint nests the part under
-// `outer`, a bare HF checkpoint of the part does not.
-std::string detect_prefix(const SafetensorsFile& f, const std::string& outer,
+// The prefix under which `probe` appears in the checkpoint: a whole llava checkpoint nests the
+// part under `outer`, a bare HF checkpoint of the part does not.
+std::string detect_prefix(const SafetensorsCheckpoint& f, const std::string& outer,
                           const std::string& probe) {
   if (f.contains(outer + probe)) return outer;
   if (f.contains(probe)) return "";
   throw Error(f.path().string() + ": neither " + outer + probe + " nor " + probe +
-              " is in the file: not a checkpoint of this part");
+              " is in the checkpoint: not a checkpoint of this part");
 }
 
-std::filesystem::path weights_file(const std::filesystem::path& folder, const std::string& key) {
-  const auto p = folder / "model.safetensors";
-  if (!std::filesystem::exists(p))
-    throw ConfigError(key + ": " + folder.string() + " has no model.safetensors");
-  return p;
+SafetensorsCheckpoint open_folder(const std::filesystem::path& folder, const std::string& key) {
+  if (!std::filesystem::exists(folder / "model.safetensors") &&
+      !std::filesystem::exists(folder / "model.safetensors.index.json"))
+    throw ConfigError(key + ": " + folder.string() +
+                      " has neither model.safetensors nor model.safetensors.index.json");
+  return SafetensorsCheckpoint(folder);
 }
 
 }  // namespace
@@ -33,8 +34,20 @@ MultimodalModel build_model(Config& config, const Tokenizer& tokenizer) {
   auto& llm = config.model.llm;
   if (!llm.pretrained.empty()) {
     read_llm_config_json(llm.pretrained, llm);
-    spdlog::info("model.llm: architecture from {}/config.json ({} layers, hidden {}, vocab {})",
-                 llm.pretrained, llm.layers, llm.hidden, llm.vocab);
+    spdlog::info("model.llm: architecture from {}/config.json ({} {} layers, hidden {}, vocab {})",
+                 llm.pretrained, llm.type, llm.layers, llm.hidden, llm.vocab);
+  }
+  auto& vision = config.model.vision;
+  if (!vision.pretrained.empty()) {
+    read_vision_config_json(vision.pretrained, vision);
+    spdlog::info("model.vision: architecture from {}/config.json ({} layers, hidden {}, {}px / {})",
+                 vision.pretrained, vision.layers, vision.hidden, vision.image_size,
+                 vision.patch_size);
+    if (vision.feature_layer > vision.layers || vision.feature_layer < -(vision.layers + 1))
+      throw ConfigError(config.where("model.vision.feature_layer") + ": " +
+                        std::to_string(vision.feature_layer) + " does not index one of the " +
+                        std::to_string(vision.layers + 1) + " hidden states of " +
+                        vision.pretrained);
   }
   if (tokenizer.vocab_size() > llm.vocab)
     throw ConfigError(config.where("model.llm.vocab") + ": the tokenizer " +
@@ -48,18 +61,19 @@ MultimodalModel build_model(Config& config, const Tokenizer& tokenizer) {
   MultimodalModel model(config.model, tokenizer.image_id());
 
   if (!llm.pretrained.empty()) {
-    SafetensorsFile f(weights_file(llm.pretrained, config.where("model.llm.pretrained")));
+    const auto f = open_folder(llm.pretrained, config.where("model.llm.pretrained"));
     const std::string prefix = detect_prefix(f, "language_model.", "model.embed_tokens.weight");
-    const auto n = load_parameters(*model->language_model, f, prefix);
-    spdlog::info("model.llm: loaded {} tensors from {}", n, f.path().string());
+    const auto r = load_parameters(*model->language_model, f, prefix, false, "the LLM");
+    spdlog::info("model.llm: loaded {} tensors from {}", r.loaded, f.path().string());
   }
-  const auto& vision = config.model.vision;
   if (!vision.pretrained.empty()) {
-    SafetensorsFile f(weights_file(vision.pretrained, config.where("model.vision.pretrained")));
+    const auto f = open_folder(vision.pretrained, config.where("model.vision.pretrained"));
     const std::string prefix =
         detect_prefix(f, "vision_tower.", "vision_model.embeddings.patch_embedding.weight");
-    const auto n = load_parameters(*model->vision_tower, f, prefix);
-    spdlog::info("model.vision: loaded {} tensors from {}", n, f.path().string());
+    // A CLIPModel checkpoint also holds the text tower: only vision_model.* is this part's.
+    const auto r = load_parameters(*model->vision_tower->vision_model, f, prefix + "vision_model.",
+                                   false, "the vision tower");
+    spdlog::info("model.vision: loaded {} tensors from {}", r.loaded, f.path().string());
   }
   return model;
 }

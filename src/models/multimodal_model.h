@@ -37,6 +37,7 @@ class MultimodalModelImpl : public torch::nn::Module {
   int64_t image_tokens() const { return connector->output_tokens(); }
   int64_t image_token_id() const { return image_token_id_; }
   const ModelConfig& config() const { return config_; }
+  ModelConfig& config_mutable() { return config_; }  // loss weights (e.g. router_aux_loss_coef)
 
   // Whether gradients must flow into the vision tower (any of its parameters trainable). When not,
   // the tower runs in inference mode without building a graph.

@@ -129,7 +129,7 @@ TrainerState load_checkpoint(const std::filesystem::path& dir, torch::nn::Module
     throw Error(state_file.string() + ": malformed JSON (" + e.what() + ")");
   }
   TrainerState state = TrainerState::from_json(j, state_file);
-  SafetensorsFile weights(dir / "model.safetensors");
+  SafetensorsCheckpoint weights(dir / "model.safetensors");
   load_parameters(model, weights, "", /*only_trainable=*/true);
   try {
     torch::load(optimizer, (dir / "optimizer.pt").string());

@@ -14,7 +14,16 @@ ObjectiveOutput lm_loss(MultimodalModelImpl& model, const Batch& batch) {
   auto loss = torch::nn::functional::cross_entropy(
       logits, targets.index({keep}),
       torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
-  return {loss, keep.sum().item<int64_t>()};
+  const int64_t n = keep.sum().item<int64_t>();
+  // A mixture-of-experts LLM adds its load-balancing loss, coef * aux, to the mean token loss (as
+  // transformers' MixtralForCausalLM does); here scaled by the tokens so the step's division by
+  // its total weight yields it.
+  const auto& llm = model.config().llm;
+  if (llm.experts > 0 && llm.router_aux_loss_coef > 0) {
+    const auto aux = model.language_model->aux_loss(batch.attention_mask);
+    if (aux.defined()) loss = loss + llm.router_aux_loss_coef * static_cast<double>(n) * aux;
+  }
+  return {loss, n};
 }
 
 namespace {

@@ -30,7 +30,7 @@ class Objective {
 
 // Next-token cross-entropy on the supervised tokens: position t predicts labels[t+1]. Only the
 // hidden states of supervised positions go through the LM head (B*T*V logits are never
-// materialised).
+// materialised). MoE LLMs add router_aux_loss_coef x their load-balancing loss.
 ObjectiveOutput lm_loss(MultimodalModelImpl& model, const Batch& batch);
 
 std::unique_ptr<Objective> make_objective(const TrainConfig& train);

@@ -9,6 +9,7 @@
 #include "models/hf/weights.h"
 #include "train/checkpoint.h"
 #include "train/freeze.h"
+#include "train/objectives.h"
 #include "train/optim.h"
 #include "train/trainer.h"
 
@@ -125,6 +126,46 @@ TEST_CASE("loss falls on a small fixed batch") {
   const double first = s.losses.front().second, last = s.losses.back().second;
   INFO("first " << first << " last " << last);
   CHECK(last < 0.5 * first);
+}
+
+TEST_CASE("a mixture-of-experts LLM trains, with coef x its load-balancing loss in the objective") {
+  TempDir data("mllm-data");
+  test::make_shapes(data.path(), 8, 4);
+  Config c = test::tiny_config(data.path(), data / "run");
+  c.model.llm.type = "mixtral";
+  c.model.llm.experts = 4;
+  c.model.llm.experts_per_token = 2;
+  c.model.llm.router_aux_loss_coef = 0.5;
+  auto tok = load_tokenizer(c.model.tokenizer);
+  auto model = build_model(c, *tok);
+  std::vector<int64_t> seq{1};
+  seq.insert(seq.end(), static_cast<size_t>(model->image_tokens()), tok->image_id());
+  seq.insert(seq.end(), {10, 11, 12, 2});
+  Batch b;
+  b.input_ids = torch::tensor(seq).unsqueeze(0);
+  b.labels = b.input_ids.clone();
+  b.labels.slice(1, 0, 1 + model->image_tokens()).fill_(kIgnoreIndex);
+  b.attention_mask = torch::ones_like(b.input_ids);
+  b.pixel_values = torch::randn({1, 3, 32, 32});
+  const auto with_aux = lm_loss(*model, b);
+  const double aux = model->language_model->aux_loss(b.attention_mask).item<double>();
+  CHECK(aux >= 2.0 - 1e-6);  // top-2: 2 when balanced, more when not
+  model->config_mutable().llm.router_aux_loss_coef = 0;
+  const auto without = lm_loss(*model, b);
+  REQUIRE(with_aux.weight == 4);
+  CHECK(with_aux.loss_sum.item<double>() - without.loss_sum.item<double>() ==
+        Approx(0.5 * 4 * aux).epsilon(1e-4));
+
+  c.train.trainable = {"multi_modal_projector.*", "language_model.*"};
+  c.train.max_steps = 30;
+  c.train.lr = 1e-2;
+  const TrainSummary s = train(c);
+  const double first = s.losses.front().second, last = s.losses.back().second;
+  INFO("first " << first << " last " << last);
+  CHECK(last < 0.6 * first);
+  SafetensorsFile f(s.final_dir / "model.safetensors");
+  CHECK(f.contains("language_model.model.layers.1.block_sparse_moe.experts.3.w2.weight"));
+  CHECK(f.contains("language_model.model.layers.0.block_sparse_moe.gate.weight"));
 }
 
 TEST_CASE("checkpoint round trip restores weights, optimizer moments and trainer state") {

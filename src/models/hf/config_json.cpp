@@ -8,9 +8,12 @@ namespace mllm {
 nlohmann::json llava_config_json(const ModelConfig& m, int64_t image_token_id) {
   const auto& v = m.vision;
   const auto& l = m.llm;
+  const char* arch = l.type == "qwen2"     ? "Qwen2ForCausalLM"
+                     : l.type == "mixtral" ? "MixtralForCausalLM"
+                                           : "LlamaForCausalLM";
   nlohmann::json text = {
       {"model_type", l.type},
-      {"architectures", {l.type == "qwen2" ? "Qwen2ForCausalLM" : "LlamaForCausalLM"}},
+      {"architectures", {arch}},
       {"hidden_size", l.hidden},
       {"intermediate_size", l.intermediate},
       {"num_hidden_layers", l.layers},
@@ -22,8 +25,17 @@ nlohmann::json llava_config_json(const ModelConfig& m, int64_t image_token_id) {
       {"rms_norm_eps", l.rms_norm_eps},
       {"hidden_act", "silu"},
       {"tie_word_embeddings", l.tie_word_embeddings},
+      {"head_dim", l.attention_head_dim()},
       {"torch_dtype", "float32"},
   };
+  if (l.rope_scaling == "linear")
+    text["rope_scaling"] = {
+        {"rope_type", "linear"}, {"type", "linear"}, {"factor", l.rope_scaling_factor}};
+  if (l.experts > 0) {
+    text["num_local_experts"] = l.experts;
+    text["num_experts_per_tok"] = l.experts_per_token;
+    text["router_aux_loss_coef"] = l.router_aux_loss_coef;
+  }
   nlohmann::json vision = {
       {"model_type", "clip_vision_model"},   {"hidden_size", v.hidden},
       {"intermediate_size", v.intermediate}, {"num_hidden_layers", v.layers},
@@ -45,38 +57,115 @@ nlohmann::json llava_config_json(const ModelConfig& m, int64_t image_token_id) {
   };
 }
 
-void read_llm_config_json(const std::filesystem::path& folder, LlmConfig& llm) {
-  const auto path = folder / "config.json";
-  nlohmann::json j;
+namespace {
+
+nlohmann::json read_json(const std::filesystem::path& path) {
   try {
-    j = nlohmann::json::parse(read_file(path));
+    return nlohmann::json::parse(read_file(path));
   } catch (const nlohmann::json::parse_error& e) {
     throw Error(path.string() + ": malformed JSON: " + e.what());
   }
+}
+
+// Reads t[key] into out when present; a wrong type is an Error naming the file and key.
+template <typename T>
+void get(const std::filesystem::path& path, const nlohmann::json& t, const char* key, T& out) {
+  if (!t.contains(key) || t[key].is_null()) return;
+  try {
+    out = t[key].get<T>();
+  } catch (const nlohmann::json::exception&) {
+    throw Error(path.string() + ": " + key + " has the wrong type");
+  }
+}
+
+}  // namespace
+
+void read_llm_config_json(const std::filesystem::path& folder, LlmConfig& llm) {
+  const auto path = folder / "config.json";
+  const nlohmann::json j = read_json(path);
   const nlohmann::json& t = j.contains("text_config") ? j["text_config"] : j;
   const std::string type = t.value("model_type", "llama");
-  if (type != "llama" && type != "qwen2")
-    throw Error(path.string() + ": model_type '" + type + "' is not supported (llama, qwen2)");
+  if (type != "llama" && type != "qwen2" && type != "mixtral")
+    throw Error(path.string() + ": model_type '" + type +
+                "' is not supported (llama, qwen2, mixtral)");
   llm.type = type;
-  auto get = [&](const char* key, auto& out) {
-    if (!t.contains(key)) return;
-    try {
-      out = t[key].get<std::decay_t<decltype(out)>>();
-    } catch (const nlohmann::json::exception&) {
-      throw Error(path.string() + ": " + key + " has the wrong type");
-    }
-  };
-  get("hidden_size", llm.hidden);
-  get("intermediate_size", llm.intermediate);
-  get("num_hidden_layers", llm.layers);
-  get("num_attention_heads", llm.heads);
+  get(path, t, "hidden_size", llm.hidden);
+  get(path, t, "intermediate_size", llm.intermediate);
+  get(path, t, "num_hidden_layers", llm.layers);
+  get(path, t, "num_attention_heads", llm.heads);
   llm.kv_heads = llm.heads;
-  get("num_key_value_heads", llm.kv_heads);
-  get("vocab_size", llm.vocab);
-  get("max_position_embeddings", llm.max_position);
-  get("rope_theta", llm.rope_theta);
-  get("rms_norm_eps", llm.rms_norm_eps);
-  get("tie_word_embeddings", llm.tie_word_embeddings);
+  get(path, t, "num_key_value_heads", llm.kv_heads);
+  llm.head_dim = 0;
+  get(path, t, "head_dim", llm.head_dim);
+  if (llm.head_dim == llm.hidden / llm.heads) llm.head_dim = 0;  // the default, stated
+  get(path, t, "vocab_size", llm.vocab);
+  get(path, t, "max_position_embeddings", llm.max_position);
+  get(path, t, "rope_theta", llm.rope_theta);
+  get(path, t, "rms_norm_eps", llm.rms_norm_eps);
+  // Qwen2's default is tied; LLaMA's and Mixtral's are not.
+  llm.tie_word_embeddings = type == "qwen2" && !t.contains("tie_word_embeddings");
+  get(path, t, "tie_word_embeddings", llm.tie_word_embeddings);
+  llm.rope_scaling = "none";
+  llm.rope_scaling_factor = 1.0;
+  if (t.contains("rope_scaling") && !t["rope_scaling"].is_null()) {
+    const auto& r = t["rope_scaling"];
+    if (!r.is_object()) throw Error(path.string() + ": rope_scaling must be an object or null");
+    // transformers reads "rope_type", falling back to the older "type".
+    const std::string kind = r.value("rope_type", r.value("type", std::string()));
+    if (kind == "linear") {
+      llm.rope_scaling = "linear";
+      get(path, r, "factor", llm.rope_scaling_factor);
+    } else if (kind != "default") {
+      throw Error(path.string() + ": rope_scaling type '" + kind +
+                  "' is not supported (linear, default)");
+    }
+  }
+  if (type == "qwen2" && t.value("use_sliding_window", false))
+    throw Error(path.string() + ": use_sliding_window is not supported");
+  llm.experts = 0;
+  if (type == "mixtral") {
+    llm.experts = 8;
+    llm.experts_per_token = 2;
+    llm.router_aux_loss_coef = 0.001;  // MixtralConfig's defaults
+    get(path, t, "num_local_experts", llm.experts);
+    get(path, t, "num_experts_per_tok", llm.experts_per_token);
+    get(path, t, "router_aux_loss_coef", llm.router_aux_loss_coef);
+  }
+  if (t.value("hidden_act", std::string("silu")) != "silu")
+    throw Error(path.string() + ": hidden_act '" + t.value("hidden_act", std::string()) +
+                "' is not supported (silu)");
+}
+
+void read_vision_config_json(const std::filesystem::path& folder, VisionConfig& v) {
+  const auto path = folder / "config.json";
+  const nlohmann::json j = read_json(path);
+  // CLIPVisionModel's own config, or the vision_config of a CLIPModel / llava folder.
+  const nlohmann::json& t = j.contains("vision_config") ? j["vision_config"] : j;
+  const std::string type = t.value("model_type", j.value("model_type", std::string()));
+  if (type != "clip_vision_model" && type != "clip" && !type.empty())
+    throw Error(path.string() + ": vision model_type '" + type +
+                "' is not supported (clip_vision_model)");
+  // CLIPVisionConfig's defaults (save_pretrained omits values equal to them).
+  v.hidden = 768;
+  v.intermediate = 3072;
+  v.layers = 12;
+  v.heads = 12;
+  v.image_size = 224;
+  v.patch_size = 32;
+  v.layer_norm_eps = 1e-5;
+  get(path, t, "hidden_size", v.hidden);
+  get(path, t, "intermediate_size", v.intermediate);
+  get(path, t, "num_hidden_layers", v.layers);
+  get(path, t, "num_attention_heads", v.heads);
+  get(path, t, "image_size", v.image_size);
+  get(path, t, "patch_size", v.patch_size);
+  get(path, t, "layer_norm_eps", v.layer_norm_eps);
+  int64_t channels = 3;
+  get(path, t, "num_channels", channels);
+  if (channels != 3) throw Error(path.string() + ": num_channels must be 3");
+  const std::string act = t.value("hidden_act", std::string("quick_gelu"));
+  if (act != "quick_gelu")
+    throw Error(path.string() + ": hidden_act '" + act + "' is not supported (quick_gelu)");
 }
 
 }  // namespace mllm

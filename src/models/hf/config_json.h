@@ -18,4 +18,9 @@ nlohmann::json llava_config_json(const ModelConfig& model, int64_t image_token_i
 // the architecture fields of `llm`. Throws Error naming the file and field.
 void read_llm_config_json(const std::filesystem::path& folder, LlmConfig& llm);
 
+// Reads a CLIP folder's config.json (CLIPVisionConfig, or the vision_config of a CLIPModel or llava
+// folder) into the architecture fields of `vision`; absent fields take CLIPVisionConfig's
+// defaults. Throws Error naming the file and field.
+void read_vision_config_json(const std::filesystem::path& folder, VisionConfig& vision);
+
 }  // namespace mllm

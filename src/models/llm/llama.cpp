@@ -16,13 +16,17 @@ torch::Tensor RmsNormImpl::forward(const torch::Tensor& x) {
   return weight * h.to(x.scalar_type());
 }
 
-std::pair<torch::Tensor, torch::Tensor> rope_tables(int64_t T, int64_t head_dim, double theta,
+std::pair<torch::Tensor, torch::Tensor> rope_tables(const torch::Tensor& positions,
+                                                    int64_t head_dim, double theta,
+                                                    double scaling_factor,
                                                     const torch::TensorOptions& options) {
   auto f32 = options.dtype(torch::kFloat);
-  // inv_freq[i] = theta^(-2i/D); angles (T,D/2) duplicated to (T,D) for rotate_half.
+  // inv_freq[i] = theta^(-2i/D) (divided by the linear scaling factor); angles (...,D/2)
+  // duplicated to (...,D) for rotate_half.
   auto inv_freq =
       1.0 / torch::pow(theta, torch::arange(0, head_dim, 2, f32) / static_cast<double>(head_dim));
-  auto angles = torch::outer(torch::arange(T, f32), inv_freq);
+  if (scaling_factor != 1.0) inv_freq = inv_freq / scaling_factor;
+  auto angles = positions.to(f32).unsqueeze(-1) * inv_freq;
   auto emb = torch::cat({angles, angles}, -1);
   return {emb.cos().to(options.dtype()), emb.sin().to(options.dtype())};
 }
@@ -35,7 +39,7 @@ torch::Tensor rotate_half(const torch::Tensor& x) {
 }  // namespace
 
 LlamaAttentionImpl::LlamaAttentionImpl(const LlmConfig& c)
-    : heads(c.heads), kv_heads(c.kv_heads), head_dim(c.hidden / c.heads) {
+    : heads(c.heads), kv_heads(c.kv_heads), head_dim(c.attention_head_dim()) {
   const bool qkv_bias = c.type == "qwen2";
   auto lin = [](int64_t in, int64_t out, bool bias) {
     return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(bias));
@@ -53,7 +57,9 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const torch::T
   auto q = q_proj(x).view({B, T, heads, head_dim}).transpose(1, 2);  // (B,H,T,D)
   auto k = k_proj(x).view({B, T, kv_heads, head_dim}).transpose(1, 2);
   auto v = v_proj(x).view({B, T, kv_heads, head_dim}).transpose(1, 2);
-  const auto c = cos.to(q.scalar_type()), s = sin.to(q.scalar_type());
+  // (T,D) tables broadcast over (B,H,T,D); per-row (B,T,D) ones need the head axis.
+  auto c = cos.to(q.scalar_type()), s = sin.to(q.scalar_type());
+  if (c.dim() == 3) c = c.unsqueeze(1), s = s.unsqueeze(1);
   q = q * c + rotate_half(q) * s;
   k = k * c + rotate_half(k) * s;
   if (kv_heads != heads) {  // grouped-query attention: each kv head serves heads/kv_heads queries
@@ -77,9 +83,77 @@ torch::Tensor LlamaMlpImpl::forward(const torch::Tensor& x) {
   return down_proj(F::silu(gate_proj(x)) * up_proj(x));
 }
 
+MixtralExpertImpl::MixtralExpertImpl(const LlmConfig& c) {
+  auto lin = [](int64_t in, int64_t out) {
+    return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
+  };
+  w1 = register_module("w1", lin(c.hidden, c.intermediate));
+  w2 = register_module("w2", lin(c.intermediate, c.hidden));
+  w3 = register_module("w3", lin(c.hidden, c.intermediate));
+}
+
+torch::Tensor MixtralExpertImpl::forward(const torch::Tensor& x) {
+  return w2(F::silu(w1(x)) * w3(x));
+}
+
+MixtralSparseMoeImpl::MixtralSparseMoeImpl(const LlmConfig& c) : top_k(c.experts_per_token) {
+  gate = register_module(
+      "gate", torch::nn::Linear(torch::nn::LinearOptions(c.hidden, c.experts).bias(false)));
+  experts = register_module("experts", torch::nn::ModuleList());
+  for (int64_t e = 0; e < c.experts; ++e) experts->push_back(MixtralExpert(c));
+}
+
+torch::Tensor MixtralSparseMoeImpl::forward(const torch::Tensor& x, torch::Tensor& router_logits) {
+  const auto C = x.size(-1);
+  const auto flat = x.reshape({-1, C});
+  router_logits = gate(flat);  // (N,E)
+  auto probs = torch::softmax(router_logits, -1, torch::kFloat);
+  auto [weights, chosen] = probs.topk(top_k, -1);  // (N,k)
+  weights = (weights / weights.sum(-1, true)).to(x.scalar_type());
+  auto out = torch::zeros_like(flat);
+  for (int64_t e = 0; e < static_cast<int64_t>(experts->size()); ++e) {
+    // Rows routed to e, and in which of their k slots.
+    const auto hit = (chosen == e).nonzero();  // (n,2): token, slot
+    if (hit.size(0) == 0) continue;
+    const auto rows = hit.select(1, 0), slots = hit.select(1, 1);
+    const auto w = weights.index({rows, slots}).unsqueeze(-1);
+    const auto y =
+        experts[static_cast<size_t>(e)]->as<MixtralExpert>()->forward(flat.index_select(0, rows));
+    out = out.index_add(0, rows, y * w);
+  }
+  return out.view(x.sizes());
+}
+
+torch::Tensor load_balancing_loss(const std::vector<torch::Tensor>& router_logits,
+                                  int64_t num_experts, int64_t top_k,
+                                  const torch::Tensor& attention_mask) {
+  const auto logits = torch::cat(router_logits, 0);  // (L*N,E)
+  const auto probs = torch::softmax(logits, -1, torch::kFloat);
+  const auto chosen = std::get<1>(probs.topk(top_k, -1));                      // (L*N,k)
+  const auto expert_mask = F::one_hot(chosen, num_experts).to(torch::kFloat);  // (L*N,k,E)
+  torch::Tensor tokens_per_expert, prob_per_expert;
+  if (!attention_mask.defined()) {
+    tokens_per_expert = expert_mask.mean(0);  // (k,E)
+    prob_per_expert = probs.mean(0);          // (E)
+  } else {
+    const auto layers = static_cast<int64_t>(router_logits.size());
+    const auto m = attention_mask.to(torch::kFloat)
+                       .reshape({1, -1})
+                       .expand({layers, -1})
+                       .reshape({-1, 1});  // (L*N,1): layer-major, as the logits are concatenated
+    tokens_per_expert = (expert_mask * m.unsqueeze(-1)).sum(0) / m.sum();
+    prob_per_expert = (probs * m).sum(0) / m.sum();
+  }
+  return (tokens_per_expert * prob_per_expert.unsqueeze(0)).sum() *
+         static_cast<double>(num_experts);
+}
+
 LlamaDecoderLayerImpl::LlamaDecoderLayerImpl(const LlmConfig& c) {
   self_attn = register_module("self_attn", LlamaAttention(c));
-  mlp = register_module("mlp", LlamaMlp(c));
+  if (c.experts > 0)
+    block_sparse_moe = register_module("block_sparse_moe", MixtralSparseMoe(c));
+  else
+    mlp = register_module("mlp", LlamaMlp(c));
   input_layernorm = register_module("input_layernorm", RmsNorm(c.hidden, c.rms_norm_eps));
   post_attention_layernorm =
       register_module("post_attention_layernorm", RmsNorm(c.hidden, c.rms_norm_eps));
@@ -87,9 +161,11 @@ LlamaDecoderLayerImpl::LlamaDecoderLayerImpl(const LlmConfig& c) {
 
 torch::Tensor LlamaDecoderLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
                                              const torch::Tensor& sin,
-                                             const c10::optional<torch::Tensor>& mask) {
+                                             const c10::optional<torch::Tensor>& mask,
+                                             torch::Tensor& router_logits) {
   auto h = x + self_attn(input_layernorm(x), cos, sin, mask);
-  return h + mlp(post_attention_layernorm(h));
+  const auto n = post_attention_layernorm(h);
+  return h + (block_sparse_moe ? block_sparse_moe->forward(n, router_logits) : mlp(n));
 }
 
 LlamaModelImpl::LlamaModelImpl(const LlmConfig& c) : config_(c) {
@@ -102,10 +178,16 @@ LlamaModelImpl::LlamaModelImpl(const LlmConfig& c) : config_(c) {
 }
 
 torch::Tensor LlamaModelImpl::forward(const torch::Tensor& inputs_embeds,
-                                      const torch::Tensor& attention_mask) {
+                                      const torch::Tensor& attention_mask,
+                                      const torch::Tensor& position_ids,
+                                      std::vector<torch::Tensor>* hidden_states) {
   const auto T = inputs_embeds.size(1);
-  const int64_t head_dim = config_.hidden / config_.heads;
-  auto [cos, sin] = rope_tables(T, head_dim, config_.rope_theta, inputs_embeds.options());
+  const auto positions = position_ids.defined()
+                             ? position_ids
+                             : torch::arange(T, inputs_embeds.options().dtype(torch::kLong));
+  const double factor = config_.rope_scaling == "linear" ? config_.rope_scaling_factor : 1.0;
+  auto [cos, sin] = rope_tables(positions, config_.attention_head_dim(), config_.rope_theta, factor,
+                                inputs_embeds.options());
   c10::optional<torch::Tensor> mask;
   if (attention_mask.defined() && !attention_mask.all().item<bool>()) {
     // Padding keys get a large negative score (finite, so a fully padded row stays a number).
@@ -113,9 +195,18 @@ torch::Tensor LlamaModelImpl::forward(const torch::Tensor& inputs_embeds,
     mask = torch::zeros(keep.sizes(), inputs_embeds.options().dtype(torch::kFloat))
                .masked_fill(keep.logical_not(), -1e9);
   }
+  router_logits.clear();
   auto h = inputs_embeds;
-  for (const auto& layer : *layers) h = layer->as<LlamaDecoderLayer>()->forward(h, cos, sin, mask);
-  return norm(h);
+  if (hidden_states) hidden_states->assign(1, h);
+  for (const auto& layer : *layers) {
+    torch::Tensor logits;
+    h = layer->as<LlamaDecoderLayer>()->forward(h, cos, sin, mask, logits);
+    if (logits.defined()) router_logits.push_back(logits);
+    if (hidden_states) hidden_states->push_back(h);
+  }
+  h = norm(h);
+  if (hidden_states) hidden_states->back() = h;
+  return h;
 }
 
 LlamaForCausalLMImpl::LlamaForCausalLMImpl(const LlmConfig& c) : config_(c) {
@@ -130,8 +221,16 @@ torch::Tensor LlamaForCausalLMImpl::embed(const torch::Tensor& input_ids) {
 }
 
 torch::Tensor LlamaForCausalLMImpl::forward(const torch::Tensor& inputs_embeds,
-                                            const torch::Tensor& attention_mask) {
-  return model(inputs_embeds, attention_mask);
+                                            const torch::Tensor& attention_mask,
+                                            const torch::Tensor& position_ids,
+                                            std::vector<torch::Tensor>* hidden_states) {
+  return model->forward(inputs_embeds, attention_mask, position_ids, hidden_states);
+}
+
+torch::Tensor LlamaForCausalLMImpl::aux_loss(const torch::Tensor& attention_mask) const {
+  if (model->router_logits.empty()) return {};
+  return load_balancing_loss(model->router_logits, config_.experts, config_.experts_per_token,
+                             attention_mask);
 }
 
 torch::Tensor LlamaForCausalLMImpl::logits(const torch::Tensor& hidden) {

@@ -1,8 +1,10 @@
 // A LLaMA-style causal decoder (RMSNorm, rotary positions, SwiGLU MLP, grouped-query attention),
 // laid out as transformers' LlamaForCausalLM so parameter names are the HF keys
 // (`model.layers.N.self_attn.q_proj.weight`, `lm_head.weight`). `type: qwen2` is the same graph
-// with biases on the q/k/v projections.
-// Reference: transformers/models/llama/modeling_llama.py.
+// with biases on the q/k/v projections; `type: mixtral` (or any type with experts > 0) replaces
+// each MLP with a sparse mixture of experts (`model.layers.N.block_sparse_moe.*`).
+// References: transformers/models/{llama,qwen2,mixtral}/modeling_*.py and modeling_rope_utils.py
+// (v4.48), which tests/reference/hf_models.py follows for the parity fixtures.
 #pragma once
 
 #include <torch/torch.h>
@@ -21,14 +23,19 @@ class RmsNormImpl : public torch::nn::Module {
 };
 TORCH_MODULE(RmsNorm);
 
-// cos and sin tables, each (T,D) for head dim D, in HF's rotate_half layout.
-std::pair<torch::Tensor, torch::Tensor> rope_tables(int64_t T, int64_t head_dim, double theta,
+// cos and sin tables for `positions` ((T) or (B,T), any integer type), each (...,D) for head dim
+// D, in HF's rotate_half layout. Linear scaling divides the positions by `scaling_factor`. Angles
+// are computed in fp32, as HF does, then cast to options' dtype.
+std::pair<torch::Tensor, torch::Tensor> rope_tables(const torch::Tensor& positions,
+                                                    int64_t head_dim, double theta,
+                                                    double scaling_factor,
                                                     const torch::TensorOptions& options);
 
 class LlamaAttentionImpl : public torch::nn::Module {
  public:
   explicit LlamaAttentionImpl(const LlmConfig& c);
-  // x (B,T,C); cos/sin (T,D); mask: optional additive (B,1,T,T). Returns (B,T,C).
+  // x (B,T,C); cos/sin (T,D) or (B,T,D); mask: optional additive (B,1,T,T) or (B,1,1,T) on top of
+  // the causal mask. Returns (B,T,C).
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
                         const c10::optional<torch::Tensor>& mask);
   torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
@@ -44,13 +51,45 @@ class LlamaMlpImpl : public torch::nn::Module {
 };
 TORCH_MODULE(LlamaMlp);
 
+// One expert of a Mixtral MoE block: w2(silu(w1 x) * w3 x).
+class MixtralExpertImpl : public torch::nn::Module {
+ public:
+  explicit MixtralExpertImpl(const LlmConfig& c);
+  torch::Tensor forward(const torch::Tensor& x);
+  torch::nn::Linear w1{nullptr}, w2{nullptr}, w3{nullptr};
+};
+TORCH_MODULE(MixtralExpert);
+
+// Mixtral's sparse feed-forward: router softmax (fp32) -> top-k -> weights renormalised to sum to
+// one -> the weighted sum of the chosen experts' outputs. Each token runs only its k experts.
+class MixtralSparseMoeImpl : public torch::nn::Module {
+ public:
+  explicit MixtralSparseMoeImpl(const LlmConfig& c);
+  // x (B,T,C) -> (B,T,C); router_logits (B*T,E) is set to the router's output.
+  torch::Tensor forward(const torch::Tensor& x, torch::Tensor& router_logits);
+  torch::nn::Linear gate{nullptr};
+  torch::nn::ModuleList experts{nullptr};
+  int64_t top_k;
+};
+TORCH_MODULE(MixtralSparseMoe);
+
+// Mixtral's load-balancing auxiliary loss (transformers' load_balancing_loss_func, Switch
+// Transformer eq. 4-6 with top-k): E * sum_{k,e} f[k,e] * P[e] over the router logits of all
+// layers, f[k,e] the fraction of tokens whose k-th choice is e, P[e] the mean router probability
+// of e; with `attention_mask` (B,T) only real tokens count. 2.0 for a balanced top-2 router.
+torch::Tensor load_balancing_loss(const std::vector<torch::Tensor>& router_logits,
+                                  int64_t num_experts, int64_t top_k,
+                                  const torch::Tensor& attention_mask = {});
+
 class LlamaDecoderLayerImpl : public torch::nn::Module {
  public:
   explicit LlamaDecoderLayerImpl(const LlmConfig& c);
+  // router_logits: set for MoE layers, left alone otherwise.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
-                        const c10::optional<torch::Tensor>& mask);
+                        const c10::optional<torch::Tensor>& mask, torch::Tensor& router_logits);
   LlamaAttention self_attn{nullptr};
-  LlamaMlp mlp{nullptr};
+  LlamaMlp mlp{nullptr};                       // dense layers
+  MixtralSparseMoe block_sparse_moe{nullptr};  // MoE layers
   RmsNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
 };
 TORCH_MODULE(LlamaDecoderLayer);
@@ -59,12 +98,18 @@ class LlamaModelImpl : public torch::nn::Module {
  public:
   explicit LlamaModelImpl(const LlmConfig& c);
   // inputs_embeds (B,T,C); attention_mask (B,T) with 1 for real tokens, or undefined when every
-  // token is real. Returns the final-normed hidden states (B,T,C).
+  // token is real; position_ids (B,T) or undefined for 0..T-1 (left-padded generation passes
+  // them). Returns the final-normed hidden states (B,T,C). With `hidden_states`, also collects
+  // HF's output_hidden_states: the embeddings, then each layer's output, the last one normed.
   torch::Tensor forward(const torch::Tensor& inputs_embeds,
-                        const torch::Tensor& attention_mask = {});
+                        const torch::Tensor& attention_mask = {},
+                        const torch::Tensor& position_ids = {},
+                        std::vector<torch::Tensor>* hidden_states = nullptr);
   torch::nn::Embedding embed_tokens{nullptr};
   torch::nn::ModuleList layers{nullptr};
   RmsNorm norm{nullptr};
+  // Set by forward for MoE models: each layer's router logits (B*T,E), for the auxiliary loss.
+  std::vector<torch::Tensor> router_logits;
 
  private:
   LlmConfig config_;
@@ -75,9 +120,13 @@ class LlamaForCausalLMImpl : public torch::nn::Module {
  public:
   explicit LlamaForCausalLMImpl(const LlmConfig& c);
   torch::Tensor embed(const torch::Tensor& input_ids);  // (B,T) -> (B,T,C)
-  // (B,T,C) -> (B,T,C) hidden states after the final norm.
+  // (B,T,C) -> (B,T,C) hidden states after the final norm (see LlamaModelImpl::forward).
   torch::Tensor forward(const torch::Tensor& inputs_embeds,
-                        const torch::Tensor& attention_mask = {});
+                        const torch::Tensor& attention_mask = {},
+                        const torch::Tensor& position_ids = {},
+                        std::vector<torch::Tensor>* hidden_states = nullptr);
+  // The load-balancing loss of the last forward (undefined for dense models).
+  torch::Tensor aux_loss(const torch::Tensor& attention_mask = {}) const;
   torch::Tensor logits(const torch::Tensor& hidden);  // (...,C) -> (...,V)
   const LlmConfig& config() const { return config_; }
 
