@@ -89,9 +89,9 @@ int run_data_check(const std::string& config_path, const std::vector<std::string
   const auto tok = load_tokenizer(c.model.tokenizer);
   // Tokens per image come from the connector (built alone: small even for real models).
   const int64_t P = ClipVisionModelImpl(c.model.vision).num_feature_tokens();
-  const int64_t Q =
-      make_connector({c.model.vision.hidden, c.model.llm.hidden, P, c.model.connector})
-          ->output_tokens();
+  const int64_t Q = make_connector({c.model.vision.hidden, c.model.llm.hidden, P, c.model.connector,
+                                    c.model.llm.layers, c.model.llm.heads})
+                        ->output_tokens();
   std::printf("tokenizer %s: %lld ids; template %s\n", c.model.tokenizer.c_str(),
               static_cast<long long>(tok->vocab_size()), c.data.template_name.c_str());
   check_source("data.train", c.data.train, c.data, *tok, Q);

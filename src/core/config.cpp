@@ -398,7 +398,8 @@ void describe(Binder& b, LlmConfig& c) {
 }
 
 void describe(Binder& b, ConnectorConfig& c) {
-  b.choice("type", c.type, {"linear", "mlp2x_gelu"});
+  b.choice("type", c.type, {"linear", "mlp2x_gelu", "gated_xattn"});
+  b.value("xattn_every", c.xattn_every, at_least(1));
 }
 
 void describe(Binder& b, ModelConfig& c) {

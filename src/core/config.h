@@ -63,6 +63,7 @@ struct LlmConfig {
 
 struct ConnectorConfig {
   std::string type = "mlp2x_gelu";
+  int64_t xattn_every = 1;  // gated_xattn: a cross-attention block before every k-th LLM layer
 };
 
 struct ModelConfig {

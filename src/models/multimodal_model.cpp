@@ -21,10 +21,10 @@ torch::Tensor splice_image_tokens(const torch::Tensor& text_embeds, const torch:
 MultimodalModelImpl::MultimodalModelImpl(const ModelConfig& config, int64_t image_token_id)
     : config_(config), image_token_id_(image_token_id) {
   vision_tower = register_module("vision_tower", ClipVisionModel(config.vision));
-  connector =
-      register_module("multi_modal_projector",
-                      make_connector({config.vision.hidden, config.llm.hidden,
-                                      vision_tower->num_feature_tokens(), config.connector}));
+  connector = register_module(
+      "multi_modal_projector",
+      make_connector({config.vision.hidden, config.llm.hidden, vision_tower->num_feature_tokens(),
+                      config.connector, config.llm.layers, config.llm.heads}));
   language_model = register_module("language_model", LlamaForCausalLM(config.llm));
 }
 
@@ -34,32 +34,46 @@ bool MultimodalModelImpl::vision_trainable() const {
   return false;
 }
 
+torch::Tensor MultimodalModelImpl::image_features(const torch::Tensor& pixel_values,
+                                                  const torch::TensorOptions& options) {
+  if (pixel_values.defined() && pixel_values.size(0) > 0) {
+    if (vision_trainable()) return vision_tower->features(pixel_values);
+    torch::NoGradGuard no_grad;
+    return vision_tower->features(pixel_values);
+  }
+  // No image in the batch: the connector still runs (on zero images) so that every trainable
+  // parameter takes part in every step.
+  return torch::zeros({0, vision_tower->num_feature_tokens(), config_.vision.hidden}, options);
+}
+
 torch::Tensor MultimodalModelImpl::embed(const torch::Tensor& input_ids,
                                          const torch::Tensor& pixel_values) {
   auto text = language_model->embed(input_ids);  // (B,T,C)
+  if (connector->feature_level()) return text;   // images enter inside the LLM (forward)
   const auto is_image = input_ids == image_token_id_;
-  torch::Tensor features;
-  const auto& vc = config_.vision;
-  if (pixel_values.defined() && pixel_values.size(0) > 0) {
-    if (vision_trainable()) {
-      features = vision_tower->features(pixel_values);
-    } else {
-      torch::NoGradGuard no_grad;
-      features = vision_tower->features(pixel_values);
-    }
-  } else {
-    // No image in the batch: the connector still runs (on zero images) so that every trainable
-    // parameter takes part in every step.
-    features = torch::zeros({0, vision_tower->num_feature_tokens(), vc.hidden}, text.options());
-  }
-  auto tokens = connector->forward(features);  // (N,Q,C)
+  auto tokens = connector->forward(image_features(pixel_values, text.options()));  // (N,Q,C)
   return splice_image_tokens(text, is_image, tokens.reshape({-1, tokens.size(-1)}));
 }
 
 torch::Tensor MultimodalModelImpl::forward(const torch::Tensor& input_ids,
                                            const torch::Tensor& pixel_values,
                                            const torch::Tensor& attention_mask) {
-  return language_model->forward(embed(input_ids, pixel_values), attention_mask);
+  if (!connector->feature_level())
+    return language_model->forward(embed(input_ids, pixel_values), attention_mask);
+  // Feature-level: one placeholder per image marks its row; the connector's hook adds the
+  // image inside the LLM.
+  auto text = language_model->embed(input_ids);
+  const auto per_row = (input_ids == image_token_id_).sum(1);  // (B)
+  const auto features = image_features(pixel_values, text.options());
+  if (per_row.max().item<int64_t>() > 1 || per_row.sum().item<int64_t>() != features.size(0))
+    throw Error(
+        "[MultimodalModel] a feature-level connector needs one <image> placeholder per "
+        "image and at most one image per sample; the batch has " +
+        std::to_string(per_row.sum().item<int64_t>()) + " placeholders for " +
+        std::to_string(features.size(0)) + " images");
+  const auto rows = per_row.nonzero().view({-1});
+  const LayerHook hook = connector->layer_hook(features, rows, input_ids.size(0));
+  return language_model->forward(text, attention_mask, {}, nullptr, &hook);
 }
 
 }  // namespace mllm

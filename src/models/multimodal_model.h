@@ -22,8 +22,9 @@ class MultimodalModelImpl : public torch::nn::Module {
   // `image_token_id` is the tokenizer's placeholder id for image positions.
   MultimodalModelImpl(const ModelConfig& config, int64_t image_token_id);
 
-  // Text embeddings with image features spliced in. input_ids (B,T); pixel_values (N,3,H,W) with N
-  // the number of <image> occurrences in the batch (may be 0 / undefined). Returns (B,T,C).
+  // Text embeddings with image features spliced in (token-level connectors; a feature-level one
+  // leaves the text embeddings as they are). input_ids (B,T); pixel_values (N,3,H,W) with N the
+  // number of <image> occurrences in the batch (may be 0 / undefined). Returns (B,T,C).
   torch::Tensor embed(const torch::Tensor& input_ids, const torch::Tensor& pixel_values);
 
   // Hidden states after the LLM's final norm, (B,T,C). attention_mask (B,T) may be undefined.
@@ -48,6 +49,10 @@ class MultimodalModelImpl : public torch::nn::Module {
   LlamaForCausalLM language_model{nullptr};
 
  private:
+  // The vision tower's features (N,P,Cv) for the batch's images (without a graph when frozen).
+  torch::Tensor image_features(const torch::Tensor& pixel_values,
+                               const torch::TensorOptions& options);
+
   ModelConfig config_;
   int64_t image_token_id_;
 };

@@ -162,3 +162,54 @@ TEST_CASE("splicing: a text-only batch still gives the connector a (zero) gradie
     CHECK(p.grad().abs().sum().item<double>() == 0.0);
   }
 }
+
+TEST_CASE("gated_xattn: zero gates leave the LLM unchanged; open gates bring in the image") {
+  auto cfg = tiny_model();
+  cfg.connector.type = "gated_xattn";
+  cfg.connector.xattn_every = 2;
+  MultimodalModel model(cfg, kImage);
+  model->eval();
+  CHECK(model->image_tokens() == 1);
+  CHECK(model->connector->feature_level());
+  // 2 LLM layers, a block before every 2nd: one block.
+  const auto names = named_parameters(*model->connector);
+  CHECK(std::any_of(names.begin(), names.end(),
+                    [](const auto& kv) { return kv.first == "blocks.0.attn_gate"; }));
+  CHECK(std::none_of(names.begin(), names.end(),
+                     [](const auto& kv) { return kv.first.rfind("blocks.1.", 0) == 0; }));
+  torch::NoGradGuard no_grad;
+  auto ids = torch::randint(5, 50, {2, 6});
+  ids[0][0] = kImage;  // row 0 has an image, row 1 none
+  const auto pixels = torch::randn({1, 3, 32, 32});
+  const auto alone = model->language_model->forward(model->language_model->embed(ids));
+  CHECK(torch::allclose(model->forward(ids, pixels), alone, 1e-6, 1e-6));
+  for (auto& kv : model->connector->named_parameters())
+    if (kv.key().find("gate") != std::string::npos) kv.value().fill_(0.5);
+  const auto open = model->forward(ids, pixels);
+  CHECK(!torch::allclose(open[0], alone[0], 1e-4, 1e-4));  // the image row changes
+  CHECK(torch::allclose(open[1], alone[1], 1e-6, 1e-6));   // the text-only row does not
+  const auto other = model->forward(ids, torch::randn({1, 3, 32, 32}));
+  CHECK(!torch::allclose(other[0], open[0], 1e-4, 1e-4));  // and depends on which image
+  // One placeholder per image is required.
+  ids[1][0] = kImage;
+  CHECK_THROWS_WITH(model->forward(ids, pixels), Catch::Contains("one <image> placeholder"));
+}
+
+TEST_CASE(
+    "gated_xattn: the gates get gradients at zero; a text-only batch keeps every parameter "
+    "in the graph") {
+  auto cfg = tiny_model();
+  cfg.connector.type = "gated_xattn";
+  MultimodalModel model(cfg, kImage);
+  auto ids = torch::randint(5, 50, {1, 6});
+  ids[0][0] = kImage;
+  model->logits(model->forward(ids, torch::randn({1, 3, 32, 32}))).pow(2).sum().backward();
+  for (auto& kv : model->connector->named_parameters())
+    if (kv.key().find("gate") != std::string::npos) {
+      INFO(kv.key());
+      CHECK(kv.value().grad().abs().sum().item<double>() > 0);
+    }
+  model->zero_grad();
+  model->logits(model->forward(torch::randint(5, 50, {2, 6}), {})).sum().backward();
+  for (const auto& p : model->connector->parameters()) CHECK(p.grad().defined());
+}

@@ -168,6 +168,21 @@ TEST_CASE("a mixture-of-experts LLM trains, with coef x its load-balancing loss 
   CHECK(f.contains("language_model.model.layers.0.block_sparse_moe.gate.weight"));
 }
 
+TEST_CASE("stage 1 with Flamingo's gated cross-attention: only the connector trains, loss falls") {
+  TempDir data("mllm-data");
+  test::make_shapes(data.path(), 8, 4);
+  Config c = test::tiny_config(data.path(), data / "run");
+  c.model.connector.type = "gated_xattn";
+  c.train.max_steps = 40;
+  c.train.lr = 1e-2;
+  const TrainSummary s = train(c);
+  const double first = s.losses.front().second, last = s.losses.back().second;
+  INFO("first " << first << " last " << last);
+  CHECK(last < 0.8 * first);
+  SafetensorsFile f(s.final_dir / "model.safetensors");
+  CHECK(f.get("multi_modal_projector.blocks.0.attn_gate").abs().item<float>() > 0);
+}
+
 TEST_CASE("checkpoint round trip restores weights, optimizer moments and trainer state") {
   TempDir data("mllm-data");
   test::make_shapes(data.path(), 16, 4);

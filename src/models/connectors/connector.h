@@ -7,6 +7,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <stdexcept>
 #include <string>
 
 #include <torch/torch.h>
@@ -20,7 +21,12 @@ struct ConnectorSpec {
   int64_t llm_hidden;     // C
   int64_t input_tokens;   // P, tokens per image coming from the encoder
   ConnectorConfig config;
+  int64_t llm_layers = 0;  // for feature-level connectors, which live inside the LLM
+  int64_t llm_heads = 0;
 };
+
+// See llama.h: called before each LLM decoder layer.
+using LayerHook = std::function<torch::Tensor(int64_t layer, const torch::Tensor& h)>;
 
 class Connector : public torch::nn::Module {
  public:
@@ -28,6 +34,17 @@ class Connector : public torch::nn::Module {
   virtual torch::Tensor forward(const torch::Tensor& features) = 0;
   // Q: tokens per image this connector emits (how many placeholders an <image> expands to).
   virtual int64_t output_tokens() const = 0;
+
+  // Feature-level connectors (Flamingo's gated cross-attention) return true: an <image> stays one
+  // placeholder token with its text embedding, and the image enters the LLM through layer_hook.
+  virtual bool feature_level() const { return false; }
+  // features (N,P,Cv) of the batch's images; image_rows (N) the batch row of each; B the batch
+  // size. The hook is valid for one forward pass.
+  virtual LayerHook layer_hook(const torch::Tensor& features, const torch::Tensor& image_rows,
+                               int64_t batch) {
+    (void)features, (void)image_rows, (void)batch;
+    throw std::logic_error("layer_hook on a token-level connector");
+  }
 };
 
 using ConnectorFactory = std::function<std::shared_ptr<Connector>(const ConnectorSpec&)>;
@@ -39,5 +56,6 @@ std::vector<std::string> connector_names();
 // One line per design, defined next to each connector.
 std::shared_ptr<Connector> make_linear_connector(const ConnectorSpec& spec);
 std::shared_ptr<Connector> make_mlp2x_gelu_connector(const ConnectorSpec& spec);
+std::shared_ptr<Connector> make_gated_xattn_connector(const ConnectorSpec& spec);
 
 }  // namespace mllm

@@ -8,6 +8,7 @@ const std::map<std::string, ConnectorFactory>& registry() {
   static const std::map<std::string, ConnectorFactory> r = {
       {"linear", make_linear_connector},
       {"mlp2x_gelu", make_mlp2x_gelu_connector},
+      {"gated_xattn", make_gated_xattn_connector},
   };
   return r;
 }

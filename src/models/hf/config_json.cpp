@@ -52,7 +52,7 @@ nlohmann::json llava_config_json(const ModelConfig& m, int64_t image_token_id) {
       {"vision_feature_select_strategy", v.select == "patch" ? "default" : "full"},
       {"text_config", text},
       {"vision_config", vision},
-      {"mllm_connector", {{"type", m.connector.type}}},
+      {"mllm_connector", {{"type", m.connector.type}, {"xattn_every", m.connector.xattn_every}}},
       {"torch_dtype", "float32"},
   };
 }

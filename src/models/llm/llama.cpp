@@ -180,7 +180,8 @@ LlamaModelImpl::LlamaModelImpl(const LlmConfig& c) : config_(c) {
 torch::Tensor LlamaModelImpl::forward(const torch::Tensor& inputs_embeds,
                                       const torch::Tensor& attention_mask,
                                       const torch::Tensor& position_ids,
-                                      std::vector<torch::Tensor>* hidden_states) {
+                                      std::vector<torch::Tensor>* hidden_states,
+                                      const LayerHook* hook) {
   const auto T = inputs_embeds.size(1);
   const auto positions = position_ids.defined()
                              ? position_ids
@@ -198,7 +199,9 @@ torch::Tensor LlamaModelImpl::forward(const torch::Tensor& inputs_embeds,
   router_logits.clear();
   auto h = inputs_embeds;
   if (hidden_states) hidden_states->assign(1, h);
-  for (const auto& layer : *layers) {
+  for (size_t i = 0; i < layers->size(); ++i) {
+    const auto& layer = layers[i];
+    if (hook) h = (*hook)(static_cast<int64_t>(i), h);
     torch::Tensor logits;
     h = layer->as<LlamaDecoderLayer>()->forward(h, cos, sin, mask, logits);
     if (logits.defined()) router_logits.push_back(logits);
@@ -223,8 +226,9 @@ torch::Tensor LlamaForCausalLMImpl::embed(const torch::Tensor& input_ids) {
 torch::Tensor LlamaForCausalLMImpl::forward(const torch::Tensor& inputs_embeds,
                                             const torch::Tensor& attention_mask,
                                             const torch::Tensor& position_ids,
-                                            std::vector<torch::Tensor>* hidden_states) {
-  return model->forward(inputs_embeds, attention_mask, position_ids, hidden_states);
+                                            std::vector<torch::Tensor>* hidden_states,
+                                            const LayerHook* hook) {
+  return model->forward(inputs_embeds, attention_mask, position_ids, hidden_states, hook);
 }
 
 torch::Tensor LlamaForCausalLMImpl::aux_loss(const torch::Tensor& attention_mask) const {

@@ -7,11 +7,17 @@
 // (v4.48), which tests/reference/hf_models.py follows for the parity fixtures.
 #pragma once
 
+#include <functional>
+
 #include <torch/torch.h>
 
 #include "core/config.h"
 
 namespace mllm {
+
+// Called before each decoder layer with its index and input; returns the layer's new input (how
+// feature-level connectors such as Flamingo's gated cross-attention enter the LLM).
+using LayerHook = std::function<torch::Tensor(int64_t layer, const torch::Tensor& h)>;
 
 class RmsNormImpl : public torch::nn::Module {
  public:
@@ -101,10 +107,12 @@ class LlamaModelImpl : public torch::nn::Module {
   // token is real; position_ids (B,T) or undefined for 0..T-1 (left-padded generation passes
   // them). Returns the final-normed hidden states (B,T,C). With `hidden_states`, also collects
   // HF's output_hidden_states: the embeddings, then each layer's output, the last one normed.
+  // `hook`, when given, runs before each layer (feature-level connectors).
   torch::Tensor forward(const torch::Tensor& inputs_embeds,
                         const torch::Tensor& attention_mask = {},
                         const torch::Tensor& position_ids = {},
-                        std::vector<torch::Tensor>* hidden_states = nullptr);
+                        std::vector<torch::Tensor>* hidden_states = nullptr,
+                        const LayerHook* hook = nullptr);
   torch::nn::Embedding embed_tokens{nullptr};
   torch::nn::ModuleList layers{nullptr};
   RmsNorm norm{nullptr};
@@ -124,7 +132,8 @@ class LlamaForCausalLMImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& inputs_embeds,
                         const torch::Tensor& attention_mask = {},
                         const torch::Tensor& position_ids = {},
-                        std::vector<torch::Tensor>* hidden_states = nullptr);
+                        std::vector<torch::Tensor>* hidden_states = nullptr,
+                        const LayerHook* hook = nullptr);
   // The load-balancing loss of the last forward (undefined for dense models).
   torch::Tensor aux_loss(const torch::Tensor& attention_mask = {}) const;
   torch::Tensor logits(const torch::Tensor& hidden);  // (...,C) -> (...,V)
