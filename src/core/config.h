@@ -52,7 +52,13 @@ struct LlmConfig {
 };
 
 struct ConnectorConfig {
-  std::string type = "mlp2x_gelu";
+  std::string type = "mlp2x_gelu";  // linear | mlp2x_gelu | qformer | resampler | pool
+  // Each key is read only by the types named after it.
+  int64_t num_queries = 32;  // qformer, resampler (resampler: a square, its queries form a grid)
+  int64_t layers = 2;        // qformer blocks
+  int64_t heads = 8;         // qformer, resampler; must divide the width
+  int64_t hidden = 0;        // qformer, resampler width; 0 = model.vision.hidden
+  int64_t pool_factor = 2;   // pool: kernel = stride on the patch grid; must divide its side
 };
 
 struct ModelConfig {
