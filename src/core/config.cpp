@@ -398,7 +398,12 @@ void describe(Binder& b, LlmConfig& c) {
 }
 
 void describe(Binder& b, ConnectorConfig& c) {
-  b.choice("type", c.type, {"linear", "mlp2x_gelu", "gated_xattn"});
+  b.choice("type", c.type, {"linear", "mlp2x_gelu", "qformer", "resampler", "pool", "gated_xattn"});
+  b.value("num_queries", c.num_queries, at_least(0));
+  b.value("layers", c.layers, at_least(1));
+  b.value("heads", c.heads, at_least(1));
+  b.value("hidden", c.hidden, at_least(0));
+  b.value("pool_factor", c.pool_factor, at_least(1));
   b.value("xattn_every", c.xattn_every, at_least(1));
 }
 

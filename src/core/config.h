@@ -62,7 +62,16 @@ struct LlmConfig {
 };
 
 struct ConnectorConfig {
-  std::string type = "mlp2x_gelu";
+  std::string type =
+      "mlp2x_gelu";  // linear | mlp2x_gelu | qformer | resampler | pool | gated_xattn
+  // Each key is read only by the types named after it.
+  // qformer, resampler; 0 = the design's own default (qformer 32 as BLIP-2, resampler 64); the
+  // resampler's must be a square (its queries form a grid).
+  int64_t num_queries = 0;
+  int64_t layers = 2;       // qformer blocks
+  int64_t heads = 8;        // qformer, resampler; must divide the width
+  int64_t hidden = 0;       // qformer, resampler width; 0 = model.vision.hidden
+  int64_t pool_factor = 2;  // pool: kernel = stride on the patch grid; must divide its side
   int64_t xattn_every = 1;  // gated_xattn: a cross-attention block before every k-th LLM layer
 };
 

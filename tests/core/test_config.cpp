@@ -90,6 +90,31 @@ TEST_CASE("config: values out of range and bad choices") {
              Catch::Contains("model.llm.kv_heads"));
 }
 
+TEST_CASE("config: connector settings are read, range-checked and written back") {
+  TempDir dir;
+  const auto p = recipe(
+      dir, "", "  connector: {type: qformer, num_queries: 64, layers: 3, heads: 4, hidden: 96}\n");
+  const Config c = load_config(p);
+  CHECK(c.model.connector.type == "qformer");
+  CHECK(c.model.connector.num_queries == 64);
+  CHECK(c.model.connector.layers == 3);
+  CHECK(c.model.connector.heads == 4);
+  CHECK(c.model.connector.hidden == 96);
+  CHECK(c.model.connector.pool_factor == 2);  // default
+  const std::string yaml = config_to_yaml(c);
+  CHECK_THAT(yaml, Catch::Contains("num_queries: 64") && Catch::Contains("hidden: 96"));
+  CHECK(load_config(p, {"model.connector.type=pool", "model.connector.pool_factor=4"})
+            .model.connector.pool_factor == 4);
+  CHECK_THAT(error_of(p, {"model.connector.heads=0"}),
+             Catch::Contains("model.connector.heads: must be >= 1 (got 0)"));
+  CHECK_THAT(error_of(p, {"model.connector.hidden=-8"}),
+             Catch::Contains("model.connector.hidden: must be >= 0"));
+  CHECK_THAT(error_of(p, {"model.connector.type=resampeler"}),
+             Catch::Contains("did you mean 'resampler'?"));
+  CHECK_THAT(error_of(p, {"model.connector.num_query=8"}),
+             Catch::Contains("did you mean model.connector.num_queries?"));
+}
+
 TEST_CASE("config: a missing file names the key and the path") {
   TempDir dir;
   const std::string e = error_of(recipe(dir, "", "  llm: {pretrained: /nonexistent/llm}\n"));

@@ -57,5 +57,16 @@ std::vector<std::string> connector_names();
 std::shared_ptr<Connector> make_linear_connector(const ConnectorSpec& spec);
 std::shared_ptr<Connector> make_mlp2x_gelu_connector(const ConnectorSpec& spec);
 std::shared_ptr<Connector> make_gated_xattn_connector(const ConnectorSpec& spec);
+std::shared_ptr<Connector> make_qformer_connector(const ConnectorSpec& spec);
+std::shared_ptr<Connector> make_resampler_connector(const ConnectorSpec& spec);
+std::shared_ptr<Connector> make_pool_connector(const ConnectorSpec& spec);
+
+// sqrt(n) when n is a perfect square, else -1.
+int64_t square_side(int64_t n);
+
+// The side of the square grid the P patch features come from (P = side * side, row-major, as the
+// vision tower emits them). Throws ConfigError naming model.connector.type when P is not a square
+// (model.vision.select: cls_patch adds the class token).
+int64_t patch_grid_side(const ConnectorSpec& spec);
 
 }  // namespace mllm

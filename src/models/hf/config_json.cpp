@@ -52,7 +52,14 @@ nlohmann::json llava_config_json(const ModelConfig& m, int64_t image_token_id) {
       {"vision_feature_select_strategy", v.select == "patch" ? "default" : "full"},
       {"text_config", text},
       {"vision_config", vision},
-      {"mllm_connector", {{"type", m.connector.type}, {"xattn_every", m.connector.xattn_every}}},
+      {"mllm_connector",
+       {{"type", m.connector.type},
+        {"num_queries", m.connector.num_queries},
+        {"layers", m.connector.layers},
+        {"heads", m.connector.heads},
+        {"hidden", m.connector.hidden},
+        {"pool_factor", m.connector.pool_factor},
+        {"xattn_every", m.connector.xattn_every}}},
       {"torch_dtype", "float32"},
   };
 }
