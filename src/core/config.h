@@ -64,9 +64,9 @@ struct ModelConfig {
 
 struct DataSourceConfig {
   std::string format = "llava_json";  // llava_json[l] | preference_json[l] (data/datasets.h)
-  std::string path;         // empty = none (only allowed for data.eval)
-  std::string image_root;   // folder that record "image" paths are relative to
-  int64_t max_samples = 0;  // 0 = all
+  std::string path;                   // empty = none (only allowed for data.eval)
+  std::string image_root;             // folder that record "image" paths are relative to
+  int64_t max_samples = 0;            // 0 = all
 };
 
 struct ImageConfig {
@@ -83,9 +83,9 @@ struct DataConfig {
   int64_t max_length = 512;
   ImageConfig image;
   std::string on_bad_record = "error";  // error | skip
-  int64_t workers = 2;                   // loader threads (0 = on the trainer's thread)
-  int64_t prefetch = 2;                  // batches prepared ahead per worker
-  bool group_by_length = false;          // length-grouped batches (less padding)
+  int64_t workers = 2;                  // loader threads (0 = on the trainer's thread)
+  int64_t prefetch = 2;                 // batches prepared ahead per worker
+  bool group_by_length = false;         // length-grouped batches (less padding)
 };
 
 struct TrainConfig {
@@ -135,5 +135,11 @@ std::string config_to_yaml(const Config& config);
 
 // Levenshtein distance, for did-you-mean suggestions.
 size_t edit_distance(const std::string& a, const std::string& b);
+
+// Every key path a recipe can set, in section order ("run.name", ..., "model.connector.type").
+std::vector<std::string> config_key_paths();
+
+// The candidate closest to `word` if it is close enough to be a likely typo, else "".
+std::string closest_match(const std::string& word, const std::vector<std::string>& candidates);
 
 }  // namespace mllm
