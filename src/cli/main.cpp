@@ -24,6 +24,7 @@ int main(int argc, char** argv) {
   add(mllm::cli::add_train_command);
   add(mllm::cli::add_data_command);
   add(mllm::cli::add_tokenize_command);
+  add(mllm::cli::add_sweep_command);
 
   try {
     app.parse(argc, argv);

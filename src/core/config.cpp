@@ -592,6 +592,18 @@ Config load_config(const std::filesystem::path& yaml_path,
   return config;
 }
 
+std::vector<std::string> config_key_paths() {
+  Context ctx;
+  Config defaults;
+  Binder paths(Binder::Mode::Paths, ctx, "", YAML::Node(), nullptr);
+  describe(paths, defaults);
+  return ctx.known_paths;
+}
+
+std::string closest_match(const std::string& word, const std::vector<std::string>& candidates) {
+  return closest(word, candidates);
+}
+
 std::string config_to_yaml(const Config& config) {
   Context ctx;
   std::map<std::string, std::string> unused;

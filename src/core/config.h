@@ -156,4 +156,10 @@ std::string config_to_yaml(const Config& config);
 // Levenshtein distance, for did-you-mean suggestions.
 size_t edit_distance(const std::string& a, const std::string& b);
 
+// Every key path a recipe can set, in section order ("run.name", ..., "model.connector.type").
+std::vector<std::string> config_key_paths();
+
+// The candidate closest to `word` if it is close enough to be a likely typo, else "".
+std::string closest_match(const std::string& word, const std::vector<std::string>& candidates);
+
 }  // namespace mllm

@@ -4,6 +4,9 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <cstdio>
 
 namespace mllm {
@@ -17,6 +20,13 @@ void setup_console_logging(const std::string& level) {
 }
 
 void add_log_file(const std::filesystem::path& file) {
+  // A parent (`mllm sweep`) that already sends this process's stderr to `file` would get every
+  // line twice.
+  struct stat err = {};
+  struct stat log = {};
+  if (::fstat(STDERR_FILENO, &err) == 0 && ::stat(file.c_str(), &log) == 0 &&
+      err.st_dev == log.st_dev && err.st_ino == log.st_ino)
+    return;
   auto sink = std::make_shared<spdlog::sinks::basic_file_sink_mt>(file.string(), false);
   sink->set_pattern("[%Y-%m-%d %H:%M:%S.%e] %l %v");
   spdlog::default_logger()->sinks().push_back(sink);

@@ -87,6 +87,7 @@ void write_final(const fs::path& out, MultimodalModelImpl& model, const Config& 
 }  // namespace
 
 TrainSummary train(Config config, const TrainOptions& options) {
+  const auto start = Clock::now();
   const fs::path out = config.output_dir();
   const fs::path ckpt_root = out / "checkpoints";
   std::optional<fs::path> resume_from;
@@ -160,6 +161,8 @@ TrainSummary train(Config config, const TrainOptions& options) {
     spdlog::info("resumed from {} at step {} (epoch {}, sample {})", resume_from->string(),
                  state.step, state.epoch, state.position);
   }
+  // Wall time accumulates across resumes (up to each run's last checkpoint).
+  const double earlier_seconds = state.extra.value("wall_seconds", 0.0);
 
   MetricsSink metrics(out / "metrics.jsonl");
   TrainSummary summary;
@@ -187,7 +190,7 @@ TrainSummary train(Config config, const TrainOptions& options) {
   DataLoader loader(train_data, transform, lo, {state.epoch, state.position});
   const auto loop_start = Clock::now();
   auto interval_start = Clock::now();
-  int64_t interval_tokens = 0, steps_here = 0;
+  int64_t interval_tokens = 0, steps_here = 0, tokens_here = 0;
   double interval_wait = 0, total_wait = 0;
   model->train();
 
@@ -217,6 +220,7 @@ TrainSummary train(Config config, const TrainOptions& options) {
       (o.loss_sum / static_cast<double>(std::max<int64_t>(1, weight))).backward();
       loss_sum += o.loss_sum.item<double>();
       interval_tokens += b.tokens;
+      tokens_here += b.tokens;
     }
     const double max_norm =
         tc.clip_grad_norm > 0 ? tc.clip_grad_norm : std::numeric_limits<double>::infinity();
@@ -234,7 +238,7 @@ TrainSummary train(Config config, const TrainOptions& options) {
                   ": the run diverged (lower train.lr or raise train.warmup_ratio); the last "
                   "checkpoint is kept");
     summary.losses.emplace_back(state.step, loss);
-    state.extra = {{"loss", loss}};
+    state.extra = {{"loss", loss}, {"wall_seconds", earlier_seconds + seconds_since(start)}};
 
     if (state.step % tc.log_every == 0 || state.step == total) {
       const double dt = seconds_since(interval_start);
@@ -279,6 +283,20 @@ TrainSummary train(Config config, const TrainOptions& options) {
     return summary;
   }
   run_eval("end");
+  // summary.json: the figures a sweep tabulates; written before final/, which marks the end.
+  nlohmann::json figures = {
+      {"steps", state.step},
+      {"trainable_params", n_trainable},
+      {"total_params", n_total},
+      {"image_tokens", Q},
+      {"final_loss", state.extra.contains("loss") ? state.extra["loss"] : nlohmann::json()},
+      {"final_eval_loss",
+       summary.last_eval_loss ? nlohmann::json(*summary.last_eval_loss) : nlohmann::json()},
+      {"tokens_per_s", loop_s > 0 && tokens_here > 0
+                           ? nlohmann::json(static_cast<double>(tokens_here) / loop_s)
+                           : nlohmann::json()},
+      {"wall_seconds", earlier_seconds + seconds_since(start)}};
+  write_file_atomic(out / "summary.json", figures.dump(2) + "\n");
   write_final(out, *model, config);
   summary.final_dir = out / "final";
   spdlog::info("final weights: {}", summary.final_dir.string());

@@ -32,6 +32,9 @@ struct TrainSummary {
   double data_wait_fraction = 0;    // of which the trainer waited for batches
 };
 
+// A finished run also leaves <output_dir>/summary.json (before final/): steps, trainable_params,
+// total_params, image_tokens, final_loss, final_eval_loss, tokens_per_s (this process),
+// wall_seconds (accumulated across resumes, up to the last checkpoint of each interrupted part).
 TrainSummary train(Config config, const TrainOptions& options = {});
 
 }  // namespace mllm

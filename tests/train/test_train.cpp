@@ -67,7 +67,9 @@ TEST_CASE("freeze: an unmatched glob is a config error naming train.trainable") 
                                     "matches no parameter"));
 }
 
-TEST_CASE("stage 1 leaves frozen encoder and LLM weights unchanged and trains the connector") {
+TEST_CASE(
+    "stage 1 leaves frozen encoder and LLM weights unchanged, trains the connector, and writes "
+    "summary.json") {
   TempDir data("mllm-data");
   test::make_shapes(data.path(), 32, 8);
   Config c = test::tiny_config(data.path(), data / "run");
@@ -89,6 +91,17 @@ TEST_CASE("stage 1 leaves frozen encoder and LLM weights unchanged and trains th
     }
   }
   CHECK(changed_connector == 4);  // both weights and both biases of the MLP
+
+  // summary.json: the figures a sweep tabulates.
+  const auto j = nlohmann::json::parse(test::read_text(s.output_dir / "summary.json"));
+  CHECK(j["steps"] == 3);
+  CHECK(j["trainable_params"] == 2 * (32 * 32 + 32));  // mlp2x_gelu, 32 -> 32 -> 32
+  CHECK(j["total_params"].get<int64_t>() > j["trainable_params"].get<int64_t>());
+  CHECK(j["image_tokens"] == 16);  // (32 / 8)^2 patches
+  CHECK(j["final_loss"].get<double>() == Approx(s.losses.back().second));
+  CHECK(j["final_eval_loss"].get<double>() == Approx(*s.last_eval_loss));
+  CHECK(j["tokens_per_s"].get<double>() > 0);
+  CHECK(j["wall_seconds"].get<double>() >= s.train_seconds);
 }
 
 TEST_CASE("frozen parameters get no gradient; trainable ones do") {
@@ -276,6 +289,12 @@ TEST_CASE("a run stopped after k steps and resumed gives the same losses as an u
   CHECK(first.final_dir.empty());
   // A fresh start over it is refused: that would overwrite its checkpoints.
   CHECK_THROWS_AS(train(r), ConfigError);
+  // The checkpoint carries the wall time so far; make it large to see it carried into the end.
+  const auto state_file = data / "resumed" / "checkpoints" / "step-000004" / "trainer_state.json";
+  auto state = nlohmann::json::parse(test::read_text(state_file));
+  CHECK(state["extra"]["wall_seconds"].get<double>() > 0);
+  state["extra"]["wall_seconds"] = 1000.0;
+  test::write_text(state_file, state.dump());
   TrainOptions resume;
   resume.resume = "auto";
   const TrainSummary second = train(r, resume);
@@ -288,6 +307,12 @@ TEST_CASE("a run stopped after k steps and resumed gives the same losses as an u
     CHECK(second.losses[i].second == Approx(full.losses[4 + i].second).epsilon(1e-6));
   }
   CHECK(second.last_eval_loss == Approx(*full.last_eval_loss).epsilon(1e-6));
+  // summary.json's wall time adds this process's to the checkpoint's.
+  const auto j = nlohmann::json::parse(test::read_text(second.output_dir / "summary.json"));
+  CHECK(j["steps"] == 6);
+  CHECK(j["final_loss"].get<double>() == Approx(full.losses.back().second).epsilon(1e-6));
+  CHECK(j["wall_seconds"].get<double>() >= 1000 + second.train_seconds);
+  CHECK(j["wall_seconds"].get<double>() < 1100);
 }
 
 TEST_CASE("bf16 autocast trains and stays close to fp32 on the first step") {

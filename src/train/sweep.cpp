@@ -1,0 +1,502 @@
+#include "train/sweep.h"
+
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <spdlog/spdlog.h>
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cctype>
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <optional>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "core/config.h"
+#include "core/error.h"
+#include "core/fs.h"
+#include "core/logging.h"
+#include "train/sweep_report.h"
+
+extern char** environ;
+
+namespace mllm {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string trim(const std::string& s) {
+  const auto b = s.find_first_not_of(" \t");
+  if (b == std::string::npos) return "";
+  return s.substr(b, s.find_last_not_of(" \t") - b + 1);
+}
+
+// Splits at commas that are not inside [], {} or quotes; "" when brackets or quotes do not close.
+std::optional<std::vector<std::string>> split_values(const std::string& s) {
+  std::vector<std::string> out;
+  std::string cur;
+  int depth = 0;
+  char quote = 0;
+  for (char c : s) {
+    if (quote) {
+      if (c == quote) quote = 0;
+    } else if (c == '"' || c == '\'') {
+      quote = c;
+    } else if (c == '[' || c == '{') {
+      ++depth;
+    } else if (c == ']' || c == '}') {
+      if (--depth < 0) return std::nullopt;
+    } else if (c == ',' && depth == 0) {
+      out.push_back(trim(cur));
+      cur.clear();
+      continue;
+    }
+    cur += c;
+  }
+  if (quote || depth != 0) return std::nullopt;
+  out.push_back(trim(cur));
+  return out;
+}
+
+std::string where(const fs::path& file, const YAML::Node& n) {
+  const YAML::Mark m = n.Mark();
+  return file.string() + (m.is_null() ? "" : ":" + std::to_string(m.line + 1));
+}
+
+// A YAML value as the text an override takes: scalars verbatim, lists and maps in flow style.
+std::string yaml_text(const YAML::Node& n) {
+  if (n.IsScalar()) return n.Scalar();
+  if (n.IsNull()) return "null";
+  YAML::Emitter e;
+  e << YAML::Flow << n;
+  return e.c_str();
+}
+
+// Flattens nested maps into key paths: {train: {lr: 1}} and {train.lr: 1} both give train.lr.
+void flatten(const YAML::Node& n, const std::string& prefix,
+             std::vector<std::pair<std::string, YAML::Node>>& out) {
+  for (const auto& kv : n) {
+    const std::string key = prefix.empty() ? kv.first.Scalar() : prefix + "." + kv.first.Scalar();
+    if (kv.second.IsMap())
+      flatten(kv.second, key, out);
+    else
+      out.emplace_back(key, kv.second);
+  }
+}
+
+// A YAML single-quoted scalar: read back as exactly `s`, whatever characters it holds.
+std::string yaml_quoted(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? std::string("''") : std::string(1, c);
+  return out + "'";
+}
+
+uint64_t fnv1a(const std::string& s) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+
+// ---- Running the children
+// ------------------------------------------------------------------------
+
+struct Child {
+  size_t index;
+  fs::path log;
+  std::streamoff log_offset;  // where this attempt's output starts in the log
+  bool resumed;
+};
+
+// Starts `argv` with stdin from /dev/null and stdout and stderr appended to `log`. Returns the pid,
+// or -1 with errno set.
+pid_t spawn_logged(const std::vector<std::string>& argv, const fs::path& log) {
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, log.c_str(),
+                                   O_WRONLY | O_CREAT | O_APPEND, 0644);
+  posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
+  pid_t pid = -1;
+  const int rc = posix_spawn(&pid, args[0], &actions, nullptr, args.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  if (rc != 0) {
+    errno = rc;
+    return -1;
+  }
+  return pid;
+}
+
+std::vector<std::string> log_lines(const fs::path& log, std::streamoff from) {
+  std::ifstream in(log, std::ios::binary);
+  in.seekg(from);
+  std::vector<std::string> lines;
+  for (std::string line; std::getline(in, line);)
+    if (!trim(line).empty()) lines.push_back(line);
+  return lines;
+}
+
+// The message of the last error the child logged ("[12:00:00] error <message>"), else its last
+// line.
+std::string last_error(const std::vector<std::string>& lines) {
+  for (auto it = lines.rbegin(); it != lines.rend(); ++it)
+    for (const char* tag : {"] error ", "] critical "}) {
+      const auto at = it->find(tag);
+      if (at != std::string::npos) return it->substr(at + std::strlen(tag));
+    }
+  return lines.empty() ? "" : lines.back();
+}
+
+std::string quote_arg(const std::string& a) {
+  if (!a.empty() && a.find_first_of(" \t\"'\\$`*?[]{}()<>|&;") == std::string::npos) return a;
+  std::string out = "'";
+  for (char c : a) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+}  // namespace
+
+GridAxis parse_grid_arg(const std::string& arg) {
+  const auto eq = arg.find('=');
+  if (eq == std::string::npos || trim(arg.substr(0, eq)).empty())
+    throw ConfigError("--grid " + arg + ": expected key.path=value1,value2,...");
+  GridAxis axis;
+  axis.key = trim(arg.substr(0, eq));
+  if (trim(arg.substr(eq + 1)).empty())
+    throw ConfigError("--grid " + arg + ": no values after '=' (expected " + axis.key +
+                      "=value1,value2,...)");
+  const auto values = split_values(arg.substr(eq + 1));
+  if (!values) throw ConfigError("--grid " + arg + ": unbalanced brackets or quotes");
+  for (size_t i = 0; i < values->size(); ++i)
+    if ((*values)[i].empty())
+      throw ConfigError("--grid " + arg + ": value " + std::to_string(i + 1) + " is empty");
+  axis.values = *values;
+  return axis;
+}
+
+SweepSpec load_sweep_file(const fs::path& file) {
+  std::error_code ec;
+  if (!fs::is_regular_file(file, ec)) throw ConfigError(file.string() + ": sweep file not found");
+  YAML::Node root;
+  try {
+    root = YAML::LoadFile(file.string());
+  } catch (const YAML::Exception& e) {
+    throw ConfigError(file.string() + ":" + std::to_string(e.mark.line + 1) +
+                      ": invalid YAML: " + e.msg);
+  }
+  if (!root.IsMap())
+    throw ConfigError(file.string() +
+                      ": expected a mapping with base, grid (and set, out, "
+                      "parallel)");
+  SweepSpec spec;
+  spec.source = file.string();
+  const std::vector<std::string> known = {"base", "grid", "set", "out", "parallel"};
+  for (const auto& kv : root) {
+    const std::string key = kv.first.Scalar();
+    if (std::find(known.begin(), known.end(), key) != known.end()) continue;
+    const std::string guess = closest_match(key, known);
+    throw ConfigError(where(file, kv.first) + ": " + key + ": unknown key" +
+                      (guess.empty() ? " (expected base, grid, set, out, parallel)"
+                                     : " (did you mean " + guess + "?)"));
+  }
+  const YAML::Node base = root["base"];
+  if (!base || !base.IsScalar() || base.Scalar().empty())
+    throw ConfigError(file.string() + ": base: required (the base recipe, relative to this file)");
+  spec.base = fs::path(base.Scalar()).is_absolute() ? fs::path(base.Scalar())
+                                                    : file.parent_path() / base.Scalar();
+  const YAML::Node grid = root["grid"];
+  if (!grid || !grid.IsMap() || grid.size() == 0)
+    throw ConfigError(file.string() +
+                      ": grid: required, a mapping of key paths to lists of values");
+  std::vector<std::pair<std::string, YAML::Node>> axes;
+  flatten(grid, "", axes);
+  for (const auto& [key, values] : axes) {
+    GridAxis axis{key, {}};
+    if (values.IsSequence())
+      for (const auto& v : values) axis.values.push_back(yaml_text(v));
+    else if (values.IsScalar())
+      axis.values.push_back(values.Scalar());
+    if (axis.values.empty())
+      throw ConfigError(where(file, values) + ": grid." + key + ": expected a list of values");
+    spec.grid.push_back(axis);
+  }
+  if (const YAML::Node set = root["set"]) {
+    if (!set.IsMap())
+      throw ConfigError(where(file, set) + ": set: expected a mapping of key paths to values");
+    std::vector<std::pair<std::string, YAML::Node>> values;
+    flatten(set, "", values);
+    for (const auto& [key, v] : values) spec.set.push_back(key + "=" + yaml_text(v));
+  }
+  if (const YAML::Node out = root["out"]) {
+    if (!out.IsScalar() || out.Scalar().empty())
+      throw ConfigError(where(file, out) + ": out: expected a directory path");
+    spec.out = out.Scalar();
+  }
+  if (const YAML::Node parallel = root["parallel"]) {
+    try {
+      spec.parallel = parallel.as<int64_t>();
+    } catch (const YAML::Exception&) {
+      throw ConfigError(where(file, parallel) + ": parallel: expected an integer >= 1");
+    }
+    if (spec.parallel < 1)
+      throw ConfigError(where(file, parallel) + ": parallel: expected an integer >= 1");
+  }
+  return spec;
+}
+
+void check_grid(const std::vector<GridAxis>& grid, const std::string& source) {
+  if (grid.empty())
+    throw ConfigError(source + ": nothing to sweep: give --grid key.path=value1,value2,...");
+  const auto keys = config_key_paths();
+  std::set<std::string> seen;
+  for (const auto& axis : grid) {
+    const std::string at = source + ": " + axis.key + ": ";
+    if (std::find(keys.begin(), keys.end(), axis.key) == keys.end()) {
+      const std::string guess = closest_match(axis.key, keys);
+      throw ConfigError(at + "unknown key" +
+                        (guess.empty() ? "" : " (did you mean " + guess + "?)"));
+    }
+    if (axis.key == "run.output_dir")
+      throw ConfigError(at + "is set by the sweep (one directory per run under --out)");
+    if (!seen.insert(axis.key).second) throw ConfigError(at + "appears twice in the grid");
+    if (axis.values.empty()) throw ConfigError(at + "has no values");
+    std::set<std::string> values;
+    for (const auto& v : axis.values)
+      if (!values.insert(v).second) throw ConfigError(at + "value '" + v + "' is given twice");
+  }
+}
+
+std::vector<SweepRun> expand_grid(const std::vector<GridAxis>& grid) {
+  std::vector<SweepRun> runs;
+  if (grid.empty()) return runs;
+  for (const auto& axis : grid)
+    if (axis.values.empty()) return runs;
+  std::vector<size_t> at(grid.size(), 0);
+  while (true) {
+    SweepRun run;
+    for (size_t k = 0; k < grid.size(); ++k)
+      run.overrides.emplace_back(grid[k].key, grid[k].values[at[k]]);
+    run.name = run_name(run.overrides);
+    runs.push_back(std::move(run));
+    // Odometer: the last axis turns fastest.
+    size_t k = grid.size();
+    while (k > 0 && ++at[k - 1] == grid[k - 1].values.size()) at[--k] = 0;
+    if (k == 0) break;
+  }
+  return runs;
+}
+
+std::string run_name(const std::vector<std::pair<std::string, std::string>>& overrides) {
+  std::string name;
+  for (const auto& [key, value] : overrides) name += (name.empty() ? "" : ",") + key + "=" + value;
+  return sanitize_file_name(name);
+}
+
+std::string sanitize_file_name(const std::string& name) {
+  std::string out;
+  for (unsigned char c : name)
+    out += std::isalnum(c) || std::strchr("._,=+-", c) ? static_cast<char>(c) : '_';
+  if (out.empty() || out[0] == '.' || out[0] == '-') out = "_" + out;
+  constexpr size_t kMax = 120;
+  if (out.size() > kMax) {
+    char hash[17];
+    std::snprintf(hash, sizeof hash, "%016llx", static_cast<unsigned long long>(fnv1a(name)));
+    out = out.substr(0, kMax - 17) + "-" + hash;
+  }
+  return out;
+}
+
+int run_sweep(const SweepSpec& spec, const fs::path& mllm_binary) {
+  check_grid(spec.grid, spec.source);
+  if (spec.parallel < 1)
+    throw ConfigError("--parallel: must be >= 1 (got " + std::to_string(spec.parallel) + ")");
+  const std::vector<SweepRun> runs = expand_grid(spec.grid);
+  std::map<std::string, size_t> names;
+  for (size_t i = 0; i < runs.size(); ++i) {
+    const auto [it, fresh] = names.emplace(runs[i].name, i);
+    if (!fresh)
+      throw ConfigError(spec.source + ": runs " + std::to_string(it->second + 1) + " and " +
+                        std::to_string(i + 1) + " get the same directory name '" + runs[i].name +
+                        "'; make the values differ in letters, digits or ._,=+-");
+  }
+  // The base recipe with the common overrides should be valid by itself, or at least with one
+  // run's overrides (the grid may supply a file the base lacks): otherwise the mistake is the
+  // sweep's (a typo in --set), reported once, not as every run's.
+  Config base;
+  try {
+    base = load_config(spec.base, spec.set);
+  } catch (const ConfigError&) {
+    bool any = false;
+    for (const auto& run : runs) {
+      std::vector<std::string> overrides = spec.set;
+      for (const auto& [key, value] : run.overrides) overrides.push_back(key + "=" + value);
+      try {
+        base = load_config(spec.base, overrides);
+        any = true;
+        break;
+      } catch (const ConfigError&) {
+      }
+    }
+    if (!any) throw;
+  }
+  fs::path out = spec.out.empty() ? fs::path(base.output_dir().string() + "-sweep") : spec.out;
+  out = out.lexically_normal();
+  if (out.filename().empty()) out = out.parent_path();
+
+  std::vector<std::string> keys;
+  for (const auto& axis : spec.grid) keys.push_back(axis.key);
+  std::vector<RunReport> reports(runs.size());
+  for (size_t i = 0; i < runs.size(); ++i) {
+    reports[i].name = runs[i].name;
+    for (const auto& o : runs[i].overrides) reports[i].values.push_back(o.second);
+  }
+
+  const bool grid_sets_threads = std::find(keys.begin(), keys.end(), "run.threads") != keys.end();
+  const int64_t total_threads = base.run.threads > 0
+                                    ? base.run.threads
+                                    : std::max<int64_t>(1, std::thread::hardware_concurrency());
+  const int64_t threads = std::max<int64_t>(1, total_threads / spec.parallel);
+  fs::create_directories(out);
+  spdlog::info("sweep: {} runs of {} -> {} ({} at a time, run.threads={})", runs.size(),
+               spec.base.string(), out.string(), spec.parallel,
+               grid_sets_threads ? std::string("from the grid") : std::to_string(threads));
+
+  size_t finished = 0;
+  auto finish = [&](size_t i) {
+    ++finished;
+    const RunReport& r = reports[i];
+    std::string detail;
+    if (r.final_loss) detail += fmt::format(" | loss {:.4f}", *r.final_loss);
+    if (r.eval_loss) detail += fmt::format(" | eval {:.4f}", *r.eval_loss);
+    if (r.wall_seconds) detail += fmt::format(" | {:.1f}s", *r.wall_seconds);
+    if (!r.note.empty()) detail += " | " + r.note;
+    const std::string line =
+        fmt::format("[{}/{}] {}: {}{}", finished, runs.size(), r.name, r.status, detail);
+    if (r.status == "failed" || r.status == "invalid")
+      spdlog::warn("{}", line);
+    else
+      spdlog::info("{}", line);
+    write_sweep_summary(out, keys, reports);
+  };
+
+  std::map<pid_t, Child> running;
+  const auto started = std::chrono::steady_clock::now();
+  // Starts run i, or settles it without a child (finished earlier, invalid, cannot start).
+  auto start = [&](size_t i) {
+    const fs::path dir = out / runs[i].name;
+    RunReport& report = reports[i];
+    std::error_code ec;
+    if (fs::is_directory(dir / "final", ec)) {
+      report.status = "skipped-finished";
+      read_run_outputs(dir, report);
+      return finish(i);
+    }
+    std::vector<std::string> overrides = spec.set;
+    for (const auto& [key, value] : runs[i].overrides) overrides.push_back(key + "=" + value);
+    overrides.push_back("run.output_dir=" + yaml_quoted(dir.string()));
+    if (!grid_sets_threads) overrides.push_back("run.threads=" + std::to_string(threads));
+    try {
+      load_config(spec.base, overrides);
+    } catch (const ConfigError& e) {
+      report.status = "invalid";
+      report.note = e.what();
+      return finish(i);
+    }
+    const bool resumed =
+        fs::is_directory(dir / "checkpoints", ec) && !fs::is_empty(dir / "checkpoints", ec);
+    fs::create_directories(dir);
+    // Without a checkpoint the run starts afresh: an earlier attempt's metrics would mix in.
+    if (!resumed) fs::remove(dir / "metrics.jsonl", ec);
+
+    std::vector<std::string> argv = {mllm_binary.string(), "train", "--config", spec.base.string()};
+    for (const auto& o : overrides) argv.insert(argv.end(), {"--set", o});
+    argv.insert(argv.end(), {"--resume", "auto"});
+    const fs::path log = dir / "train.log";
+    std::string command;
+    for (const auto& a : argv) command += (command.empty() ? "" : " ") + quote_arg(a);
+    {
+      std::ofstream header(log, std::ios::app);
+      header << "---- mllm sweep " << (resumed ? "resumes" : "starts") << ": " << command << "\n";
+    }
+    const auto offset = static_cast<std::streamoff>(fs::file_size(log, ec));
+    const pid_t pid = spawn_logged(argv, log);
+    if (pid < 0) {
+      report.status = "failed";
+      report.note = "cannot start " + mllm_binary.string() + ": " + std::strerror(errno);
+      return finish(i);
+    }
+    report.status = "running";
+    running[pid] = Child{i, log, offset, resumed};
+  };
+
+  size_t next = 0;
+  while (next < runs.size() || !running.empty()) {
+    while (next < runs.size() && static_cast<int64_t>(running.size()) < spec.parallel)
+      start(next++);
+    if (running.empty()) continue;
+    int status = 0;
+    const pid_t pid = ::waitpid(-1, &status, 0);
+    if (pid < 0) {
+      if (errno == EINTR) continue;
+      throw Error(std::string("sweep: waitpid failed: ") + std::strerror(errno));
+    }
+    const auto it = running.find(pid);
+    if (it == running.end()) continue;
+    const Child child = it->second;
+    running.erase(it);
+    const size_t i = child.index;
+    RunReport& report = reports[i];
+    const fs::path dir = out / runs[i].name;
+    read_run_outputs(dir, report);
+    const auto lines = log_lines(child.log, child.log_offset);
+    std::error_code ec;
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0 && fs::is_directory(dir / "final", ec)) {
+      report.status = "done";
+      report.note = child.resumed ? "resumed from a checkpoint" : "";
+    } else if (WIFEXITED(status) && WEXITSTATUS(status) == 2) {
+      report.status = "invalid";
+      report.note = last_error(lines);
+    } else {
+      report.status = "failed";
+      if (WIFSIGNALED(status))
+        report.note = "killed by signal " + std::to_string(WTERMSIG(status)) + " (" +
+                      strsignal(WTERMSIG(status)) + ")";
+      else if (WEXITSTATUS(status) == 0)
+        report.note = "exited 0 without writing final/";
+      else
+        report.note = last_error(lines);
+      if (report.note.empty())
+        report.note = "exited with code " + std::to_string(WEXITSTATUS(status));
+      std::string tail;
+      for (size_t k = lines.size() > 15 ? lines.size() - 15 : 0; k < lines.size(); ++k)
+        tail += "\n  " + lines[k];
+      spdlog::error("{} failed; the end of {}:{}", runs[i].name, child.log.string(), tail);
+    }
+    finish(i);
+  }
+
+  std::map<std::string, int> counts;
+  for (const auto& r : reports) ++counts[r.status];
+  std::cout << summary_markdown(keys, reports) << std::flush;
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  spdlog::info(
+      "sweep: {} runs in {}: {} done, {} skipped (finished earlier), {} invalid, {} failed; "
+      "summary: {}",
+      runs.size(), format_duration(seconds), counts["done"], counts["skipped-finished"],
+      counts["invalid"], counts["failed"], (out / "summary.md").string());
+  return counts["invalid"] + counts["failed"] > 0 ? 1 : 0;
+}
+
+}  // namespace mllm

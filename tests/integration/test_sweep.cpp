@@ -1,0 +1,326 @@
+// `mllm sweep` through the executable: a 2x2 grid of tiny stage-1 runs on ShapesWorld, rerun,
+// resumed, run two at a time; invalid and failing runs; bad sweep input.
+#include <catch2/catch.hpp>
+
+#include <sys/wait.h>
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <set>
+
+#include <opencv2/imgcodecs.hpp>
+
+#include "core/plot.h"
+#include "test_util.h"
+
+using mllm::test::read_text;
+using mllm::test::TempDir;
+using mllm::test::write_text;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Result {
+  int code;
+  std::string output;
+};
+
+Result run(const std::string& args) {
+  const std::string cmd = std::string(MLLM_BIN) + " " + args + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  REQUIRE(p);
+  std::string out;
+  char buf[4096];
+  while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
+  const int status = pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+const std::string kStage1 = std::string(MLLM_SOURCE_DIR) + "/configs/shapes/stage1_pretrain.yaml";
+
+// Overrides that point the stage-1 recipe at `data` and make its models and runs tiny: a random
+// 1-layer LLM, 4 steps, a checkpoint every 2.
+std::vector<std::pair<std::string, std::string>> tiny(const fs::path& data) {
+  const std::string d = data.string();
+  return {{"run.threads", "1"},
+          {"model.tokenizer", d + "/tokenizer.json"},
+          {"data.train.path", d + "/captions_train.json"},
+          {"data.train.image_root", d + "/images"},
+          {"data.eval.path", d + "/captions_val.json"},
+          {"data.eval.image_root", d + "/images"},
+          {"data.workers", "0"},
+          {"model.vision.image_size", "32"},
+          {"data.image.size", "32"},
+          {"model.vision.hidden", "32"},
+          {"model.vision.layers", "2"},
+          {"model.vision.intermediate", "64"},
+          {"model.llm.pretrained", "null"},
+          {"model.llm.hidden", "32"},
+          {"model.llm.layers", "1"},
+          {"model.llm.intermediate", "64"},
+          {"train.batch_size", "8"},
+          {"train.max_steps", "4"},
+          {"train.save_every", "2"},
+          {"train.log_every", "1"},
+          {"train.eval_every", "0"},
+          {"train.eval_batches", "1"}};
+}
+
+std::string as_set_args(const std::vector<std::pair<std::string, std::string>>& kv) {
+  std::string s;
+  for (const auto& [k, v] : kv) s += " --set " + k + "=" + v;
+  return s;
+}
+
+// RFC 4180 rows (quoted fields may hold commas and doubled quotes).
+std::vector<std::vector<std::string>> read_csv(const fs::path& p) {
+  std::vector<std::vector<std::string>> rows(1);
+  std::string cell;
+  bool quoted = false;
+  const std::string text = read_text(p);
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (quoted) {
+      if (c == '"' && i + 1 < text.size() && text[i + 1] == '"')
+        cell += '"', ++i;
+      else if (c == '"')
+        quoted = false;
+      else
+        cell += c;
+    } else if (c == '"') {
+      quoted = true;
+    } else if (c == ',') {
+      rows.back().push_back(cell), cell.clear();
+    } else if (c == '\n') {
+      rows.back().push_back(cell), cell.clear();
+      rows.emplace_back();
+    } else {
+      cell += c;
+    }
+  }
+  if (rows.back().empty()) rows.pop_back();
+  return rows;
+}
+
+// Column `name` of a CSV with a header row.
+size_t column(const std::vector<std::vector<std::string>>& csv, const std::string& name) {
+  const auto& h = csv.at(0);
+  const auto it = std::find(h.begin(), h.end(), name);
+  REQUIRE(it != h.end());
+  return static_cast<size_t>(it - h.begin());
+}
+
+double number(const std::string& s) {
+  INFO("'" << s << "' is not a number");
+  REQUIRE(!s.empty());
+  size_t used = 0;
+  const double x = std::stod(s, &used);
+  REQUIRE(used == s.size());
+  return x;
+}
+
+size_t count(const std::string& text, const std::string& what) {
+  size_t n = 0;
+  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+  return n;
+}
+
+}  // namespace
+
+TEST_CASE(
+    "sweep: a 2x2 grid of stage-1 runs; rerun skips, an interrupted run resumes, and two at "
+    "a time gives the same results") {
+  TempDir dir("mllm-sweep");
+  const auto data = dir / "shapes";
+  REQUIRE(run("data shapes --out " + data.string() + " --seed 0 --train 32 --val 8 --image-size 32")
+              .code == 0);
+  const auto out = dir / "seq";
+  const std::string sweep = "sweep --config " + kStage1 + as_set_args(tiny(data)) +
+                            " --grid model.connector.type=linear,mlp2x_gelu" +
+                            " --grid train.lr=1e-3,3e-3 --out " + out.string();
+  Result r = run(sweep);
+  INFO(r.output);
+  REQUIRE(r.code == 0);
+  const std::vector<std::string> names = {"model.connector.type=linear,train.lr=1e-3",
+                                          "model.connector.type=linear,train.lr=3e-3",
+                                          "model.connector.type=mlp2x_gelu,train.lr=1e-3",
+                                          "model.connector.type=mlp2x_gelu,train.lr=3e-3"};
+  for (const auto& n : names) {
+    INFO(n);
+    CHECK(fs::exists(out / n / "final/model.safetensors"));
+    CHECK(fs::exists(out / n / "summary.json"));
+    const std::string log = read_text(out / n / "train.log");
+    CHECK(count(log, "---- mllm sweep starts: ") == 1);
+    CHECK(count(log, "step 4/4") == 1);  // the child's stderr is the log, once, not twice
+    CHECK(read_text(out / n / "config.yaml").find((out / n).string()) != std::string::npos);
+  }
+
+  const auto csv = read_csv(out / "summary.csv");
+  REQUIRE(csv.size() == 5);
+  CHECK(csv[0] == std::vector<std::string>{"run", "model.connector.type", "train.lr", "status",
+                                           "trainable_params", "visual_tokens", "final_train_loss",
+                                           "eval_loss", "tokens_per_s", "wall_s", "note"});
+  std::vector<double> losses;
+  for (size_t i = 1; i <= 4; ++i) {
+    const auto& row = csv[i];
+    INFO(row[0]);
+    CHECK(row[0] == names[i - 1]);
+    CHECK(row[1] == (i <= 2 ? "linear" : "mlp2x_gelu"));
+    CHECK(row[2] == (i % 2 ? "1e-3" : "3e-3"));
+    CHECK(row[3] == "done");
+    // linear: 32x32 + 32; mlp2x_gelu: two of those. 16 patches of 8x8 in a 32x32 image.
+    CHECK(number(row[4]) == (i <= 2 ? 1056 : 2112));
+    CHECK(number(row[5]) == 16);
+    const double loss = number(row[6]);
+    CHECK(std::isfinite(loss));
+    CHECK(loss > 0);
+    CHECK(loss < 10);
+    CHECK(number(row[7]) > 0);
+    CHECK(number(row[8]) > 0);
+    CHECK(number(row[9]) > 0);
+    losses.push_back(loss);
+  }
+  CHECK(std::set<double>(losses.begin(), losses.end()).size() == 4);  // four different runs
+  const std::string md = read_text(out / "summary.md");
+  CHECK(count(md, "\n| model.connector.type=") == 4);
+  CHECK_THAT(md, Catch::Contains("| trainable params | visual tokens | train loss | eval loss |"));
+  CHECK_THAT(r.output, Catch::Contains("4 done, 0 skipped"));
+
+  // The plot: the default size, the four runs' colours drawn inside the frame.
+  const cv::Mat png = cv::imread((out / "loss_curves.png").string(), cv::IMREAD_COLOR);
+  REQUIRE(!png.empty());
+  CHECK(png.cols == 1200);
+  CHECK(png.rows == 600);
+  for (size_t i = 0; i < 4; ++i) {
+    const cv::Scalar c = mllm::series_color(i);
+    cv::Mat mask;
+    cv::inRange(png(cv::Rect(0, 0, 700, 600)), c - cv::Scalar(25, 25, 25),
+                c + cv::Scalar(25, 25, 25), mask);
+    INFO("series " << i);
+    CHECK(cv::countNonZero(mask) > 50);
+  }
+
+  // The same command again: every run is finished, none is started, the figures are the same.
+  Result again = run(sweep);
+  INFO(again.output);
+  REQUIRE(again.code == 0);
+  CHECK_THAT(again.output, Catch::Contains("0 done, 4 skipped"));
+  const auto csv2 = read_csv(out / "summary.csv");
+  REQUIRE(csv2.size() == 5);
+  for (size_t i = 1; i <= 4; ++i) {
+    CHECK(csv2[i][3] == "skipped-finished");
+    for (size_t k : {0, 4, 5, 6, 7, 8, 9}) CHECK(csv2[i][k] == csv[i][k]);
+    CHECK(count(read_text(out / names[i - 1] / "train.log"), "---- mllm sweep") == 1);
+  }
+
+  // An interrupted run (no final/, its newest checkpoint lost) resumes from step 2 and ends with
+  // the same loss as the uninterrupted run.
+  fs::remove_all(out / names[3] / "final");
+  fs::remove_all(out / names[3] / "checkpoints/step-000004");
+  fs::remove(out / names[3] / "summary.json");
+  Result resumed = run(sweep);
+  INFO(resumed.output);
+  REQUIRE(resumed.code == 0);
+  CHECK_THAT(resumed.output, Catch::Contains("1 done, 3 skipped"));
+  const auto csv3 = read_csv(out / "summary.csv");
+  CHECK(csv3[4][3] == "done");
+  CHECK(csv3[4][10] == "resumed from a checkpoint");
+  CHECK(number(csv3[4][6]) == Approx(losses[3]).epsilon(1e-5));
+  CHECK_THAT(read_text(out / names[3] / "train.log"), Catch::Contains("resumed from"));
+
+  // Two at a time, from a sweep file whose base is relative to it: the same runs, the same results.
+  fs::create_directories(dir / "recipes");
+  fs::copy_file(kStage1, dir / "recipes/stage1.yaml");
+  std::string file = "base: ../recipes/stage1.yaml\nout: " + (dir / "par").string() +
+                     "\nparallel: 2\ngrid:\n  model.connector.type: [linear, mlp2x_gelu]\n" +
+                     "  train.lr: [1e-3, 3e-3]\nset:\n";
+  for (const auto& [k, v] : tiny(data)) file += "  " + k + ": " + v + "\n";
+  write_text(dir / "sweeps/connectors.yaml", file);
+  Result par = run("sweep --sweep " + (dir / "sweeps/connectors.yaml").string());
+  INFO(par.output);
+  REQUIRE(par.code == 0);
+  CHECK_THAT(par.output, Catch::Contains("2 at a time"));
+  const auto pcsv = read_csv(dir / "par/summary.csv");
+  REQUIRE(pcsv.size() == 5);
+  for (size_t i = 1; i <= 4; ++i) {
+    INFO(pcsv[i][0]);
+    CHECK(pcsv[i][0] == names[i - 1]);
+    CHECK(pcsv[i][3] == "done");
+    CHECK(pcsv[i][4] == csv[i][4]);
+    CHECK(number(pcsv[i][6]) == Approx(losses[i - 1]).epsilon(1e-5));
+    CHECK(number(pcsv[i][7]) == Approx(number(csv[i][7])).epsilon(1e-5));
+  }
+}
+
+TEST_CASE("sweep: invalid combinations and failing runs are reported, the rest still run") {
+  TempDir dir("mllm-sweep");
+  const auto data = dir / "shapes";
+  REQUIRE(run("data shapes --out " + data.string() + " --seed 1 --train 16 --val 8 --image-size 32")
+              .code == 0);
+  // nope: fails validation before any process starts; batch_size=1000: the child finds the data
+  // too small and exits with code 2.
+  const auto out = dir / "inv";
+  Result r = run("sweep --config " + kStage1 + as_set_args(tiny(data)) +
+                 " --grid model.connector.type=nope,linear --grid train.batch_size=8,1000" +
+                 " --out " + out.string());
+  INFO(r.output);
+  CHECK(r.code == 1);
+  const auto csv = read_csv(out / "summary.csv");
+  REQUIRE(csv.size() == 5);
+  const size_t status = column(csv, "status"), note = column(csv, "note");
+  CHECK(csv[1][status] == "invalid");
+  CHECK_THAT(csv[1][note], Catch::Contains("model.connector.type: must be one of") &&
+                               Catch::Contains("got 'nope'"));
+  CHECK(csv[2][status] == "invalid");
+  CHECK(csv[3][0] == "model.connector.type=linear,train.batch_size=8");
+  CHECK(csv[3][status] == "done");
+  CHECK(std::isfinite(number(csv[3][column(csv, "final_train_loss")])));
+  CHECK(csv[4][status] == "invalid");
+  CHECK_THAT(csv[4][note], Catch::Contains("fewer than batch_size"));
+  CHECK(!fs::exists(out / "model.connector.type=nope,train.batch_size=8"));
+  CHECK_THAT(r.output,
+             Catch::Contains("1 done, 0 skipped (finished earlier), 3 invalid, 0 failed"));
+
+  // A run that fails at runtime (an unreadable data file): reported with its error and the end of
+  // its log, exit code 1. The grid supplies data.train.path (the recipe's own does not exist).
+  write_text(dir / "bad.json", "[{\"image\": ");
+  const auto fail = dir / "fail";
+  auto set = tiny(data);
+  set.erase(std::remove_if(set.begin(), set.end(),
+                           [](const auto& kv) { return kv.first == "data.train.path"; }),
+            set.end());
+  Result f = run("sweep --config " + kStage1 + as_set_args(set) +
+                 " --grid model.connector.type=linear --grid data.train.path=" +
+                 (dir / "bad.json").string() + " --out " + fail.string());
+  INFO(f.output);
+  CHECK(f.code == 1);
+  const auto fcsv = read_csv(fail / "summary.csv");
+  REQUIRE(fcsv.size() == 2);
+  CHECK(fcsv[1][column(fcsv, "status")] == "failed");
+  CHECK_THAT(fcsv[1][column(fcsv, "note")], Catch::Contains("bad.json"));
+  CHECK_THAT(f.output, Catch::Contains("failed; the end of"));
+  CHECK(fs::exists(fail / "loss_curves.png"));
+}
+
+TEST_CASE("sweep: bad sweep input is one clear error and exit code 2") {
+  TempDir dir("mllm-sweep");
+  auto check = [](const std::string& args, const std::string& message) {
+    Result r = run(args);
+    INFO(args << "\n" << r.output);
+    CHECK(r.code == 2);
+    CHECK_THAT(r.output, Catch::Contains(message));
+  };
+  check("sweep --config " + kStage1 + " --grid model.conector.type=linear,mlp2x_gelu",
+        "model.conector.type: unknown key (did you mean model.connector.type?)");
+  check("sweep --config " + kStage1 + " --grid train.lr", "--grid train.lr: expected key.path=");
+  check("sweep --config " + kStage1 + " --grid train.lr=1e-3 --set train.lrr=1",
+        "train.lrr: unknown key (did you mean train.lr?)");
+  check("sweep --config " + (dir / "missing.yaml").string() + " --grid train.lr=1e-3",
+        (dir / "missing.yaml").string() + ": config file not found");
+  check("sweep --sweep " + (dir / "missing.yaml").string(),
+        (dir / "missing.yaml").string() + ": sweep file not found");
+  check("sweep --grid train.lr=1e-3", "give --config");
+  write_text(dir / "s.yaml", "base: b.yaml\ngrid: {train.lr: [1e-3]}\nparalel: 2\n");
+  check("sweep --sweep " + (dir / "s.yaml").string(),
+        "s.yaml:3: paralel: unknown key (did you mean parallel?)");
+}
