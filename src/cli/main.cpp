@@ -25,6 +25,8 @@ int main(int argc, char** argv) {
   add(mllm::cli::add_data_command);
   add(mllm::cli::add_tokenize_command);
   add(mllm::cli::add_sweep_command);
+  add(mllm::cli::add_inspect_command);
+  add(mllm::cli::add_export_command);
 
   try {
     app.parse(argc, argv);

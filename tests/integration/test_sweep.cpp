@@ -324,3 +324,28 @@ TEST_CASE("sweep: bad sweep input is one clear error and exit code 2") {
   check("sweep --sweep " + (dir / "s.yaml").string(),
         "s.yaml:3: paralel: unknown key (did you mean parallel?)");
 }
+
+TEST_CASE("sweep: four connector designs side by side, table and plot") {
+  TempDir dir("mllm-sweep4");
+  const auto data = dir / "shapes";
+  REQUIRE(run("data shapes --out " + data.string() + " --seed 0 --train 16 --val 8 --image-size 32")
+              .code == 0);
+  const auto out = dir / "designs";
+  Result r =
+      run("sweep --config " + kStage1 + as_set_args(tiny(data)) +
+          " --set model.connector.num_queries=4 --set model.connector.heads=2" +
+          " --grid model.connector.type=linear,mlp2x_gelu,pool,gated_xattn --out " + out.string());
+  INFO(r.output);
+  REQUIRE(r.code == 0);
+  const auto csv = read_csv(out / "summary.csv");
+  REQUIRE(csv.size() == 5);  // header + 4 runs
+  const size_t status = column(csv, "status"), tokens = column(csv, "visual_tokens");
+  std::set<std::string> seen_tokens;
+  for (size_t i = 1; i < csv.size(); ++i) {
+    CHECK(csv[i][status] == "done");
+    seen_tokens.insert(csv[i][tokens]);
+  }
+  // 16 patches (linear, mlp2x_gelu), 4 after pooling by 2, 1 placeholder for gated_xattn.
+  CHECK(seen_tokens == std::set<std::string>{"16", "4", "1"});
+  CHECK(std::filesystem::file_size(out / "loss_curves.png") > 1000);
+}

@@ -1,0 +1,67 @@
+#include "models/hf/llava_folder.h"
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "core/fs.h"
+#include "models/hf/config_json.h"
+#include "models/hf/weights.h"
+
+namespace mllm {
+
+ModelConfig read_llava_config_json(const std::filesystem::path& folder, int64_t* image_token_id) {
+  const auto path = folder / "config.json";
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(read_file(path));
+  } catch (const nlohmann::json::parse_error& e) {
+    throw Error(path.string() + ": malformed JSON: " + e.what());
+  }
+  if (!j.contains("text_config") || !j.contains("vision_config"))
+    throw Error(path.string() +
+                ": not a llava folder (config.json has no text_config / vision_config)");
+  ModelConfig m;
+  read_llm_config_json(folder, m.llm);
+  read_vision_config_json(folder, m.vision);
+  try {
+    m.vision.feature_layer = j.value("vision_feature_layer", int64_t{-2});
+    m.vision.select = j.value("vision_feature_select_strategy", std::string("default")) == "full"
+                          ? "cls_patch"
+                          : "patch";
+    if (image_token_id) *image_token_id = j.at("image_token_index").get<int64_t>();
+    m.connector.type = "mlp2x_gelu";  // what transformers' llava projector is
+    if (j.contains("mllm_connector")) {
+      const auto& c = j["mllm_connector"];
+      m.connector.type = c.value("type", m.connector.type);
+      m.connector.num_queries = c.value("num_queries", m.connector.num_queries);
+      m.connector.layers = c.value("layers", m.connector.layers);
+      m.connector.heads = c.value("heads", m.connector.heads);
+      m.connector.hidden = c.value("hidden", m.connector.hidden);
+      m.connector.pool_factor = c.value("pool_factor", m.connector.pool_factor);
+      m.connector.xattn_every = c.value("xattn_every", m.connector.xattn_every);
+    }
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(path.string() + ": " + e.what());
+  }
+  return m;
+}
+
+MultimodalModel load_llava_folder(const std::filesystem::path& folder) {
+  int64_t image_token_id = -1;
+  const ModelConfig m = read_llava_config_json(folder, &image_token_id);
+  MultimodalModel model(m, image_token_id);
+  const SafetensorsCheckpoint weights(folder);
+  const auto report = load_parameters(*model, weights, "", false, "the llava model");
+  if (!report.unexpected.empty())
+    throw Error(weights.path().string() + ": " + std::to_string(report.unexpected.size()) +
+                " tensors do not belong to the model its config.json describes (first: " +
+                report.unexpected.front() + ")");
+  return model;
+}
+
+bool llava_hf_compatible(const ModelConfig& m) {
+  return m.connector.type == "mlp2x_gelu" && m.llm.experts == 0 &&
+         (m.llm.type == "llama" || m.llm.type == "qwen2");
+}
+
+}  // namespace mllm

@@ -1,0 +1,116 @@
+// `mllm inspect` and `mllm export` through the executable.
+#include <catch2/catch.hpp>
+
+#include <sys/wait.h>
+#include <cstdio>
+
+#include <nlohmann/json.hpp>
+
+#include "core/config.h"
+#include "fixtures.h"
+#include "models/hf/llava_folder.h"
+#include "test_util.h"
+#include "train/trainer.h"
+
+using namespace mllm;
+using mllm::test::TempDir;
+
+namespace {
+
+struct Result {
+  int code;
+  std::string output;
+};
+
+Result run_mllm(const std::string& args) {
+  const std::string cmd = std::string(MLLM_BIN) + " " + args + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  REQUIRE(p);
+  std::string out;
+  char buf[4096];
+  while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
+  const int status = pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+torch::Tensor logits_of(MultimodalModel& m, const torch::Tensor& ids, const torch::Tensor& px) {
+  torch::NoGradGuard no_grad;
+  m->eval();
+  return m->logits(m->forward(ids, px));
+}
+
+}  // namespace
+
+TEST_CASE("export: a run becomes a llava folder whose reload gives exactly the same logits") {
+  TempDir data("mllm-export");
+  test::make_shapes(data.path(), 8, 4);
+  for (const std::string connector : {"mlp2x_gelu", "qformer", "gated_xattn"}) {
+    INFO(connector);
+    Config c = test::tiny_config(data.path(), data / ("run-" + connector));
+    c.model.connector.type = connector;
+    c.model.connector.num_queries = 4;
+    c.model.connector.heads = 2;
+    c.train.max_steps = 2;
+    train(c);
+    const auto out = data / ("export-" + connector);
+    const auto r = run_mllm("export --from " + (data / ("run-" + connector)).string() + " --out " +
+                            out.string());
+    INFO(r.output);
+    REQUIRE(r.code == 0);
+    const auto config = nlohmann::json::parse(test::read_text(out / "config.json"));
+    if (connector == "mlp2x_gelu") {
+      CHECK(config["architectures"][0] == "LlavaForConditionalGeneration");
+      CHECK(config["model_type"] == "llava");
+    } else {
+      CHECK(config["model_type"] == "mllm_llava");
+    }
+    CHECK(std::filesystem::exists(out / "tokenizer.json"));
+    CHECK(nlohmann::json::parse(test::read_text(out / "tokenizer_config.json"))["eos_token"] ==
+          "</s>");
+    auto trained = load_llava_folder(data / ("run-" + connector) / "final");
+    auto exported = load_llava_folder(out);
+    const int64_t Q = exported->image_tokens();
+    std::vector<int64_t> seq{1};
+    seq.insert(seq.end(), static_cast<size_t>(Q), exported->image_token_id());
+    seq.insert(seq.end(), {10, 11, 12, 2});
+    const auto ids = torch::tensor(seq).unsqueeze(0);
+    const auto px = torch::randn({1, 3, 32, 32});
+    CHECK(torch::equal(logits_of(trained, ids, px), logits_of(exported, ids, px)));
+  }
+  // An existing, non-empty output folder is never overwritten.
+  const auto again = run_mllm("export --from " + (data / "run-mlp2x_gelu").string() + " --out " +
+                              (data / "export-mlp2x_gelu").string());
+  CHECK(again.code == 2);
+  CHECK_THAT(again.output, Catch::Contains("exists and is not empty"));
+}
+
+TEST_CASE("inspect: parameters per component, trainable counts, visual tokens; weights listing") {
+  TempDir data("mllm-inspect");
+  test::make_shapes(data.path(), 8, 4);
+  Config c = test::tiny_config(data.path(), data / "run");
+  c.model.connector.type = "pool";
+  c.model.connector.pool_factor = 2;
+  test::write_text(data / "recipe.yaml", config_to_yaml(c));
+  const auto r = run_mllm("inspect --config " + (data / "recipe.yaml").string());
+  INFO(r.output);
+  REQUIRE(r.code == 0);
+  // pool: 2x2 patches of the 4x4 grid -> 4 tokens; trainable = the projector's 2 linears.
+  CHECK_THAT(r.output, Catch::Contains("pool: 4 visual tokens per image"));
+  const int64_t projector = (32 * 32 + 32) + (32 * 32 + 32);
+  CHECK_THAT(r.output, Catch::Contains("parameters_trainable " + std::to_string(projector)));
+  CHECK_THAT(r.output, Catch::Contains("multi_modal_projector"));
+  CHECK_THAT(r.output, Catch::Contains("language_model"));
+
+  const auto w = run_mllm("inspect --weights " + std::string(MLLM_SOURCE_DIR) +
+                          "/tests/fixtures/hf/llama_sharded");
+  CHECK(w.code == 0);
+  CHECK_THAT(w.output, Catch::Contains("21 tensors in 2 file(s), 26784 parameters") &&
+                           Catch::Contains("model.layers.1.mlp.down_proj.weight"));
+  // A truncated file: one clear error, exit 1.
+  const std::string bytes =
+      test::read_text(std::string(MLLM_SOURCE_DIR) + "/tests/fixtures/hf/llama/model.safetensors");
+  test::write_text(data / "cut.safetensors", bytes.substr(0, bytes.size() / 2));
+  const auto cut = run_mllm("inspect --weights " + (data / "cut.safetensors").string());
+  CHECK(cut.code == 1);
+  CHECK_THAT(cut.output, Catch::Contains("cut.safetensors"));
+}
