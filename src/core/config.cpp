@@ -467,6 +467,7 @@ void describe(Binder& b, TrainConfig& c) {
   b.choice("schedule", c.schedule, {"cosine", "linear", "constant"});
   b.value("min_lr_ratio", c.min_lr_ratio, in_range(0, 1));
   b.value("clip_grad_norm", c.clip_grad_norm, in_range(0, 1e9));
+  b.value("max_bad_steps", c.max_bad_steps, at_least(0));
   b.choice("precision", c.precision, {"fp32", "bf16"});
   b.value("save_every", c.save_every, at_least(0));
   b.value("keep_last", c.keep_last, at_least(0));

@@ -122,7 +122,10 @@ struct TrainConfig {
   double warmup_ratio = 0.03;
   std::string schedule = "cosine";  // cosine | linear | constant
   double min_lr_ratio = 0.0;
-  double clip_grad_norm = 1.0;     // 0 = off
+  double clip_grad_norm = 1.0;  // 0 = off
+  // A step whose loss or gradient norm is not finite is skipped (no update) and counted; this
+  // many in a row abort the run (0: abort at the first).
+  int64_t max_bad_steps = 3;
   std::string precision = "fp32";  // fp32 | bf16
   int64_t save_every = 0;          // 0 = only the final weights
   int64_t keep_last = 2;           // 0 = keep all

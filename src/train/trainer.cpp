@@ -190,7 +190,7 @@ TrainSummary train(Config config, const TrainOptions& options) {
   DataLoader loader(train_data, transform, lo, {state.epoch, state.position});
   const auto loop_start = Clock::now();
   auto interval_start = Clock::now();
-  int64_t interval_tokens = 0, steps_here = 0, tokens_here = 0;
+  int64_t interval_tokens = 0, steps_here = 0, tokens_here = 0, bad_in_a_row = 0;
   double interval_wait = 0, total_wait = 0;
   model->train();
 
@@ -228,15 +228,30 @@ TrainSummary train(Config config, const TrainOptions& options) {
     for (const auto& p : model->parameters())
       if (p.requires_grad()) params.push_back(p);
     const double grad_norm = torch::nn::utils::clip_grad_norm_(params, max_norm);
-    optimizer->step();
+    const double loss = loss_sum / static_cast<double>(std::max<int64_t>(1, weight));
     ++state.step;
     ++steps_here;
-
-    const double loss = loss_sum / static_cast<double>(std::max<int64_t>(1, weight));
-    if (!std::isfinite(loss))
-      throw Error("the loss is " + std::to_string(loss) + " at step " + std::to_string(state.step) +
-                  ": the run diverged (lower train.lr or raise train.warmup_ratio); the last "
-                  "checkpoint is kept");
+    if (!std::isfinite(loss) || !std::isfinite(grad_norm)) {
+      // NaN/inf guard: no update from this step (its data is consumed); abort after too many.
+      optimizer->zero_grad();
+      ++bad_in_a_row;
+      ++summary.skipped_steps;
+      metrics.write(
+          {{"step", state.step}, {"skipped_step", true}, {"loss", loss}, {"grad_norm", grad_norm}});
+      spdlog::warn("step {}: loss {} / grad_norm {} is not finite; step skipped ({} in a row)",
+                   state.step, loss, grad_norm, bad_in_a_row);
+      if (bad_in_a_row > tc.max_bad_steps)
+        throw Error(std::to_string(bad_in_a_row) + " steps in a row up to step " +
+                    std::to_string(state.step) +
+                    " had a non-finite loss or gradient (train.max_bad_steps=" +
+                    std::to_string(tc.max_bad_steps) +
+                    "): the run diverged or its inputs/weights hold NaN (lower train.lr, raise "
+                    "train.warmup_ratio, check the pretrained weights); the last checkpoint is "
+                    "kept");
+      continue;
+    }
+    bad_in_a_row = 0;
+    optimizer->step();
     summary.losses.emplace_back(state.step, loss);
     state.extra = {{"loss", loss}, {"wall_seconds", earlier_seconds + seconds_since(start)}};
 

@@ -30,6 +30,7 @@ struct TrainSummary {
   std::filesystem::path final_dir;  // empty if the run stopped early
   double train_seconds = 0;         // wall time of this process's training loop
   double data_wait_fraction = 0;    // of which the trainer waited for batches
+  int64_t skipped_steps = 0;        // steps skipped for a non-finite loss or gradient
 };
 
 // A finished run also leaves <output_dir>/summary.json (before final/): steps, trainable_params,

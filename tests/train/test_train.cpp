@@ -196,6 +196,31 @@ TEST_CASE("stage 1 with Flamingo's gated cross-attention: only the connector tra
   CHECK(f.get("multi_modal_projector.blocks.0.attn_gate").abs().item<float>() > 0);
 }
 
+TEST_CASE("NaN guard: non-finite steps are skipped and counted; too many in a row abort") {
+  TempDir data("mllm-data");
+  test::make_shapes(data.path(), 8, 4);
+  Config c = test::tiny_config(data.path(), data / "run0");
+  c.train.max_steps = 1;
+  const TrainSummary base = train(c);
+  // The LLM from that run, with one weight poisoned: every forward gives NaN.
+  NamedTensors tensors = load_safetensors(base.final_dir / "model.safetensors");
+  for (auto& [name, t] : tensors)
+    if (name == "language_model.model.norm.weight") t[0] = std::nan("");
+  save_safetensors(base.final_dir / "model.safetensors", tensors);
+  Config poisoned = test::tiny_config(data.path(), data / "run1");
+  poisoned.model.llm.pretrained = base.final_dir.string();
+  poisoned.train.max_steps = 10;
+  poisoned.train.max_bad_steps = 2;
+  CHECK_THROWS_WITH(train(poisoned), Catch::Contains("3 steps in a row up to step 3") &&
+                                         Catch::Contains("train.max_bad_steps=2"));
+  CHECK(!std::filesystem::exists(data / "run1" / "final"));
+  const std::string metrics = test::read_text(data / "run1" / "metrics.jsonl");
+  size_t skipped = 0;
+  for (size_t p = 0; (p = metrics.find("\"skipped_step\":true", p)) != std::string::npos; ++p)
+    ++skipped;
+  CHECK(skipped == 3);
+}
+
 TEST_CASE("checkpoint round trip restores weights, optimizer moments and trainer state") {
   TempDir data("mllm-data");
   test::make_shapes(data.path(), 16, 4);
