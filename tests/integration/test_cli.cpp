@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "run_mllm.h"
 #include "test_util.h"
 
 using mllm::test::read_text;
@@ -14,20 +15,9 @@ using mllm::test::write_text;
 
 namespace {
 
-struct Result {
-  int code;
-  std::string output;
-};
-
+using mllm::test::Result;
 Result run(const std::string& args) {
-  const std::string cmd = std::string(MLLM_BIN) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p);
-  std::string out;
-  char buf[4096];
-  while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
-  const int status = pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+  return mllm::test::run_mllm(args);
 }
 
 std::string src(const std::string& rel) {

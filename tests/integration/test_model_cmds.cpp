@@ -9,6 +9,7 @@
 #include "core/config.h"
 #include "fixtures.h"
 #include "models/hf/llava_folder.h"
+#include "run_mllm.h"
 #include "test_util.h"
 #include "train/trainer.h"
 
@@ -17,21 +18,8 @@ using mllm::test::TempDir;
 
 namespace {
 
-struct Result {
-  int code;
-  std::string output;
-};
-
-Result run_mllm(const std::string& args) {
-  const std::string cmd = std::string(MLLM_BIN) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p);
-  std::string out;
-  char buf[4096];
-  while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
-  const int status = pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
+using mllm::test::Result;
+using mllm::test::run_mllm;
 
 torch::Tensor logits_of(MultimodalModel& m, const torch::Tensor& ids, const torch::Tensor& px) {
   torch::NoGradGuard no_grad;

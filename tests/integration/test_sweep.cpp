@@ -11,6 +11,7 @@
 #include <opencv2/imgcodecs.hpp>
 
 #include "core/plot.h"
+#include "run_mllm.h"
 #include "test_util.h"
 
 using mllm::test::read_text;
@@ -20,20 +21,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct Result {
-  int code;
-  std::string output;
-};
-
+using mllm::test::Result;
 Result run(const std::string& args) {
-  const std::string cmd = std::string(MLLM_BIN) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p);
-  std::string out;
-  char buf[4096];
-  while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
-  const int status = pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+  return mllm::test::run_mllm(args);
 }
 
 const std::string kStage1 = std::string(MLLM_SOURCE_DIR) + "/configs/shapes/stage1_pretrain.yaml";
