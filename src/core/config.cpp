@@ -446,15 +446,33 @@ void describe(Binder& b, DataConfig& c) {
   b.value("group_by_length", c.group_by_length);
 }
 
+void describe(Binder& b, LoraConfig& c) {
+  b.value("rank", c.rank, at_least(0));
+  b.value("alpha", c.alpha, in_range(0, 1e6, true));
+  b.value("dropout", c.dropout, in_range(0, 1));
+  b.value("targets", c.targets);
+}
+
+void describe(Binder& b, DpoConfig& c) {
+  b.choice("loss_type", c.loss_type, {"sigmoid", "hinge", "ipo"});
+  b.value("beta", c.beta, in_range(0, 1e6, true));
+  b.value("label_smoothing", c.label_smoothing, in_range(0, 0.5));
+}
+
 void describe(Binder& b, TrainConfig& c) {
-  b.choice("stage", c.stage, {"pretrain"});
+  b.choice("stage", c.stage, {"pretrain", "instruct", "dpo"});
   b.value("trainable", c.trainable);
+  b.existing_path("init_from", c.init_from, true);
+  b.section("lora", c.lora);
+  b.section("dpo", c.dpo);
+  b.value("gradient_checkpointing", c.gradient_checkpointing);
   b.value("epochs", c.epochs, at_least(1));
   b.value("max_steps", c.max_steps, at_least(0));
   b.value("batch_size", c.batch_size, at_least(1));
   b.value("grad_accum", c.grad_accum, at_least(1));
   b.value("lr", c.lr, in_range(0, 10, true));
   b.value("weight_decay", c.weight_decay, in_range(0, 10));
+  b.value("weight_decay_embeddings", c.weight_decay_embeddings);
   b.value("betas", c.betas,
           Check<std::vector<double>>([](const std::vector<double>& v) -> std::string {
             if (v.size() != 2) return "expected a list of 2 numbers";
@@ -534,6 +552,20 @@ void cross_check(const Config& c, const Binder& b) {
                                      ") must be a multiple of kv_heads (" +
                                      std::to_string(l.kv_heads) + ")");
   if (c.data.train.path.empty()) b.fail("data.train.path", "is required");
+  const bool dpo = c.train.stage == "dpo";
+  for (const char* key : {"data.train", "data.eval"}) {
+    const auto& src = std::string(key) == "data.train" ? c.data.train : c.data.eval;
+    if (src.path.empty()) continue;
+    const bool pref = src.format.rfind("preference", 0) == 0;
+    if (pref != dpo)
+      b.fail(std::string(key) + ".format",
+             "'" + src.format + "' does not suit train.stage '" + c.train.stage + "' (" +
+                 (dpo ? "dpo reads preference_json or preference_jsonl"
+                      : "pretrain and instruct read llava_json or llava_jsonl") +
+                 ")");
+  }
+  if (c.train.dpo.label_smoothing > 0 && c.train.dpo.loss_type != "sigmoid")
+    b.fail("train.dpo.label_smoothing", "applies to loss_type sigmoid only");
   if (c.model.tokenizer.empty()) b.fail("model.tokenizer", "is required");
 }
 

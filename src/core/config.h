@@ -108,15 +108,43 @@ struct DataConfig {
   bool group_by_length = false;         // length-grouped batches (less padding)
 };
 
+// Low-rank adapters (Hu et al. 2021) on the LLM's linear layers, as PEFT's LoraConfig: y = W x +
+// (alpha / rank) * B(A(dropout(x))), A Kaiming-uniform, B zero, W frozen. Merged into W on export.
+struct LoraConfig {
+  int64_t rank = 0;  // 0 = off
+  double alpha = 16.0;
+  double dropout = 0.05;
+  // Globs over module names (HF keys without .weight); every nn.Linear inside the LLM's decoder
+  // layers by default, as LLaVA's --lora_enable (its find_all_linear_names) does.
+  std::vector<std::string> targets = {"language_model.model.layers.*"};
+};
+
+// Stage 3: the DPO family as TRL defines it (train/dpo.h).
+struct DpoConfig {
+  std::string loss_type = "sigmoid";  // sigmoid | hinge | ipo
+  double beta = 0.1;
+  double label_smoothing = 0.0;  // sigmoid only
+};
+
 struct TrainConfig {
-  std::string stage = "pretrain";  // pretrain (the LM objective); instruct and dpo arrive later
+  // pretrain | instruct: next-token loss on the supervised tokens (the caption; the assistant
+  // turns); dpo: preference pairs against a frozen reference copy of the initial policy.
+  std::string stage = "pretrain";
   std::vector<std::string> trainable;
+  // A previous stage's result to start from: a run's final/ folder or one of its checkpoints.
+  // Every tensor it holds replaces the freshly built one (the connector from stage 1, say); the
+  // parts it does not hold keep their pretrained sources (model.*.pretrained) or seed init.
+  std::string init_from;
+  LoraConfig lora;
+  DpoConfig dpo;
+  bool gradient_checkpointing = false;  // recompute each LLM layer in backward (less memory)
   int64_t epochs = 1;
   int64_t max_steps = 0;  // 0 = bounded by epochs
   int64_t batch_size = 16;
   int64_t grad_accum = 1;
   double lr = 1e-3;
-  double weight_decay = 0.0;
+  double weight_decay = 0.0;            // on matrices; never on norms and biases
+  bool weight_decay_embeddings = true;  // also on the token embeddings (HF Trainer does)
   std::vector<double> betas = {0.9, 0.999};
   double adam_eps = 1e-8;
   double warmup_ratio = 0.03;
