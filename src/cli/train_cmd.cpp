@@ -39,6 +39,7 @@ Action add_train_command(CLI::App& app) {
       spdlog::info("held-out loss: {:.4f} at the start, {:.4f} at the end", *s.first_eval_loss,
                    *s.last_eval_loss);
     spdlog::info("run directory: {}", s.output_dir.string());
+    // Stopped by SIGTERM/SIGINT after saving: a clean exit, so the scheduler's requeue resumes.
     return 0;
   };
 }

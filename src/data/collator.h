@@ -18,6 +18,7 @@ struct Batch {
   torch::Tensor pixel_values;     // (N,3,S,S) float, N = images in the batch (undefined if none)
   int64_t supervised_tokens = 0;  // labels != -100 after the shift (what the loss averages over)
   int64_t tokens = 0;             // real (non-pad) tokens
+  int64_t pairs = 0;  // preference batches: rows [0,pairs) chosen, [pairs,2*pairs) rejected
 
   Batch to(const torch::Device& device) const;
 };

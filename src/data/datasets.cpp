@@ -469,6 +469,14 @@ int64_t ConversationDataset::length_hint(size_t i) const {
          (r.image.empty() ? 0 : tokenizer_->image_tokens());
 }
 
+std::optional<std::vector<Sample>> ConversationDataset::try_item(size_t i) const {
+  auto s = try_sample(i);
+  if (!s) return std::nullopt;
+  std::vector<Sample> out;
+  out.push_back(std::move(*s));
+  return out;
+}
+
 PreferenceDataset::PreferenceDataset(const DataSourceConfig& source, const DataConfig& data,
                                      const Tokenizer& tokenizer, int64_t image_tokens,
                                      const std::string& key) {
@@ -522,6 +530,21 @@ std::optional<PreferenceSample> PreferenceDataset::try_sample(size_t i) const {
   auto rejected = tokenizer_->try_tokenize(pairs_[i].second, i);
   if (!rejected) return std::nullopt;
   return PreferenceSample{std::move(*chosen), std::move(*rejected)};
+}
+
+int64_t PreferenceDataset::length_hint(size_t i) const {
+  const auto& [c, r] = pairs_[i];
+  return static_cast<int64_t>(std::max(c.text.size(), r.text.size()) / 4) +
+         (c.image.empty() ? 0 : tokenizer_->image_tokens());
+}
+
+std::optional<std::vector<Sample>> PreferenceDataset::try_item(size_t i) const {
+  auto p = try_sample(i);
+  if (!p) return std::nullopt;
+  std::vector<Sample> out;
+  out.push_back(std::move(p->chosen));
+  out.push_back(std::move(p->rejected));
+  return out;
 }
 
 }  // namespace mllm

@@ -127,14 +127,29 @@ class RecordTokenizer {
 std::vector<bool> supervised_token_mask(const std::vector<std::pair<size_t, size_t>>& offsets,
                                         const std::vector<std::pair<size_t, size_t>>& spans);
 
-class ConversationDataset {
+// What the loader batches: items of one sample (a conversation) or of several (a preference pair:
+// chosen, rejected), indexed 0..size()-1.
+class SampleSource {
+ public:
+  virtual ~SampleSource() = default;
+  virtual size_t size() const = 0;
+  // A cheap estimate of item i's length in tokens (its longest sample), for length grouping.
+  virtual int64_t length_hint(size_t i) const = 0;
+  virtual int64_t samples_per_item() const = 0;
+  // Item i's samples, tokenized now (thread-safe); nullopt for a bad record under
+  // data.on_bad_record=skip (counted), an Error naming it otherwise.
+  virtual std::optional<std::vector<Sample>> try_item(size_t i) const = 0;
+  virtual DatasetStats stats() const = 0;
+};
+
+class ConversationDataset : public SampleSource {
  public:
   // `key` names the config section ("data.train") for error messages. The tokenizer must outlive
   // the dataset.
   ConversationDataset(const DataSourceConfig& source, const DataConfig& data,
                       const Tokenizer& tokenizer, int64_t image_tokens, const std::string& key);
 
-  size_t size() const { return records_.size(); }
+  size_t size() const override { return records_.size(); }
   // Sample i, tokenized now (thread-safe). A bad record throws an Error naming it.
   Sample sample(size_t i) const { return tokenizer_->tokenize(records_[i], i); }
   // As sample(i), but under data.on_bad_record=skip a bad record gives nullopt (and is counted).
@@ -144,10 +159,12 @@ class ConversationDataset {
   const Record& record(size_t i) const { return records_[i]; }
   // A cheap estimate of sample i's length in tokens (for length-grouped batching, before anything
   // is tokenized; LLaVA groups by a word count likewise): text bytes / 4, plus Q for an image.
-  int64_t length_hint(size_t i) const;
+  int64_t length_hint(size_t i) const override;
+  int64_t samples_per_item() const override { return 1; }
+  std::optional<std::vector<Sample>> try_item(size_t i) const override;
   int64_t skipped() const { return stats().skipped; }
   int64_t truncated() const { return stats().truncated; }
-  DatasetStats stats() const { return tokenizer_->merged(loaded_); }
+  DatasetStats stats() const override { return tokenizer_->merged(loaded_); }
 
  private:
   std::vector<Record> records_;
@@ -162,19 +179,23 @@ struct PreferenceSample {
   Sample rejected;
 };
 
-class PreferenceDataset {
+class PreferenceDataset : public SampleSource {
  public:
   PreferenceDataset(const DataSourceConfig& source, const DataConfig& data,
                     const Tokenizer& tokenizer, int64_t image_tokens, const std::string& key);
 
-  size_t size() const { return pairs_.size(); }
+  size_t size() const override { return pairs_.size(); }
+  int64_t length_hint(size_t i) const override;
+  int64_t samples_per_item() const override { return 2; }
+  // Pair i as {chosen, rejected}.
+  std::optional<std::vector<Sample>> try_item(size_t i) const override;
   // Pair i, both sides tokenized now (thread-safe); a bad side throws an Error naming the record.
   PreferenceSample sample(size_t i) const;
   // Under data.on_bad_record=skip a pair with a bad side gives nullopt (and is counted).
   std::optional<PreferenceSample> try_sample(size_t i) const;
   int64_t skipped() const { return stats().skipped; }
   int64_t truncated() const { return stats().truncated; }
-  DatasetStats stats() const { return tokenizer_->merged(loaded_); }
+  DatasetStats stats() const override { return tokenizer_->merged(loaded_); }
 
  private:
   std::vector<std::pair<Record, Record>> pairs_;  // chosen, rejected

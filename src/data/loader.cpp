@@ -7,8 +7,8 @@
 
 namespace mllm {
 
-std::vector<std::vector<int64_t>> plan_epoch(const ConversationDataset& data,
-                                             const LoaderOptions& o, int64_t epoch) {
+std::vector<std::vector<int64_t>> plan_epoch(const SampleSource& data, const LoaderOptions& o,
+                                             int64_t epoch) {
   const auto N = static_cast<int64_t>(data.size());
   const int64_t per_step = o.batch_size * o.grad_accum;
   std::vector<int64_t> order = EpochSampler(N, o.seed).order(epoch);
@@ -30,7 +30,39 @@ std::vector<std::vector<int64_t>> plan_epoch(const ConversationDataset& data,
   return batches;
 }
 
-DataLoader::DataLoader(const ConversationDataset& data, const ImageTransform& transform,
+Batch collate_items(const SampleSource& data, const std::vector<int64_t>& indices,
+                    const ImageTransform& transform, int64_t pad_id, bool skip_bad_images,
+                    int64_t* bad_images, int64_t* bad_records) {
+  // Tokenize here, on the worker: a bad record is an error or (skip mode) leaves the batch.
+  const auto K = static_cast<size_t>(data.samples_per_item());
+  std::vector<std::vector<Sample>> items;
+  items.reserve(indices.size());
+  for (int64_t i : indices) {
+    auto s = data.try_item(static_cast<size_t>(i));
+    if (s)
+      items.push_back(std::move(*s));
+    else if (bad_records)
+      ++*bad_records;
+  }
+  if (items.empty())
+    throw Error("[DataLoader] every sample of a batch was a bad record (data.on_bad_record=skip)");
+  std::vector<const Sample*> rows;
+  for (size_t k = 0; k < K; ++k)
+    for (const auto& item : items) rows.push_back(&item[k]);
+  int64_t dropped = 0;
+  Batch b = collate(rows, transform, pad_id, skip_bad_images, &dropped);
+  if (K > 1) {
+    // The samples of an item share its image, so an unreadable one drops all K rows together.
+    if (dropped % static_cast<int64_t>(K) != 0 || b.input_ids.size(0) % static_cast<int64_t>(K))
+      throw Error("[DataLoader] the samples of a preference pair lost their pairing");
+    dropped /= static_cast<int64_t>(K);
+    b.pairs = b.input_ids.size(0) / static_cast<int64_t>(K);
+  }
+  if (bad_images) *bad_images += dropped;
+  return b;
+}
+
+DataLoader::DataLoader(const SampleSource& data, const ImageTransform& transform,
                        LoaderOptions options, LoaderPosition start)
     : data_(data), transform_(transform), options_(options), consumed_(start), cursor_(start) {
   if (steps_per_epoch() == 0)
@@ -84,23 +116,9 @@ DataLoader::Item DataLoader::plan_next() {
 }
 
 DataLoader::Built DataLoader::build(const Item& item) const {
-  // Tokenize here, on the worker: a bad record is an error or (skip mode) leaves the batch.
   Built out;
-  std::vector<Sample> owned;
-  owned.reserve(item.samples.size());
-  for (int64_t i : item.samples) {
-    auto s = data_.try_sample(static_cast<size_t>(i));
-    if (s)
-      owned.push_back(std::move(*s));
-    else
-      ++out.bad_records;
-  }
-  std::vector<const Sample*> samples;
-  for (const Sample& s : owned) samples.push_back(&s);
-  if (samples.empty())
-    throw Error("[DataLoader] every sample of a batch was a bad record (data.on_bad_record=skip)");
-  out.batch =
-      collate(samples, transform_, options_.pad_id, options_.skip_bad_images, &out.bad_images);
+  out.batch = collate_items(data_, item.samples, transform_, options_.pad_id,
+                            options_.skip_bad_images, &out.bad_images, &out.bad_records);
   out.after = item.after;
   return out;
 }

@@ -6,6 +6,10 @@
 // ConversationDataset::length_hint), as HF's LengthGroupedSampler does, so batches waste less
 // padding. A step takes grad_accum micro-batches; an epoch ends when a whole
 // step no longer fits (incomplete last steps are dropped).
+//
+// Items of several samples (preference pairs) become rows grouped by position: a micro-batch of
+// P pairs is rows 0..P-1 chosen and P..2P-1 rejected (Batch::pairs = P), so both sides go through
+// the model in one forward, as TRL's concatenated_forward does.
 #pragma once
 
 #include <condition_variable>
@@ -40,13 +44,20 @@ struct LoaderPosition {
 };
 
 // The samples of every micro-batch of an epoch, in order (a pure function of seed and epoch).
-std::vector<std::vector<int64_t>> plan_epoch(const ConversationDataset& data,
-                                             const LoaderOptions& options, int64_t epoch);
+std::vector<std::vector<int64_t>> plan_epoch(const SampleSource& data, const LoaderOptions& options,
+                                             int64_t epoch);
+
+// The batch of items `indices` (what a worker builds; also used for evaluation). Bad records are
+// left out under data.on_bad_record=skip and counted in *bad_records; unreadable images likewise
+// with skip_bad_images (a pair's two rows share the image, so they leave together).
+Batch collate_items(const SampleSource& data, const std::vector<int64_t>& indices,
+                    const ImageTransform& transform, int64_t pad_id, bool skip_bad_images,
+                    int64_t* bad_images, int64_t* bad_records);
 
 class DataLoader {
  public:
-  DataLoader(const ConversationDataset& data, const ImageTransform& transform,
-             LoaderOptions options, LoaderPosition start = {});
+  DataLoader(const SampleSource& data, const ImageTransform& transform, LoaderOptions options,
+             LoaderPosition start = {});
   ~DataLoader();
   DataLoader(const DataLoader&) = delete;
   DataLoader& operator=(const DataLoader&) = delete;
@@ -80,7 +91,7 @@ class DataLoader {
   void count(const Built& built);  // a batch handed out
   void worker_loop();
 
-  const ConversationDataset& data_;
+  const SampleSource& data_;
   const ImageTransform& transform_;
   LoaderOptions options_;
   LoaderPosition consumed_;

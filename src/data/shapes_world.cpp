@@ -62,6 +62,14 @@ const char* const kTemplateWords[] = {
     "what",    "where", "with",    "write",  "yes",      "you",
 };
 const char* const kCellWords[] = {"top", "bottom", "left", "right", "center"};
+// The words of LLaVA-1.5's vicuna_v1 conversation template (its system prompt and the USER: /
+// ASSISTANT: roles; data/chat_template.cpp) not used above, so that ShapesWorld's instruction and
+// preference data read through that template without <unk>, as the stage 2 and 3 recipes do.
+const char* const kConversationWords[] = {
+    "'",         "an",      ":",        "answers", "artificial", "assistant",    "between",
+    "chat",      "curious", "detailed", "gives",   "helpful",    "intelligence", "polite",
+    "questions", "s",       "to",       "user",
+};
 
 // ---- Scene phrases ------------------------------------------------------------------------------
 
@@ -530,6 +538,7 @@ std::vector<std::string> shapes_world_vocabulary() {
   words.insert(words.end(), std::begin(kSizeNames), std::end(kSizeNames));
   words.insert(words.end(), std::begin(kNumberWords), std::end(kNumberWords));
   words.insert(words.end(), std::begin(kCellWords), std::end(kCellWords));
+  words.insert(words.end(), std::begin(kConversationWords), std::end(kConversationWords));
   std::sort(words.begin(), words.end());  // no dedup: a duplicate is a bug the tests catch
   return words;
 }

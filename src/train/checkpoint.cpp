@@ -3,6 +3,9 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <mutex>
+
+#include <spdlog/spdlog.h>
 
 #include "core/error.h"
 #include "core/fs.h"
@@ -15,6 +18,7 @@ namespace {
 constexpr const char* kMagic = "mllm-train-checkpoint";
 constexpr int kVersion = 1;
 
+// rng_state.pt is not required: checkpoints of earlier versions lack it (then a warning).
 bool complete(const std::filesystem::path& dir) {
   return std::filesystem::is_regular_file(dir / "trainer_state.json") &&
          std::filesystem::is_regular_file(dir / "model.safetensors") &&
@@ -30,8 +34,9 @@ int64_t step_of(const std::string& name) {
 }  // namespace
 
 nlohmann::json TrainerState::to_json() const {
-  return {{"format", kMagic},     {"version", kVersion},        {"step", step}, {"epoch", epoch},
-          {"position", position}, {"total_steps", total_steps}, {"lr", lr},     {"extra", extra}};
+  return {{"format", kMagic}, {"version", kVersion},    {"step", step},
+          {"epoch", epoch},   {"position", position},   {"total_steps", total_steps},
+          {"lr", lr},         {"scheduler", scheduler}, {"extra", extra}};
 }
 
 TrainerState TrainerState::from_json(const nlohmann::json& j, const std::filesystem::path& file) {
@@ -47,6 +52,7 @@ TrainerState TrainerState::from_json(const nlohmann::json& j, const std::filesys
     s.position = j.at("position").get<int64_t>();
     s.total_steps = j.at("total_steps").get<int64_t>();
     s.lr = j.at("lr").get<double>();
+    s.scheduler = j.value("scheduler", nlohmann::json::object());
     s.extra = j.value("extra", nlohmann::json::object());
   } catch (const nlohmann::json::exception& e) {
     throw Error(file.string() + ": malformed trainer state (" + e.what() + ")");
@@ -73,6 +79,8 @@ std::filesystem::path save_checkpoint(const std::filesystem::path& root, torch::
                    {{"format", "pt"}, {"mllm_step", std::to_string(state.step)}});
   torch::save(optimizer, (tmp / "optimizer.pt").string());
   fsync_path(tmp / "optimizer.pt");
+  torch::save(rng_states(), (tmp / "rng_state.pt").string());
+  fsync_path(tmp / "rng_state.pt");
   write_file_atomic(tmp / "trainer_state.json", state.to_json().dump(2) + "\n");
   fsync_path(tmp);
   if (fs::exists(final_dir)) {  // same step saved again (e.g. final step == a save_every step)
@@ -137,7 +145,92 @@ TrainerState load_checkpoint(const std::filesystem::path& dir, torch::nn::Module
     throw Error((dir / "optimizer.pt").string() + ": cannot restore the optimizer state (" +
                 e.what_without_backtrace() + ")");
   }
+  const auto rng_file = dir / "rng_state.pt";
+  if (std::filesystem::exists(rng_file)) {
+    std::vector<torch::Tensor> rng;
+    try {
+      torch::load(rng, rng_file.string());
+    } catch (const c10::Error& e) {
+      throw Error(rng_file.string() + ": cannot restore the RNG states (" +
+                  e.what_without_backtrace() + ")");
+    }
+    set_rng_states(rng);
+  } else {
+    spdlog::warn(
+        "{}: no rng_state.pt; random draws (dropout) will differ from an uninterrupted run",
+        dir.string());
+  }
   return state;
+}
+
+std::vector<torch::Tensor> rng_states() {
+  std::vector<torch::Tensor> out;
+  auto& ctx = at::globalContext();
+  {
+    auto gen = ctx.defaultGenerator(c10::Device(c10::kCPU));
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    out.push_back(gen.get_state());
+  }
+  if (torch::cuda::is_available())
+    for (int64_t d = 0; d < static_cast<int64_t>(torch::cuda::device_count()); ++d) {
+      auto gen = ctx.defaultGenerator(c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(d)));
+      std::lock_guard<std::mutex> lock(gen.mutex());
+      out.push_back(gen.get_state());
+    }
+  return out;
+}
+
+void set_rng_states(const std::vector<torch::Tensor>& states) {
+  auto& ctx = at::globalContext();
+  if (states.empty()) return;
+  {
+    auto gen = ctx.defaultGenerator(c10::Device(c10::kCPU));
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    gen.set_state(states[0]);
+  }
+  const int64_t cuda = torch::cuda::is_available() ? torch::cuda::device_count() : 0;
+  if (static_cast<int64_t>(states.size()) - 1 != cuda && states.size() > 1)
+    spdlog::warn("the checkpoint holds RNG states of {} CUDA devices, this machine has {}",
+                 states.size() - 1, cuda);
+  for (int64_t d = 0; d < cuda && d + 1 < static_cast<int64_t>(states.size()); ++d) {
+    auto gen = ctx.defaultGenerator(c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(d)));
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    gen.set_state(states[static_cast<size_t>(d) + 1]);
+  }
+}
+
+std::pair<std::filesystem::path, std::map<std::string, int64_t>> load_init_weights(
+    torch::nn::Module& model, const std::filesystem::path& from) {
+  namespace fs = std::filesystem;
+  fs::path folder = from;
+  if (!fs::exists(folder / "model.safetensors") && fs::is_directory(folder / "final"))
+    folder = folder / "final";
+  const fs::path file = folder / "model.safetensors";
+  if (!fs::is_regular_file(file))
+    throw Error(from.string() +
+                ": holds no model.safetensors (expected a run's final/ folder, one of its "
+                "checkpoints/step-N, or the run directory)");
+  SafetensorsCheckpoint weights(file);
+  std::map<std::string, torch::Tensor> params;
+  for (const auto& item : model.named_parameters(true)) params.emplace(item.key(), item.value());
+  std::map<std::string, int64_t> loaded;
+  torch::NoGradGuard no_grad;
+  for (const auto& name : weights.names()) {
+    const auto it = params.find(name);
+    if (it == params.end())
+      throw Error(file.string() + ": holds " + name +
+                  ", which this model does not have: the model sections of the two recipes "
+                  "differ (connector type or sizes, LoRA)");
+    auto t = weights.get(name);
+    if (t.sizes() != it->second.sizes())
+      throw Error(file.string() + ": " + name + " has shape " + c10::str(t.sizes()) +
+                  " but this model's is " + c10::str(it->second.sizes()) +
+                  ": the model sections of the two recipes differ");
+    it->second.copy_(t.to(it->second.dtype()));
+    ++loaded[name.substr(0, name.find('.'))];
+  }
+  if (loaded.empty()) throw Error(file.string() + ": holds no tensors");
+  return {file, loaded};
 }
 
 }  // namespace mllm

@@ -2,13 +2,17 @@
 // renamed, so a crash at any instant leaves only complete checkpoints:
 //   checkpoints/step-000500/model.safetensors   trainable parameters (HF keys)
 //   checkpoints/step-000500/optimizer.pt        AdamW moments and step counts (torch::save)
-//   checkpoints/step-000500/trainer_state.json  step, epoch, position in the epoch, lr, metrics
+//   checkpoints/step-000500/trainer_state.json  step, epoch, position in the epoch, lr, the
+//                                               schedule, metrics
+//   checkpoints/step-000500/rng_state.pt        the CPU generator's state, then each CUDA device's
 //   checkpoints/latest                          name of the newest complete checkpoint
 // The format carries a magic string and a version; `keep_last` prunes the oldest.
 #pragma once
 
 #include <filesystem>
+#include <map>
 #include <optional>
+#include <vector>
 
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
@@ -21,7 +25,8 @@ struct TrainerState {
   int64_t position = 0;  // samples of this epoch already consumed
   int64_t total_steps = 0;
   double lr = 0.0;
-  nlohmann::json extra = nlohmann::json::object();  // last metrics, etc.
+  nlohmann::json scheduler = nlohmann::json::object();  // schedule, warmup_steps, base lr, ...
+  nlohmann::json extra = nlohmann::json::object();      // last metrics, etc.
 
   nlohmann::json to_json() const;
   static TrainerState from_json(const nlohmann::json& j, const std::filesystem::path& file);
@@ -39,9 +44,22 @@ std::filesystem::path save_checkpoint(const std::filesystem::path& checkpoints_d
 std::optional<std::filesystem::path> find_latest_checkpoint(
     const std::filesystem::path& checkpoints_dir);
 
-// Restores the trainable parameters, the optimizer state and returns the trainer state. Throws
-// Error naming the checkpoint and the file that is missing or malformed.
+// Restores the trainable parameters, the optimizer state and the RNG states, and returns the
+// trainer state. Throws Error naming the checkpoint and the file that is missing or malformed.
 TrainerState load_checkpoint(const std::filesystem::path& dir, torch::nn::Module& model,
                              torch::optim::Optimizer& optimizer);
+
+// The weights a run starts from (train.init_from): `from` is a folder holding model.safetensors
+// (a run's final/, one of its checkpoints) or a run directory (its final/ is used). Every tensor
+// in it replaces the parameter of the same name (dtype converted); the model's other parameters
+// are left as they are. A tensor that names no parameter, or whose shape differs, is an Error
+// naming the file and the key (the recipes' model sections disagree). Returns the file read and
+// the number of tensors loaded per top-level part ("multi_modal_projector" -> 4, ...).
+std::pair<std::filesystem::path, std::map<std::string, int64_t>> load_init_weights(
+    torch::nn::Module& model, const std::filesystem::path& from);
+
+// The global RNG states (CPU, and every CUDA device when there is one), for checkpoints.
+std::vector<torch::Tensor> rng_states();
+void set_rng_states(const std::vector<torch::Tensor>& states);
 
 }  // namespace mllm

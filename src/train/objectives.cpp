@@ -1,6 +1,7 @@
 #include "train/objectives.h"
 
 #include "core/error.h"
+#include "train/dpo.h"
 
 namespace mllm {
 
@@ -23,7 +24,22 @@ ObjectiveOutput lm_loss(MultimodalModelImpl& model, const Batch& batch) {
     const auto aux = model.language_model->aux_loss(batch.attention_mask);
     if (aux.defined()) loss = loss + llm.router_aux_loss_coef * static_cast<double>(n) * aux;
   }
-  return {loss, n};
+  return {loss, n, {}};
+}
+
+torch::Tensor sequence_logps(MultimodalModelImpl& model, const Batch& batch, bool average) {
+  auto hidden = model.forward(batch.input_ids, batch.pixel_values, batch.attention_mask);
+  auto targets = batch.labels.slice(1, 1);  // (B,T-1)
+  auto keep = targets != kIgnoreIndex;
+  auto logits = model.logits(hidden.slice(1, 0, -1).index({keep})).to(torch::kFloat);  // (N,V)
+  auto token_logps =
+      logits.log_softmax(-1).gather(1, targets.index({keep}).unsqueeze(1)).squeeze(1);  // (N)
+  const int64_t B = batch.input_ids.size(0);
+  auto rows = torch::arange(B, batch.input_ids.options()).unsqueeze(1).expand_as(keep);
+  auto total =
+      torch::zeros({B}, token_logps.options()).index_add(0, rows.index({keep}), token_logps);
+  if (!average) return total;
+  return total / keep.sum(1).clamp_min(1).to(total.scalar_type());
 }
 
 namespace {
@@ -34,11 +50,52 @@ class LmObjective : public Objective {
   }
   int64_t weight(const Batch& batch) const override { return batch.supervised_tokens; }
 };
+
+// DPO as TRL's DPOTrainer: one forward over the 2P rows (chosen then rejected) for the policy and,
+// without autograd, for the reference; ipo averages the log-probs per token, the others sum them.
+class DpoObjective : public Objective {
+ public:
+  DpoObjective(const DpoConfig& c, MultimodalModel reference) : reference_(std::move(reference)) {
+    options_.loss_type = c.loss_type;
+    options_.beta = c.beta;
+    options_.label_smoothing = c.label_smoothing;
+  }
+
+  ObjectiveOutput forward(MultimodalModelImpl& model, const Batch& batch) override {
+    const int64_t P = batch.pairs;
+    if (P <= 0) throw Error("[dpo] the batch holds no preference pairs");
+    const bool average = options_.loss_type == "ipo";
+    const auto policy = sequence_logps(model, batch, average);
+    torch::Tensor ref;
+    {
+      torch::NoGradGuard no_grad;
+      ref = sequence_logps(*reference_, batch, average);
+    }
+    const auto out = dpo_loss(policy.slice(0, 0, P), policy.slice(0, P), ref.slice(0, 0, P),
+                              ref.slice(0, P), options_);
+    ObjectiveOutput o;
+    o.loss_sum = out.loss * static_cast<double>(P);  // dpo_loss is the mean over the pairs
+    o.weight = P;
+    for (const auto& [k, v] : out.metrics) o.metric_sums[k] = v * static_cast<double>(P);
+    return o;
+  }
+  int64_t weight(const Batch& batch) const override { return batch.pairs; }
+
+ private:
+  MultimodalModel reference_;
+  DpoOptions options_;
+};
+
 }  // namespace
 
-std::unique_ptr<Objective> make_objective(const TrainConfig& train) {
-  if (train.stage == "pretrain") return std::make_unique<LmObjective>();
-  throw ConfigError("train.stage: '" + train.stage + "' has no objective yet");
+std::unique_ptr<Objective> make_objective(const TrainConfig& train, MultimodalModel reference) {
+  if (train.stage == "pretrain" || train.stage == "instruct")
+    return std::make_unique<LmObjective>();
+  if (train.stage == "dpo") {
+    if (!reference) throw Error("[dpo] the objective needs a reference model");
+    return std::make_unique<DpoObjective>(train.dpo, std::move(reference));
+  }
+  throw ConfigError("train.stage: '" + train.stage + "' has no objective");
 }
 
 }  // namespace mllm

@@ -3,6 +3,7 @@
 // accumulation gives exactly the loss of the one big batch.
 #pragma once
 
+#include <map>
 #include <memory>
 #include <string>
 
@@ -17,6 +18,8 @@ namespace mllm {
 struct ObjectiveOutput {
   torch::Tensor loss_sum;  // scalar, summed over `weight` units
   int64_t weight = 0;      // e.g. supervised tokens
+  // Further figures to log, each summed over `weight` units like the loss (the trainer divides).
+  std::map<std::string, double> metric_sums;
 };
 
 class Objective {
@@ -33,6 +36,15 @@ class Objective {
 // materialised). MoE LLMs add router_aux_loss_coef x their load-balancing loss.
 ObjectiveOutput lm_loss(MultimodalModelImpl& model, const Batch& batch);
 
-std::unique_ptr<Objective> make_objective(const TrainConfig& train);
+// Log-probability of each row's supervised tokens under the model (the response of a preference
+// row), (B) in fp32: summed, or averaged per token when `average`. Like lm_loss, only supervised
+// positions reach the LM head. Equal to response_logps(model.logits(hidden), labels) (train/dpo.h).
+torch::Tensor sequence_logps(MultimodalModelImpl& model, const Batch& batch, bool average);
+
+// pretrain and instruct: lm_loss, weighted by supervised tokens. dpo: dpo_loss (train/dpo.h) over
+// the batch's pairs against `reference` (a frozen copy of the initial policy, required then),
+// weighted by pairs; chosen and rejected rows in one forward of each model.
+std::unique_ptr<Objective> make_objective(const TrainConfig& train,
+                                          MultimodalModel reference = nullptr);
 
 }  // namespace mllm

@@ -7,9 +7,13 @@ namespace mllm {
 std::unique_ptr<torch::optim::AdamW> make_optimizer(torch::nn::Module& module,
                                                     const TrainConfig& t) {
   std::vector<torch::Tensor> decay, no_decay;
-  for (const auto& p : module.parameters(true)) {
+  for (const auto& item : module.named_parameters(true)) {
+    const auto& p = item.value();
     if (!p.requires_grad()) continue;
-    (p.dim() >= 2 ? decay : no_decay).push_back(p);
+    // Token embeddings (embed_tokens) are matrices too; train.weight_decay_embeddings decides.
+    const bool embedding = item.key().find("embed_tokens") != std::string::npos;
+    const bool decays = p.dim() >= 2 && (t.weight_decay_embeddings || !embedding);
+    (decays ? decay : no_decay).push_back(p);
   }
   auto options = [&](double wd) {
     return std::make_unique<torch::optim::AdamWOptions>(torch::optim::AdamWOptions(t.lr)
@@ -23,8 +27,12 @@ std::unique_ptr<torch::optim::AdamW> make_optimizer(torch::nn::Module& module,
   return std::make_unique<torch::optim::AdamW>(groups, torch::optim::AdamWOptions(t.lr));
 }
 
+int64_t warmup_steps(const TrainConfig& t, int64_t total) {
+  return static_cast<int64_t>(std::ceil(t.warmup_ratio * static_cast<double>(total)));
+}
+
 double lr_at(const TrainConfig& t, int64_t step, int64_t total) {
-  const auto warmup = static_cast<int64_t>(std::ceil(t.warmup_ratio * static_cast<double>(total)));
+  const int64_t warmup = warmup_steps(t, total);
   if (step < warmup)
     return t.lr * static_cast<double>(step) / static_cast<double>(std::max<int64_t>(1, warmup));
   if (t.schedule == "constant") return t.lr;

@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "core/fs.h"
 #include "core/logging.h"
+#include "core/signals.h"
 #include "core/threads.h"
 #include "core/torch_compat.h"
 #include "data/collator.h"
@@ -34,30 +35,76 @@ double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
 
+struct EvalResult {
+  double loss = 0;
+  std::map<std::string, double> metrics;  // the objective's further figures, means
+};
+
 // Mean of the objective over (up to max_batches batches of) a dataset, in order, without gradients.
-double evaluate(MultimodalModelImpl& model, Objective& objective, const ConversationDataset& data,
-                const ImageTransform& transform, int64_t pad_id, int64_t batch_size,
-                int64_t max_batches, const torch::Device& device, bool bf16) {
+EvalResult evaluate(MultimodalModelImpl& model, Objective& objective, const SampleSource& data,
+                    const ImageTransform& transform, int64_t pad_id, int64_t batch_size,
+                    int64_t max_batches, const torch::Device& device, bool bf16, bool skip_bad) {
   torch::NoGradGuard no_grad;
   model.eval();
   double sum = 0;
+  std::map<std::string, double> sums;
   int64_t weight = 0, batches = 0;
   for (size_t i = 0; i < data.size(); i += static_cast<size_t>(batch_size)) {
     if (max_batches > 0 && batches++ >= max_batches) break;
-    std::vector<Sample> owned;
+    std::vector<int64_t> indices;
     for (size_t k = i; k < std::min(data.size(), i + static_cast<size_t>(batch_size)); ++k)
-      if (auto s = data.try_sample(k)) owned.push_back(std::move(*s));
-    if (owned.empty()) continue;
-    std::vector<const Sample*> samples;
-    for (const Sample& s : owned) samples.push_back(&s);
-    const Batch batch = collate(samples, transform, pad_id).to(device);
+      indices.push_back(static_cast<int64_t>(k));
+    int64_t bad_records = 0;
+    Batch batch;
+    try {
+      batch = collate_items(data, indices, transform, pad_id, skip_bad, nullptr, &bad_records);
+    } catch (const Error&) {
+      if (skip_bad && bad_records == static_cast<int64_t>(indices.size())) continue;
+      throw;
+    }
+    batch = batch.to(device);
     AutocastScope autocast(bf16, device.type(), torch::kBFloat16);
     const auto out = objective.forward(model, batch);
     sum += out.loss_sum.item<double>();
+    for (const auto& [k, v] : out.metric_sums) sums[k] += v;
     weight += out.weight;
   }
   model.train();
-  return weight > 0 ? sum / static_cast<double>(weight) : 0.0;
+  EvalResult r;
+  if (weight > 0) {
+    r.loss = sum / static_cast<double>(weight);
+    for (const auto& [k, v] : sums) r.metrics[k] = v / static_cast<double>(weight);
+  }
+  return r;
+}
+
+std::unique_ptr<SampleSource> open_dataset(const Config& config, const DataSourceConfig& source,
+                                           const Tokenizer& tokenizer, int64_t image_tokens,
+                                           const std::string& key) {
+  if (config.train.stage == "dpo")
+    return std::make_unique<PreferenceDataset>(source, config.data, tokenizer, image_tokens, key);
+  return std::make_unique<ConversationDataset>(source, config.data, tokenizer, image_tokens, key);
+}
+
+// train.init_from: the previous stage's weights over the freshly built model.
+void init_from(MultimodalModelImpl& model, const Config& config, const char* which) {
+  if (config.train.init_from.empty()) return;
+  try {
+    const auto [file, loaded] = load_init_weights(model, config.train.init_from);
+    std::string parts;
+    for (const auto& [part, n] : loaded)
+      parts += (parts.empty() ? "" : ", ") + part + " " + std::to_string(n);
+    spdlog::info(
+        "train.init_from: {} tensors of the {} from {} ({})",
+        [&] {
+          int64_t n = 0;
+          for (const auto& kv : loaded) n += kv.second;
+          return n;
+        }(),
+        which, file.string(), parts);
+  } catch (const Error& e) {
+    throw Error(config.where("train.init_from") + ": " + e.what());
+  }
 }
 
 // Refuses to start a fresh run over an earlier one's results.
@@ -111,7 +158,18 @@ TrainSummary train(Config config, const TrainOptions& options) {
                config.train.precision, device.str(), threads);
 
   const auto tokenizer = load_tokenizer(config.model.tokenizer);
+  // The DPO reference: the initial policy, built the same way before `config` is filled in.
+  MultimodalModel reference{nullptr};
+  if (config.train.stage == "dpo") {
+    Config ref_config = config;
+    reference = build_model(ref_config, *tokenizer);
+    init_from(*reference, config, "reference");
+    reference->to(device);
+    for (auto& p : reference->parameters()) p.set_requires_grad(false);
+    reference->eval();
+  }
   MultimodalModel model = build_model(config, *tokenizer);
+  init_from(*model, config, "model");
   model->to(device);
   write_file_atomic(out / "config.yaml", config_to_yaml(config));
 
@@ -125,13 +183,13 @@ TrainSummary train(Config config, const TrainOptions& options) {
                trainable.size());
 
   auto optimizer = make_optimizer(*model, config.train);
-  auto objective = make_objective(config.train);
+  auto objective = make_objective(config.train, reference);
 
   const int64_t Q = model->image_tokens();
-  ConversationDataset train_data(config.data.train, config.data, *tokenizer, Q, "data.train");
-  std::optional<ConversationDataset> eval_data;
+  const auto train_data = open_dataset(config, config.data.train, *tokenizer, Q, "data.train");
+  std::unique_ptr<SampleSource> eval_data;
   if (!config.data.eval.path.empty())
-    eval_data.emplace(config.data.eval, config.data, *tokenizer, Q, "data.eval");
+    eval_data = open_dataset(config, config.data.eval, *tokenizer, Q, "data.eval");
   const int64_t image_size =
       config.data.image.size > 0 ? config.data.image.size : config.model.vision.image_size;
   const ImageTransform transform(image_size, config.data.image);
@@ -140,7 +198,7 @@ TrainSummary train(Config config, const TrainOptions& options) {
 
   const auto& tc = config.train;
   const int64_t per_step = tc.batch_size * tc.grad_accum;
-  const auto N = static_cast<int64_t>(train_data.size());
+  const auto N = static_cast<int64_t>(train_data->size());
   const int64_t steps_per_epoch = N / per_step;
   if (steps_per_epoch == 0)
     throw ConfigError(config.where("train.batch_size") + ": " + config.data.train.path + " has " +
@@ -152,12 +210,19 @@ TrainSummary train(Config config, const TrainOptions& options) {
 
   TrainerState state;
   state.total_steps = total;
+  state.scheduler = {{"schedule", tc.schedule},
+                     {"lr", tc.lr},
+                     {"warmup_steps", warmup_steps(tc, total)},
+                     {"total_steps", total},
+                     {"min_lr_ratio", tc.min_lr_ratio}};
   if (resume_from) {
+    const auto scheduler = state.scheduler;
     state = load_checkpoint(*resume_from, *model, *optimizer);
-    if (state.total_steps != total)
-      spdlog::warn("the checkpoint was written for {} steps, this run has {}: the schedule changes",
-                   state.total_steps, total);
+    if (state.total_steps != total || (!state.scheduler.empty() && state.scheduler != scheduler))
+      spdlog::warn("the checkpoint's schedule {} differs from this run's {}: the schedule changes",
+                   state.scheduler.dump(), scheduler.dump());
     state.total_steps = total;
+    state.scheduler = scheduler;
     spdlog::info("resumed from {} at step {} (epoch {}, sample {})", resume_from->string(),
                  state.step, state.epoch, state.position);
   }
@@ -169,12 +234,18 @@ TrainSummary train(Config config, const TrainOptions& options) {
   summary.output_dir = out;
   auto run_eval = [&](const char* when) {
     if (!eval_data) return;
-    const double loss = evaluate(*model, *objective, *eval_data, transform, pad_id, tc.batch_size,
-                                 tc.eval_batches, device, bf16);
-    if (!summary.first_eval_loss) summary.first_eval_loss = loss;
-    summary.last_eval_loss = loss;
-    metrics.write({{"step", state.step}, {"eval_loss", loss}});
-    spdlog::info("eval ({}) step {}: held-out loss {:.4f}", when, state.step, loss);
+    const auto r = evaluate(*model, *objective, *eval_data, transform, pad_id, tc.batch_size,
+                            tc.eval_batches, device, bf16, skip_bad);
+    if (!summary.first_eval_loss) summary.first_eval_loss = r.loss;
+    summary.last_eval_loss = r.loss;
+    nlohmann::json record = {{"step", state.step}, {"eval_loss", r.loss}};
+    std::string extra;
+    for (const auto& [k, v] : r.metrics) {
+      record["eval_" + k] = v;
+      extra += fmt::format(" | {} {:.4f}", k, v);
+    }
+    metrics.write(record);
+    spdlog::info("eval ({}) step {}: held-out loss {:.4f}{}", when, state.step, r.loss, extra);
   };
   if (!resume_from) run_eval("start");
 
@@ -187,15 +258,29 @@ TrainSummary train(Config config, const TrainOptions& options) {
   lo.skip_bad_images = skip_bad;
   lo.pad_id = pad_id;
   lo.seed = static_cast<uint64_t>(config.run.seed);
-  DataLoader loader(train_data, transform, lo, {state.epoch, state.position});
+  DataLoader loader(*train_data, transform, lo, {state.epoch, state.position});
   const auto loop_start = Clock::now();
   auto interval_start = Clock::now();
   int64_t interval_tokens = 0, steps_here = 0, tokens_here = 0, bad_in_a_row = 0;
   double interval_wait = 0, total_wait = 0;
+  int64_t last_saved = resume_from ? state.step : -1;
   model->train();
+  StopSignals stop;
 
   while (state.step < total) {
     if (options.stop_after > 0 && steps_here >= options.stop_after) break;
+    if (stop.requested()) {
+      // Preemption: the step in flight has finished; keep it and leave (exit status 0).
+      if (last_saved != state.step && state.step > 0) {
+        const auto dir = save_checkpoint(ckpt_root, *model, *optimizer, state, tc.keep_last);
+        last_saved = state.step;
+        spdlog::info("checkpoint {}", dir.string());
+      }
+      summary.stopped_by = stop.name();
+      spdlog::warn("{}: stopped at step {} of {}; continue with --resume auto", stop.name(),
+                   state.step, total);
+      break;
+    }
     state.lr = lr_at(tc, state.step, total);
     set_lr(*optimizer, state.lr);
     optimizer->zero_grad();
@@ -211,6 +296,7 @@ TrainSummary train(Config config, const TrainOptions& options) {
     int64_t weight = 0;
     for (const auto& b : micro) weight += objective->weight(b);
     double loss_sum = 0;
+    std::map<std::string, double> metric_sums;
     for (const auto& b : micro) {
       ObjectiveOutput o;
       {
@@ -219,6 +305,7 @@ TrainSummary train(Config config, const TrainOptions& options) {
       }
       (o.loss_sum / static_cast<double>(std::max<int64_t>(1, weight))).backward();
       loss_sum += o.loss_sum.item<double>();
+      for (const auto& [k, v] : o.metric_sums) metric_sums[k] += v;
       interval_tokens += b.tokens;
       tokens_here += b.tokens;
     }
@@ -261,21 +348,31 @@ TrainSummary train(Config config, const TrainOptions& options) {
       const double eta = seconds_since(loop_start) / static_cast<double>(steps_here) *
                          static_cast<double>(total - state.step);
       const double data_wait = dt > 0 ? interval_wait / dt : 0.0;
-      metrics.write({{"step", state.step},
-                     {"epoch", state.epoch},
-                     {"loss", loss},
-                     {"lr", state.lr},
-                     {"grad_norm", grad_norm},
-                     {"tokens_per_s", tps},
-                     {"data_wait", data_wait},
-                     {"skipped_records", train_data.skipped()},
-                     {"truncated_samples", train_data.truncated()},
-                     {"dropped_images", loader.dropped()},
-                     {"dropped_records", loader.dropped_records()}});
+      const auto stats = train_data->stats();
+      nlohmann::json record = {{"step", state.step},
+                               {"epoch", state.epoch},
+                               {"loss", loss},
+                               {"lr", state.lr},
+                               {"grad_norm", grad_norm},
+                               {"tokens_per_s", tps},
+                               {"data_wait", data_wait},
+                               {"skipped_records", stats.skipped},
+                               {"truncated_samples", stats.truncated},
+                               {"dropped_images", loader.dropped()},
+                               {"dropped_records", loader.dropped_records()}};
+      std::string extra;
+      for (const auto& [k, v] : metric_sums) {
+        const double mean = v / static_cast<double>(std::max<int64_t>(1, weight));
+        record[k] = mean;
+        if (k == "rewards/accuracies" || k == "rewards/margins")
+          extra += fmt::format(" | {} {:.3f}", k, mean);
+      }
+      metrics.write(record);
       spdlog::info(
-          "step {}/{} | loss {:.4f} | lr {:.2e} | grad_norm {:.3f} | {:.0f} tok/s | data wait "
+          "step {}/{} | loss {:.4f}{} | lr {:.2e} | grad_norm {:.3f} | {:.0f} tok/s | data wait "
           "{:.0f}% | ETA {}",
-          state.step, total, loss, state.lr, grad_norm, tps, 100 * data_wait, format_duration(eta));
+          state.step, total, loss, extra, state.lr, grad_norm, tps, 100 * data_wait,
+          format_duration(eta));
       interval_start = Clock::now();
       interval_tokens = 0;
       interval_wait = 0;
@@ -284,6 +381,7 @@ TrainSummary train(Config config, const TrainOptions& options) {
       run_eval("periodic");
     if (tc.save_every > 0 && (state.step % tc.save_every == 0 || state.step == total)) {
       const auto dir = save_checkpoint(ckpt_root, *model, *optimizer, state, tc.keep_last);
+      last_saved = state.step;
       spdlog::info("checkpoint {}", dir.string());
     }
   }
@@ -294,7 +392,8 @@ TrainSummary train(Config config, const TrainOptions& options) {
   if (loader.dropped() > 0)
     spdlog::warn("{} samples were dropped for unreadable images", loader.dropped());
   if (state.step < total) {
-    spdlog::info("stopped at step {} of {} (--stop-after)", state.step, total);
+    if (summary.stopped_by.empty())
+      spdlog::info("stopped at step {} of {} (--stop-after)", state.step, total);
     return summary;
   }
   run_eval("end");

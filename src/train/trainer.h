@@ -31,6 +31,9 @@ struct TrainSummary {
   double train_seconds = 0;         // wall time of this process's training loop
   double data_wait_fraction = 0;    // of which the trainer waited for batches
   int64_t skipped_steps = 0;        // steps skipped for a non-finite loss or gradient
+  // "SIGTERM" / "SIGINT" when a signal stopped the run (after finishing and checkpointing the
+  // step in flight; `mllm train` then exits 0 so a scheduler requeues it).
+  std::string stopped_by;
 };
 
 // A finished run also leaves <output_dir>/summary.json (before final/): steps, trainable_params,
