@@ -1,0 +1,179 @@
+// Preemption through the `mllm` executable: SIGTERM stops a run cleanly (checkpoint, exit 0), a
+// SIGKILL at a random step loses at most the steps since the last checkpoint, and either way
+// `--resume auto` finishes with exactly the weights and losses of an uninterrupted run.
+#include <catch2/catch.hpp>
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <map>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "core/signals.h"
+#include "run_mllm.h"
+#include "test_util.h"
+
+using mllm::test::read_text;
+using mllm::test::TempDir;
+
+namespace {
+
+namespace fs = std::filesystem;
+
+// `mllm <args>` in the background, output to `log`.
+pid_t spawn(const std::string& args, const fs::path& log) {
+  const std::string cmd =
+      "exec " + std::string(MLLM_BIN) + " " + args + " > " + log.string() + " 2>&1";
+  const pid_t pid = fork();
+  if (pid == 0) {
+    execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  REQUIRE(pid > 0);
+  return pid;
+}
+
+// step -> loss, the last record of each step (a resumed run logs again from its checkpoint).
+std::map<int64_t, double> losses(const fs::path& metrics) {
+  std::map<int64_t, double> out;
+  if (!fs::exists(metrics)) return out;
+  std::istringstream in(read_text(metrics));
+  for (std::string line; std::getline(in, line);) {
+    if (line.empty() || line.back() != '}') continue;  // a line being written
+    const auto j = nlohmann::json::parse(line);
+    if (j.contains("loss") && !j.contains("skipped_step")) out[j["step"]] = j["loss"];
+  }
+  return out;
+}
+
+// Waits until the run has logged step >= k; false if it ended first.
+bool wait_for_step(pid_t pid, const fs::path& metrics, int64_t k) {
+  for (int i = 0; i < 6000; ++i) {
+    const auto l = losses(metrics);
+    if (!l.empty() && l.rbegin()->first >= k) return true;
+    int status;
+    if (waitpid(pid, &status, WNOHANG) == pid) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return false;
+}
+
+struct Fixture {
+  TempDir dir{"mllm-preempt"};
+  fs::path data = dir / "shapes";
+  Fixture() {
+    REQUIRE(mllm::test::run_mllm("data shapes --out " + data.string() +
+                                 " --seed 3 --train 64 --val 8 --image-size 32")
+                .code == 0);
+  }
+  // A small stage-0 run of 60 steps writing to `out`.
+  std::string args(const fs::path& out, int64_t save_every) const {
+    const std::string d = data.string();
+    return "train --config " + std::string(MLLM_SOURCE_DIR) + "/configs/shapes/stage0_text.yaml" +
+           " --set run.output_dir=" + out.string() + " --set run.threads=1" +
+           " --set model.tokenizer=" + d + "/tokenizer.json --set data.train.path=" + d +
+           "/captions_train.json --set data.train.image_root=" + d + "/images" +
+           " --set data.eval.path=" + d + "/captions_val.json --set data.eval.image_root=" + d +
+           "/images --set model.vision.image_size=32 --set model.vision.hidden=32" +
+           " --set model.vision.layers=1 --set model.vision.intermediate=64" +
+           " --set train.batch_size=8 --set train.max_steps=60 --set train.log_every=1" +
+           " --set train.eval_batches=1 --set train.keep_last=2 --set train.save_every=" +
+           std::to_string(save_every);
+  }
+};
+
+void check_same_run(const fs::path& resumed, const fs::path& reference) {
+  CHECK(read_text(resumed / "final/model.safetensors") ==
+        read_text(reference / "final/model.safetensors"));
+  const auto a = losses(resumed / "metrics.jsonl"), b = losses(reference / "metrics.jsonl");
+  REQUIRE(a.size() == 60);
+  CHECK(a == b);
+}
+
+}  // namespace
+
+TEST_CASE("preemption: SIGTERM finishes the step, checkpoints, exits 0; resume is bit-identical") {
+  Fixture f;
+  const auto ref = f.dir / "reference";
+  const auto full = mllm::test::run_mllm(f.args(ref, 0));
+  INFO(full.output);
+  REQUIRE(full.code == 0);
+
+  const auto out = f.dir / "term";
+  const pid_t pid = spawn(f.args(out, 0), f.dir / "term.log");
+  REQUIRE(wait_for_step(pid, out / "metrics.jsonl", 5));
+  REQUIRE(kill(pid, SIGTERM) == 0);
+  int status = 0;
+  REQUIRE(waitpid(pid, &status, 0) == pid);
+  const std::string log = read_text(f.dir / "term.log");
+  INFO(log);
+  REQUIRE(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+  CHECK_THAT(log, Catch::Contains("SIGTERM: stopped at step"));
+  CHECK_FALSE(fs::exists(out / "final"));
+  // save_every is 0, so the one checkpoint is the one the signal asked for, at the last step.
+  const int64_t stopped = losses(out / "metrics.jsonl").rbegin()->first;
+  CHECK(stopped < 60);
+  char name[32];
+  std::snprintf(name, sizeof name, "step-%06lld", static_cast<long long>(stopped));
+  CHECK(fs::is_directory(out / "checkpoints" / name));
+
+  const auto resumed = mllm::test::run_mllm(f.args(out, 0) + " --resume auto");
+  INFO(resumed.output);
+  REQUIRE(resumed.code == 0);
+  CHECK_THAT(resumed.output, Catch::Contains("resumed from"));
+  check_same_run(out, ref);
+}
+
+TEST_CASE("preemption: SIGKILL at a random step; --resume auto gives the uninterrupted run") {
+  Fixture f;
+  const auto ref = f.dir / "reference";
+  REQUIRE(mllm::test::run_mllm(f.args(ref, 1)).code == 0);
+
+  std::mt19937 rng(std::random_device{}());
+  const int64_t k = std::uniform_int_distribution<int64_t>(3, 50)(rng);
+  INFO("killed at step >= " << k);
+  const auto out = f.dir / "killed";
+  const pid_t pid = spawn(f.args(out, 1), f.dir / "kill.log");
+  REQUIRE(wait_for_step(pid, out / "metrics.jsonl", k));
+  REQUIRE(kill(pid, SIGKILL) == 0);
+  int status = 0;
+  REQUIRE(waitpid(pid, &status, 0) == pid);
+  REQUIRE(WIFSIGNALED(status));
+  CHECK_FALSE(fs::exists(out / "final"));
+
+  const auto resumed = mllm::test::run_mllm(f.args(out, 1) + " --resume auto");
+  INFO(resumed.output);
+  REQUIRE(resumed.code == 0);
+  CHECK_THAT(resumed.output, Catch::Contains("resumed from"));
+  check_same_run(out, ref);
+}
+
+TEST_CASE("signals: the first SIGTERM/SIGINT only asks to stop; a second SIGINT aborts at once") {
+  {
+    mllm::StopSignals stop;
+    CHECK_FALSE(stop.requested());
+    raise(SIGTERM);
+    CHECK(stop.requested());
+    CHECK(std::string(stop.name()) == "SIGTERM");
+  }
+  const pid_t pid = fork();
+  if (pid == 0) {
+    mllm::StopSignals stop;
+    raise(SIGINT);
+    if (!stop.requested()) _exit(3);
+    raise(SIGINT);  // must not return
+    _exit(4);
+  }
+  int status = 0;
+  REQUIRE(waitpid(pid, &status, 0) == pid);
+  CHECK(WIFSIGNALED(status));
+  CHECK(WTERMSIG(status) == SIGINT);
+}
