@@ -49,7 +49,12 @@ MultimodalModel build_model(Config& config, const Tokenizer& tokenizer) {
                         std::to_string(vision.layers + 1) + " hidden states of " +
                         vision.pretrained);
   }
-  if (tokenizer.vocab_size() > llm.vocab)
+  // A pretrained LLM whose tokenizer gained tokens (<image>; LLaVA-1.5 over Vicuna) grows its
+  // vocabulary after loading, padded to a multiple of 64 as llava-hf's checkpoints are (32064).
+  int64_t grow_to = 0;
+  if (tokenizer.vocab_size() > llm.vocab && !llm.pretrained.empty())
+    grow_to = (tokenizer.vocab_size() + 63) / 64 * 64;
+  else if (tokenizer.vocab_size() > llm.vocab)
     throw ConfigError(config.where("model.llm.vocab") + ": the tokenizer " +
                       tokenizer.path().string() + " has " + std::to_string(tokenizer.vocab_size()) +
                       " ids but the LLM only " + std::to_string(llm.vocab));
@@ -65,6 +70,15 @@ MultimodalModel build_model(Config& config, const Tokenizer& tokenizer) {
     const std::string prefix = detect_prefix(f, "language_model.", "model.embed_tokens.weight");
     const auto r = load_parameters(*model->language_model, f, prefix, false, "the LLM");
     spdlog::info("model.llm: loaded {} tensors from {}", r.loaded, f.path().string());
+    if (grow_to > 0) {
+      spdlog::info(
+          "model.llm: vocabulary {} -> {} for the tokenizer's {} ids (new rows: the mean "
+          "embedding)",
+          llm.vocab, grow_to, tokenizer.vocab_size());
+      model->language_model->resize_vocab(grow_to);
+      llm.vocab = grow_to;
+      model->config_mutable().llm.vocab = grow_to;
+    }
   }
   if (!vision.pretrained.empty()) {
     const auto f = open_folder(vision.pretrained, config.where("model.vision.pretrained"));

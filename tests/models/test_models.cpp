@@ -2,6 +2,11 @@
 
 #include "core/config.h"
 #include "core/error.h"
+#include "core/safetensors.h"
+#include "data/tokenizer/tokenizer.h"
+#include "fixtures.h"
+#include "models/factory.h"
+#include "models/hf/config_json.h"
 #include "models/hf/weights.h"
 #include "models/multimodal_model.h"
 
@@ -212,4 +217,47 @@ TEST_CASE(
   model->zero_grad();
   model->logits(model->forward(torch::randint(5, 50, {2, 6}), {})).sum().backward();
   for (const auto& p : model->connector->parameters()) CHECK(p.grad().defined());
+}
+
+TEST_CASE("a pretrained LLM grows its vocabulary for a tokenizer with more ids (<image>)") {
+  test::TempDir dir("mllm-resize");
+  test::make_shapes(dir.path(), 4, 1);
+  const auto tok = load_tokenizer(dir / "tokenizer.json");
+  REQUIRE(tok->vocab_size() > 64);
+  // A saved llava folder whose LLM has 64 ids: fewer than the tokenizer's.
+  ModelConfig small = tiny_model();
+  small.llm.vocab = 64;
+  torch::manual_seed(5);
+  MultimodalModel saved(small, tok->image_id());
+  const auto folder = dir / "llm";
+  std::filesystem::create_directories(folder);
+  save_safetensors(folder / "model.safetensors", named_parameters(*saved), {{"format", "pt"}});
+  test::write_text(folder / "config.json", llava_config_json(small, tok->image_id()).dump());
+
+  Config c;
+  c.model = tiny_model();
+  c.model.llm.pretrained = folder.string();
+  c.model.tokenizer = (dir / "tokenizer.json").string();
+  MultimodalModel grown = build_model(c, *tok);
+  const int64_t V = (tok->vocab_size() + 63) / 64 * 64;
+  CHECK(c.model.llm.vocab == V);
+  CHECK(grown->config().llm.vocab == V);
+  for (const char* key :
+       {"language_model.model.embed_tokens.weight", "language_model.lm_head.weight"}) {
+    INFO(key);
+    torch::Tensor before, after;
+    for (const auto& [n, t] : named_parameters(*saved))
+      if (n == key) before = t;
+    for (const auto& [n, t] : named_parameters(*grown))
+      if (n == key) after = t;
+    REQUIRE(after.size(0) == V);
+    CHECK(torch::equal(after.slice(0, 0, 64), before));
+    const auto mean = before.mean(0);
+    for (int64_t r = 64; r < V; r += 17) CHECK(torch::allclose(after[r], mean, 1e-6, 1e-6));
+  }
+  torch::NoGradGuard no_grad;
+  const auto ids = torch::tensor({{1L, 5L, tok->vocab_size() - 1}});
+  CHECK(grown->logits(grown->forward(ids, {}, {})).size(-1) == V);
+  // Its config.json now says V: the folder it exports reloads without growing again.
+  CHECK(llava_config_json(grown->config(), tok->image_id())["text_config"]["vocab_size"] == V);
 }

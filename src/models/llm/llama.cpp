@@ -241,4 +241,21 @@ torch::Tensor LlamaForCausalLMImpl::logits(const torch::Tensor& hidden) {
   return lm_head ? lm_head(hidden) : F::linear(hidden, model->embed_tokens->weight);
 }
 
+void LlamaForCausalLMImpl::resize_vocab(int64_t vocab) {
+  torch::NoGradGuard no_grad;
+  auto grow = [vocab](torch::Tensor& w) {
+    const int64_t old = w.size(0);
+    if (vocab <= old) return;
+    auto bigger = torch::empty({vocab, w.size(1)}, w.options());
+    bigger.slice(0, 0, old).copy_(w);
+    bigger.slice(0, old).copy_(w.to(torch::kFloat).mean(0, true).expand({vocab - old, w.size(1)}));
+    w.set_data(bigger);
+  };
+  grow(model->embed_tokens->weight);
+  if (lm_head) grow(lm_head->weight);
+  model->embed_tokens->options.num_embeddings(vocab);
+  if (lm_head) lm_head->options.out_features(vocab);
+  config_.vocab = std::max(config_.vocab, vocab);
+}
+
 }  // namespace mllm

@@ -138,6 +138,10 @@ class LlamaForCausalLMImpl : public torch::nn::Module {
   torch::Tensor aux_loss(const torch::Tensor& attention_mask = {}) const;
   torch::Tensor logits(const torch::Tensor& hidden);  // (...,C) -> (...,V)
   const LlmConfig& config() const { return config_; }
+  // Grows the vocabulary to `vocab` rows (a tokenizer with added tokens such as <image>): the
+  // existing rows of embed_tokens and lm_head are kept, each new row is the mean of the old ones
+  // (the centre of transformers' mean_resizing). Parameters keep their identity.
+  void resize_vocab(int64_t vocab);
 
   LlamaModel model{nullptr};
   torch::nn::Linear lm_head{nullptr};  // absent when tie_word_embeddings
