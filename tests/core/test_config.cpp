@@ -166,3 +166,59 @@ TEST_CASE("config: edit distance") {
   CHECK(edit_distance("kitten", "sitting") == 3);
   CHECK(edit_distance("", "abc") == 3);
 }
+
+TEST_CASE("config: the shipped recipes load, with the LLaVA-1.5 anchor hyperparameters") {
+  TempDir dir("mllm-recipes");
+  std::filesystem::create_directories(dir / "folder");
+  write_text(dir / "file.json", "[]");
+  const std::string folder = (dir / "folder").string(), file = (dir / "file.json").string();
+  // Point every path at something that exists here; the rest is the recipe's own.
+  auto load = [&](const std::string& name) {
+    std::vector<std::string> set = {"model.tokenizer=" + file, "data.train.path=" + file,
+                                    "data.train.image_root=" + folder};
+    const std::string text = test::read_text(std::string(MLLM_SOURCE_DIR) + "/configs/" + name);
+    auto has = [&](const std::string& s) { return text.find(s) != std::string::npos; };
+    if (has("eval:"))
+      set.insert(set.end(), {"data.eval.path=" + file, "data.eval.image_root=" + folder});
+    if (has("llm: {type: llama, pretrained") || has("llm: {type: qwen2, pretrained"))
+      set.push_back("model.llm.pretrained=" + folder);
+    if (has("vision: {type: clip_vit, pretrained"))
+      set.push_back("model.vision.pretrained=" + folder);
+    if (has("init_from:")) set.push_back("train.init_from=" + folder);
+    INFO(name);
+    return load_config(std::string(MLLM_SOURCE_DIR) + "/configs/" + name, set);
+  };
+  for (const char* name : {"shapes/stage0_text.yaml", "shapes/stage1_pretrain.yaml"})
+    CHECK(load(name).train.stage == "pretrain");
+  const Config s2 = load("shapes/stage2_instruct.yaml");
+  CHECK(s2.train.stage == "instruct");
+  CHECK(s2.data.template_name == "vicuna_v1");
+  const Config s3 = load("shapes/stage3_dpo.yaml");
+  CHECK(s3.train.stage == "dpo");
+  CHECK(s3.data.train.format == "preference_json");
+  CHECK(s3.train.dpo.beta == 0.1);
+
+  for (const char* llm : {"vicuna7b", "qwen2_0.5b"}) {
+    const Config pre = load(std::string("llava15/pretrain_") + llm + ".yaml");
+    const Config fin = load(std::string("llava15/finetune_") + llm + ".yaml");
+    CHECK(pre.train.lr == 1e-3);
+    CHECK(pre.train.batch_size * pre.train.grad_accum == 256);
+    CHECK(pre.train.trainable == std::vector<std::string>{"multi_modal_projector.*"});
+    CHECK(pre.data.template_name == "plain");
+    CHECK(fin.train.lr == 2e-5);
+    CHECK(fin.train.batch_size * fin.train.grad_accum == 128);
+    CHECK(fin.train.stage == "instruct");
+    CHECK(fin.data.template_name == (std::string(llm) == "vicuna7b" ? "vicuna_v1" : "chatml"));
+    for (const Config* c : {&pre, &fin}) {
+      CHECK(c->train.epochs == 1);
+      CHECK(c->train.warmup_ratio == 0.03);
+      CHECK(c->train.schedule == "cosine");
+      CHECK(c->train.weight_decay == 0.0);
+      CHECK(c->data.max_length == 2048);
+      CHECK(c->train.precision == "bf16");
+      CHECK(c->model.connector.type == "mlp2x_gelu");
+      CHECK(c->model.vision.feature_layer == -2);
+      CHECK(c->model.llm.type == (std::string(llm) == "vicuna7b" ? "llama" : "qwen2"));
+    }
+  }
+}
