@@ -28,24 +28,32 @@ void check_source(const char* key, const DataSourceConfig& source, DataConfig da
                   const Tokenizer& tok, int64_t Q) {
   if (source.path.empty()) return;
   data.on_bad_record = "skip";  // count every problem instead of stopping at the first
-  const ConversationDataset ds(source, data, tok, Q, key);
-  // Tokenize everything (what the loader's workers do during training), timing it.
+  std::unique_ptr<SampleSource> ds;
+  if (source.format.rfind("preference", 0) == 0)
+    ds = std::make_unique<PreferenceDataset>(source, data, tok, Q, key);
+  else
+    ds = std::make_unique<ConversationDataset>(source, data, tok, Q, key);
+  // Tokenize everything (what the loader's workers do during training), timing it. A preference
+  // pair counts as its two samples (chosen, rejected), which share one image.
   std::vector<int64_t> lengths;
   std::vector<std::filesystem::path> images;
   int64_t tokens = 0;
   auto t0 = std::chrono::steady_clock::now();
-  for (size_t i = 0; i < ds.size(); ++i) {
-    const auto sample = ds.try_sample(i);
-    if (!sample) continue;
-    lengths.push_back(static_cast<int64_t>(sample->input_ids.size()));
-    tokens += lengths.back();
-    if (!sample->image.empty()) images.push_back(sample->image);
+  for (size_t i = 0; i < ds->size(); ++i) {
+    const auto item = ds->try_item(i);
+    if (!item) continue;
+    for (const Sample& sample : *item) {
+      lengths.push_back(static_cast<int64_t>(sample.input_ids.size()));
+      tokens += lengths.back();
+    }
+    if (!item->front().image.empty()) images.push_back(item->front().image);
   }
   const double tok_s = seconds_since(t0);
-  const DatasetStats st = ds.stats();
+  const DatasetStats st = ds->stats();
   std::printf("%s: %s\n", key, source.path.c_str());
   std::printf("  records %lld: %zu kept, %lld skipped, %lld truncated to data.max_length=%lld\n",
-              static_cast<long long>(st.records), lengths.size(),
+              static_cast<long long>(st.records),
+              lengths.size() / static_cast<size_t>(ds->samples_per_item()),
               static_cast<long long>(st.skipped), static_cast<long long>(st.truncated),
               static_cast<long long>(data.max_length));
   for (const auto& [why, n] : st.skip_reasons)
@@ -65,11 +73,12 @@ void check_source(const char* key, const DataSourceConfig& source, DataConfig da
   const int64_t missing =
       st.skip_reasons.count("image not found") ? st.skip_reasons.at("image not found") : 0;
   const auto with_image = static_cast<int64_t>(images.size());
+  const size_t per_item = static_cast<size_t>(ds->samples_per_item());
   std::printf(
       "  images: %lld found (%lld corrupt), %lld missing; %zu text-only samples; decoded at %.0f "
       "images/s\n",
       static_cast<long long>(with_image), static_cast<long long>(corrupt),
-      static_cast<long long>(missing), lengths.size() - images.size(),
+      static_cast<long long>(missing), lengths.size() - images.size() * per_item,
       s > 0 ? static_cast<double>(with_image) / s : 0.0);
   if (lengths.empty()) return;
   std::sort(lengths.begin(), lengths.end());

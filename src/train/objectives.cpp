@@ -75,6 +75,13 @@ class DpoObjective : public Objective {
                               ref.slice(0, P), options_);
     ObjectiveOutput o;
     o.loss_sum = out.loss * static_cast<double>(P);  // dpo_loss is the mean over the pairs
+    // A mixture-of-experts policy adds coef x its load-balancing loss, as TRL's DPOTrainer does.
+    const auto& llm = model.config().llm;
+    if (llm.experts > 0 && llm.router_aux_loss_coef > 0) {
+      const auto aux = model.language_model->aux_loss(batch.attention_mask);
+      if (aux.defined())
+        o.loss_sum = o.loss_sum + llm.router_aux_loss_coef * static_cast<double>(P) * aux;
+    }
     o.weight = P;
     for (const auto& [k, v] : out.metrics) o.metric_sums[k] = v * static_cast<double>(P);
     return o;

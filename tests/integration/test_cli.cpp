@@ -169,6 +169,18 @@ TEST_CASE(
   CHECK_THAT(check.output, Catch::Contains("image not found"));
   CHECK_THAT(check.output, Catch::Contains("images: 11 found (0 corrupt), 1 missing"));
   CHECK_THAT(check.output, Catch::Contains("tokens per sample: p50"));
+
+  // Stage 3's preference pairs check the same way (a pair's image counted once).
+  Result pref =
+      run("data check --config " + src("configs/shapes/stage3_dpo.yaml") + shrink(data, dir / "p") +
+          " --set data.train.path=" + (data / "preference_train.json").string() +
+          " --set data.eval.path=" + (data / "preference_val.json").string() +
+          " --set 'model.llm.pretrained=\"\"' --set 'train.init_from=\"\"'");
+  INFO(pref.output);
+  REQUIRE(pref.code == 0);
+  CHECK_THAT(pref.output, Catch::Contains("preference_train.json"));
+  CHECK_THAT(pref.output, Catch::Contains("1 skipped"));
+  CHECK_THAT(pref.output, Catch::Contains("1 missing"));
 }
 
 TEST_CASE(

@@ -261,3 +261,26 @@ TEST_CASE("a checkpoint restores the RNG: draws after resuming equal the uninter
   load_checkpoint(ckpt, *lin, opt);
   CHECK(torch::equal(torch::rand({5}), expected));
 }
+
+TEST_CASE("stage 3 with a mixture-of-experts LLM adds coef x the load-balancing loss") {
+  TempDir data("mllm-stages");
+  test::make_shapes(data.path(), 16, 4);
+  Config c = test::tiny_config(data.path(), data / "moe");
+  use(c, data.path(), "preference");
+  c.train.stage = "dpo";
+  c.data.template_name = "vicuna_v1";
+  c.data.max_length = 96;
+  c.data.eval.path.clear();
+  c.model.llm.experts = 4;
+  c.model.llm.router_aux_loss_coef = 0.5;
+  c.train.trainable = {"language_model.*"};
+  c.train.max_steps = 1;
+  const double with_aux = train(c).losses.front().second;
+  c.model.llm.router_aux_loss_coef = 0;
+  c.run.output_dir = (data / "moe0").string();
+  const double without = train(c).losses.front().second;
+  CHECK(without == Approx(std::log(2.0)).epsilon(1e-6));
+  // Near-uniform routing at init puts the load-balancing loss near top_k = 2: about 0.5 x 2 on top.
+  CHECK(with_aux - without > 0.5);
+  CHECK(with_aux - without < 1.5);
+}
