@@ -1,7 +1,7 @@
 // `mllm inspect` and `mllm export`: looking at models and weights, and handing a trained model to
 // the Hugging Face world.
-//   mllm inspect --config X [--set k=v]   parameters per component (total / trainable), visual
-//                                         tokens per image
+//   mllm inspect --config X [--set k=v]   parameters per component (total / trainable, LoRA
+//                                         adapters included), visual tokens per image
 //   mllm inspect --weights FILE_OR_FOLDER the tensors of a safetensors file or HF folder (validated
 //                                         first), with dtype, shape and total size
 //   mllm export --from RUN_OR_FOLDER --out DIR
@@ -27,6 +27,7 @@
 #include "models/hf/llava_folder.h"
 #include "models/hf/weights.h"
 #include "train/freeze.h"
+#include "train/lora.h"
 
 namespace fs = std::filesystem;
 
@@ -59,6 +60,7 @@ int inspect_config(const std::string& path, const std::vector<std::string>& over
   const auto tok = load_tokenizer(config.model.tokenizer);
   auto model = build_model(config, *tok);
   apply_trainable(*model, config);
+  const auto adapted = apply_lora(*model, config);  // as the trainer does: adapters count
   std::printf("%-24s %14s %14s\n", "component", "parameters", "trainable");
   int64_t total = 0, trainable = 0;
   for (const auto& child : model->named_children()) {
@@ -75,6 +77,9 @@ int inspect_config(const std::string& path, const std::vector<std::string>& over
               human_count(trainable).c_str());
   std::printf("parameters_total %lld\nparameters_trainable %lld\n", static_cast<long long>(total),
               static_cast<long long>(trainable));
+  if (!adapted.empty())
+    std::printf("lora: rank %lld adapters on %zu linear layers\n",
+                static_cast<long long>(config.train.lora.rank), adapted.size());
   const auto& m = config.model;
   std::printf(
       "connector %s: %lld visual tokens per image%s\n", m.connector.type.c_str(),

@@ -3,6 +3,8 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Context.h>
 #include <ATen/autocast_mode.h>
 #include <torch/version.h>
 
@@ -93,6 +95,99 @@ class AutocastScope {
   bool prev_enabled_ = false;
   at::ScalarType prev_dtype_ = at::kBFloat16;
 };
+
+// The autocast settings of the current thread, CPU and CUDA (what gradient checkpointing replays).
+struct AutocastState {
+  bool cpu = false, cuda = false;
+  at::ScalarType cpu_dtype = at::kBFloat16, cuda_dtype = at::kHalf;
+};
+
+inline AutocastState autocast_state() {
+  AutocastState s;
+#if MLLM_TORCH_AT_LEAST(2, 4)
+  s.cpu = at::autocast::is_autocast_enabled(at::kCPU);
+  s.cpu_dtype = at::autocast::get_autocast_dtype(at::kCPU);
+  s.cuda = at::autocast::is_autocast_enabled(at::kCUDA);
+  s.cuda_dtype = at::autocast::get_autocast_dtype(at::kCUDA);
+#else
+  s.cpu = at::autocast::is_cpu_enabled();
+  s.cpu_dtype = at::autocast::get_autocast_cpu_dtype();
+  s.cuda = at::autocast::is_enabled();
+  s.cuda_dtype = at::autocast::get_autocast_gpu_dtype();
+#endif
+  return s;
+}
+
+inline void set_autocast_state(const AutocastState& s) {
+#if MLLM_TORCH_AT_LEAST(2, 4)
+  at::autocast::set_autocast_enabled(at::kCPU, s.cpu);
+  at::autocast::set_autocast_dtype(at::kCPU, s.cpu_dtype);
+  at::autocast::set_autocast_enabled(at::kCUDA, s.cuda);
+  at::autocast::set_autocast_dtype(at::kCUDA, s.cuda_dtype);
+#else
+  at::autocast::set_cpu_enabled(s.cpu);
+  at::autocast::set_autocast_cpu_dtype(s.cpu_dtype);
+  at::autocast::set_enabled(s.cuda);
+  at::autocast::set_autocast_gpu_dtype(s.cuda_dtype);
+#endif
+}
+
+// Puts `state` in force for the scope's lifetime, then restores what was there (with its own
+// nesting level, so casts cached inside are dropped at the end).
+class AutocastStateScope {
+ public:
+  explicit AutocastStateScope(const AutocastState& state)
+      : prev_(autocast_state()), active_(state.cpu || state.cuda) {
+    set_autocast_state(state);
+    if (active_) at::autocast::increment_nesting();
+  }
+  ~AutocastStateScope() {
+    if (active_ && at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+    set_autocast_state(prev_);
+  }
+  AutocastStateScope(const AutocastStateScope&) = delete;
+  AutocastStateScope& operator=(const AutocastStateScope&) = delete;
+
+ private:
+  AutocastState prev_;
+  bool active_;
+};
+
+// The default random generators' states: the CPU one and, for an accelerator `device`, that
+// device's (CUDA's default generator in a CUDA build). Dropout draws from these.
+struct RngState {
+  at::Tensor cpu, accelerator;
+  at::Device device = at::kCPU;
+};
+
+inline RngState save_rng_state(const at::Device& device) {
+  RngState s;
+  s.device = device;
+  {
+    auto gen = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    s.cpu = gen.get_state();
+  }
+  if (!device.is_cpu()) {
+    auto gen = at::globalContext().defaultGenerator(device);
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    s.accelerator = gen.get_state();
+  }
+  return s;
+}
+
+inline void restore_rng_state(const RngState& s) {
+  {
+    auto gen = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    gen.set_state(s.cpu);
+  }
+  if (s.accelerator.defined()) {
+    auto gen = at::globalContext().defaultGenerator(s.device);
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    gen.set_state(s.accelerator);
+  }
+}
 
 }  // namespace mllm
 

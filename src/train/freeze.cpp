@@ -41,7 +41,8 @@ std::vector<std::string> apply_trainable(torch::nn::Module& module, const Config
         "' matches no parameter (top-level parts: vision_tower.*, multi_modal_projector.*, "
         "language_model.*; `mllm` parameter names are HF keys)");
   }
-  if (trainable.empty())
+  // With LoRA on, the adapters that apply_lora adds next are trainable: an empty list is fine.
+  if (trainable.empty() && config.train.lora.rank == 0)
     throw ConfigError(config.where("train.trainable") +
                       ": no parameter is trainable (list globs such as "
                       "multi_modal_projector.*)");

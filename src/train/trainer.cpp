@@ -19,6 +19,7 @@
 #include "models/hf/weights.h"
 #include "train/checkpoint.h"
 #include "train/freeze.h"
+#include "train/lora.h"
 #include "train/metrics_sink.h"
 #include "train/objectives.h"
 #include "train/optim.h"
@@ -117,7 +118,12 @@ void check_fresh_output(const Config& config, const fs::path& out) {
         "or choose another run.output_dir");
 }
 
+// final/ is a plain model: LoRA adapters are merged into the weights first (so it reloads and
+// exports without LoRA; the adapters alone stay in the checkpoints). This changes `model`: call it
+// last.
 void write_final(const fs::path& out, MultimodalModelImpl& model, const Config& config) {
+  if (const auto merged = merge_lora(model))
+    spdlog::info("lora: merged the adapters of {} layers into their weights", merged);
   const fs::path final_dir = out / "final";
   const fs::path tmp = out / ".tmp-final";
   fs::remove_all(tmp);
@@ -173,14 +179,24 @@ TrainSummary train(Config config, const TrainOptions& options) {
   model->to(device);
   write_file_atomic(out / "config.yaml", config_to_yaml(config));
 
-  const auto trainable = apply_trainable(*model, config);
-  int64_t n_trainable = 0, n_total = 0;
+  // train.trainable first, then LoRA: adapters train, the layers they adapt freeze. Both before
+  // the optimizer and before a checkpoint is loaded (it holds the adapters by name).
+  apply_trainable(*model, config);
+  const auto adapted = apply_lora(*model, config);
+  if (!adapted.empty())
+    spdlog::info("lora: rank {} adapters (alpha {}, dropout {}) on {} linear layers",
+                 config.train.lora.rank, config.train.lora.alpha, config.train.lora.dropout,
+                 adapted.size());
+  model->language_model->model->set_gradient_checkpointing(config.train.gradient_checkpointing);
+  if (config.train.gradient_checkpointing)
+    spdlog::info("gradient checkpointing: each LLM layer is recomputed in backward");
+  int64_t n_trainable = 0, n_total = 0, n_tensors = 0;
   for (const auto& p : model->parameters()) {
     n_total += p.numel();
-    if (p.requires_grad()) n_trainable += p.numel();
+    if (p.requires_grad()) n_trainable += p.numel(), ++n_tensors;
   }
   spdlog::info("parameters: {} trainable of {} ({} tensors trainable)", n_trainable, n_total,
-               trainable.size());
+               n_tensors);
 
   auto optimizer = make_optimizer(*model, config.train);
   auto objective = make_objective(config.train, reference);

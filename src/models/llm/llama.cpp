@@ -1,6 +1,7 @@
 #include "models/llm/llama.h"
 
 #include "core/torch_compat.h"
+#include "models/llm/layer_checkpoint.h"
 
 namespace mllm {
 
@@ -41,9 +42,7 @@ torch::Tensor rotate_half(const torch::Tensor& x) {
 LlamaAttentionImpl::LlamaAttentionImpl(const LlmConfig& c)
     : heads(c.heads), kv_heads(c.kv_heads), head_dim(c.attention_head_dim()) {
   const bool qkv_bias = c.type == "qwen2";
-  auto lin = [](int64_t in, int64_t out, bool bias) {
-    return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(bias));
-  };
+  auto lin = [](int64_t in, int64_t out, bool bias) { return LoraLinear(in, out, bias); };
   q_proj = register_module("q_proj", lin(c.hidden, heads * head_dim, qkv_bias));
   k_proj = register_module("k_proj", lin(c.hidden, kv_heads * head_dim, qkv_bias));
   v_proj = register_module("v_proj", lin(c.hidden, kv_heads * head_dim, qkv_bias));
@@ -71,9 +70,7 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const torch::T
 }
 
 LlamaMlpImpl::LlamaMlpImpl(const LlmConfig& c) {
-  auto lin = [](int64_t in, int64_t out) {
-    return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
-  };
+  auto lin = [](int64_t in, int64_t out) { return LoraLinear(in, out, false); };
   gate_proj = register_module("gate_proj", lin(c.hidden, c.intermediate));
   up_proj = register_module("up_proj", lin(c.hidden, c.intermediate));
   down_proj = register_module("down_proj", lin(c.intermediate, c.hidden));
@@ -84,9 +81,7 @@ torch::Tensor LlamaMlpImpl::forward(const torch::Tensor& x) {
 }
 
 MixtralExpertImpl::MixtralExpertImpl(const LlmConfig& c) {
-  auto lin = [](int64_t in, int64_t out) {
-    return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
-  };
+  auto lin = [](int64_t in, int64_t out) { return LoraLinear(in, out, false); };
   w1 = register_module("w1", lin(c.hidden, c.intermediate));
   w2 = register_module("w2", lin(c.intermediate, c.hidden));
   w3 = register_module("w3", lin(c.hidden, c.intermediate));
@@ -97,8 +92,7 @@ torch::Tensor MixtralExpertImpl::forward(const torch::Tensor& x) {
 }
 
 MixtralSparseMoeImpl::MixtralSparseMoeImpl(const LlmConfig& c) : top_k(c.experts_per_token) {
-  gate = register_module(
-      "gate", torch::nn::Linear(torch::nn::LinearOptions(c.hidden, c.experts).bias(false)));
+  gate = register_module("gate", LoraLinear(c.hidden, c.experts, false));
   experts = register_module("experts", torch::nn::ModuleList());
   for (int64_t e = 0; e < c.experts; ++e) experts->push_back(MixtralExpert(c));
 }
@@ -200,10 +194,13 @@ torch::Tensor LlamaModelImpl::forward(const torch::Tensor& inputs_embeds,
   auto h = inputs_embeds;
   if (hidden_states) hidden_states->assign(1, h);
   for (size_t i = 0; i < layers->size(); ++i) {
-    const auto& layer = layers[i];
+    const auto layer = layers->ptr<LlamaDecoderLayerImpl>(i);
     if (hook) h = (*hook)(static_cast<int64_t>(i), h);
     torch::Tensor logits;
-    h = layer->as<LlamaDecoderLayer>()->forward(h, cos, sin, mask, logits);
+    if (gradient_checkpointing_ && wants_checkpoint(*layer, h))
+      h = checkpointed_layer_forward(layer, h, cos, sin, mask, logits);
+    else
+      h = layer->forward(h, cos, sin, mask, logits);
     if (logits.defined()) router_logits.push_back(logits);
     if (hidden_states) hidden_states->push_back(h);
   }
@@ -215,8 +212,7 @@ torch::Tensor LlamaModelImpl::forward(const torch::Tensor& inputs_embeds,
 LlamaForCausalLMImpl::LlamaForCausalLMImpl(const LlmConfig& c) : config_(c) {
   model = register_module("model", LlamaModel(c));
   if (!c.tie_word_embeddings)
-    lm_head = register_module(
-        "lm_head", torch::nn::Linear(torch::nn::LinearOptions(c.hidden, c.vocab).bias(false)));
+    lm_head = register_module("lm_head", LoraLinear(c.hidden, c.vocab, false));
 }
 
 torch::Tensor LlamaForCausalLMImpl::embed(const torch::Tensor& input_ids) {
@@ -254,7 +250,6 @@ void LlamaForCausalLMImpl::resize_vocab(int64_t vocab) {
   grow(model->embed_tokens->weight);
   if (lm_head) grow(lm_head->weight);
   model->embed_tokens->options.num_embeddings(vocab);
-  if (lm_head) lm_head->options.out_features(vocab);
   config_.vocab = std::max(config_.vocab, vocab);
 }
 

@@ -12,6 +12,7 @@
 #include <torch/torch.h>
 
 #include "core/config.h"
+#include "models/llm/lora_linear.h"
 
 namespace mllm {
 
@@ -44,7 +45,7 @@ class LlamaAttentionImpl : public torch::nn::Module {
   // the causal mask. Returns (B,T,C).
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
                         const c10::optional<torch::Tensor>& mask);
-  torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+  LoraLinear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
   int64_t heads, kv_heads, head_dim;
 };
 TORCH_MODULE(LlamaAttention);
@@ -53,7 +54,7 @@ class LlamaMlpImpl : public torch::nn::Module {
  public:
   explicit LlamaMlpImpl(const LlmConfig& c);
   torch::Tensor forward(const torch::Tensor& x);  // down(silu(gate(x)) * up(x))
-  torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+  LoraLinear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
 };
 TORCH_MODULE(LlamaMlp);
 
@@ -62,7 +63,7 @@ class MixtralExpertImpl : public torch::nn::Module {
  public:
   explicit MixtralExpertImpl(const LlmConfig& c);
   torch::Tensor forward(const torch::Tensor& x);
-  torch::nn::Linear w1{nullptr}, w2{nullptr}, w3{nullptr};
+  LoraLinear w1{nullptr}, w2{nullptr}, w3{nullptr};
 };
 TORCH_MODULE(MixtralExpert);
 
@@ -73,7 +74,7 @@ class MixtralSparseMoeImpl : public torch::nn::Module {
   explicit MixtralSparseMoeImpl(const LlmConfig& c);
   // x (B,T,C) -> (B,T,C); router_logits (B*T,E) is set to the router's output.
   torch::Tensor forward(const torch::Tensor& x, torch::Tensor& router_logits);
-  torch::nn::Linear gate{nullptr};
+  LoraLinear gate{nullptr};
   torch::nn::ModuleList experts{nullptr};
   int64_t top_k;
 };
@@ -113,6 +114,13 @@ class LlamaModelImpl : public torch::nn::Module {
                         const torch::Tensor& position_ids = {},
                         std::vector<torch::Tensor>* hidden_states = nullptr,
                         const LayerHook* hook = nullptr);
+  // Gradient checkpointing (models/llm/layer_checkpoint.h): when on, a layer that would build a
+  // graph (grad mode on, its input or a parameter requiring grad) keeps only its input and is run
+  // again in backward. Same loss and gradients, less memory; off by default. The LayerHook runs
+  // outside the checkpoint.
+  void set_gradient_checkpointing(bool on) { gradient_checkpointing_ = on; }
+  bool gradient_checkpointing() const { return gradient_checkpointing_; }
+
   torch::nn::Embedding embed_tokens{nullptr};
   torch::nn::ModuleList layers{nullptr};
   RmsNorm norm{nullptr};
@@ -121,6 +129,7 @@ class LlamaModelImpl : public torch::nn::Module {
 
  private:
   LlmConfig config_;
+  bool gradient_checkpointing_ = false;
 };
 TORCH_MODULE(LlamaModel);
 
@@ -144,7 +153,7 @@ class LlamaForCausalLMImpl : public torch::nn::Module {
   void resize_vocab(int64_t vocab);
 
   LlamaModel model{nullptr};
-  torch::nn::Linear lm_head{nullptr};  // absent when tie_word_embeddings
+  LoraLinear lm_head{nullptr};  // absent when tie_word_embeddings
 
  private:
   LlmConfig config_;
