@@ -1,0 +1,535 @@
+// Training-step figures: what one optimizer step costs, phase by phase. Generates a ShapesWorld set
+// into a temp dir, then for each configuration
+//   1. ShapesWorld stage 1 (captions, plain template, only the mlp2x_gelu connector trains),
+//   2. ShapesWorld stage 2 (instruct data, vicuna_v1, connector + LLM train),
+//   3. ShapesWorld stage 3 (preference pairs, DPO against a frozen reference copy),
+//   4. a d=1024 LLM in the stage-2 setting (batch 8),
+// runs the trainer's step (src/train/trainer.cpp: loader.next per micro-batch, the objective's
+// forward under AutocastScope, backward of loss_sum / weight, clip_grad_norm_, AdamW with the lr
+// schedule), timing each phase itself: data (loader.next), forward, backward, optimizer (set_lr +
+// zero_grad + clip + step). A few warm-up steps are left out. Each block prints tokens/s (real,
+// non-pad tokens), samples/s, ms per step by phase, the process's peak RSS, the estimated model
+// FLOPs and achieved GFLOP/s, and the GFLOP/s of a plain fp32 torch::mm measured just before the
+// timed steps, in the same process. Prints figures; asserts nothing.
+//
+// Run: scripts/bench, or build/bench_train [--steps N] [--warmup N] [--big-steps N]
+//   [--big-warmup N] [--threads N] [--workers N] [--big-layers N] [--big-kv-heads N] [--only NAME]
+// (threads also from MLLM_BENCH_THREADS; 0 = all cores).
+#include <spdlog/spdlog.h>
+#include <sys/resource.h>
+#include <torch/version.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <limits>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "core/config.h"
+#include "core/threads.h"
+#include "core/torch_compat.h"
+#include "data/datasets.h"
+#include "data/image_transform.h"
+#include "data/loader.h"
+#include "data/shapes_world.h"
+#include "data/tokenizer/tokenizer.h"
+#include "models/factory.h"
+#include "train/freeze.h"
+#include "train/objectives.h"
+#include "train/optim.h"
+
+using namespace mllm;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+constexpr double kMiB = 1024.0 * 1024.0;
+
+// The process's peak resident set (getrusage; on Linux ru_maxrss is in KiB).
+double max_rss_bytes() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_maxrss) * 1024.0;
+}
+
+// The resident set now (/proc/self/statm, second field, in pages).
+double rss_bytes() {
+  std::ifstream f("/proc/self/statm");
+  long long size = 0, resident = 0;
+  f >> size >> resident;
+  return static_cast<double>(resident) * static_cast<double>(sysconf(_SC_PAGESIZE));
+}
+
+struct Options {
+  int64_t steps = 16, warmup = 2;         // ShapesWorld stages
+  int64_t big_steps = 3, big_warmup = 1;  // the d=1024 LLM
+  int64_t threads = 0;                    // 0 = all cores
+  int64_t workers = 2;                    // data.workers (the recipes' default)
+  int64_t big_layers = 4, big_kv_heads = 8;
+  std::string only;  // run only the configurations whose name contains this
+};
+
+[[noreturn]] void usage(const char* argv0) {
+  std::fprintf(stderr,
+               "usage: %s [--steps N] [--warmup N] [--big-steps N] [--big-warmup N] [--threads N] "
+               "[--workers N] [--big-layers N] [--big-kv-heads N] [--only NAME]\n"
+               "  NAME: stage1, stage2, stage3 or d1024; threads also from MLLM_BENCH_THREADS\n",
+               argv0);
+  std::exit(2);
+}
+
+Options parse(int argc, char** argv) {
+  Options o;
+  if (const char* t = std::getenv("MLLM_BENCH_THREADS")) o.threads = std::atoll(t);
+  for (int i = 1; i < argc; ++i) {
+    const std::string k = argv[i];
+    if (k == "-h" || k == "--help" || i + 1 >= argc) usage(argv[0]);
+    const std::string v = argv[++i];
+    if (k == "--only") {
+      o.only = v;
+      continue;
+    }
+    const std::map<std::string, int64_t*> ints = {
+        {"--steps", &o.steps},           {"--warmup", &o.warmup},
+        {"--big-steps", &o.big_steps},   {"--big-warmup", &o.big_warmup},
+        {"--threads", &o.threads},       {"--workers", &o.workers},
+        {"--big-layers", &o.big_layers}, {"--big-kv-heads", &o.big_kv_heads}};
+    const auto it = ints.find(k);
+    if (it == ints.end()) usage(argv[0]);
+    *it->second = std::atoll(v.c_str());
+  }
+  if (o.steps < 1 || o.big_steps < 1 || o.warmup < 0 || o.big_warmup < 0) usage(argv[0]);
+  return o;
+}
+
+// fp32 torch::mm of (M,K) x (K,N): GFLOP/s of the median repetition (at least 3, about 0.3 s).
+double gemm_gflops(int64_t M, int64_t K, int64_t N) {
+  torch::NoGradGuard no_grad;
+  const auto a = torch::randn({M, K}), b = torch::randn({K, N});
+  auto c = torch::mm(a, b);  // warm-up
+  std::vector<double> reps;
+  const auto start = Clock::now();
+  while (reps.size() < 3 || (seconds_since(start) < 0.3 && reps.size() < 200)) {
+    const auto t = Clock::now();
+    c = torch::mm(a, b);
+    reps.push_back(seconds_since(t));
+  }
+  std::nth_element(reps.begin(), reps.begin() + static_cast<long>(reps.size() / 2), reps.end());
+  return 2.0 * static_cast<double>(M * K * N) / reps[reps.size() / 2] / 1e9;
+}
+
+// Which parts of the model have trainable parameters.
+struct Trains {
+  bool vision = false, connector = false, llm = false, lm_head = false;
+};
+
+struct Flops {
+  double forward = 0, backward = 0;
+};
+
+// Estimated model FLOPs of one step on a batch of `rows` sequences of (padded) length T with
+// `images` images and `supervised` supervised positions. What is counted: every matrix product,
+// a multiply-add being 2 FLOPs —
+//   vision tower (per image, S = patches + 1 tokens, only the layers up to feature_layer run):
+//     patch conv 2*3*p^2*Cv*P, per layer 2*(4*Cv^2 + 2*Cv*Iv)*S + attention 4*S^2*Cv;
+//   connector: 2 x its matrix parameters x the image tokens (exact for linear and mlp2x_gelu);
+//   LLM: 2 x the decoder's matrix parameters (q,k,v,o, gate/up/down; MoE: the top-k experts and
+//     the router) x rows*T, plus attention 4*rows*T^2*H*hd per layer (the whole T x T score
+//     matrix: LibTorch 1.13's masked path computes it, and padded positions are computed too);
+//   LM head: 2*C*V x supervised positions (only those reach it; objectives.cpp).
+// Not counted: norms, softmax, activations, RoPE, other elementwise work, embedding lookups, the
+// loss and the optimizer (AdamW is a few tens of FLOPs per trainable parameter, memory-bound).
+// Backward per part: the input gradient (1x the forward's matrix products) when anything before
+// the part trains, plus the weight gradient (1x) when the part trains; attention products have two
+// activation operands, so 2x whenever gradients pass. So a trainable part costs ~2x its forward,
+// a frozen part that still passes gradients to an earlier trainable one ~1x, a frozen part with
+// nothing trainable before it (a frozen vision tower, run without a graph) 0. DPO adds the frozen
+// reference model's forward (no backward) on the same rows.
+Flops step_flops(const ModelConfig& m, const Trains& tr, int64_t connector_params, int64_t rows,
+                 int64_t T, int64_t images, int64_t image_tokens, int64_t supervised, bool dpo) {
+  const auto& v = m.vision;
+  const double Cv = static_cast<double>(v.hidden), Iv = static_cast<double>(v.intermediate);
+  const double P =
+      static_cast<double>((v.image_size / v.patch_size) * (v.image_size / v.patch_size));
+  const double S = P + 1;
+  const int64_t run = v.feature_layer >= 0 ? v.feature_layer : v.layers + 1 + v.feature_layer;
+  const double vision_fwd =
+      static_cast<double>(images) *
+      (2.0 * 3.0 * static_cast<double>(v.patch_size * v.patch_size) * Cv * P +
+       static_cast<double>(run) * (2.0 * (4 * Cv * Cv + 2 * Cv * Iv) * S + 4.0 * S * S * Cv));
+  const double conn_fwd =
+      2.0 * static_cast<double>(connector_params) * static_cast<double>(images * image_tokens);
+
+  const auto& l = m.llm;
+  const double d = static_cast<double>(l.hidden), hd = static_cast<double>(l.attention_head_dim());
+  const double H = static_cast<double>(l.heads), KV = static_cast<double>(l.kv_heads);
+  const double I = static_cast<double>(l.intermediate), L = static_cast<double>(l.layers);
+  double ffn = 3 * d * I;
+  if (l.experts > 0)
+    ffn = static_cast<double>(l.experts_per_token) * 3 * d * I + d * static_cast<double>(l.experts);
+  const double layer_params = d * H * hd + 2 * d * KV * hd + H * hd * d + ffn;
+  const double positions = static_cast<double>(rows * T);
+  const double llm_mm = 2.0 * layer_params * L * positions;
+  const double llm_attn = 4.0 * static_cast<double>(rows) * static_cast<double>(T * T) * H * hd * L;
+  const double head = 2.0 * d * static_cast<double>(l.vocab) * static_cast<double>(supervised);
+
+  Flops f;
+  const double forward = vision_fwd + conn_fwd + llm_mm + llm_attn + head;
+  f.forward = dpo ? 2 * forward : forward;
+  const bool into_conn = tr.vision, into_llm = tr.vision || tr.connector || tr.llm;
+  if (tr.vision) f.backward += 2 * vision_fwd;
+  f.backward += conn_fwd * ((tr.connector ? 1 : 0) + (into_conn ? 1 : 0));
+  if (into_llm) f.backward += llm_mm * (tr.llm ? 2 : 1) + 2 * llm_attn;
+  f.backward += head * ((tr.lm_head ? 1 : 0) + (into_llm ? 1 : 0));
+  return f;
+}
+
+struct Case {
+  std::string name, title;
+  Config config;
+  int64_t warmup = 0, steps = 0;
+};
+
+struct Phases {
+  double data = 0, forward = 0, backward = 0, optimizer = 0;
+  double total() const { return data + forward + backward + optimizer; }
+};
+
+// Totals over the timed steps.
+struct Totals {
+  Phases t;
+  double wall = 0;
+  int64_t steps = 0, rows = 0, items = 0, positions = 0, tokens = 0, supervised = 0;
+  Flops flops;
+  double first_loss = 0, last_loss = 0;
+};
+
+void run_case(const Case& c, double bench_start_rss) {
+  const double block_start_max_rss = max_rss_bytes();
+  Config config = c.config;
+  const auto tok = load_tokenizer(config.model.tokenizer);
+  const bool dpo = config.train.stage == "dpo";
+  MultimodalModel reference{nullptr};
+  if (dpo) {  // as the trainer: a second model from the same seed, frozen
+    Config ref_config = config;
+    reference = build_model(ref_config, *tok);
+    for (auto& p : reference->parameters()) p.set_requires_grad(false);
+    reference->eval();
+  }
+  MultimodalModel model = build_model(config, *tok);
+  apply_trainable(*model, config);
+  int64_t n_trainable = 0, n_total = 0, connector_params = 0;
+  Trains tr;
+  for (const auto& item : model->named_parameters()) {
+    const auto& name = item.key();
+    const auto& p = item.value();
+    n_total += p.numel();
+    if (p.requires_grad()) n_trainable += p.numel();
+    const bool grad = p.requires_grad();
+    if (name.rfind("vision_tower.", 0) == 0) tr.vision |= grad;
+    if (name.rfind("multi_modal_projector.", 0) == 0) {
+      tr.connector |= grad;
+      if (p.dim() >= 2) connector_params += p.numel();
+    }
+    if (name.rfind("language_model.model.", 0) == 0) tr.llm |= grad;
+    if (name.rfind("language_model.lm_head.", 0) == 0) tr.lm_head |= grad;
+  }
+  if (config.model.llm.tie_word_embeddings) tr.lm_head = tr.llm;
+  auto optimizer = make_optimizer(*model, config.train);
+  auto objective = make_objective(config.train, reference);
+
+  const int64_t Q = model->image_tokens();
+  std::unique_ptr<SampleSource> data;
+  if (dpo)
+    data =
+        std::make_unique<PreferenceDataset>(config.data.train, config.data, *tok, Q, "data.train");
+  else
+    data = std::make_unique<ConversationDataset>(config.data.train, config.data, *tok, Q,
+                                                 "data.train");
+  const int64_t image_size =
+      config.data.image.size > 0 ? config.data.image.size : config.model.vision.image_size;
+  const ImageTransform transform(image_size, config.data.image);
+  const torch::Device device("cpu");
+  const bool bf16 = config.train.precision == "bf16";
+
+  const auto& tc = config.train;
+  LoaderOptions lo;
+  lo.batch_size = tc.batch_size;
+  lo.grad_accum = tc.grad_accum;
+  lo.workers = config.data.workers;
+  lo.prefetch = config.data.prefetch;
+  lo.group_by_length = config.data.group_by_length;
+  lo.pad_id = tok->pad_id() >= 0 ? tok->pad_id() : 0;
+  lo.seed = static_cast<uint64_t>(config.run.seed);
+  DataLoader loader(*data, transform, lo);
+  model->train();
+
+  const int64_t total_steps = c.warmup + c.steps;
+  int64_t step = 0;
+  // One trainer step (trainer.cpp), each phase timed; adds to `acc` when given.
+  auto run_step = [&](Totals* acc) {
+    Phases ph;
+    auto t = Clock::now();
+    set_lr(*optimizer, lr_at(tc, step, total_steps));
+    optimizer->zero_grad();
+    ph.optimizer += seconds_since(t);
+
+    t = Clock::now();
+    std::vector<Batch> micro;
+    for (int64_t m = 0; m < tc.grad_accum; ++m) micro.push_back(loader.next().to(device));
+    int64_t weight = 0;
+    for (const auto& b : micro) weight += objective->weight(b);
+    ph.data += seconds_since(t);
+
+    double loss_sum = 0;
+    for (const auto& b : micro) {
+      t = Clock::now();
+      ObjectiveOutput out;
+      {
+        AutocastScope autocast(bf16, device.type(), torch::kBFloat16);
+        out = objective->forward(*model, b);
+      }
+      ph.forward += seconds_since(t);
+      t = Clock::now();
+      (out.loss_sum / static_cast<double>(std::max<int64_t>(1, weight))).backward();
+      loss_sum += out.loss_sum.item<double>();
+      ph.backward += seconds_since(t);
+      if (acc) {
+        const int64_t rows = b.input_ids.size(0), T = b.input_ids.size(1);
+        const int64_t images = b.pixel_values.defined() ? b.pixel_values.size(0) : 0;
+        const auto f = step_flops(config.model, tr, connector_params, rows, T, images, Q,
+                                  b.supervised_tokens, dpo);
+        acc->flops.forward += f.forward;
+        acc->flops.backward += f.backward;
+        acc->rows += rows;
+        acc->items += dpo ? b.pairs : rows;
+        acc->positions += rows * T;
+        acc->tokens += b.tokens;
+        acc->supervised += b.supervised_tokens;
+      }
+    }
+
+    t = Clock::now();
+    const double max_norm =
+        tc.clip_grad_norm > 0 ? tc.clip_grad_norm : std::numeric_limits<double>::infinity();
+    std::vector<torch::Tensor> params;
+    for (const auto& p : model->parameters())
+      if (p.requires_grad()) params.push_back(p);
+    torch::nn::utils::clip_grad_norm_(params, max_norm);
+    optimizer->step();
+    ph.optimizer += seconds_since(t);
+    ++step;
+
+    const double loss = loss_sum / static_cast<double>(std::max<int64_t>(1, weight));
+    if (acc) {
+      if (acc->steps == 0) acc->first_loss = loss;
+      acc->last_loss = loss;
+      ++acc->steps;
+      acc->t.data += ph.data;
+      acc->t.forward += ph.forward;
+      acc->t.backward += ph.backward;
+      acc->t.optimizer += ph.optimizer;
+    }
+  };
+
+  Totals warm;
+  for (int64_t i = 0; i < c.warmup; ++i) run_step(&warm);
+  // The GEMM reference, right before the timed steps: the LLM's d x d product over the step's
+  // positions (the warm-up's mean; one micro-batch's worth), and 1024^3.
+  const int64_t d = config.model.llm.hidden;
+  const int64_t M =
+      warm.steps > 0
+          ? std::max<int64_t>(1, warm.positions / std::max<int64_t>(1, warm.steps) / tc.grad_accum)
+          : tc.batch_size * 128;
+  const double gemm_model = gemm_gflops(M, d, d);
+  const double gemm_1024 = gemm_gflops(1024, 1024, 1024);
+
+  Totals tot;
+  const auto wall_start = Clock::now();
+  for (int64_t i = 0; i < c.steps; ++i) run_step(&tot);
+  tot.wall = seconds_since(wall_start);
+  const double block_max_rss = max_rss_bytes();
+  const double rss_now = rss_bytes();
+
+  const auto& v = config.model.vision;
+  const auto& l = config.model.llm;
+  const double n = static_cast<double>(tot.steps);
+  const double ms = 1000.0 / n;
+  const auto pct = [&](double x) { return tot.t.total() > 0 ? 100.0 * x / tot.t.total() : 0.0; };
+  const double fl = tot.flops.forward + tot.flops.backward;
+  const double fb = tot.t.forward + tot.t.backward;
+  std::printf("== %s: %s\n", c.name.c_str(), c.title.c_str());
+  std::printf(
+      "  model       vision %lldpx/%lld hidden %lld x%lld layers, connector %s, LLM d=%lld x%lld "
+      "layers, heads %lld/%lld kv, ffn %lld, vocab %lld\n",
+      static_cast<long long>(v.image_size), static_cast<long long>(v.patch_size),
+      static_cast<long long>(v.hidden), static_cast<long long>(v.layers),
+      config.model.connector.type.c_str(), static_cast<long long>(l.hidden),
+      static_cast<long long>(l.layers), static_cast<long long>(l.heads),
+      static_cast<long long>(l.kv_heads), static_cast<long long>(l.intermediate),
+      static_cast<long long>(l.vocab));
+  std::printf(
+      "  params      %.3f M trainable of %.3f M (%s)%s\n", static_cast<double>(n_trainable) / 1e6,
+      static_cast<double>(n_total) / 1e6,
+      [&] {
+        std::string s;
+        for (const auto& g : tc.trainable) s += (s.empty() ? "" : ", ") + g;
+        return s;
+      }()
+          .c_str(),
+      dpo ? " + a frozen reference of the same size" : "");
+  std::printf(
+      "  per step    %lld %s (%lld rows), %.0f positions (mean T %.1f), %.0f real tokens, %.0f "
+      "supervised; %lld warm-up + %lld timed steps\n",
+      static_cast<long long>(tc.batch_size * tc.grad_accum), dpo ? "pairs" : "samples",
+      static_cast<long long>(tot.rows / tot.steps), static_cast<double>(tot.positions) / n,
+      static_cast<double>(tot.positions) / static_cast<double>(tot.rows),
+      static_cast<double>(tot.tokens) / n, static_cast<double>(tot.supervised) / n,
+      static_cast<long long>(c.warmup), static_cast<long long>(c.steps));
+  char pairs[64] = "";
+  if (dpo)
+    std::snprintf(pairs, sizeof pairs, " (%.1f pairs/s)",
+                  static_cast<double>(tot.items) / tot.wall);
+  std::printf(
+      "  throughput  %.0f tokens/s (real, non-pad), %.1f samples/s%s, %.0f positions/s (with "
+      "padding)\n",
+      static_cast<double>(tot.tokens) / tot.wall, static_cast<double>(tot.rows) / tot.wall, pairs,
+      static_cast<double>(tot.positions) / tot.wall);
+  std::printf(
+      "  ms/step     %.1f = data %.1f (%.0f%%) + forward %.1f (%.0f%%) + backward %.1f (%.0f%%) + "
+      "optimizer %.1f (%.0f%%)\n",
+      tot.t.total() * ms, tot.t.data * ms, pct(tot.t.data), tot.t.forward * ms, pct(tot.t.forward),
+      tot.t.backward * ms, pct(tot.t.backward), tot.t.optimizer * ms, pct(tot.t.optimizer));
+  std::printf(
+      "  memory      peak RSS %.0f MiB (process max; +%.0f MiB over the bench start, +%.0f MiB "
+      "during this block), RSS now %.0f MiB (CPU resident memory)\n",
+      block_max_rss / kMiB, (block_max_rss - bench_start_rss) / kMiB,
+      (block_max_rss - block_start_max_rss) / kMiB, rss_now / kMiB);
+  std::printf("  FLOPs       %.2f GFLOP/step estimated (forward %.2f%s, backward %.2f)\n",
+              fl / n / 1e9, tot.flops.forward / n / 1e9, dpo ? " incl. the reference's" : "",
+              tot.flops.backward / n / 1e9);
+  std::printf(
+      "  achieved    %.1f GFLOP/s over forward+backward, %.1f GFLOP/s over the whole step\n",
+      fl / fb / 1e9, fl / tot.wall / 1e9);
+  std::printf(
+      "  GEMM ref    fp32 mm %lldx%lldx%lld %.1f GFLOP/s, 1024^3 %.1f GFLOP/s -> forward+backward "
+      "at %.2f / %.2f of them\n",
+      static_cast<long long>(M), static_cast<long long>(d), static_cast<long long>(d), gemm_model,
+      gemm_1024, fl / fb / 1e9 / gemm_model, fl / fb / 1e9 / gemm_1024);
+  std::printf("  loss        %.4f (first timed step) -> %.4f (last)\n", tot.first_loss,
+              tot.last_loss);
+  if (c.name == "d1024")  // what bench/train_eager.py needs to run the same shape (scripts/bench)
+    std::printf(
+        "  eager-args  --hidden %lld --layers %lld --heads %lld --kv-heads %lld --intermediate "
+        "%lld "
+        "--vocab %lld --batch %lld --seq %lld --steps %lld --warmup %lld --cpp-positions-per-s "
+        "%.1f --cpp-gemm-gflops %.1f\n",
+        static_cast<long long>(l.hidden), static_cast<long long>(l.layers),
+        static_cast<long long>(l.heads), static_cast<long long>(l.kv_heads),
+        static_cast<long long>(l.intermediate), static_cast<long long>(l.vocab),
+        static_cast<long long>(tot.rows / tot.steps),
+        static_cast<long long>(static_cast<double>(tot.positions) / static_cast<double>(tot.rows) +
+                               0.5),
+        static_cast<long long>(c.steps), static_cast<long long>(c.warmup),
+        static_cast<double>(tot.positions) / tot.wall, gemm_1024);
+  std::fflush(stdout);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const Options o = parse(argc, argv);
+  spdlog::set_level(spdlog::level::warn);
+  const double start_rss = max_rss_bytes();
+  const int threads = configure_threads(o.threads);
+  std::printf("LibTorch %s, %d intra-op threads, %lld loader workers (CPU)\n", TORCH_VERSION,
+              threads, static_cast<long long>(o.workers));
+
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("mllm-bench-train-" + std::to_string(static_cast<long long>(getpid())));
+  std::filesystem::remove_all(dir);
+  data::ShapesWorldOptions so;
+  so.train = 512;
+  so.val = 8;
+  so.image_size = 64;
+  data::generate_shapes_world(dir, so);
+
+  // configs/shapes/stage1_pretrain.yaml's sizes (its LLM, from stage 0, as stage0_text.yaml).
+  Config base;
+  base.run.seed = 0;
+  base.run.threads = o.threads;
+  auto& v = base.model.vision;
+  v.image_size = 64, v.patch_size = 8, v.hidden = 64, v.layers = 3, v.heads = 4,
+  v.intermediate = 256, v.feature_layer = -2, v.select = "patch";
+  auto& l = base.model.llm;
+  l.hidden = 128, l.layers = 4, l.heads = 4, l.kv_heads = 2, l.intermediate = 352, l.vocab = 128;
+  base.model.connector.type = "mlp2x_gelu";
+  base.model.tokenizer = (dir / "tokenizer.json").string();
+  base.data.image.size = 64;
+  base.data.image.aspect = "pad";
+  base.data.workers = o.workers;
+  base.data.train.image_root = (dir / "images").string();
+  base.train.weight_decay = 0.0;
+  base.train.clip_grad_norm = 1.0;
+  base.train.schedule = "cosine";
+
+  std::vector<Case> cases;
+  {
+    Case c{"stage1", "ShapesWorld stage 1 (pretrain: captions, plain, connector trains)", base,
+           o.warmup, o.steps};
+    auto& k = c.config;
+    k.data.train.path = (dir / "captions_train.json").string();
+    k.data.template_name = "plain";
+    k.data.max_length = 128;
+    k.train.stage = "pretrain";
+    k.train.trainable = {"multi_modal_projector.*"};
+    k.train.batch_size = 32, k.train.lr = 2e-3, k.train.warmup_ratio = 0.03;
+    cases.push_back(c);
+  }
+  Config instruct = base;
+  instruct.data.train.path = (dir / "instruct_train.json").string();
+  instruct.data.template_name = "vicuna_v1";
+  instruct.data.max_length = 192;
+  instruct.train.stage = "instruct";
+  instruct.train.trainable = {"multi_modal_projector.*", "language_model.*"};
+  instruct.train.batch_size = 32, instruct.train.lr = 1e-3, instruct.train.warmup_ratio = 0.03;
+  cases.push_back({"stage2", "ShapesWorld stage 2 (instruct, vicuna_v1, connector + LLM train)",
+                   instruct, o.warmup, o.steps});
+  {
+    Case c{"stage3", "ShapesWorld stage 3 (DPO on preference pairs, frozen reference)", instruct,
+           o.warmup, o.steps};
+    auto& k = c.config;
+    k.data.train.format = "preference_json";
+    k.data.train.path = (dir / "preference_train.json").string();
+    k.train.stage = "dpo";
+    k.train.batch_size = 16, k.train.lr = 1e-4, k.train.warmup_ratio = 0.1;
+    cases.push_back(c);
+  }
+  {
+    Case c{"d1024", "d=1024 LLM, stage-2 setting (instruct, connector + LLM train, batch 8)",
+           instruct, o.big_warmup, o.big_steps};
+    auto& b = c.config.model.llm;
+    b.hidden = 1024, b.layers = o.big_layers, b.heads = 16, b.kv_heads = o.big_kv_heads,
+    b.intermediate = 2816;
+    // ShapesWorld's vocabulary, padded to a multiple of 64 (a 32000-row head would only reach the
+    // supervised positions anyway: objectives.cpp).
+    b.vocab = (load_tokenizer(base.model.tokenizer)->vocab_size() + 63) / 64 * 64;
+    c.config.train.batch_size = 8;
+    cases.push_back(c);
+  }
+
+  for (const auto& c : cases)
+    if (o.only.empty() || c.name.find(o.only) != std::string::npos) run_case(c, start_rss);
+  std::filesystem::remove_all(dir);
+  return 0;
+}
