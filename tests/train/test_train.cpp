@@ -364,3 +364,41 @@ TEST_CASE("bf16 autocast trains and stays close to fp32 on the first step") {
   SafetensorsFile f(bf16.final_dir / "model.safetensors");
   CHECK(f.dtype("multi_modal_projector.linear_1.weight") == "F32");
 }
+
+TEST_CASE("AdamW groups: decay on matrices, none on norms and biases; embeddings configurable") {
+  TempDir data("mllm-data");
+  test::make_shapes(data.path(), 4, 1);
+  Config c = test::tiny_config(data.path(), data / "run");
+  c.model.llm.type = "qwen2";  // q/k/v biases
+  c.train.trainable = {"language_model.*", "multi_modal_projector.*"};
+  c.train.weight_decay = 0.1;
+  auto tok = load_tokenizer(c.model.tokenizer);
+  MultimodalModel model = build_model(c, *tok);
+  apply_trainable(*model, c);
+  std::map<const void*, std::string> name_of;
+  for (const auto& item : model->named_parameters(true))
+    name_of[item.value().unsafeGetTensorImpl()] = item.key();
+  auto groups_of = [&](const TrainConfig& t) {
+    auto opt = make_optimizer(*model, t);
+    std::map<std::string, double> decay;  // name -> weight decay of its group
+    for (auto& g : opt->param_groups()) {
+      const double wd = static_cast<torch::optim::AdamWOptions&>(g.options()).weight_decay();
+      for (const auto& p : g.params()) decay[name_of.at(p.unsafeGetTensorImpl())] = wd;
+    }
+    return decay;
+  };
+  auto decay = groups_of(c.train);
+  const std::string L = "language_model.model.";
+  CHECK(decay.at(L + "layers.0.self_attn.q_proj.weight") == 0.1);
+  CHECK(decay.at(L + "layers.0.self_attn.q_proj.bias") == 0.0);
+  CHECK(decay.at(L + "layers.0.input_layernorm.weight") == 0.0);
+  CHECK(decay.at(L + "norm.weight") == 0.0);
+  CHECK(decay.at("multi_modal_projector.linear_1.weight") == 0.1);
+  CHECK(decay.at("multi_modal_projector.linear_1.bias") == 0.0);
+  CHECK(decay.at(L + "embed_tokens.weight") == 0.1);  // as HF Trainer, by default
+  CHECK(decay.count("vision_tower.vision_model.post_layernorm.weight") == 0);  // frozen: absent
+  c.train.weight_decay_embeddings = false;
+  decay = groups_of(c.train);
+  CHECK(decay.at(L + "embed_tokens.weight") == 0.0);
+  CHECK(decay.at("language_model.lm_head.weight") == 0.1);
+}
