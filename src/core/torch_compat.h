@@ -18,6 +18,14 @@ namespace mllm {
 // additive float mask broadcastable to (B,H,T,S). Returns (B,H,T,D).
 inline at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                             const c10::optional<at::Tensor>& mask, bool is_causal) {
+  if (is_causal && q.size(-2) != k.size(-2)) {
+    // The queries are the last T of S positions (incremental decoding with a KV cache): causality
+    // is aligned to the end, which the fused kernels' is_causal (aligned to the start) is not.
+    const auto T = q.size(-2), S = k.size(-2);
+    auto causal = at::ones({T, S}, q.options().dtype(at::kBool)).triu(S - T + 1);
+    auto m = at::zeros({T, S}, q.options().dtype(at::kFloat)).masked_fill(causal, -1e9);
+    return attention(q, k, v, mask.has_value() ? *mask + m : m, false);
+  }
 #if MLLM_TORCH_AT_LEAST(2, 0)
   c10::optional<at::Tensor> m;
   if (mask.has_value()) m = mask->to(q.scalar_type());

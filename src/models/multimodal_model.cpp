@@ -55,11 +55,9 @@ torch::Tensor MultimodalModelImpl::embed(const torch::Tensor& input_ids,
   return splice_image_tokens(text, is_image, tokens.reshape({-1, tokens.size(-1)}));
 }
 
-torch::Tensor MultimodalModelImpl::forward(const torch::Tensor& input_ids,
-                                           const torch::Tensor& pixel_values,
-                                           const torch::Tensor& attention_mask) {
-  if (!connector->feature_level())
-    return language_model->forward(embed(input_ids, pixel_values), attention_mask);
+std::pair<torch::Tensor, LayerHook> MultimodalModelImpl::prepare(
+    const torch::Tensor& input_ids, const torch::Tensor& pixel_values) {
+  if (!connector->feature_level()) return {embed(input_ids, pixel_values), LayerHook()};
   // Feature-level: one placeholder per image marks its row; the connector's hook adds the
   // image inside the LLM.
   auto text = language_model->embed(input_ids);
@@ -72,8 +70,14 @@ torch::Tensor MultimodalModelImpl::forward(const torch::Tensor& input_ids,
         std::to_string(per_row.sum().item<int64_t>()) + " placeholders for " +
         std::to_string(features.size(0)) + " images");
   const auto rows = per_row.nonzero().view({-1});
-  const LayerHook hook = connector->layer_hook(features, rows, input_ids.size(0));
-  return language_model->forward(text, attention_mask, {}, nullptr, &hook);
+  return {text, connector->layer_hook(features, rows, input_ids.size(0))};
+}
+
+torch::Tensor MultimodalModelImpl::forward(const torch::Tensor& input_ids,
+                                           const torch::Tensor& pixel_values,
+                                           const torch::Tensor& attention_mask) {
+  const auto [embeds, hook] = prepare(input_ids, pixel_values);
+  return language_model->forward(embeds, attention_mask, {}, nullptr, hook ? &hook : nullptr);
 }
 
 }  // namespace mllm

@@ -31,6 +31,12 @@ class MultimodalModelImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& input_ids, const torch::Tensor& pixel_values,
                         const torch::Tensor& attention_mask = {});
 
+  // The LLM's input for a batch: its embeddings (images spliced in for a token-level connector)
+  // and, for a feature-level one, the hook that brings the images in at each layer (empty
+  // otherwise). forward() runs exactly this; generation keeps the hook for every step.
+  std::pair<torch::Tensor, LayerHook> prepare(const torch::Tensor& input_ids,
+                                              const torch::Tensor& pixel_values);
+
   // (...,C) -> (...,V)
   torch::Tensor logits(const torch::Tensor& hidden) { return language_model->logits(hidden); }
 

@@ -51,7 +51,8 @@ LlamaAttentionImpl::LlamaAttentionImpl(const LlmConfig& c)
 
 torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
                                           const torch::Tensor& sin,
-                                          const c10::optional<torch::Tensor>& mask) {
+                                          const c10::optional<torch::Tensor>& mask,
+                                          torch::Tensor* cache_k, torch::Tensor* cache_v) {
   const auto B = x.size(0), T = x.size(1);
   auto q = q_proj(x).view({B, T, heads, head_dim}).transpose(1, 2);  // (B,H,T,D)
   auto k = k_proj(x).view({B, T, kv_heads, head_dim}).transpose(1, 2);
@@ -61,6 +62,13 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const torch::T
   if (c.dim() == 3) c = c.unsqueeze(1), s = s.unsqueeze(1);
   q = q * c + rotate_half(q) * s;
   k = k * c + rotate_half(k) * s;
+  if (cache_k && cache_v) {
+    if (cache_k->defined()) {
+      k = torch::cat({*cache_k, k}, 2);
+      v = torch::cat({*cache_v, v}, 2);
+    }
+    *cache_k = k, *cache_v = v;
+  }
   if (kv_heads != heads) {  // grouped-query attention: each kv head serves heads/kv_heads queries
     k = k.repeat_interleave(heads / kv_heads, 1);
     v = v.repeat_interleave(heads / kv_heads, 1);
@@ -156,8 +164,9 @@ LlamaDecoderLayerImpl::LlamaDecoderLayerImpl(const LlmConfig& c) {
 torch::Tensor LlamaDecoderLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
                                              const torch::Tensor& sin,
                                              const c10::optional<torch::Tensor>& mask,
-                                             torch::Tensor& router_logits) {
-  auto h = x + self_attn(input_layernorm(x), cos, sin, mask);
+                                             torch::Tensor& router_logits, torch::Tensor* cache_k,
+                                             torch::Tensor* cache_v) {
+  auto h = x + self_attn(input_layernorm(x), cos, sin, mask, cache_k, cache_v);
   const auto n = post_attention_layernorm(h);
   return h + (block_sparse_moe ? block_sparse_moe->forward(n, router_logits) : mlp(n));
 }
@@ -175,18 +184,27 @@ torch::Tensor LlamaModelImpl::forward(const torch::Tensor& inputs_embeds,
                                       const torch::Tensor& attention_mask,
                                       const torch::Tensor& position_ids,
                                       std::vector<torch::Tensor>* hidden_states,
-                                      const LayerHook* hook) {
+                                      const LayerHook* hook, KvCache* cache) {
   const auto T = inputs_embeds.size(1);
+  const int64_t past = cache ? cache->length() : 0;
+  const int64_t S = past + T;  // keys attended to
+  if (cache && cache->k.empty()) {
+    cache->k.resize(layers->size());
+    cache->v.resize(layers->size());
+  }
   const auto positions = position_ids.defined()
                              ? position_ids
-                             : torch::arange(T, inputs_embeds.options().dtype(torch::kLong));
+                             : torch::arange(past, S, inputs_embeds.options().dtype(torch::kLong));
   const double factor = config_.rope_scaling == "linear" ? config_.rope_scaling_factor : 1.0;
   auto [cos, sin] = rope_tables(positions, config_.attention_head_dim(), config_.rope_theta, factor,
                                 inputs_embeds.options());
   c10::optional<torch::Tensor> mask;
   if (attention_mask.defined() && !attention_mask.all().item<bool>()) {
     // Padding keys get a large negative score (finite, so a fully padded row stays a number).
-    auto keep = attention_mask.to(torch::kBool).view({attention_mask.size(0), 1, 1, T});
+    if (attention_mask.size(1) != S)
+      throw std::invalid_argument("attention_mask has " + std::to_string(attention_mask.size(1)) +
+                                  " positions, expected " + std::to_string(S));
+    auto keep = attention_mask.to(torch::kBool).view({attention_mask.size(0), 1, 1, S});
     mask = torch::zeros(keep.sizes(), inputs_embeds.options().dtype(torch::kFloat))
                .masked_fill(keep.logical_not(), -1e9);
   }
@@ -197,7 +215,9 @@ torch::Tensor LlamaModelImpl::forward(const torch::Tensor& inputs_embeds,
     const auto layer = layers->ptr<LlamaDecoderLayerImpl>(i);
     if (hook) h = (*hook)(static_cast<int64_t>(i), h);
     torch::Tensor logits;
-    if (gradient_checkpointing_ && wants_checkpoint(*layer, h))
+    if (cache)
+      h = layer->forward(h, cos, sin, mask, logits, &cache->k[i], &cache->v[i]);
+    else if (gradient_checkpointing_ && wants_checkpoint(*layer, h))
       h = checkpointed_layer_forward(layer, h, cos, sin, mask, logits);
     else
       h = layer->forward(h, cos, sin, mask, logits);
@@ -223,8 +243,8 @@ torch::Tensor LlamaForCausalLMImpl::forward(const torch::Tensor& inputs_embeds,
                                             const torch::Tensor& attention_mask,
                                             const torch::Tensor& position_ids,
                                             std::vector<torch::Tensor>* hidden_states,
-                                            const LayerHook* hook) {
-  return model->forward(inputs_embeds, attention_mask, position_ids, hidden_states, hook);
+                                            const LayerHook* hook, KvCache* cache) {
+  return model->forward(inputs_embeds, attention_mask, position_ids, hidden_states, hook, cache);
 }
 
 torch::Tensor LlamaForCausalLMImpl::aux_loss(const torch::Tensor& attention_mask) const {

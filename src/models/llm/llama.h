@@ -38,13 +38,25 @@ std::pair<torch::Tensor, torch::Tensor> rope_tables(const torch::Tensor& positio
                                                     double scaling_factor,
                                                     const torch::TensorOptions& options);
 
+// Keys and values of the positions seen so far, per layer, for incremental decoding: (B,KVH,S,D)
+// after the rotary embedding and before the grouped-query repeat (what transformers' DynamicCache
+// holds). Empty until the first forward that is given it.
+struct KvCache {
+  std::vector<torch::Tensor> k, v;  // one per layer
+  int64_t length() const { return k.empty() || !k[0].defined() ? 0 : k[0].size(2); }
+};
+
 class LlamaAttentionImpl : public torch::nn::Module {
  public:
   explicit LlamaAttentionImpl(const LlmConfig& c);
   // x (B,T,C); cos/sin (T,D) or (B,T,D); mask: optional additive (B,1,T,T) or (B,1,1,T) on top of
   // the causal mask. Returns (B,T,C).
+  // With `cache_k`/`cache_v` (a layer's slot of a KvCache), x holds only the new positions: their
+  // keys and values are appended, and they attend to every cached position (mask then covers
+  // all S positions: (B,1,1,S)).
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
-                        const c10::optional<torch::Tensor>& mask);
+                        const c10::optional<torch::Tensor>& mask, torch::Tensor* cache_k = nullptr,
+                        torch::Tensor* cache_v = nullptr);
   LoraLinear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
   int64_t heads, kv_heads, head_dim;
 };
@@ -93,7 +105,8 @@ class LlamaDecoderLayerImpl : public torch::nn::Module {
   explicit LlamaDecoderLayerImpl(const LlmConfig& c);
   // router_logits: set for MoE layers, left alone otherwise.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
-                        const c10::optional<torch::Tensor>& mask, torch::Tensor& router_logits);
+                        const c10::optional<torch::Tensor>& mask, torch::Tensor& router_logits,
+                        torch::Tensor* cache_k = nullptr, torch::Tensor* cache_v = nullptr);
   LlamaAttention self_attn{nullptr};
   LlamaMlp mlp{nullptr};                       // dense layers
   MixtralSparseMoe block_sparse_moe{nullptr};  // MoE layers
@@ -108,12 +121,14 @@ class LlamaModelImpl : public torch::nn::Module {
   // token is real; position_ids (B,T) or undefined for 0..T-1 (left-padded generation passes
   // them). Returns the final-normed hidden states (B,T,C). With `hidden_states`, also collects
   // HF's output_hidden_states: the embeddings, then each layer's output, the last one normed.
-  // `hook`, when given, runs before each layer (feature-level connectors).
+  // `hook`, when given, runs before each layer (feature-level connectors). With `cache`,
+  // inputs_embeds are the positions after the cached ones: attention_mask then covers all of them
+  // (B, cached + T), position_ids default to cached..cached+T-1, and the cache grows by T.
   torch::Tensor forward(const torch::Tensor& inputs_embeds,
                         const torch::Tensor& attention_mask = {},
                         const torch::Tensor& position_ids = {},
                         std::vector<torch::Tensor>* hidden_states = nullptr,
-                        const LayerHook* hook = nullptr);
+                        const LayerHook* hook = nullptr, KvCache* cache = nullptr);
   // Gradient checkpointing (models/llm/layer_checkpoint.h): when on, a layer that would build a
   // graph (grad mode on, its input or a parameter requiring grad) keeps only its input and is run
   // again in backward. Same loss and gradients, less memory; off by default. The LayerHook runs
@@ -142,7 +157,7 @@ class LlamaForCausalLMImpl : public torch::nn::Module {
                         const torch::Tensor& attention_mask = {},
                         const torch::Tensor& position_ids = {},
                         std::vector<torch::Tensor>* hidden_states = nullptr,
-                        const LayerHook* hook = nullptr);
+                        const LayerHook* hook = nullptr, KvCache* cache = nullptr);
   // The load-balancing loss of the last forward (undefined for dense models).
   torch::Tensor aux_loss(const torch::Tensor& attention_mask = {}) const;
   torch::Tensor logits(const torch::Tensor& hidden);  // (...,C) -> (...,V)
