@@ -16,8 +16,9 @@ Action add_train_command(CLI::App& app);
 Action add_data_command(CLI::App& app);
 Action add_tokenize_command(CLI::App& app);
 Action add_sweep_command(CLI::App& app);
-Action add_inspect_command(CLI::App& app);  // model_cmds.cpp (LibTorch)
-Action add_export_command(CLI::App& app);   // model_cmds.cpp (LibTorch)
+Action add_inspect_command(CLI::App& app);   // model_cmds.cpp (LibTorch)
+Action add_export_command(CLI::App& app);    // model_cmds.cpp (LibTorch)
+Action add_generate_command(CLI::App& app);  // generate_cmd.cpp (LibTorch)
 
 // `mllm data check` (data_check.cpp, which needs LibTorch for the image decoder).
 int run_data_check(const std::string& config_path, const std::vector<std::string>& overrides);

@@ -27,6 +27,7 @@ int main(int argc, char** argv) {
   add(mllm::cli::add_sweep_command);
   add(mllm::cli::add_inspect_command);
   add(mllm::cli::add_export_command);
+  add(mllm::cli::add_generate_command);
 
   try {
     app.parse(argc, argv);

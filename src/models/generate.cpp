@@ -78,6 +78,8 @@ GenerationResult generate(MultimodalModelImpl& model,
   auto next_pos = positions.select(1, positions.size(1) - 1) + 1;  // (B)
   for (int64_t step = 0; step < o.max_new_tokens; ++step) {
     auto logits = model.logits(last).to(torch::kFloat);  // (B,V)
+    if (o.vocab_limit > 0 && o.vocab_limit < logits.size(-1))
+      logits.slice(-1, o.vocab_limit).fill_(-std::numeric_limits<float>::infinity());
     torch::Tensor next;
     if (o.sample) {
       const auto probs = sampling_probs(logits, o.temperature, o.top_k, o.top_p).cpu();

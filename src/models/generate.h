@@ -28,6 +28,9 @@ struct GenerationOptions {
   std::vector<int64_t> stop_ids;          // e.g. the tokenizer's eos
   std::vector<std::string> stop_strings;  // need `decode`
   int64_t pad_id = 0;
+  // Only ids below this are chosen (the tokenizer's size when the LLM's vocabulary is padded
+  // beyond it, as 32064 for 32002 ids); 0 = every row of the LM head.
+  int64_t vocab_limit = 0;
 };
 
 struct GenerationResult {

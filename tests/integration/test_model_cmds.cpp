@@ -21,6 +21,11 @@ namespace {
 using mllm::test::Result;
 using mllm::test::run_mllm;
 
+// The streamed reply: the first line of the output (the log follows on stderr).
+std::string reply(const Result& r) {
+  return r.output.substr(0, r.output.find('\n'));
+}
+
 torch::Tensor logits_of(MultimodalModel& m, const torch::Tensor& ids, const torch::Tensor& px) {
   torch::NoGradGuard no_grad;
   m->eval();
@@ -101,4 +106,34 @@ TEST_CASE("inspect: parameters per component, trainable counts, visual tokens; w
   const auto cut = run_mllm("inspect --weights " + (data / "cut.safetensors").string());
   CHECK(cut.code == 1);
   CHECK_THAT(cut.output, Catch::Contains("cut.safetensors"));
+}
+
+TEST_CASE("generate: a run's model answers a prompt about an image, greedy or seeded sampling") {
+  TempDir data("mllm-generate");
+  test::make_shapes(data.path(), 8, 2);
+  Config c = test::tiny_config(data.path(), data / "run");
+  c.train.max_steps = 2;
+  train(c);
+  const std::string base = "generate --checkpoint " + (data / "run").string() + " --image " +
+                           (data / "images/val/000000.png").string() +
+                           " --prompt 'what is in the picture?' --threads 1";
+  const Result greedy = run_mllm(base + " --max-new-tokens 5");
+  INFO(greedy.output);
+  REQUIRE(greedy.code == 0);
+  CHECK_THAT(greedy.output,
+             Catch::Matches("(.|\\n)*[1-5] tokens, stopped by (length|stop_id)(.|\\n)*"));
+  CHECK(reply(run_mllm(base + " --max-new-tokens 5")) == reply(greedy));  // deterministic
+  CHECK_FALSE(reply(greedy).empty());
+  const Result s1 = run_mllm(base + " --max-new-tokens 8 --temperature 1.5 --seed 4");
+  INFO(s1.output);
+  REQUIRE(s1.code == 0);
+  CHECK(reply(run_mllm(base + " --max-new-tokens 8 --temperature 1.5 --seed 4")) == reply(s1));
+  // The plain template (stage 1) takes the image alone.
+  CHECK(run_mllm(base + " --template plain --max-new-tokens 3").code == 0);
+
+  const Result missing =
+      run_mllm("generate --checkpoint " + (data / "nowhere").string() + " --prompt hi");
+  CHECK(missing.code == 2);
+  CHECK_THAT(missing.output, Catch::Contains("neither a llava folder"));
+  CHECK(run_mllm(base + " --top-p 0").code == 2);
 }

@@ -151,4 +151,12 @@ TEST_CASE("sampling: temperature, top-k and top-p as transformers' warpers; seed
   CHECK(generate(*m, {a}, pixels, o).tokens[0] != s1);
   o.top_k = 1;  // only the argmax is left
   CHECK(generate(*m, {a}, pixels, o).tokens[0] == greedy);
+  // Ids beyond the tokenizer's (a padded vocabulary) are never chosen.
+  o.top_k = 0;
+  o.temperature = 50;  // nearly uniform
+  o.vocab_limit = 20;
+  o.max_new_tokens = 30;
+  const auto limited = generate(*m, {a}, pixels, o);
+  REQUIRE(limited.tokens[0].size() == 30);
+  for (int64_t id : limited.tokens[0]) CHECK(id < 20);
 }
