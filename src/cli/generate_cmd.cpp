@@ -13,6 +13,7 @@
 #include "data/image_transform.h"
 #include "data/tokenizer/tokenizer.h"
 #include "models/generate.h"
+#include "models/hf/config_json.h"
 #include "models/hf/llava_folder.h"
 
 namespace mllm::cli {
@@ -86,8 +87,11 @@ Action add_generate_command(CLI::App& app) {
     }
     torch::Tensor pixels;
     if (with_image) {
+      // As the model was trained (final/preprocessor_config.json), else the data.image defaults.
       ImageConfig ic;
-      pixels = ImageTransform(mc.vision.image_size, ic).load(args->image).unsqueeze(0);
+      int64_t size = mc.vision.image_size;
+      read_preprocessor_config_json(folder, ic, size);
+      pixels = ImageTransform(size, ic).load(args->image).unsqueeze(0);
     }
     GenerationOptions o;
     o.max_new_tokens = args->max_new_tokens;

@@ -155,6 +155,9 @@ int export_model(const std::string& from, const std::string& out_dir) {
     if (t->pad_id() >= 0) tc["pad_token"] = t->id_to_token(t->pad_id());
     write_file_atomic(tmp / "tokenizer_config.json", tc.dump(2) + "\n");
   }
+  if (fs::exists(src / "preprocessor_config.json"))
+    write_file_atomic(tmp / "preprocessor_config.json",
+                      read_file(src / "preprocessor_config.json"));
   fsync_path(tmp);
   if (fs::exists(out)) fs::remove(out);
   rename_durable(tmp, out);

@@ -132,6 +132,10 @@ void write_final(const fs::path& out, MultimodalModelImpl& model, const Config& 
   write_file_atomic(tmp / "config.json",
                     llava_config_json(config.model, model.image_token_id()).dump(2) + "\n");
   write_file_atomic(tmp / "tokenizer.json", read_file(config.model.tokenizer));
+  const int64_t image_size =
+      config.data.image.size > 0 ? config.data.image.size : config.model.vision.image_size;
+  write_file_atomic(tmp / "preprocessor_config.json",
+                    preprocessor_config_json(config.data.image, image_size).dump(2) + "\n");
   fsync_path(tmp);
   if (fs::exists(final_dir)) fs::remove_all(final_dir);
   rename_durable(tmp, final_dir);

@@ -8,6 +8,7 @@
 
 #include "core/config.h"
 #include "fixtures.h"
+#include "models/hf/config_json.h"
 #include "models/hf/llava_folder.h"
 #include "run_mllm.h"
 #include "test_util.h"
@@ -58,6 +59,8 @@ TEST_CASE("export: a run becomes a llava folder whose reload gives exactly the s
       CHECK(config["model_type"] == "mllm_llava");
     }
     CHECK(std::filesystem::exists(out / "tokenizer.json"));
+    CHECK(test::read_text(out / "preprocessor_config.json") ==
+          test::read_text(data / ("run-" + connector) / "final" / "preprocessor_config.json"));
     CHECK(nlohmann::json::parse(test::read_text(out / "tokenizer_config.json"))["eos_token"] ==
           "</s>");
     auto trained = load_llava_folder(data / ("run-" + connector) / "final");
@@ -114,6 +117,15 @@ TEST_CASE("generate: a run's model answers a prompt about an image, greedy or se
   Config c = test::tiny_config(data.path(), data / "run");
   c.train.max_steps = 2;
   train(c);
+  // final/ records how images were prepared (transformers' CLIPImageProcessor keys).
+  ImageConfig ic;
+  ic.aspect = "resize";
+  int64_t size = 0;
+  REQUIRE(read_preprocessor_config_json(data / "run" / "final", ic, size));
+  CHECK(size == 32);
+  CHECK(ic.aspect == c.data.image.aspect);
+  CHECK(ic.mean == c.data.image.mean);
+  CHECK(ic.std == c.data.image.std);
   const std::string base = "generate --checkpoint " + (data / "run").string() + " --image " +
                            (data / "images/val/000000.png").string() +
                            " --prompt 'what is in the picture?' --threads 1";

@@ -175,4 +175,45 @@ void read_vision_config_json(const std::filesystem::path& folder, VisionConfig& 
     throw Error(path.string() + ": hidden_act '" + act + "' is not supported (quick_gelu)");
 }
 
+nlohmann::json preprocessor_config_json(const ImageConfig& image, int64_t size) {
+  return {{"image_processor_type", "CLIPImageProcessor"},
+          {"do_resize", true},
+          {"size", {{"shortest_edge", size}}},
+          {"do_center_crop", true},
+          {"crop_size", {{"height", size}, {"width", size}}},
+          {"resample", 3},
+          {"do_rescale", true},
+          {"rescale_factor", 1.0 / 255.0},
+          {"do_normalize", true},
+          {"image_mean", image.mean},
+          {"image_std", image.std},
+          {"do_convert_rgb", true},
+          {"mllm_aspect", image.aspect}};
+}
+
+bool read_preprocessor_config_json(const std::filesystem::path& folder, ImageConfig& image,
+                                   int64_t& size) {
+  const auto file = folder / "preprocessor_config.json";
+  if (!std::filesystem::is_regular_file(file)) return false;
+  try {
+    const auto j = nlohmann::json::parse(read_file(file));
+    ImageConfig out = image;
+    int64_t s = j.contains("crop_size") ? j.at("crop_size").at("height").get<int64_t>()
+                                        : j.at("size").at("shortest_edge").get<int64_t>();
+    out.mean = j.at("image_mean").get<std::vector<double>>();
+    out.std = j.at("image_std").get<std::vector<double>>();
+    out.aspect = j.value("mllm_aspect", std::string("crop"));
+    if (out.mean.size() != 3 || out.std.size() != 3 || s <= 0 ||
+        (out.aspect != "pad" && out.aspect != "crop" && out.aspect != "resize"))
+      throw Error("unexpected values");
+    image = out;
+    size = s;
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(file.string() + ": malformed (" + e.what() + ")");
+  } catch (const Error& e) {
+    throw Error(file.string() + ": " + e.what());
+  }
+  return true;
+}
+
 }  // namespace mllm

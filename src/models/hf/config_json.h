@@ -23,4 +23,15 @@ void read_llm_config_json(const std::filesystem::path& folder, LlmConfig& llm);
 // defaults. Throws Error naming the file and field.
 void read_vision_config_json(const std::filesystem::path& folder, VisionConfig& vision);
 
+// preprocessor_config.json: how the model's images were prepared, in the keys of transformers'
+// CLIPImageProcessor (size.shortest_edge, crop_size, image_mean, image_std, resample 3 = bicubic)
+// plus "mllm_aspect" (pad | crop | resize). Written next to config.json in final/ and exports.
+nlohmann::json preprocessor_config_json(const ImageConfig& image, int64_t size);
+
+// Reads a folder's preprocessor_config.json into `image` and `size` when there is one (returns
+// false, leaving them, when not). Without "mllm_aspect" the aspect is CLIP's crop. Throws Error
+// naming the file for a malformed one.
+bool read_preprocessor_config_json(const std::filesystem::path& folder, ImageConfig& image,
+                                   int64_t& size);
+
 }  // namespace mllm
