@@ -263,14 +263,7 @@ void run_case(const Case& c, double bench_start_rss) {
   const bool bf16 = config.train.precision == "bf16";
 
   const auto& tc = config.train;
-  LoaderOptions lo;
-  lo.batch_size = tc.batch_size;
-  lo.grad_accum = tc.grad_accum;
-  lo.workers = config.data.workers;
-  lo.prefetch = config.data.prefetch;
-  lo.group_by_length = config.data.group_by_length;
-  lo.pad_id = tok->pad_id() >= 0 ? tok->pad_id() : 0;
-  lo.seed = static_cast<uint64_t>(config.run.seed);
+  const LoaderOptions lo = loader_options(config, tok->pad_id() >= 0 ? tok->pad_id() : 0);
   DataLoader loader(*data, transform, lo);
   model->train();
 

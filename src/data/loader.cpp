@@ -7,6 +7,19 @@
 
 namespace mllm {
 
+LoaderOptions loader_options(const Config& config, int64_t pad_id) {
+  LoaderOptions lo;
+  lo.batch_size = config.train.batch_size;
+  lo.grad_accum = config.train.grad_accum;
+  lo.workers = config.data.workers;
+  lo.prefetch = config.data.prefetch;
+  lo.group_by_length = config.data.group_by_length;
+  lo.skip_bad_images = config.data.on_bad_record == "skip";
+  lo.pad_id = pad_id;
+  lo.seed = static_cast<uint64_t>(config.run.seed);
+  return lo;
+}
+
 std::vector<std::vector<int64_t>> plan_epoch(const SampleSource& data, const LoaderOptions& o,
                                              int64_t epoch) {
   const auto N = static_cast<int64_t>(data.size());

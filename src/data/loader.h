@@ -37,6 +37,10 @@ struct LoaderOptions {
   uint64_t seed = 0;
 };
 
+// The loader settings a run's config asks for (train.batch_size / grad_accum, data.workers /
+// prefetch / group_by_length / on_bad_record, run.seed).
+LoaderOptions loader_options(const Config& config, int64_t pad_id);
+
 // Where the loader stands: the epoch and the samples of it already handed out.
 struct LoaderPosition {
   int64_t epoch = 0;

@@ -269,16 +269,8 @@ TrainSummary train(Config config, const TrainOptions& options) {
   };
   if (!resume_from) run_eval("start");
 
-  LoaderOptions lo;
-  lo.batch_size = tc.batch_size;
-  lo.grad_accum = tc.grad_accum;
-  lo.workers = config.data.workers;
-  lo.prefetch = config.data.prefetch;
-  lo.group_by_length = config.data.group_by_length;
-  lo.skip_bad_images = skip_bad;
-  lo.pad_id = pad_id;
-  lo.seed = static_cast<uint64_t>(config.run.seed);
-  DataLoader loader(*train_data, transform, lo, {state.epoch, state.position});
+  DataLoader loader(*train_data, transform, loader_options(config, pad_id),
+                    {state.epoch, state.position});
   const auto loop_start = Clock::now();
   auto interval_start = Clock::now();
   int64_t interval_tokens = 0, steps_here = 0, tokens_here = 0, bad_in_a_row = 0;
