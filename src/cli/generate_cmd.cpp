@@ -33,7 +33,8 @@ Action add_generate_command(CLI::App& app) {
   cmd->add_option("--image", args->image, "image file");
   cmd->add_option("--prompt", args->prompt, "the user's message")->required();
   cmd->add_option("--template", args->template_name,
-                  "conversation template (default: chatml for Qwen2, else vicuna_v1)");
+                  "conversation template (default: the one it was trained with, recorded in "
+                  "tokenizer_config.json; else chatml for Qwen2, vicuna_v1 otherwise)");
   cmd->add_option("--max-new-tokens", args->max_new_tokens, "at most this many tokens")
       ->capture_default_str();
   cmd->add_option("--temperature", args->temperature, "0 = greedy; > 0 samples")
@@ -65,7 +66,7 @@ Action add_generate_command(CLI::App& app) {
     MultimodalModel model = load_llava_folder(folder);
     const ModelConfig& mc = model->config();
     std::string name = args->template_name;
-    if (name.empty()) name = mc.llm.type == "qwen2" ? "chatml" : "vicuna_v1";
+    if (name.empty()) name = model_template(folder, mc);
     const auto& names = template_names();
     if (std::find(names.begin(), names.end(), name) == names.end())
       throw ConfigError("--template: unknown '" + name + "'");

@@ -28,6 +28,8 @@ int main(int argc, char** argv) {
   add(mllm::cli::add_inspect_command);
   add(mllm::cli::add_export_command);
   add(mllm::cli::add_generate_command);
+  add(mllm::cli::add_eval_command);
+  add(mllm::cli::add_score_command);
 
   try {
     app.parse(argc, argv);

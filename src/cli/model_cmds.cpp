@@ -148,11 +148,7 @@ int export_model(const std::string& from, const std::string& out_dir) {
   if (fs::exists(tok)) {
     write_file_atomic(tmp / "tokenizer.json", read_file(tok));
     const auto t = load_tokenizer(tok);
-    nlohmann::json tc = {{"tokenizer_class", "PreTrainedTokenizerFast"},
-                         {"model_max_length", m.llm.max_position}};
-    if (t->bos_id() >= 0) tc["bos_token"] = t->id_to_token(t->bos_id());
-    if (t->eos_id() >= 0) tc["eos_token"] = t->id_to_token(t->eos_id());
-    if (t->pad_id() >= 0) tc["pad_token"] = t->id_to_token(t->pad_id());
+    const auto tc = tokenizer_config_json(*t, m.llm.max_position, model_template(src, m));
     write_file_atomic(tmp / "tokenizer_config.json", tc.dump(2) + "\n");
   }
   if (fs::exists(src / "preprocessor_config.json"))

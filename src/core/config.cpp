@@ -156,6 +156,45 @@ class Binder {
     sub.reject_unknown();
   }
 
+  // A list of sections (eval.tasks): each element a mapping described by describe(Binder&, S&).
+  // Key paths are "key[i].field"; for suggestions the known paths are "key[].field".
+  template <class S>
+  void section_list(const std::string& key, std::vector<S>& v) {
+    const std::string path = full(key);
+    if (mode_ == Mode::Paths) {
+      S element;
+      Binder sub(mode_, ctx_, path + "[]", YAML::Node(), nullptr);
+      describe(sub, element);
+      return;
+    }
+    if (mode_ == Mode::Write) {
+      *out_ << YAML::Key << key << YAML::Value << YAML::BeginSeq;
+      for (size_t i = 0; i < v.size(); ++i) {
+        *out_ << YAML::BeginMap;
+        Binder sub(mode_, ctx_, path + "[" + std::to_string(i) + "]", YAML::Node(), out_);
+        describe(sub, v[i]);
+        *out_ << YAML::EndMap;
+      }
+      *out_ << YAML::EndSeq;
+      return;
+    }
+    used_.insert(key);
+    const YAML::Node n = lookup(key);
+    if (!n || n.IsNull()) return;
+    record(path, n);
+    if (!n.IsSequence()) fail(path, "expected a list of mappings, got " + kind(n));
+    // Sized once: existing_path keeps pointers to the elements' strings.
+    v.assign(n.size(), S{});
+    for (size_t i = 0; i < n.size(); ++i) {
+      const std::string item = path + "[" + std::to_string(i) + "]";
+      record(item, n[i]);
+      if (!n[i].IsMap()) fail(item, "expected a mapping of keys, got " + kind(n[i]));
+      Binder sub(mode_, ctx_, item, n[i], nullptr);
+      describe(sub, v[i]);
+      sub.reject_unknown();
+    }
+  }
+
   // After a section is read: every key present in the YAML must have been consumed.
   void reject_unknown() {
     if (mode_ != Mode::Read || !node_ || !node_.IsMap()) return;
@@ -166,7 +205,7 @@ class Binder {
       record(path, kv.first);
       std::string msg = "unknown key";
       // Suggest the closest key of this section, else the same key in another section.
-      const std::string head = prefix_.empty() ? "" : prefix_ + ".";
+      const std::string head = prefix_.empty() ? "" : without_indices(prefix_) + ".";
       std::vector<std::string> siblings;
       for (const auto& p : ctx_.known_paths)
         if (p.rfind(head, 0) == 0)
@@ -222,6 +261,17 @@ class Binder {
       p = p.substr(0, dot);
     }
     (*ctx_.origin)[path] = where;
+  }
+
+  // "eval.tasks[2]" -> "eval.tasks[]", the form of the known key paths.
+  static std::string without_indices(const std::string& path) {
+    std::string out;
+    for (size_t i = 0; i < path.size(); ++i) {
+      out.push_back(path[i]);
+      if (path[i] != '[') continue;
+      while (i + 1 < path.size() && path[i + 1] != ']') ++i;
+    }
+    return out;
   }
 
   static std::string kind(const YAML::Node& n) {
@@ -457,6 +507,7 @@ void describe(Binder& b, DpoConfig& c) {
   b.choice("loss_type", c.loss_type, {"sigmoid", "hinge", "ipo"});
   b.value("beta", c.beta, in_range(0, 1e6, true));
   b.value("label_smoothing", c.label_smoothing, in_range(0, 0.5));
+  b.value("rpo_alpha", c.rpo_alpha, in_range(0, 1e6));
 }
 
 void describe(Binder& b, TrainConfig& c) {
@@ -494,11 +545,86 @@ void describe(Binder& b, TrainConfig& c) {
   b.value("eval_batches", c.eval_batches, at_least(0));
 }
 
+void describe(Binder& b, GenerationConfig& c) {
+  b.value("max_new_tokens", c.max_new_tokens, at_least(1));
+  b.value("temperature", c.temperature, in_range(0, 100));
+  b.value("top_k", c.top_k, at_least(0));
+  b.value("top_p", c.top_p, in_range(0, 1, true));
+  b.value("seed", c.seed, at_least(0));
+  b.value("stop", c.stop);
+}
+
+const std::vector<std::string>& metric_names() {
+  static const std::vector<std::string> names = {"cider_d", "bleu", "rouge_l", "vqa",
+                                                 "exact",   "mc",   "pope",    "mme"};
+  return names;
+}
+
+void describe(Binder& b, EvalTaskConfig& c) {
+  b.value("name", c.name, Check<std::string>([](const std::string& s) -> std::string {
+            return s.empty() || s.find_first_of("/\\ ") != std::string::npos
+                       ? "must be a non-empty name without '/' or spaces"
+                       : "";
+          }));
+  b.choice("format", c.format, {"llava_json", "llava_jsonl", "qa_json", "qa_jsonl"});
+  b.existing_path("path", c.path, false);
+  b.existing_path("image_root", c.image_root, true);
+  b.value("max_samples", c.max_samples, at_least(0));
+  b.value("types", c.types);
+  b.value("template", c.template_name, Check<std::string>([](const std::string& s) -> std::string {
+            const std::vector<std::string> names = {"",        "plain",  "vicuna_v1",
+                                                    "llama_2", "chatml", "text"};
+            if (std::find(names.begin(), names.end(), s) != names.end()) return "";
+            return "must be one of plain, vicuna_v1, llama_2, chatml, text (got '" + s + "')";
+          }));
+  b.value("metrics", c.metrics,
+          Check<std::vector<std::string>>([](const std::vector<std::string>& v) -> std::string {
+            if (v.empty()) return "needs at least one metric";
+            for (const auto& m : v) {
+              const auto& names = metric_names();
+              if (std::find(names.begin(), names.end(), m) != names.end()) continue;
+              std::string msg = "unknown metric '" + m + "' (one of " + join(names, ", ") + ")";
+              const std::string guess = closest(m, names);
+              if (!guess.empty()) msg += "; did you mean '" + guess + "'?";
+              return msg;
+            }
+            return "";
+          }));
+  b.section("generation", c.generation);
+}
+
+void describe(Binder& b, EvalConfig& c) {
+  b.section_list("tasks", c.tasks);
+  b.value("batch_size", c.batch_size, at_least(1));
+  b.value("chance", c.chance);
+}
+
 void describe(Binder& b, Config& c) {
   b.section("run", c.run);
   b.section("model", c.model);
   b.section("data", c.data);
   b.section("train", c.train);
+  b.section("eval", c.eval);
+}
+
+void describe(Binder& b, EvalFile& c) {
+  b.section("run", c.run);
+  b.section("eval", c.eval);
+}
+
+void check_eval(const EvalConfig& e, const Binder& b) {
+  for (size_t i = 0; i < e.tasks.size(); ++i) {
+    const std::string at = "eval.tasks[" + std::to_string(i) + "]";
+    const auto& t = e.tasks[i];
+    if (t.name.empty()) b.fail(at + ".name", "is required");
+    if (t.path.empty()) b.fail(at + ".path", "is required");
+    for (size_t j = 0; j < i; ++j)
+      if (e.tasks[j].name == t.name)
+        b.fail(at + ".name",
+               "'" + t.name + "' is already the name of eval.tasks[" + std::to_string(j) + "]");
+    if (!t.types.empty() && t.format.rfind("qa_json", 0) != 0)
+      b.fail(at + ".types", "filters qa_json records by their \"type\"; format is " + t.format);
+  }
 }
 
 std::vector<std::string> split(const std::string& s, char sep) {
@@ -509,16 +635,39 @@ std::vector<std::string> split(const std::string& s, char sep) {
   return out;
 }
 
-void set_path(YAML::Node node, const std::vector<std::string>& parts, size_t i,
-              const YAML::Node& value) {
-  if (i + 1 == parts.size()) {
-    node[parts[i]] = value;
-    return;
+// Sets root[a][b]... = value for the key path parts; "tasks[2]" steps into element 2 of a list,
+// which must exist. Returns "" or why the path cannot be set.
+std::string set_path(YAML::Node node, const std::vector<std::string>& parts, size_t i,
+                     const YAML::Node& value) {
+  std::string part = parts[i];
+  long index = -1;
+  if (const auto open = part.find('['); open != std::string::npos) {
+    char* end = nullptr;
+    index = std::strtol(part.c_str() + open + 1, &end, 10);
+    if (part.back() != ']' || end != part.c_str() + part.size() - 1 || index < 0 || open == 0)
+      return "'" + part + "' is not name[index]";
+    part = part.substr(0, open);
+  }
+  if (index < 0) {
+    if (i + 1 == parts.size()) {
+      node[part] = value;
+      return "";
+    }
+    const YAML::Node& cnode = node;
+    if (!cnode[part] || !cnode[part].IsMap()) node[part] = YAML::Node(YAML::NodeType::Map);
+    return set_path(node[part], parts, i + 1, value);
   }
   const YAML::Node& cnode = node;
-  if (!cnode[parts[i]] || !cnode[parts[i]].IsMap())
-    node[parts[i]] = YAML::Node(YAML::NodeType::Map);
-  set_path(node[parts[i]], parts, i + 1, value);
+  if (!cnode[part] || !cnode[part].IsSequence() || static_cast<size_t>(index) >= cnode[part].size())
+    return "there is no element " + std::to_string(index) + " in list '" + part + "'";
+  YAML::Node element = node[part][static_cast<size_t>(index)];
+  if (i + 1 == parts.size()) {
+    element = value;
+    return "";
+  }
+  if (!element.IsMap())
+    return "element " + std::to_string(index) + " of '" + part + "' is not a mapping";
+  return set_path(element, parts, i + 1, value);
 }
 
 // Relations between fields that no single-field check can see.
@@ -567,19 +716,29 @@ void cross_check(const Config& c, const Binder& b) {
   if (c.train.dpo.label_smoothing > 0 && c.train.dpo.loss_type != "sigmoid")
     b.fail("train.dpo.label_smoothing", "applies to loss_type sigmoid only");
   if (c.model.tokenizer.empty()) b.fail("model.tokenizer", "is required");
+  check_eval(c.eval, b);
+}
+
+void cross_check(const EvalFile& c, const Binder& b) {
+  if (c.eval.tasks.empty()) b.fail("eval.tasks", "needs at least one task");
+  check_eval(c.eval, b);
 }
 
 }  // namespace
 
-Config load_config(const std::filesystem::path& yaml_path,
-                   const std::vector<std::string>& overrides) {
-  Config config;
+namespace {
+
+// Reads a recipe into T (Config or EvalFile): YAML, --set overrides, every key and type, the
+// cross-field checks, then the files it names.
+template <class T>
+T load_recipe(const std::filesystem::path& yaml_path, const std::vector<std::string>& overrides) {
+  T config;
   config.source = yaml_path.string();
   Context ctx;
   ctx.file = yaml_path.string();
   ctx.origin = &config.origin;
   {
-    Config defaults;
+    T defaults;
     Binder paths(Binder::Mode::Paths, ctx, "", YAML::Node(), nullptr);
     describe(paths, defaults);
   }
@@ -613,7 +772,8 @@ Config load_config(const std::filesystem::path& yaml_path,
     for (const auto& p : parts)
       if (p.empty())
         throw ConfigError("--set " + o + ": empty component in key path '" + key + "'");
-    set_path(root, parts, 0, value);
+    if (const auto problem = set_path(root, parts, 0, value); !problem.empty())
+      throw ConfigError("--set " + o + ": " + problem);
     ctx.overrides[key] = o;
   }
 
@@ -623,6 +783,18 @@ Config load_config(const std::filesystem::path& yaml_path,
   cross_check(config, reader);
   reader.check_files();
   return config;
+}
+
+}  // namespace
+
+Config load_config(const std::filesystem::path& yaml_path,
+                   const std::vector<std::string>& overrides) {
+  return load_recipe<Config>(yaml_path, overrides);
+}
+
+EvalFile load_eval_config(const std::filesystem::path& yaml_path,
+                          const std::vector<std::string>& overrides) {
+  return load_recipe<EvalFile>(yaml_path, overrides);
 }
 
 std::vector<std::string> config_key_paths() {

@@ -124,6 +124,9 @@ struct DpoConfig {
   std::string loss_type = "sigmoid";  // sigmoid | hinge | ipo
   double beta = 0.1;
   double label_smoothing = 0.0;  // sigmoid only
+  // TRL's rpo_alpha (RPO, Pang et al. 2024): adds alpha x the policy's mean NLL of the chosen
+  // replies, which keeps their likelihood from falling with the rejected ones' (0 = off).
+  double rpo_alpha = 0.0;
 };
 
 struct TrainConfig {
@@ -162,11 +165,44 @@ struct TrainConfig {
   int64_t eval_batches = 0;  // 0 = the whole eval set
 };
 
+// Decoding settings of an evaluation task (models/generate.h).
+struct GenerationConfig {
+  int64_t max_new_tokens = 32;
+  double temperature = 0.0;  // 0 = greedy
+  int64_t top_k = 0;         // 0 = off
+  double top_p = 1.0;        // 1 = off
+  int64_t seed = 0;
+  std::vector<std::string> stop;  // stop strings (the tokenizer's EOS always stops)
+};
+
+// One evaluation task (eval/evaluate.h): a dataset whose first human turn is the prompt and whose
+// reference answers are scored against what the model generates.
+struct EvalTaskConfig {
+  std::string name;                   // results key and file name; unique, no '/'
+  std::string format = "llava_json";  // llava_json[l] | qa_json[l]
+  std::string path;
+  std::string image_root;
+  int64_t max_samples = 0;         // 0 = all (after `types`)
+  std::vector<std::string> types;  // qa_json: keep records of these "type"s (empty: all)
+  std::string template_name;       // YAML key: template; empty = the model's own
+  std::vector<std::string> metrics = {"exact"};  // eval/metrics.h names
+  GenerationConfig generation;
+};
+
+// `mllm eval` tasks, and the same tasks run during training at every evaluation (train.eval_every)
+// with their scores in metrics.jsonl as eval/<task>/<score>.
+struct EvalConfig {
+  std::vector<EvalTaskConfig> tasks;
+  int64_t batch_size = 16;  // prompts generated together
+  bool chance = true;       // also score a chance-level baseline (answers of other items)
+};
+
 struct Config {
   RunConfig run;
   ModelConfig model;
   DataConfig data;
   TrainConfig train;
+  EvalConfig eval;
 
   std::string source;                         // the YAML file it came from
   std::map<std::string, std::string> origin;  // key path -> "file.yaml:LINE" or "--set key=..."
@@ -180,6 +216,17 @@ struct Config {
 // Throws ConfigError naming the file/line or override and the key path.
 Config load_config(const std::filesystem::path& yaml_path,
                    const std::vector<std::string>& overrides = {});
+
+// An evaluation recipe for `mllm eval`: an `eval:` section (as in a training recipe) and an
+// optional `run:` section (threads, device, seed). Same validation and error style as load_config.
+struct EvalFile {
+  RunConfig run;
+  EvalConfig eval;
+  std::string source;
+  std::map<std::string, std::string> origin;
+};
+EvalFile load_eval_config(const std::filesystem::path& yaml_path,
+                          const std::vector<std::string>& overrides = {});
 
 // Every field with its effective value, as YAML that load_config reads back to the same Config.
 std::string config_to_yaml(const Config& config);

@@ -20,13 +20,6 @@ namespace {
 
 using Json = nlohmann::json;
 
-// One record's text with where it came from.
-struct RawRecord {
-  size_t index = 0;  // 0-based position among the file's records
-  size_t line = 0;   // 1-based line it starts on
-  std::string text;
-};
-
 // Calls fn for each non-blank line; stops when fn returns false.
 void read_jsonl(const std::string& file, const std::function<bool(const RawRecord&)>& fn) {
   std::ifstream in(file, std::ios::binary);
@@ -132,10 +125,7 @@ class JsonArraySplitter {
 
 void for_each_record(const DataSourceConfig& source,
                      const std::function<bool(const RawRecord&)>& fn) {
-  if (is_jsonl_source(source)) return read_jsonl(source.path, fn);
-  std::ifstream in(source.path, std::ios::binary);
-  if (!in) throw Error(source.path + ": cannot read (does the file exist?)");
-  JsonArraySplitter(source.path, in).run(fn);
+  for_each_json_record(source.path, is_jsonl_source(source), fn);
 }
 
 std::string record_id(const Json& rec) {
@@ -316,6 +306,14 @@ std::vector<Turn> read_reply(const Json& v, const std::string& field,
 }
 
 }  // namespace
+
+void for_each_json_record(const std::string& path, bool jsonl,
+                          const std::function<bool(const RawRecord&)>& fn) {
+  if (jsonl) return read_jsonl(path, fn);
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(path + ": cannot read (does the file exist?)");
+  JsonArraySplitter(path, in).run(fn);
+}
 
 bool is_jsonl_source(const DataSourceConfig& source) {
   return source.format == "llava_jsonl" || source.format == "preference_jsonl" ||

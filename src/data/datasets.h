@@ -44,6 +44,7 @@
 
 #include <atomic>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -205,5 +206,18 @@ class PreferenceDataset : public SampleSource {
 
 // Whether `source` is read as JSONL: format llava_jsonl / preference_jsonl or a .jsonl path.
 bool is_jsonl_source(const DataSourceConfig& source);
+
+// One record's text with where it came from.
+struct RawRecord {
+  size_t index = 0;  // 0-based position among the file's records
+  size_t line = 0;   // 1-based line it starts on
+  std::string text;
+};
+
+// Calls fn with each record of a JSON array file (split without parsing, one record in memory at a
+// time) or of a JSONL file (each non-blank line); stops when fn returns false. Structural damage
+// is an Error naming the file and line.
+void for_each_json_record(const std::string& path, bool jsonl,
+                          const std::function<bool(const RawRecord&)>& fn);
 
 }  // namespace mllm

@@ -179,6 +179,18 @@ QA multiple_choice(const std::string& question, int correct, int n, const char* 
   return qa;
 }
 
+// "is there a <colour> <kind>?" about shape s (present) or about a colour and kind the scene does
+// not have (absent; POPE's negative questions).
+QA exists_question(const Scene& scene, const ShapeSpec& s, bool present, Rng& rng) {
+  if (present) return {"is there a " + colour_kind(s) + "?", "yes.", "no."};
+  ShapeSpec absent = s;
+  do {
+    absent.colour = static_cast<int>(rng.uniform_int(0, kShapeColours - 1));
+    absent.kind = static_cast<int>(rng.uniform_int(0, kShapeKinds - 1));
+  } while (has_colour_kind(scene, absent.colour, absent.kind));
+  return {"is there a " + colour_kind(absent) + "?", "no.", "yes."};
+}
+
 QA ask(const Scene& scene, QuestionType type, Rng& rng) {
   const ShapeSpec& s = rng.pick(scene.shapes);
   switch (type) {
@@ -225,15 +237,8 @@ QA ask(const Scene& scene, QuestionType type, Rng& rng) {
     case kPosition:
       return {"where is the " + colour_kind(s) + "?", location(s.cell) + ".",
               location(other_than(rng, kGridCells, s.cell)) + "."};
-    case kExists: {
-      if (rng.bernoulli(0.5)) return {"is there a " + colour_kind(s) + "?", "yes.", "no."};
-      ShapeSpec absent = s;
-      do {
-        absent.colour = static_cast<int>(rng.uniform_int(0, kShapeColours - 1));
-        absent.kind = static_cast<int>(rng.uniform_int(0, kShapeKinds - 1));
-      } while (has_colour_kind(scene, absent.colour, absent.kind));
-      return {"is there a " + colour_kind(absent) + "?", "no.", "yes."};
-    }
+    case kExists:
+      return exists_question(scene, s, rng.bernoulli(0.5), rng);
     case kWhatAt: {
       if (rng.bernoulli(0.5)) {
         ShapeSpec wrong = s;
@@ -355,11 +360,38 @@ std::string zero_padded(int64_t i) {
 
 struct Split {
   Json captions = Json::array(), instruct = Json::array(), preference = Json::array();
+  Json questions = Json::array();
 };
+
+// The evaluation questions of one image (qa_json records, eval/evaluate.h): one open question of
+// each kind, a multiple-choice one, and a POPE pair (a present and an absent object). Answers
+// without the final period; the letter alone for multiple choice.
+void add_eval_questions(Json& out, const std::string& id, const std::string& image,
+                        const Scene& scene, Rng& rng, const VocabularyCheck& check) {
+  auto add = [&](const std::string& type, const QA& qa, const std::string& tag = "") {
+    std::string answer = qa.answer;
+    if (!answer.empty() && answer.back() == '.') answer.pop_back();
+    out.push_back(Json{{"id", id + "-" + (tag.empty() ? type : tag)},
+                       {"image", image},
+                       {"question", check("<image>\n" + qa.question)},
+                       {"answers", Json::array({check(answer)})},
+                       {"type", type}});
+  };
+  const std::pair<const char*, QuestionType> open[] = {
+      {"color", kColour}, {"shape", kShape},       {"size", kSize},
+      {"count", kCount},  {"position", kPosition}, {"what_at", kWhatAt}};
+  for (const auto& [type, q] : open) add(type, ask(scene, q, rng));
+  add("choice", ask(scene, rng.bernoulli(0.5) ? kColourChoice : kShapeChoice, rng));
+  const ShapeSpec& s = rng.pick(scene.shapes);
+  add("exists", exists_question(scene, s, true, rng), "exists_present");
+  add("exists", exists_question(scene, s, false, rng), "exists_absent");
+}
 
 Split generate_split(const fs::path& out_dir, const std::string& name, uint64_t seed, int64_t count,
                      int image_size, const VocabularyCheck& check) {
   Rng rng(seed);
+  Rng question_rng(seed ^
+                   0x9e3779b97f4a7c15ULL);  // its own stream: the other files stay as they were
   Split split;
   const fs::path image_dir = out_dir / "images" / name;
   fs::create_directories(image_dir);
@@ -401,6 +433,7 @@ Split generate_split(const fs::path& out_dir, const std::string& name, uint64_t 
     if (pair.answer == pair.rejected)
       throw Error("shapes: internal error: chosen == rejected for " + id + " (\"" + pair.answer +
                   "\")");
+    add_eval_questions(split.questions, id, image, scene, question_rng, check);
     split.preference.push_back(Json{{"id", id},
                                     {"image", image},
                                     {"prompt", check("<image>\n" + pair.question)},
@@ -597,6 +630,7 @@ ShapesWorldSummary generate_shapes_world(const fs::path& out_dir,
   };
   write_split("train", train);
   write_split("val", val);
+  write_json(out_dir / "questions_val.json", val.questions);
   write_file_atomic(out_dir / "tokenizer.json", shapes_world_tokenizer_json());
 
   ShapesWorldSummary summary;

@@ -86,11 +86,15 @@ struct ShapesWorldSummary {
 // Writes into out_dir (created if missing):
 //   images/{train,val}/NNNNNN.png
 //   captions_{train,val}.json, instruct_{train,val}.json   LLaVA records, image paths relative to
-//   images/ preference_{train,val}.json   [{"id", "image", "prompt", "chosen", "rejected"}]
+//                                                          images/
+//   preference_{train,val}.json   [{"id", "image", "prompt", "chosen", "rejected"}]
+//   questions_val.json   evaluation questions (qa_json, eval/evaluate.h): per val image one of
+//                        each type color, shape, size, count, position, what_at (open answers),
+//                        choice (a/b/c) and exists twice, a present and an absent object (POPE)
 //   tokenizer.json, info.json
 // Train and val use independent seeds derived from options.seed, so the val set does not change
-// with
-// --train. Throws Error("shapes: --<option> ...") for invalid options.
+// with --train; the questions use a stream of their own, so they change no other file. Throws
+// Error("shapes: --<option> ...") for invalid options.
 ShapesWorldSummary generate_shapes_world(const std::filesystem::path& out_dir,
                                          const ShapesWorldOptions& options);
 

@@ -59,6 +59,7 @@ class DpoObjective : public Objective {
     options_.loss_type = c.loss_type;
     options_.beta = c.beta;
     options_.label_smoothing = c.label_smoothing;
+    rpo_alpha_ = c.rpo_alpha;
   }
 
   ObjectiveOutput forward(MultimodalModelImpl& model, const Batch& batch) override {
@@ -84,6 +85,16 @@ class DpoObjective : public Objective {
     }
     o.weight = P;
     for (const auto& [k, v] : out.metrics) o.metric_sums[k] = v * static_cast<double>(P);
+    if (rpo_alpha_ > 0) {
+      // TRL (DPOTrainer, rpo_alpha): + alpha x cross-entropy over the chosen rows' response
+      // tokens, averaged over those tokens; as the rest, scaled by P for the step's division.
+      const auto chosen = batch.labels.slice(0, 0, P).slice(1, 1) != kIgnoreIndex;
+      const auto counts = chosen.sum(1).to(policy.scalar_type());
+      const auto sums = average ? policy.slice(0, 0, P) * counts : policy.slice(0, 0, P);
+      const auto nll = -sums.sum() / counts.sum().clamp_min(1);
+      o.loss_sum = o.loss_sum + rpo_alpha_ * static_cast<double>(P) * nll;
+      o.metric_sums["nll_loss"] = nll.item<double>() * static_cast<double>(P);
+    }
     return o;
   }
   int64_t weight(const Batch& batch) const override { return batch.pairs; }
@@ -91,6 +102,7 @@ class DpoObjective : public Objective {
  private:
   MultimodalModel reference_;
   DpoOptions options_;
+  double rpo_alpha_ = 0.0;
 };
 
 }  // namespace

@@ -14,6 +14,7 @@
 #include "data/datasets.h"
 #include "data/image_transform.h"
 #include "data/loader.h"
+#include "eval/evaluate.h"
 #include "models/factory.h"
 #include "models/hf/config_json.h"
 #include "models/hf/weights.h"
@@ -132,6 +133,11 @@ void write_final(const fs::path& out, MultimodalModelImpl& model, const Config& 
   write_file_atomic(tmp / "config.json",
                     llava_config_json(config.model, model.image_token_id()).dump(2) + "\n");
   write_file_atomic(tmp / "tokenizer.json", read_file(config.model.tokenizer));
+  write_file_atomic(tmp / "tokenizer_config.json",
+                    tokenizer_config_json(*load_tokenizer(config.model.tokenizer),
+                                          config.model.llm.max_position, config.data.template_name)
+                            .dump(2) +
+                        "\n");
   const int64_t image_size =
       config.data.image.size > 0 ? config.data.image.size : config.model.vision.image_size;
   write_file_atomic(tmp / "preprocessor_config.json",
@@ -253,19 +259,34 @@ TrainSummary train(Config config, const TrainOptions& options) {
   TrainSummary summary;
   summary.output_dir = out;
   auto run_eval = [&](const char* when) {
-    if (!eval_data) return;
-    const auto r = evaluate(*model, *objective, *eval_data, transform, pad_id, tc.batch_size,
-                            tc.eval_batches, device, bf16, skip_bad);
-    if (!summary.first_eval_loss) summary.first_eval_loss = r.loss;
-    summary.last_eval_loss = r.loss;
-    nlohmann::json record = {{"step", state.step}, {"eval_loss", r.loss}};
-    std::string extra;
-    for (const auto& [k, v] : r.metrics) {
-      record["eval_" + k] = v;
-      extra += fmt::format(" | {} {:.4f}", k, v);
+    nlohmann::json record = {{"step", state.step}};
+    if (eval_data) {
+      const auto r = evaluate(*model, *objective, *eval_data, transform, pad_id, tc.batch_size,
+                              tc.eval_batches, device, bf16, skip_bad);
+      if (!summary.first_eval_loss) summary.first_eval_loss = r.loss;
+      summary.last_eval_loss = r.loss;
+      record["eval_loss"] = r.loss;
+      std::string extra;
+      for (const auto& [k, v] : r.metrics) {
+        record["eval_" + k] = v;
+        extra += fmt::format(" | {} {:.4f}", k, v);
+      }
+      spdlog::info("eval ({}) step {}: held-out loss {:.4f}{}", when, state.step, r.loss, extra);
     }
-    metrics.write(record);
-    spdlog::info("eval ({}) step {}: held-out loss {:.4f}{}", when, state.step, r.loss, extra);
+    if (!config.eval.tasks.empty()) {
+      // Generation tasks (eval: in the recipe), prompted with the template the model trains on.
+      EvalConfig tasks = config.eval;
+      tasks.chance = false;
+      const eval::EvalModel em{*model, *tokenizer, transform, config.data.template_name};
+      std::string extra;
+      for (const auto& [k, v] :
+           eval::flat_scores(eval::run_eval(tasks, em, static_cast<uint64_t>(config.run.seed)))) {
+        record[k] = v;
+        if (std::count(k.begin(), k.end(), '/') == 2) extra += fmt::format(" | {} {:.4f}", k, v);
+      }
+      spdlog::info("eval ({}) step {}:{}", when, state.step, extra);
+    }
+    if (record.size() > 1) metrics.write(record);
   };
   if (!resume_from) run_eval("start");
 

@@ -185,6 +185,8 @@ TEST_CASE("config: the shipped recipes load, with the LLaVA-1.5 anchor hyperpara
     if (has("vision: {type: clip_vit, pretrained"))
       set.push_back("model.vision.pretrained=" + folder);
     if (has("init_from:")) set.push_back("train.init_from=" + folder);
+    if (has("\n  tasks:"))  // generation tasks during training
+      set.insert(set.end(), {"eval.tasks[0].path=" + file, "eval.tasks[0].image_root=" + folder});
     INFO(name);
     return load_config(std::string(MLLM_SOURCE_DIR) + "/configs/" + name, set);
   };
@@ -221,4 +223,101 @@ TEST_CASE("config: the shipped recipes load, with the LLaVA-1.5 anchor hyperpara
       CHECK(c->model.llm.type == (std::string(llm) == "vicuna7b" ? "llama" : "qwen2"));
     }
   }
+}
+
+TEST_CASE("config: eval tasks are a list of sections, checked like the rest") {
+  TempDir dir;
+  write_text(dir / "q.json", "[]");
+  const std::string q = (dir / "q.json").string();
+  const std::string tasks =
+      "eval:\n  batch_size: 8\n  tasks:\n    - name: qa\n      format: "
+      "qa_json\n      path: " +
+      q +
+      "\n      types: [color]\n      generation: {max_new_tokens: 5}\n"
+      "    - name: cap\n      path: " +
+      q + "\n      metrics: [cider_d, bleu]\n";
+  const Config c = load_config(recipe(dir, tasks));
+  REQUIRE(c.eval.tasks.size() == 2);
+  CHECK(c.eval.batch_size == 8);
+  CHECK(c.eval.tasks[0].format == "qa_json");
+  CHECK(c.eval.tasks[0].types == std::vector<std::string>{"color"});
+  CHECK(c.eval.tasks[0].generation.max_new_tokens == 5);
+  CHECK(c.eval.tasks[0].metrics == std::vector<std::string>{"exact"});
+  CHECK(c.eval.tasks[1].metrics == std::vector<std::string>{"cider_d", "bleu"});
+  CHECK(c.eval.tasks[1].generation.max_new_tokens == 32);
+
+  // Round trip through the resolved YAML.
+  write_text(dir / "resolved.yaml", config_to_yaml(c));
+  CHECK(config_to_yaml(load_config(dir / "resolved.yaml")) == config_to_yaml(c));
+
+  // --set reaches into an element; a missing element is an error naming the override.
+  const Config d = load_config(recipe(dir, tasks), {"eval.tasks[1].max_samples=7"});
+  CHECK(d.eval.tasks[1].max_samples == 7);
+  CHECK(d.eval.tasks[0].max_samples == 0);
+  CHECK_THAT(error_of(recipe(dir, tasks), {"eval.tasks[5].max_samples=7"}),
+             Catch::Contains("--set eval.tasks[5].max_samples=7: there is no element 5"));
+  CHECK_THAT(error_of(recipe(dir, tasks), {"eval.tasks[0].max_samples=x"}),
+             Catch::Contains("eval.tasks[0].max_samples: expected an integer"));
+
+  // A typo inside an element names the element and suggests the key.
+  const auto typo = recipe(dir, tasks + "      max_sample: 3\n");
+  const std::string e = error_of(typo);
+  CHECK_THAT(e, Catch::Contains(typo.string() + ":"));
+  CHECK_THAT(e, Catch::Contains("eval.tasks[1].max_sample: unknown key"));
+  CHECK_THAT(e, Catch::Contains("did you mean eval.tasks[].max_samples?"));
+
+  CHECK_THAT(error_of(recipe(dir, tasks + "      template: vicuna\n")),
+             Catch::Contains("eval.tasks[1].template: must be one of"));
+  CHECK_THAT(error_of(recipe(dir, tasks), {"eval.tasks[1].metrics=[cidr_d]"}),
+             Catch::Contains("did you mean 'cider_d'?"));
+  CHECK_THAT(error_of(recipe(dir, tasks), {"eval.tasks[1].name=qa"}),
+             Catch::Contains("eval.tasks[1].name: 'qa' is already the name of eval.tasks[0]"));
+  CHECK_THAT(error_of(recipe(dir, tasks), {"eval.tasks[1].types=[x]"}),
+             Catch::Contains("eval.tasks[1].types: filters qa_json records"));
+  CHECK_THAT(error_of(recipe(dir, tasks), {"eval.tasks[0].path=/nonexistent/q.json"}),
+             Catch::Contains("eval.tasks[0].path: not found"));
+  CHECK_THAT(error_of(recipe(dir, "eval:\n  tasks: {name: x}\n")),
+             Catch::Contains("eval.tasks: expected a list of mappings"));
+}
+
+TEST_CASE("config: an eval recipe has eval (and run) only") {
+  TempDir dir;
+  write_text(dir / "q.json", "[]");
+  write_text(dir / "eval.yaml", "run: {threads: 1}\neval:\n  tasks:\n    - name: qa\n      path: " +
+                                    (dir / "q.json").string() + "\n");
+  const EvalFile f = load_eval_config(dir / "eval.yaml");
+  CHECK(f.run.threads == 1);
+  REQUIRE(f.eval.tasks.size() == 1);
+  CHECK(f.eval.chance);
+  auto error = [&](const std::string& text) -> std::string {
+    write_text(dir / "bad.yaml", text);
+    try {
+      load_eval_config(dir / "bad.yaml");
+    } catch (const ConfigError& e) {
+      return e.what();
+    }
+    return "";
+  };
+  CHECK_THAT(error("eval:\n  tasks: []\n"), Catch::Contains("eval.tasks: needs at least one task"));
+  CHECK_THAT(error("train: {lr: 1}\neval:\n  tasks: []\n"), Catch::Contains("train: unknown key"));
+  CHECK_THAT(error("eval:\n  tasks:\n    - {name: a}\n"),
+             Catch::Contains("eval.tasks[0].path: is required"));
+}
+
+TEST_CASE("config: the ShapesWorld report card recipe loads") {
+  TempDir dir("mllm-recipes");
+  std::filesystem::create_directories(dir / "folder");
+  write_text(dir / "file.json", "[]");
+  std::vector<std::string> set;
+  for (int i = 0; i < 4; ++i) {
+    const std::string at = "eval.tasks[" + std::to_string(i) + "].";
+    set.push_back(at + "path=" + (dir / "file.json").string());
+    set.push_back(at + "image_root=" + (dir / "folder").string());
+  }
+  const EvalFile f =
+      load_eval_config(std::string(MLLM_SOURCE_DIR) + "/configs/shapes/eval.yaml", set);
+  REQUIRE(f.eval.tasks.size() == 4);
+  CHECK(f.eval.tasks[0].metrics == std::vector<std::string>{"cider_d", "bleu", "rouge_l"});
+  CHECK(f.eval.tasks[2].metrics == std::vector<std::string>{"pope"});
+  CHECK(f.eval.tasks[3].types == std::vector<std::string>{"choice"});
 }

@@ -284,3 +284,44 @@ TEST_CASE("stage 3 with a mixture-of-experts LLM adds coef x the load-balancing 
   CHECK(with_aux - without > 0.5);
   CHECK(with_aux - without < 1.5);
 }
+
+TEST_CASE("dpo rpo_alpha adds alpha x the mean NLL of the chosen replies (TRL's RPO)") {
+  TempDir data("mllm-stages");
+  test::make_shapes(data.path(), 16, 4);
+  Config c = test::tiny_config(data.path(), data / "out");
+  use(c, data.path(), "preference");
+  c.train.stage = "dpo";
+  c.data.template_name = "vicuna_v1";
+  c.data.max_length = 96;
+  const auto tok = load_tokenizer(c.model.tokenizer);
+  torch::manual_seed(1);
+  MultimodalModel model = build_model(c, *tok);
+  torch::manual_seed(2);
+  MultimodalModel reference = build_model(c, *tok);
+  PreferenceDataset ds(c.data.train, c.data, *tok, model->image_tokens(), "data.train");
+  const ImageTransform transform(32, c.data.image);
+  const Batch b = collate_items(ds, {1, 2, 4}, transform, 0, false, nullptr, nullptr);
+  torch::NoGradGuard no_grad;
+  model->eval();
+  // The NLL the slow way: cross-entropy of the chosen rows (the first 3) over their reply tokens.
+  const auto logits = model->logits(model->forward(b.input_ids, b.pixel_values, b.attention_mask));
+  const auto chosen_logits = logits.slice(0, 0, 3).slice(1, 0, -1).reshape({-1, logits.size(-1)});
+  const auto chosen_labels = b.labels.slice(0, 0, 3).slice(1, 1).reshape({-1});
+  const double nll =
+      torch::nn::functional::cross_entropy(
+          chosen_logits, chosen_labels,
+          torch::nn::functional::CrossEntropyFuncOptions().ignore_index(kIgnoreIndex))
+          .item<double>();
+  for (const std::string loss_type : {"sigmoid", "ipo"}) {
+    INFO(loss_type);
+    c.train.dpo.loss_type = loss_type;
+    c.train.dpo.rpo_alpha = 0;
+    const auto plain = make_objective(c.train, reference)->forward(*model, b);
+    c.train.dpo.rpo_alpha = 0.7;
+    const auto rpo = make_objective(c.train, reference)->forward(*model, b);
+    // loss_sum is the pairs' sum: (dpo + alpha * nll) x 3.
+    CHECK((rpo.loss_sum.item<double>() - plain.loss_sum.item<double>()) / 3 ==
+          Approx(0.7 * nll).epsilon(1e-5));
+    CHECK(rpo.metric_sums.at("nll_loss") / 3 == Approx(nll).epsilon(1e-5));
+  }
+}

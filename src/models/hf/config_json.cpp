@@ -216,4 +216,28 @@ bool read_preprocessor_config_json(const std::filesystem::path& folder, ImageCon
   return true;
 }
 
+nlohmann::json tokenizer_config_json(const Tokenizer& tokenizer, int64_t model_max_length,
+                                     const std::string& template_name) {
+  nlohmann::json tc = {{"tokenizer_class", "PreTrainedTokenizerFast"},
+                       {"model_max_length", model_max_length}};
+  if (tokenizer.bos_id() >= 0) tc["bos_token"] = tokenizer.id_to_token(tokenizer.bos_id());
+  if (tokenizer.eos_id() >= 0) tc["eos_token"] = tokenizer.id_to_token(tokenizer.eos_id());
+  if (tokenizer.pad_id() >= 0) tc["pad_token"] = tokenizer.id_to_token(tokenizer.pad_id());
+  if (!template_name.empty()) tc["mllm_template"] = template_name;
+  return tc;
+}
+
+std::string model_template(const std::filesystem::path& folder, const ModelConfig& model) {
+  const auto file = folder / "tokenizer_config.json";
+  if (std::filesystem::is_regular_file(file)) {
+    try {
+      const auto j = nlohmann::json::parse(read_file(file));
+      if (j.contains("mllm_template")) return j.at("mllm_template").get<std::string>();
+    } catch (const nlohmann::json::exception& e) {
+      throw Error(file.string() + ": malformed (" + e.what() + ")");
+    }
+  }
+  return model.llm.type == "qwen2" ? "chatml" : "vicuna_v1";
+}
+
 }  // namespace mllm

@@ -1,0 +1,106 @@
+// Generation-based evaluation: each task of an EvalConfig (core/config.h) prompts the model with
+// the first human turn of every record, generates a reply, and scores the replies against the
+// record's reference answers with eval/metrics.h. Used by `mllm eval` (results.json, results.md,
+// predictions/<task>.jsonl) and by the trainer at every evaluation (train.eval_every).
+//
+// Task datasets:
+//   llava_json[l]  LLaVA conversation records: the first human turn is the prompt (its <image>
+//                  moved to the front, as in training), the gpt turn after it the reference.
+//                  An optional "type" or "category" field groups the scores.
+//   qa_json[l]     {"id", "image"?, "question", "answers": [...] | "answer": "...",
+//                   "type"?, "group"?}: VQA-style questions with one or more reference answers;
+//                  "type" groups the scores (and is what eval.tasks[].types filters), "group"
+//                  pairs questions for MME's acc+ (default: the image).
+//
+// Next to each score, with eval.chance, the same metric for a chance-level baseline: every item
+// answered with the reference of another item drawn at random from its type (or its task), a
+// guesser that knows the answer distribution but not the image.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+#include <nlohmann/json.hpp>
+
+#include "core/config.h"
+#include "data/image_transform.h"
+#include "data/tokenizer/tokenizer.h"
+#include "eval/metrics.h"
+#include "models/generate.h"
+#include "models/multimodal_model.h"
+
+namespace mllm::eval {
+
+struct EvalItem {
+  std::string id;
+  std::filesystem::path image;  // empty: a text-only prompt
+  std::string prompt;           // the human turn ("<image>\n..." when there is an image)
+  Reference reference;
+};
+
+// Reads a task's records (types filter, then max_samples). Throws Error naming the file, line and
+// record for a malformed one, and for a task left with no items.
+std::vector<EvalItem> load_eval_items(const EvalTaskConfig& task);
+
+// The token ids of a generation prompt: `human` as one human turn through the template, ending in
+// the assistant's generation prompt, with each <image> expanded to `image_tokens` placeholder ids.
+std::vector<int64_t> prompt_ids(const Tokenizer& tok, const std::string& template_name,
+                                const std::string& human, int64_t image_tokens);
+
+// GenerationOptions from a task's settings and the tokenizer (EOS and <|im_end|> stop; sampling
+// only above temperature 0; never an id beyond the tokenizer).
+GenerationOptions generation_options(const GenerationConfig& g, const Tokenizer& tok);
+
+// What a task needs from the model side.
+struct EvalModel {
+  MultimodalModelImpl& model;
+  const Tokenizer& tokenizer;
+  const ImageTransform& transform;
+  std::string default_template;  // for tasks without eval.tasks[].template
+};
+
+struct TaskResult {
+  std::string name;
+  std::string template_name;
+  int64_t n = 0;
+  nlohmann::json scores = nlohmann::json::object();  // metric -> eval::score() result
+  nlohmann::json chance = nlohmann::json::object();  // metric -> the baseline's (eval.chance)
+  std::vector<Prediction> predictions;
+  std::vector<EvalItem> items;
+  double seconds = 0;
+};
+
+// Runs one task: generation in batches of `batch_size` (left-padded), then every metric.
+TaskResult run_task(const EvalTaskConfig& task, const EvalModel& m, int64_t batch_size, bool chance,
+                    uint64_t seed);
+
+// Every task of `config`, in order; `on_task` is called as each finishes (for logs).
+std::vector<TaskResult> run_eval(const EvalConfig& config, const EvalModel& m, uint64_t seed);
+
+// {"tasks": {name: {"n", "template", "seconds", "scores", "chance"}}}
+nlohmann::json results_json(const std::vector<TaskResult>& results);
+
+// A Markdown table: one row per task, metric and score (and per type), the chance baseline next
+// to it.
+std::string results_markdown(const std::vector<TaskResult>& results);
+
+// The numbers of every task as flat keys for metrics.jsonl: "eval/<task>/<score>" and
+// "eval/<task>/<type>/<score>".
+std::map<std::string, double> flat_scores(const std::vector<TaskResult>& results);
+
+// Several results.json side by side (one column per label, as the ShapesWorld report card shows
+// the stages), with the chance baseline of the first that has one: a Markdown table with a row per
+// task, type and score.
+std::string compare_markdown(
+    const std::vector<std::pair<std::string, nlohmann::json>>& labelled_results);
+
+// Writes results.json, results.md and predictions/<task>.jsonl ({"id", "text", "answers"}) into
+// `dir` (created), each file atomically.
+void write_results(const std::filesystem::path& dir, const std::vector<TaskResult>& results,
+                   const nlohmann::json& extra);
+
+}  // namespace mllm::eval

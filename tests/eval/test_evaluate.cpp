@@ -1,0 +1,131 @@
+// Evaluation tasks: reading task datasets (qa_json and llava_json), and running a task, whose
+// predictions do not depend on how the prompts are batched.
+#include <catch2/catch.hpp>
+
+#include "core/error.h"
+#include "eval/evaluate.h"
+#include "fixtures.h"
+#include "models/factory.h"
+#include "test_util.h"
+
+using namespace mllm;
+using mllm::test::TempDir;
+
+namespace {
+
+EvalTaskConfig qa_task(const TempDir& data, std::vector<std::string> types) {
+  EvalTaskConfig t;
+  t.name = "qa";
+  t.format = "qa_json";
+  t.path = (data / "questions_val.json").string();
+  t.image_root = (data / "images").string();
+  t.types = std::move(types);
+  t.generation.max_new_tokens = 4;
+  return t;
+}
+
+std::string error_of(const EvalTaskConfig& t) {
+  try {
+    eval::load_eval_items(t);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST_CASE("eval items: ShapesWorld questions by type, captions from LLaVA records") {
+  TempDir data("mllm-eval-items");
+  test::make_shapes(data.path(), 4, 5);
+  const auto color = eval::load_eval_items(qa_task(data, {"color"}));
+  REQUIRE(color.size() == 5);  // one per val image
+  for (const auto& item : color) {
+    CHECK(item.reference.category == "color");
+    CHECK(item.prompt.rfind("<image>\nwhat color is ", 0) == 0);
+    CHECK(std::filesystem::is_regular_file(item.image));
+    REQUIRE(item.reference.answers.size() == 1);
+    CHECK(item.reference.answers[0].find('.') == std::string::npos);
+    CHECK(item.reference.group == item.image.lexically_relative(data / "images").string());
+  }
+  // POPE pairs: a present and an absent object per image, answered yes and no.
+  const auto exists = eval::load_eval_items(qa_task(data, {"exists"}));
+  REQUIRE(exists.size() == 10);
+  int yes = 0;
+  for (const auto& item : exists) yes += item.reference.answers[0] == "yes";
+  CHECK(yes == 5);
+  const auto all = eval::load_eval_items(qa_task(data, {}));
+  CHECK(all.size() == 5 * 9);
+  auto limited = qa_task(data, {"color", "size"});
+  limited.max_samples = 3;
+  CHECK(eval::load_eval_items(limited).size() == 3);
+
+  EvalTaskConfig cap;
+  cap.name = "caption";
+  cap.path = (data / "captions_val.json").string();
+  cap.image_root = (data / "images").string();
+  const auto caps = eval::load_eval_items(cap);
+  REQUIRE(caps.size() == 5);
+  CHECK(caps[0].prompt.rfind("<image>\n", 0) == 0);
+  CHECK(caps[0].reference.answers[0].rfind("a ", 0) == 0);  // "a small red ..."
+}
+
+TEST_CASE("eval items: bad records name the file, line, record and id") {
+  TempDir data("mllm-eval-bad");
+  test::make_shapes(data.path(), 2, 1);
+  auto t = qa_task(data, {});
+  t.format = "qa_jsonl";
+  t.path = (data / "q.jsonl").string();
+  auto bad = [&](const std::string& text) {
+    test::write_text(data / "q.jsonl", text);
+    return error_of(t);
+  };
+  const std::string ok =
+      R"({"id": "a", "image": "val/000000.png", "question": "q?", "answer": "x"})";
+  CHECK(bad(ok + "\n").empty());
+  CHECK_THAT(bad(ok + "\n{\"id\": \"b\", \"question\": \n"),
+             Catch::Contains(t.path + ":2: record 1: malformed JSON"));
+  CHECK_THAT(bad(ok + "\n" + ok + "\n"),
+             Catch::Contains(t.path + ":2: record 1 (id \"a\"): the id is used by an earlier"));
+  CHECK_THAT(bad(R"({"id": "c", "image": "val/nope.png", "question": "q?", "answer": "x"})"),
+             Catch::Contains("image not found"));
+  CHECK_THAT(bad(R"({"id": "d", "question": "<image>\nq?", "answers": ["x"]})"),
+             Catch::Contains("the prompt has <image> but the record has no \"image\""));
+  CHECK_THAT(bad(R"({"id": "e", "question": "q?", "answers": []})"),
+             Catch::Contains("\"answers\" must be a non-empty list"));
+  t.types = {"nosuchtype"};
+  CHECK_THAT(bad(ok + "\n"), Catch::Contains("no records for eval task 'qa' of the types"));
+}
+
+TEST_CASE("eval task: predictions do not depend on the batch size; every metric is scored") {
+  TempDir data("mllm-eval-task");
+  test::make_shapes(data.path(), 2, 4);
+  Config c = test::tiny_config(data.path(), data / "run");
+  const auto tok = load_tokenizer(c.model.tokenizer);
+  torch::manual_seed(0);
+  MultimodalModel model = build_model(c, *tok);
+  const ImageTransform transform(32, c.data.image);
+  const eval::EvalModel m{*model, *tok, transform, "vicuna_v1"};
+  auto task = qa_task(data, {"color", "exists"});
+  task.metrics = {"exact", "vqa"};
+  const auto one = eval::run_task(task, m, 1, true, 0);
+  const auto three = eval::run_task(task, m, 3, true, 0);
+  REQUIRE(one.n == 12);
+  REQUIRE(one.predictions.size() == 12);
+  for (size_t i = 0; i < one.predictions.size(); ++i) {
+    CHECK(one.predictions[i].id == one.items[i].id);
+    CHECK(one.predictions[i].text == three.predictions[i].text);
+  }
+  CHECK(one.template_name == "vicuna_v1");
+  for (const char* metric : {"exact", "vqa"}) {
+    INFO(metric);
+    CHECK(one.scores.contains(metric));
+    CHECK(one.chance.contains(metric));
+  }
+  // The flat keys that go to metrics.jsonl.
+  const auto flat = eval::flat_scores({one});
+  CHECK(flat.count("eval/qa/accuracy") == 1);
+  CHECK(flat.count("eval/qa/color/accuracy") == 1);
+  const std::string md = eval::results_markdown({one});
+  CHECK(md.find("| qa | exists | 8 |") != std::string::npos);
+}
