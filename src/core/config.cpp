@@ -215,7 +215,10 @@ class Binder {
       if (guess.empty()) {  // train.seed -> run.seed
         for (const auto& p : ctx_.known_paths) {
           const auto dot = p.rfind('.');
-          if (p.substr(dot == std::string::npos ? 0 : dot + 1) == key) guess = p;
+          if (p.substr(dot == std::string::npos ? 0 : dot + 1) == key) {
+            guess = p;  // the first: a top-level section's key before a nested one's
+            break;
+          }
         }
       }
       if (!guess.empty()) msg += " (did you mean " + guess + "?)";

@@ -71,7 +71,8 @@ TEST_CASE("shapes world: the same seed gives byte-identical files, another seed 
   make(dir / "b", 5, 12, 4);
   make(dir / "c", 6, 12, 4);
   const auto a = all_files(dir / "a"), b = all_files(dir / "b");
-  REQUIRE(a.size() == 12 + 4 + 6 + 2);  // images, 6 record files, tokenizer.json, info.json
+  // images, 6 record files, questions_val.json, tokenizer.json, info.json
+  REQUIRE(a.size() == 12 + 4 + 6 + 1 + 2);
   REQUIRE(a.size() == b.size());
   for (const auto& [name, bytes] : a) {
     INFO(name);
@@ -79,6 +80,7 @@ TEST_CASE("shapes world: the same seed gives byte-identical files, another seed 
     CHECK(b.at(name) == bytes);
   }
   CHECK(read_file(dir / "c" / "captions_train.json") != a.at("captions_train.json"));
+  CHECK(read_file(dir / "c" / "questions_val.json") != a.at("questions_val.json"));
   CHECK(read_file(dir / "c" / "images/train/000000.png") != a.at("images/train/000000.png"));
 }
 

@@ -36,6 +36,7 @@ TEST_CASE("eval: tasks from YAML on a run; predictions are what generate says; b
   c.train.stage = "instruct";
   c.data.train.path = (data / "instruct_train.json").string();
   c.data.eval.path.clear();
+  c.data.max_length = 160;
   c.train.max_steps = 2;
   train(c);
 
