@@ -523,12 +523,17 @@ double vqa_accuracy(const std::string& prediction, const std::vector<std::string
 std::optional<char> extract_choice_letter(const std::string& reply) {
   // llava/eval/eval_science_qa.py: the reply is one option letter; or starts with "X. "; or has
   // exactly one "The answer is X." (any character after X). Letters A-E there; here any letter,
-  // the short forms case-insensitive, and a reply of just "x." also counts (ShapesWorld's).
+  // the short forms case-insensitive, and a reply of just "x." or "x ." also counts (ShapesWorld's).
   const std::string t = clean_ws(reply);
   auto letter = [](char c) { return std::isalpha(static_cast<unsigned char>(c)) != 0; };
   auto up = [](char c) { return static_cast<char>(std::toupper(static_cast<unsigned char>(c))); };
   if (t.size() == 1 && letter(t[0])) return up(t[0]);
-  if (t.size() == 2 && letter(t[0]) && t[1] == '.') return up(t[0]);
+  // "x." or "x ." (a WordLevel tokenizer's decode puts spaces between tokens).
+  if (!t.empty() && letter(t[0])) {
+    const size_t rest = t.find_first_not_of(' ', 1);
+    if (rest != std::string::npos && t.compare(rest, std::string::npos, ".") == 0)
+      return up(t[0]);
+  }
   if (t.size() >= 3 && letter(t[0]) && t[1] == '.' && t[2] == ' ') return up(t[0]);
   // The sentence form as published: case-sensitive, an upper-case letter and any one character.
   const std::string key = "The answer is ";

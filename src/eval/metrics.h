@@ -51,7 +51,7 @@ double vqa_accuracy(const std::string& prediction, const std::vector<std::string
 
 // The answer letter of a multiple-choice reply (eval_science_qa.py: the reply is a letter, or
 // starts with "X. ", or says "The answer is X."), matched case-insensitively and also accepting a
-// reply that is just "x." ; returned upper-case. nullopt when there is none.
+// reply that is just "x." or "x ." ; returned upper-case. nullopt when there is none.
 std::optional<char> extract_choice_letter(const std::string& reply);
 
 // POPE's yes/no reading: the text before the first '.', commas removed; "no", "No" or "not" among

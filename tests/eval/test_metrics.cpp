@@ -99,7 +99,9 @@ TEST_CASE("metrics: multiple-choice letters and MME's yes/no, as the published e
   CHECK_FALSE(extract_choice_letter("the answer is a."));  // that form is case-sensitive
   CHECK_FALSE(extract_choice_letter("a red star"));
   CHECK_FALSE(extract_choice_letter(""));
-  CHECK(extract_choice_letter("c.") == 'C');  // ShapesWorld's short form
+  CHECK(extract_choice_letter("c.") == 'C');  // ShapesWorld's short forms
+  CHECK(extract_choice_letter("c .") == 'C');
+  CHECK_FALSE(extract_choice_letter("c . d"));
   CHECK(extract_choice_letter(" b ") == 'B');
   // MME calculation.py parse_pred_ans.
   CHECK(mme_parse("Yes") == "yes");
