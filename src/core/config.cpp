@@ -399,6 +399,12 @@ Check<std::vector<double>> of_size(size_t n) {
 
 // ---- Section descriptions -----------------------------------------------------------------------
 
+void describe(Binder& b, DistributedConfig& c) {
+  b.choice("backend", c.backend, {"auto", "gloo", "nccl"});
+  b.value("timeout", c.timeout, in_range(0, 1e7, true));
+  b.value("bucket_mb", c.bucket_mb, in_range(0, 1e5, true));
+}
+
 void describe(Binder& b, RunConfig& c) {
   b.value("name", c.name, Check<std::string>([](const std::string& s) -> std::string {
             return s.empty() || s.find('/') != std::string::npos
@@ -413,6 +419,7 @@ void describe(Binder& b, RunConfig& c) {
           }));
   b.value("threads", c.threads, at_least(0));
   b.choice("log_level", c.log_level, {"trace", "debug", "info", "warn", "error"});
+  b.section("distributed", c.distributed);
 }
 
 void describe(Binder& b, VisionConfig& c) {

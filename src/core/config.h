@@ -13,6 +13,16 @@
 
 namespace mllm {
 
+// Data parallelism over c10d (train/distributed.h). The ranks come from the launcher's environment
+// (torchrun, scripts/launch, Slurm); these settings only tune how they talk.
+struct DistributedConfig {
+  std::string backend = "auto";  // auto (nccl on CUDA, gloo on CPU) | gloo | nccl
+  // Seconds a rank waits for the others (joining, or in any collective) before it gives up with an
+  // error naming the step: a rank that died or hung stops the run instead of hanging it.
+  double timeout = 1800;
+  double bucket_mb = 25;  // gradient all-reduce bucket size, as DDP's bucket_cap_mb
+};
+
 struct RunConfig {
   std::string name = "run";
   std::string output_dir;  // default: runs/<name>
@@ -20,6 +30,7 @@ struct RunConfig {
   std::string device = "auto";  // auto | cpu | cuda | cuda:N
   int64_t threads = 0;          // 0 = auto (all cores)
   std::string log_level = "info";
+  DistributedConfig distributed;
 };
 
 struct VisionConfig {

@@ -12,7 +12,20 @@
   (TORCH_VERSION_MAJOR > (major) ||       \
    (TORCH_VERSION_MAJOR == (major) && TORCH_VERSION_MINOR >= (minor)))
 
+namespace c10d {
+class ProcessGroup;
+class Backend;
+}  // namespace c10d
+
 namespace mllm {
+
+// The class a c10d backend (ProcessGroupGloo, ProcessGroupNCCL) derives from, whose collectives
+// take tensors directly: ProcessGroup in 1.13; in 2.x ProcessGroup dispatches to a Backend.
+#if MLLM_TORCH_AT_LEAST(2, 0)
+using CommBackend = c10d::Backend;
+#else
+using CommBackend = c10d::ProcessGroup;
+#endif
 
 // Scaled dot-product attention. q is (B,H,T,D), k and v are (B,H,S,D); `mask` is an optional
 // additive float mask broadcastable to (B,H,T,S). Returns (B,H,T,D).

@@ -23,7 +23,7 @@ LoaderOptions loader_options(const Config& config, int64_t pad_id) {
 std::vector<std::vector<int64_t>> plan_epoch(const SampleSource& data, const LoaderOptions& o,
                                              int64_t epoch) {
   const auto N = static_cast<int64_t>(data.size());
-  const int64_t per_step = o.batch_size * o.grad_accum;
+  const int64_t per_step = o.samples_per_step();
   std::vector<int64_t> order = EpochSampler(N, o.seed).order(epoch);
   if (o.group_by_length) {
     const int64_t mega = per_step * 50;
@@ -37,7 +37,8 @@ std::vector<std::vector<int64_t>> plan_epoch(const SampleSource& data, const Loa
   std::vector<std::vector<int64_t>> batches;
   for (int64_t step = 0; (step + 1) * per_step <= N; ++step)
     for (int64_t m = 0; m < o.grad_accum; ++m) {
-      const auto begin = order.begin() + step * per_step + m * o.batch_size;
+      const auto begin =
+          order.begin() + step * per_step + m * o.global_batch() + o.rank * o.batch_size;
       batches.emplace_back(begin, begin + o.batch_size);
     }
   return batches;
@@ -78,10 +79,13 @@ Batch collate_items(const SampleSource& data, const std::vector<int64_t>& indice
 DataLoader::DataLoader(const SampleSource& data, const ImageTransform& transform,
                        LoaderOptions options, LoaderPosition start)
     : data_(data), transform_(transform), options_(options), consumed_(start), cursor_(start) {
+  if (options_.world_size < 1 || options_.rank < 0 || options_.rank >= options_.world_size)
+    throw Error("[DataLoader] rank " + std::to_string(options_.rank) + " is not in a world of " +
+                std::to_string(options_.world_size));
   if (steps_per_epoch() == 0)
     throw Error("[DataLoader] " + std::to_string(data.size()) +
                 " samples are fewer than one step (" +
-                std::to_string(options_.batch_size * options_.grad_accum) + ")");
+                std::to_string(options_.samples_per_step()) + ")");
   for (int64_t i = 0; i < options_.workers; ++i) threads_.emplace_back([this] { worker_loop(); });
 }
 
@@ -96,7 +100,7 @@ DataLoader::~DataLoader() {
 }
 
 int64_t DataLoader::steps_per_epoch() const {
-  return static_cast<int64_t>(data_.size()) / (options_.batch_size * options_.grad_accum);
+  return static_cast<int64_t>(data_.size()) / options_.samples_per_step();
 }
 
 int64_t DataLoader::dropped() const {
@@ -110,7 +114,7 @@ int64_t DataLoader::dropped_records() const {
 }
 
 DataLoader::Item DataLoader::plan_next() {
-  const int64_t per_step = options_.batch_size * options_.grad_accum;
+  const int64_t per_step = options_.samples_per_step();
   // A new epoch starts where a whole step no longer fits (checked at step boundaries only).
   if (cursor_.position % per_step == 0 &&
       cursor_.position + per_step > static_cast<int64_t>(data_.size())) {
@@ -122,8 +126,8 @@ DataLoader::Item DataLoader::plan_next() {
     plan_epoch_ = cursor_.epoch;
   }
   Item item;
-  item.samples = epoch_plan_[static_cast<size_t>(cursor_.position / options_.batch_size)];
-  cursor_.position += options_.batch_size;
+  item.samples = epoch_plan_[static_cast<size_t>(cursor_.position / options_.global_batch())];
+  cursor_.position += options_.global_batch();
   item.after = cursor_;
   return item;
 }

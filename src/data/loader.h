@@ -35,6 +35,13 @@ struct LoaderOptions {
   bool skip_bad_images = false;
   int64_t pad_id = 0;
   uint64_t seed = 0;
+  // Data parallelism: each global micro-batch holds batch_size x world_size samples, of which this
+  // rank takes the rank-th run of batch_size. Positions count global samples, so they agree on
+  // every rank and a checkpoint resumes the same way whoever wrote it.
+  int64_t rank = 0;
+  int64_t world_size = 1;
+  int64_t global_batch() const { return batch_size * world_size; }  // per micro-batch
+  int64_t samples_per_step() const { return batch_size * grad_accum * world_size; }
 };
 
 // The loader settings a run's config asks for (train.batch_size / grad_accum, data.workers /
@@ -47,7 +54,8 @@ struct LoaderPosition {
   int64_t position = 0;
 };
 
-// The samples of every micro-batch of an epoch, in order (a pure function of seed and epoch).
+// This rank's samples of every micro-batch of an epoch, in order (a pure function of seed, epoch,
+// rank and world size).
 std::vector<std::vector<int64_t>> plan_epoch(const SampleSource& data, const LoaderOptions& options,
                                              int64_t epoch);
 

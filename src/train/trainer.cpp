@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <chrono>
+#include <thread>
 
 #include "core/error.h"
 #include "core/fs.h"
@@ -19,6 +20,7 @@
 #include "models/hf/config_json.h"
 #include "models/hf/weights.h"
 #include "train/checkpoint.h"
+#include "train/distributed.h"
 #include "train/freeze.h"
 #include "train/lora.h"
 #include "train/metrics_sink.h"
@@ -43,16 +45,21 @@ struct EvalResult {
 };
 
 // Mean of the objective over (up to max_batches batches of) a dataset, in order, without gradients.
+// With a process group, rank r takes batches r, r+W, r+2W, ... and the sums are reduced: the
+// figures equal a single process's.
 EvalResult evaluate(MultimodalModelImpl& model, Objective& objective, const SampleSource& data,
                     const ImageTransform& transform, int64_t pad_id, int64_t batch_size,
-                    int64_t max_batches, const torch::Device& device, bool bf16, bool skip_bad) {
+                    int64_t max_batches, const torch::Device& device, bool bf16, bool skip_bad,
+                    ProcessGroup* group) {
   torch::NoGradGuard no_grad;
   model.eval();
   double sum = 0;
   std::map<std::string, double> sums;
   int64_t weight = 0, batches = 0;
   for (size_t i = 0; i < data.size(); i += static_cast<size_t>(batch_size)) {
-    if (max_batches > 0 && batches++ >= max_batches) break;
+    if (max_batches > 0 && batches >= max_batches) break;
+    if (group && batches++ % group->world_size() != group->rank()) continue;
+    if (!group) ++batches;
     std::vector<int64_t> indices;
     for (size_t k = i; k < std::min(data.size(), i + static_cast<size_t>(batch_size)); ++k)
       indices.push_back(static_cast<int64_t>(k));
@@ -72,6 +79,22 @@ EvalResult evaluate(MultimodalModelImpl& model, Objective& objective, const Samp
     weight += out.weight;
   }
   model.train();
+  if (group) {
+    // Rank 0's metric names (it has a batch whenever any rank has): a rank without one has none.
+    std::string names;
+    for (const auto& kv : sums) names += kv.first + "\n";
+    names = group->broadcast_string(names, "held-out evaluation");
+    std::vector<double> v{sum, static_cast<double>(weight)};
+    std::vector<std::string> keys;
+    for (size_t a = 0, b; (b = names.find('\n', a)) != std::string::npos; a = b + 1)
+      keys.push_back(names.substr(a, b - a));
+    for (const auto& k : keys) v.push_back(sums.count(k) ? sums[k] : 0.0);
+    v = group->sum(v, "held-out evaluation");
+    sum = v[0];
+    weight = static_cast<int64_t>(v[1]);
+    sums.clear();
+    for (size_t k = 0; k < keys.size(); ++k) sums[keys[k]] = v[k + 2];
+  }
   EvalResult r;
   if (weight > 0) {
     r.loss = sum / static_cast<double>(weight);
@@ -153,25 +176,75 @@ TrainSummary train(Config config, const TrainOptions& options) {
   const auto start = Clock::now();
   const fs::path out = config.output_dir();
   const fs::path ckpt_root = out / "checkpoints";
-  std::optional<fs::path> resume_from;
-  if (options.resume == "auto") {
-    resume_from = find_latest_checkpoint(ckpt_root);
-    if (!resume_from) check_fresh_output(config, out);
-  } else if (options.resume != "none" && !options.resume.empty()) {
-    resume_from = fs::path(options.resume);
-    if (!fs::is_directory(*resume_from))
-      throw ConfigError("--resume: " + options.resume + ": not a directory");
-  } else {
-    check_fresh_output(config, out);
-  }
-  fs::create_directories(out);
-  add_log_file(out / "train.log");
 
-  const int threads = configure_threads(config.run.threads);
-  const torch::Device device = select_device(config.run.device);
+  // Data parallelism: the launcher's environment says whether this process is one rank of many.
+  const DistEnv env = dist_env_from_environment();
+  torch::Device device = select_device(config.run.device);
+  if (env.distributed() && device.is_cuda() && !device.has_index())
+    device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(env.local_rank));
+  const auto group = ProcessGroup::create(env, config.run.distributed, device);
+  const bool main_rank = !group || group->is_main();
+  const int world = group ? group->world_size() : 1;
+  if (!main_rank) {
+    // Rank 0 speaks for the run; the others only warn, and say who they are.
+    auto logger = spdlog::default_logger();
+    logger->set_pattern(fmt::format("[%H:%M:%S] [rank {}] %^%l%$ %v", env.rank));
+    if (logger->level() < spdlog::level::warn) logger->set_level(spdlog::level::warn);
+  }
+
+  // Rank 0 decides whether this is a fresh run or where it resumes; every rank follows.
+  std::optional<fs::path> resume_from;
+  std::string decision;  // "F": fresh, "R<path>": resume, "E<message>": a configuration error
+  if (main_rank) {
+    try {
+      if (options.resume == "auto") {
+        resume_from = find_latest_checkpoint(ckpt_root);
+        if (!resume_from) check_fresh_output(config, out);
+      } else if (options.resume != "none" && !options.resume.empty()) {
+        resume_from = fs::path(options.resume);
+        if (!fs::is_directory(*resume_from))
+          throw ConfigError("--resume: " + options.resume + ": not a directory");
+      } else {
+        check_fresh_output(config, out);
+      }
+      decision = resume_from ? "R" + resume_from->string() : "F";
+    } catch (const ConfigError& e) {
+      if (!group) throw;
+      decision = std::string("E") + e.what();
+    }
+  }
+  if (group) {
+    decision = group->broadcast_string(decision, "the resume decision");
+    if (decision[0] == 'E') throw ConfigError(decision.substr(1));
+    if (decision[0] == 'R') {
+      resume_from = fs::path(decision.substr(1));
+      const double blind = group->sum(fs::is_directory(*resume_from) ? 0.0 : 1.0,
+                                      "the resume decision");
+      if (blind > 0)
+        throw Error(fmt::format(
+            "distributed: {} of {} ranks cannot read the checkpoint {} that rank 0 resumes from: "
+            "run.output_dir must be on a filesystem every node shares",
+            blind, world, resume_from->string()));
+    }
+  }
+  if (main_rank) {
+    fs::create_directories(out);
+    add_log_file(out / "train.log");
+  }
+
+  // Ranks sharing a node share its cores: run.threads auto gives each its part.
+  int64_t want_threads = config.run.threads;
+  if (want_threads == 0 && env.local_world_size > 1)
+    want_threads = std::max<int64_t>(
+        1, static_cast<int64_t>(std::thread::hardware_concurrency()) / env.local_world_size);
+  const int threads = configure_threads(want_threads);
   const bool bf16 = config.train.precision == "bf16";
   spdlog::info("run {} -> {} ({} on {}, {} threads)", config.run.name, out.string(),
                config.train.precision, device.str(), threads);
+  if (group)
+    spdlog::info("data parallel: {} ranks ({}, {} backend, rendezvous {}:{}; launched by {})", world,
+                 env.local_world_size == world ? "one node" : "several nodes", group->backend(),
+                 env.master_addr, env.master_port, env.source);
 
   const auto tokenizer = load_tokenizer(config.model.tokenizer);
   // The DPO reference: the initial policy, built the same way before `config` is filled in.
@@ -187,7 +260,7 @@ TrainSummary train(Config config, const TrainOptions& options) {
   MultimodalModel model = build_model(config, *tokenizer);
   init_from(*model, config, "model");
   model->to(device);
-  write_file_atomic(out / "config.yaml", config_to_yaml(config));
+  if (main_rank) write_file_atomic(out / "config.yaml", config_to_yaml(config));
 
   // train.trainable first, then LoRA: adapters train, the layers they adapt freeze. Both before
   // the optimizer and before a checkpoint is loaded (it holds the adapters by name).
@@ -223,13 +296,14 @@ TrainSummary train(Config config, const TrainOptions& options) {
   const bool skip_bad = config.data.on_bad_record == "skip";
 
   const auto& tc = config.train;
-  const int64_t per_step = tc.batch_size * tc.grad_accum;
+  // A step takes batch_size x grad_accum samples on each rank: world x that in all.
+  const int64_t per_step = tc.batch_size * tc.grad_accum * world;
   const auto N = static_cast<int64_t>(train_data->size());
   const int64_t steps_per_epoch = N / per_step;
   if (steps_per_epoch == 0)
     throw ConfigError(config.where("train.batch_size") + ": " + config.data.train.path + " has " +
-                      std::to_string(N) +
-                      " samples, fewer than batch_size*grad_accum = " + std::to_string(per_step));
+                      std::to_string(N) + " samples, fewer than batch_size*grad_accum" +
+                      (world > 1 ? "*ranks" : "") + " = " + std::to_string(per_step));
   const int64_t total = tc.max_steps > 0 ? tc.max_steps : tc.epochs * steps_per_epoch;
   spdlog::info("data: {} train samples ({} steps/epoch of {}), {} eval samples; {} steps", N,
                steps_per_epoch, per_step, eval_data ? eval_data->size() : 0, total);
@@ -251,18 +325,41 @@ TrainSummary train(Config config, const TrainOptions& options) {
     state.scheduler = scheduler;
     spdlog::info("resumed from {} at step {} (epoch {}, sample {})", resume_from->string(),
                  state.step, state.epoch, state.position);
+    const int64_t saved_world = state.extra.value("world_size", int64_t{1});
+    if (saved_world != world) {
+      spdlog::warn(
+          "the checkpoint was written by {} rank(s), this run has {}: the global batch changes "
+          "from {} to {} samples",
+          saved_world, world, tc.batch_size * tc.grad_accum * saved_world, per_step);
+      if (state.position % per_step != 0) {
+        spdlog::warn("epoch {} continues from sample {} (a step boundary) instead of {}",
+                     state.epoch, state.position - state.position % per_step, state.position);
+        state.position -= state.position % per_step;
+      }
+    }
+  }
+  if (group) {
+    // Every rank starts from rank 0's weights (parameters and buffers), as DDP does.
+    std::vector<torch::Tensor> tensors;
+    for (const auto& p : model->parameters()) tensors.push_back(p);
+    for (const auto& b : model->buffers()) tensors.push_back(b);
+    group->broadcast(tensors, "the broadcast of the initial weights");
   }
   // Wall time accumulates across resumes (up to each run's last checkpoint).
   const double earlier_seconds = state.extra.value("wall_seconds", 0.0);
 
-  MetricsSink metrics(out / "metrics.jsonl");
+  std::optional<MetricsSink> metrics_sink;  // rank 0's
+  if (main_rank) metrics_sink.emplace(out / "metrics.jsonl");
+  auto log_metrics = [&](const nlohmann::json& record) {
+    if (metrics_sink) metrics_sink->write(record);
+  };
   TrainSummary summary;
   summary.output_dir = out;
   auto run_eval = [&](const char* when) {
     nlohmann::json record = {{"step", state.step}};
     if (eval_data) {
       const auto r = evaluate(*model, *objective, *eval_data, transform, pad_id, tc.batch_size,
-                              tc.eval_batches, device, bf16, skip_bad);
+                              tc.eval_batches, device, bf16, skip_bad, group.get());
       if (!summary.first_eval_loss) summary.first_eval_loss = r.loss;
       summary.last_eval_loss = r.loss;
       record["eval_loss"] = r.loss;
@@ -275,6 +372,7 @@ TrainSummary train(Config config, const TrainOptions& options) {
     }
     if (!config.eval.tasks.empty()) {
       // Generation tasks (eval: in the recipe), prompted with the template the model trains on.
+      // Every rank runs them (the same weights give the same answers), so none waits on rank 0.
       EvalConfig tasks = config.eval;
       tasks.chance = false;
       const eval::EvalModel em{*model, *tokenizer, transform, config.data.template_name};
@@ -286,12 +384,25 @@ TrainSummary train(Config config, const TrainOptions& options) {
       }
       spdlog::info("eval ({}) step {}:{}", when, state.step, extra);
     }
-    if (record.size() > 1) metrics.write(record);
+    if (record.size() > 1) log_metrics(record);
   };
   if (!resume_from) run_eval("start");
 
-  DataLoader loader(*train_data, transform, loader_options(config, pad_id),
-                    {state.epoch, state.position});
+  LoaderOptions lo = loader_options(config, pad_id);
+  if (group) {
+    lo.rank = group->rank();
+    lo.world_size = world;
+  }
+  DataLoader loader(*train_data, transform, lo, {state.epoch, state.position});
+  std::vector<torch::Tensor> params;  // the trainable ones
+  for (const auto& p : model->parameters())
+    if (p.requires_grad()) params.push_back(p);
+  std::unique_ptr<GradientReducer> reducer;
+  if (group) {
+    reducer = std::make_unique<GradientReducer>(*group, params, config.run.distributed.bucket_mb);
+    spdlog::info("gradients: summed across ranks in {} buckets of up to {:g} MB", reducer->buckets(),
+                 config.run.distributed.bucket_mb);
+  }
   const auto loop_start = Clock::now();
   auto interval_start = Clock::now();
   int64_t interval_tokens = 0, steps_here = 0, tokens_here = 0, bad_in_a_row = 0;
@@ -302,15 +413,22 @@ TrainSummary train(Config config, const TrainOptions& options) {
 
   while (state.step < total) {
     if (options.stop_after > 0 && steps_here >= options.stop_after) break;
-    if (stop.requested()) {
+    if (group) group->set_context("step " + std::to_string(state.step + 1));
+    // A signal may reach the ranks at different steps: they stop together, at the first step
+    // any of them saw it.
+    bool stop_now = stop.requested();
+    if (group) stop_now = group->sum(stop_now ? 1.0 : 0.0, "the stop-signal check") > 0;
+    if (stop_now) {
       // Preemption: the step in flight has finished; keep it and leave (exit status 0).
       if (last_saved != state.step && state.step > 0) {
-        const auto dir = save_checkpoint(ckpt_root, *model, *optimizer, state, tc.keep_last);
+        if (main_rank) {
+          const auto dir = save_checkpoint(ckpt_root, *model, *optimizer, state, tc.keep_last);
+          spdlog::info("checkpoint {}", dir.string());
+        }
         last_saved = state.step;
-        spdlog::info("checkpoint {}", dir.string());
       }
-      summary.stopped_by = stop.name();
-      spdlog::warn("{}: stopped at step {} of {}; continue with --resume auto", stop.name(),
+      summary.stopped_by = stop.requested() ? stop.name() : "SIGTERM";
+      spdlog::warn("{}: stopped at step {} of {}; continue with --resume auto", summary.stopped_by,
                    state.step, total);
       break;
     }
@@ -326,11 +444,17 @@ TrainSummary train(Config config, const TrainOptions& options) {
     total_wait += wait;
     state.epoch = loader.position().epoch;
     state.position = loader.position().position;
+    // The loss is a mean over the step's global batch: every rank divides by the global weight
+    // (tokens, or pairs), and the gradients are summed across ranks.
     int64_t weight = 0;
     for (const auto& b : micro) weight += objective->weight(b);
+    if (group) weight = static_cast<int64_t>(group->sum(static_cast<double>(weight), "the step's token count"));
     double loss_sum = 0;
+    int64_t step_tokens = 0;
     std::map<std::string, double> metric_sums;
-    for (const auto& b : micro) {
+    for (size_t m = 0; m < micro.size(); ++m) {
+      const auto& b = micro[m];
+      if (reducer) reducer->prepare(m + 1 == micro.size());
       ObjectiveOutput o;
       {
         AutocastScope autocast(bf16, device.type(), torch::kBFloat16);
@@ -339,24 +463,34 @@ TrainSummary train(Config config, const TrainOptions& options) {
       (o.loss_sum / static_cast<double>(std::max<int64_t>(1, weight))).backward();
       loss_sum += o.loss_sum.item<double>();
       for (const auto& [k, v] : o.metric_sums) metric_sums[k] += v;
-      interval_tokens += b.tokens;
-      tokens_here += b.tokens;
+      step_tokens += b.tokens;
     }
+    if (reducer) {
+      reducer->finish();
+      // The step's figures over all ranks (every rank's objective reports the same names).
+      std::vector<double> v{loss_sum, static_cast<double>(step_tokens)};
+      for (const auto& kv : metric_sums) v.push_back(kv.second);
+      v = group->sum(v, "the step's metrics");
+      loss_sum = v[0];
+      step_tokens = static_cast<int64_t>(v[1]);
+      size_t k = 2;
+      for (auto& kv : metric_sums) kv.second = v[k++];
+    }
+    interval_tokens += step_tokens;
+    tokens_here += step_tokens;
     const double max_norm =
         tc.clip_grad_norm > 0 ? tc.clip_grad_norm : std::numeric_limits<double>::infinity();
-    std::vector<torch::Tensor> params;
-    for (const auto& p : model->parameters())
-      if (p.requires_grad()) params.push_back(p);
     const double grad_norm = torch::nn::utils::clip_grad_norm_(params, max_norm);
     const double loss = loss_sum / static_cast<double>(std::max<int64_t>(1, weight));
     ++state.step;
     ++steps_here;
     if (!std::isfinite(loss) || !std::isfinite(grad_norm)) {
       // NaN/inf guard: no update from this step (its data is consumed); abort after too many.
+      // The loss and gradients are global, so every rank skips the same steps.
       optimizer->zero_grad();
       ++bad_in_a_row;
       ++summary.skipped_steps;
-      metrics.write(
+      log_metrics(
           {{"step", state.step}, {"skipped_step", true}, {"loss", loss}, {"grad_norm", grad_norm}});
       spdlog::warn("step {}: loss {} / grad_norm {} is not finite; step skipped ({} in a row)",
                    state.step, loss, grad_norm, bad_in_a_row);
@@ -373,7 +507,9 @@ TrainSummary train(Config config, const TrainOptions& options) {
     bad_in_a_row = 0;
     optimizer->step();
     summary.losses.emplace_back(state.step, loss);
-    state.extra = {{"loss", loss}, {"wall_seconds", earlier_seconds + seconds_since(start)}};
+    state.extra = {{"loss", loss},
+                   {"wall_seconds", earlier_seconds + seconds_since(start)},
+                   {"world_size", world}};
 
     if (state.step % tc.log_every == 0 || state.step == total) {
       const double dt = seconds_since(interval_start);
@@ -400,7 +536,7 @@ TrainSummary train(Config config, const TrainOptions& options) {
         if (k == "rewards/accuracies" || k == "rewards/margins")
           extra += fmt::format(" | {} {:.3f}", k, mean);
       }
-      metrics.write(record);
+      log_metrics(record);
       spdlog::info(
           "step {}/{} | loss {:.4f}{} | lr {:.2e} | grad_norm {:.3f} | {:.0f} tok/s | data wait "
           "{:.0f}% | ETA {}",
@@ -413,9 +549,11 @@ TrainSummary train(Config config, const TrainOptions& options) {
     if (tc.eval_every > 0 && state.step % tc.eval_every == 0 && state.step != total)
       run_eval("periodic");
     if (tc.save_every > 0 && (state.step % tc.save_every == 0 || state.step == total)) {
-      const auto dir = save_checkpoint(ckpt_root, *model, *optimizer, state, tc.keep_last);
+      if (main_rank) {
+        const auto dir = save_checkpoint(ckpt_root, *model, *optimizer, state, tc.keep_last);
+        spdlog::info("checkpoint {}", dir.string());
+      }
       last_saved = state.step;
-      spdlog::info("checkpoint {}", dir.string());
     }
   }
   summary.steps = state.step;
@@ -442,9 +580,14 @@ TrainSummary train(Config config, const TrainOptions& options) {
       {"tokens_per_s", loop_s > 0 && tokens_here > 0
                            ? nlohmann::json(static_cast<double>(tokens_here) / loop_s)
                            : nlohmann::json()},
-      {"wall_seconds", earlier_seconds + seconds_since(start)}};
-  write_file_atomic(out / "summary.json", figures.dump(2) + "\n");
-  write_final(out, *model, config);
+      {"wall_seconds", earlier_seconds + seconds_since(start)},
+      {"world_size", world}};
+  if (main_rank) {
+    write_file_atomic(out / "summary.json", figures.dump(2) + "\n");
+    write_final(out, *model, config);
+  }
+  // No rank reports success before final/ exists.
+  if (group) group->barrier("the end of the run");
   summary.final_dir = out / "final";
   spdlog::info("final weights: {}", summary.final_dir.string());
   return summary;

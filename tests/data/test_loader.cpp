@@ -171,3 +171,32 @@ TEST_CASE(
   CHECK_THROWS_WITH(two_batches(), Catch::Contains("recs.jsonl:") && Catch::Contains("(id \"r") &&
                                        Catch::Contains("truncation leaves nothing supervised"));
 }
+
+TEST_CASE("loader: ranks split each global micro-batch; together they see one process's batches") {
+  Fixture f("captions_train.json");
+  LoaderOptions one;
+  one.batch_size = 4;
+  one.grad_accum = 2;
+  one.seed = 9;
+  const auto whole = plan_epoch(*f.ds, one, 3);
+  LoaderOptions r0 = one, r1 = one;
+  r0.batch_size = r1.batch_size = 2;
+  r0.world_size = r1.world_size = 2;
+  r1.rank = 1;
+  const auto a = plan_epoch(*f.ds, r0, 3), b = plan_epoch(*f.ds, r1, 3);
+  REQUIRE(a.size() == whole.size());
+  REQUIRE(b.size() == whole.size());
+  for (size_t m = 0; m < whole.size(); ++m) {
+    CHECK(std::vector<int64_t>(whole[m].begin(), whole[m].begin() + 2) == a[m]);
+    CHECK(std::vector<int64_t>(whole[m].begin() + 2, whole[m].end()) == b[m]);
+  }
+  // Positions count global samples: both ranks stand where the single process does.
+  DataLoader single(*f.ds, f.transform, one), rank1(*f.ds, f.transform, r1);
+  drain(single, 5);
+  drain(rank1, 5);
+  CHECK(rank1.position().epoch == single.position().epoch);
+  CHECK(rank1.position().position == single.position().position);
+  CHECK(rank1.steps_per_epoch() == 3);
+  r1.rank = 2;
+  CHECK_THROWS_WITH(DataLoader(*f.ds, f.transform, r1), Catch::Contains("rank 2"));
+}

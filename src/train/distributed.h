@@ -1,0 +1,132 @@
+// Data parallelism on LibTorch's c10d, the engine torch.distributed runs on: a TCPStore for the
+// rendezvous at MASTER_ADDR:MASTER_PORT and ProcessGroupGloo (CPU) or ProcessGroupNCCL (CUDA) for
+// the collectives. Every rank holds the whole model and a slice of each global batch; gradients are
+// summed across ranks in buckets while backward still runs (GradientReducer), so after a step every
+// rank holds the same weights — the weights one process would have after the same global batch.
+//
+// Failure: every collective waits at most run.distributed.timeout seconds. A rank that died (its
+// sockets close) or hung (it stops answering) makes the others fail their next collective with a
+// DistributedError naming the operation and the step, instead of hanging; the checkpoints written
+// so far stay intact and `--resume auto` continues from the newest.
+#pragma once
+
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "core/config.h"
+#include "core/dist_env.h"
+#include "core/error.h"
+#include "core/torch_compat.h"
+
+namespace c10d {
+class Store;
+class Work;
+}  // namespace c10d
+
+namespace mllm {
+
+// A collective failed or timed out: another rank died, hung, or the rendezvous never completed.
+class DistributedError : public Error {
+ public:
+  explicit DistributedError(const std::string& what) : Error(what) {}
+};
+
+class ProcessGroup {
+ public:
+  // Joins the job `env` describes (nullptr when it is a single process): connects to the store
+  // (rank 0 serves it), then builds the backend ("auto": nccl for a CUDA device, gloo otherwise).
+  static std::unique_ptr<ProcessGroup> create(const DistEnv& env, const DistributedConfig& config,
+                                              const torch::Device& device);
+  ~ProcessGroup();
+  ProcessGroup(const ProcessGroup&) = delete;
+  ProcessGroup& operator=(const ProcessGroup&) = delete;
+
+  int rank() const { return env_.rank; }
+  int world_size() const { return env_.world_size; }
+  bool is_main() const { return env_.rank == 0; }
+  const DistEnv& env() const { return env_; }
+  const std::string& backend() const { return backend_name_; }
+  double timeout_seconds() const { return timeout_s_; }
+  // What the run is doing ("step 12"): named in the error of a collective that fails.
+  void set_context(std::string context) { context_ = std::move(context); }
+
+  // Collectives: every rank must call the same ones in the same order. `what` names the
+  // operation in errors.
+  // Element-wise sums across ranks (as doubles: exact for counts).
+  std::vector<double> sum(std::vector<double> values, const std::string& what);
+  double sum(double value, const std::string& what) { return sum(std::vector<double>{value}, what)[0]; }
+  // Rank 0's tensors, in place on every rank (floating tensors; any dtype, any device).
+  void broadcast(const std::vector<torch::Tensor>& tensors, const std::string& what,
+                 double chunk_mb = 64);
+  // Rank 0's string on every rank.
+  std::string broadcast_string(const std::string& value, const std::string& what);
+  void barrier(const std::string& what);
+
+  // For GradientReducer: an in-place sum started now, finished by wait().
+  c10::intrusive_ptr<c10d::Work> sum_async(torch::Tensor& flat, const std::string& what);
+  void wait(const c10::intrusive_ptr<c10d::Work>& work, const std::string& what);
+
+ private:
+  ProcessGroup() = default;
+  [[noreturn]] void fail(const std::string& what, const std::exception& e) const;
+  // Tensors the backend communicates in place: CPU for gloo, this rank's GPU for nccl.
+  torch::Device comm_device() const;
+
+  DistEnv env_;
+  std::string backend_name_;
+  double timeout_s_ = 0;
+  std::string context_ = "start-up";
+  torch::Device device_ = torch::kCPU;
+  c10::intrusive_ptr<c10d::Store> store_;
+  c10::intrusive_ptr<CommBackend> backend_;
+};
+
+// Sums the gradients of `params` across ranks, DDP style: parameters are grouped into buckets of
+// about bucket_mb (in reverse order of registration, roughly the order backward produces them);
+// during the synchronising backward a hook copies each gradient into its bucket as it is produced,
+// and a bucket whose gradients are all in is summed asynchronously right away — buckets start in
+// the same order on every rank, which the backends require. finish() sums what no hook reached
+// (a parameter without a gradient on this rank: an unused expert), waits, and writes the sums into
+// .grad. Summing (not averaging) is right because every rank divides its loss by the global
+// token count.
+class GradientReducer {
+ public:
+  GradientReducer(ProcessGroup& group, std::vector<torch::Tensor> params, double bucket_mb);
+  ~GradientReducer();
+  GradientReducer(const GradientReducer&) = delete;
+  GradientReducer& operator=(const GradientReducer&) = delete;
+
+  // Before each backward of a step: only the last (sync = true) sums; the earlier ones accumulate
+  // locally, as DDP's no_sync.
+  void prepare(bool sync);
+  // After the synchronising backward.
+  void finish();
+  size_t buckets() const { return buckets_.size(); }
+
+ private:
+  struct Bucket {
+    torch::Tensor flat;                 // fp32, on the parameters' device
+    std::vector<size_t> params;         // indices into params_
+    std::vector<int64_t> offsets;       // of each parameter in flat
+    size_t pending = 0;                 // gradients still to arrive this step
+    c10::intrusive_ptr<c10d::Work> work;
+  };
+  void on_grad(size_t index, const torch::Tensor& grad);
+  void launch_ready();  // starts the buckets that are complete, in order
+
+  ProcessGroup& group_;
+  std::vector<torch::Tensor> params_;
+  std::vector<unsigned> hooks_;
+  std::vector<size_t> bucket_of_, slot_of_;  // each parameter's bucket and place in it
+  std::vector<bool> arrived_;
+  std::vector<Bucket> buckets_;
+  size_t next_launch_ = 0;
+  bool armed_ = false;
+  std::mutex mu_;
+};
+
+}  // namespace mllm

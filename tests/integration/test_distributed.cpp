@@ -1,0 +1,282 @@
+// Data parallelism through the `mllm` executable: ranks are separate processes on 127.0.0.1 talking
+// over c10d's Gloo backend, launched by scripts/launch (and by torchrun where it is installed).
+// Two ranks must end with the weights one process gets from the same global batch; a stopped
+// two-rank run resumes to the uninterrupted run's weights; a rank killed or frozen mid-run makes
+// the other exit with a clear error within run.distributed.timeout, and the run then resumes.
+#include <catch2/catch.hpp>
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <map>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "core/safetensors.h"
+#include "run_mllm.h"
+#include "test_util.h"
+
+using mllm::test::read_text;
+using mllm::test::TempDir;
+
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+// A port for this test's rendezvous, different for every call and every test process.
+int fresh_port() {
+  static std::mt19937 rng(static_cast<unsigned>(::getpid()) ^
+                          static_cast<unsigned>(Clock::now().time_since_epoch().count()));
+  static int next = std::uniform_int_distribution<int>(20000, 40000)(rng);
+  return next += 7;
+}
+
+struct Run {
+  int code;
+  std::string output;
+};
+
+Run run_shell(const std::string& cmd) {
+  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+  REQUIRE(p);
+  std::string out;
+  char buf[4096];
+  while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
+  const int status = pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+// One rank of `ranks`, in the background, as a launcher would start it; output to `log`.
+pid_t spawn_rank(int rank, int ranks, int port, const std::string& args, const fs::path& log) {
+  const std::string cmd =
+      "RANK=" + std::to_string(rank) + " LOCAL_RANK=" + std::to_string(rank) +
+      " WORLD_SIZE=" + std::to_string(ranks) + " LOCAL_WORLD_SIZE=" + std::to_string(ranks) +
+      " MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(port) + " exec " + MLLM_BIN + " " +
+      args + " > " + log.string() + " 2>&1";
+  const pid_t pid = fork();
+  if (pid == 0) {
+    execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  REQUIRE(pid > 0);
+  return pid;
+}
+
+// step -> loss, the last record of each step.
+std::map<int64_t, double> losses(const fs::path& metrics) {
+  std::map<int64_t, double> out;
+  if (!fs::exists(metrics)) return out;
+  std::istringstream in(read_text(metrics));
+  for (std::string line; std::getline(in, line);) {
+    if (line.empty() || line.back() != '}') continue;
+    const auto j = nlohmann::json::parse(line);
+    if (j.contains("loss") && !j.contains("skipped_step")) out[j["step"]] = j["loss"];
+  }
+  return out;
+}
+
+bool wait_for_step(pid_t pid, const fs::path& metrics, int64_t k) {
+  for (int i = 0; i < 12000; ++i) {
+    const auto l = losses(metrics);
+    if (!l.empty() && l.rbegin()->first >= k) return true;
+    int status;
+    if (waitpid(pid, &status, WNOHANG) == pid) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return false;
+}
+
+// Largest |a - b| over the tensors of two safetensors files with the same names and shapes.
+double max_weight_diff(const fs::path& a, const fs::path& b) {
+  const auto ta = mllm::load_safetensors(a);
+  std::map<std::string, torch::Tensor> tb;
+  for (const auto& [name, t] : mllm::load_safetensors(b)) tb[name] = t;
+  REQUIRE(ta.size() == tb.size());
+  REQUIRE(!ta.empty());
+  double worst = 0;
+  for (const auto& [name, t] : ta) {
+    REQUIRE(tb.count(name));
+    const torch::Tensor& u = tb[name];
+    REQUIRE(u.sizes() == t.sizes());
+    const double d = (t.to(torch::kFloat64) - u.to(torch::kFloat64)).abs().max().item<double>();
+    worst = std::max(worst, d);
+  }
+  return worst;
+}
+
+struct Fixture {
+  TempDir dir{"mllm-dist"};
+  fs::path data = dir / "shapes";
+  Fixture() {
+    REQUIRE(mllm::test::run_mllm("data shapes --out " + data.string() +
+                                 " --seed 5 --train 96 --val 16 --image-size 32")
+                .code == 0);
+  }
+  // A small stage-0 run of `steps` steps, `batch` samples per rank and 2 micro-batches per step.
+  std::string args(const fs::path& out, int64_t batch, int64_t steps = 12,
+                   double timeout = 60) const {
+    const std::string d = data.string();
+    return "train --config " + std::string(MLLM_SOURCE_DIR) + "/configs/shapes/stage0_text.yaml" +
+           " --set run.output_dir=" + out.string() + " --set run.threads=1" +
+           " --set model.tokenizer=" + d + "/tokenizer.json --set data.train.path=" + d +
+           "/captions_train.json --set data.train.image_root=" + d + "/images" +
+           " --set data.eval.path=" + d + "/captions_val.json --set data.eval.image_root=" + d +
+           "/images --set model.vision.image_size=32 --set model.vision.hidden=32" +
+           " --set model.vision.layers=1 --set model.vision.intermediate=64" +
+           " --set train.batch_size=" + std::to_string(batch) + " --set train.grad_accum=2" +
+           " --set train.max_steps=" + std::to_string(steps) +
+           " --set train.log_every=1 --set train.eval_batches=0 --set train.save_every=3" +
+           " --set train.keep_last=0 --set run.distributed.timeout=" + std::to_string(timeout) +
+           // A small first bucket so that gradients travel in several buckets.
+           " --set run.distributed.bucket_mb=0.5";
+  }
+  Run launch(int ranks, const std::string& args) const {
+    return run_shell(std::string(MLLM_SOURCE_DIR) + "/scripts/launch --nproc-per-node " +
+                     std::to_string(ranks) + " --master-port " + std::to_string(fresh_port()) +
+                     " -- " + MLLM_BIN + " " + args);
+  }
+};
+
+void check_losses_close(const fs::path& a, const fs::path& b, size_t steps) {
+  const auto la = losses(a / "metrics.jsonl"), lb = losses(b / "metrics.jsonl");
+  REQUIRE(la.size() == steps);
+  REQUIRE(lb.size() == steps);
+  for (const auto& [step, loss] : la) CHECK(lb.at(step) == Approx(loss).epsilon(1e-5));
+}
+
+}  // namespace
+
+TEST_CASE("data parallel: 2 Gloo ranks end with the weights of 1 rank on the same global batch") {
+  Fixture f;
+  const auto one = f.dir / "one", two = f.dir / "two";
+  const auto single = mllm::test::run_mllm(f.args(one, 4));
+  INFO(single.output);
+  REQUIRE(single.code == 0);
+  const auto pair = f.launch(2, f.args(two, 2));
+  INFO(pair.output);
+  REQUIRE(pair.code == 0);
+  CHECK_THAT(pair.output, Catch::Contains("data parallel: 2 ranks"));
+  CHECK_THAT(pair.output, Catch::Contains("buckets"));
+
+  CHECK(max_weight_diff(one / "final/model.safetensors", two / "final/model.safetensors") <= 1e-6);
+  check_losses_close(one, two, 12);
+  // The held-out loss is sharded over the ranks and reduced: the same figure.
+  const auto s1 = nlohmann::json::parse(read_text(one / "summary.json"));
+  const auto s2 = nlohmann::json::parse(read_text(two / "summary.json"));
+  CHECK(s2["final_eval_loss"].get<double>() ==
+        Approx(s1["final_eval_loss"].get<double>()).epsilon(1e-5));
+  CHECK(s2["world_size"] == 2);
+  // Rank 0 alone writes: one record per step, one checkpoint per save.
+  std::istringstream in(read_text(two / "metrics.jsonl"));
+  int step_records = 0;
+  for (std::string line; std::getline(in, line);)
+    if (line.find("\"loss\"") != std::string::npos) ++step_records;
+  CHECK(step_records == 12);
+  CHECK(fs::is_directory(two / "checkpoints/step-000012"));
+  // Another rank's lines say which rank they come from, and it does not repeat rank 0's.
+  CHECK(pair.output.find("final weights") == pair.output.rfind("final weights"));
+}
+
+TEST_CASE("data parallel: a stopped 2-rank run resumes to the uninterrupted run's weights") {
+  Fixture f;
+  const auto ref = f.dir / "reference", out = f.dir / "stopped";
+  const auto full = f.launch(2, f.args(ref, 2));
+  INFO(full.output);
+  REQUIRE(full.code == 0);
+  const auto part = f.launch(2, f.args(out, 2) + " --stop-after 7");
+  INFO(part.output);
+  REQUIRE(part.code == 0);
+  CHECK_FALSE(fs::exists(out / "final"));
+  CHECK(fs::is_directory(out / "checkpoints/step-000006"));
+  const auto rest = f.launch(2, f.args(out, 2) + " --resume auto");
+  INFO(rest.output);
+  REQUIRE(rest.code == 0);
+  CHECK_THAT(rest.output, Catch::Contains("resumed from"));
+  CHECK_THAT(rest.output, Catch::Contains("step-000006"));
+  CHECK(max_weight_diff(ref / "final/model.safetensors", out / "final/model.safetensors") <= 1e-6);
+  check_losses_close(ref, out, 12);
+}
+
+TEST_CASE("data parallel: a killed or frozen rank stops the other with a clear error; resume works") {
+  Fixture f;
+  const double timeout = 4;
+  const auto ref = f.dir / "reference";
+  const auto full = f.launch(2, f.args(ref, 2, 30, timeout));
+  INFO(full.output);
+  REQUIRE(full.code == 0);
+
+  for (const int sig : {SIGKILL, SIGSTOP}) {
+    const std::string name = sig == SIGKILL ? "killed" : "frozen";
+    DYNAMIC_SECTION("rank 1 " << name) {
+      const auto out = f.dir / name;
+      const int port = fresh_port();
+      const std::string args = f.args(out, 2, 30, timeout);
+      const pid_t r0 = spawn_rank(0, 2, port, args, f.dir / (name + "-0.log"));
+      const pid_t r1 = spawn_rank(1, 2, port, args, f.dir / (name + "-1.log"));
+      REQUIRE(wait_for_step(r0, out / "metrics.jsonl", 4));
+      REQUIRE(kill(r1, sig) == 0);
+      const auto t0 = Clock::now();
+      int status = 0;
+      REQUIRE(waitpid(r0, &status, 0) == r0);
+      const double took = std::chrono::duration<double>(Clock::now() - t0).count();
+      kill(r1, SIGKILL);
+      waitpid(r1, nullptr, 0);
+      const std::string log = read_text(f.dir / (name + "-0.log"));
+      INFO(log);
+      REQUIRE(WIFEXITED(status));
+      CHECK(WEXITSTATUS(status) == 1);
+      CHECK(took < timeout + 10);
+      CHECK_THAT(log, Catch::Contains("distributed: rank 0 of 2"));
+      CHECK_THAT(log, Catch::Contains("Another rank died or stopped answering"));
+      CHECK_THAT(log, Catch::Contains("--resume auto"));
+      CHECK_FALSE(fs::exists(out / "final"));
+
+      const auto rest = f.launch(2, args + " --resume auto");
+      INFO(rest.output);
+      REQUIRE(rest.code == 0);
+      CHECK_THAT(rest.output, Catch::Contains("resumed from"));
+      CHECK(max_weight_diff(ref / "final/model.safetensors", out / "final/model.safetensors") <=
+            1e-6);
+    }
+  }
+}
+
+TEST_CASE("data parallel: the launcher stops the other ranks when one fails, with its status") {
+  Fixture f;
+  // Rank 1 cannot start (its --set is wrong only there); rank 0 waits at the rendezvous until the
+  // launcher stops it.
+  const std::string cmd = std::string(MLLM_SOURCE_DIR) +
+                          "/scripts/launch --nproc-per-node 2 --grace 5 --master-port " +
+                          std::to_string(fresh_port()) + " -- sh -c '[ \"$RANK\" = 1 ] && exec " +
+                          MLLM_BIN + " train --config /nonexistent.yaml; exec " + MLLM_BIN + " " +
+                          f.args(f.dir / "x", 2) + "'";
+  const auto t0 = Clock::now();
+  const auto r = run_shell(cmd);
+  INFO(r.output);
+  CHECK(r.code == 2);
+  CHECK_THAT(r.output, Catch::Contains("launch: rank 1"));
+  CHECK(std::chrono::duration<double>(Clock::now() - t0).count() < 40);
+}
+
+TEST_CASE("data parallel: torchrun --no_python launches mllm train") {
+  if (!fs::exists("/usr/bin/torchrun")) {
+    WARN("torchrun is not installed: skipped");
+    return;
+  }
+  Fixture f;
+  const auto one = f.dir / "one", two = f.dir / "two";
+  REQUIRE(mllm::test::run_mllm(f.args(one, 4, 6)).code == 0);
+  const auto r = run_shell("/usr/bin/torchrun --no_python --nproc_per_node=2 --master_port=" +
+                           std::to_string(fresh_port()) + " " + MLLM_BIN + " " +
+                           f.args(two, 2, 6));
+  INFO(r.output);
+  REQUIRE(r.code == 0);
+  CHECK_THAT(r.output, Catch::Contains("launched by torchrun"));
+  CHECK(max_weight_diff(one / "final/model.safetensors", two / "final/model.safetensors") <= 1e-6);
+}
