@@ -17,8 +17,9 @@ int parse_int(const std::string& name, const std::string& value, long lo, long h
     used = 0;
   }
   if (used == 0 || used != value.size() || v < lo || v > hi)
-    throw ConfigError("environment variable " + name + "='" + value + "': expected an integer in [" +
-                      std::to_string(lo) + ", " + std::to_string(hi) + "]");
+    throw ConfigError("environment variable " + name + "='" + value +
+                      "': expected an integer in [" + std::to_string(lo) + ", " +
+                      std::to_string(hi) + "]");
   return static_cast<int>(v);
 }
 

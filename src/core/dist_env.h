@@ -17,7 +17,7 @@ struct DistEnv {
   int local_rank = 0;
   int local_world_size = 1;  // ranks on this node (they share its cores)
   std::string master_addr = "127.0.0.1";
-  int master_port = 29500;  // torchrun's default
+  int master_port = 29500;        // torchrun's default
   std::string source = "single";  // "single" | "torchrun" | "slurm": where the ranks came from
 
   bool distributed() const { return world_size > 1; }

@@ -84,8 +84,8 @@ DataLoader::DataLoader(const SampleSource& data, const ImageTransform& transform
                 std::to_string(options_.world_size));
   if (steps_per_epoch() == 0)
     throw Error("[DataLoader] " + std::to_string(data.size()) +
-                " samples are fewer than one step (" +
-                std::to_string(options_.samples_per_step()) + ")");
+                " samples are fewer than one step (" + std::to_string(options_.samples_per_step()) +
+                ")");
   for (int64_t i = 0; i < options_.workers; ++i) threads_.emplace_back([this] { worker_loop(); });
 }
 

@@ -52,12 +52,13 @@ std::unique_ptr<ProcessGroup> ProcessGroup::create(const DistEnv& env,
     opts.timeout = to_ms(config.timeout);
     pg->store_ = c10::make_intrusive<c10d::TCPStore>(env.master_addr, opts);
   } catch (const std::exception& e) {
-    throw DistributedError("distributed: rank " + std::to_string(env.rank) + " of " +
-                           std::to_string(env.world_size) + " could not join the rendezvous at " +
-                           where + " within run.distributed.timeout=" +
-                           fmt::format("{:g}", config.timeout) +
-                           "s (are all ranks started, MASTER_ADDR/MASTER_PORT the same on every "
-                           "rank, the port free on rank 0?): " + e.what());
+    throw DistributedError(
+        "distributed: rank " + std::to_string(env.rank) + " of " + std::to_string(env.world_size) +
+        " could not join the rendezvous at " + where +
+        " within run.distributed.timeout=" + fmt::format("{:g}", config.timeout) +
+        "s (are all ranks started, MASTER_ADDR/MASTER_PORT the same on every "
+        "rank, the port free on rank 0?): " +
+        e.what());
   }
   try {
     if (backend == "gloo") {
@@ -70,7 +71,7 @@ std::unique_ptr<ProcessGroup> ProcessGroup::create(const DistEnv& env,
       else
         options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
       pg->backend_ = c10::make_intrusive<c10d::ProcessGroupGloo>(pg->store_, env.rank,
-                                                                env.world_size, options);
+                                                                 env.world_size, options);
 #else
       throw ConfigError("run.distributed.backend: this LibTorch was built without Gloo");
 #endif
@@ -82,7 +83,7 @@ std::unique_ptr<ProcessGroup> ProcessGroup::create(const DistEnv& env,
       auto options = c10d::ProcessGroupNCCL::Options::create();
       options->timeout = to_ms(config.timeout);
       pg->backend_ = c10::make_intrusive<c10d::ProcessGroupNCCL>(pg->store_, env.rank,
-                                                                env.world_size, options);
+                                                                 env.world_size, options);
 #else
       throw ConfigError(
           "run.distributed.backend: this LibTorch was built without NCCL (USE_C10D_NCCL); use "
@@ -92,9 +93,10 @@ std::unique_ptr<ProcessGroup> ProcessGroup::create(const DistEnv& env,
   } catch (const Error&) {
     throw;
   } catch (const std::exception& e) {
-    throw DistributedError("distributed: rank " + std::to_string(env.rank) + " could not build the " +
-                           backend + " process group of " + std::to_string(env.world_size) +
-                           " ranks (rendezvous " + where + "): " + e.what());
+    throw DistributedError("distributed: rank " + std::to_string(env.rank) +
+                           " could not build the " + backend + " process group of " +
+                           std::to_string(env.world_size) + " ranks (rendezvous " + where +
+                           "): " + e.what());
   }
   return pg;
 }
@@ -273,8 +275,8 @@ void GradientReducer::on_grad(size_t index, const torch::Tensor& grad) {
 void GradientReducer::launch_ready() {
   while (next_launch_ < buckets_.size() && buckets_[next_launch_].pending == 0) {
     auto& b = buckets_[next_launch_];
-    b.work = group_.sum_async(b.flat, "gradient all-reduce (bucket " +
-                                          std::to_string(next_launch_) + ")");
+    b.work = group_.sum_async(b.flat,
+                              "gradient all-reduce (bucket " + std::to_string(next_launch_) + ")");
     ++next_launch_;
   }
 }

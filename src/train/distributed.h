@@ -58,7 +58,9 @@ class ProcessGroup {
   // operation in errors.
   // Element-wise sums across ranks (as doubles: exact for counts).
   std::vector<double> sum(std::vector<double> values, const std::string& what);
-  double sum(double value, const std::string& what) { return sum(std::vector<double>{value}, what)[0]; }
+  double sum(double value, const std::string& what) {
+    return sum(std::vector<double>{value}, what)[0];
+  }
   // Rank 0's tensors, in place on every rank (floating tensors; any dtype, any device).
   void broadcast(const std::vector<torch::Tensor>& tensors, const std::string& what,
                  double chunk_mb = 64);
@@ -109,10 +111,10 @@ class GradientReducer {
 
  private:
   struct Bucket {
-    torch::Tensor flat;                 // fp32, on the parameters' device
-    std::vector<size_t> params;         // indices into params_
-    std::vector<int64_t> offsets;       // of each parameter in flat
-    size_t pending = 0;                 // gradients still to arrive this step
+    torch::Tensor flat;            // fp32, on the parameters' device
+    std::vector<size_t> params;    // indices into params_
+    std::vector<int64_t> offsets;  // of each parameter in flat
+    size_t pending = 0;            // gradients still to arrive this step
     c10::intrusive_ptr<c10d::Work> work;
   };
   void on_grad(size_t index, const torch::Tensor& grad);

@@ -218,8 +218,8 @@ TrainSummary train(Config config, const TrainOptions& options) {
     if (decision[0] == 'E') throw ConfigError(decision.substr(1));
     if (decision[0] == 'R') {
       resume_from = fs::path(decision.substr(1));
-      const double blind = group->sum(fs::is_directory(*resume_from) ? 0.0 : 1.0,
-                                      "the resume decision");
+      const double blind =
+          group->sum(fs::is_directory(*resume_from) ? 0.0 : 1.0, "the resume decision");
       if (blind > 0)
         throw Error(fmt::format(
             "distributed: {} of {} ranks cannot read the checkpoint {} that rank 0 resumes from: "
@@ -242,9 +242,9 @@ TrainSummary train(Config config, const TrainOptions& options) {
   spdlog::info("run {} -> {} ({} on {}, {} threads)", config.run.name, out.string(),
                config.train.precision, device.str(), threads);
   if (group)
-    spdlog::info("data parallel: {} ranks ({}, {} backend, rendezvous {}:{}; launched by {})", world,
-                 env.local_world_size == world ? "one node" : "several nodes", group->backend(),
-                 env.master_addr, env.master_port, env.source);
+    spdlog::info("data parallel: {} ranks ({}, {} backend, rendezvous {}:{}; launched by {})",
+                 world, env.local_world_size == world ? "one node" : "several nodes",
+                 group->backend(), env.master_addr, env.master_port, env.source);
 
   const auto tokenizer = load_tokenizer(config.model.tokenizer);
   // The DPO reference: the initial policy, built the same way before `config` is filled in.
@@ -400,8 +400,8 @@ TrainSummary train(Config config, const TrainOptions& options) {
   std::unique_ptr<GradientReducer> reducer;
   if (group) {
     reducer = std::make_unique<GradientReducer>(*group, params, config.run.distributed.bucket_mb);
-    spdlog::info("gradients: summed across ranks in {} buckets of up to {:g} MB", reducer->buckets(),
-                 config.run.distributed.bucket_mb);
+    spdlog::info("gradients: summed across ranks in {} bucket(s) of up to {:g} MB",
+                 reducer->buckets(), config.run.distributed.bucket_mb);
   }
   const auto loop_start = Clock::now();
   auto interval_start = Clock::now();
@@ -448,7 +448,9 @@ TrainSummary train(Config config, const TrainOptions& options) {
     // (tokens, or pairs), and the gradients are summed across ranks.
     int64_t weight = 0;
     for (const auto& b : micro) weight += objective->weight(b);
-    if (group) weight = static_cast<int64_t>(group->sum(static_cast<double>(weight), "the step's token count"));
+    if (group)
+      weight =
+          static_cast<int64_t>(group->sum(static_cast<double>(weight), "the step's token count"));
     double loss_sum = 0;
     int64_t step_tokens = 0;
     std::map<std::string, double> metric_sums;
