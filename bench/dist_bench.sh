@@ -33,7 +33,7 @@ two=$(tokens_per_s "$work/two")
 # For comparison: the same rank using both cores for intra-op threads instead.
 "$mllm" "${common[@]}" --set run.threads=2 --set run.output_dir="$work/threads" > "$work/threads.log" 2>&1
 threads=$(tokens_per_s "$work/threads")
-grep -h "buckets" "$work/two.log" | sed 's/^.*info //' | head -1
+grep -h "summed across ranks" "$work/two.log" | sed 's/^.*info //' | head -1
 echo "1 rank : $one tokens/s ($per_rank per step, $steps steps, 1 thread)"
 echo "2 ranks: $two tokens/s ($((2 * per_rank)) per step, Gloo on 127.0.0.1, 1 thread each)"
 echo "1 rank : $threads tokens/s ($per_rank per step, 2 intra-op threads)"

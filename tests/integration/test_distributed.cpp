@@ -186,6 +186,33 @@ TEST_CASE("data parallel: 2 Gloo ranks end with the weights of 1 rank on the sam
   CHECK(pair.output.find("final weights") == pair.output.rfind("final weights"));
 }
 
+TEST_CASE("data parallel: DPO on 2 ranks matches 1 rank (pairs split across ranks)") {
+  Fixture f;
+  const std::string d = f.data.string();
+  auto args = [&](const fs::path& out, int64_t batch) {
+    return "train --config " + std::string(MLLM_SOURCE_DIR) + "/configs/shapes/stage3_dpo.yaml" +
+           " --set run.output_dir=" + out.string() +
+           " --set run.threads=1 --set train.init_from= --set model.llm.pretrained=" +
+           " --set model.tokenizer=" + d + "/tokenizer.json --set data.train.path=" + d +
+           "/preference_train.json --set data.train.image_root=" + d + "/images" +
+           " --set data.eval.path=" + d + "/preference_val.json --set data.eval.image_root=" + d +
+           "/images --set data.image.size=32 --set model.vision.image_size=32" +
+           " --set model.vision.hidden=32 --set model.vision.layers=1" +
+           " --set model.vision.intermediate=64 --set train.max_steps=4 --set train.log_every=1" +
+           " --set train.save_every=0 --set train.eval_batches=0 --set train.dpo.rpo_alpha=0" +
+           " --set train.batch_size=" + std::to_string(batch);
+  };
+  const auto one = f.dir / "one", two = f.dir / "two";
+  const auto single = mllm::test::run_mllm(args(one, 4));
+  INFO(single.output);
+  REQUIRE(single.code == 0);
+  const auto pair = f.launch(2, args(two, 2));
+  INFO(pair.output);
+  REQUIRE(pair.code == 0);
+  CHECK(max_weight_diff(one / "final/model.safetensors", two / "final/model.safetensors") <= 1e-6);
+  check_losses_close(one, two, 4);
+}
+
 TEST_CASE("data parallel: a stopped 2-rank run resumes to the uninterrupted run's weights") {
   Fixture f;
   const auto ref = f.dir / "reference", out = f.dir / "stopped";
