@@ -1,12 +1,22 @@
-// Runs the `mllm` executable under test (MLLM_BIN) with its output captured, for the CLI tests.
+// Runs the `mllm` executable under test (MLLM_BIN) with its output captured, for the CLI tests;
+// and what the tests of whole runs share: background runs, their logged losses.
 #pragma once
 
 #include <sys/wait.h>
+#include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
+#include <filesystem>
+#include <map>
+#include <sstream>
 #include <string>
+#include <thread>
 
 #include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+
+#include "test_util.h"
 
 namespace mllm::test {
 
@@ -15,15 +25,57 @@ struct Result {
   std::string output;  // stdout and stderr together
 };
 
-inline Result run_mllm(const std::string& args) {
-  const std::string cmd = std::string(MLLM_BIN) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
+// A shell command line, stdout and stderr together.
+inline Result run_shell(const std::string& cmd) {
+  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
   REQUIRE(p);
   std::string out;
   char buf[4096];
   while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
   const int status = pclose(p);
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+inline Result run_mllm(const std::string& args) {
+  return run_shell(std::string(MLLM_BIN) + " " + args);
+}
+
+// `sh -c "exec <cmd>"` in the background, output to `log`; returns its pid.
+inline pid_t spawn_shell(const std::string& cmd, const std::filesystem::path& log) {
+  const std::string line = "exec " + cmd + " > " + log.string() + " 2>&1";
+  const pid_t pid = fork();
+  if (pid == 0) {
+    execl("/bin/sh", "sh", "-c", line.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  REQUIRE(pid > 0);
+  return pid;
+}
+
+// step -> loss of a run's metrics.jsonl, the last record of each step (a resumed run logs again
+// from its checkpoint).
+inline std::map<int64_t, double> step_losses(const std::filesystem::path& metrics) {
+  std::map<int64_t, double> out;
+  if (!std::filesystem::exists(metrics)) return out;
+  std::istringstream in(read_text(metrics));
+  for (std::string line; std::getline(in, line);) {
+    if (line.empty() || line.back() != '}') continue;  // a line being written
+    const auto j = nlohmann::json::parse(line);
+    if (j.contains("loss") && !j.contains("skipped_step")) out[j["step"]] = j["loss"];
+  }
+  return out;
+}
+
+// Waits until the run `pid` has logged step >= k to `metrics`; false if it ended first.
+inline bool wait_for_step(pid_t pid, const std::filesystem::path& metrics, int64_t k) {
+  for (int i = 0; i < 12000; ++i) {
+    const auto l = step_losses(metrics);
+    if (!l.empty() && l.rbegin()->first >= k) return true;
+    int status;
+    if (waitpid(pid, &status, WNOHANG) == pid) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return false;
 }
 
 }  // namespace mllm::test

@@ -23,7 +23,10 @@
 #include "test_util.h"
 
 using mllm::test::read_text;
+using mllm::test::run_shell;
+using mllm::test::step_losses;
 using mllm::test::TempDir;
+using mllm::test::wait_for_step;
 
 namespace {
 
@@ -38,59 +41,14 @@ int fresh_port() {
   return next += 7;
 }
 
-struct Run {
-  int code;
-  std::string output;
-};
-
-Run run_shell(const std::string& cmd) {
-  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
-  REQUIRE(p);
-  std::string out;
-  char buf[4096];
-  while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
-  const int status = pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
-
 // One rank of `ranks`, in the background, as a launcher would start it; output to `log`.
 pid_t spawn_rank(int rank, int ranks, int port, const std::string& args, const fs::path& log) {
-  const std::string cmd = "RANK=" + std::to_string(rank) + " LOCAL_RANK=" + std::to_string(rank) +
-                          " WORLD_SIZE=" + std::to_string(ranks) +
-                          " LOCAL_WORLD_SIZE=" + std::to_string(ranks) +
-                          " MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(port) + " exec " +
-                          MLLM_BIN + " " + args + " > " + log.string() + " 2>&1";
-  const pid_t pid = fork();
-  if (pid == 0) {
-    execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
-    _exit(127);
-  }
-  REQUIRE(pid > 0);
-  return pid;
-}
-
-// step -> loss, the last record of each step.
-std::map<int64_t, double> losses(const fs::path& metrics) {
-  std::map<int64_t, double> out;
-  if (!fs::exists(metrics)) return out;
-  std::istringstream in(read_text(metrics));
-  for (std::string line; std::getline(in, line);) {
-    if (line.empty() || line.back() != '}') continue;
-    const auto j = nlohmann::json::parse(line);
-    if (j.contains("loss") && !j.contains("skipped_step")) out[j["step"]] = j["loss"];
-  }
-  return out;
-}
-
-bool wait_for_step(pid_t pid, const fs::path& metrics, int64_t k) {
-  for (int i = 0; i < 12000; ++i) {
-    const auto l = losses(metrics);
-    if (!l.empty() && l.rbegin()->first >= k) return true;
-    int status;
-    if (waitpid(pid, &status, WNOHANG) == pid) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  return false;
+  return mllm::test::spawn_shell(
+      "env RANK=" + std::to_string(rank) + " LOCAL_RANK=" + std::to_string(rank) +
+          " WORLD_SIZE=" + std::to_string(ranks) + " LOCAL_WORLD_SIZE=" + std::to_string(ranks) +
+          " MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(port) + " " + MLLM_BIN + " " +
+          args,
+      log);
 }
 
 // Largest |a - b| over the tensors of two safetensors files with the same names and shapes.
@@ -137,7 +95,7 @@ struct Fixture {
            // Small buckets, so that gradients travel in several, overlapping backward.
            " --set run.distributed.bucket_mb=0.5";
   }
-  Run launch(int ranks, const std::string& args) const {
+  mllm::test::Result launch(int ranks, const std::string& args) const {
     return run_shell(std::string(MLLM_SOURCE_DIR) + "/scripts/launch --nproc-per-node " +
                      std::to_string(ranks) + " --master-port " + std::to_string(fresh_port()) +
                      " -- " + MLLM_BIN + " " + args);
@@ -145,7 +103,7 @@ struct Fixture {
 };
 
 void check_losses_close(const fs::path& a, const fs::path& b, size_t steps) {
-  const auto la = losses(a / "metrics.jsonl"), lb = losses(b / "metrics.jsonl");
+  const auto la = step_losses(a / "metrics.jsonl"), lb = step_losses(b / "metrics.jsonl");
   REQUIRE(la.size() == steps);
   REQUIRE(lb.size() == steps);
   for (const auto& [step, loss] : la) CHECK(lb.at(step) == Approx(loss).epsilon(1e-5));
@@ -270,7 +228,7 @@ TEST_CASE(
         REQUIRE(WIFEXITED(status1));
         CHECK(WEXITSTATUS(status1) == 0);
         CHECK_THAT(log, Catch::Contains("SIGTERM: stopped at step"));
-        const int64_t stopped = losses(out / "metrics.jsonl").rbegin()->first;
+        const int64_t stopped = step_losses(out / "metrics.jsonl").rbegin()->first;
         char ckpt[32];
         std::snprintf(ckpt, sizeof ckpt, "step-%06lld", static_cast<long long>(stopped));
         CHECK(fs::is_directory(out / "checkpoints" / ckpt));

@@ -21,7 +21,9 @@
 #include "test_util.h"
 
 using mllm::test::read_text;
+using mllm::test::step_losses;
 using mllm::test::TempDir;
+using mllm::test::wait_for_step;
 
 namespace {
 
@@ -29,40 +31,7 @@ namespace fs = std::filesystem;
 
 // `mllm <args>` in the background, output to `log`.
 pid_t spawn(const std::string& args, const fs::path& log) {
-  const std::string cmd =
-      "exec " + std::string(MLLM_BIN) + " " + args + " > " + log.string() + " 2>&1";
-  const pid_t pid = fork();
-  if (pid == 0) {
-    execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
-    _exit(127);
-  }
-  REQUIRE(pid > 0);
-  return pid;
-}
-
-// step -> loss, the last record of each step (a resumed run logs again from its checkpoint).
-std::map<int64_t, double> losses(const fs::path& metrics) {
-  std::map<int64_t, double> out;
-  if (!fs::exists(metrics)) return out;
-  std::istringstream in(read_text(metrics));
-  for (std::string line; std::getline(in, line);) {
-    if (line.empty() || line.back() != '}') continue;  // a line being written
-    const auto j = nlohmann::json::parse(line);
-    if (j.contains("loss") && !j.contains("skipped_step")) out[j["step"]] = j["loss"];
-  }
-  return out;
-}
-
-// Waits until the run has logged step >= k; false if it ended first.
-bool wait_for_step(pid_t pid, const fs::path& metrics, int64_t k) {
-  for (int i = 0; i < 6000; ++i) {
-    const auto l = losses(metrics);
-    if (!l.empty() && l.rbegin()->first >= k) return true;
-    int status;
-    if (waitpid(pid, &status, WNOHANG) == pid) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  return false;
+  return mllm::test::spawn_shell(std::string(MLLM_BIN) + " " + args, log);
 }
 
 struct Fixture {
@@ -92,7 +61,8 @@ struct Fixture {
 void check_same_run(const fs::path& resumed, const fs::path& reference) {
   CHECK(read_text(resumed / "final/model.safetensors") ==
         read_text(reference / "final/model.safetensors"));
-  const auto a = losses(resumed / "metrics.jsonl"), b = losses(reference / "metrics.jsonl");
+  const auto a = step_losses(resumed / "metrics.jsonl"),
+             b = step_losses(reference / "metrics.jsonl");
   REQUIRE(a.size() == 60);
   CHECK(a == b);
 }
@@ -119,7 +89,7 @@ TEST_CASE("preemption: SIGTERM finishes the step, checkpoints, exits 0; resume i
   CHECK_THAT(log, Catch::Contains("SIGTERM: stopped at step"));
   CHECK_FALSE(fs::exists(out / "final"));
   // save_every is 0, so the one checkpoint is the one the signal asked for, at the last step.
-  const int64_t stopped = losses(out / "metrics.jsonl").rbegin()->first;
+  const int64_t stopped = step_losses(out / "metrics.jsonl").rbegin()->first;
   CHECK(stopped < 60);
   char name[32];
   std::snprintf(name, sizeof name, "step-%06lld", static_cast<long long>(stopped));
