@@ -40,6 +40,20 @@ inline Result run_mllm(const std::string& args) {
   return run_shell(std::string(MLLM_BIN) + " " + args);
 }
 
+// `train` arguments for a small ShapesWorld stage-0 run on the dataset at `data` (made with
+// --image-size 32) writing to `out`, one thread; the caller appends the train.* settings.
+inline std::string tiny_stage0_args(const std::filesystem::path& data,
+                                    const std::filesystem::path& out) {
+  const std::string d = data.string();
+  return "train --config " + std::string(MLLM_SOURCE_DIR) + "/configs/shapes/stage0_text.yaml" +
+         " --set run.output_dir=" + out.string() + " --set run.threads=1" +
+         " --set model.tokenizer=" + d + "/tokenizer.json --set data.train.path=" + d +
+         "/captions_train.json --set data.train.image_root=" + d + "/images" +
+         " --set data.eval.path=" + d + "/captions_val.json --set data.eval.image_root=" + d +
+         "/images --set model.vision.image_size=32 --set model.vision.hidden=32" +
+         " --set model.vision.layers=1 --set model.vision.intermediate=64";
+}
+
 // `sh -c "exec <cmd>"` in the background, output to `log`; returns its pid.
 inline pid_t spawn_shell(const std::string& cmd, const std::filesystem::path& log) {
   const std::string line = "exec " + cmd + " > " + log.string() + " 2>&1";

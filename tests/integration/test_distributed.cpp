@@ -80,14 +80,7 @@ struct Fixture {
   // A small stage-0 run of `steps` steps, `batch` samples per rank and 2 micro-batches per step.
   std::string args(const fs::path& out, int64_t batch, int64_t steps = 12,
                    double timeout = 60) const {
-    const std::string d = data.string();
-    return "train --config " + std::string(MLLM_SOURCE_DIR) + "/configs/shapes/stage0_text.yaml" +
-           " --set run.output_dir=" + out.string() + " --set run.threads=1" +
-           " --set model.tokenizer=" + d + "/tokenizer.json --set data.train.path=" + d +
-           "/captions_train.json --set data.train.image_root=" + d + "/images" +
-           " --set data.eval.path=" + d + "/captions_val.json --set data.eval.image_root=" + d +
-           "/images --set model.vision.image_size=32 --set model.vision.hidden=32" +
-           " --set model.vision.layers=1 --set model.vision.intermediate=64" +
+    return mllm::test::tiny_stage0_args(data, out) +
            " --set train.batch_size=" + std::to_string(batch) + " --set train.grad_accum=2" +
            " --set train.max_steps=" + std::to_string(steps) +
            " --set train.log_every=1 --set train.eval_batches=0 --set train.save_every=3" +

@@ -44,14 +44,7 @@ struct Fixture {
   }
   // A small stage-0 run of 60 steps writing to `out`.
   std::string args(const fs::path& out, int64_t save_every) const {
-    const std::string d = data.string();
-    return "train --config " + std::string(MLLM_SOURCE_DIR) + "/configs/shapes/stage0_text.yaml" +
-           " --set run.output_dir=" + out.string() + " --set run.threads=1" +
-           " --set model.tokenizer=" + d + "/tokenizer.json --set data.train.path=" + d +
-           "/captions_train.json --set data.train.image_root=" + d + "/images" +
-           " --set data.eval.path=" + d + "/captions_val.json --set data.eval.image_root=" + d +
-           "/images --set model.vision.image_size=32 --set model.vision.hidden=32" +
-           " --set model.vision.layers=1 --set model.vision.intermediate=64" +
+    return mllm::test::tiny_stage0_args(data, out) +
            " --set train.batch_size=8 --set train.max_steps=60 --set train.log_every=1" +
            " --set train.eval_batches=1 --set train.keep_last=2 --set train.save_every=" +
            std::to_string(save_every);
