@@ -379,7 +379,7 @@ int run_sweep(const SweepSpec& spec, const fs::path& mllm_binary) {
     std::string detail;
     if (r.final_loss) detail += fmt::format(" | loss {:.4f}", *r.final_loss);
     if (r.eval_loss) detail += fmt::format(" | eval {:.4f}", *r.eval_loss);
-    if (r.wall_seconds) detail += fmt::format(" | {:.1f}s", *r.wall_seconds);
+    if (r.wall_seconds) detail += fmt::format(" | {:.3f}s", *r.wall_seconds);
     if (!r.note.empty()) detail += " | " + r.note;
     const std::string line =
         fmt::format("[{}/{}] {}: {}{}", finished, runs.size(), r.name, r.status, detail);

@@ -27,12 +27,12 @@ std::string fixed(const std::optional<double>& v, int decimals) {
   return buf;
 }
 
-// "0.4s" below a minute, else "3m05s".
+// "0.042s" below a second, "4.2s" below a minute, else "3m05s": a fast run never reads as 0.0s.
 std::string duration(const std::optional<double>& seconds) {
   if (!seconds) return "";
   if (*seconds >= 59.95) return format_duration(*seconds);
   char buf[32];
-  std::snprintf(buf, sizeof buf, "%.1fs", *seconds);
+  std::snprintf(buf, sizeof buf, *seconds < 0.95 ? "%.3fs" : "%.1fs", *seconds);
   return buf;
 }
 
@@ -149,7 +149,7 @@ std::string summary_csv(const std::vector<std::string>& keys, const std::vector<
     row.push_back(fixed(r.final_loss, 6));
     row.push_back(fixed(r.eval_loss, 6));
     row.push_back(fixed(r.tokens_per_s, 1));
-    row.push_back(fixed(r.wall_seconds, 1));
+    row.push_back(fixed(r.wall_seconds, 3));  // milliseconds: short runs are not 0
     row.push_back(r.note);
     line(row);
   }

@@ -220,10 +220,16 @@ TEST_CASE(
                                     "visual_tokens,final_train_loss,eval_loss,tokens_per_s,wall_s,"
                                     "note\n"));
   CHECK_THAT(csv, Catch::Contains("\"model.connector.type=linear,train.lr=1e-3\",linear,1e-3,"
-                                  "done,2112,16,2.250000,2.125000,512.5,7.5,\n"));
+                                  "done,2112,16,2.250000,2.125000,512.5,7.500,\n"));
   CHECK_THAT(csv, Catch::Contains(",invalid,,,,,,,\"--set x: must be one of a, b | c\"\n"));
   const std::string md = summary_markdown(keys, {r, bad});
   CHECK(std::count(md.begin(), md.end(), '\n') == 4);  // header, rule, two rows
   CHECK_THAT(md, Catch::Contains("| done | 2112 | 16 | 2.2500 | 2.1250 | 512 | 7.5s |"));
   CHECK_THAT(md, Catch::Contains("must be one of a, b \\| c |"));
+
+  // A run shorter than 50 ms still shows its time (it used to print 0.0 / 0.0s).
+  RunReport fast = r;
+  fast.wall_seconds = 0.042;
+  CHECK_THAT(summary_csv(keys, {fast}), Catch::Contains(",512.5,0.042,\n"));
+  CHECK_THAT(summary_markdown(keys, {fast}), Catch::Contains("| 512 | 0.042s |"));
 }
