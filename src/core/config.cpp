@@ -682,34 +682,8 @@ std::string set_path(YAML::Node node, const std::vector<std::string>& parts, siz
 
 // Relations between fields that no single-field check can see.
 void cross_check(const Config& c, const Binder& b) {
-  const auto& v = c.model.vision;
-  const auto& l = c.model.llm;
-  if (v.hidden % v.heads != 0)
-    b.fail("model.vision.heads", "model.vision.hidden (" + std::to_string(v.hidden) +
-                                     ") must be divisible by the number of heads (" +
-                                     std::to_string(v.heads) + ")");
-  if (v.image_size % v.patch_size != 0)
-    b.fail("model.vision.patch_size", "model.vision.image_size (" + std::to_string(v.image_size) +
-                                          ") must be divisible by the patch size (" +
-                                          std::to_string(v.patch_size) + ")");
-  if (v.feature_layer > v.layers || v.feature_layer < -(v.layers + 1))
-    b.fail("model.vision.feature_layer", "must index one of the " + std::to_string(v.layers + 1) +
-                                             " hidden states (got " +
-                                             std::to_string(v.feature_layer) + ")");
-  if (l.head_dim > 0 ? l.head_dim % 2 != 0
-                     : (l.hidden % l.heads != 0 || (l.hidden / l.heads) % 2 != 0))
-    b.fail(l.head_dim > 0 ? "model.llm.head_dim" : "model.llm.heads",
-           "the attention head dimension (head_dim, or hidden / heads) must be an even integer "
-           "(rotary embedding)");
-  if (l.experts > 0 && l.experts_per_token > l.experts)
-    b.fail("model.llm.experts_per_token",
-           "must not exceed model.llm.experts (" + std::to_string(l.experts) + ")");
-  if (l.type == "mixtral" && l.experts == 0)
-    b.fail("model.llm.experts", "type mixtral needs experts > 0");
-  if (l.heads % l.kv_heads != 0)
-    b.fail("model.llm.kv_heads", "model.llm.heads (" + std::to_string(l.heads) +
-                                     ") must be a multiple of kv_heads (" +
-                                     std::to_string(l.kv_heads) + ")");
+  if (const auto p = check_architecture(c.model.vision)) b.fail("model.vision." + p.field, p.message);
+  if (const auto p = check_architecture(c.model.llm)) b.fail("model.llm." + p.field, p.message);
   if (c.data.train.path.empty()) b.fail("data.train.path", "is required");
   const bool dpo = c.train.stage == "dpo";
   for (const char* key : {"data.train", "data.eval"}) {
@@ -738,6 +712,34 @@ void cross_check(const EvalFile& c, const Binder& b) {
 
 namespace {
 
+// A key given twice in one mapping: YAML forbids it, yaml-cpp keeps both and lookups see the
+// first, so `lr: 5e-1` appended at the bottom would be silently ignored. Refused, naming both
+// lines.
+void reject_duplicate_keys(const YAML::Node& node, const std::string& file, const std::string& path,
+                           int64_t& budget) {
+  // Aliases share nodes, so a small file can describe an exponentially large tree: bounded.
+  if (--budget < 0)
+    throw ConfigError(file + ": more than a million YAML nodes (aliases nested in aliases?)");
+  if (node.IsMap()) {
+    std::map<std::string, int> first_line;
+    for (const auto& kv : node) {
+      if (!kv.first.IsScalar()) continue;  // complex keys are reported as unknown later
+      const std::string key = kv.first.Scalar();
+      const std::string full = path.empty() ? key : path + "." + key;
+      const int line = kv.first.Mark().line + 1;
+      const auto [it, fresh] = first_line.emplace(key, line);
+      if (!fresh)
+        throw ConfigError(file + ":" + std::to_string(line) + ": " + full +
+                          ": given twice (first at line " + std::to_string(it->second) +
+                          "); keep one");
+      reject_duplicate_keys(kv.second, file, full, budget);
+    }
+  } else if (node.IsSequence()) {
+    for (size_t i = 0; i < node.size(); ++i)
+      reject_duplicate_keys(node[i], file, path + "[" + std::to_string(i) + "]", budget);
+  }
+}
+
 // Reads a recipe into T (Config or EvalFile): YAML, --set overrides, every key and type, the
 // cross-field checks, then the files it names.
 template <class T>
@@ -763,6 +765,8 @@ T load_recipe(const std::filesystem::path& yaml_path, const std::vector<std::str
     throw ConfigError(yaml_path.string() + ":" + std::to_string(e.mark.line + 1) +
                       ": invalid YAML: " + e.msg);
   }
+  int64_t budget = 1000000;
+  reject_duplicate_keys(root, yaml_path.string(), "", budget);
   if (root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
   if (!root.IsMap())
     throw ConfigError(yaml_path.string() + ": expected a mapping at the top level");
@@ -796,6 +800,89 @@ T load_recipe(const std::filesystem::path& yaml_path, const std::vector<std::str
 }
 
 }  // namespace
+
+namespace {
+
+// Upper bounds far above any published model (Llama-3-405B: hidden 16384, intermediate 53248,
+// 126 layers, 128 heads; vocabularies up to 256k; contexts up to 10M positions) and far below
+// what would overflow the size arithmetic.
+constexpr int64_t kMaxWidth = int64_t{1} << 17;
+constexpr int64_t kMaxIntermediate = int64_t{1} << 20;
+constexpr int64_t kMaxLayers = 1024;
+constexpr int64_t kMaxHeads = 1024;
+constexpr int64_t kMaxVocab = int64_t{1} << 24;
+constexpr int64_t kMaxPositions = int64_t{1} << 26;
+constexpr int64_t kMaxExperts = 1024;
+constexpr int64_t kMaxImageSize = 16384;
+
+ArchitectureProblem out_of(const char* field, int64_t v, int64_t lo, int64_t hi) {
+  if (v >= lo && v <= hi) return {};
+  return {field, "must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "] (got " +
+                     std::to_string(v) + ")"};
+}
+
+ArchitectureProblem out_of(const char* field, double v, double lo_open, double hi) {
+  if (v > lo_open && v <= hi) return {};
+  std::ostringstream ss;
+  ss << "must be in (" << lo_open << ", " << hi << "] (got " << v << ")";
+  return {field, ss.str()};
+}
+
+}  // namespace
+
+ArchitectureProblem check_architecture(const LlmConfig& l) {
+  for (const auto& p :
+       {out_of("hidden", l.hidden, 1, kMaxWidth), out_of("layers", l.layers, 1, kMaxLayers),
+        out_of("heads", l.heads, 1, kMaxHeads), out_of("kv_heads", l.kv_heads, 1, kMaxHeads),
+        out_of("head_dim", l.head_dim, 0, 4096),
+        out_of("intermediate", l.intermediate, 1, kMaxIntermediate),
+        out_of("vocab", l.vocab, 1, kMaxVocab),
+        out_of("max_position", l.max_position, 1, kMaxPositions),
+        out_of("rope_theta", l.rope_theta, 0.0, 1e12),
+        out_of("rope_scaling_factor", l.rope_scaling_factor, 0.0, 1e6),
+        out_of("rms_norm_eps", l.rms_norm_eps, 0.0, 1.0),
+        out_of("experts", l.experts, 0, kMaxExperts)})
+    if (p) return p;
+  if (l.head_dim > 0 ? l.head_dim % 2 != 0
+                     : (l.hidden % l.heads != 0 || (l.hidden / l.heads) % 2 != 0))
+    return {l.head_dim > 0 ? "head_dim" : "heads",
+            "the attention head dimension (head_dim, or hidden " + std::to_string(l.hidden) +
+                " / heads " + std::to_string(l.heads) +
+                ") must be an even integer (rotary embedding)"};
+  if (l.heads % l.kv_heads != 0)
+    return {"kv_heads", "heads (" + std::to_string(l.heads) + ") must be a multiple of kv_heads (" +
+                            std::to_string(l.kv_heads) + ")"};
+  if (l.type == "mixtral" && l.experts == 0) return {"experts", "type mixtral needs experts > 0"};
+  if (l.experts > 0 && (l.experts_per_token < 1 || l.experts_per_token > l.experts))
+    return {"experts_per_token", "must be in [1, experts = " + std::to_string(l.experts) +
+                                     "] (got " + std::to_string(l.experts_per_token) + ")"};
+  if (!(l.router_aux_loss_coef >= 0 && l.router_aux_loss_coef <= 1e6))
+    return {"router_aux_loss_coef", "must be in [0, 1e6]"};
+  return {};
+}
+
+ArchitectureProblem check_architecture(const VisionConfig& v) {
+  for (const auto& p : {out_of("image_size", v.image_size, 1, kMaxImageSize),
+                        out_of("patch_size", v.patch_size, 1, v.image_size),
+                        out_of("hidden", v.hidden, 1, kMaxWidth),
+                        out_of("layers", v.layers, 1, kMaxLayers),
+                        out_of("heads", v.heads, 1, kMaxHeads),
+                        out_of("intermediate", v.intermediate, 1, kMaxIntermediate),
+                        out_of("layer_norm_eps", v.layer_norm_eps, 0.0, 1.0)})
+    if (p) return p;
+  if (v.hidden % v.heads != 0)
+    return {"heads", "hidden (" + std::to_string(v.hidden) +
+                         ") must be divisible by the number of heads (" + std::to_string(v.heads) +
+                         ")"};
+  if (v.image_size % v.patch_size != 0)
+    return {"patch_size", "image_size (" + std::to_string(v.image_size) +
+                              ") must be divisible by the patch size (" +
+                              std::to_string(v.patch_size) + ")"};
+  if (v.feature_layer > v.layers || v.feature_layer < -(v.layers + 1))
+    return {"feature_layer", "must index one of the " + std::to_string(v.layers + 1) +
+                                 " hidden states (got " + std::to_string(v.feature_layer) + ")"};
+  return {};
+}
 
 Config load_config(const std::filesystem::path& yaml_path,
                    const std::vector<std::string>& overrides) {

@@ -242,6 +242,20 @@ EvalFile load_eval_config(const std::filesystem::path& yaml_path,
 // Every field with its effective value, as YAML that load_config reads back to the same Config.
 std::string config_to_yaml(const Config& config);
 
+// The first problem with an architecture, whichever file it came from (a recipe, or a pretrained
+// folder's config.json): every size positive and within what any real model uses (so an absurd
+// value is refused before it reaches the allocator), and divisible where the math needs it
+// (hidden by heads, heads by kv_heads, an even head dimension for RoPE). `field` is the struct
+// field's name ("heads"); the caller names it in its own terms (model.llm.heads, or config.json's
+// num_attention_heads). Empty `field` when the architecture is sound.
+struct ArchitectureProblem {
+  std::string field;
+  std::string message;
+  explicit operator bool() const { return !field.empty(); }
+};
+ArchitectureProblem check_architecture(const LlmConfig& llm);
+ArchitectureProblem check_architecture(const VisionConfig& vision);
+
 // Levenshtein distance, for did-you-mean suggestions.
 size_t edit_distance(const std::string& a, const std::string& b);
 

@@ -19,4 +19,13 @@ class ConfigError : public Error {
   explicit ConfigError(const std::string& what) : Error(what) {}
 };
 
+// nlohmann::json's what() without its "[json.exception.type_error.302] " tag: "type must be
+// string, but is number". For messages that name the file and record themselves.
+inline std::string json_error_message(const std::exception& e) {
+  const std::string w = e.what();
+  if (w.rfind("[json.exception.", 0) != 0) return w;
+  const auto close = w.find("] ");
+  return close == std::string::npos ? w : w.substr(close + 2);
+}
+
 }  // namespace mllm

@@ -172,7 +172,15 @@ struct Context {
           throw Error(std::string("malformed JSON: ") + e.what());
         }
         if (!rec.is_object()) throw Error("a record must be a JSON object");
-        if (make(rec, raw)) ++kept;
+        // A field of the wrong type deep inside (a turn's "value" that is a number) surfaces as
+        // a json exception: a bad record like any other, skipped and counted in skip mode.
+        try {
+          if (make(rec, raw)) ++kept;
+        } catch (const Json::exception& e) {
+          throw Error("malformed record: " + json_error_message(e));
+        } catch (const std::bad_alloc&) {
+          throw Error("record too large to hold in memory");
+        }
       } catch (const Error& e) {
         const std::string id = record_id(rec);
         const std::string msg = source.path + ":" + std::to_string(raw.line) + ": record " +

@@ -4,6 +4,7 @@
 #include <opencv2/imgproc.hpp>
 
 #include <cmath>
+#include <limits>
 
 #include "core/error.h"
 #include "core/fs.h"
@@ -139,8 +140,20 @@ cv::Mat ImageTransform::decode(const std::filesystem::path& path) {
         static_cast<uchar>(bytes[end - 1]) != 0xD9)
       throw Error(path.string() + ": cannot decode image (truncated JPEG)");
   }
+  if (bytes.empty()) throw Error(path.string() + ": cannot decode image (empty file)");
+  if (bytes.size() > static_cast<size_t>(std::numeric_limits<int>::max()))
+    throw Error(path.string() + ": cannot decode image (over 2 GiB)");
   const cv::Mat buf(1, static_cast<int>(bytes.size()), CV_8U, const_cast<char*>(bytes.data()));
-  cv::Mat img = cv::imdecode(buf, cv::IMREAD_UNCHANGED);
+  cv::Mat img;
+  try {
+    // OpenCV asserts on what it cannot handle (a header claiming 100000x100000 pixels is over
+    // its OPENCV_IO_MAX_IMAGE_PIXELS limit): a bad image like any other, named.
+    img = cv::imdecode(buf, cv::IMREAD_UNCHANGED);
+  } catch (const cv::Exception& e) {
+    throw Error(path.string() + ": cannot decode image (" + e.err + ")");
+  } catch (const std::bad_alloc&) {
+    throw Error(path.string() + ": cannot decode image (its size does not fit in memory)");
+  }
   if (img.empty())
     throw Error(path.string() + ": cannot decode image (corrupt or unsupported format)");
   if (img.depth() == CV_16U)
@@ -157,7 +170,15 @@ cv::Mat ImageTransform::decode(const std::filesystem::path& path) {
 }
 
 torch::Tensor ImageTransform::load(const std::filesystem::path& path) const {
-  return (*this)(decode(path));
+  cv::Mat img = decode(path);
+  try {
+    return (*this)(img);
+  } catch (const cv::Exception& e) {
+    throw Error(path.string() + ": cannot transform image " + std::to_string(img.cols) + "x" +
+                std::to_string(img.rows) + " (" + e.err + ")");
+  } catch (const std::bad_alloc&) {
+    throw Error(path.string() + ": cannot transform image (out of memory)");
+  }
 }
 
 }  // namespace mllm

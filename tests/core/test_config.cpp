@@ -321,3 +321,39 @@ TEST_CASE("config: the ShapesWorld report card recipe loads") {
   CHECK(f.eval.tasks[2].metrics == std::vector<std::string>{"pope"});
   CHECK(f.eval.tasks[3].types == std::vector<std::string>{"choice"});
 }
+
+TEST_CASE("config: a key given twice is an error naming both lines") {
+  TempDir dir;
+  // recipe(): model (lines 1-2), data.train (3-5), then the body from line 6.
+  const auto p = recipe(dir, "train:\n  lr: 1.0e-4\n  batch_size: 4\n  lr: 5.0e-1\n");
+  CHECK_THAT(error_of(p), Catch::Contains("recipe.yaml:9: train.lr: given twice (first at line 7)"));
+  // The same section twice: the second would silently be dropped.
+  const auto q = recipe(dir, "train:\n  lr: 1.0e-4\ntrain:\n  batch_size: 4\n");
+  CHECK_THAT(error_of(q), Catch::Contains("recipe.yaml:8: train: given twice (first at line 6)"));
+  // Inside a list of sections too.
+  const auto r =
+      recipe(dir, "eval:\n  tasks:\n    - name: a\n      name: b\n");
+  CHECK_THAT(error_of(r), Catch::Contains("eval.tasks[0].name: given twice"));
+  // Aliases that expand to an exponential tree are refused, not walked.
+  std::string bomb = "x0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n";
+  for (int i = 1; i < 9; ++i)
+    bomb += "x" + std::to_string(i) + ": &a" + std::to_string(i) + " [*a" +
+            std::to_string(i - 1) + ", *a" + std::to_string(i - 1) + ", *a" +
+            std::to_string(i - 1) + ", *a" + std::to_string(i - 1) + ", *a" +
+            std::to_string(i - 1) + ", *a" + std::to_string(i - 1) + ", *a" +
+            std::to_string(i - 1) + ", *a" + std::to_string(i - 1) + "]\n";
+  const auto b = recipe(dir, bomb);
+  CHECK_THAT(error_of(b), Catch::Contains("more than a million YAML nodes"));
+}
+
+TEST_CASE("config: architecture sizes are bounded and divisibility checked in recipes") {
+  TempDir dir;
+  CHECK_THAT(error_of(recipe(dir, "", "  llm:\n    hidden: 1000000000000\n")),
+             Catch::Contains("model.llm.hidden: must be in [1, 131072]"));
+  CHECK_THAT(error_of(recipe(dir, "", "  llm:\n    heads: 3\n")),
+             Catch::Contains("model.llm.heads: the attention head dimension"));
+  CHECK_THAT(error_of(recipe(dir, "", "  llm:\n    vocab: 100000000000000\n")),
+             Catch::Contains("model.llm.vocab: must be in [1, "));
+  CHECK_THAT(error_of(recipe(dir, "", "  vision:\n    image_size: 100000\n")),
+             Catch::Contains("model.vision.image_size: must be in [1, 16384]"));
+}

@@ -163,6 +163,9 @@ void Tokenizer::read_added_tokens(const nlohmann::json& j) {
     if (!a.is_object() || !a.contains("content") || !a["content"].is_string() ||
         !a.contains("id") || !a["id"].is_number_integer())
       throw Error(where + ": each entry needs a string content and an integer id");
+    if (a["id"].get<int64_t>() < 0 || a["id"].get<int64_t>() >= kMaxTokenId)
+      throw Error(where + ": id " + a["id"].dump() + " is not in [0, " +
+                  std::to_string(kMaxTokenId) + ")");
     AddedToken t{a["content"].get<std::string>(), a["id"].get<int64_t>(),
                  a.value("special", false)};
     t.lstrip = a.value("lstrip", false);
@@ -240,11 +243,19 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::filesystem::path& path) {
   }
   if (!j.is_object() || !j.contains("model") || !j["model"].is_object())
     throw Error(path.string() + ": not a tokenizer.json (no \"model\" object)");
-  const std::string type = j["model"].value("type", "");
-  if (type == "WordLevel") return make_wordlevel_tokenizer(path, j);
-  if (type == "BPE") return make_bpe_tokenizer(path, j);
-  throw Error(path.string() + ": model.type '" + type +
-              "' is not supported (supported: WordLevel, BPE; SentencePiece .model files)");
+  // Every field is type-checked where it is read; what slips through (a merge that is a number,
+  // `special: "true"`) surfaces as a json exception and is reported as the file's fault here.
+  try {
+    const std::string type = j["model"].value("type", "");
+    if (type == "WordLevel") return make_wordlevel_tokenizer(path, j);
+    if (type == "BPE") return make_bpe_tokenizer(path, j);
+    throw Error(path.string() + ": model.type '" + type +
+                "' is not supported (supported: WordLevel, BPE; SentencePiece .model files)");
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(path.string() + ": malformed tokenizer.json: " + json_error_message(e));
+  } catch (const std::bad_alloc&) {
+    throw Error(path.string() + ": tokenizer.json too large to load");
+  }
 }
 
 }  // namespace mllm

@@ -19,6 +19,10 @@
 
 namespace mllm {
 
+// Ids read from a tokenizer file are below this (16.7M; the largest real vocabularies are ~256k):
+// an id of 10^14 would otherwise become the size of the model's embedding.
+constexpr int64_t kMaxTokenId = int64_t{1} << 24;
+
 // Ids with the byte span [begin, end) of the input text each token came from, so templates can
 // supervise exactly the tokens of the assistant's spans after tokenizing the whole prompt at once
 // (as HF's return_offsets_mapping / assistant masks do).

@@ -20,9 +20,9 @@ class WordLevelTokenizer : public Tokenizer {
     if (!model.contains("vocab") || !model["vocab"].is_object())
       throw Error(path.string() + ": model.vocab must be an object of token -> id");
     for (const auto& [tok, id] : model["vocab"].items()) {
-      if (!id.is_number_integer() || id.get<int64_t>() < 0)
-        throw Error(path.string() + ": model.vocab[\"" + tok +
-                    "\"]: expected a non-negative integer id");
+      if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= kMaxTokenId)
+        throw Error(path.string() + ": model.vocab[\"" + tok + "\"]: expected an integer id in [0, " +
+                    std::to_string(kMaxTokenId) + ")");
       vocab_[tok] = id.get<int64_t>();
     }
     const std::string unk = model.value("unk_token", "");

@@ -1,5 +1,8 @@
 #include "models/hf/config_json.h"
 
+#include <map>
+#include <type_traits>
+
 #include "core/error.h"
 #include "core/fs.h"
 
@@ -78,6 +81,11 @@ nlohmann::json read_json(const std::filesystem::path& path) {
 template <typename T>
 void get(const std::filesystem::path& path, const nlohmann::json& t, const char* key, T& out) {
   if (!t.contains(key) || t[key].is_null()) return;
+  if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+    // A float (1e30) would be cast, not checked: integers must be written as integers.
+    if (!t[key].is_number_integer())
+      throw Error(path.string() + ": " + key + " must be an integer");
+  }
   try {
     out = t[key].get<T>();
   } catch (const nlohmann::json::exception&) {
@@ -87,9 +95,76 @@ void get(const std::filesystem::path& path, const nlohmann::json& t, const char*
 
 }  // namespace
 
+namespace {
+
+// config.json's name for a field of LlmConfig / VisionConfig, for messages.
+const char* hf_llm_key(const std::string& field) {
+  static const std::map<std::string, const char*> keys = {
+      {"hidden", "hidden_size"},
+      {"layers", "num_hidden_layers"},
+      {"heads", "num_attention_heads"},
+      {"kv_heads", "num_key_value_heads"},
+      {"head_dim", "head_dim"},
+      {"intermediate", "intermediate_size"},
+      {"vocab", "vocab_size"},
+      {"max_position", "max_position_embeddings"},
+      {"rope_theta", "rope_theta"},
+      {"rope_scaling_factor", "rope_scaling.factor"},
+      {"rms_norm_eps", "rms_norm_eps"},
+      {"experts", "num_local_experts"},
+      {"experts_per_token", "num_experts_per_tok"},
+      {"router_aux_loss_coef", "router_aux_loss_coef"}};
+  const auto it = keys.find(field);
+  return it == keys.end() ? "?" : it->second;
+}
+
+const char* hf_vision_key(const std::string& field) {
+  static const std::map<std::string, const char*> keys = {
+      {"image_size", "image_size"},           {"patch_size", "patch_size"},
+      {"hidden", "hidden_size"},              {"layers", "num_hidden_layers"},
+      {"heads", "num_attention_heads"},       {"intermediate", "intermediate_size"},
+      {"layer_norm_eps", "layer_norm_eps"},   {"feature_layer", "vision_feature_layer"}};
+  const auto it = keys.find(field);
+  return it == keys.end() ? "?" : it->second;
+}
+
+void read_llm_fields(const std::filesystem::path& path, const nlohmann::json& j, LlmConfig& llm);
+void read_vision_fields(const std::filesystem::path& path, const nlohmann::json& j,
+                        VisionConfig& v);
+
+}  // namespace
+
 void read_llm_config_json(const std::filesystem::path& folder, LlmConfig& llm) {
   const auto path = folder / "config.json";
   const nlohmann::json j = read_json(path);
+  try {
+    read_llm_fields(path, j, llm);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(path.string() + ": malformed config: " + json_error_message(e));
+  }
+  // The config's numbers meet the same rules as a recipe's, named by config.json's keys: a zero
+  // num_attention_heads is an error here, not a division by zero in the model.
+  if (const auto p = check_architecture(llm))
+    throw Error(path.string() + ": " + (j.contains("text_config") ? "text_config." : "") +
+                hf_llm_key(p.field) + ": " + p.message);
+}
+
+void read_vision_config_json(const std::filesystem::path& folder, VisionConfig& v) {
+  const auto path = folder / "config.json";
+  const nlohmann::json j = read_json(path);
+  try {
+    read_vision_fields(path, j, v);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(path.string() + ": malformed config: " + json_error_message(e));
+  }
+  if (const auto p = check_architecture(v))
+    throw Error(path.string() + ": " + (j.contains("vision_config") ? "vision_config." : "") +
+                hf_vision_key(p.field) + ": " + p.message);
+}
+
+namespace {
+
+void read_llm_fields(const std::filesystem::path& path, const nlohmann::json& j, LlmConfig& llm) {
   const nlohmann::json& t = j.contains("text_config") ? j["text_config"] : j;
   const std::string type = t.value("model_type", "llama");
   if (type != "llama" && type != "qwen2" && type != "mixtral")
@@ -104,7 +179,7 @@ void read_llm_config_json(const std::filesystem::path& folder, LlmConfig& llm) {
   get(path, t, "num_key_value_heads", llm.kv_heads);
   llm.head_dim = 0;
   get(path, t, "head_dim", llm.head_dim);
-  if (llm.head_dim == llm.hidden / llm.heads) llm.head_dim = 0;  // the default, stated
+  if (llm.heads > 0 && llm.head_dim == llm.hidden / llm.heads) llm.head_dim = 0;  // the default
   get(path, t, "vocab_size", llm.vocab);
   get(path, t, "max_position_embeddings", llm.max_position);
   get(path, t, "rope_theta", llm.rope_theta);
@@ -143,9 +218,8 @@ void read_llm_config_json(const std::filesystem::path& folder, LlmConfig& llm) {
                 "' is not supported (silu)");
 }
 
-void read_vision_config_json(const std::filesystem::path& folder, VisionConfig& v) {
-  const auto path = folder / "config.json";
-  const nlohmann::json j = read_json(path);
+void read_vision_fields(const std::filesystem::path& path, const nlohmann::json& j,
+                        VisionConfig& v) {
   // CLIPVisionModel's own config, or the vision_config of a CLIPModel / llava folder.
   const nlohmann::json& t = j.contains("vision_config") ? j["vision_config"] : j;
   const std::string type = t.value("model_type", j.value("model_type", std::string()));
@@ -174,6 +248,8 @@ void read_vision_config_json(const std::filesystem::path& folder, VisionConfig& 
   if (act != "quick_gelu")
     throw Error(path.string() + ": hidden_act '" + act + "' is not supported (quick_gelu)");
 }
+
+}  // namespace
 
 nlohmann::json preprocessor_config_json(const ImageConfig& image, int64_t size) {
   return {{"image_processor_type", "CLIPImageProcessor"},

@@ -1,0 +1,125 @@
+// A pretrained folder's config.json is input like any other: every architecture field is checked
+// with the file and key named, never divided by or allocated from unchecked.
+#include <catch2/catch.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include "core/config.h"
+#include "core/error.h"
+#include "models/hf/config_json.h"
+#include "test_util.h"
+
+using namespace mllm;
+using mllm::test::TempDir;
+using mllm::test::write_text;
+
+namespace {
+
+const nlohmann::json kLlama = {{"model_type", "llama"},
+                               {"hidden_size", 64},
+                               {"intermediate_size", 128},
+                               {"num_hidden_layers", 2},
+                               {"num_attention_heads", 4},
+                               {"num_key_value_heads", 2},
+                               {"vocab_size", 100},
+                               {"max_position_embeddings", 256},
+                               {"rms_norm_eps", 1e-5}};
+
+// The message read_llm_config_json gives for kLlama with `key` set to `value` ("" if none).
+std::string llm_error(const std::string& key, const nlohmann::json& value) {
+  TempDir dir("mllm-cfgjson");
+  nlohmann::json j = kLlama;
+  j[key] = value;
+  write_text(dir / "config.json", j.dump());
+  LlmConfig llm;
+  try {
+    read_llm_config_json(dir.path(), llm);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST_CASE("config.json: a sound config reads") {
+  CHECK(llm_error("hidden_size", 64).empty());
+  TempDir dir("mllm-cfgjson");
+  write_text(dir / "config.json", kLlama.dump());
+  LlmConfig llm;
+  read_llm_config_json(dir.path(), llm);
+  CHECK(llm.heads == 4);
+  CHECK(llm.kv_heads == 2);
+  CHECK(llm.rms_norm_eps == Approx(1e-5));
+}
+
+TEST_CASE("config.json: architecture fields are validated with the file and key named") {
+  // Each used to divide by zero (SIGFPE), build a wrong model, or reach the allocator.
+  const std::vector<std::tuple<std::string, nlohmann::json, std::string>> cases = {
+      {"num_attention_heads", 0, "num_attention_heads: must be in [1, "},
+      {"num_attention_heads", -4, "num_attention_heads: must be in [1, "},
+      {"num_attention_heads", 3, "num_attention_heads: the attention head dimension"},
+      {"num_key_value_heads", 3, "num_key_value_heads: heads (4) must be a multiple of kv_heads"},
+      {"num_key_value_heads", 0, "num_key_value_heads: must be in [1, "},
+      {"hidden_size", 0, "hidden_size: must be in [1, "},
+      {"hidden_size", 1000000000000LL, "hidden_size: must be in [1, 131072]"},
+      {"hidden_size", 1e30, "hidden_size must be an integer"},
+      {"hidden_size", "64", "hidden_size must be an integer"},
+      {"rms_norm_eps", "x", "rms_norm_eps has the wrong type"},
+      {"head_dim", 7, "head_dim: the attention head dimension"},
+      {"vocab_size", 100000000000000LL, "vocab_size: must be in [1, "},
+      {"num_hidden_layers", 0, "num_hidden_layers: must be in [1, "},
+      {"rms_norm_eps", 0, "rms_norm_eps: must be in (0, 1]"},
+      {"rope_theta", -1, "rope_theta: must be in (0, "},
+      {"model_type", 7, "malformed config: "},
+  };
+  for (const auto& [key, value, expect] : cases) {
+    INFO(key << " = " << value.dump());
+    const std::string e = llm_error(key, value);
+    CHECK_THAT(e, Catch::Contains("config.json: ") && Catch::Contains(expect));
+  }
+}
+
+TEST_CASE("config.json: a llava folder's text_config and vision_config keys are named in full") {
+  TempDir dir("mllm-cfgjson");
+  nlohmann::json text = kLlama;
+  text["num_attention_heads"] = 0;
+  write_text(dir / "config.json", nlohmann::json{{"text_config", text}}.dump());
+  LlmConfig llm;
+  CHECK_THROWS_WITH(read_llm_config_json(dir.path(), llm),
+                    Catch::Contains("config.json: text_config.num_attention_heads: must be"));
+
+  write_text(dir / "config.json",
+             nlohmann::json{{"vision_config", {{"hidden_size", 64}, {"num_attention_heads", 0}}}}
+                 .dump());
+  VisionConfig v;
+  CHECK_THROWS_WITH(read_vision_config_json(dir.path(), v),
+                    Catch::Contains("config.json: vision_config.num_attention_heads: must be"));
+  write_text(dir / "config.json",
+             nlohmann::json{{"hidden_size", 64}, {"num_attention_heads", 5}}.dump());
+  CHECK_THROWS_WITH(read_vision_config_json(dir.path(), v),
+                    Catch::Contains("num_attention_heads: hidden (64) must be divisible"));
+  write_text(dir / "config.json", nlohmann::json{{"image_size", 224}, {"patch_size", 0}}.dump());
+  CHECK_THROWS_WITH(read_vision_config_json(dir.path(), v),
+                    Catch::Contains("config.json: patch_size: must be in [1, 224]"));
+}
+
+TEST_CASE("recipes: the same architecture rules, with the recipe's key paths") {
+  LlmConfig l;
+  CHECK_FALSE(check_architecture(l));
+  l.hidden = 1000000000000LL;
+  CHECK(check_architecture(l).field == "hidden");
+  l = LlmConfig{};
+  l.heads = 0;
+  CHECK(check_architecture(l).field == "heads");
+  l = LlmConfig{};
+  l.kv_heads = 3;
+  CHECK(check_architecture(l).field == "kv_heads");
+  l = LlmConfig{};
+  l.type = "mixtral";
+  CHECK(check_architecture(l).field == "experts");
+  VisionConfig v;
+  CHECK_FALSE(check_architecture(v));
+  v.image_size = 60;  // patch 8
+  CHECK(check_architecture(v).field == "patch_size");
+}
