@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "core/config.h"
+#include "core/blas.h"
 #include "core/threads.h"
 #include "core/torch_compat.h"
 #include "data/datasets.h"
@@ -445,8 +446,10 @@ int main(int argc, char** argv) {
   spdlog::set_level(spdlog::level::warn);
   const double start_rss = max_rss_bytes();
   const int threads = configure_threads(o.threads);
-  std::printf("LibTorch %s, %d intra-op threads, %lld loader workers (CPU)\n", TORCH_VERSION,
-              threads, static_cast<long long>(o.workers));
+  std::printf("LibTorch %s, %d intra-op threads, %lld loader workers (CPU), BLAS %s%s\n",
+              TORCH_VERSION, threads, static_cast<long long>(o.workers),
+              blas_info().describe().c_str(),
+              std::getenv("OPENBLAS_CORETYPE") ? " (OPENBLAS_CORETYPE set)" : "");
 
   const auto dir = std::filesystem::temp_directory_path() /
                    ("mllm-bench-train-" + std::to_string(static_cast<long long>(getpid())));

@@ -9,6 +9,7 @@
 #include <cstdio>
 
 #include "cli/commands.h"
+#include "core/blas.h"
 #include "core/config.h"
 #include "core/error.h"
 #include "core/fs.h"
@@ -36,6 +37,7 @@ Action add_eval_command(CLI::App& app) {
   cmd->add_option("--set", args->overrides, "override a recipe key: key.path=value (repeatable)");
   cmd->add_option("--threads", args->threads, "intra-op threads (default: run.threads)");
   return [args]() {
+    warn_if_slow_blas();
     namespace fs = std::filesystem;
     if (!args->compare.empty()) {
       std::vector<std::pair<std::string, nlohmann::json>> labelled;

@@ -7,6 +7,7 @@
 #include <cstdio>
 
 #include "cli/commands.h"
+#include "core/blas.h"
 #include "core/error.h"
 #include "core/threads.h"
 #include "data/chat_template.h"
@@ -45,6 +46,7 @@ Action add_generate_command(CLI::App& app) {
   cmd->add_option("--stop", args->stop, "stop string (repeatable)");
   cmd->add_option("--threads", args->threads, "intra-op threads (0 = all cores)");
   return [args]() {
+    warn_if_slow_blas();
     namespace fs = std::filesystem;
     fs::path folder = args->checkpoint;
     if (!fs::exists(folder / "config.json") && fs::is_directory(folder / "final"))

@@ -3,11 +3,29 @@
 #include <spdlog/spdlog.h>
 
 #include <iostream>
+#include <new>
+#include <string>
 #include <map>
 
 #include "cli/commands.h"
 #include "core/error.h"
 #include "core/logging.h"
+
+namespace {
+
+// The message, on one line. Inputs are converted into the project's errors where they are read;
+// should a library's exception still get here, LibTorch's C++ backtrace ("Exception raised from
+// ...", "frame #0: ...") is cut: the user needs the reason, not the frames.
+std::string one_line(const std::string& what) {
+  std::string s = what.substr(0, what.find("\nException raised from"));
+  s = s.substr(0, s.find("\nframe #"));
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+  for (char& c : s)
+    if (c == '\n') c = ' ';
+  return s;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{
@@ -41,10 +59,14 @@ int main(int argc, char** argv) {
     for (auto& [sub, action] : actions)
       if (sub->parsed()) return action();
   } catch (const mllm::ConfigError& e) {
-    spdlog::error("{}", e.what());
+    spdlog::error("{}", one_line(e.what()));
     return 2;
+  } catch (const std::bad_alloc&) {
+    spdlog::error(
+        "out of memory: a size in the recipe, or an input, needs more than this machine has");
+    return 1;
   } catch (const std::exception& e) {
-    spdlog::error("{}", e.what());
+    spdlog::error("{}", one_line(e.what()));
     return 1;
   }
   return 0;

@@ -18,20 +18,27 @@ namespace mllm::cli {
 
 namespace {
 
-// Turns from a LLaVA record ({"conversations": [...]}) or a bare list of turns.
-std::vector<Turn> read_conversation(const nlohmann::json& j, const std::string& file) {
-  const nlohmann::json& list =
-      j.is_object() && j.contains("conversations") ? j["conversations"] : j;
+// Turns from a LLaVA record ({"conversations": [...], "image": ...}) or a bare list of turns, read
+// and placed by the same code as the training data, so the ids shown are the ids that train.
+std::vector<Turn> read_conversation(const nlohmann::json& j, const std::string& file,
+                                    const std::string& template_name) {
+  const bool record = j.is_object() && j.contains("conversations");
+  const nlohmann::json& list = record ? j["conversations"] : j;
   if (!list.is_array())
     throw ConfigError(
         file + ": with --template, expected a LLaVA record or a list of {from, value} turns");
-  std::vector<Turn> turns;
-  for (const auto& t : list) {
-    if (!t.is_object() || !t.contains("from") || !t.contains("value"))
-      throw ConfigError(file + ": each turn needs \"from\" and \"value\"");
-    turns.push_back({t["from"].get<std::string>(), t["value"].get<std::string>()});
+  // A record says whether it has an image; a bare list has one where it writes the tag.
+  bool has_image = record && j.contains("image") && !j["image"].is_null();
+  if (!record)
+    for (const auto& t : list)
+      if (t.is_object() && t.contains("value") && t["value"].is_string() &&
+          t["value"].get<std::string>().find("<image>") != std::string::npos)
+        has_image = true;
+  try {
+    return conversation_turns(list, has_image, template_uses_images(template_name), "<image>");
+  } catch (const Error& e) {
+    throw ConfigError(file + ": " + e.what());
   }
-  return turns;
 }
 
 }  // namespace
@@ -71,7 +78,10 @@ Action add_tokenize_command(CLI::App& app) {
       const TemplateTokens tt{tok->bos_id() >= 0 ? tok->id_to_token(tok->bos_id()) : "",
                               tok->eos_id() >= 0 ? tok->id_to_token(tok->eos_id()) : "", "<image>"};
       const RenderedConversation r =
-          render_template(args->template_name, read_conversation(j, args->text_file), tt);
+          render_template(args->template_name,
+                          read_conversation(j, args->text_file.empty() ? "--text" : args->text_file,
+                                            args->template_name),
+                          tt);
       text = r.text;
       spans = r.supervised;
       out["rendered"] = text;

@@ -504,6 +504,7 @@ void describe(Binder& b, DataConfig& c) {
   b.value("workers", c.workers, at_least(0));
   b.value("prefetch", c.prefetch, at_least(1));
   b.value("group_by_length", c.group_by_length);
+  b.value("allow_outside_image_root", c.allow_outside_image_root);
 }
 
 void describe(Binder& b, LoraConfig& c) {

@@ -117,6 +117,9 @@ struct DataConfig {
   int64_t workers = 2;                  // loader threads (0 = on the trainer's thread)
   int64_t prefetch = 2;                 // batches prepared ahead per worker
   bool group_by_length = false;         // length-grouped batches (less padding)
+  // Record image paths must stay inside their image_root (no absolute paths, no ../ above it);
+  // true lets a dataset point anywhere.
+  bool allow_outside_image_root = false;
 };
 
 // Low-rank adapters (Hu et al. 2021) on the LLM's linear layers, as PEFT's LoraConfig: y = W x +

@@ -1,13 +1,17 @@
 #include "core/logging.h"
 
 #include <spdlog/sinks/basic_file_sink.h>
+#include <spdlog/sinks/ringbuffer_sink.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <memory>
+#include <vector>
 
 namespace mllm {
 
@@ -19,7 +23,32 @@ void setup_console_logging(const std::string& level) {
   spdlog::set_default_logger(logger);
 }
 
+namespace {
+constexpr const char* kFilePattern = "[%Y-%m-%d %H:%M:%S.%e] %l %v";
+std::shared_ptr<spdlog::sinks::ringbuffer_sink_mt> held;  // buffer_log_lines' sink
+
+void drop_held(spdlog::logger& logger) {
+  auto& sinks = logger.sinks();
+  sinks.erase(std::remove(sinks.begin(), sinks.end(), held), sinks.end());
+  held.reset();
+}
+}  // namespace
+
+void buffer_log_lines() {
+  auto logger = spdlog::default_logger();
+  if (held) drop_held(*logger);
+  held = std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(4096);
+  held->set_pattern(kFilePattern);
+  logger->sinks().push_back(held);
+}
+
 void add_log_file(const std::filesystem::path& file) {
+  auto logger = spdlog::default_logger();
+  std::vector<std::string> earlier;
+  if (held) {
+    earlier = held->last_formatted();
+    drop_held(*logger);
+  }
   // A parent (`mllm sweep`) that already sends this process's stderr to `file` would get every
   // line twice.
   struct stat err = {};
@@ -27,10 +56,17 @@ void add_log_file(const std::filesystem::path& file) {
   if (::fstat(STDERR_FILENO, &err) == 0 && ::stat(file.c_str(), &log) == 0 &&
       err.st_dev == log.st_dev && err.st_ino == log.st_ino)
     return;
+  {
+    std::FILE* f = std::fopen(file.c_str(), "ab");
+    if (f) {
+      for (const auto& line : earlier) std::fwrite(line.data(), 1, line.size(), f);
+      std::fclose(f);
+    }
+  }
   auto sink = std::make_shared<spdlog::sinks::basic_file_sink_mt>(file.string(), false);
-  sink->set_pattern("[%Y-%m-%d %H:%M:%S.%e] %l %v");
-  spdlog::default_logger()->sinks().push_back(sink);
-  spdlog::default_logger()->flush_on(spdlog::level::info);
+  sink->set_pattern(kFilePattern);
+  logger->sinks().push_back(sink);
+  logger->flush_on(spdlog::level::info);
 }
 
 std::string format_duration(double seconds) {

@@ -217,7 +217,16 @@ struct Context {
     if (v->is_array()) throw Error("\"image\" is a list; one image per record is supported");
     if (!v->is_string() || v->get<std::string>().empty())
       throw Error("\"image\" must be a non-empty string path");
-    const auto path = std::filesystem::path(source.image_root) / v->get<std::string>();
+    const std::filesystem::path rel(v->get<std::string>());
+    if (!data.allow_outside_image_root) {
+      // "../../etc/passwd" or "/etc/passwd" in a downloaded dataset must not read the machine.
+      const auto normal = rel.lexically_normal();
+      if (rel.is_absolute() || rel.has_root_name() || rel.has_root_directory() ||
+          (!normal.empty() && *normal.begin() == ".."))
+        throw Error("image outside " + key + ".image_root: " + rel.string() +
+                    " (set data.allow_outside_image_root: true to allow it)");
+    }
+    const auto path = std::filesystem::path(source.image_root) / rel;
     std::error_code ec;
     if (!std::filesystem::is_regular_file(path, ec))
       throw Error("image not found: " + path.string() +
@@ -225,25 +234,8 @@ struct Context {
     return path;
   }
 
-  // Checks the <image> tags against the record's image and puts the tag in front of its turn.
   void place_image(std::vector<Turn>& turns, bool has_image) const {
-    const std::string& tag = tt.image;
-    if (!use_images) return;  // the template removes the tags
-    size_t count = 0, at = 0;
-    for (size_t i = 0; i < turns.size(); ++i)
-      for (size_t p = 0; (p = turns[i].value.find(tag, p)) != std::string::npos; p += tag.size())
-        ++count, at = i;
-    if (count == 0 && has_image)
-      throw Error("the record has an image but no " + tag +
-                  " in its turns (LLaVA's data always marks where it goes)");
-    if (count > 0 && !has_image) throw Error(tag + " in the text but the record has no \"image\"");
-    if (count > 1)
-      throw Error(std::to_string(count) + " " + tag + " tags; one image per record is supported");
-    if (count == 1) {
-      if (turns[at].from != "human" && turns[at].from != "user")
-        throw Error(tag + " in a '" + turns[at].from + "' turn; it belongs in a human turn");
-      turns[at].value = move_image_to_front(turns[at].value, tag);
-    }
+    place_image_tag(turns, has_image, use_images, tt.image);
   }
 
   // Renders a conversation that ends with a reply into a record. With last_reply_only
@@ -314,6 +306,34 @@ std::vector<Turn> read_reply(const Json& v, const std::string& field,
 }
 
 }  // namespace
+
+void place_image_tag(std::vector<Turn>& turns, bool has_image, bool use_images,
+                     const std::string& tag) {
+  if (!use_images) return;  // the template removes the tags
+  if (turns.empty()) throw Error("no conversation turns (the list is empty)");
+  size_t count = 0, at = 0;
+  for (size_t i = 0; i < turns.size(); ++i)
+    for (size_t p = 0; (p = turns[i].value.find(tag, p)) != std::string::npos; p += tag.size())
+      ++count, at = i;
+  if (count == 0 && has_image)
+    throw Error("the record has an image but no " + tag +
+                " in its turns (LLaVA's data always marks where it goes)");
+  if (count > 0 && !has_image) throw Error(tag + " in the text but the record has no \"image\"");
+  if (count > 1)
+    throw Error(std::to_string(count) + " " + tag + " tags; one image per record is supported");
+  if (count == 1) {
+    if (turns[at].from != "human" && turns[at].from != "user")
+      throw Error(tag + " in a '" + turns[at].from + "' turn; it belongs in a human turn");
+    turns[at].value = move_image_to_front(turns[at].value, tag);
+  }
+}
+
+std::vector<Turn> conversation_turns(const nlohmann::json& conversations, bool has_image,
+                                     bool use_images, const std::string& image_tag) {
+  std::vector<Turn> turns = read_turns(conversations, "conversations", image_tag);
+  place_image_tag(turns, has_image, use_images, image_tag);
+  return turns;
+}
 
 void for_each_json_record(const std::string& path, bool jsonl,
                           const std::function<bool(const RawRecord&)>& fn) {
@@ -458,9 +478,9 @@ ConversationDataset::ConversationDataset(const DataSourceConfig& source, const D
   Context ctx(source, data, tokenizer, key, loaded_);
   ctx.run([&](const Json& rec, const RawRecord& raw) {
     if (!rec.contains("conversations")) throw Error("missing \"conversations\" list");
-    std::vector<Turn> turns = read_turns(rec["conversations"], "conversations", ctx.tt.image);
     const auto image = ctx.image(rec);
-    ctx.place_image(turns, !image.empty());
+    const std::vector<Turn> turns =
+        conversation_turns(rec["conversations"], !image.empty(), ctx.use_images, ctx.tt.image);
     records_.push_back(ctx.render(turns, image, record_id(rec), raw));
     return true;
   });

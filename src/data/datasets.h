@@ -52,7 +52,10 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json_fwd.hpp>
+
 #include "core/config.h"
+#include "data/chat_template.h"
 #include "data/tokenizer/tokenizer.h"
 
 namespace mllm {
@@ -206,6 +209,16 @@ class PreferenceDataset : public SampleSource {
 
 // Whether `source` is read as JSONL: format llava_jsonl / preference_jsonl or a .jsonl path.
 bool is_jsonl_source(const DataSourceConfig& source);
+
+// A record's "conversations" list as training reads it (and `mllm tokenize --template` shows it):
+// each turn in either layout ({"from", "value"} or {"role", "content"}), the image tag checked
+// against whether the record has an image and moved to the front of its turn. With `use_images`
+// false (templates that drop images) the tags are left alone. Throws Error saying what is wrong.
+std::vector<Turn> conversation_turns(const nlohmann::json& conversations, bool has_image,
+                                     bool use_images, const std::string& image_tag);
+// The tag part of that, on turns already read (preference pairs).
+void place_image_tag(std::vector<Turn>& turns, bool has_image, bool use_images,
+                     const std::string& tag);
 
 // One record's text with where it came from.
 struct RawRecord {

@@ -1,6 +1,9 @@
 #include "models/factory.h"
 
 #include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <cmath>
 
 #include "core/error.h"
 #include "models/hf/config_json.h"
@@ -28,7 +31,67 @@ SafetensorsCheckpoint open_folder(const std::filesystem::path& folder, const std
   return SafetensorsCheckpoint(folder);
 }
 
+std::string bytes_text(double b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+  int u = 0;
+  while (b >= 1024 && u < 6) b /= 1024, ++u;
+  return fmt::format("{:.1f} {}", b, units[u]);
+}
+
+// Refuses, before anything is allocated, a model whose fp32 parameters alone exceed this machine's
+// memory (the model is built on the CPU whatever run.device says), naming the part that needs it.
+void check_fits(const Config& config, int64_t vocab) {
+  ModelConfig m = config.model;
+  m.llm.vocab = std::max(m.llm.vocab, vocab);
+  const ParameterEstimate e = estimate_parameters(m);
+  const double need = 4.0 * static_cast<double>(e.llm + e.vision + e.connector);
+  const double pages = static_cast<double>(sysconf(_SC_PHYS_PAGES));
+  const double page = static_cast<double>(sysconf(_SC_PAGE_SIZE));
+  if (pages <= 0 || page <= 0 || need <= pages * page) return;
+  const bool llm_biggest = e.llm >= e.vision && e.llm >= e.connector;
+  const std::string key =
+      llm_biggest ? (m.llm.pretrained.empty() ? "model.llm.hidden" : "model.llm.pretrained")
+      : e.vision >= e.connector
+          ? (m.vision.pretrained.empty() ? "model.vision.hidden" : "model.vision.pretrained")
+          : "model.connector.type";
+  throw ConfigError(fmt::format(
+      "{}: the model needs {} for its fp32 parameters alone (LLM {:.3g}, vision {:.3g}, "
+      "connector {:.3g} parameters) but this machine has {} of memory",
+      config.where(key), bytes_text(need), static_cast<double>(e.llm),
+      static_cast<double>(e.vision), static_cast<double>(e.connector),
+      bytes_text(pages * page)));
+}
+
 }  // namespace
+
+ParameterEstimate estimate_parameters(const ModelConfig& m) {
+  // In doubles: the point is to refuse sizes whose products overflow int64.
+  const auto& l = m.llm;
+  const double h = static_cast<double>(l.hidden), hd = static_cast<double>(l.attention_head_dim());
+  const double q = static_cast<double>(l.heads) * hd, kv = static_cast<double>(l.kv_heads) * hd;
+  const double experts = l.experts > 0 ? static_cast<double>(l.experts) : 1.0;
+  const double per_layer = h * q + 2 * h * kv + q * h +                         // attention
+                           experts * 3 * h * static_cast<double>(l.intermediate) +  // SwiGLU
+                           (l.experts > 0 ? h * experts : 0.0) + 2 * h;         // router, norms
+  const double vocab = static_cast<double>(l.vocab);
+  const double llm = static_cast<double>(l.layers) * per_layer +
+                     vocab * h * (l.tie_word_embeddings ? 1 : 2) + h;
+  const auto& v = m.vision;
+  const double vh = static_cast<double>(v.hidden);
+  const double patches = std::pow(static_cast<double>(v.image_size / std::max<int64_t>(1, v.patch_size)), 2);
+  const double vision = 3 * std::pow(static_cast<double>(v.patch_size), 2) * vh + (patches + 2) * vh +
+                        static_cast<double>(v.layers) *
+                            (4 * vh * vh + 2 * vh * static_cast<double>(v.intermediate) + 6 * vh);
+  // Connectors differ; the largest of the token-level designs (two layers vision -> LLM width)
+  // or one cross-attention block per LLM layer for gated_xattn bounds them well enough here.
+  const double connector = m.connector.type == "gated_xattn"
+                               ? static_cast<double>(l.layers) * (4 * h * h + 8 * h * h)
+                               : vh * h + h * h + 2 * h;
+  auto clamp = [](double x) {
+    return x >= 9e18 ? std::numeric_limits<int64_t>::max() : static_cast<int64_t>(x);
+  };
+  return {clamp(llm), clamp(vision), clamp(connector)};
+}
 
 MultimodalModel build_model(Config& config, const Tokenizer& tokenizer) {
   auto& llm = config.model.llm;
@@ -62,6 +125,7 @@ MultimodalModel build_model(Config& config, const Tokenizer& tokenizer) {
     throw ConfigError(config.where("model.tokenizer") + ": " + tokenizer.path().string() +
                       " has no <image> token");
 
+  check_fits(config, grow_to);
   torch::manual_seed(config.run.seed);
   MultimodalModel model(config.model, tokenizer.image_id());
 

@@ -6,6 +6,9 @@
 #include <mutex>
 
 #include <spdlog/spdlog.h>
+#include <xxhash.h>
+
+#include <fstream>
 
 #include "core/error.h"
 #include "core/fs.h"
@@ -18,11 +21,31 @@ namespace {
 constexpr const char* kMagic = "mllm-train-checkpoint";
 constexpr int kVersion = 1;
 
-// rng_state.pt is not required: checkpoints of earlier versions lack it (then a warning).
-bool complete(const std::filesystem::path& dir) {
-  return std::filesystem::is_regular_file(dir / "trainer_state.json") &&
-         std::filesystem::is_regular_file(dir / "model.safetensors") &&
-         std::filesystem::is_regular_file(dir / "optimizer.pt");
+constexpr const char* kManifestMagic = "mllm-train-checkpoint-manifest";
+// Every file of a checkpoint but the manifest itself, in the order they are written.
+const char* const kFiles[] = {"model.safetensors", "optimizer.pt", "rng_state.pt",
+                              "trainer_state.json"};
+
+// Size and XXH3-64 of a file, read in 8 MiB pieces (a 7B run's optimizer.pt is tens of GB: the
+// hash runs at memory speed, the read at disk speed).
+std::pair<uint64_t, std::string> size_and_hash(const std::filesystem::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) throw Error(file.string() + ": cannot read");
+  XXH3_state_t* st = XXH3_createState();
+  XXH3_64bits_reset(st);
+  std::vector<char> buf(8 << 20);
+  uint64_t size = 0;
+  while (in) {
+    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+    const auto n = static_cast<size_t>(in.gcount());
+    XXH3_64bits_update(st, buf.data(), n);
+    size += n;
+  }
+  const uint64_t h = XXH3_64bits_digest(st);
+  XXH3_freeState(st);
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
+  return {size, hex};
 }
 
 int64_t step_of(const std::string& name) {
@@ -82,7 +105,23 @@ std::filesystem::path save_checkpoint(const std::filesystem::path& root, torch::
   torch::save(rng_states(), (tmp / "rng_state.pt").string());
   fsync_path(tmp / "rng_state.pt");
   write_file_atomic(tmp / "trainer_state.json", state.to_json().dump(2) + "\n");
+  // Last: what every file must be, so a later resume can tell a damaged checkpoint from a good one.
+  nlohmann::json files = nlohmann::json::object();
+  for (const char* f : kFiles) {
+    const auto [size, hash] = size_and_hash(tmp / f);
+    files[f] = {{"bytes", size}, {"xxh3_64", hash}};
+  }
+  write_file_atomic(tmp / "manifest.json",
+                    nlohmann::json{{"format", kManifestMagic}, {"files", files}}.dump(2) + "\n");
   fsync_path(tmp);
+  if (fs::exists(final_dir) && !checkpoint_problem(final_dir).empty()) {
+    // A damaged checkpoint of this step that a resume passed over: kept for inspection, under a
+    // name that neither resume nor keep_last looks at.
+    fs::path aside = root / ("damaged-" + name);
+    for (int i = 1; fs::exists(aside); ++i) aside = root / ("damaged-" + name + "-" + std::to_string(i));
+    fs::rename(final_dir, aside);
+    spdlog::warn("the damaged checkpoint {} was moved to {}", final_dir.string(), aside.string());
+  }
   if (fs::exists(final_dir)) {  // same step saved again (e.g. final step == a save_every step)
     fs::path old = root / (".old-" + name);
     fs::remove_all(old);
@@ -106,29 +145,68 @@ std::filesystem::path save_checkpoint(const std::filesystem::path& root, torch::
   return final_dir;
 }
 
-std::optional<std::filesystem::path> find_latest_checkpoint(const std::filesystem::path& root) {
+std::string checkpoint_problem(const std::filesystem::path& dir) {
   namespace fs = std::filesystem;
-  if (!fs::is_directory(root)) return std::nullopt;
-  if (fs::exists(root / "latest")) {
-    std::string name = read_file(root / "latest");
-    while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
-    if (!name.empty() && complete(root / name)) return root / name;
+  for (const char* f : {"trainer_state.json", "model.safetensors", "optimizer.pt"})
+    if (!fs::is_regular_file(dir / f)) return std::string(f) + " is missing";
+  const fs::path manifest = dir / "manifest.json";
+  if (!fs::exists(manifest)) return "";  // written before manifests: complete is all we know
+  nlohmann::json m;
+  try {
+    m = nlohmann::json::parse(read_file(manifest));
+    if (!m.is_object() || m.value("format", "") != kManifestMagic || !m["files"].is_object())
+      return "manifest.json is not a checkpoint manifest";
+    for (const auto& [name, want] : m["files"].items()) {
+      if (name.find('/') != std::string::npos || name.find("..") != std::string::npos)
+        return "manifest.json names " + name + ", not a file of the checkpoint";
+      const fs::path f = dir / name;
+      if (!fs::is_regular_file(f)) return name + " is missing";
+      const auto bytes = want.at("bytes").get<uint64_t>();
+      std::error_code ec;
+      const uint64_t actual = fs::file_size(f, ec);
+      if (ec || actual != bytes)
+        return name + " has " + std::to_string(actual) + " bytes, the manifest says " +
+               std::to_string(bytes) + " (truncated or overwritten)";
+      if (size_and_hash(f).second != want.at("xxh3_64").get<std::string>())
+        return name + " does not match its checksum (corrupt)";
+    }
+  } catch (const nlohmann::json::exception& e) {
+    return "manifest.json is malformed (" + json_error_message(e) + ")";
+  } catch (const Error& e) {
+    return e.what();
   }
-  std::optional<fs::path> best;
-  int64_t best_step = -1;
-  for (const auto& e : fs::directory_iterator(root)) {
+  return "";
+}
+
+std::vector<std::filesystem::path> list_checkpoints(const std::filesystem::path& root) {
+  namespace fs = std::filesystem;
+  std::vector<std::pair<int64_t, fs::path>> found;
+  std::error_code ec;
+  if (!fs::is_directory(root, ec)) return {};
+  for (const auto& e : fs::directory_iterator(root, ec)) {
     const int64_t s = step_of(e.path().filename().string());
-    if (s > best_step && complete(e.path())) best_step = s, best = e.path();
+    if (s >= 0 && e.is_directory()) found.emplace_back(s, e.path());
   }
-  return best;
+  std::sort(found.begin(), found.end(), [](const auto& a, const auto& b) { return a > b; });
+  std::vector<fs::path> out;
+  for (auto& f : found) out.push_back(std::move(f.second));
+  return out;
+}
+
+std::optional<std::filesystem::path> find_latest_checkpoint(const std::filesystem::path& root,
+                                                            std::vector<SkippedCheckpoint>* skipped) {
+  for (const auto& dir : list_checkpoints(root)) {
+    const std::string problem = checkpoint_problem(dir);
+    if (problem.empty()) return dir;
+    if (skipped) skipped->push_back({dir, problem});
+  }
+  return std::nullopt;
 }
 
 TrainerState load_checkpoint(const std::filesystem::path& dir, torch::nn::Module& model,
                              torch::optim::Optimizer& optimizer) {
-  if (!complete(dir))
-    throw Error(dir.string() +
-                ": incomplete checkpoint (needs model.safetensors, optimizer.pt, "
-                "trainer_state.json)");
+  if (const std::string problem = checkpoint_problem(dir); !problem.empty())
+    throw Error(dir.string() + ": damaged checkpoint: " + problem);
   const auto state_file = dir / "trainer_state.json";
   nlohmann::json j;
   try {

@@ -5,6 +5,7 @@
 //   checkpoints/step-000500/trainer_state.json  step, epoch, position in the epoch, lr, the
 //                                               schedule, metrics
 //   checkpoints/step-000500/rng_state.pt        the CPU generator's state, then each CUDA device's
+//   checkpoints/step-000500/manifest.json       size and XXH3-64 of each file above, written last
 //   checkpoints/latest                          name of the newest complete checkpoint
 // The format carries a magic string and a version; `keep_last` prunes the oldest.
 #pragma once
@@ -40,9 +41,21 @@ std::filesystem::path save_checkpoint(const std::filesystem::path& checkpoints_d
                                       torch::nn::Module& model, torch::optim::Optimizer& optimizer,
                                       const TrainerState& state, int64_t keep_last);
 
-// The newest complete checkpoint under checkpoints_dir (by `latest`, else by scanning), if any.
+// What is wrong with a checkpoint directory: a file missing, a size or checksum that differs from
+// its manifest; "" when it is sound (a checkpoint from before manifests only needs its files).
+std::string checkpoint_problem(const std::filesystem::path& dir);
+
+// The checkpoint directories under checkpoints_dir, newest (highest step) first.
+std::vector<std::filesystem::path> list_checkpoints(const std::filesystem::path& checkpoints_dir);
+
+// The newest sound checkpoint under checkpoints_dir, if any. Newer ones that are damaged are
+// passed over (never deleted) and, when `skipped` is given, reported there with the reason.
+struct SkippedCheckpoint {
+  std::filesystem::path dir;
+  std::string why;
+};
 std::optional<std::filesystem::path> find_latest_checkpoint(
-    const std::filesystem::path& checkpoints_dir);
+    const std::filesystem::path& checkpoints_dir, std::vector<SkippedCheckpoint>* skipped = nullptr);
 
 // Restores the trainable parameters, the optimizer state and the RNG states, and returns the
 // trainer state. Throws Error naming the checkpoint and the file that is missing or malformed.

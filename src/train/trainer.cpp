@@ -3,8 +3,10 @@
 #include <spdlog/spdlog.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <thread>
 
+#include "core/blas.h"
 #include "core/error.h"
 #include "core/fs.h"
 #include "core/logging.h"
@@ -22,6 +24,7 @@
 #include "train/checkpoint.h"
 #include "train/distributed.h"
 #include "train/freeze.h"
+#include "train/init_from.h"
 #include "train/lora.h"
 #include "train/metrics_sink.h"
 #include "train/objectives.h"
@@ -132,6 +135,65 @@ void init_from(MultimodalModelImpl& model, const Config& config, const char* whi
   }
 }
 
+// --resume auto: the newest sound checkpoint. Damaged newer ones (a truncated file, a checksum that
+// differs from the manifest) are passed over with a warning and left on disk for inspection.
+std::optional<fs::path> choose_checkpoint(const fs::path& root) {
+  std::vector<SkippedCheckpoint> skipped;
+  auto found = find_latest_checkpoint(root, &skipped);
+  for (const auto& s : skipped)
+    spdlog::warn("checkpoint {} is damaged ({}): skipped, left on disk", s.dir.string(), s.why);
+  if (!found && !skipped.empty())
+    throw Error("--resume auto: every checkpoint under " + root.string() +
+                " is damaged (the newest: " + skipped.front().dir.filename().string() + ": " +
+                skipped.front().why + ")");
+  if (found && !skipped.empty())
+    spdlog::warn("resuming from the newest sound checkpoint, {}", found->filename().string());
+  return found;
+}
+
+// What identifies the training data a checkpoint's position counts into.
+nlohmann::json fingerprint(const DataSourceConfig& source, const SampleSource& data) {
+  std::error_code ec;
+  const auto bytes = fs::file_size(source.path, ec);
+  return {{"path", source.path},
+          {"records", data.stats().records},
+          {"samples", data.size()},
+          {"bytes", ec ? -1 : static_cast<int64_t>(bytes)}};
+}
+
+// A checkpoint's data position means nothing over other data: refused unless the user says
+// --resume-allow-data-change, and then the epoch restarts if the position is past the end.
+void check_same_data(TrainerState& state, const nlohmann::json& now, const TrainOptions& options,
+                     int64_t samples, int64_t per_step) {
+  if (!state.extra.contains("data")) return;  // a checkpoint from before fingerprints
+  const nlohmann::json& then = state.extra["data"];
+  if (then == now) return;
+  std::string diff;
+  for (const char* k : {"path", "records", "samples", "bytes"})
+    if (then.value(k, nlohmann::json()) != now.value(k, nlohmann::json()))
+      diff += fmt::format("{}{} {} -> {}", diff.empty() ? "" : ", ", k,
+                          then.value(k, nlohmann::json()).dump(), now[k].dump());
+  if (!options.allow_data_change)
+    throw ConfigError("--resume: the training data changed since the checkpoint (data.train: " +
+                      diff +
+                      "); its position in the data would mean nothing. Pass "
+                      "--resume-allow-data-change to continue anyway");
+  spdlog::warn("--resume-allow-data-change: the training data changed ({}); continuing", diff);
+  if (state.position + per_step > samples) {
+    spdlog::warn("epoch {} position {} is past the new data's {} samples: the next epoch starts",
+                 state.epoch, state.position, samples);
+    ++state.epoch;
+    state.position = 0;
+  }
+}
+
+// Tests that interrupt a run mid-way set MLLM_TEST_STEP_DELAY_MS so the run is still going when
+// the signal lands, however fast the machine. Nothing else reads it.
+std::chrono::milliseconds test_step_delay() {
+  const char* v = std::getenv("MLLM_TEST_STEP_DELAY_MS");
+  return std::chrono::milliseconds(v ? std::max(0, std::atoi(v)) : 0);
+}
+
 // Refuses to start a fresh run over an earlier one's results.
 void check_fresh_output(const Config& config, const fs::path& out) {
   const bool has_ckpt = fs::is_directory(out / "checkpoints") && !fs::is_empty(out / "checkpoints");
@@ -192,13 +254,15 @@ TrainSummary train(Config config, const TrainOptions& options) {
     if (logger->level() < spdlog::level::warn) logger->set_level(spdlog::level::warn);
   }
 
+  if (main_rank) buffer_log_lines();  // train.log gets them once the inputs are known to be sound
+
   // Rank 0 decides whether this is a fresh run or where it resumes; every rank follows.
   std::optional<fs::path> resume_from;
   std::string decision;  // "F": fresh, "R<path>": resume, "E<message>": a configuration error
   if (main_rank) {
     try {
       if (options.resume == "auto") {
-        resume_from = find_latest_checkpoint(ckpt_root);
+        resume_from = choose_checkpoint(ckpt_root);
         if (!resume_from) check_fresh_output(config, out);
       } else if (options.resume != "none" && !options.resume.empty()) {
         resume_from = fs::path(options.resume);
@@ -227,10 +291,6 @@ TrainSummary train(Config config, const TrainOptions& options) {
             blind, world, resume_from->string()));
     }
   }
-  if (main_rank) {
-    fs::create_directories(out);
-    add_log_file(out / "train.log");
-  }
 
   // Ranks sharing a node share its cores: run.threads auto gives each its part.
   int64_t want_threads = config.run.threads;
@@ -247,6 +307,7 @@ TrainSummary train(Config config, const TrainOptions& options) {
                  group->backend(), env.master_addr, env.master_port, env.source);
 
   const auto tokenizer = load_tokenizer(config.model.tokenizer);
+  adopt_init_from_architecture(config);  // before either model is built
   // The DPO reference: the initial policy, built the same way before `config` is filled in.
   MultimodalModel reference{nullptr};
   if (config.train.stage == "dpo") {
@@ -260,7 +321,6 @@ TrainSummary train(Config config, const TrainOptions& options) {
   MultimodalModel model = build_model(config, *tokenizer);
   init_from(*model, config, "model");
   model->to(device);
-  if (main_rank) write_file_atomic(out / "config.yaml", config_to_yaml(config));
 
   // train.trainable first, then LoRA: adapters train, the layers they adapt freeze. Both before
   // the optimizer and before a checkpoint is loaded (it holds the adapters by name).
@@ -308,6 +368,7 @@ TrainSummary train(Config config, const TrainOptions& options) {
   spdlog::info("data: {} train samples ({} steps/epoch of {}), {} eval samples; {} steps", N,
                steps_per_epoch, per_step, eval_data ? eval_data->size() : 0, total);
 
+  const nlohmann::json data_fingerprint = fingerprint(config.data.train, *train_data);
   TrainerState state;
   state.total_steps = total;
   state.scheduler = {{"schedule", tc.schedule},
@@ -323,6 +384,7 @@ TrainSummary train(Config config, const TrainOptions& options) {
                    state.scheduler.dump(), scheduler.dump());
     state.total_steps = total;
     state.scheduler = scheduler;
+    check_same_data(state, data_fingerprint, options, N, per_step);
     spdlog::info("resumed from {} at step {} (epoch {}, sample {})", resume_from->string(),
                  state.step, state.epoch, state.position);
     const int64_t saved_world = state.extra.value("world_size", int64_t{1});
@@ -337,6 +399,13 @@ TrainSummary train(Config config, const TrainOptions& options) {
         state.position -= state.position % per_step;
       }
     }
+  }
+  // Only now, with the inputs read and the checkpoint (if any) restored, does the run directory
+  // change: a resume that fails leaves it exactly as it was.
+  if (main_rank) {
+    fs::create_directories(out);
+    add_log_file(out / "train.log");
+    write_file_atomic(out / "config.yaml", config_to_yaml(config));
   }
   if (group) {
     // Every rank starts from rank 0's weights (parameters and buffers), as DDP does.
@@ -410,6 +479,7 @@ TrainSummary train(Config config, const TrainOptions& options) {
   int64_t last_saved = resume_from ? state.step : -1;
   model->train();
   StopSignals stop;
+  const auto step_delay = test_step_delay();
 
   while (state.step < total) {
     if (options.stop_after > 0 && steps_here >= options.stop_after) break;
@@ -511,7 +581,8 @@ TrainSummary train(Config config, const TrainOptions& options) {
     summary.losses.emplace_back(state.step, loss);
     state.extra = {{"loss", loss},
                    {"wall_seconds", earlier_seconds + seconds_since(start)},
-                   {"world_size", world}};
+                   {"world_size", world},
+                   {"data", data_fingerprint}};
 
     if (state.step % tc.log_every == 0 || state.step == total) {
       const double dt = seconds_since(interval_start);
@@ -548,6 +619,7 @@ TrainSummary train(Config config, const TrainOptions& options) {
       interval_tokens = 0;
       interval_wait = 0;
     }
+    if (step_delay.count() > 0) std::this_thread::sleep_for(step_delay);
     if (tc.eval_every > 0 && state.step % tc.eval_every == 0 && state.step != total)
       run_eval("periodic");
     if (tc.save_every > 0 && (state.step % tc.save_every == 0 || state.step == total)) {
@@ -583,7 +655,8 @@ TrainSummary train(Config config, const TrainOptions& options) {
                            ? nlohmann::json(static_cast<double>(tokens_here) / loop_s)
                            : nlohmann::json()},
       {"wall_seconds", earlier_seconds + seconds_since(start)},
-      {"world_size", world}};
+      {"world_size", world},
+      {"blas", blas_info().describe()}};
   if (main_rank) {
     write_file_atomic(out / "summary.json", figures.dump(2) + "\n");
     write_final(out, *model, config);

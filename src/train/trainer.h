@@ -20,6 +20,9 @@ struct TrainOptions {
   // Stop after this many steps of this process (0 = run to the end) — a stand-in for preemption,
   // used by tests and by `mllm train --stop-after`.
   int64_t stop_after = 0;
+  // Resume even if the training data is not the data the checkpoint was written over (its path,
+  // record count or size differ); the change is logged.
+  bool allow_data_change = false;
 };
 
 struct TrainSummary {

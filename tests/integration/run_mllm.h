@@ -54,6 +54,12 @@ inline std::string tiny_stage0_args(const std::filesystem::path& data,
          " --set model.vision.layers=1 --set model.vision.intermediate=64";
 }
 
+// Runs that a test interrupts sleep this long after each step (MLLM_TEST_STEP_DELAY_MS), so the
+// signal lands mid-run however fast the machine is; it changes no number the run computes.
+inline std::string slowed(const std::string& cmd) {
+  return "env MLLM_TEST_STEP_DELAY_MS=20 " + cmd;
+}
+
 // `sh -c "exec <cmd>"` in the background, output to `log`; returns its pid.
 inline pid_t spawn_shell(const std::string& cmd, const std::filesystem::path& log) {
   const std::string line = "exec " + cmd + " > " + log.string() + " 2>&1";
@@ -80,9 +86,11 @@ inline std::map<int64_t, double> step_losses(const std::filesystem::path& metric
   return out;
 }
 
-// Waits until the run `pid` has logged step >= k to `metrics`; false if it ended first.
+// Waits until the run `pid` has logged step >= k to `metrics`; false if it ended first (or after
+// ten minutes: a deadline in time, not in polls, so a slow machine does not fail it).
 inline bool wait_for_step(pid_t pid, const std::filesystem::path& metrics, int64_t k) {
-  for (int i = 0; i < 12000; ++i) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(10);
+  while (std::chrono::steady_clock::now() < deadline) {
     const auto l = step_losses(metrics);
     if (!l.empty() && l.rbegin()->first >= k) return true;
     int status;

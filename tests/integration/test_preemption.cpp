@@ -31,7 +31,7 @@ namespace fs = std::filesystem;
 
 // `mllm <args>` in the background, output to `log`.
 pid_t spawn(const std::string& args, const fs::path& log) {
-  return mllm::test::spawn_shell(std::string(MLLM_BIN) + " " + args, log);
+  return mllm::test::spawn_shell(mllm::test::slowed(std::string(MLLM_BIN) + " " + args), log);
 }
 
 struct Fixture {

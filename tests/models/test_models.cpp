@@ -261,3 +261,26 @@ TEST_CASE("a pretrained LLM grows its vocabulary for a tokenizer with more ids (
   // Its config.json now says V: the folder it exports reloads without growing again.
   CHECK(llava_config_json(grown->config(), tok->image_id())["text_config"]["vocab_size"] == V);
 }
+
+TEST_CASE("the parameter estimate made before building matches the built model") {
+  for (const bool moe : {false, true}) {
+    ModelConfig m = tiny_model();
+    if (moe) m.llm.type = "mixtral", m.llm.experts = 4, m.llm.experts_per_token = 2;
+    torch::manual_seed(0);
+    MultimodalModel model(m, kImage);
+    auto count = [](const torch::nn::Module& part) {
+      int64_t n = 0;
+      for (const auto& p : part.parameters()) n += p.numel();
+      return n;
+    };
+    const auto e = estimate_parameters(m);
+    INFO("moe " << moe);
+    CHECK(static_cast<double>(e.llm) == Approx(count(*model->language_model)).epsilon(0.05));
+    CHECK(static_cast<double>(e.vision) == Approx(count(*model->vision_tower)).epsilon(0.05));
+  }
+  // The largest sizes the config allows do not wrap around.
+  ModelConfig huge = tiny_model();
+  huge.llm.hidden = 1 << 17, huge.llm.layers = 1024, huge.llm.intermediate = 1 << 20;
+  huge.llm.experts = 1024;
+  CHECK(static_cast<double>(estimate_parameters(huge).llm) > 4e17);
+}
