@@ -41,7 +41,8 @@ struct Fixture {
            "/configs/shapes/stage1_pretrain.yaml --set run.output_dir=" + out.string() +
            " --set run.threads=1 --set model.tokenizer=" + d + "/tokenizer.json" +
            " --set data.train.path=" + train_json.string() + " --set data.train.image_root=" + d +
-           "/images --set data.eval.path=null --set model.llm.pretrained=null" +
+           "/images --set data.eval.path=null --set data.eval.image_root=" + d +
+           "/images --set model.llm.pretrained=null" +
            " --set model.llm.hidden=32 --set model.llm.layers=1 --set model.llm.intermediate=64" +
            " --set model.vision.image_size=32 --set data.image.size=32 --set model.vision.hidden=32" +
            " --set model.vision.layers=1 --set model.vision.intermediate=64" +
@@ -149,10 +150,14 @@ TEST_CASE("bad input: broken images are named, and skipped and counted in skip m
     DYNAMIC_SECTION(name) {
       const auto json = f.with_image(2, std::string("train/") + name + ".png",
                                      std::string(name) + ".json");
-      const std::string run = f.stage1(f.dir / (std::string("out-") + name), json);
+      // A whole epoch, so the record's image is read whatever the shuffle.
+      const std::string run =
+          f.stage1(f.dir / (std::string("out-") + name), json) + " --set train.max_steps=4";
       check_clean_error(mllm::test::run_mllm(run), 1,
                         std::string("images/train/") + name + ".png: cannot decode image");
-      const Result skip = mllm::test::run_mllm(run + " --set data.on_bad_record=skip");
+      const Result skip = mllm::test::run_mllm(run + " --set data.on_bad_record=skip" +
+                                               " --set run.output_dir=" +
+                                               (f.dir / (std::string("skip-") + name)).string());
       INFO(skip.output);
       CHECK(skip.code == 0);
       CHECK_THAT(skip.output, Catch::Contains("dropped for unreadable images"));
@@ -162,7 +167,8 @@ TEST_CASE("bad input: broken images are named, and skipped and counted in skip m
           "/configs/shapes/stage1_pretrain.yaml --set model.tokenizer=" +
           (f.data / "tokenizer.json").string() + " --set data.train.path=" + json.string() +
           " --set data.train.image_root=" + (f.data / "images").string() +
-          " --set data.eval.path=null --set model.llm.pretrained=null");
+          " --set data.eval.path=null --set data.eval.image_root=" + (f.data / "images").string() +
+          " --set model.llm.pretrained=null");
       INFO(check.output);
       CHECK(check.code == 0);
       CHECK_THAT(check.output, Catch::Contains("(1 corrupt)"));
