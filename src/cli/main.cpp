@@ -4,6 +4,7 @@
 
 #include <iostream>
 #include <new>
+#include <sstream>
 #include <string>
 #include <map>
 
@@ -17,12 +18,15 @@ namespace {
 // should a library's exception still get here, LibTorch's C++ backtrace ("Exception raised from
 // ...", "frame #0: ...") is cut: the user needs the reason, not the frames.
 std::string one_line(const std::string& what) {
-  std::string s = what.substr(0, what.find("\nException raised from"));
-  s = s.substr(0, s.find("\nframe #"));
-  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
-  for (char& c : s)
-    if (c == '\n') c = ' ';
-  return s;
+  std::string out, line;
+  std::istringstream in(what);
+  while (std::getline(in, line)) {
+    if (line.rfind("Exception raised from", 0) == 0 || line.rfind("frame #", 0) == 0) continue;
+    while (!line.empty() && (line.back() == ' ' || line.back() == '\r')) line.pop_back();
+    if (line.empty()) continue;
+    out += (out.empty() ? "" : " ") + line;
+  }
+  return out;
 }
 
 }  // namespace

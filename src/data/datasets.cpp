@@ -217,16 +217,9 @@ struct Context {
     if (v->is_array()) throw Error("\"image\" is a list; one image per record is supported");
     if (!v->is_string() || v->get<std::string>().empty())
       throw Error("\"image\" must be a non-empty string path");
-    const std::filesystem::path rel(v->get<std::string>());
-    if (!data.allow_outside_image_root) {
-      // "../../etc/passwd" or "/etc/passwd" in a downloaded dataset must not read the machine.
-      const auto normal = rel.lexically_normal();
-      if (rel.is_absolute() || rel.has_root_name() || rel.has_root_directory() ||
-          (!normal.empty() && *normal.begin() == ".."))
-        throw Error("image outside " + key + ".image_root: " + rel.string() +
-                    " (set data.allow_outside_image_root: true to allow it)");
-    }
-    const auto path = std::filesystem::path(source.image_root) / rel;
+    const auto path = image_under_root(source.image_root, v->get<std::string>(),
+                                       data.allow_outside_image_root, key + ".image_root",
+                                       "data.allow_outside_image_root");
     std::error_code ec;
     if (!std::filesystem::is_regular_file(path, ec))
       throw Error("image not found: " + path.string() +
@@ -306,6 +299,20 @@ std::vector<Turn> read_reply(const Json& v, const std::string& field,
 }
 
 }  // namespace
+
+std::filesystem::path image_under_root(const std::string& root, const std::string& image,
+                                       bool allow_outside, const std::string& key,
+                                       const char* allow_key) {
+  const std::filesystem::path rel(image);
+  if (!allow_outside) {
+    const auto normal = rel.lexically_normal();
+    if (rel.has_root_name() || rel.has_root_directory() ||
+        (!normal.empty() && *normal.begin() == ".."))
+      throw Error("image outside " + key + ": " + image +
+                  (allow_key ? std::string(" (set ") + allow_key + ": true to allow it)" : ""));
+  }
+  return std::filesystem::path(root) / rel;
+}
 
 void place_image_tag(std::vector<Turn>& turns, bool has_image, bool use_images,
                      const std::string& tag) {

@@ -216,6 +216,13 @@ bool is_jsonl_source(const DataSourceConfig& source);
 // false (templates that drop images) the tags are left alone. Throws Error saying what is wrong.
 std::vector<Turn> conversation_turns(const nlohmann::json& conversations, bool has_image,
                                      bool use_images, const std::string& image_tag);
+// `image` (a record's path) under `root`. Unless allowed, a path that leaves the root (absolute,
+// or climbing above it with ..) is an Error naming `key` (and the option `allow_key` that allows
+// it, if any): a downloaded dataset must not read arbitrary files of the machine.
+std::filesystem::path image_under_root(const std::string& root, const std::string& image,
+                                       bool allow_outside, const std::string& key,
+                                       const char* allow_key = nullptr);
+
 // The tag part of that, on turns already read (preference pairs).
 void place_image_tag(std::vector<Turn>& turns, bool has_image, bool use_images,
                      const std::string& tag);

@@ -102,7 +102,7 @@ std::vector<EvalItem> load_eval_items(const EvalTaskConfig& task) {
       if (!types.empty() && !types.count(item.reference.category)) return true;
       const std::string image = string_field(rec, "image");
       if (!image.empty()) {
-        item.image = task.image_root.empty() ? fs::path(image) : fs::path(task.image_root) / image;
+        item.image = image_under_root(task.image_root, image, false, "the task's image_root");
         if (!fs::is_regular_file(item.image))
           throw Error("image not found: " + item.image.string());
         item.prompt = move_image_to_front(item.prompt, "<image>");

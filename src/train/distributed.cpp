@@ -108,11 +108,15 @@ torch::Device ProcessGroup::comm_device() const {
 }
 
 void ProcessGroup::fail(const std::string& what, const std::exception& e) const {
+  // c10's what() carries a C++ backtrace: the reason alone belongs in the message.
+  const auto* c10 = dynamic_cast<const c10::Error*>(&e);
+  std::string reason = c10 ? c10->what_without_backtrace() : e.what();
+  while (!reason.empty() && (reason.back() == '\n' || reason.back() == ' ')) reason.pop_back();
   throw DistributedError(fmt::format(
       "distributed: rank {} of {}: {} failed at {}: {}. Another rank died or stopped answering "
       "(run.distributed.timeout={:g}s); the checkpoints written so far are intact: relaunch all "
       "ranks with --resume auto",
-      env_.rank, env_.world_size, what, context_, e.what(), timeout_s_));
+      env_.rank, env_.world_size, what, context_, reason, timeout_s_));
 }
 
 void ProcessGroup::wait(const c10::intrusive_ptr<c10d::Work>& work, const std::string& what) {

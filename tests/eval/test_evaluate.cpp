@@ -89,6 +89,8 @@ TEST_CASE("eval items: bad records name the file, line, record and id") {
              Catch::Contains(t.path + ":2: record 1 (id \"a\"): the id is used by an earlier"));
   CHECK_THAT(bad(R"({"id": "c", "image": "val/nope.png", "question": "q?", "answer": "x"})"),
              Catch::Contains("image not found"));
+  CHECK_THAT(bad(R"({"id": "f", "image": "../../../etc/passwd", "question": "q?", "answer": "x"})"),
+             Catch::Contains("(id \"f\"): image outside the task's image_root: ../../../etc/passwd"));
   CHECK_THAT(bad(R"({"id": "d", "question": "<image>\nq?", "answers": ["x"]})"),
              Catch::Contains("the prompt has <image> but the record has no \"image\""));
   CHECK_THAT(bad(R"({"id": "e", "question": "q?", "answers": []})"),

@@ -320,6 +320,12 @@ TEST_CASE("a run stopped after k steps and resumed gives the same losses as an u
   CHECK(state["extra"]["wall_seconds"].get<double>() > 0);
   state["extra"]["wall_seconds"] = 1000.0;
   test::write_text(state_file, state.dump());
+  // A hand-edited file no longer matches the checksum in the manifest: drop its entry, or the
+  // resume (rightly) passes over this checkpoint as damaged.
+  const auto manifest_file = state_file.parent_path() / "manifest.json";
+  auto manifest = nlohmann::json::parse(test::read_text(manifest_file));
+  REQUIRE(manifest["files"].erase("trainer_state.json") == 1);
+  test::write_text(manifest_file, manifest.dump());
   TrainOptions resume;
   resume.resume = "auto";
   const TrainSummary second = train(r, resume);

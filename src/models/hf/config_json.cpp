@@ -84,7 +84,7 @@ void get(const std::filesystem::path& path, const nlohmann::json& t, const char*
   if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
     // A float (1e30) would be cast, not checked: integers must be written as integers.
     if (!t[key].is_number_integer())
-      throw Error(path.string() + ": " + key + " must be an integer");
+      throw Error(path.string() + ": " + key + " has the wrong type (expected an integer)");
   }
   try {
     out = t[key].get<T>();
