@@ -30,26 +30,31 @@ std::string BlasInfo::describe() const {
   return core.empty() ? std::string("not OpenBLAS") : "OpenBLAS " + core;
 }
 
-BlasInfo blas_info() {
+BlasInfo classify_blas(const std::string& core, const std::set<std::string>& flags) {
   BlasInfo info;
-  // LibTorch reaches OpenBLAS through libblas.so.3; look the symbol up in what is loaded.
-  using CoreName = char* (*)();
-  if (auto f = reinterpret_cast<CoreName>(dlsym(RTLD_DEFAULT, "openblas_get_corename")))
-    if (const char* name = f()) info.core = name;
-  const auto flags = cpu_flags();
+  info.core = core;
   auto has = [&](const char* f) { return flags.count(f) > 0; };
   if (has("avx512f") && has("avx512bw") && has("avx512vl") && has("avx512dq"))
     info.cpu_best = "SkylakeX";
   else if (has("avx2") && has("fma"))
     info.cpu_best = "Haswell";
-  // OpenBLAS's x86-64 cores without AVX2 kernels (its generic fall-backs on unknown CPUs).
-  static const std::set<std::string> generic = {"Prescott", "Core2",   "Penryn", "Dunnington",
-                                                "Nehalem",  "Atom",    "Katmai", "Coppermine",
+  // OpenBLAS's x86-64 cores without AVX2 kernels: its fall-backs on CPUs it does not recognise.
+  static const std::set<std::string> generic = {"Prescott",  "Core2",  "Penryn", "Dunnington",
+                                                "Nehalem",   "Atom",   "Katmai", "Coppermine",
                                                 "Northwood", "Banias", "Unknown"};
   info.slow = !info.core.empty() && !info.cpu_best.empty() &&
               (generic.count(info.core) > 0 ||
                (info.cpu_best == "SkylakeX" && info.core == "Sandybridge"));
   return info;
+}
+
+BlasInfo blas_info() {
+  // LibTorch reaches OpenBLAS through libblas.so.3; look the symbol up in what is loaded.
+  std::string core;
+  using CoreName = char* (*)();
+  if (auto f = reinterpret_cast<CoreName>(dlsym(RTLD_DEFAULT, "openblas_get_corename")))
+    if (const char* name = f()) core = name;
+  return classify_blas(core, cpu_flags());
 }
 
 void warn_if_slow_blas() {

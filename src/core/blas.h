@@ -4,6 +4,7 @@
 // and say so; we never set the variable ourselves.
 #pragma once
 
+#include <set>
 #include <string>
 
 namespace mllm {
@@ -16,6 +17,9 @@ struct BlasInfo {
 };
 
 BlasInfo blas_info();
+
+// The verdict for an OpenBLAS core name and a set of /proc/cpuinfo flags (blas_info's logic).
+BlasInfo classify_blas(const std::string& core, const std::set<std::string>& cpu_flags);
 
 // One warning line with the fix when blas_info().slow (and OPENBLAS_CORETYPE is not set).
 void warn_if_slow_blas();

@@ -1,7 +1,9 @@
 #include <catch2/catch.hpp>
 
 #include <map>
+#include <set>
 
+#include "core/blas.h"
 #include "core/dist_env.h"
 #include "core/error.h"
 
@@ -77,4 +79,23 @@ TEST_CASE("dist env: malformed variables name themselves") {
   CHECK_THROWS_WITH(read({{"WORLD_SIZE", "2"}}), Catch::Contains("RANK is not"));
   CHECK_THROWS_WITH(read({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"MASTER_PORT", "70000"}}),
                     Catch::Contains("MASTER_PORT"));
+}
+
+TEST_CASE("blas: a generic OpenBLAS core on a CPU with AVX-512 or AVX2 is reported with the fix") {
+  const std::set<std::string> avx512 = {"sse4_2", "avx", "avx2", "fma", "avx512f",
+                                        "avx512bw", "avx512vl", "avx512dq"};
+  const std::set<std::string> avx2 = {"sse4_2", "avx", "avx2", "fma"};
+  auto b = mllm::classify_blas("Prescott", avx512);
+  CHECK(b.slow);
+  CHECK(b.cpu_best == "SkylakeX");
+  CHECK(b.describe() == "OpenBLAS Prescott");
+  CHECK(mllm::classify_blas("Prescott", avx2).cpu_best == "Haswell");
+  CHECK(mllm::classify_blas("Prescott", avx2).slow);
+  CHECK(mllm::classify_blas("Sandybridge", avx512).slow);
+  CHECK_FALSE(mllm::classify_blas("SkylakeX", avx512).slow);
+  CHECK_FALSE(mllm::classify_blas("Haswell", avx2).slow);
+  CHECK_FALSE(mllm::classify_blas("Zen", avx2).slow);
+  CHECK_FALSE(mllm::classify_blas("Prescott", {"sse4_2"}).slow);  // nothing better to use
+  CHECK_FALSE(mllm::classify_blas("", avx512).slow);              // not OpenBLAS
+  CHECK(mllm::classify_blas("", avx512).describe() == "not OpenBLAS");
 }

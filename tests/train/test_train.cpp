@@ -101,6 +101,7 @@ TEST_CASE(
   CHECK(j["final_loss"].get<double>() == Approx(s.losses.back().second));
   CHECK(j["final_eval_loss"].get<double>() == Approx(*s.last_eval_loss));
   CHECK(j["tokens_per_s"].get<double>() > 0);
+  CHECK(j["blas"].is_string());  // "OpenBLAS Zen", ...: the core the figures were made with
   CHECK(j["wall_seconds"].get<double>() >= s.train_seconds);
 }
 
