@@ -36,8 +36,10 @@ class BpeTokenizer : public Tokenizer {
       throw Error(file + ": model.vocab must be an object of token -> id");
     model_vocab_.reserve(model["vocab"].size());
     for (const auto& [tok, id] : model["vocab"].items()) {
-      if (!id.is_number_integer() || id.get<int64_t>() < 0)
-        throw Error(file + ": model.vocab[\"" + tok + "\"]: expected a non-negative integer id");
+      // Held as int32 below (pieces, merges): a larger id would come out of encode truncated.
+      if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > INT32_MAX)
+        throw Error(file + ": model.vocab[\"" + tok +
+                    "\"]: expected a non-negative integer id below 2^31");
       model_vocab_[tok] = id.get<int32_t>();
       vocab_[tok] = id.get<int64_t>();
     }
