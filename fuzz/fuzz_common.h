@@ -133,10 +133,15 @@ inline void init(const char* target) {
   std::atexit(report);
 }
 
-// A known class (see the file comment): tallied, or rethrown under MLLM_FUZZ_STRICT=1.
+// A known class (see the file comment): tallied, or under MLLM_FUZZ_STRICT=1 a finding (the
+// exception being handled rethrown, or an abort when there is none).
 inline void known(const std::string& name) {
   State& s = state();
-  if (s.strict) throw;
+  if (s.strict) {
+    if (std::current_exception()) throw;
+    std::fprintf(stderr, "fuzz: known class (strict): %s\n", name.c_str());
+    std::abort();
+  }
   ++s.known_total;
   Tally& t = s.known[name];
   if (t.count++ == 0) {

@@ -54,8 +54,27 @@ struct InScratch {
 
 }  // namespace
 
-extern "C" int LLVMFuzzerInitialize(int*, char***) {
+extern "C" int LLVMFuzzerInitialize(int* argc, char*** argv) {
   fuzz::init("config");
+  // libFuzzer writes a crash's input while the reader runs in the scratch folder: make the
+  // artifact paths absolute (the current folder when none is given).
+  static std::vector<std::string> args;
+  static std::vector<char*> pointers;
+  bool prefix = false;
+  for (int i = 0; i < *argc; ++i) {
+    std::string a = (*argv)[i];
+    for (const std::string flag : {"-artifact_prefix=", "-exact_artifact_path="}) {
+      if (a.rfind(flag, 0) != 0) continue;
+      prefix = prefix || flag == "-artifact_prefix=";
+      a = flag + std::filesystem::absolute(a.substr(flag.size())).string();
+    }
+    args.push_back(a);
+  }
+  if (!prefix) args.push_back("-artifact_prefix=" + std::filesystem::current_path().string() + "/");
+  for (auto& a : args) pointers.push_back(a.data());
+  pointers.push_back(nullptr);
+  *argc = static_cast<int>(args.size());
+  *argv = pointers.data();
   const auto& root = fuzz::state().scratch;
   for (const char* d : kDirs) std::filesystem::create_directories(root / d);
   for (const char* f : kFiles) {

@@ -9,6 +9,21 @@
 
 using namespace mllm;
 
+namespace {
+
+constexpr double kMaxPixels = double(1 << 24);
+
+// The largest image the transform makes on its way to S x S: the padded square (pad), or the
+// image resized with its shortest side at S (crop).
+double transform_pixels(int w, int h, int64_t S, const std::string& aspect) {
+  const double side = std::max(w, h), shortest = std::min(w, h);
+  if (aspect == "pad") return side * side;
+  if (aspect == "crop") return double(S) * double(S) * side / shortest;
+  return double(S) * double(S);
+}
+
+}  // namespace
+
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
   fuzz::init("image");
   return 0;
@@ -25,6 +40,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     try {
       const cv::Mat img = ImageTransform::decode(path);
       fuzz::check(img.type() == CV_8UC3 && !img.empty(), "decode: not a non-empty 8-bit BGR image");
+      // known, being fixed on main: huge sizes reaching the allocator. A thin image (1 x 100000)
+      // padded to a square, or resized with its aspect kept, asks for gigabytes.
+      if (transform_pixels(img.cols, img.rows, S, config.aspect) > kMaxPixels)
+        return fuzz::known("huge image for the transform (pad or crop of a thin image)");
       const torch::Tensor x = ImageTransform(S, config)(img);
       fuzz::check(x.sizes() == torch::IntArrayRef({3, S, S}), "transform: wrong shape");
       fuzz::check(x.isfinite().all().item<bool>(), "transform: a value is not finite");
