@@ -199,7 +199,7 @@ class Binder {
   void reject_unknown() {
     if (mode_ != Mode::Read || !node_ || !node_.IsMap()) return;
     for (const auto& kv : node_) {
-      const std::string key = kv.first.as<std::string>();
+      const std::string key = key_of(kv.first);
       if (used_.count(key)) continue;
       const std::string path = full(key);
       record(path, kv.first);
@@ -238,8 +238,20 @@ class Binder {
   YAML::Node lookup(const std::string& key) const {
     if (!node_ || !node_.IsMap()) return YAML::Node(YAML::NodeType::Undefined);
     for (const auto& kv : node_)
-      if (kv.first.as<std::string>() == key) return kv.second;
+      if (key_of(kv.first) == key) return kv.second;
     return YAML::Node(YAML::NodeType::Undefined);
+  }
+
+  // A mapping's key as text. YAML lets a key be a list or a mapping; a recipe's keys are names.
+  std::string key_of(const YAML::Node& k) const {
+    if (k.IsSequence() || k.IsMap()) {
+      std::string where = location(prefix_);  // "--set ..." when an override made the section
+      if (where.rfind("--set ", 0) != 0 && !k.Mark().is_null())
+        where = ctx_.file + ":" + std::to_string(k.Mark().line + 1);
+      throw ConfigError(where + ": " + (prefix_.empty() ? "" : prefix_ + ": ") +
+                        "a key must be a name, got " + kind(k));
+    }
+    return k.as<std::string>();
   }
 
   std::string location(const std::string& path) const {

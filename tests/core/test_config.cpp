@@ -115,6 +115,16 @@ TEST_CASE("config: connector settings are read, range-checked and written back")
              Catch::Contains("did you mean model.connector.num_queries?"));
 }
 
+TEST_CASE("config: a key that is a list or a mapping is a config error with its line") {
+  // Such keys once escaped as yaml-cpp's TypedBadConversion instead of a ConfigError.
+  TempDir dir;
+  CHECK_THROWS_AS(load_config(recipe(dir, "train: {lr: 0.1, {epochs: 2}: 1}\n")), ConfigError);
+  CHECK_THROWS_WITH(load_config(recipe(dir, "train: {lr: 0.1, {epochs: 2}: 1}\n")),
+                    Catch::Contains("recipe.yaml:6: train: a key must be a name, got a mapping"));
+  CHECK_THROWS_AS(load_config(recipe(dir, "[run]: 1\n")), ConfigError);
+  CHECK_THROWS_AS(load_config(recipe(dir, ""), {"train={[1]: 2}"}), ConfigError);
+}
+
 TEST_CASE("config: a missing file names the key and the path") {
   TempDir dir;
   const std::string e = error_of(recipe(dir, "", "  llm: {pretrained: /nonexistent/llm}\n"));

@@ -69,6 +69,15 @@ TEST_CASE("tokenizer: malformed files name the file") {
                     Catch::Contains("missing.json: cannot read"));
 }
 
+TEST_CASE("tokenizer: a BPE vocabulary id beyond 32 bits is refused, not truncated") {
+  // 2^32 + 1 once came out of encode("b") as id 1, the id of "a".
+  TempDir dir;
+  write_text(dir / "big.json",
+             R"({"model": {"type": "BPE", "vocab": {"a": 1, "b": 4294967297}, "merges": []}})");
+  CHECK_THROWS_WITH(load_tokenizer(dir / "big.json"),
+                    Catch::Contains("model.vocab[\"b\"]: expected a non-negative integer id"));
+}
+
 TEST_CASE("tokenizer: offsets map every token back to its bytes in the input") {
   TempDir dir;
   auto tok = shapes_tokenizer(dir);

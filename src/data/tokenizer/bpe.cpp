@@ -36,9 +36,10 @@ class BpeTokenizer : public Tokenizer {
       throw Error(file + ": model.vocab must be an object of token -> id");
     model_vocab_.reserve(model["vocab"].size());
     for (const auto& [tok, id] : model["vocab"].items()) {
+      // Held as int32 below (pieces, merges), and the largest id sizes the model's embedding.
       if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= kMaxTokenId)
-        throw Error(file + ": model.vocab[\"" + tok + "\"]: expected an integer id in [0, " +
-                    std::to_string(kMaxTokenId) + ")");
+        throw Error(file + ": model.vocab[\"" + tok +
+                    "\"]: expected a non-negative integer id below 2^24");
       model_vocab_[tok] = id.get<int32_t>();
       vocab_[tok] = id.get<int64_t>();
     }

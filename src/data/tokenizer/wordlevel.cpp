@@ -21,8 +21,7 @@ class WordLevelTokenizer : public Tokenizer {
       throw Error(path.string() + ": model.vocab must be an object of token -> id");
     for (const auto& [tok, id] : model["vocab"].items()) {
       if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= kMaxTokenId)
-        throw Error(path.string() + ": model.vocab[\"" + tok + "\"]: expected an integer id in [0, " +
-                    std::to_string(kMaxTokenId) + ")");
+        throw Error(path.string() + ": model.vocab[\"" + tok + "\"]: expected a non-negative integer id below 2^24");
       vocab_[tok] = id.get<int64_t>();
     }
     const std::string unk = model.value("unk_token", "");
