@@ -4,10 +4,11 @@
 //   2. ShapesWorld stage 2 (instruct data, vicuna_v1, connector + LLM train),
 //   3. ShapesWorld stage 3 (preference pairs, DPO against a frozen reference copy),
 //   4. a d=1024 LLM in the stage-2 setting (batch 8),
-// runs the trainer's step (src/train/trainer.cpp: loader.next per micro-batch, the objective's
-// forward under AutocastScope, backward of loss_sum / weight, clip_grad_norm_, AdamW with the lr
-// schedule), timing each phase itself: data (loader.next), forward, backward, optimizer (set_lr +
-// zero_grad + clip + step). A few warm-up steps are left out. Each block prints tokens/s (real,
+// sets up the trainer (src/train/trainer.h: Trainer::setup, as `mllm train` does) and runs its own
+// step, Trainer::step, on the micro-batches of Trainer::next_micro_batches: the phases are the
+// step's own timings — data (waiting for the loader), forward (the objective under AutocastScope),
+// backward (of loss_sum / weight, with the gradient reduction), optimizer (set_lr + zero_grad +
+// clip + step). A few warm-up steps are left out. Each block prints tokens/s (real,
 // non-pad tokens), samples/s, ms per step by phase, the process's peak RSS, the estimated model
 // FLOPs and achieved GFLOP/s, and the GFLOP/s of a plain fp32 torch::mm measured just before the
 // timed steps, in the same process. Prints figures; asserts nothing.
@@ -30,8 +31,8 @@
 #include <string>
 #include <vector>
 
-#include "core/config.h"
 #include "core/blas.h"
+#include "core/config.h"
 #include "core/threads.h"
 #include "core/torch_compat.h"
 #include "data/datasets.h"
@@ -43,6 +44,8 @@
 #include "train/freeze.h"
 #include "train/objectives.h"
 #include "train/optim.h"
+#include "train/stage.h"
+#include "train/trainer.h"
 
 using namespace mllm;
 
@@ -215,23 +218,21 @@ struct Totals {
   double first_loss = 0, last_loss = 0;
 };
 
-void run_case(const Case& c, double bench_start_rss) {
+void run_case(const Case& c, double bench_start_rss, const std::filesystem::path& runs) {
   const double block_start_max_rss = max_rss_bytes();
   Config config = c.config;
-  const auto tok = load_tokenizer(config.model.tokenizer);
-  const bool dpo = config.train.stage == "dpo";
-  MultimodalModel reference{nullptr};
-  if (dpo) {  // as the trainer: a second model from the same seed, frozen
-    Config ref_config = config;
-    reference = build_model(ref_config, *tok);
-    for (auto& p : reference->parameters()) p.set_requires_grad(false);
-    reference->eval();
-  }
-  MultimodalModel model = build_model(config, *tok);
-  apply_trainable(*model, config);
+  config.train.max_steps = c.warmup + c.steps;  // the schedule spans the warm-up and timed steps
+  config.train.save_every = 0;
+  config.train.log_every = config.train.max_steps + 1;
+  config.run.output_dir = (runs / c.name).string();
+  const bool dpo = find_stage(config.train.stage).needs_reference;
+  // The trainer's own setup (for dpo a frozen reference of the same seed) and its step.
+  Trainer trainer(config);
+  trainer.setup();
+  MultimodalModelImpl& model = trainer.model();
   int64_t n_trainable = 0, n_total = 0, connector_params = 0;
   Trains tr;
-  for (const auto& item : model->named_parameters()) {
+  for (const auto& item : model.named_parameters()) {
     const auto& name = item.key();
     const auto& p = item.value();
     n_total += p.numel();
@@ -246,94 +247,38 @@ void run_case(const Case& c, double bench_start_rss) {
     if (name.rfind("language_model.lm_head.", 0) == 0) tr.lm_head |= grad;
   }
   if (config.model.llm.tie_word_embeddings) tr.lm_head = tr.llm;
-  auto optimizer = make_optimizer(*model, config.train);
-  auto objective = make_objective(config.train, reference);
-
-  const int64_t Q = model->image_tokens();
-  std::unique_ptr<SampleSource> data;
-  if (dpo)
-    data =
-        std::make_unique<PreferenceDataset>(config.data.train, config.data, *tok, Q, "data.train");
-  else
-    data = std::make_unique<ConversationDataset>(config.data.train, config.data, *tok, Q,
-                                                 "data.train");
-  const int64_t image_size =
-      config.data.image.size > 0 ? config.data.image.size : config.model.vision.image_size;
-  const ImageTransform transform(image_size, config.data.image);
-  const torch::Device device("cpu");
-  const bool bf16 = config.train.precision == "bf16";
-
+  const int64_t Q = model.image_tokens();
   const auto& tc = config.train;
-  const LoaderOptions lo = loader_options(config, tok->pad_id() >= 0 ? tok->pad_id() : 0);
-  DataLoader loader(*data, transform, lo);
-  model->train();
 
-  const int64_t total_steps = c.warmup + c.steps;
-  int64_t step = 0;
-  // One trainer step (trainer.cpp), each phase timed; adds to `acc` when given.
+  // One Trainer::step, its phases as the step times them, the micro-batches' wait as data.
   auto run_step = [&](Totals* acc) {
     Phases ph;
-    auto t = Clock::now();
-    set_lr(*optimizer, lr_at(tc, step, total_steps));
-    optimizer->zero_grad();
-    ph.optimizer += seconds_since(t);
-
-    t = Clock::now();
-    std::vector<Batch> micro;
-    for (int64_t m = 0; m < tc.grad_accum; ++m) micro.push_back(loader.next().to(device));
-    int64_t weight = 0;
-    for (const auto& b : micro) weight += objective->weight(b);
-    ph.data += seconds_since(t);
-
-    double loss_sum = 0;
+    const auto t = Clock::now();
+    const std::vector<Batch> micro = trainer.next_micro_batches();
+    ph.data = seconds_since(t);
+    const StepResult r = trainer.step(micro);
+    ph.forward = r.forward_s, ph.backward = r.backward_s, ph.optimizer = r.optimizer_s;
+    if (!acc) return;
     for (const auto& b : micro) {
-      t = Clock::now();
-      ObjectiveOutput out;
-      {
-        AutocastScope autocast(bf16, device.type(), torch::kBFloat16);
-        out = objective->forward(*model, b);
-      }
-      ph.forward += seconds_since(t);
-      t = Clock::now();
-      (out.loss_sum / static_cast<double>(std::max<int64_t>(1, weight))).backward();
-      loss_sum += out.loss_sum.item<double>();
-      ph.backward += seconds_since(t);
-      if (acc) {
-        const int64_t rows = b.input_ids.size(0), T = b.input_ids.size(1);
-        const int64_t images = b.pixel_values.defined() ? b.pixel_values.size(0) : 0;
-        const auto f = step_flops(config.model, tr, connector_params, rows, T, images, Q,
-                                  b.supervised_tokens, dpo);
-        acc->flops.forward += f.forward;
-        acc->flops.backward += f.backward;
-        acc->rows += rows;
-        acc->items += dpo ? b.pairs : rows;
-        acc->positions += rows * T;
-        acc->tokens += b.tokens;
-        acc->supervised += b.supervised_tokens;
-      }
+      const int64_t rows = b.input_ids.size(0), T = b.input_ids.size(1);
+      const int64_t images = b.pixel_values.defined() ? b.pixel_values.size(0) : 0;
+      const auto f = step_flops(config.model, tr, connector_params, rows, T, images, Q,
+                                b.supervised_tokens, dpo);
+      acc->flops.forward += f.forward;
+      acc->flops.backward += f.backward;
+      acc->rows += rows;
+      acc->items += dpo ? b.pairs : rows;
+      acc->positions += rows * T;
+      acc->tokens += b.tokens;
+      acc->supervised += b.supervised_tokens;
     }
-
-    t = Clock::now();
-    const double max_norm =
-        tc.clip_grad_norm > 0 ? tc.clip_grad_norm : std::numeric_limits<double>::infinity();
-    std::vector<torch::Tensor> params;
-    for (const auto& p : model->parameters())
-      if (p.requires_grad()) params.push_back(p);
-    torch::nn::utils::clip_grad_norm_(params, max_norm);
-    optimizer->step();
-    ph.optimizer += seconds_since(t);
-    ++step;
-
-    const double loss = loss_sum / static_cast<double>(std::max<int64_t>(1, weight));
-    if (acc) {
-      if (acc->steps == 0) acc->first_loss = loss;
-      acc->last_loss = loss;
-      ++acc->steps;
-      acc->t.data += ph.data;
-      acc->t.forward += ph.forward;
-      acc->t.backward += ph.backward;
-      acc->t.optimizer += ph.optimizer;
-    }
+    if (acc->steps == 0) acc->first_loss = r.loss;
+    acc->last_loss = r.loss;
+    ++acc->steps;
+    acc->t.data += ph.data;
+    acc->t.forward += ph.forward;
+    acc->t.backward += ph.backward;
+    acc->t.optimizer += ph.optimizer;
   };
 
   Totals warm;
@@ -525,7 +470,8 @@ int main(int argc, char** argv) {
   }
 
   for (const auto& c : cases)
-    if (o.only.empty() || c.name.find(o.only) != std::string::npos) run_case(c, start_rss);
+    if (o.only.empty() || c.name.find(o.only) != std::string::npos)
+      run_case(c, start_rss, dir / "runs");
   std::filesystem::remove_all(dir);
   return 0;
 }

@@ -1,9 +1,9 @@
 // Fuzz target: the YAML recipe loader with --set overrides (src/core/config.h). The input is a
 // recipe, then optionally NUL-separated `key.path=value` overrides. It is read as a training recipe
-// (load_config) and as an evaluation recipe (load_eval_config), in a scratch folder holding the
-// files and folders the shipped recipes (configs/) name, so those get past the file checks. A
-// training recipe that loads must come back the same from its resolved YAML (config_to_yaml), as a
-// run's config.yaml does on --resume.
+// (parse_config, the YAML side of load_config) and as an evaluation recipe (parse_eval_config), in
+// a scratch folder holding the files and folders the shipped recipes (configs/) name, so those get
+// past the file checks. A training recipe that loads must come back the same from its resolved YAML
+// (config_to_yaml), as a run's config.yaml does on --resume.
 #include <unistd.h>
 
 #include <cstring>
@@ -101,19 +101,19 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   {
     const InScratch cwd;
     fuzz::read([&] {
-      const Config c = load_config(path, overrides);
+      const Config c = parse_config(path, overrides);
       const std::string yaml = config_to_yaml(c);
       const auto resolved = fuzz::write_scratch("resolved.yaml", yaml);
       Config again;
       try {
-        again = load_config(resolved);
+        again = parse_config(resolved);
       } catch (const Error& e) {
         fuzz::check(false, std::string("the resolved config does not load: ") + e.what() +
                                "\n--- resolved config:\n" + yaml);
       }
       fuzz::check(config_to_yaml(again) == yaml, "the resolved config reads back differently");
     });
-    fuzz::read([&] { load_eval_config(path, overrides); });
+    fuzz::read([&] { parse_eval_config(path, overrides); });
   }
   return 0;
 }

@@ -15,6 +15,7 @@
 #include "data/tokenizer/tokenizer.h"
 #include "models/connectors/connector.h"
 #include "models/vision/clip_vit.h"
+#include "train/recipe.h"
 
 namespace mllm::cli {
 
@@ -64,7 +65,7 @@ void check_source(const char* key, const DataSourceConfig& source, DataConfig da
   t0 = std::chrono::steady_clock::now();
   for (const auto& image : images) {
     try {
-      ImageTransform::decode(image);
+      ImageTransform::decode(image, data.image.max_pixels);
     } catch (const Error& e) {
       if (corrupt++ < 5) spdlog::warn("{}", e.what());
     }

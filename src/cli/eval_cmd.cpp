@@ -17,6 +17,7 @@
 #include "eval/evaluate.h"
 #include "models/hf/config_json.h"
 #include "models/hf/llava_folder.h"
+#include "train/recipe.h"
 
 namespace mllm::cli {
 

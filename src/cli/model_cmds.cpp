@@ -28,6 +28,7 @@
 #include "models/hf/weights.h"
 #include "train/freeze.h"
 #include "train/lora.h"
+#include "train/recipe.h"
 
 namespace fs = std::filesystem;
 

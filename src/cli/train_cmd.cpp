@@ -6,6 +6,7 @@
 #include "core/config.h"
 #include "core/logging.h"
 #include "train/trainer.h"
+#include "train/recipe.h"
 
 namespace mllm::cli {
 

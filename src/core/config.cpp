@@ -102,13 +102,8 @@ class Binder {
   }
 
   void choice(const std::string& key, std::string& v, const std::vector<std::string>& options) {
-    value<std::string>(key, v, [&](const std::string& s) -> std::string {
-      if (std::find(options.begin(), options.end(), s) != options.end()) return "";
-      std::string msg = "must be one of " + join(options, ", ") + " (got '" + s + "')";
-      const std::string guess = closest(s, options);
-      if (!guess.empty()) msg += "; did you mean '" + guess + "'?";
-      return msg;
-    });
+    value<std::string>(
+        key, v, [&](const std::string& s) -> std::string { return choice_problem(s, options); });
   }
 
   // A path that, when given, must exist. `dir` chooses between a directory and a regular file.
@@ -470,7 +465,7 @@ void describe(Binder& b, LlmConfig& c) {
 }
 
 void describe(Binder& b, ConnectorConfig& c) {
-  b.choice("type", c.type, {"linear", "mlp2x_gelu", "qformer", "resampler", "pool", "gated_xattn"});
+  b.value("type", c.type);  // a connector registry name (models/connectors), checked by the recipe
   b.value("num_queries", c.num_queries, at_least(0));
   b.value("layers", c.layers, at_least(1));
   b.value("heads", c.heads, at_least(1));
@@ -497,6 +492,7 @@ void describe(Binder& b, DataSourceConfig& c) {
 void describe(Binder& b, ImageConfig& c) {
   b.value("size", c.size, at_least(0));
   b.choice("aspect", c.aspect, {"pad", "crop", "resize"});
+  b.value("max_pixels", c.max_pixels, at_least(0));
   b.value("mean", c.mean, of_size(3));
   b.value("std", c.std, Check<std::vector<double>>([](const std::vector<double>& v) -> std::string {
             if (v.size() != 3) return "expected a list of 3 numbers";
@@ -509,7 +505,7 @@ void describe(Binder& b, ImageConfig& c) {
 void describe(Binder& b, DataConfig& c) {
   b.section("train", c.train);
   b.section("eval", c.eval);
-  b.choice("template", c.template_name, {"plain", "vicuna_v1", "llama_2", "chatml", "text"});
+  b.value("template", c.template_name);  // a chat template name (data/chat_template.h)
   b.value("max_length", c.max_length, at_least(8));
   b.section("image", c.image);
   b.choice("on_bad_record", c.on_bad_record, {"error", "skip"});
@@ -533,12 +529,25 @@ void describe(Binder& b, DpoConfig& c) {
   b.value("rpo_alpha", c.rpo_alpha, in_range(0, 1e6));
 }
 
+void describe(Binder& b, OrpoConfig& c) {
+  b.value("beta", c.beta, in_range(0, 1e6, true));
+}
+
+void describe(Binder& b, SimpoConfig& c) {
+  b.value("beta", c.beta, in_range(0, 1e6, true));
+  b.value("gamma", c.gamma, in_range(-1e6, 1e6));
+  b.value("cpo_alpha", c.cpo_alpha, in_range(0, 1e6));
+  b.value("label_smoothing", c.label_smoothing, in_range(0, 0.5));
+}
+
 void describe(Binder& b, TrainConfig& c) {
-  b.choice("stage", c.stage, {"pretrain", "instruct", "dpo"});
+  b.value("stage", c.stage);  // a stage registry name (train/stage.h)
   b.value("trainable", c.trainable);
   b.existing_path("init_from", c.init_from, true);
   b.section("lora", c.lora);
   b.section("dpo", c.dpo);
+  b.section("orpo", c.orpo);
+  b.section("simpo", c.simpo);
   b.value("gradient_checkpointing", c.gradient_checkpointing);
   b.value("epochs", c.epochs, at_least(1));
   b.value("max_steps", c.max_steps, at_least(0));
@@ -577,12 +586,6 @@ void describe(Binder& b, GenerationConfig& c) {
   b.value("stop", c.stop);
 }
 
-const std::vector<std::string>& metric_names() {
-  static const std::vector<std::string> names = {"cider_d", "bleu", "rouge_l", "vqa",
-                                                 "exact",   "mc",   "pope",    "mme"};
-  return names;
-}
-
 void describe(Binder& b, EvalTaskConfig& c) {
   b.value("name", c.name, Check<std::string>([](const std::string& s) -> std::string {
             return s.empty() || s.find_first_of("/\\ ") != std::string::npos
@@ -594,24 +597,10 @@ void describe(Binder& b, EvalTaskConfig& c) {
   b.existing_path("image_root", c.image_root, true);
   b.value("max_samples", c.max_samples, at_least(0));
   b.value("types", c.types);
-  b.value("template", c.template_name, Check<std::string>([](const std::string& s) -> std::string {
-            const std::vector<std::string> names = {"",        "plain",  "vicuna_v1",
-                                                    "llama_2", "chatml", "text"};
-            if (std::find(names.begin(), names.end(), s) != names.end()) return "";
-            return "must be one of plain, vicuna_v1, llama_2, chatml, text (got '" + s + "')";
-          }));
-  b.value("metrics", c.metrics,
+  b.value("template", c.template_name);  // empty = the model's own; else a chat template name
+  b.value("metrics", c.metrics,          // eval/metrics.h names, checked by the recipe
           Check<std::vector<std::string>>([](const std::vector<std::string>& v) -> std::string {
-            if (v.empty()) return "needs at least one metric";
-            for (const auto& m : v) {
-              const auto& names = metric_names();
-              if (std::find(names.begin(), names.end(), m) != names.end()) continue;
-              std::string msg = "unknown metric '" + m + "' (one of " + join(names, ", ") + ")";
-              const std::string guess = closest(m, names);
-              if (!guess.empty()) msg += "; did you mean '" + guess + "'?";
-              return msg;
-            }
-            return "";
+            return v.empty() ? "needs at least one metric" : "";
           }));
   b.section("generation", c.generation);
 }
@@ -695,23 +684,10 @@ std::string set_path(YAML::Node node, const std::vector<std::string>& parts, siz
 
 // Relations between fields that no single-field check can see.
 void cross_check(const Config& c, const Binder& b) {
-  if (const auto p = check_architecture(c.model.vision)) b.fail("model.vision." + p.field, p.message);
+  if (const auto p = check_architecture(c.model.vision))
+    b.fail("model.vision." + p.field, p.message);
   if (const auto p = check_architecture(c.model.llm)) b.fail("model.llm." + p.field, p.message);
   if (c.data.train.path.empty()) b.fail("data.train.path", "is required");
-  const bool dpo = c.train.stage == "dpo";
-  for (const char* key : {"data.train", "data.eval"}) {
-    const auto& src = std::string(key) == "data.train" ? c.data.train : c.data.eval;
-    if (src.path.empty()) continue;
-    const bool pref = src.format.rfind("preference", 0) == 0;
-    if (pref != dpo)
-      b.fail(std::string(key) + ".format",
-             "'" + src.format + "' does not suit train.stage '" + c.train.stage + "' (" +
-                 (dpo ? "dpo reads preference_json or preference_jsonl"
-                      : "pretrain and instruct read llava_json or llava_jsonl") +
-                 ")");
-  }
-  if (c.train.dpo.label_smoothing > 0 && c.train.dpo.loss_type != "sigmoid")
-    b.fail("train.dpo.label_smoothing", "applies to loss_type sigmoid only");
   if (c.model.tokenizer.empty()) b.fail("model.tokenizer", "is required");
   check_eval(c.eval, b);
 }
@@ -875,13 +851,13 @@ ArchitectureProblem check_architecture(const LlmConfig& l) {
 }
 
 ArchitectureProblem check_architecture(const VisionConfig& v) {
-  for (const auto& p : {out_of("image_size", v.image_size, 1, kMaxImageSize),
-                        out_of("patch_size", v.patch_size, 1, v.image_size),
-                        out_of("hidden", v.hidden, 1, kMaxWidth),
-                        out_of("layers", v.layers, 1, kMaxLayers),
-                        out_of("heads", v.heads, 1, kMaxHeads),
-                        out_of("intermediate", v.intermediate, 1, kMaxIntermediate),
-                        out_of("layer_norm_eps", v.layer_norm_eps, 0.0, 1.0)})
+  for (const auto& p :
+       {out_of("image_size", v.image_size, 1, kMaxImageSize),
+        out_of("patch_size", v.patch_size, 1, v.image_size),
+        out_of("hidden", v.hidden, 1, kMaxWidth), out_of("layers", v.layers, 1, kMaxLayers),
+        out_of("heads", v.heads, 1, kMaxHeads),
+        out_of("intermediate", v.intermediate, 1, kMaxIntermediate),
+        out_of("layer_norm_eps", v.layer_norm_eps, 0.0, 1.0)})
     if (p) return p;
   if (v.hidden % v.heads != 0)
     return {"heads", "hidden (" + std::to_string(v.hidden) +
@@ -897,13 +873,13 @@ ArchitectureProblem check_architecture(const VisionConfig& v) {
   return {};
 }
 
-Config load_config(const std::filesystem::path& yaml_path,
-                   const std::vector<std::string>& overrides) {
+Config parse_config(const std::filesystem::path& yaml_path,
+                    const std::vector<std::string>& overrides) {
   return load_recipe<Config>(yaml_path, overrides);
 }
 
-EvalFile load_eval_config(const std::filesystem::path& yaml_path,
-                          const std::vector<std::string>& overrides) {
+EvalFile parse_eval_config(const std::filesystem::path& yaml_path,
+                           const std::vector<std::string>& overrides) {
   return load_recipe<EvalFile>(yaml_path, overrides);
 }
 
@@ -917,6 +893,14 @@ std::vector<std::string> config_key_paths() {
 
 std::string closest_match(const std::string& word, const std::vector<std::string>& candidates) {
   return closest(word, candidates);
+}
+
+std::string choice_problem(const std::string& value, const std::vector<std::string>& options) {
+  if (std::find(options.begin(), options.end(), value) != options.end()) return "";
+  std::string msg = "must be one of " + join(options, ", ") + " (got '" + value + "')";
+  const std::string guess = closest(value, options);
+  if (!guess.empty()) msg += "; did you mean '" + guess + "'?";
+  return msg;
 }
 
 std::string config_to_yaml(const Config& config) {

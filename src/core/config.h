@@ -1,8 +1,8 @@
 // The typed configuration of a run: one struct per YAML section (run, model, data, train), each
-// with its defaults. `load_config` reads a recipe, applies `--set key.path=value` overrides, checks
-// every key, type, range and file, and reports the first problem as one ConfigError that names the
-// YAML file and line (or the --set argument) and the key path. No LibTorch here: this header is
-// cheap.
+// with its defaults. `parse_config` reads a recipe, applies `--set key.path=value` overrides,
+// checks every key, type, range and file, and reports the first problem as one ConfigError that
+// names the YAML file and line (or the --set argument) and the key path. No LibTorch here: this
+// header is cheap.
 #pragma once
 
 #include <cstdint>
@@ -105,6 +105,10 @@ struct ImageConfig {
   std::string aspect = "pad";                                      // pad | crop | resize
   std::vector<double> mean = {0.48145466, 0.4578275, 0.40821073};  // CLIP's
   std::vector<double> std = {0.26862954, 0.26130258, 0.27577711};
+  // The most pixels an image may have when decoded, or on its way to size x size (the square a thin
+  // image is padded to): larger ones are bad records. PIL's decompression-bomb error threshold,
+  // 2 x Image.MAX_IMAGE_PIXELS; 0 = no limit.
+  int64_t max_pixels = 178956970;
 };
 
 struct DataConfig {
@@ -143,9 +147,26 @@ struct DpoConfig {
   double rpo_alpha = 0.0;
 };
 
+// Stage 3 without a reference model: ORPO (Hong et al. 2024) as TRL's ORPOTrainer defines it
+// (train/stages/orpo.cpp): the chosen sequence's NLL minus beta x mean log sigmoid(log odds ratio).
+struct OrpoConfig {
+  double beta = 0.1;  // the paper's lambda (TRL's ORPOConfig.beta)
+};
+
+// Stage 3 without a reference model: SimPO (Meng et al. 2024) as TRL's CPOTrainer with loss_type
+// simpo defines it (train/stages/simpo.cpp): -log sigmoid(beta x (mean log-prob margin) - gamma).
+struct SimpoConfig {
+  double beta = 2.0;       // the SimPO paper's beta (its recipes use 2.0 to 2.5)
+  double gamma = 1.0;      // the target reward margin (TRL's simpo_gamma; SimPO's gamma/beta = 0.5)
+  double cpo_alpha = 0.0;  // + alpha x the chosen replies' mean NLL (TRL's CPO term; 0 = SimPO)
+  double label_smoothing = 0.0;
+};
+
 struct TrainConfig {
-  // pretrain | instruct: next-token loss on the supervised tokens (the caption; the assistant
-  // turns); dpo: preference pairs against a frozen reference copy of the initial policy.
+  // The stage (train/stage.h): pretrain | instruct: next-token loss on the supervised tokens (the
+  // caption; the assistant turns); dpo: preference pairs against a frozen reference copy of the
+  // initial policy; orpo, simpo: preference pairs without a reference. Checked against the stage
+  // registry when a recipe is loaded (train/recipe.h).
   std::string stage = "pretrain";
   std::vector<std::string> trainable;
   // A previous stage's result to start from: a run's final/ folder or one of its checkpoints.
@@ -154,6 +175,8 @@ struct TrainConfig {
   std::string init_from;
   LoraConfig lora;
   DpoConfig dpo;
+  OrpoConfig orpo;
+  SimpoConfig simpo;
   bool gradient_checkpointing = false;  // recompute each LLM layer in backward (less memory)
   int64_t epochs = 1;
   int64_t max_steps = 0;  // 0 = bounded by epochs
@@ -226,23 +249,27 @@ struct Config {
   std::filesystem::path output_dir() const;
 };
 
-// Reads `yaml_path`, applies overrides ("a.b=value", the value parsed as YAML), validates.
-// Throws ConfigError naming the file/line or override and the key path.
-Config load_config(const std::filesystem::path& yaml_path,
-                   const std::vector<std::string>& overrides = {});
+// Reads `yaml_path`, applies overrides ("a.b=value", the value parsed as YAML), validates every
+// key, type, range and relation between fields. Throws ConfigError naming the file/line or
+// override and the key path. The names that registries above core own (the stage, the connector,
+// templates, metrics) are plain strings here: train/recipe.h's load_config reads a recipe
+// through this and then checks those against their registries.
+Config parse_config(const std::filesystem::path& yaml_path,
+                    const std::vector<std::string>& overrides = {});
 
 // An evaluation recipe for `mllm eval`: an `eval:` section (as in a training recipe) and an
-// optional `run:` section (threads, device, seed). Same validation and error style as load_config.
+// optional `run:` section (threads, device, seed). Same validation and error style as
+// parse_config; train/recipe.h's load_eval_config adds the registry names.
 struct EvalFile {
   RunConfig run;
   EvalConfig eval;
   std::string source;
   std::map<std::string, std::string> origin;
 };
-EvalFile load_eval_config(const std::filesystem::path& yaml_path,
-                          const std::vector<std::string>& overrides = {});
+EvalFile parse_eval_config(const std::filesystem::path& yaml_path,
+                           const std::vector<std::string>& overrides = {});
 
-// Every field with its effective value, as YAML that load_config reads back to the same Config.
+// Every field with its effective value, as YAML that parse_config reads back to the same Config.
 std::string config_to_yaml(const Config& config);
 
 // The first problem with an architecture, whichever file it came from (a recipe, or a pretrained
@@ -267,5 +294,9 @@ std::vector<std::string> config_key_paths();
 
 // The candidate closest to `word` if it is close enough to be a likely typo, else "".
 std::string closest_match(const std::string& word, const std::vector<std::string>& candidates);
+
+// "" when `value` is one of `options`, else the message a recipe error gives for it: "must be one
+// of a, b, c (got 'x'); did you mean 'a'?".
+std::string choice_problem(const std::string& value, const std::vector<std::string>& options);
 
 }  // namespace mllm

@@ -165,26 +165,50 @@ RenderedConversation render_text(const Exchanges& ex, const TemplateTokens& t) {
   return out;
 }
 
+// The template registry: each name once, with its renderer and whether it keeps images.
+struct TemplateEntry {
+  const char* name;
+  RenderedConversation (*render)(const Exchanges&, const TemplateTokens&);
+  bool uses_images;
+};
+
+const std::vector<TemplateEntry>& registry() {
+  static const std::vector<TemplateEntry> r = {
+      {"plain", render_plain, true},
+      {"vicuna_v1", render_vicuna_v1, true},
+      {"llama_2", render_llama_2, true},
+      {"chatml", [](const Exchanges& ex, const TemplateTokens&) { return render_chatml(ex); },
+       true},
+      {"text", render_text, false},
+  };
+  return r;
+}
+
+const TemplateEntry& find_template(const std::string& name) {
+  for (const auto& e : registry())
+    if (name == e.name) return e;
+  throw Error("unknown template '" + name + "'");
+}
+
 }  // namespace
 
 const std::vector<std::string>& template_names() {
-  static const std::vector<std::string> names = {"plain", "vicuna_v1", "llama_2", "chatml", "text"};
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> v;
+    for (const auto& e : registry()) v.push_back(e.name);
+    return v;
+  }();
   return names;
 }
 
 bool template_uses_images(const std::string& name) {
-  return name != "text";
+  return find_template(name).uses_images;
 }
 
 RenderedConversation render_template(const std::string& name, const std::vector<Turn>& turns,
                                      const TemplateTokens& tokens) {
-  const Exchanges ex = parse_turns(turns);
-  if (name == "plain") return render_plain(ex, tokens);
-  if (name == "vicuna_v1") return render_vicuna_v1(ex, tokens);
-  if (name == "llama_2") return render_llama_2(ex, tokens);
-  if (name == "chatml") return render_chatml(ex);
-  if (name == "text") return render_text(ex, tokens);
-  throw Error("unknown template '" + name + "'");
+  const TemplateEntry& entry = find_template(name);  // before the turns: a bad name says so
+  return entry.render(parse_turns(turns), tokens);
 }
 
 std::string move_image_to_front(const std::string& value, const std::string& image) {

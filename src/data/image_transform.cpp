@@ -3,8 +3,13 @@
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
+#include <spdlog/fmt/fmt.h>
+
+#include <cctype>
 #include <cmath>
 #include <limits>
+#include <optional>
+#include <utility>
 
 #include "core/error.h"
 #include "core/fs.h"
@@ -95,6 +100,20 @@ ImageTransform::ImageTransform(int64_t size, const ImageConfig& config)
 
 torch::Tensor ImageTransform::operator()(const cv::Mat& bgr) const {
   const int S = static_cast<int>(size_);
+  if (config_.max_pixels > 0) {
+    // The largest image made on the way to S x S: the padded square, or the image with its
+    // shortest side resized to S (a 1 x 100000 strip would become 10^10 pixels either way).
+    const double w = bgr.cols, h = bgr.rows, side = std::max(w, h);
+    double made = std::max(w * h, double(S) * S);
+    if (config_.aspect == "pad") made = std::max(made, side * side);
+    if (config_.aspect == "crop" && std::min(w, h) > 0)
+      made = std::max(made, double(S) * S * side / std::min(w, h));
+    if (made > static_cast<double>(config_.max_pixels))
+      throw Error(fmt::format(
+          "cannot transform image ({}x{} would become {:.0f} pixels with aspect {}, over "
+          "data.image.max_pixels = {})",
+          bgr.cols, bgr.rows, made, config_.aspect, config_.max_pixels));
+  }
   cv::Mat img = bgr;
   if (config_.aspect == "pad" && img.cols != img.rows) {
     // expand2square: centre the image on a square canvas filled with the mean colour.
@@ -127,7 +146,97 @@ torch::Tensor ImageTransform::operator()(const cv::Mat& bgr) const {
   return ((x - mean) / std).contiguous();
 }
 
-cv::Mat ImageTransform::decode(const std::filesystem::path& path) {
+namespace {
+
+uint32_t be16(const std::string& b, size_t i) {
+  return (uint32_t(uchar(b[i])) << 8) | uchar(b[i + 1]);
+}
+uint32_t be32(const std::string& b, size_t i) {
+  return (be16(b, i) << 16) | be16(b, i + 2);
+}
+uint32_t le16(const std::string& b, size_t i) {
+  return uint32_t(uchar(b[i])) | (uint32_t(uchar(b[i + 1])) << 8);
+}
+uint32_t le24(const std::string& b, size_t i) {
+  return le16(b, i) | (uint32_t(uchar(b[i + 2])) << 16);
+}
+uint32_t le32(const std::string& b, size_t i) {
+  return le16(b, i) | (le16(b, i + 2) << 16);
+}
+
+// PNM: "P1".."P6", then width and height in ASCII, with '#' comments between the fields.
+std::optional<std::pair<int64_t, int64_t>> pnm_size(const std::string& b) {
+  size_t i = 2;
+  int64_t v[2] = {0, 0};
+  for (int64_t& x : v) {
+    while (i < b.size() && (std::isspace(uchar(b[i])) || b[i] == '#')) {
+      if (b[i] == '#')
+        while (i < b.size() && b[i] != '\n') ++i;
+      else
+        ++i;
+    }
+    if (i >= b.size() || !std::isdigit(uchar(b[i]))) return std::nullopt;
+    for (; i < b.size() && std::isdigit(uchar(b[i])) && x < (int64_t{1} << 40); ++i)
+      x = x * 10 + (b[i] - '0');
+  }
+  return std::make_pair(v[0], v[1]);
+}
+
+}  // namespace
+
+// Width and height from the header of a PNG, JPEG, WebP, BMP or PNM file, read before decoding
+// so that a header claiming a huge image is refused before anything is allocated for it (as PIL
+// checks Image.size on open). Other formats, or a header it cannot follow: nullopt (they are
+// checked after decoding). Layouts: PNG's IHDR; JPEG's SOFn segment (ITU T.81 B.2.2); WebP's
+// VP8 / VP8L / VP8X chunks (RFC 9649); BMP's BITMAPINFOHEADER / BITMAPCOREHEADER; Netpbm's header.
+std::optional<std::pair<int64_t, int64_t>> image_header_size(const std::string& b) {
+  const size_t n = b.size();
+  if (n >= 24 && b.compare(0, 8, "\x89PNG\r\n\x1a\n", 8) == 0 && b.compare(12, 4, "IHDR") == 0)
+    return std::make_pair<int64_t, int64_t>(be32(b, 16), be32(b, 20));
+  if (n >= 4 && uchar(b[0]) == 0xFF && uchar(b[1]) == 0xD8) {
+    for (size_t i = 2; i + 4 <= n;) {
+      if (uchar(b[i]) != 0xFF) return std::nullopt;
+      const uchar m = uchar(b[i + 1]);
+      if (m == 0xFF) {  // fill byte
+        ++i;
+        continue;
+      }
+      if (m == 0x01 || (m >= 0xD0 && m <= 0xD8)) {  // markers without a segment
+        i += 2;
+        continue;
+      }
+      if (m == 0xDA || m == 0xD9) return std::nullopt;  // scan data before any frame header
+      const size_t len = be16(b, i + 2);
+      const bool sof = m >= 0xC0 && m <= 0xCF && m != 0xC4 && m != 0xC8 && m != 0xCC;
+      if (sof && len >= 7 && i + 9 <= n)
+        return std::make_pair<int64_t, int64_t>(be16(b, i + 7), be16(b, i + 5));
+      if (len < 2) return std::nullopt;
+      i += 2 + len;
+    }
+    return std::nullopt;
+  }
+  if (n >= 30 && b.compare(0, 4, "RIFF") == 0 && b.compare(8, 4, "WEBP") == 0) {
+    const std::string chunk = b.substr(12, 4);
+    if (chunk == "VP8 " && uchar(b[23]) == 0x9D && uchar(b[24]) == 0x01 && uchar(b[25]) == 0x2A)
+      return std::make_pair<int64_t, int64_t>(le16(b, 26) & 0x3FFF, le16(b, 28) & 0x3FFF);
+    if (chunk == "VP8L" && uchar(b[20]) == 0x2F) {
+      const uint32_t bits = le32(b, 21);
+      return std::make_pair<int64_t, int64_t>((bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1);
+    }
+    if (chunk == "VP8X") return std::make_pair<int64_t, int64_t>(le24(b, 24) + 1, le24(b, 27) + 1);
+    return std::nullopt;
+  }
+  if (n >= 26 && b[0] == 'B' && b[1] == 'M') {
+    const uint32_t header = le32(b, 14);
+    if (header == 12) return std::make_pair<int64_t, int64_t>(le16(b, 18), le16(b, 20));
+    const auto w = static_cast<int32_t>(le32(b, 18)), h = static_cast<int32_t>(le32(b, 22));
+    return std::make_pair<int64_t, int64_t>(std::abs(int64_t{w}), std::abs(int64_t{h}));
+  }
+  if (n >= 3 && b[0] == 'P' && b[1] >= '1' && b[1] <= '6') return pnm_size(b);
+  return std::nullopt;
+}
+
+cv::Mat ImageTransform::decode(const std::filesystem::path& path, int64_t max_pixels) {
   if (!std::filesystem::exists(path)) throw Error(path.string() + ": image not found");
   const std::string bytes = read_file(path);
   // libjpeg decodes a truncated JPEG with a grey tail and only a warning; PIL refuses it. Refuse
@@ -143,6 +252,11 @@ cv::Mat ImageTransform::decode(const std::filesystem::path& path) {
   if (bytes.empty()) throw Error(path.string() + ": cannot decode image (empty file)");
   if (bytes.size() > static_cast<size_t>(std::numeric_limits<int>::max()))
     throw Error(path.string() + ": cannot decode image (over 2 GiB)");
+  if (const auto wh = image_header_size(bytes);
+      wh && max_pixels > 0 && wh->first * wh->second > max_pixels)
+    throw Error(path.string() + ": cannot decode image (its header says " +
+                std::to_string(wh->first) + "x" + std::to_string(wh->second) +
+                ", over data.image.max_pixels = " + std::to_string(max_pixels) + ")");
   const cv::Mat buf(1, static_cast<int>(bytes.size()), CV_8U, const_cast<char*>(bytes.data()));
   cv::Mat img;
   try {
@@ -156,6 +270,10 @@ cv::Mat ImageTransform::decode(const std::filesystem::path& path) {
   }
   if (img.empty())
     throw Error(path.string() + ": cannot decode image (corrupt or unsupported format)");
+  if (max_pixels > 0 && static_cast<int64_t>(img.cols) * img.rows > max_pixels)
+    throw Error(path.string() + ": cannot decode image (" + std::to_string(img.cols) + "x" +
+                std::to_string(img.rows) +
+                " is over data.image.max_pixels = " + std::to_string(max_pixels) + ")");
   if (img.depth() == CV_16U)
     img.convertTo(img, CV_8U, 1.0 / 257.0);
   else if (img.depth() != CV_8U)
@@ -170,9 +288,11 @@ cv::Mat ImageTransform::decode(const std::filesystem::path& path) {
 }
 
 torch::Tensor ImageTransform::load(const std::filesystem::path& path) const {
-  cv::Mat img = decode(path);
+  cv::Mat img = decode(path, config_.max_pixels);
   try {
     return (*this)(img);
+  } catch (const Error& e) {
+    throw Error(path.string() + ": " + e.what());
   } catch (const cv::Exception& e) {
     throw Error(path.string() + ": cannot transform image " + std::to_string(img.cols) + "x" +
                 std::to_string(img.rows) + " (" + e.err + ")");

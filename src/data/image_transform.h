@@ -12,6 +12,9 @@
 #pragma once
 
 #include <filesystem>
+#include <optional>
+#include <string>
+#include <utility>
 
 #include <torch/torch.h>
 #include <opencv2/core.hpp>
@@ -23,18 +26,24 @@ namespace mllm {
 // PIL-style antialiased bicubic resize of an 8-bit image (any channel count), out_w x out_h.
 cv::Mat resize_bicubic_pil(const cv::Mat& src, int out_w, int out_h);
 
+// Width and height read from a PNG, JPEG, WebP, BMP or PNM header without decoding; nullopt for
+// other formats or a header it cannot follow.
+std::optional<std::pair<int64_t, int64_t>> image_header_size(const std::string& bytes);
+
 class ImageTransform {
  public:
   ImageTransform(int64_t size, const ImageConfig& config);
   // 8-bit BGR image -> (3,S,S) float tensor.
   torch::Tensor operator()(const cv::Mat& bgr) const;
-  // Reads and transforms an image file; throws Error("<path>: cannot decode image") on failure.
+  // Reads and transforms an image file; throws Error("<path>: cannot decode image ...") on failure,
+  // over config.max_pixels included.
   torch::Tensor load(const std::filesystem::path& path) const;
   int64_t size() const { return size_; }
 
   // Decodes a file to 8-bit, 3-channel BGR with the conversions above; throws Error naming the
-  // file.
-  static cv::Mat decode(const std::filesystem::path& path);
+  // file, also when the image has over max_pixels pixels (0 = no limit; ImageConfig::max_pixels).
+  static cv::Mat decode(const std::filesystem::path& path,
+                        int64_t max_pixels = ImageConfig().max_pixels);
 
  private:
   int64_t size_;

@@ -31,6 +31,37 @@ bool is_loopback(const std::string& host) {
 
 }  // namespace
 
+namespace {
+class NoGradientSync final : public GradientSync {
+ public:
+  void prepare(bool) override {}
+  void finish() override {}
+  size_t buckets() const override { return 0; }
+};
+}  // namespace
+
+std::unique_ptr<GradientSync> SingleProcess::gradient_sync(std::vector<torch::Tensor>, double) {
+  return std::make_unique<NoGradientSync>();
+}
+
+std::unique_ptr<Collectives> join_job(const DistEnv& env, const DistributedConfig& config,
+                                      const torch::Device& device) {
+  if (auto pg = ProcessGroup::create(env, config, device)) return pg;
+  return std::make_unique<SingleProcess>();
+}
+
+std::string ProcessGroup::describe() const {
+  return fmt::format("data parallel: {} ranks ({}, {} backend, rendezvous {}:{}; launched by {})",
+                     env_.world_size,
+                     env_.local_world_size == env_.world_size ? "one node" : "several nodes",
+                     backend_name_, env_.master_addr, env_.master_port, env_.source);
+}
+
+std::unique_ptr<GradientSync> ProcessGroup::gradient_sync(std::vector<torch::Tensor> params,
+                                                          double bucket_mb) {
+  return std::make_unique<GradientReducer>(*this, std::move(params), bucket_mb);
+}
+
 std::unique_ptr<ProcessGroup> ProcessGroup::create(const DistEnv& env,
                                                    const DistributedConfig& config,
                                                    const torch::Device& device) {

@@ -35,38 +35,97 @@ class DistributedError : public Error {
   explicit DistributedError(const std::string& what) : Error(what) {}
 };
 
-class ProcessGroup {
+// Gradients of the trainable parameters made equal across ranks during a step's backward passes.
+class GradientSync {
+ public:
+  virtual ~GradientSync() = default;
+  // Before each backward of a step: only the last (sync = true) reduces; the earlier ones
+  // accumulate locally, as DDP's no_sync.
+  virtual void prepare(bool sync) = 0;
+  // After the synchronising backward: every rank's .grad holds the sum.
+  virtual void finish() = 0;
+  virtual size_t buckets() const = 0;
+};
+
+// What the trainer asks of the processes it runs in: one process (SingleProcess, where every
+// collective returns its input) or one rank of many (ProcessGroup). Every rank must call the
+// same collectives in the same order; `what` names the operation in errors.
+class Collectives {
+ public:
+  virtual ~Collectives() = default;
+  virtual int rank() const = 0;
+  virtual int world_size() const = 0;
+  bool is_main() const { return rank() == 0; }
+  // One line on the job for the log ("" for a single process).
+  virtual std::string describe() const = 0;
+  // What the run is doing ("step 12"): named in the error of a collective that fails.
+  virtual void set_context(std::string context) = 0;
+
+  // Element-wise sums across ranks (as doubles: exact for counts).
+  virtual std::vector<double> sum(std::vector<double> values, const std::string& what) = 0;
+  double sum(double value, const std::string& what) {
+    return sum(std::vector<double>{value}, what)[0];
+  }
+  // Rank 0's tensors, in place on every rank (floating tensors; any dtype, any device).
+  virtual void broadcast(const std::vector<torch::Tensor>& tensors, const std::string& what,
+                         double chunk_mb = 64) = 0;
+  // Rank 0's string on every rank.
+  virtual std::string broadcast_string(const std::string& value, const std::string& what) = 0;
+  virtual void barrier(const std::string& what) = 0;
+  // Sums the gradients of `params` across ranks (nothing to do for one process).
+  virtual std::unique_ptr<GradientSync> gradient_sync(std::vector<torch::Tensor> params,
+                                                      double bucket_mb) = 0;
+};
+
+// A job of one process: rank 0 of 1.
+class SingleProcess final : public Collectives {
+ public:
+  int rank() const override { return 0; }
+  int world_size() const override { return 1; }
+  std::string describe() const override { return ""; }
+  void set_context(std::string) override {}
+  std::vector<double> sum(std::vector<double> values, const std::string&) override {
+    return values;
+  }
+  void broadcast(const std::vector<torch::Tensor>&, const std::string&, double) override {}
+  std::string broadcast_string(const std::string& value, const std::string&) override {
+    return value;
+  }
+  void barrier(const std::string&) override {}
+  std::unique_ptr<GradientSync> gradient_sync(std::vector<torch::Tensor>, double) override;
+};
+
+// Joins the job `env` describes: a ProcessGroup when this process is one rank of several, else a
+// SingleProcess.
+std::unique_ptr<Collectives> join_job(const DistEnv& env, const DistributedConfig& config,
+                                      const torch::Device& device);
+
+class ProcessGroup final : public Collectives {
  public:
   // Joins the job `env` describes (nullptr when it is a single process): connects to the store
   // (rank 0 serves it), then builds the backend ("auto": nccl for a CUDA device, gloo otherwise).
   static std::unique_ptr<ProcessGroup> create(const DistEnv& env, const DistributedConfig& config,
                                               const torch::Device& device);
-  ~ProcessGroup();
+  ~ProcessGroup() override;
   ProcessGroup(const ProcessGroup&) = delete;
   ProcessGroup& operator=(const ProcessGroup&) = delete;
 
-  int rank() const { return env_.rank; }
-  int world_size() const { return env_.world_size; }
-  bool is_main() const { return env_.rank == 0; }
+  int rank() const override { return env_.rank; }
+  int world_size() const override { return env_.world_size; }
+  std::string describe() const override;
   const DistEnv& env() const { return env_; }
   const std::string& backend() const { return backend_name_; }
   double timeout_seconds() const { return timeout_s_; }
-  // What the run is doing ("step 12"): named in the error of a collective that fails.
-  void set_context(std::string context) { context_ = std::move(context); }
+  void set_context(std::string context) override { context_ = std::move(context); }
 
-  // Collectives: every rank must call the same ones in the same order. `what` names the
-  // operation in errors.
-  // Element-wise sums across ranks (as doubles: exact for counts).
-  std::vector<double> sum(std::vector<double> values, const std::string& what);
-  double sum(double value, const std::string& what) {
-    return sum(std::vector<double>{value}, what)[0];
-  }
-  // Rank 0's tensors, in place on every rank (floating tensors; any dtype, any device).
+  std::vector<double> sum(std::vector<double> values, const std::string& what) override;
+  using Collectives::sum;
   void broadcast(const std::vector<torch::Tensor>& tensors, const std::string& what,
-                 double chunk_mb = 64);
-  // Rank 0's string on every rank.
-  std::string broadcast_string(const std::string& value, const std::string& what);
-  void barrier(const std::string& what);
+                 double chunk_mb = 64) override;
+  std::string broadcast_string(const std::string& value, const std::string& what) override;
+  void barrier(const std::string& what) override;
+  std::unique_ptr<GradientSync> gradient_sync(std::vector<torch::Tensor> params,
+                                              double bucket_mb) override;
 
   // For GradientReducer: an in-place sum started now, finished by wait().
   c10::intrusive_ptr<c10d::Work> sum_async(torch::Tensor& flat, const std::string& what);
@@ -95,19 +154,16 @@ class ProcessGroup {
 // (a parameter without a gradient on this rank: an unused expert), waits, and writes the sums into
 // .grad. Summing (not averaging) is right because every rank divides its loss by the global
 // token count.
-class GradientReducer {
+class GradientReducer final : public GradientSync {
  public:
   GradientReducer(ProcessGroup& group, std::vector<torch::Tensor> params, double bucket_mb);
-  ~GradientReducer();
+  ~GradientReducer() override;
   GradientReducer(const GradientReducer&) = delete;
   GradientReducer& operator=(const GradientReducer&) = delete;
 
-  // Before each backward of a step: only the last (sync = true) sums; the earlier ones accumulate
-  // locally, as DDP's no_sync.
-  void prepare(bool sync);
-  // After the synchronising backward.
-  void finish();
-  size_t buckets() const { return buckets_.size(); }
+  void prepare(bool sync) override;
+  void finish() override;
+  size_t buckets() const override { return buckets_.size(); }
 
  private:
   struct Bucket {

@@ -40,11 +40,11 @@ ObjectiveOutput lm_loss(MultimodalModelImpl& model, const Batch& batch);
 // row), (B) in fp32: summed, or averaged per token when `average`. Like lm_loss, only supervised
 // positions reach the LM head. Equal to response_logps(model.logits(hidden), labels) (train/dpo.h).
 torch::Tensor sequence_logps(MultimodalModelImpl& model, const Batch& batch, bool average);
+// The same from the model's hidden states (B,T,C) of the batch, already computed.
+torch::Tensor response_logps_from_hidden(MultimodalModelImpl& model, const torch::Tensor& hidden,
+                                         const torch::Tensor& labels, bool average);
 
-// pretrain and instruct: lm_loss, weighted by supervised tokens. dpo: dpo_loss (train/dpo.h) over
-// the batch's pairs against `reference` (a frozen copy of the initial policy, required then),
-// weighted by pairs; chosen and rejected rows in one forward of each model.
-std::unique_ptr<Objective> make_objective(const TrainConfig& train,
-                                          MultimodalModel reference = nullptr);
+// The objective of pretrain and instruct: lm_loss, weighted by supervised tokens.
+std::unique_ptr<Objective> make_lm_objective();
 
 }  // namespace mllm

@@ -25,6 +25,7 @@
 #include "core/fs.h"
 #include "core/logging.h"
 #include "train/sweep_report.h"
+#include "train/recipe.h"
 
 extern char** environ;
 

@@ -2,8 +2,11 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
+#include <limits>
 #include <thread>
 
 #include "core/blas.h"
@@ -29,6 +32,7 @@
 #include "train/metrics_sink.h"
 #include "train/objectives.h"
 #include "train/optim.h"
+#include "train/stage.h"
 
 namespace mllm {
 
@@ -50,10 +54,10 @@ struct EvalResult {
 // Mean of the objective over (up to max_batches batches of) a dataset, in order, without gradients.
 // With a process group, rank r takes batches r, r+W, r+2W, ... and the sums are reduced: the
 // figures equal a single process's.
-EvalResult evaluate(MultimodalModelImpl& model, Objective& objective, const SampleSource& data,
-                    const ImageTransform& transform, int64_t pad_id, int64_t batch_size,
-                    int64_t max_batches, const torch::Device& device, bool bf16, bool skip_bad,
-                    ProcessGroup* group) {
+EvalResult evaluate_loss(MultimodalModelImpl& model, Objective& objective, const SampleSource& data,
+                         const ImageTransform& transform, int64_t pad_id, int64_t batch_size,
+                         int64_t max_batches, const torch::Device& device, bool bf16, bool skip_bad,
+                         Collectives& group) {
   torch::NoGradGuard no_grad;
   model.eval();
   double sum = 0;
@@ -61,8 +65,7 @@ EvalResult evaluate(MultimodalModelImpl& model, Objective& objective, const Samp
   int64_t weight = 0, batches = 0;
   for (size_t i = 0; i < data.size(); i += static_cast<size_t>(batch_size)) {
     if (max_batches > 0 && batches >= max_batches) break;
-    if (group && batches++ % group->world_size() != group->rank()) continue;
-    if (!group) ++batches;
+    if (batches++ % group.world_size() != group.rank()) continue;
     std::vector<int64_t> indices;
     for (size_t k = i; k < std::min(data.size(), i + static_cast<size_t>(batch_size)); ++k)
       indices.push_back(static_cast<int64_t>(k));
@@ -82,22 +85,21 @@ EvalResult evaluate(MultimodalModelImpl& model, Objective& objective, const Samp
     weight += out.weight;
   }
   model.train();
-  if (group) {
-    // Rank 0's metric names (it has a batch whenever any rank has): a rank without one has none.
-    std::string names;
-    for (const auto& kv : sums) names += kv.first + "\n";
-    names = group->broadcast_string(names, "held-out evaluation");
-    std::vector<double> v{sum, static_cast<double>(weight)};
-    std::vector<std::string> keys;
-    for (size_t a = 0, b; (b = names.find('\n', a)) != std::string::npos; a = b + 1)
-      keys.push_back(names.substr(a, b - a));
-    for (const auto& k : keys) v.push_back(sums.count(k) ? sums[k] : 0.0);
-    v = group->sum(v, "held-out evaluation");
-    sum = v[0];
-    weight = static_cast<int64_t>(v[1]);
-    sums.clear();
-    for (size_t k = 0; k < keys.size(); ++k) sums[keys[k]] = v[k + 2];
-  }
+  // The sums over every rank's batches. Rank 0's metric names (it has a batch whenever any rank
+  // has): a rank without one has none.
+  std::string names;
+  for (const auto& kv : sums) names += kv.first + "\n";
+  names = group.broadcast_string(names, "held-out evaluation");
+  std::vector<double> v{sum, static_cast<double>(weight)};
+  std::vector<std::string> keys;
+  for (size_t a = 0, b; (b = names.find('\n', a)) != std::string::npos; a = b + 1)
+    keys.push_back(names.substr(a, b - a));
+  for (const auto& k : keys) v.push_back(sums.count(k) ? sums[k] : 0.0);
+  v = group.sum(v, "held-out evaluation");
+  sum = v[0];
+  weight = static_cast<int64_t>(v[1]);
+  sums.clear();
+  for (size_t k = 0; k < keys.size(); ++k) sums[keys[k]] = v[k + 2];
   EvalResult r;
   if (weight > 0) {
     r.loss = sum / static_cast<double>(weight);
@@ -106,10 +108,11 @@ EvalResult evaluate(MultimodalModelImpl& model, Objective& objective, const Samp
   return r;
 }
 
-std::unique_ptr<SampleSource> open_dataset(const Config& config, const DataSourceConfig& source,
+std::unique_ptr<SampleSource> open_dataset(const Stage& stage, const Config& config,
+                                           const DataSourceConfig& source,
                                            const Tokenizer& tokenizer, int64_t image_tokens,
                                            const std::string& key) {
-  if (config.train.stage == "dpo")
+  if (stage.data == StageData::preference_pairs)
     return std::make_unique<PreferenceDataset>(source, config.data, tokenizer, image_tokens, key);
   return std::make_unique<ConversationDataset>(source, config.data, tokenizer, image_tokens, key);
 }
@@ -174,10 +177,10 @@ void check_same_data(TrainerState& state, const nlohmann::json& now, const Train
       diff += fmt::format("{}{} {} -> {}", diff.empty() ? "" : ", ", k,
                           then.value(k, nlohmann::json()).dump(), now[k].dump());
   if (!options.allow_data_change)
-    throw ConfigError("--resume: the training data changed since the checkpoint (data.train: " +
-                      diff +
-                      "); its position in the data would mean nothing. Pass "
-                      "--resume-allow-data-change to continue anyway");
+    throw ConfigError(
+        "--resume: the training data changed since the checkpoint (data.train: " + diff +
+        "); its position in the data would mean nothing. Pass "
+        "--resume-allow-data-change to continue anyway");
   spdlog::warn("--resume-allow-data-change: the training data changed ({}); continuing", diff);
   if (state.position + per_step > samples) {
     spdlog::warn("epoch {} position {} is past the new data's {} samples: the next epoch starts",
@@ -234,149 +237,195 @@ void write_final(const fs::path& out, MultimodalModelImpl& model, const Config& 
 
 }  // namespace
 
-TrainSummary train(Config config, const TrainOptions& options) {
-  const auto start = Clock::now();
-  const fs::path out = config.output_dir();
-  const fs::path ckpt_root = out / "checkpoints";
+// Everything a run holds, and the parts of setup and the loop as its methods.
+struct Trainer::Impl {
+  Config config;
+  TrainOptions options;
+  Clock::time_point start = Clock::now();
+  fs::path out, ckpt_root;
+  const Stage* stage = nullptr;
 
-  // Data parallelism: the launcher's environment says whether this process is one rank of many.
-  const DistEnv env = dist_env_from_environment();
-  torch::Device device = select_device(config.run.device);
-  if (env.distributed() && device.is_cuda() && !device.has_index())
-    device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(env.local_rank));
-  const auto group = ProcessGroup::create(env, config.run.distributed, device);
-  const bool main_rank = !group || group->is_main();
-  const int world = group ? group->world_size() : 1;
-  if (!main_rank) {
-    // Rank 0 speaks for the run; the others only warn, and say who they are.
-    auto logger = spdlog::default_logger();
-    logger->set_pattern(fmt::format("[%H:%M:%S] [rank {}] %^%l%$ %v", env.rank));
-    if (logger->level() < spdlog::level::warn) logger->set_level(spdlog::level::warn);
+  DistEnv env;
+  torch::Device device{torch::kCPU};
+  std::unique_ptr<Collectives> group;
+  int world = 1;
+  bool main_rank = true, bf16 = false, skip_bad = false, ready = false;
+
+  std::unique_ptr<Tokenizer> tokenizer;
+  MultimodalModel model{nullptr}, reference{nullptr};
+  std::unique_ptr<torch::optim::AdamW> optimizer;
+  std::unique_ptr<Objective> objective;
+  std::unique_ptr<SampleSource> train_data, eval_data;
+  std::optional<ImageTransform> transform;
+  std::unique_ptr<DataLoader> loader;
+  std::vector<torch::Tensor> params;  // the trainable ones
+  std::unique_ptr<GradientSync> grad_sync;
+  int64_t pad_id = 0, per_step = 0, total = 0, image_tokens = 0, n_trainable = 0, n_total = 0;
+
+  std::optional<fs::path> resume_from;
+  nlohmann::json data_fingerprint;
+  TrainerState state;
+  double earlier_seconds = 0;               // wall time of the earlier parts of a resumed run
+  std::optional<MetricsSink> metrics_sink;  // rank 0's
+  TrainSummary summary;
+
+  // The loop's bookkeeping.
+  std::optional<Clock::time_point> loop_start;
+  Clock::time_point interval_start = Clock::now();
+  int64_t interval_tokens = 0, steps_here = 0, tokens_here = 0, bad_in_a_row = 0, last_saved = -1;
+  double interval_wait = 0, total_wait = 0;
+  std::optional<StopSignals> stop;
+  std::chrono::milliseconds step_delay{0};
+
+  Impl(Config c, TrainOptions o) : config(std::move(c)), options(std::move(o)) {
+    out = config.output_dir();
+    ckpt_root = out / "checkpoints";
+    stage = &find_stage(config.train.stage);
   }
 
-  if (main_rank) buffer_log_lines();  // train.log gets them once the inputs are known to be sound
+  void log_metrics(const nlohmann::json& record) {
+    if (metrics_sink) metrics_sink->write(record);
+  }
+
+  // The launcher's environment says whether this process is one rank of many.
+  void join() {
+    env = dist_env_from_environment();
+    device = select_device(config.run.device);
+    if (env.distributed() && device.is_cuda() && !device.has_index())
+      device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(env.local_rank));
+    group = join_job(env, config.run.distributed, device);
+    main_rank = group->is_main();
+    world = group->world_size();
+    if (!main_rank) {
+      // Rank 0 speaks for the run; the others only warn, and say who they are.
+      auto logger = spdlog::default_logger();
+      logger->set_pattern(fmt::format("[%H:%M:%S] [rank {}] %^%l%$ %v", env.rank));
+      if (logger->level() < spdlog::level::warn) logger->set_level(spdlog::level::warn);
+    }
+    if (main_rank) buffer_log_lines();  // train.log gets them once the inputs are known sound
+  }
 
   // Rank 0 decides whether this is a fresh run or where it resumes; every rank follows.
-  std::optional<fs::path> resume_from;
-  std::string decision;  // "F": fresh, "R<path>": resume, "E<message>": a configuration error
-  if (main_rank) {
-    try {
-      if (options.resume == "auto") {
-        resume_from = choose_checkpoint(ckpt_root);
-        if (!resume_from) check_fresh_output(config, out);
-      } else if (options.resume != "none" && !options.resume.empty()) {
-        resume_from = fs::path(options.resume);
-        if (!fs::is_directory(*resume_from))
-          throw ConfigError("--resume: " + options.resume + ": not a directory");
-      } else {
-        check_fresh_output(config, out);
+  void decide_resume() {
+    std::string decision;  // "F": fresh, "R<path>": resume, "E<message>": a configuration error
+    if (main_rank) {
+      try {
+        if (options.resume == "auto") {
+          resume_from = choose_checkpoint(ckpt_root);
+          if (!resume_from) check_fresh_output(config, out);
+        } else if (options.resume != "none" && !options.resume.empty()) {
+          resume_from = fs::path(options.resume);
+          if (!fs::is_directory(*resume_from))
+            throw ConfigError("--resume: " + options.resume + ": not a directory");
+        } else {
+          check_fresh_output(config, out);
+        }
+        decision = resume_from ? "R" + resume_from->string() : "F";
+      } catch (const ConfigError& e) {
+        decision = std::string("E") + e.what();
       }
-      decision = resume_from ? "R" + resume_from->string() : "F";
-    } catch (const ConfigError& e) {
-      if (!group) throw;
-      decision = std::string("E") + e.what();
     }
-  }
-  if (group) {
     decision = group->broadcast_string(decision, "the resume decision");
     if (decision[0] == 'E') throw ConfigError(decision.substr(1));
-    if (decision[0] == 'R') {
-      resume_from = fs::path(decision.substr(1));
-      const double blind =
-          group->sum(fs::is_directory(*resume_from) ? 0.0 : 1.0, "the resume decision");
-      if (blind > 0)
-        throw Error(fmt::format(
-            "distributed: {} of {} ranks cannot read the checkpoint {} that rank 0 resumes from: "
-            "run.output_dir must be on a filesystem every node shares",
-            blind, world, resume_from->string()));
+    if (decision[0] != 'R') return;
+    resume_from = fs::path(decision.substr(1));
+    const double blind =
+        group->sum(fs::is_directory(*resume_from) ? 0.0 : 1.0, "the resume decision");
+    if (blind > 0)
+      throw Error(fmt::format(
+          "distributed: {} of {} ranks cannot read the checkpoint {} that rank 0 resumes from: "
+          "run.output_dir must be on a filesystem every node shares",
+          blind, world, resume_from->string()));
+  }
+
+  // Threads, the tokenizer, the model (and the stage's frozen reference), what trains, LoRA.
+  void build_models() {
+    // Ranks sharing a node share its cores: run.threads auto gives each its part.
+    int64_t want_threads = config.run.threads;
+    if (want_threads == 0 && env.local_world_size > 1)
+      want_threads = std::max<int64_t>(
+          1, static_cast<int64_t>(std::thread::hardware_concurrency()) / env.local_world_size);
+    const int threads = configure_threads(want_threads);
+    bf16 = config.train.precision == "bf16";
+    spdlog::info("run {} -> {} ({} on {}, {} threads)", config.run.name, out.string(),
+                 config.train.precision, device.str(), threads);
+    if (const auto job = group->describe(); !job.empty()) spdlog::info("{}", job);
+
+    tokenizer = load_tokenizer(config.model.tokenizer);
+    adopt_init_from_architecture(config);  // before either model is built
+    if (stage->needs_reference) {
+      // The reference: the initial policy, built the same way before `config` is filled in.
+      Config ref_config = config;
+      reference = build_model(ref_config, *tokenizer);
+      init_from(*reference, config, "reference");
+      reference->to(device);
+      for (auto& p : reference->parameters()) p.set_requires_grad(false);
+      reference->eval();
     }
+    model = build_model(config, *tokenizer);
+    init_from(*model, config, "model");
+    model->to(device);
+    // train.trainable first, then LoRA: adapters train, the layers they adapt freeze. Both before
+    // the optimizer and before a checkpoint is loaded (it holds the adapters by name).
+    apply_trainable(*model, config);
+    const auto adapted = apply_lora(*model, config);
+    if (!adapted.empty())
+      spdlog::info("lora: rank {} adapters (alpha {}, dropout {}) on {} linear layers",
+                   config.train.lora.rank, config.train.lora.alpha, config.train.lora.dropout,
+                   adapted.size());
+    model->language_model->model->set_gradient_checkpointing(config.train.gradient_checkpointing);
+    if (config.train.gradient_checkpointing)
+      spdlog::info("gradient checkpointing: each LLM layer is recomputed in backward");
+    int64_t n_tensors = 0;
+    for (const auto& p : model->parameters()) {
+      n_total += p.numel();
+      if (p.requires_grad()) n_trainable += p.numel(), ++n_tensors;
+    }
+    spdlog::info("parameters: {} trainable of {} ({} tensors trainable)", n_trainable, n_total,
+                 n_tensors);
+    optimizer = make_optimizer(*model, config.train);
+    objective = make_objective(config.train, reference);
   }
 
-  // Ranks sharing a node share its cores: run.threads auto gives each its part.
-  int64_t want_threads = config.run.threads;
-  if (want_threads == 0 && env.local_world_size > 1)
-    want_threads = std::max<int64_t>(
-        1, static_cast<int64_t>(std::thread::hardware_concurrency()) / env.local_world_size);
-  const int threads = configure_threads(want_threads);
-  const bool bf16 = config.train.precision == "bf16";
-  spdlog::info("run {} -> {} ({} on {}, {} threads)", config.run.name, out.string(),
-               config.train.precision, device.str(), threads);
-  if (group)
-    spdlog::info("data parallel: {} ranks ({}, {} backend, rendezvous {}:{}; launched by {})",
-                 world, env.local_world_size == world ? "one node" : "several nodes",
-                 group->backend(), env.master_addr, env.master_port, env.source);
+  // The stage's datasets, the image transform, and the run's length in steps.
+  void open_data() {
+    image_tokens = model->image_tokens();
+    train_data =
+        open_dataset(*stage, config, config.data.train, *tokenizer, image_tokens, "data.train");
+    if (!config.data.eval.path.empty())
+      eval_data =
+          open_dataset(*stage, config, config.data.eval, *tokenizer, image_tokens, "data.eval");
+    const int64_t image_size =
+        config.data.image.size > 0 ? config.data.image.size : config.model.vision.image_size;
+    transform.emplace(image_size, config.data.image);
+    pad_id = tokenizer->pad_id() >= 0 ? tokenizer->pad_id() : 0;
+    skip_bad = config.data.on_bad_record == "skip";
 
-  const auto tokenizer = load_tokenizer(config.model.tokenizer);
-  adopt_init_from_architecture(config);  // before either model is built
-  // The DPO reference: the initial policy, built the same way before `config` is filled in.
-  MultimodalModel reference{nullptr};
-  if (config.train.stage == "dpo") {
-    Config ref_config = config;
-    reference = build_model(ref_config, *tokenizer);
-    init_from(*reference, config, "reference");
-    reference->to(device);
-    for (auto& p : reference->parameters()) p.set_requires_grad(false);
-    reference->eval();
+    const auto& tc = config.train;
+    // A step takes batch_size x grad_accum samples on each rank: world x that in all.
+    per_step = tc.batch_size * tc.grad_accum * world;
+    const auto N = static_cast<int64_t>(train_data->size());
+    const int64_t steps_per_epoch = N / per_step;
+    if (steps_per_epoch == 0)
+      throw ConfigError(config.where("train.batch_size") + ": " + config.data.train.path + " has " +
+                        std::to_string(N) + " samples, fewer than batch_size*grad_accum" +
+                        (world > 1 ? "*ranks" : "") + " = " + std::to_string(per_step));
+    total = tc.max_steps > 0 ? tc.max_steps : tc.epochs * steps_per_epoch;
+    spdlog::info("data: {} train samples ({} steps/epoch of {}), {} eval samples; {} steps", N,
+                 steps_per_epoch, per_step, eval_data ? eval_data->size() : 0, total);
+    data_fingerprint = fingerprint(config.data.train, *train_data);
   }
-  MultimodalModel model = build_model(config, *tokenizer);
-  init_from(*model, config, "model");
-  model->to(device);
 
-  // train.trainable first, then LoRA: adapters train, the layers they adapt freeze. Both before
-  // the optimizer and before a checkpoint is loaded (it holds the adapters by name).
-  apply_trainable(*model, config);
-  const auto adapted = apply_lora(*model, config);
-  if (!adapted.empty())
-    spdlog::info("lora: rank {} adapters (alpha {}, dropout {}) on {} linear layers",
-                 config.train.lora.rank, config.train.lora.alpha, config.train.lora.dropout,
-                 adapted.size());
-  model->language_model->model->set_gradient_checkpointing(config.train.gradient_checkpointing);
-  if (config.train.gradient_checkpointing)
-    spdlog::info("gradient checkpointing: each LLM layer is recomputed in backward");
-  int64_t n_trainable = 0, n_total = 0, n_tensors = 0;
-  for (const auto& p : model->parameters()) {
-    n_total += p.numel();
-    if (p.requires_grad()) n_trainable += p.numel(), ++n_tensors;
-  }
-  spdlog::info("parameters: {} trainable of {} ({} tensors trainable)", n_trainable, n_total,
-               n_tensors);
-
-  auto optimizer = make_optimizer(*model, config.train);
-  auto objective = make_objective(config.train, reference);
-
-  const int64_t Q = model->image_tokens();
-  const auto train_data = open_dataset(config, config.data.train, *tokenizer, Q, "data.train");
-  std::unique_ptr<SampleSource> eval_data;
-  if (!config.data.eval.path.empty())
-    eval_data = open_dataset(config, config.data.eval, *tokenizer, Q, "data.eval");
-  const int64_t image_size =
-      config.data.image.size > 0 ? config.data.image.size : config.model.vision.image_size;
-  const ImageTransform transform(image_size, config.data.image);
-  const int64_t pad_id = tokenizer->pad_id() >= 0 ? tokenizer->pad_id() : 0;
-  const bool skip_bad = config.data.on_bad_record == "skip";
-
-  const auto& tc = config.train;
-  // A step takes batch_size x grad_accum samples on each rank: world x that in all.
-  const int64_t per_step = tc.batch_size * tc.grad_accum * world;
-  const auto N = static_cast<int64_t>(train_data->size());
-  const int64_t steps_per_epoch = N / per_step;
-  if (steps_per_epoch == 0)
-    throw ConfigError(config.where("train.batch_size") + ": " + config.data.train.path + " has " +
-                      std::to_string(N) + " samples, fewer than batch_size*grad_accum" +
-                      (world > 1 ? "*ranks" : "") + " = " + std::to_string(per_step));
-  const int64_t total = tc.max_steps > 0 ? tc.max_steps : tc.epochs * steps_per_epoch;
-  spdlog::info("data: {} train samples ({} steps/epoch of {}), {} eval samples; {} steps", N,
-               steps_per_epoch, per_step, eval_data ? eval_data->size() : 0, total);
-
-  const nlohmann::json data_fingerprint = fingerprint(config.data.train, *train_data);
-  TrainerState state;
-  state.total_steps = total;
-  state.scheduler = {{"schedule", tc.schedule},
-                     {"lr", tc.lr},
-                     {"warmup_steps", warmup_steps(tc, total)},
-                     {"total_steps", total},
-                     {"min_lr_ratio", tc.min_lr_ratio}};
-  if (resume_from) {
+  // The trainer state: fresh, or the checkpoint's (weights, optimizer, position, RNG).
+  void restore() {
+    const auto& tc = config.train;
+    state.total_steps = total;
+    state.scheduler = {{"schedule", tc.schedule},
+                       {"lr", tc.lr},
+                       {"warmup_steps", warmup_steps(tc, total)},
+                       {"total_steps", total},
+                       {"min_lr_ratio", tc.min_lr_ratio}};
+    if (!resume_from) return;
     const auto scheduler = state.scheduler;
     state = load_checkpoint(*resume_from, *model, *optimizer);
     if (state.total_steps != total || (!state.scheduler.empty() && state.scheduler != scheduler))
@@ -384,7 +433,8 @@ TrainSummary train(Config config, const TrainOptions& options) {
                    state.scheduler.dump(), scheduler.dump());
     state.total_steps = total;
     state.scheduler = scheduler;
-    check_same_data(state, data_fingerprint, options, N, per_step);
+    check_same_data(state, data_fingerprint, options, static_cast<int64_t>(train_data->size()),
+                    per_step);
     spdlog::info("resumed from {} at step {} (epoch {}, sample {})", resume_from->string(),
                  state.step, state.epoch, state.position);
     const int64_t saved_world = state.extra.value("world_size", int64_t{1});
@@ -399,36 +449,195 @@ TrainSummary train(Config config, const TrainOptions& options) {
         state.position -= state.position % per_step;
       }
     }
+    last_saved = state.step;
+    earlier_seconds = state.extra.value("wall_seconds", 0.0);
   }
+
   // Only now, with the inputs read and the checkpoint (if any) restored, does the run directory
-  // change: a resume that fails leaves it exactly as it was.
-  if (main_rank) {
-    fs::create_directories(out);
-    add_log_file(out / "train.log");
-    write_file_atomic(out / "config.yaml", config_to_yaml(config));
-  }
-  if (group) {
+  // change: a resume that fails leaves it exactly as it was. Then every rank takes rank 0's
+  // weights, and the loader and the gradient reduction start.
+  void open_run() {
+    if (main_rank) {
+      fs::create_directories(out);
+      add_log_file(out / "train.log");
+      write_file_atomic(out / "config.yaml", config_to_yaml(config));
+      metrics_sink.emplace(out / "metrics.jsonl");
+    }
     // Every rank starts from rank 0's weights (parameters and buffers), as DDP does.
     std::vector<torch::Tensor> tensors;
     for (const auto& p : model->parameters()) tensors.push_back(p);
     for (const auto& b : model->buffers()) tensors.push_back(b);
     group->broadcast(tensors, "the broadcast of the initial weights");
-  }
-  // Wall time accumulates across resumes (up to each run's last checkpoint).
-  const double earlier_seconds = state.extra.value("wall_seconds", 0.0);
+    summary.output_dir = out;
 
-  std::optional<MetricsSink> metrics_sink;  // rank 0's
-  if (main_rank) metrics_sink.emplace(out / "metrics.jsonl");
-  auto log_metrics = [&](const nlohmann::json& record) {
-    if (metrics_sink) metrics_sink->write(record);
-  };
-  TrainSummary summary;
-  summary.output_dir = out;
-  auto run_eval = [&](const char* when) {
+    LoaderOptions lo = loader_options(config, pad_id);
+    lo.rank = group->rank();
+    lo.world_size = world;
+    loader = std::make_unique<DataLoader>(*train_data, *transform, lo,
+                                          LoaderPosition{state.epoch, state.position});
+    for (const auto& p : model->parameters())
+      if (p.requires_grad()) params.push_back(p);
+    grad_sync = group->gradient_sync(params, config.run.distributed.bucket_mb);
+    if (world > 1)
+      spdlog::info("gradients: summed across ranks in {} bucket(s) of up to {:g} MB",
+                   grad_sync->buckets(), config.run.distributed.bucket_mb);
+    model->train();
+    step_delay = test_step_delay();
+  }
+
+  // The step's backward passes, with the global normalisation; fills the loss sums.
+  void forward_backward(const std::vector<Batch>& micro, int64_t weight, StepResult& r) {
+    double loss_sum = 0;
+    for (size_t m = 0; m < micro.size(); ++m) {
+      const auto& b = micro[m];
+      grad_sync->prepare(m + 1 == micro.size());
+      auto t = Clock::now();
+      ObjectiveOutput o;
+      {
+        AutocastScope autocast(bf16, device.type(), torch::kBFloat16);
+        o = objective->forward(*model, b);
+      }
+      r.forward_s += seconds_since(t);
+      t = Clock::now();
+      (o.loss_sum / static_cast<double>(std::max<int64_t>(1, weight))).backward();
+      loss_sum += o.loss_sum.item<double>();
+      r.backward_s += seconds_since(t);
+      for (const auto& [k, v] : o.metric_sums) r.metrics[k] += v;
+      r.tokens += b.tokens;
+    }
+    const auto t = Clock::now();
+    grad_sync->finish();
+    // The step's figures over all ranks (every rank's objective reports the same names).
+    std::vector<double> v{loss_sum, static_cast<double>(r.tokens)};
+    for (const auto& kv : r.metrics) v.push_back(kv.second);
+    v = group->sum(v, "the step's metrics");
+    r.tokens = static_cast<int64_t>(v[1]);
+    size_t k = 2;
+    const double w = static_cast<double>(std::max<int64_t>(1, weight));
+    for (auto& kv : r.metrics) kv.second = v[k++] / w;
+    r.loss = v[0] / w;
+    r.backward_s += seconds_since(t);
+  }
+
+  StepResult step(const std::vector<Batch>& micro) {
+    if (!loop_start) loop_start = Clock::now();
+    const auto& tc = config.train;
+    StepResult r;
+    auto t = Clock::now();
+    state.lr = lr_at(tc, state.step, total);
+    set_lr(*optimizer, state.lr);
+    optimizer->zero_grad();
+    r.optimizer_s += seconds_since(t);
+    // The loss is a mean over the step's global batch: every rank divides by the global weight
+    // (tokens, or pairs), and the gradients are summed across ranks.
+    int64_t weight = 0;
+    for (const auto& b : micro) weight += objective->weight(b);
+    weight =
+        static_cast<int64_t>(group->sum(static_cast<double>(weight), "the step's token count"));
+    r.weight = weight;
+    forward_backward(micro, weight, r);
+    interval_tokens += r.tokens;
+    tokens_here += r.tokens;
+    t = Clock::now();
+    const double max_norm =
+        tc.clip_grad_norm > 0 ? tc.clip_grad_norm : std::numeric_limits<double>::infinity();
+    r.grad_norm = torch::nn::utils::clip_grad_norm_(params, max_norm);
+    r.lr = state.lr;
+    r.step = ++state.step;
+    ++steps_here;
+    if (!std::isfinite(r.loss) || !std::isfinite(r.grad_norm)) {
+      skip_step(r);
+      r.optimizer_s += seconds_since(t);
+      return r;
+    }
+    bad_in_a_row = 0;
+    optimizer->step();
+    r.optimizer_s += seconds_since(t);
+    summary.losses.emplace_back(state.step, r.loss);
+    state.extra = {{"loss", r.loss},
+                   {"wall_seconds", earlier_seconds + seconds_since(start)},
+                   {"world_size", world},
+                   {"data", data_fingerprint}};
+    return r;
+  }
+
+  // The NaN/inf guard: no update from this step (its data is consumed); abort after too many. The
+  // loss and gradients are global, so every rank skips the same steps.
+  void skip_step(StepResult& r) {
+    optimizer->zero_grad();
+    r.skipped = true;
+    ++bad_in_a_row;
+    ++summary.skipped_steps;
+    log_metrics(
+        {{"step", r.step}, {"skipped_step", true}, {"loss", r.loss}, {"grad_norm", r.grad_norm}});
+    spdlog::warn("step {}: loss {} / grad_norm {} is not finite; step skipped ({} in a row)",
+                 r.step, r.loss, r.grad_norm, bad_in_a_row);
+    const int64_t limit = config.train.max_bad_steps;
+    if (bad_in_a_row > limit)
+      throw Error(
+          std::to_string(bad_in_a_row) + " steps in a row up to step " + std::to_string(r.step) +
+          " had a non-finite loss or gradient (train.max_bad_steps=" + std::to_string(limit) +
+          "): the run diverged or its inputs/weights hold NaN (lower train.lr, raise "
+          "train.warmup_ratio, check the pretrained weights); the last checkpoint is "
+          "kept");
+  }
+
+  std::vector<Batch> next_micro_batches() {
+    std::vector<Batch> micro;
+    const auto wait_start = Clock::now();
+    for (int64_t m = 0; m < config.train.grad_accum; ++m)
+      micro.push_back(loader->next().to(device));
+    const double wait = seconds_since(wait_start);
+    interval_wait += wait;
+    total_wait += wait;
+    state.epoch = loader->position().epoch;
+    state.position = loader->position().position;
+    return micro;
+  }
+
+  // Every train.log_every steps (and the last): the step's figures to the log and metrics.jsonl.
+  void log_step(const StepResult& r) {
+    if (r.step % config.train.log_every != 0 && r.step != total) return;
+    const double dt = seconds_since(interval_start);
+    const double tps = dt > 0 ? static_cast<double>(interval_tokens) / dt : 0.0;
+    const double eta = seconds_since(*loop_start) / static_cast<double>(steps_here) *
+                       static_cast<double>(total - r.step);
+    const double data_wait = dt > 0 ? interval_wait / dt : 0.0;
+    const auto stats = train_data->stats();
+    nlohmann::json record = {{"step", r.step},
+                             {"epoch", state.epoch},
+                             {"loss", r.loss},
+                             {"lr", r.lr},
+                             {"grad_norm", r.grad_norm},
+                             {"tokens_per_s", tps},
+                             {"data_wait", data_wait},
+                             {"skipped_records", stats.skipped},
+                             {"truncated_samples", stats.truncated},
+                             {"dropped_images", loader->dropped()},
+                             {"dropped_records", loader->dropped_records()}};
+    std::string extra;
+    for (const auto& [k, v] : r.metrics) {
+      record[k] = v;
+      if (std::find(stage->headline.begin(), stage->headline.end(), k) != stage->headline.end())
+        extra += fmt::format(" | {} {:.3f}", k, v);
+    }
+    log_metrics(record);
+    spdlog::info(
+        "step {}/{} | loss {:.4f}{} | lr {:.2e} | grad_norm {:.3f} | {:.0f} tok/s | data wait "
+        "{:.0f}% | ETA {}",
+        r.step, total, r.loss, extra, r.lr, r.grad_norm, tps, 100 * data_wait,
+        format_duration(eta));
+    interval_start = Clock::now();
+    interval_tokens = 0;
+    interval_wait = 0;
+  }
+
+  void evaluate(const char* when) {
     nlohmann::json record = {{"step", state.step}};
     if (eval_data) {
-      const auto r = evaluate(*model, *objective, *eval_data, transform, pad_id, tc.batch_size,
-                              tc.eval_batches, device, bf16, skip_bad, group.get());
+      const auto r =
+          evaluate_loss(*model, *objective, *eval_data, *transform, pad_id, config.train.batch_size,
+                        config.train.eval_batches, device, bf16, skip_bad, *group);
       if (!summary.first_eval_loss) summary.first_eval_loss = r.loss;
       summary.last_eval_loss = r.loss;
       record["eval_loss"] = r.loss;
@@ -444,7 +653,7 @@ TrainSummary train(Config config, const TrainOptions& options) {
       // Every rank runs them (the same weights give the same answers), so none waits on rank 0.
       EvalConfig tasks = config.eval;
       tasks.chance = false;
-      const eval::EvalModel em{*model, *tokenizer, transform, config.data.template_name};
+      const eval::EvalModel em{*model, *tokenizer, *transform, config.data.template_name};
       std::string extra;
       for (const auto& [k, v] :
            eval::flat_scores(eval::run_eval(tasks, em, static_cast<uint64_t>(config.run.seed)))) {
@@ -454,218 +663,146 @@ TrainSummary train(Config config, const TrainOptions& options) {
       spdlog::info("eval ({}) step {}:{}", when, state.step, extra);
     }
     if (record.size() > 1) log_metrics(record);
-  };
-  if (!resume_from) run_eval("start");
-
-  LoaderOptions lo = loader_options(config, pad_id);
-  if (group) {
-    lo.rank = group->rank();
-    lo.world_size = world;
   }
-  DataLoader loader(*train_data, transform, lo, {state.epoch, state.position});
-  std::vector<torch::Tensor> params;  // the trainable ones
-  for (const auto& p : model->parameters())
-    if (p.requires_grad()) params.push_back(p);
-  std::unique_ptr<GradientReducer> reducer;
-  if (group) {
-    reducer = std::make_unique<GradientReducer>(*group, params, config.run.distributed.bucket_mb);
-    spdlog::info("gradients: summed across ranks in {} bucket(s) of up to {:g} MB",
-                 reducer->buckets(), config.run.distributed.bucket_mb);
+
+  void save() {
+    if (main_rank) {
+      const auto dir =
+          save_checkpoint(ckpt_root, *model, *optimizer, state, config.train.keep_last);
+      spdlog::info("checkpoint {}", dir.string());
+    }
+    last_saved = state.step;
   }
-  const auto loop_start = Clock::now();
-  auto interval_start = Clock::now();
-  int64_t interval_tokens = 0, steps_here = 0, tokens_here = 0, bad_in_a_row = 0;
-  double interval_wait = 0, total_wait = 0;
-  int64_t last_saved = resume_from ? state.step : -1;
-  model->train();
-  StopSignals stop;
-  const auto step_delay = test_step_delay();
 
-  while (state.step < total) {
-    if (options.stop_after > 0 && steps_here >= options.stop_after) break;
-    if (group) group->set_context("step " + std::to_string(state.step + 1));
-    // A signal may reach the ranks at different steps: they stop together, at the first step
-    // any of them saw it.
-    bool stop_now = stop.requested();
-    if (group) stop_now = group->sum(stop_now ? 1.0 : 0.0, "the stop-signal check") > 0;
-    if (stop_now) {
-      // Preemption: the step in flight has finished; keep it and leave (exit status 0).
-      if (last_saved != state.step && state.step > 0) {
-        if (main_rank) {
-          const auto dir = save_checkpoint(ckpt_root, *model, *optimizer, state, tc.keep_last);
-          spdlog::info("checkpoint {}", dir.string());
-        }
-        last_saved = state.step;
-      }
-      summary.stopped_by = stop.requested() ? stop.name() : "SIGTERM";
-      spdlog::warn("{}: stopped at step {} of {}; continue with --resume auto", summary.stopped_by,
-                   state.step, total);
-      break;
-    }
-    state.lr = lr_at(tc, state.step, total);
-    set_lr(*optimizer, state.lr);
-    optimizer->zero_grad();
+  // A signal may reach the ranks at different steps: they stop together, at the first step any
+  // of them saw it. The step in flight has finished; it is kept, and the run ends (exit 0).
+  bool preempted() {
+    const bool seen = stop->requested();
+    if (group->sum(seen ? 1.0 : 0.0, "the stop-signal check") == 0) return false;
+    if (last_saved != state.step && state.step > 0) save();
+    summary.stopped_by = seen ? stop->name() : "SIGTERM";
+    spdlog::warn("{}: stopped at step {} of {}; continue with --resume auto", summary.stopped_by,
+                 state.step, total);
+    return true;
+  }
 
-    std::vector<Batch> micro;
-    const auto wait_start = Clock::now();
-    for (int64_t m = 0; m < tc.grad_accum; ++m) micro.push_back(loader.next().to(device));
-    const double wait = seconds_since(wait_start);
-    interval_wait += wait;
-    total_wait += wait;
-    state.epoch = loader.position().epoch;
-    state.position = loader.position().position;
-    // The loss is a mean over the step's global batch: every rank divides by the global weight
-    // (tokens, or pairs), and the gradients are summed across ranks.
-    int64_t weight = 0;
-    for (const auto& b : micro) weight += objective->weight(b);
-    if (group)
-      weight =
-          static_cast<int64_t>(group->sum(static_cast<double>(weight), "the step's token count"));
-    double loss_sum = 0;
-    int64_t step_tokens = 0;
-    std::map<std::string, double> metric_sums;
-    for (size_t m = 0; m < micro.size(); ++m) {
-      const auto& b = micro[m];
-      if (reducer) reducer->prepare(m + 1 == micro.size());
-      ObjectiveOutput o;
-      {
-        AutocastScope autocast(bf16, device.type(), torch::kBFloat16);
-        o = objective->forward(*model, b);
-      }
-      (o.loss_sum / static_cast<double>(std::max<int64_t>(1, weight))).backward();
-      loss_sum += o.loss_sum.item<double>();
-      for (const auto& [k, v] : o.metric_sums) metric_sums[k] += v;
-      step_tokens += b.tokens;
-    }
-    if (reducer) {
-      reducer->finish();
-      // The step's figures over all ranks (every rank's objective reports the same names).
-      std::vector<double> v{loss_sum, static_cast<double>(step_tokens)};
-      for (const auto& kv : metric_sums) v.push_back(kv.second);
-      v = group->sum(v, "the step's metrics");
-      loss_sum = v[0];
-      step_tokens = static_cast<int64_t>(v[1]);
-      size_t k = 2;
-      for (auto& kv : metric_sums) kv.second = v[k++];
-    }
-    interval_tokens += step_tokens;
-    tokens_here += step_tokens;
-    const double max_norm =
-        tc.clip_grad_norm > 0 ? tc.clip_grad_norm : std::numeric_limits<double>::infinity();
-    const double grad_norm = torch::nn::utils::clip_grad_norm_(params, max_norm);
-    const double loss = loss_sum / static_cast<double>(std::max<int64_t>(1, weight));
-    ++state.step;
-    ++steps_here;
-    if (!std::isfinite(loss) || !std::isfinite(grad_norm)) {
-      // NaN/inf guard: no update from this step (its data is consumed); abort after too many.
-      // The loss and gradients are global, so every rank skips the same steps.
-      optimizer->zero_grad();
-      ++bad_in_a_row;
-      ++summary.skipped_steps;
-      log_metrics(
-          {{"step", state.step}, {"skipped_step", true}, {"loss", loss}, {"grad_norm", grad_norm}});
-      spdlog::warn("step {}: loss {} / grad_norm {} is not finite; step skipped ({} in a row)",
-                   state.step, loss, grad_norm, bad_in_a_row);
-      if (bad_in_a_row > tc.max_bad_steps)
-        throw Error(std::to_string(bad_in_a_row) + " steps in a row up to step " +
-                    std::to_string(state.step) +
-                    " had a non-finite loss or gradient (train.max_bad_steps=" +
-                    std::to_string(tc.max_bad_steps) +
-                    "): the run diverged or its inputs/weights hold NaN (lower train.lr, raise "
-                    "train.warmup_ratio, check the pretrained weights); the last checkpoint is "
-                    "kept");
-      continue;
-    }
-    bad_in_a_row = 0;
-    optimizer->step();
-    summary.losses.emplace_back(state.step, loss);
-    state.extra = {{"loss", loss},
-                   {"wall_seconds", earlier_seconds + seconds_since(start)},
-                   {"world_size", world},
-                   {"data", data_fingerprint}};
-
-    if (state.step % tc.log_every == 0 || state.step == total) {
-      const double dt = seconds_since(interval_start);
-      const double tps = dt > 0 ? static_cast<double>(interval_tokens) / dt : 0.0;
-      const double eta = seconds_since(loop_start) / static_cast<double>(steps_here) *
-                         static_cast<double>(total - state.step);
-      const double data_wait = dt > 0 ? interval_wait / dt : 0.0;
-      const auto stats = train_data->stats();
-      nlohmann::json record = {{"step", state.step},
-                               {"epoch", state.epoch},
-                               {"loss", loss},
-                               {"lr", state.lr},
-                               {"grad_norm", grad_norm},
-                               {"tokens_per_s", tps},
-                               {"data_wait", data_wait},
-                               {"skipped_records", stats.skipped},
-                               {"truncated_samples", stats.truncated},
-                               {"dropped_images", loader.dropped()},
-                               {"dropped_records", loader.dropped_records()}};
-      std::string extra;
-      for (const auto& [k, v] : metric_sums) {
-        const double mean = v / static_cast<double>(std::max<int64_t>(1, weight));
-        record[k] = mean;
-        if (k == "rewards/accuracies" || k == "rewards/margins")
-          extra += fmt::format(" | {} {:.3f}", k, mean);
-      }
-      log_metrics(record);
-      spdlog::info(
-          "step {}/{} | loss {:.4f}{} | lr {:.2e} | grad_norm {:.3f} | {:.0f} tok/s | data wait "
-          "{:.0f}% | ETA {}",
-          state.step, total, loss, extra, state.lr, grad_norm, tps, 100 * data_wait,
-          format_duration(eta));
-      interval_start = Clock::now();
-      interval_tokens = 0;
-      interval_wait = 0;
-    }
+  // After a step of run(): the test delay, periodic evaluation, periodic checkpoints.
+  void after_step() {
+    const auto& tc = config.train;
     if (step_delay.count() > 0) std::this_thread::sleep_for(step_delay);
     if (tc.eval_every > 0 && state.step % tc.eval_every == 0 && state.step != total)
-      run_eval("periodic");
-    if (tc.save_every > 0 && (state.step % tc.save_every == 0 || state.step == total)) {
-      if (main_rank) {
-        const auto dir = save_checkpoint(ckpt_root, *model, *optimizer, state, tc.keep_last);
-        spdlog::info("checkpoint {}", dir.string());
-      }
-      last_saved = state.step;
-    }
+      evaluate("periodic");
+    if (tc.save_every > 0 && (state.step % tc.save_every == 0 || state.step == total)) save();
   }
-  summary.steps = state.step;
-  const double loop_s = seconds_since(loop_start);
-  summary.data_wait_fraction = loop_s > 0 ? total_wait / loop_s : 0.0;
-  summary.train_seconds = loop_s;
-  if (loader.dropped() > 0)
-    spdlog::warn("{} samples were dropped for unreadable images", loader.dropped());
-  if (state.step < total) {
-    if (summary.stopped_by.empty())
-      spdlog::info("stopped at step {} of {} (--stop-after)", state.step, total);
+
+  TrainSummary finish() {
+    summary.steps = state.step;
+    const double loop_s = loop_start ? seconds_since(*loop_start) : 0.0;
+    summary.data_wait_fraction = loop_s > 0 ? total_wait / loop_s : 0.0;
+    summary.train_seconds = loop_s;
+    if (loader->dropped() > 0)
+      spdlog::warn("{} samples were dropped for unreadable images", loader->dropped());
+    if (state.step < total) {
+      if (summary.stopped_by.empty())
+        spdlog::info("stopped at step {} of {} (--stop-after)", state.step, total);
+      return summary;
+    }
+    evaluate("end");
+    // summary.json: the figures a sweep tabulates; written before final/, which marks the end.
+    nlohmann::json figures = {
+        {"steps", state.step},
+        {"trainable_params", n_trainable},
+        {"total_params", n_total},
+        {"image_tokens", image_tokens},
+        {"final_loss", state.extra.contains("loss") ? state.extra["loss"] : nlohmann::json()},
+        {"final_eval_loss",
+         summary.last_eval_loss ? nlohmann::json(*summary.last_eval_loss) : nlohmann::json()},
+        {"tokens_per_s", loop_s > 0 && tokens_here > 0
+                             ? nlohmann::json(static_cast<double>(tokens_here) / loop_s)
+                             : nlohmann::json()},
+        {"wall_seconds", earlier_seconds + seconds_since(start)},
+        {"world_size", world},
+        {"blas", blas_info().describe()}};
+    if (main_rank) {
+      write_file_atomic(out / "summary.json", figures.dump(2) + "\n");
+      write_final(out, *model, config);
+    }
+    // No rank reports success before final/ exists.
+    group->barrier("the end of the run");
+    summary.final_dir = out / "final";
+    spdlog::info("final weights: {}", summary.final_dir.string());
     return summary;
   }
-  run_eval("end");
-  // summary.json: the figures a sweep tabulates; written before final/, which marks the end.
-  nlohmann::json figures = {
-      {"steps", state.step},
-      {"trainable_params", n_trainable},
-      {"total_params", n_total},
-      {"image_tokens", Q},
-      {"final_loss", state.extra.contains("loss") ? state.extra["loss"] : nlohmann::json()},
-      {"final_eval_loss",
-       summary.last_eval_loss ? nlohmann::json(*summary.last_eval_loss) : nlohmann::json()},
-      {"tokens_per_s", loop_s > 0 && tokens_here > 0
-                           ? nlohmann::json(static_cast<double>(tokens_here) / loop_s)
-                           : nlohmann::json()},
-      {"wall_seconds", earlier_seconds + seconds_since(start)},
-      {"world_size", world},
-      {"blas", blas_info().describe()}};
-  if (main_rank) {
-    write_file_atomic(out / "summary.json", figures.dump(2) + "\n");
-    write_final(out, *model, config);
+};
+
+Trainer::Trainer(Config config, TrainOptions options)
+    : impl_(std::make_unique<Impl>(std::move(config), std::move(options))) {}
+Trainer::~Trainer() = default;
+
+void Trainer::setup() {
+  Impl& s = *impl_;
+  s.join();
+  s.decide_resume();
+  s.build_models();
+  s.open_data();
+  s.restore();
+  s.open_run();
+  s.ready = true;
+}
+
+bool Trainer::done() const {
+  return impl_->state.step >= impl_->total;
+}
+
+std::vector<Batch> Trainer::next_micro_batches() {
+  return impl_->next_micro_batches();
+}
+
+StepResult Trainer::step(const std::vector<Batch>& micro_batches) {
+  if (!impl_->ready) throw Error("Trainer::step before setup()");
+  return impl_->step(micro_batches);
+}
+
+void Trainer::evaluate(const char* when) {
+  impl_->evaluate(when);
+}
+void Trainer::save() {
+  impl_->save();
+}
+TrainSummary Trainer::finish() {
+  return impl_->finish();
+}
+MultimodalModelImpl& Trainer::model() {
+  return *impl_->model;
+}
+const Config& Trainer::config() const {
+  return impl_->config;
+}
+int64_t Trainer::total_steps() const {
+  return impl_->total;
+}
+
+TrainSummary Trainer::run() {
+  setup();
+  Impl& s = *impl_;
+  if (!s.resume_from) evaluate("start");
+  s.loop_start = Clock::now();
+  s.interval_start = Clock::now();
+  s.stop.emplace();
+  while (!done()) {
+    if (s.options.stop_after > 0 && s.steps_here >= s.options.stop_after) break;
+    s.group->set_context("step " + std::to_string(s.state.step + 1));
+    if (s.preempted()) break;
+    const StepResult r = step(next_micro_batches());
+    if (r.skipped) continue;  // no update: nothing to log, evaluate or save
+    s.log_step(r);
+    s.after_step();
   }
-  // No rank reports success before final/ exists.
-  if (group) group->barrier("the end of the run");
-  summary.final_dir = out / "final";
-  spdlog::info("final weights: {}", summary.final_dir.string());
-  return summary;
+  return finish();
+}
+
+TrainSummary train(Config config, const TrainOptions& options) {
+  return Trainer(std::move(config), options).run();
 }
 
 }  // namespace mllm

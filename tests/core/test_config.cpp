@@ -3,6 +3,7 @@
 #include "core/config.h"
 #include "core/error.h"
 #include "test_util.h"
+#include "train/recipe.h"
 
 using namespace mllm;
 using mllm::test::TempDir;
@@ -209,6 +210,13 @@ TEST_CASE("config: the shipped recipes load, with the LLaVA-1.5 anchor hyperpara
   CHECK(s3.train.stage == "dpo");
   CHECK(s3.data.train.format == "preference_json");
   CHECK(s3.train.dpo.beta == 0.1);
+  const Config orpo = load("shapes/stage3_orpo.yaml");
+  CHECK(orpo.train.stage == "orpo");
+  CHECK(orpo.train.orpo.beta == 0.5);
+  const Config simpo = load("shapes/stage3_simpo.yaml");
+  CHECK(simpo.train.stage == "simpo");
+  CHECK(simpo.train.simpo.gamma == 1.0);
+  CHECK(simpo.data.train.format == "preference_json");
 
   for (const char* llm : {"vicuna7b", "qwen2_0.5b"}) {
     const Config pre = load(std::string("llava15/pretrain_") + llm + ".yaml");
@@ -336,22 +344,22 @@ TEST_CASE("config: a key given twice is an error naming both lines") {
   TempDir dir;
   // recipe(): model (lines 1-2), data.train (3-5), then the body from line 6.
   const auto p = recipe(dir, "train:\n  lr: 1.0e-4\n  batch_size: 4\n  lr: 5.0e-1\n");
-  CHECK_THAT(error_of(p), Catch::Contains("recipe.yaml:9: train.lr: given twice (first at line 7)"));
+  CHECK_THAT(error_of(p),
+             Catch::Contains("recipe.yaml:9: train.lr: given twice (first at line 7)"));
   // The same section twice: the second would silently be dropped.
   const auto q = recipe(dir, "train:\n  lr: 1.0e-4\ntrain:\n  batch_size: 4\n");
   CHECK_THAT(error_of(q), Catch::Contains("recipe.yaml:8: train: given twice (first at line 6)"));
   // Inside a list of sections too.
-  const auto r =
-      recipe(dir, "eval:\n  tasks:\n    - name: a\n      name: b\n");
+  const auto r = recipe(dir, "eval:\n  tasks:\n    - name: a\n      name: b\n");
   CHECK_THAT(error_of(r), Catch::Contains("eval.tasks[0].name: given twice"));
   // Aliases that expand to an exponential tree are refused, not walked.
   std::string bomb = "x0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n";
   for (int i = 1; i < 9; ++i)
-    bomb += "x" + std::to_string(i) + ": &a" + std::to_string(i) + " [*a" +
+    bomb += "x" + std::to_string(i) + ": &a" + std::to_string(i) + " [*a" + std::to_string(i - 1) +
+            ", *a" + std::to_string(i - 1) + ", *a" + std::to_string(i - 1) + ", *a" +
             std::to_string(i - 1) + ", *a" + std::to_string(i - 1) + ", *a" +
             std::to_string(i - 1) + ", *a" + std::to_string(i - 1) + ", *a" +
-            std::to_string(i - 1) + ", *a" + std::to_string(i - 1) + ", *a" +
-            std::to_string(i - 1) + ", *a" + std::to_string(i - 1) + "]\n";
+            std::to_string(i - 1) + "]\n";
   const auto b = recipe(dir, bomb);
   CHECK_THAT(error_of(b), Catch::Contains("more than a million YAML nodes"));
 }

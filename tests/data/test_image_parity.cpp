@@ -6,8 +6,10 @@
 #include <cstdio>
 
 #include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
 
 #include "core/error.h"
+#include "core/fs.h"
 #include "data/image_transform.h"
 #include "test_util.h"
 
@@ -103,4 +105,72 @@ TEST_CASE("resize_bicubic_pil: a constant image stays constant; identity size is
   CHECK(cv::countNonZero(small.reshape(1) != expected.reshape(1)) == 0);
   const cv::Mat big = resize_bicubic_pil(flat, 120, 80);
   CHECK(big.at<cv::Vec3b>(40, 60) == cv::Vec3b(200, 100, 7));
+}
+
+TEST_CASE(
+    "data.image.max_pixels: an image over it, decoded or on its way to the square, is refused") {
+  TempDir dir;
+  cv::Mat strip(2, 300, CV_8UC3, cv::Scalar(9, 9, 9));  // 600 pixels; padded: 300 x 300
+  REQUIRE(cv::imwrite((dir / "strip.png").string(), strip));
+  CHECK(ImageTransform::decode(dir / "strip.png", 600).cols == 300);
+  CHECK_THROWS_WITH(ImageTransform::decode(dir / "strip.png", 599),
+                    Catch::Contains("strip.png: cannot decode image (its header says 300x2, over "
+                                    "data.image.max_pixels = 599)"));
+  // A format whose header is not read before decoding (TIFF) is checked once decoded.
+  REQUIRE(cv::imwrite((dir / "strip.tiff").string(), strip));
+  CHECK_THROWS_WITH(ImageTransform::decode(dir / "strip.tiff", 599),
+                    Catch::Contains("strip.tiff: cannot decode image (300x2 is over "
+                                    "data.image.max_pixels = 599)"));
+  ImageConfig ic;
+  ic.max_pixels = 90000;  // the 300 x 300 square fits
+  CHECK(ImageTransform(8, ic).load(dir / "strip.png").size(1) == 8);
+  ic.max_pixels = 89999;
+  CHECK_THROWS_WITH(ImageTransform(8, ic).load(dir / "strip.png"),
+                    Catch::Contains("strip.png: cannot transform image (300x2 would become 90000 "
+                                    "pixels with aspect pad"));
+  ic.aspect = "crop";  // shortest side 2 -> 8: 1200 x 8 = 9600 pixels
+  ic.max_pixels = 9600;
+  CHECK(ImageTransform(8, ic).load(dir / "strip.png").size(2) == 8);
+  ic.max_pixels = 9599;
+  CHECK_THROWS(ImageTransform(8, ic).load(dir / "strip.png"));
+  ic.aspect = "resize";  // never larger than the image itself
+  CHECK(ImageTransform(8, ic).load(dir / "strip.png").size(2) == 8);
+  ic.max_pixels = 0;  // no limit
+  ic.aspect = "pad";
+  CHECK(ImageTransform(8, ic).load(dir / "strip.png").size(2) == 8);
+}
+
+TEST_CASE("image_header_size: the size in PNG, JPEG, WebP, BMP and PNM headers, before decoding") {
+  TempDir dir;
+  cv::Mat img(37, 53, CV_8UC3, cv::Scalar(1, 2, 3));
+  struct Format {
+    const char* file;
+    std::vector<int> params;
+  };
+  for (const Format& f : std::vector<Format>{{"a.png", {}},
+                                             {"a.jpg", {}},
+                                             {"a.webp", {cv::IMWRITE_WEBP_QUALITY, 101}},
+                                             {"lossy.webp", {cv::IMWRITE_WEBP_QUALITY, 50}},
+                                             {"a.bmp", {}},
+                                             {"a.ppm", {}},
+                                             {"a.pgm", {}}}) {
+    INFO(f.file);
+    cv::Mat gray;
+    cv::cvtColor(img, gray, cv::COLOR_BGR2GRAY);
+    const bool is_gray = std::string(f.file) == "a.pgm";
+    REQUIRE(cv::imwrite((dir / f.file).string(), is_gray ? gray : img, f.params));
+    const auto wh = image_header_size(read_file(dir / f.file));
+    REQUIRE(wh.has_value());
+    CHECK(wh->first == 53);
+    CHECK(wh->second == 37);
+  }
+  CHECK_FALSE(image_header_size("not an image").has_value());
+  // A 30000 x 30000 PNG header over a few bytes of data: refused before OpenCV allocates 2.7 GB.
+  std::string png = read_file(dir / "a.png");
+  const char big[8] = {0, 0, 0x75, 0x30, 0, 0, 0x75, 0x30};
+  png.replace(16, 8, big, 8);
+  test::write_text(dir / "big.png", png);
+  CHECK_THROWS_WITH(ImageTransform::decode(dir / "big.png"),
+                    Catch::Contains("big.png: cannot decode image (its header says 30000x30000, "
+                                    "over data.image.max_pixels = 178956970)"));
 }

@@ -19,6 +19,7 @@
 #include "train/objectives.h"
 #include "train/optim.h"
 #include "train/trainer.h"
+#include "train/stage.h"
 
 using namespace mllm;
 using mllm::test::TempDir;

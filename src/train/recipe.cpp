@@ -1,0 +1,88 @@
+#include "train/recipe.h"
+
+#include <algorithm>
+
+#include "core/error.h"
+#include "data/chat_template.h"
+#include "eval/metrics.h"
+#include "models/connectors/connector.h"
+#include "train/stage.h"
+
+namespace mllm {
+
+namespace {
+
+// "file:LINE: key" for `key`, as the parser names it.
+template <class C>
+std::string where(const C& c, const std::string& key) {
+  const auto it = c.origin.find(key);
+  if (it != c.origin.end()) return it->second + ": " + key;
+  return (c.source.empty() ? std::string("config") : c.source) + ": " + key;
+}
+
+template <class C>
+void check_name(const C& c, const std::string& key, const std::string& value,
+                const std::vector<std::string>& names) {
+  if (const auto problem = choice_problem(value, names); !problem.empty())
+    throw ConfigError(where(c, key) + ": " + problem);
+}
+
+template <class C>
+void check_tasks(const C& c, const EvalConfig& e) {
+  for (size_t i = 0; i < e.tasks.size(); ++i) {
+    const std::string at = "eval.tasks[" + std::to_string(i) + "]";
+    const auto& t = e.tasks[i];
+    if (!t.template_name.empty())
+      check_name(c, at + ".template", t.template_name, template_names());
+    for (const auto& m : t.metrics) check_name(c, at + ".metrics", m, eval::metric_names());
+  }
+}
+
+}  // namespace
+
+void check_registered_names(const Config& c) {
+  check_name(c, "train.stage", c.train.stage, stage_names());
+  check_name(c, "model.connector.type", c.model.connector.type, connector_names());
+  check_name(c, "data.template", c.data.template_name, template_names());
+  check_tasks(c, c.eval);
+  const Stage& stage = find_stage(c.train.stage);
+  for (const char* key : {"data.train", "data.eval"}) {
+    const auto& src = std::string(key) == "data.train" ? c.data.train : c.data.eval;
+    if (src.path.empty()) continue;
+    if (std::find(stage.formats.begin(), stage.formats.end(), src.format) == stage.formats.end()) {
+      std::string formats;
+      for (const auto& f : stage.formats) formats += (formats.empty() ? "" : " or ") + f;
+      throw ConfigError(where(c, std::string(key) + ".format") + ": '" + src.format +
+                        "' does not suit train.stage '" + stage.name + "' (" + stage.name +
+                        " reads " + formats + ")");
+    }
+  }
+  if (stage.check) {
+    const auto [key, message] = stage.check(c.train);
+    if (!key.empty()) throw ConfigError(where(c, key) + ": " + message);
+  }
+}
+
+Config load_config(const std::filesystem::path& yaml_path,
+                   const std::vector<std::string>& overrides) {
+  Config c = parse_config(yaml_path, overrides);
+  check_registered_names(c);
+  return c;
+}
+
+EvalFile load_eval_config(const std::filesystem::path& yaml_path,
+                          const std::vector<std::string>& overrides) {
+  EvalFile e = parse_eval_config(yaml_path, overrides);
+  check_tasks(e, e.eval);
+  return e;
+}
+
+std::vector<std::pair<std::string, std::vector<std::string>>> registered_names() {
+  return {{"train.stage", stage_names()},
+          {"model.connector.type", connector_names()},
+          {"data.template", template_names()},
+          {"eval.tasks[0].template", template_names()},
+          {"eval.tasks[0].metrics", eval::metric_names()}};
+}
+
+}  // namespace mllm

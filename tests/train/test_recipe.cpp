@@ -1,0 +1,81 @@
+// Reading a recipe through the registries (train/recipe.h): each name a registry owns is checked
+// against that registry, and a stage's own checks apply.
+#include <catch2/catch.hpp>
+
+#include "core/config.h"
+#include "core/error.h"
+#include "test_util.h"
+#include "train/recipe.h"
+#include "train/stage.h"
+
+using namespace mllm;
+using mllm::test::TempDir;
+using mllm::test::write_text;
+
+namespace {
+
+// A minimal valid recipe whose files exist inside `dir`: `model_extra` goes inside the model
+// section, `body` (other sections) at the end.
+std::filesystem::path recipe(const TempDir& dir, const std::string& body,
+                             const std::string& model_extra = "") {
+  write_text(dir / "tok.json", "{}");
+  write_text(dir / "train.json", "[]");
+  const auto p = dir / "recipe.yaml";
+  write_text(p, "model:\n  tokenizer: " + (dir / "tok.json").string() + "\n" + model_extra +
+                    "data:\n  train:\n    path: " + (dir / "train.json").string() + "\n" + body);
+  return p;
+}
+
+std::string error_of(const std::filesystem::path& p,
+                     const std::vector<std::string>& overrides = {}) {
+  try {
+    load_config(p, overrides);
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST_CASE("recipe: every registered name is accepted and every accepted name registered") {
+  TempDir dir;
+  write_text(dir / "pairs.json", "[]");
+  const auto p = recipe(dir, "");
+  // Each key the registries own, asked through the recipe loader: each registered name loads
+  // (with the data a stage reads), a name off the list is refused with a suggestion.
+  for (const auto& [key, names] : registered_names()) {
+    INFO(key);
+    REQUIRE_FALSE(names.empty());
+    const bool task = key.rfind("eval.tasks[0].", 0) == 0;
+    std::vector<std::string> base;
+    if (task) base = {"eval.tasks=[{name: t, path: " + (dir / "train.json").string() + "}]"};
+    for (const auto& name : names) {
+      INFO(name);
+      auto set = base;
+      const std::string value = key == "eval.tasks[0].metrics" ? "[" + name + "]" : name;
+      set.push_back(key + "=" + value);
+      if (key == "train.stage" && find_stage(name).data == StageData::preference_pairs)
+        set.push_back("data.train.format=preference_json");
+      CHECK(error_of(p, set) == "");
+    }
+    auto set = base;
+    const std::string typo = names.front() + "x";
+    set.push_back(key + "=" + (key == "eval.tasks[0].metrics" ? "[" + typo + "]" : typo));
+    const std::string e = error_of(p, set);
+    CHECK_THAT(e, Catch::Contains(key + ": must be one of "));
+    CHECK_THAT(e, Catch::Contains("did you mean '" + names.front() + "'?"));
+  }
+  // The lists are the registries' own.
+  const auto names = registered_names();
+  CHECK(names[0].second == stage_names());
+  CHECK(std::find(names[0].second.begin(), names[0].second.end(), "simpo") !=
+        names[0].second.end());
+  // A stage's data formats come from the stage.
+  CHECK_THAT(error_of(p, {"train.stage=orpo"}),
+             Catch::Contains("data.train.format: 'llava_json' does not suit train.stage 'orpo' "
+                             "(orpo reads preference_json or preference_jsonl)"));
+  CHECK_THAT(error_of(p, {"train.stage=dpo", "data.train.format=preference_json",
+                          "train.dpo.loss_type=ipo", "train.dpo.label_smoothing=0.1"}),
+             Catch::Contains("train.dpo.label_smoothing: applies to loss_type sigmoid only"));
+}
