@@ -186,6 +186,13 @@ TEST_CASE("tokenizer: byte-level offsets map tokens back to the exact input byte
 }
 
 TEST_CASE("tokenizer parity: LLaMA SentencePiece .model matches spm_encode") {
+#if defined(__SANITIZE_ADDRESS__)
+  // scripts/sanitize: the SentencePiece shim cannot be opened under ASan (sentencepiece.cpp).
+  WARN("skipped in an AddressSanitizer build: .model tokenizers do not load there");
+  CHECK_THROWS_WITH(load_tokenizer(npm_cache() / "llama-tokenizer.model"),
+                    Catch::Contains("AddressSanitizer build"));
+  return;
+#endif
   const fs::path model = npm_cache() / "llama-tokenizer.model";
   INFO("missing " << model << ": run scripts/fetch-tokenizers");
   REQUIRE(fs::exists(model));

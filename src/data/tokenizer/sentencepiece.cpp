@@ -13,6 +13,17 @@
 #include "core/error.h"
 #include "data/tokenizer/tokenizer.h"
 
+#if defined(__SANITIZE_ADDRESS__)
+#define MLLM_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define MLLM_ASAN 1
+#endif
+#endif
+#ifndef MLLM_ASAN
+#define MLLM_ASAN 0
+#endif
+
 namespace mllm {
 
 namespace {
@@ -41,6 +52,13 @@ const SpmApi& spm_api() {
               .string());
 #ifdef MLLM_SPM_SHIM
     candidates.push_back(MLLM_SPM_SHIM);
+#endif
+#if MLLM_ASAN
+    // ASan's runtime refuses RTLD_DEEPBIND (google/sanitizers#611), and without it the two
+    // protobuf copies collide (spm_shim.cpp): a sanitizer build cannot read .model files.
+    throw Error(
+        "[SentencePiece] .model tokenizers cannot load in an AddressSanitizer build (the shim "
+        "needs dlopen(RTLD_DEEPBIND), which the sanitizer runtime refuses)");
 #endif
     void* h = nullptr;
     std::string why;
