@@ -61,15 +61,7 @@ Action add_eval_command(CLI::App& app) {
     if (args->config.empty() || args->checkpoint.empty())
       throw ConfigError("eval: --config and --checkpoint are required (or --compare)");
     const EvalFile recipe = load_eval_config(args->config, args->overrides);
-    fs::path folder = args->checkpoint;
-    if (!fs::exists(folder / "config.json") && fs::is_directory(folder / "final"))
-      folder = folder / "final";
-    if (!fs::is_regular_file(folder / "config.json"))
-      throw ConfigError("--checkpoint: " + args->checkpoint +
-                        " is neither a llava folder (config.json, model.safetensors, "
-                        "tokenizer.json) nor a run directory with final/");
-    if (!fs::is_regular_file(folder / "tokenizer.json"))
-      throw ConfigError("--checkpoint: " + folder.string() + " has no tokenizer.json");
+    const fs::path folder = resolve_llava_folder(args->checkpoint, "--checkpoint", true);
     fs::path out = args->output;
     if (out.empty()) {
       const fs::path run = folder.filename() == "final" ? folder.parent_path() : fs::path();

@@ -48,15 +48,7 @@ Action add_generate_command(CLI::App& app) {
   return [args]() {
     warn_if_slow_blas();
     namespace fs = std::filesystem;
-    fs::path folder = args->checkpoint;
-    if (!fs::exists(folder / "config.json") && fs::is_directory(folder / "final"))
-      folder = folder / "final";
-    if (!fs::is_regular_file(folder / "config.json"))
-      throw ConfigError("--checkpoint: " + args->checkpoint +
-                        " is neither a llava folder (config.json, model.safetensors, "
-                        "tokenizer.json) nor a run directory with final/");
-    if (!fs::is_regular_file(folder / "tokenizer.json"))
-      throw ConfigError("--checkpoint: " + folder.string() + " has no tokenizer.json");
+    const fs::path folder = resolve_llava_folder(args->checkpoint, "--checkpoint", true);
     if (!args->image.empty() && !fs::is_regular_file(args->image))
       throw ConfigError("--image: " + args->image + ": not found");
     if (args->temperature < 0 || args->top_p <= 0 || args->top_p > 1 || args->top_k < 0 ||

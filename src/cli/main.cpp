@@ -3,10 +3,10 @@
 #include <spdlog/spdlog.h>
 
 #include <iostream>
+#include <map>
 #include <new>
 #include <sstream>
 #include <string>
-#include <map>
 
 #include "cli/commands.h"
 #include "core/error.h"

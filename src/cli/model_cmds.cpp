@@ -124,40 +124,28 @@ int inspect_weights(const std::string& path) {
 }
 
 int export_model(const std::string& from, const std::string& out_dir) {
-  fs::path src = from;
-  if (fs::exists(src / "final" / "config.json")) src = src / "final";  // a run directory
-  if (!fs::exists(src / "config.json"))
-    throw ConfigError("export --from: " + from + " is neither a run directory nor a llava folder");
+  const fs::path src = resolve_llava_folder(from, "export --from", false);
   const fs::path out = out_dir;
   if (fs::exists(out) && !fs::is_empty(out))
     throw ConfigError("export --out: " + out.string() + " exists and is not empty");
   int64_t image_token_id = -1;
   const ModelConfig m = read_llava_config_json(src, &image_token_id);
   auto model = load_llava_folder(src);  // validates the weights against the config
-  auto config = llava_config_json(m, image_token_id);
-  if (!llava_hf_compatible(m)) {
-    // transformers cannot build this model; keep the llava layout under our own name.
-    config["architectures"] = {"MllmLlavaForConditionalGeneration"};
-    config["model_type"] = "mllm_llava";
+  LlavaFolderExtras extras;
+  if (fs::exists(src / "tokenizer.json")) {
+    extras.tokenizer = src / "tokenizer.json";
+    extras.tokenizer_config = tokenizer_config_json(*load_tokenizer(extras.tokenizer),
+                                                    m.llm.max_position, model_template(src, m));
   }
-  const fs::path tmp = out.parent_path() / ("." + out.filename().string() + ".tmp");
-  fs::remove_all(tmp);
-  fs::create_directories(tmp);
-  save_safetensors(tmp / "model.safetensors", named_parameters(*model), {{"format", "pt"}});
-  write_file_atomic(tmp / "config.json", config.dump(2) + "\n");
-  const fs::path tok = src / "tokenizer.json";
-  if (fs::exists(tok)) {
-    write_file_atomic(tmp / "tokenizer.json", read_file(tok));
-    const auto t = load_tokenizer(tok);
-    const auto tc = tokenizer_config_json(*t, m.llm.max_position, model_template(src, m));
-    write_file_atomic(tmp / "tokenizer_config.json", tc.dump(2) + "\n");
+  if (fs::exists(src / "preprocessor_config.json")) {
+    try {
+      extras.preprocessor_config =
+          nlohmann::json::parse(read_file(src / "preprocessor_config.json"));
+    } catch (const nlohmann::json::exception& e) {
+      throw Error((src / "preprocessor_config.json").string() + ": " + json_error_message(e));
+    }
   }
-  if (fs::exists(src / "preprocessor_config.json"))
-    write_file_atomic(tmp / "preprocessor_config.json",
-                      read_file(src / "preprocessor_config.json"));
-  fsync_path(tmp);
-  if (fs::exists(out)) fs::remove(out);
-  rename_durable(tmp, out);
+  write_llava_folder(out, *model, extras);
   std::printf("exported %s -> %s (%s)\n", src.string().c_str(), out.string().c_str(),
               llava_hf_compatible(m) ? "LlavaForConditionalGeneration" : "mllm_llava layout");
   return 0;

@@ -5,8 +5,8 @@
 #include "core/blas.h"
 #include "core/config.h"
 #include "core/logging.h"
-#include "train/trainer.h"
 #include "train/recipe.h"
+#include "train/trainer.h"
 
 namespace mllm::cli {
 
@@ -30,7 +30,7 @@ Action add_train_command(CLI::App& app) {
          "auto (newest complete checkpoint, if any), none (fresh run), or a checkpoint directory")
       ->capture_default_str();
   cmd->add_flag("--resume-allow-data-change", args->allow_data_change,
-               "Resume although the training data changed since the checkpoint");
+                "Resume although the training data changed since the checkpoint");
   cmd->add_option("--stop-after", args->stop_after,
                   "Stop after N steps of this process (simulated preemption)");
   return [args]() {

@@ -23,6 +23,7 @@
 #include "eval/evaluate.h"
 #include "models/factory.h"
 #include "models/hf/config_json.h"
+#include "models/hf/llava_folder.h"
 #include "models/hf/weights.h"
 #include "train/checkpoint.h"
 #include "train/distributed.h"
@@ -213,26 +214,15 @@ void check_fresh_output(const Config& config, const fs::path& out) {
 void write_final(const fs::path& out, MultimodalModelImpl& model, const Config& config) {
   if (const auto merged = merge_lora(model))
     spdlog::info("lora: merged the adapters of {} layers into their weights", merged);
-  const fs::path final_dir = out / "final";
-  const fs::path tmp = out / ".tmp-final";
-  fs::remove_all(tmp);
-  fs::create_directories(tmp);
-  save_safetensors(tmp / "model.safetensors", named_parameters(model), {{"format", "pt"}});
-  write_file_atomic(tmp / "config.json",
-                    llava_config_json(config.model, model.image_token_id()).dump(2) + "\n");
-  write_file_atomic(tmp / "tokenizer.json", read_file(config.model.tokenizer));
-  write_file_atomic(tmp / "tokenizer_config.json",
-                    tokenizer_config_json(*load_tokenizer(config.model.tokenizer),
-                                          config.model.llm.max_position, config.data.template_name)
-                            .dump(2) +
-                        "\n");
   const int64_t image_size =
       config.data.image.size > 0 ? config.data.image.size : config.model.vision.image_size;
-  write_file_atomic(tmp / "preprocessor_config.json",
-                    preprocessor_config_json(config.data.image, image_size).dump(2) + "\n");
-  fsync_path(tmp);
-  if (fs::exists(final_dir)) fs::remove_all(final_dir);
-  rename_durable(tmp, final_dir);
+  LlavaFolderExtras extras;
+  extras.tokenizer = config.model.tokenizer;
+  extras.tokenizer_config =
+      tokenizer_config_json(*load_tokenizer(config.model.tokenizer), config.model.llm.max_position,
+                            config.data.template_name);
+  extras.preprocessor_config = preprocessor_config_json(config.data.image, image_size);
+  write_llava_folder(out / "final", model, extras);
 }
 
 }  // namespace

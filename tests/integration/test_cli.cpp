@@ -206,3 +206,35 @@ TEST_CASE(
     CHECK(std::filesystem::exists(out / "final/model.safetensors"));
   }
 }
+
+TEST_CASE("cli: the orpo and simpo recipes train from the command line, without a reference") {
+  TempDir dir("mllm-cli");
+  const auto data = dir / "shapes";
+  Result gen =
+      run("data shapes --out " + data.string() + " --seed 0 --train 32 --val 8 --image-size 32");
+  INFO(gen.output);
+  REQUIRE(gen.code == 0);
+  for (const std::string stage : {"orpo", "simpo"}) {
+    INFO(stage);
+    const auto out = dir / stage;
+    Result r = run("train --config " + src("configs/shapes/stage3_" + stage + ".yaml") +
+                   shrink(data, out) +
+                   " --set data.train.path=" + (data / "preference_train.json").string() +
+                   " --set data.eval.path=" + (data / "preference_val.json").string() +
+                   " --set 'model.llm.pretrained=\"\"' --set 'train.init_from=\"\"'" +
+                   " --set train.max_steps=4 --set train.save_every=0 --set train.log_every=1");
+    INFO(r.output);
+    REQUIRE(r.code == 0);
+    CHECK(std::filesystem::exists(out / "final/model.safetensors"));
+    const auto records = read_jsonl(out / "metrics.jsonl");
+    int steps = 0;
+    for (const auto& j : records)
+      if (j.contains("loss")) {
+        ++steps;
+        CHECK(j.contains("rewards/accuracies"));
+        CHECK(j.contains(stage == "orpo" ? "log_odds_ratio" : "rewards/margins"));
+      }
+    CHECK(steps == 4);
+    CHECK(records.back().contains("eval_rewards/accuracies"));
+  }
+}

@@ -64,4 +64,44 @@ bool llava_hf_compatible(const ModelConfig& m) {
          (m.llm.type == "llama" || m.llm.type == "qwen2");
 }
 
+std::filesystem::path resolve_llava_folder(const std::string& path, const std::string& what,
+                                           bool need_tokenizer) {
+  namespace fs = std::filesystem;
+  fs::path folder = path;
+  if (!fs::exists(folder / "config.json") && fs::is_directory(folder / "final"))
+    folder = folder / "final";
+  if (!fs::is_regular_file(folder / "config.json"))
+    throw ConfigError(what + ": " + path +
+                      " is neither a llava folder (config.json, model.safetensors, "
+                      "tokenizer.json) nor a run directory with final/");
+  if (need_tokenizer && !fs::is_regular_file(folder / "tokenizer.json"))
+    throw ConfigError(what + ": " + folder.string() + " has no tokenizer.json");
+  return folder;
+}
+
+void write_llava_folder(const std::filesystem::path& dir, MultimodalModelImpl& model,
+                        const LlavaFolderExtras& extras) {
+  namespace fs = std::filesystem;
+  auto config = llava_config_json(model.config(), model.image_token_id());
+  if (!llava_hf_compatible(model.config())) {
+    // transformers cannot build this model; keep the llava layout under our own name.
+    config["architectures"] = {"MllmLlavaForConditionalGeneration"};
+    config["model_type"] = "mllm_llava";
+  }
+  const fs::path tmp = dir.parent_path() / ("." + dir.filename().string() + ".tmp");
+  fs::remove_all(tmp);
+  fs::create_directories(tmp);
+  save_safetensors(tmp / "model.safetensors", named_parameters(model), {{"format", "pt"}});
+  write_file_atomic(tmp / "config.json", config.dump(2) + "\n");
+  if (!extras.tokenizer.empty())
+    write_file_atomic(tmp / "tokenizer.json", read_file(extras.tokenizer));
+  if (!extras.tokenizer_config.is_null())
+    write_file_atomic(tmp / "tokenizer_config.json", extras.tokenizer_config.dump(2) + "\n");
+  if (!extras.preprocessor_config.is_null())
+    write_file_atomic(tmp / "preprocessor_config.json", extras.preprocessor_config.dump(2) + "\n");
+  fsync_path(tmp);
+  if (fs::exists(dir)) fs::remove_all(dir);
+  rename_durable(tmp, dir);
+}
+
 }  // namespace mllm

@@ -7,6 +7,8 @@
 
 #include <filesystem>
 
+#include <nlohmann/json.hpp>
+
 #include "core/config.h"
 #include "models/multimodal_model.h"
 
@@ -22,5 +24,26 @@ MultimodalModel load_llava_folder(const std::filesystem::path& folder);
 // Whether transformers' LlavaForConditionalGeneration can run this model as it is: its projector
 // is LLaVA-1.5's two-layer GELU MLP and the LLM and vision tower are ones it knows.
 bool llava_hf_compatible(const ModelConfig& model);
+
+// The llava folder `path` names: itself when it holds config.json, else its final/ (a run
+// directory). Otherwise a ConfigError naming `what` (the option, "--checkpoint"); with
+// `need_tokenizer` the folder must hold tokenizer.json too. mllm generate, eval and export resolve
+// their model argument through this.
+std::filesystem::path resolve_llava_folder(const std::string& path, const std::string& what,
+                                           bool need_tokenizer);
+
+// What a llava folder holds besides config.json and the weights.
+struct LlavaFolderExtras {
+  std::filesystem::path tokenizer;     // copied as tokenizer.json (empty: none)
+  nlohmann::json tokenizer_config;     // tokenizer_config.json (null: none)
+  nlohmann::json preprocessor_config;  // preprocessor_config.json (null: none)
+};
+
+// Writes `model` as a llava folder at `dir` — model.safetensors with llava-hf keys, config.json
+// (LlavaForConditionalGeneration when transformers can run the model, else our mllm_llava
+// layout), and the extras — in a temporary folder beside it, fsync'd and renamed over `dir` (an
+// existing `dir` is replaced). A run's final/ and `mllm export` both write through this.
+void write_llava_folder(const std::filesystem::path& dir, MultimodalModelImpl& model,
+                        const LlavaFolderExtras& extras);
 
 }  // namespace mllm
