@@ -14,6 +14,7 @@
 #include "core/error.h"
 #include "core/fs.h"
 #include "core/threads.h"
+#include "data/tokenizer/tokenizer.h"
 #include "eval/evaluate.h"
 #include "models/hf/config_json.h"
 #include "models/hf/llava_folder.h"

@@ -59,7 +59,7 @@ std::string human_count(int64_t n) {
 int inspect_config(const std::string& path, const std::vector<std::string>& overrides) {
   Config config = load_config(path, overrides);
   const auto tok = load_tokenizer(config.model.tokenizer);
-  auto model = build_model(config, *tok);
+  auto model = build_model(config, tok->vocabulary());
   apply_trainable(*model, config);
   const auto adapted = apply_lora(*model, config);  // as the trainer does: adapters count
   std::printf("%-24s %14s %14s\n", "component", "parameters", "trainable");

@@ -253,7 +253,9 @@ cv::Mat ImageTransform::decode(const std::filesystem::path& path, int64_t max_pi
   if (bytes.size() > static_cast<size_t>(std::numeric_limits<int>::max()))
     throw Error(path.string() + ": cannot decode image (over 2 GiB)");
   if (const auto wh = image_header_size(bytes);
-      wh && max_pixels > 0 && wh->first * wh->second > max_pixels)
+      wh && max_pixels > 0 &&
+      static_cast<double>(wh->first) * static_cast<double>(wh->second) >
+          static_cast<double>(max_pixels))  // in double: 32-bit sides overflow an int64 product
     throw Error(path.string() + ": cannot decode image (its header says " +
                 std::to_string(wh->first) + "x" + std::to_string(wh->second) +
                 ", over data.image.max_pixels = " + std::to_string(max_pixels) + ")");

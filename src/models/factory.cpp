@@ -58,8 +58,7 @@ void check_fits(const Config& config, int64_t vocab) {
       "{}: the model needs {} for its fp32 parameters alone (LLM {:.3g}, vision {:.3g}, "
       "connector {:.3g} parameters) but this machine has {} of memory",
       config.where(key), bytes_text(need), static_cast<double>(e.llm),
-      static_cast<double>(e.vision), static_cast<double>(e.connector),
-      bytes_text(pages * page)));
+      static_cast<double>(e.vision), static_cast<double>(e.connector), bytes_text(pages * page)));
 }
 
 }  // namespace
@@ -70,16 +69,18 @@ ParameterEstimate estimate_parameters(const ModelConfig& m) {
   const double h = static_cast<double>(l.hidden), hd = static_cast<double>(l.attention_head_dim());
   const double q = static_cast<double>(l.heads) * hd, kv = static_cast<double>(l.kv_heads) * hd;
   const double experts = l.experts > 0 ? static_cast<double>(l.experts) : 1.0;
-  const double per_layer = h * q + 2 * h * kv + q * h +                         // attention
+  const double per_layer = h * q + 2 * h * kv + q * h +                             // attention
                            experts * 3 * h * static_cast<double>(l.intermediate) +  // SwiGLU
-                           (l.experts > 0 ? h * experts : 0.0) + 2 * h;         // router, norms
+                           (l.experts > 0 ? h * experts : 0.0) + 2 * h;             // router, norms
   const double vocab = static_cast<double>(l.vocab);
-  const double llm = static_cast<double>(l.layers) * per_layer +
-                     vocab * h * (l.tie_word_embeddings ? 1 : 2) + h;
+  const double llm =
+      static_cast<double>(l.layers) * per_layer + vocab * h * (l.tie_word_embeddings ? 1 : 2) + h;
   const auto& v = m.vision;
   const double vh = static_cast<double>(v.hidden);
-  const double patches = std::pow(static_cast<double>(v.image_size / std::max<int64_t>(1, v.patch_size)), 2);
-  const double vision = 3 * std::pow(static_cast<double>(v.patch_size), 2) * vh + (patches + 2) * vh +
+  const double patches =
+      std::pow(static_cast<double>(v.image_size / std::max<int64_t>(1, v.patch_size)), 2);
+  const double vision = 3 * std::pow(static_cast<double>(v.patch_size), 2) * vh +
+                        (patches + 2) * vh +
                         static_cast<double>(v.layers) *
                             (4 * vh * vh + 2 * vh * static_cast<double>(v.intermediate) + 6 * vh);
   // Connectors differ; the largest of the token-level designs (two layers vision -> LLM width)
@@ -93,7 +94,7 @@ ParameterEstimate estimate_parameters(const ModelConfig& m) {
   return {clamp(llm), clamp(vision), clamp(connector)};
 }
 
-MultimodalModel build_model(Config& config, const Tokenizer& tokenizer) {
+MultimodalModel build_model(Config& config, const Vocabulary& tokenizer) {
   auto& llm = config.model.llm;
   if (!llm.pretrained.empty()) {
     read_llm_config_json(llm.pretrained, llm);
@@ -115,19 +116,19 @@ MultimodalModel build_model(Config& config, const Tokenizer& tokenizer) {
   // A pretrained LLM whose tokenizer gained tokens (<image>; LLaVA-1.5 over Vicuna) grows its
   // vocabulary after loading, padded to a multiple of 64 as llava-hf's checkpoints are (32064).
   int64_t grow_to = 0;
-  if (tokenizer.vocab_size() > llm.vocab && !llm.pretrained.empty())
-    grow_to = (tokenizer.vocab_size() + 63) / 64 * 64;
-  else if (tokenizer.vocab_size() > llm.vocab)
-    throw ConfigError(config.where("model.llm.vocab") + ": the tokenizer " +
-                      tokenizer.path().string() + " has " + std::to_string(tokenizer.vocab_size()) +
-                      " ids but the LLM only " + std::to_string(llm.vocab));
-  if (tokenizer.image_id() < 0)
-    throw ConfigError(config.where("model.tokenizer") + ": " + tokenizer.path().string() +
+  if (tokenizer.size > llm.vocab && !llm.pretrained.empty())
+    grow_to = (tokenizer.size + 63) / 64 * 64;
+  else if (tokenizer.size > llm.vocab)
+    throw ConfigError(config.where("model.llm.vocab") + ": the tokenizer " + tokenizer.source +
+                      " has " + std::to_string(tokenizer.size) + " ids but the LLM only " +
+                      std::to_string(llm.vocab));
+  if (tokenizer.image_id < 0)
+    throw ConfigError(config.where("model.tokenizer") + ": " + tokenizer.source +
                       " has no <image> token");
 
   check_fits(config, grow_to);
   torch::manual_seed(config.run.seed);
-  MultimodalModel model(config.model, tokenizer.image_id());
+  MultimodalModel model(config.model, tokenizer.image_id);
 
   if (!llm.pretrained.empty()) {
     const auto f = open_folder(llm.pretrained, config.where("model.llm.pretrained"));
@@ -138,7 +139,7 @@ MultimodalModel build_model(Config& config, const Tokenizer& tokenizer) {
       spdlog::info(
           "model.llm: vocabulary {} -> {} for the tokenizer's {} ids (new rows: the mean "
           "embedding)",
-          llm.vocab, grow_to, tokenizer.vocab_size());
+          llm.vocab, grow_to, tokenizer.size);
       model->language_model->resize_vocab(grow_to);
       llm.vocab = grow_to;
       model->config_mutable().llm.vocab = grow_to;

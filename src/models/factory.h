@@ -3,7 +3,7 @@
 #pragma once
 
 #include "core/config.h"
-#include "data/tokenizer/tokenizer.h"
+#include "core/vocabulary.h"
 #include "models/multimodal_model.h"
 
 namespace mllm {
@@ -16,7 +16,8 @@ struct ParameterEstimate {
 ParameterEstimate estimate_parameters(const ModelConfig& model);
 
 // Refuses (ConfigError naming the key) a model whose fp32 parameters would not fit in this
-// machine's memory. May update config.model.llm's architecture fields from a pretrained folder's config.json.
-MultimodalModel build_model(Config& config, const Tokenizer& tokenizer);
+// machine's memory. May update config.model.llm's architecture fields from a pretrained folder's
+// config.json.
+MultimodalModel build_model(Config& config, const Vocabulary& vocabulary);
 
 }  // namespace mllm

@@ -20,6 +20,7 @@
 #include "data/datasets.h"
 #include "data/image_transform.h"
 #include "data/loader.h"
+#include "data/tokenizer/tokenizer.h"
 #include "eval/evaluate.h"
 #include "models/factory.h"
 #include "models/hf/config_json.h"
@@ -346,13 +347,13 @@ struct Trainer::Impl {
     if (stage->needs_reference) {
       // The reference: the initial policy, built the same way before `config` is filled in.
       Config ref_config = config;
-      reference = build_model(ref_config, *tokenizer);
+      reference = build_model(ref_config, tokenizer->vocabulary());
       init_from(*reference, config, "reference");
       reference->to(device);
       for (auto& p : reference->parameters()) p.set_requires_grad(false);
       reference->eval();
     }
-    model = build_model(config, *tokenizer);
+    model = build_model(config, tokenizer->vocabulary());
     init_from(*model, config, "model");
     model->to(device);
     // train.trainable first, then LoRA: adapters train, the layers they adapt freeze. Both before

@@ -82,8 +82,8 @@ TEST_CASE("dist env: malformed variables name themselves") {
 }
 
 TEST_CASE("blas: a generic OpenBLAS core on a CPU with AVX-512 or AVX2 is reported with the fix") {
-  const std::set<std::string> avx512 = {"sse4_2", "avx", "avx2", "fma", "avx512f",
-                                        "avx512bw", "avx512vl", "avx512dq"};
+  const std::set<std::string> avx512 = {"sse4_2",  "avx",      "avx2",     "fma",
+                                        "avx512f", "avx512bw", "avx512vl", "avx512dq"};
   const std::set<std::string> avx2 = {"sse4_2", "avx", "avx2", "fma"};
   auto b = mllm::classify_blas("Prescott", avx512);
   CHECK(b.slow);

@@ -173,4 +173,10 @@ TEST_CASE("image_header_size: the size in PNG, JPEG, WebP, BMP and PNM headers, 
   CHECK_THROWS_WITH(ImageTransform::decode(dir / "big.png"),
                     Catch::Contains("big.png: cannot decode image (its header says 30000x30000, "
                                     "over data.image.max_pixels = 178956970)"));
+  // Sides near 2^32 (a product past int64; found by fuzz_image): refused, not overflowed.
+  const char huge[8] = {'\xf1', '\x00', '\x00', '\x15', '\xff', '\x00', '\x00', '\x00'};
+  png.replace(16, 8, huge, 8);
+  test::write_text(dir / "huge.png", png);
+  CHECK_THROWS_WITH(ImageTransform::decode(dir / "huge.png"),
+                    Catch::Contains("its header says 4043309077x4278190080"));
 }

@@ -89,8 +89,9 @@ TEST_CASE("eval items: bad records name the file, line, record and id") {
              Catch::Contains(t.path + ":2: record 1 (id \"a\"): the id is used by an earlier"));
   CHECK_THAT(bad(R"({"id": "c", "image": "val/nope.png", "question": "q?", "answer": "x"})"),
              Catch::Contains("image not found"));
-  CHECK_THAT(bad(R"({"id": "f", "image": "../../../etc/passwd", "question": "q?", "answer": "x"})"),
-             Catch::Contains("(id \"f\"): image outside the task's image_root: ../../../etc/passwd"));
+  CHECK_THAT(
+      bad(R"({"id": "f", "image": "../../../etc/passwd", "question": "q?", "answer": "x"})"),
+      Catch::Contains("(id \"f\"): image outside the task's image_root: ../../../etc/passwd"));
   CHECK_THAT(bad(R"({"id": "d", "question": "<image>\nq?", "answers": ["x"]})"),
              Catch::Contains("the prompt has <image> but the record has no \"image\""));
   CHECK_THAT(bad(R"({"id": "e", "question": "q?", "answers": []})"),
@@ -105,7 +106,7 @@ TEST_CASE("eval task: predictions do not depend on the batch size; every metric 
   Config c = test::tiny_config(data.path(), data / "run");
   const auto tok = load_tokenizer(c.model.tokenizer);
   torch::manual_seed(0);
-  MultimodalModel model = build_model(c, *tok);
+  MultimodalModel model = build_model(c, tok->vocabulary());
   const ImageTransform transform(32, c.data.image);
   const eval::EvalModel m{*model, *tok, transform, "vicuna_v1"};
   auto task = qa_task(data, {"color", "exists"});

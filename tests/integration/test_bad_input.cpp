@@ -44,7 +44,8 @@ struct Fixture {
            "/images --set data.eval.path=null --set data.eval.image_root=" + d +
            "/images --set model.llm.pretrained=null" +
            " --set model.llm.hidden=32 --set model.llm.layers=1 --set model.llm.intermediate=64" +
-           " --set model.vision.image_size=32 --set data.image.size=32 --set model.vision.hidden=32" +
+           " --set model.vision.image_size=32 --set data.image.size=32 --set "
+           "model.vision.hidden=32" +
            " --set model.vision.layers=1 --set model.vision.intermediate=64" +
            " --set train.batch_size=4 --set train.max_steps=2 --set train.save_every=0" +
            " --set data.workers=0";
@@ -78,7 +79,7 @@ void check_clean_error(const Result& r, int code, const std::string& expect) {
 
 TEST_CASE("bad input: a pretrained config.json with zero heads is an error, not SIGFPE") {
   Fixture f;
-  nlohmann::json cfg = {{"model_type", "llama"}, {"hidden_size", 32},
+  nlohmann::json cfg = {{"model_type", "llama"},    {"hidden_size", 32},
                         {"num_attention_heads", 0}, {"num_hidden_layers", 1},
                         {"intermediate_size", 64},  {"vocab_size", 128}};
   write_text(f.dir / "llm/config.json", cfg.dump());
@@ -95,26 +96,26 @@ TEST_CASE("bad input: absurd sizes are refused before the allocator, naming the 
                     "model.llm.hidden: must be in [1, 131072]");
   // Within the bounds, but far beyond this machine's memory.
   check_clean_error(
-      mllm::test::run_mllm(run +
-                           " --set model.llm.hidden=65536 --set model.llm.layers=1000 --set "
-                           "model.llm.heads=512 --set model.llm.kv_heads=512 --set "
-                           "model.llm.intermediate=262144"),
+      mllm::test::run_mllm(run + " --set model.llm.hidden=65536 --set model.llm.layers=1000 --set "
+                                 "model.llm.heads=512 --set model.llm.kv_heads=512 --set "
+                                 "model.llm.intermediate=262144"),
       2, "--set model.llm.hidden=65536: model.llm.hidden: the model needs");
   // A tokenizer id of 10^14 would have become the embedding's size.
   auto tok = nlohmann::json::parse(read_text(f.data / "tokenizer.json"));
   tok["model"]["vocab"]["circle"] = 100000000000000LL;
   write_text(f.dir / "tok.json", tok.dump());
-  check_clean_error(mllm::test::run_mllm(run + " --set model.tokenizer=" +
-                                         (f.dir / "tok.json").string()),
-                    1, "tok.json: model.vocab[\"circle\"]: expected a non-negative integer id below 2^24");
+  check_clean_error(
+      mllm::test::run_mllm(run + " --set model.tokenizer=" + (f.dir / "tok.json").string()), 1,
+      "tok.json: model.vocab[\"circle\"]: expected a non-negative integer id below 2^24");
 }
 
 TEST_CASE("bad input: malformed tokenizer.json fields name the file, not a json exception") {
   Fixture f;
   const std::string text = " --text 'a b'";
   // Merges that are arrays of numbers; `special` given as a string.
-  write_text(f.dir / "bpe.json",
-             R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2}, "merges": [[1, 2]]}})");
+  write_text(
+      f.dir / "bpe.json",
+      R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2}, "merges": [[1, 2]]}})");
   check_clean_error(
       mllm::test::run_mllm("tokenize --tokenizer " + (f.dir / "bpe.json").string() + text), 1,
       "bpe.json: ");
@@ -125,17 +126,18 @@ TEST_CASE("bad input: malformed tokenizer.json fields name the file, not a json 
       mllm::test::run_mllm("tokenize --tokenizer " + (f.dir / "special.json").string() + text), 1,
       "special.json: malformed tokenizer.json: ");
   // A turn whose value is a number.
-  write_text(f.dir / "turns.json", R"([{"from": "human", "value": 7}, {"from": "gpt", "value": "x"}])");
-  check_clean_error(mllm::test::run_mllm("tokenize --tokenizer " +
-                                         (f.data / "tokenizer.json").string() +
-                                         " --template vicuna_v1 --text-file " +
-                                         (f.dir / "turns.json").string()),
-                    2, "turns.json: each turn needs string");
+  write_text(f.dir / "turns.json",
+             R"([{"from": "human", "value": 7}, {"from": "gpt", "value": "x"}])");
+  check_clean_error(
+      mllm::test::run_mllm("tokenize --tokenizer " + (f.data / "tokenizer.json").string() +
+                           " --template vicuna_v1 --text-file " + (f.dir / "turns.json").string()),
+      2, "turns.json: each turn needs string");
 }
 
 TEST_CASE("bad input: a recipe key given twice names both lines") {
   Fixture f;
-  const std::string recipe = read_text(fs::path(MLLM_SOURCE_DIR) / "configs/shapes/stage1_pretrain.yaml");
+  const std::string recipe =
+      read_text(fs::path(MLLM_SOURCE_DIR) / "configs/shapes/stage1_pretrain.yaml");
   write_text(f.dir / "twice.yaml", recipe + "\ntrain:\n  lr: 5.0e-1\n");
   const Result r = mllm::test::run_mllm("train --config " + (f.dir / "twice.yaml").string());
   check_clean_error(r, 2, "twice.yaml:");
@@ -148,16 +150,16 @@ TEST_CASE("bad input: broken images are named, and skipped and counted in skip m
   write_text(f.data / "images/train/huge.png", kHugePng);
   for (const char* name : {"empty", "huge"}) {
     DYNAMIC_SECTION(name) {
-      const auto json = f.with_image(2, std::string("train/") + name + ".png",
-                                     std::string(name) + ".json");
+      const auto json =
+          f.with_image(2, std::string("train/") + name + ".png", std::string(name) + ".json");
       // A whole epoch, so the record's image is read whatever the shuffle.
       const std::string run =
           f.stage1(f.dir / (std::string("out-") + name), json) + " --set train.max_steps=4";
       check_clean_error(mllm::test::run_mllm(run), 1,
                         std::string("images/train/") + name + ".png: cannot decode image");
-      const Result skip = mllm::test::run_mllm(run + " --set data.on_bad_record=skip" +
-                                               " --set run.output_dir=" +
-                                               (f.dir / (std::string("skip-") + name)).string());
+      const Result skip =
+          mllm::test::run_mllm(run + " --set data.on_bad_record=skip" + " --set run.output_dir=" +
+                               (f.dir / (std::string("skip-") + name)).string());
       INFO(skip.output);
       CHECK(skip.code == 0);
       CHECK_THAT(skip.output, Catch::Contains("dropped for unreadable images"));
@@ -178,11 +180,11 @@ TEST_CASE("bad input: broken images are named, and skipped and counted in skip m
 
 TEST_CASE("bad input: image paths may not leave image_root unless allowed") {
   Fixture f;
-  for (const std::string image : {"../../../../../../etc/passwd", "/etc/passwd", "train/../../x.png"}) {
+  for (const std::string image :
+       {"../../../../../../etc/passwd", "/etc/passwd", "train/../../x.png"}) {
     INFO(image);
     const auto json = f.with_image(3, image, "escape.json");
-    check_clean_error(mllm::test::run_mllm(f.stage1(f.dir / "out", json)), 1,
-                      "escape.json:");
+    check_clean_error(mllm::test::run_mllm(f.stage1(f.dir / "out", json)), 1, "escape.json:");
     const Result r = mllm::test::run_mllm(f.stage1(f.dir / "out", json));
     CHECK_THAT(r.output, Catch::Contains("record 3") &&
                              Catch::Contains("image outside data.train.image_root: " + image));
@@ -209,12 +211,12 @@ TEST_CASE("bad input: an image record with no turns says so") {
 
 TEST_CASE("tokenize --template moves <image> to the front of its turn, as training does") {
   Fixture f;
-  write_text(f.dir / "turns.json",
-             R"({"image": "x.png", "conversations": [{"from": "human", "value": "what is it?\n<image>"}, {"from": "gpt", "value": "a red circle ."}]})");
-  const Result r = mllm::test::run_mllm("tokenize --tokenizer " +
-                                        (f.data / "tokenizer.json").string() +
-                                        " --template vicuna_v1 --text-file " +
-                                        (f.dir / "turns.json").string());
+  write_text(
+      f.dir / "turns.json",
+      R"({"image": "x.png", "conversations": [{"from": "human", "value": "what is it?\n<image>"}, {"from": "gpt", "value": "a red circle ."}]})");
+  const Result r =
+      mllm::test::run_mllm("tokenize --tokenizer " + (f.data / "tokenizer.json").string() +
+                           " --template vicuna_v1 --text-file " + (f.dir / "turns.json").string());
   INFO(r.output);
   REQUIRE(r.code == 0);
   const auto j = nlohmann::json::parse(r.output.substr(0, r.output.find('\n')));

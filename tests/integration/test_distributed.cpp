@@ -44,10 +44,10 @@ int fresh_port() {
 // One rank of `ranks`, in the background, as a launcher would start it; output to `log`.
 pid_t spawn_rank(int rank, int ranks, int port, const std::string& args, const fs::path& log) {
   return mllm::test::spawn_shell(
-      "env MLLM_TEST_STEP_DELAY_MS=20 RANK=" + std::to_string(rank) + " LOCAL_RANK=" + std::to_string(rank) +
-          " WORLD_SIZE=" + std::to_string(ranks) + " LOCAL_WORLD_SIZE=" + std::to_string(ranks) +
-          " MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(port) + " " + MLLM_BIN + " " +
-          args,
+      "env MLLM_TEST_STEP_DELAY_MS=20 RANK=" + std::to_string(rank) +
+          " LOCAL_RANK=" + std::to_string(rank) + " WORLD_SIZE=" + std::to_string(ranks) +
+          " LOCAL_WORLD_SIZE=" + std::to_string(ranks) + " MASTER_ADDR=127.0.0.1 MASTER_PORT=" +
+          std::to_string(port) + " " + MLLM_BIN + " " + args,
       log);
 }
 

@@ -89,11 +89,13 @@ TEST_CASE("resume: --resume auto passes over a damaged newest checkpoint and kee
       INFO(r.output);
       REQUIRE(r.code == 0);
       CHECK_THAT(r.output, Catch::Contains("step-000006 is damaged (" + why));
-      CHECK_THAT(r.output, Catch::Contains("resumed from " + (out / "checkpoints/step-000004").string()));
+      CHECK_THAT(r.output,
+                 Catch::Contains("resumed from " + (out / "checkpoints/step-000004").string()));
       // The uninterrupted run's weights, exactly.
       CHECK(read_text(out / "final/model.safetensors") ==
             read_text(ref / "final/model.safetensors"));
-      // The damaged checkpoint is still there for inspection, set aside when step 6 was saved again.
+      // The damaged checkpoint is still there for inspection, set aside when step 6 was saved
+      // again.
       bool kept = false;
       for (const auto& e : fs::directory_iterator(out / "checkpoints"))
         if (e.path().filename().string().rfind("damaged-step-000006", 0) == 0)
@@ -135,11 +137,10 @@ TEST_CASE("resume: a changed training set is refused unless --resume-allow-data-
                            Catch::Contains("--resume-allow-data-change"));
   CHECK(snapshot(out) == before);
 
-  const Result ok =
-      mllm::test::run_mllm(f.args(out) + " --resume auto --resume-allow-data-change");
+  const Result ok = mllm::test::run_mllm(f.args(out) + " --resume auto --resume-allow-data-change");
   INFO(ok.output);
   CHECK(ok.code == 0);
-  CHECK_THAT(ok.output, Catch::Contains("the training data changed (") &&
-                            Catch::Contains("continuing"));
+  CHECK_THAT(ok.output,
+             Catch::Contains("the training data changed (") && Catch::Contains("continuing"));
   CHECK(fs::exists(out / "final/model.safetensors"));
 }

@@ -15,14 +15,10 @@ using mllm::test::write_text;
 
 namespace {
 
-const nlohmann::json kLlama = {{"model_type", "llama"},
-                               {"hidden_size", 64},
-                               {"intermediate_size", 128},
-                               {"num_hidden_layers", 2},
-                               {"num_attention_heads", 4},
-                               {"num_key_value_heads", 2},
-                               {"vocab_size", 100},
-                               {"max_position_embeddings", 256},
+const nlohmann::json kLlama = {{"model_type", "llama"},    {"hidden_size", 64},
+                               {"intermediate_size", 128}, {"num_hidden_layers", 2},
+                               {"num_attention_heads", 4}, {"num_key_value_heads", 2},
+                               {"vocab_size", 100},        {"max_position_embeddings", 256},
                                {"rms_norm_eps", 1e-5}};
 
 // The message read_llm_config_json gives for kLlama with `key` set to `value` ("" if none).
@@ -89,9 +85,9 @@ TEST_CASE("config.json: a llava folder's text_config and vision_config keys are 
   CHECK_THROWS_WITH(read_llm_config_json(dir.path(), llm),
                     Catch::Contains("config.json: text_config.num_attention_heads: must be"));
 
-  write_text(dir / "config.json",
-             nlohmann::json{{"vision_config", {{"hidden_size", 64}, {"num_attention_heads", 0}}}}
-                 .dump());
+  write_text(
+      dir / "config.json",
+      nlohmann::json{{"vision_config", {{"hidden_size", 64}, {"num_attention_heads", 0}}}}.dump());
   VisionConfig v;
   CHECK_THROWS_WITH(read_vision_config_json(dir.path(), v),
                     Catch::Contains("config.json: vision_config.num_attention_heads: must be"));

@@ -238,7 +238,7 @@ TEST_CASE("a pretrained LLM grows its vocabulary for a tokenizer with more ids (
   c.model = tiny_model();
   c.model.llm.pretrained = folder.string();
   c.model.tokenizer = (dir / "tokenizer.json").string();
-  MultimodalModel grown = build_model(c, *tok);
+  MultimodalModel grown = build_model(c, tok->vocabulary());
   const int64_t V = (tok->vocab_size() + 63) / 64 * 64;
   CHECK(c.model.llm.vocab == V);
   CHECK(grown->config().llm.vocab == V);

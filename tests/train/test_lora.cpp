@@ -56,7 +56,7 @@ struct Fixture {
     config.train.lora.rank = 4;
     config.train.lora.alpha = 8;
     tok = load_tokenizer(config.model.tokenizer);
-    model = build_model(config, *tok);
+    model = build_model(config, tok->vocabulary());
   }
 };
 
@@ -230,7 +230,7 @@ TEST_CASE("lora through the trainer: merged final/, adapter checkpoints, exact r
   c.train.batch_size = 4;
   c.train.lr = 1e-2;
   auto tok = load_tokenizer(c.model.tokenizer);
-  const auto initial = snapshot(*build_model(c, *tok));
+  const auto initial = snapshot(*build_model(c, tok->vocabulary()));
   const TrainSummary full = train(c);
   REQUIRE(full.losses.size() == 6);
   const auto j = nlohmann::json::parse(test::read_text(full.output_dir / "summary.json"));

@@ -140,7 +140,7 @@ TEST_CASE("orpo and simpo through a model: the objective equals the slow computa
   c.data.max_length = 96;
   const auto tok = load_tokenizer(c.model.tokenizer);
   torch::manual_seed(1);
-  MultimodalModel model = build_model(c, *tok);
+  MultimodalModel model = build_model(c, tok->vocabulary());
   PreferenceDataset ds(c.data.train, c.data, *tok, model->image_tokens(), "data.train");
   const ImageTransform transform(32, c.data.image);
   const Batch b = collate_items(ds, {0, 3, 5}, transform, 0, false, nullptr, nullptr);

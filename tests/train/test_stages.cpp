@@ -18,8 +18,8 @@
 #include "train/freeze.h"
 #include "train/objectives.h"
 #include "train/optim.h"
-#include "train/trainer.h"
 #include "train/stage.h"
+#include "train/trainer.h"
 
 using namespace mllm;
 using mllm::test::TempDir;
@@ -78,7 +78,7 @@ TEST_CASE("stage 2 starts from stage 1's final/ (init_from) and trains on assist
   {
     Config copy = s2;
     const auto tok = load_tokenizer(copy.model.tokenizer);
-    MultimodalModel fresh = build_model(copy, *tok);
+    MultimodalModel fresh = build_model(copy, tok->vocabulary());
     const auto [file, parts] = load_init_weights(*fresh, r1.final_dir);
     CHECK(file == r1.final_dir / "model.safetensors");
     CHECK(parts.at("multi_modal_projector") == 4);
@@ -130,7 +130,7 @@ TEST_CASE("preference batches: chosen rows then rejected rows; sequence log-prob
   c.data.template_name = "vicuna_v1";
   c.data.max_length = 96;
   const auto tok = load_tokenizer(c.model.tokenizer);
-  MultimodalModel model = build_model(c, *tok);
+  MultimodalModel model = build_model(c, tok->vocabulary());
   PreferenceDataset ds(c.data.train, c.data, *tok, model->image_tokens(), "data.train");
   const ImageTransform transform(32, c.data.image);
   const Batch b = collate_items(ds, {3, 5, 7}, transform, 0, false, nullptr, nullptr);
@@ -296,9 +296,9 @@ TEST_CASE("dpo rpo_alpha adds alpha x the mean NLL of the chosen replies (TRL's 
   c.data.max_length = 96;
   const auto tok = load_tokenizer(c.model.tokenizer);
   torch::manual_seed(1);
-  MultimodalModel model = build_model(c, *tok);
+  MultimodalModel model = build_model(c, tok->vocabulary());
   torch::manual_seed(2);
-  MultimodalModel reference = build_model(c, *tok);
+  MultimodalModel reference = build_model(c, tok->vocabulary());
   PreferenceDataset ds(c.data.train, c.data, *tok, model->image_tokens(), "data.train");
   const ImageTransform transform(32, c.data.image);
   const Batch b = collate_items(ds, {1, 2, 4}, transform, 0, false, nullptr, nullptr);

@@ -60,7 +60,7 @@ TEST_CASE("freeze: an unmatched glob is a config error naming train.trainable") 
   test::make_shapes(data.path(), 16, 4);
   Config c = test::tiny_config(data.path(), data / "run");
   auto tok = load_tokenizer(c.model.tokenizer);
-  auto model = build_model(c, *tok);
+  auto model = build_model(c, tok->vocabulary());
   c.train.trainable = {"multi_modal_projector.*", "multi_modal_projecter.*"};
   CHECK_THROWS_WITH(apply_trainable(*model, c),
                     Catch::Contains("train.trainable[1]: 'multi_modal_projecter.*' "
@@ -76,7 +76,7 @@ TEST_CASE(
   c.train.max_steps = 3;
   // Build the same initial model the trainer builds (same seed) to compare against.
   auto tok = load_tokenizer(c.model.tokenizer);
-  const auto before = snapshot(*build_model(c, *tok));
+  const auto before = snapshot(*build_model(c, tok->vocabulary()));
   const TrainSummary s = train(c);
   REQUIRE(s.steps == 3);
   SafetensorsFile after(s.final_dir / "model.safetensors");
@@ -110,7 +110,7 @@ TEST_CASE("frozen parameters get no gradient; trainable ones do") {
   test::make_shapes(data.path(), 16, 4);
   Config c = test::tiny_config(data.path(), data / "run");
   auto tok = load_tokenizer(c.model.tokenizer);
-  auto model = build_model(c, *tok);
+  auto model = build_model(c, tok->vocabulary());
   apply_trainable(*model, c);
   CHECK(!model->vision_trainable());
   std::vector<int64_t> seq{1};
@@ -151,7 +151,7 @@ TEST_CASE("a mixture-of-experts LLM trains, with coef x its load-balancing loss 
   c.model.llm.experts_per_token = 2;
   c.model.llm.router_aux_loss_coef = 0.5;
   auto tok = load_tokenizer(c.model.tokenizer);
-  auto model = build_model(c, *tok);
+  auto model = build_model(c, tok->vocabulary());
   std::vector<int64_t> seq{1};
   seq.insert(seq.end(), static_cast<size_t>(model->image_tokens()), tok->image_id());
   seq.insert(seq.end(), {10, 11, 12, 2});
@@ -227,7 +227,7 @@ TEST_CASE("checkpoint round trip restores weights, optimizer moments and trainer
   test::make_shapes(data.path(), 16, 4);
   Config c = test::tiny_config(data.path(), data / "run");
   auto tok = load_tokenizer(c.model.tokenizer);
-  auto model = build_model(c, *tok);
+  auto model = build_model(c, tok->vocabulary());
   apply_trainable(*model, c);
   auto opt = make_optimizer(*model, c.train);
   // One real update so the optimizer has state.
@@ -245,7 +245,7 @@ TEST_CASE("checkpoint round trip restores weights, optimizer moments and trainer
   CHECK(find_latest_checkpoint(data / "ckpt") == dir);
 
   c.run.seed = 99;  // different init: everything must come from the checkpoint
-  auto model2 = build_model(c, *tok);
+  auto model2 = build_model(c, tok->vocabulary());
   apply_trainable(*model2, c);
   auto opt2 = make_optimizer(*model2, c.train);
   const TrainerState st2 = load_checkpoint(dir, *model2, *opt2);
@@ -278,7 +278,7 @@ TEST_CASE("checkpoints: keep_last prunes the oldest; half-written ones are never
   test::make_shapes(data.path(), 16, 4);
   Config c = test::tiny_config(data.path(), data / "run");
   auto tok = load_tokenizer(c.model.tokenizer);
-  auto model = build_model(c, *tok);
+  auto model = build_model(c, tok->vocabulary());
   apply_trainable(*model, c);
   auto opt = make_optimizer(*model, c.train);
   TrainerState st;
@@ -380,7 +380,7 @@ TEST_CASE("AdamW groups: decay on matrices, none on norms and biases; embeddings
   c.train.trainable = {"language_model.*", "multi_modal_projector.*"};
   c.train.weight_decay = 0.1;
   auto tok = load_tokenizer(c.model.tokenizer);
-  MultimodalModel model = build_model(c, *tok);
+  MultimodalModel model = build_model(c, tok->vocabulary());
   apply_trainable(*model, c);
   std::map<const void*, std::string> name_of;
   for (const auto& item : model->named_parameters(true))

@@ -17,6 +17,8 @@
 
 #include <nlohmann/json_fwd.hpp>
 
+#include "core/vocabulary.h"
+
 namespace mllm {
 
 // Ids read from a tokenizer file are below this (16.7M; the largest real vocabularies are ~256k):
@@ -60,6 +62,8 @@ class Tokenizer {
   int64_t pad_id() const { return pad_id_; }
   int64_t image_id() const { return image_id_; }
   const std::filesystem::path& path() const { return path_; }
+  // The size and image id, as a model is built from them (models/factory.h).
+  Vocabulary vocabulary() const { return {vocab_size(), image_id(), path_.string()}; }
 
  protected:
   struct AddedToken {
@@ -108,5 +112,11 @@ class Tokenizer {
 
 // Loads a tokenizer.json; throws Error naming the file and the offending field.
 std::unique_ptr<Tokenizer> load_tokenizer(const std::filesystem::path& path);
+
+// tokenizer_config.json as transformers reads it (tokenizer class, special tokens, max length)
+// plus "mllm_template": the conversation template the model was trained with (data.template), so
+// that `mllm generate` and `mllm eval` prompt it the same way. Written in final/ and exports.
+nlohmann::json tokenizer_config_json(const Tokenizer& tokenizer, int64_t model_max_length,
+                                     const std::string& template_name);
 
 }  // namespace mllm

@@ -120,10 +120,14 @@ const char* hf_llm_key(const std::string& field) {
 
 const char* hf_vision_key(const std::string& field) {
   static const std::map<std::string, const char*> keys = {
-      {"image_size", "image_size"},           {"patch_size", "patch_size"},
-      {"hidden", "hidden_size"},              {"layers", "num_hidden_layers"},
-      {"heads", "num_attention_heads"},       {"intermediate", "intermediate_size"},
-      {"layer_norm_eps", "layer_norm_eps"},   {"feature_layer", "vision_feature_layer"}};
+      {"image_size", "image_size"},
+      {"patch_size", "patch_size"},
+      {"hidden", "hidden_size"},
+      {"layers", "num_hidden_layers"},
+      {"heads", "num_attention_heads"},
+      {"intermediate", "intermediate_size"},
+      {"layer_norm_eps", "layer_norm_eps"},
+      {"feature_layer", "vision_feature_layer"}};
   const auto it = keys.find(field);
   return it == keys.end() ? "?" : it->second;
 }
@@ -290,17 +294,6 @@ bool read_preprocessor_config_json(const std::filesystem::path& folder, ImageCon
     throw Error(file.string() + ": " + e.what());
   }
   return true;
-}
-
-nlohmann::json tokenizer_config_json(const Tokenizer& tokenizer, int64_t model_max_length,
-                                     const std::string& template_name) {
-  nlohmann::json tc = {{"tokenizer_class", "PreTrainedTokenizerFast"},
-                       {"model_max_length", model_max_length}};
-  if (tokenizer.bos_id() >= 0) tc["bos_token"] = tokenizer.id_to_token(tokenizer.bos_id());
-  if (tokenizer.eos_id() >= 0) tc["eos_token"] = tokenizer.id_to_token(tokenizer.eos_id());
-  if (tokenizer.pad_id() >= 0) tc["pad_token"] = tokenizer.id_to_token(tokenizer.pad_id());
-  if (!template_name.empty()) tc["mllm_template"] = template_name;
-  return tc;
 }
 
 std::string model_template(const std::filesystem::path& folder, const ModelConfig& model) {

@@ -9,7 +9,6 @@
 #include <nlohmann/json.hpp>
 
 #include "core/config.h"
-#include "data/tokenizer/tokenizer.h"
 
 namespace mllm {
 
@@ -34,12 +33,6 @@ nlohmann::json preprocessor_config_json(const ImageConfig& image, int64_t size);
 // naming the file for a malformed one.
 bool read_preprocessor_config_json(const std::filesystem::path& folder, ImageConfig& image,
                                    int64_t& size);
-
-// tokenizer_config.json as transformers reads it (tokenizer class, special tokens, max length)
-// plus "mllm_template": the conversation template the model was trained with (data.template), so
-// that `mllm generate` and `mllm eval` prompt it the same way. Written in final/ and exports.
-nlohmann::json tokenizer_config_json(const Tokenizer& tokenizer, int64_t model_max_length,
-                                     const std::string& template_name);
 
 // The conversation template recorded in a folder's tokenizer_config.json ("mllm_template"), else
 // chatml for a Qwen2 LLM and vicuna_v1 otherwise (LLaVA-1.5's). Throws Error naming the file for a
