@@ -47,4 +47,16 @@ inline Config tiny_config(const std::filesystem::path& data_dir,
   return c;
 }
 
+// Points `c` at make_shapes' preference pairs (train and val) under `data`, vicuna_v1, 96 tokens.
+inline void use_preference_data(Config& c, const std::filesystem::path& data) {
+  for (auto* s : {&c.data.train, &c.data.eval}) {
+    s->format = "preference_json";
+    s->image_root = (data / "images").string();
+  }
+  c.data.train.path = (data / "preference_train.json").string();
+  c.data.eval.path = (data / "preference_val.json").string();
+  c.data.template_name = "vicuna_v1";
+  c.data.max_length = 96;
+}
+
 }  // namespace mllm::test

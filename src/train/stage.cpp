@@ -36,6 +36,24 @@ std::unique_ptr<Objective> make_objective(const TrainConfig& train, MultimodalMo
   return stage.objective(train, std::move(reference));
 }
 
+const std::vector<std::string>& reward_metric_names() {
+  static const std::vector<std::string> names = {"rewards/chosen",     "rewards/rejected",
+                                                 "rewards/accuracies", "rewards/margins",
+                                                 "logps/chosen",       "logps/rejected"};
+  return names;
+}
+
+void make_preference_stage(Stage& stage, std::shared_ptr<const PreferenceSpec> spec) {
+  stage.data = StageData::preference_pairs;
+  stage.formats = {"preference_json", "preference_jsonl"};
+  stage.metrics.insert(stage.metrics.begin(), reward_metric_names().begin(),
+                       reward_metric_names().end());
+  stage.preference = spec;
+  stage.objective = [spec](const TrainConfig& t, MultimodalModel reference) {
+    return make_preference_objective(spec, t, std::move(reference));
+  };
+}
+
 std::map<std::string, double> reward_metrics(const torch::Tensor& chosen_rewards,
                                              const torch::Tensor& rejected_rewards,
                                              const PreferenceLogps& logps) {

@@ -93,6 +93,11 @@ SequenceTargets sequence_targets(const torch::Tensor& input_ids,
                                  const torch::Tensor& attention_mask, int64_t image_token_id,
                                  int64_t P);
 
+// Makes `stage` a preference stage scored by `spec`: preference pairs (JSON or JSONL), the
+// shared objective, and the reward metrics (reward_metric_names()) among its logged figures.
+void make_preference_stage(Stage& stage, std::shared_ptr<const PreferenceSpec> spec);
+const std::vector<std::string>& reward_metric_names();
+
 // The reward metrics TRL logs for every preference loss, from rewards r_c, r_r (P) and the
 // policy's log-probabilities: rewards/{chosen,rejected,accuracies,margins},
 // logps/{chosen,rejected}.

@@ -2,38 +2,15 @@
 
 #include "core/config.h"
 #include "core/error.h"
+#include "recipe_fixture.h"
 #include "test_util.h"
 #include "train/recipe.h"
 
 using namespace mllm;
+using mllm::test::error_of;
+using mllm::test::recipe;
 using mllm::test::TempDir;
 using mllm::test::write_text;
-
-namespace {
-
-// A minimal valid recipe whose files exist inside `dir`: `model_extra` goes inside the model
-// section, `body` (other sections) at the end.
-std::filesystem::path recipe(const TempDir& dir, const std::string& body,
-                             const std::string& model_extra = "") {
-  write_text(dir / "tok.json", "{}");
-  write_text(dir / "train.json", "[]");
-  const auto p = dir / "recipe.yaml";
-  write_text(p, "model:\n  tokenizer: " + (dir / "tok.json").string() + "\n" + model_extra +
-                    "data:\n  train:\n    path: " + (dir / "train.json").string() + "\n" + body);
-  return p;
-}
-
-std::string error_of(const std::filesystem::path& p,
-                     const std::vector<std::string>& overrides = {}) {
-  try {
-    load_config(p, overrides);
-  } catch (const ConfigError& e) {
-    return e.what();
-  }
-  return "";
-}
-
-}  // namespace
 
 TEST_CASE("config: defaults fill what a recipe leaves out") {
   TempDir dir;

@@ -130,14 +130,7 @@ TEST_CASE("orpo and simpo through a model: the objective equals the slow computa
   test::TempDir data("mllm-pref");
   test::make_shapes(data.path(), 16, 4);
   Config c = test::tiny_config(data.path(), data / "out");
-  for (auto* s : {&c.data.train, &c.data.eval}) {
-    s->format = "preference_json";
-    s->image_root = (data / "images").string();
-  }
-  c.data.train.path = (data / "preference_train.json").string();
-  c.data.eval.path = (data / "preference_val.json").string();
-  c.data.template_name = "vicuna_v1";
-  c.data.max_length = 96;
+  test::use_preference_data(c, data.path());
   const auto tok = load_tokenizer(c.model.tokenizer);
   torch::manual_seed(1);
   MultimodalModel model = build_model(c, tok->vocabulary());
@@ -191,16 +184,9 @@ TEST_CASE("orpo and simpo through the trainer: no reference, TRL's figures, the 
   for (const std::string name : {"orpo", "simpo"}) {
     INFO(name);
     Config c = test::tiny_config(data.path(), data / name);
-    for (auto* s : {&c.data.train, &c.data.eval}) {
-      s->format = "preference_json";
-      s->image_root = (data / "images").string();
-    }
-    c.data.train.path = (data / "preference_train.json").string();
-    c.data.eval.path = (data / "preference_val.json").string();
+    test::use_preference_data(c, data.path());
     c.train.stage = name;
     c.train.init_from = r1.final_dir.string();
-    c.data.template_name = "vicuna_v1";
-    c.data.max_length = 96;
     c.train.trainable = {"multi_modal_projector.*", "language_model.*"};
     c.train.batch_size = 8;
     c.train.max_steps = 18;  // 3 epochs of 6 steps

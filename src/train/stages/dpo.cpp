@@ -9,12 +9,8 @@ Stage dpo_stage() {
   Stage s;
   s.name = "dpo";
   s.summary = "DPO (sigmoid, hinge, ipo) on preference pairs against a frozen reference";
-  s.data = StageData::preference_pairs;
   s.needs_reference = true;
-  s.formats = {"preference_json", "preference_jsonl"};
-  s.metrics = {"rewards/chosen",  "rewards/rejected", "rewards/accuracies",
-               "rewards/margins", "logps/chosen",     "logps/rejected",
-               "nll_loss"};
+  s.metrics = {"nll_loss"};
   s.headline = {"rewards/accuracies", "rewards/margins"};
   auto spec = std::make_shared<PreferenceSpec>();
   // ipo compares per-token means (TRL's DPOTrainer), the others summed log-probabilities.
@@ -36,10 +32,7 @@ Stage dpo_stage() {
     }
     return r;
   };
-  s.preference = spec;
-  s.objective = [spec](const TrainConfig& t, MultimodalModel reference) {
-    return make_preference_objective(spec, t, std::move(reference));
-  };
+  make_preference_stage(s, spec);
   s.check = [](const TrainConfig& t) -> std::pair<std::string, std::string> {
     if (t.dpo.label_smoothing > 0 && t.dpo.loss_type != "sigmoid")
       return {"train.dpo.label_smoothing", "applies to loss_type sigmoid only"};

@@ -33,11 +33,7 @@ Stage orpo_stage() {
   Stage s;
   s.name = "orpo";
   s.summary = "ORPO on preference pairs: chosen NLL plus an odds-ratio penalty, no reference";
-  s.data = StageData::preference_pairs;
-  s.formats = {"preference_json", "preference_jsonl"};
-  s.metrics = {"rewards/chosen",  "rewards/rejected", "rewards/accuracies",
-               "rewards/margins", "logps/chosen",     "logps/rejected",
-               "nll_loss",        "log_odds_ratio",   "log_odds_chosen"};
+  s.metrics = {"nll_loss", "log_odds_ratio", "log_odds_chosen"};
   s.headline = {"rewards/accuracies", "log_odds_ratio"};
   auto spec = std::make_shared<PreferenceSpec>();
   spec->average_logps = [](const TrainConfig&) { return true; };
@@ -55,10 +51,7 @@ Stage orpo_stage() {
     out.metrics["log_odds_chosen"] = log_odds.to(torch::kDouble).mean().item<double>();
     return out;
   };
-  s.preference = spec;
-  s.objective = [spec](const TrainConfig& t, MultimodalModel) {
-    return make_preference_objective(spec, t, nullptr);
-  };
+  make_preference_stage(s, spec);
   return s;
 }
 

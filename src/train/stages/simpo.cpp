@@ -15,11 +15,7 @@ Stage simpo_stage() {
   Stage s;
   s.name = "simpo";
   s.summary = "SimPO on preference pairs: a length-normalised reward margin, no reference";
-  s.data = StageData::preference_pairs;
-  s.formats = {"preference_json", "preference_jsonl"};
-  s.metrics = {"rewards/chosen",  "rewards/rejected", "rewards/accuracies",
-               "rewards/margins", "logps/chosen",     "logps/rejected",
-               "nll_loss"};
+  s.metrics = {"nll_loss"};
   s.headline = {"rewards/accuracies", "rewards/margins"};
   auto spec = std::make_shared<PreferenceSpec>();
   spec->average_logps = [](const TrainConfig&) { return true; };
@@ -41,10 +37,7 @@ Stage simpo_stage() {
     }
     return out;
   };
-  s.preference = spec;
-  s.objective = [spec](const TrainConfig& t, MultimodalModel) {
-    return make_preference_objective(spec, t, nullptr);
-  };
+  make_preference_stage(s, spec);
   return s;
 }
 
