@@ -32,7 +32,8 @@ int main(int argc, char** argv) {
   c.run.output_dir = (dir / "run0").string();
   c.run.threads = 0;
   auto& v = c.model.vision;
-  v.image_size = 224, v.patch_size = 32, v.hidden = 64, v.layers = 2, v.heads = 2, v.intermediate = 128;
+  v.image_size = 224, v.patch_size = 32, v.hidden = 64, v.layers = 2, v.heads = 2,
+  v.intermediate = 128;
   auto& l = c.model.llm;
   l.hidden = 64, l.layers = 2, l.heads = 2, l.kv_heads = 1, l.intermediate = 128, l.vocab = 128;
   c.model.tokenizer = (dir / "tokenizer.json").string();
@@ -46,9 +47,9 @@ int main(int argc, char** argv) {
 
   const auto tok = load_tokenizer(c.model.tokenizer);
   const ConversationDataset ds(c.data.train, c.data, *tok, 49, "data.train");
-  const ImageTransform transform(224, c.data.image);
-  std::printf("loader alone: %lld PNGs of 224x224, batches of %lld\n", static_cast<long long>(images),
-              static_cast<long long>(c.train.batch_size));
+  const ImageTransform transform(c.data.image, 224);
+  std::printf("loader alone: %lld PNGs of 224x224, batches of %lld\n",
+              static_cast<long long>(images), static_cast<long long>(c.train.batch_size));
   for (int64_t workers : {0, 1, 2}) {
     LoaderOptions o;
     o.batch_size = c.train.batch_size;
@@ -62,7 +63,8 @@ int main(int argc, char** argv) {
     std::printf("  workers %lld: %8.1f images/s %10.0f tokens/s\n", static_cast<long long>(workers),
                 static_cast<double>(batches * o.batch_size) / s, static_cast<double>(tokens) / s);
   }
-  std::printf("training (tiny stage-1 model, %lld steps):\n", static_cast<long long>(c.train.max_steps));
+  std::printf("training (tiny stage-1 model, %lld steps):\n",
+              static_cast<long long>(c.train.max_steps));
   for (int64_t workers : {2, 0}) {
     c.data.workers = workers;
     c.run.output_dir = (dir / ("run" + std::to_string(workers))).string();

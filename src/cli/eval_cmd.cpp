@@ -71,15 +71,9 @@ Action add_eval_command(CLI::App& app) {
     configure_threads(args->threads >= 0 ? args->threads : recipe.run.threads);
     const torch::Device device = select_device(recipe.run.device);
 
-    const auto tok = load_tokenizer(folder / "tokenizer.json");
-    MultimodalModel model = load_llava_folder(folder);
-    model->to(device);
-    const ModelConfig& mc = model->config();
-    ImageConfig ic;
-    int64_t size = mc.vision.image_size;
-    read_preprocessor_config_json(folder, ic, size);
-    const ImageTransform transform(size, ic);
-    const eval::EvalModel m{*model, *tok, transform, model_template(folder, mc)};
+    eval::FolderModel loaded = eval::load_folder_model(folder);
+    loaded.model->to(device);
+    const eval::EvalModel m = loaded.view();
     spdlog::info("eval {} ({} tasks) on {} (template {})", args->config, recipe.eval.tasks.size(),
                  folder.string(), m.default_template);
 

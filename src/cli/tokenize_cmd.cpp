@@ -75,13 +75,11 @@ Action add_tokenize_command(CLI::App& app) {
         throw ConfigError((args->text_file.empty() ? "--text" : args->text_file) +
                           ": malformed JSON: " + e.what());
       }
-      const TemplateTokens tt{tok->bos_id() >= 0 ? tok->id_to_token(tok->bos_id()) : "",
-                              tok->eos_id() >= 0 ? tok->id_to_token(tok->eos_id()) : "", "<image>"};
       const RenderedConversation r =
           render_template(args->template_name,
                           read_conversation(j, args->text_file.empty() ? "--text" : args->text_file,
                                             args->template_name),
-                          tt);
+                          template_tokens(*tok));
       text = r.text;
       spans = r.supervised;
       out["rendered"] = text;

@@ -14,6 +14,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/strings.h"
 
 namespace mllm {
 
@@ -47,12 +48,6 @@ namespace {
 // Returns an error text for a bad value, or "" when the value is fine.
 template <class T>
 using Check = std::function<std::string(const T&)>;
-
-std::string join(const std::vector<std::string>& v, const std::string& sep) {
-  std::string out;
-  for (size_t i = 0; i < v.size(); ++i) out += (i ? sep : "") + v[i];
-  return out;
-}
 
 std::string closest(const std::string& word, const std::vector<std::string>& candidates) {
   std::string best;

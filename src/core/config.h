@@ -109,6 +109,9 @@ struct ImageConfig {
   // image is padded to): larger ones are bad records. PIL's decompression-bomb error threshold,
   // 2 x Image.MAX_IMAGE_PIXELS; 0 = no limit.
   int64_t max_pixels = 178956970;
+
+  // The side images are brought to: `size`, else the vision tower's input size.
+  int64_t side(int64_t vision_image_size) const { return size > 0 ? size : vision_image_size; }
 };
 
 struct DataConfig {

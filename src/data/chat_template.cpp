@@ -3,6 +3,7 @@
 #include "data/chat_template.h"
 
 #include "core/error.h"
+#include "data/tokenizer/tokenizer.h"
 
 namespace mllm {
 
@@ -203,6 +204,11 @@ const std::vector<std::string>& template_names() {
 
 bool template_uses_images(const std::string& name) {
   return find_template(name).uses_images;
+}
+
+TemplateTokens template_tokens(const Tokenizer& tokenizer) {
+  return {tokenizer.bos_id() >= 0 ? tokenizer.id_to_token(tokenizer.bos_id()) : "",
+          tokenizer.eos_id() >= 0 ? tokenizer.id_to_token(tokenizer.eos_id()) : "", "<image>"};
 }
 
 RenderedConversation render_template(const std::string& name, const std::vector<Turn>& turns,

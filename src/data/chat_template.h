@@ -3,7 +3,7 @@
 // supervises the tokens that fall in those spans, so no template has to predict how a tokenizer
 // splits a round boundary (LLaVA tokenizes rounds separately and drops samples on a "tokenization
 // mismatch"; HF's assistant masks work from offsets, as we do). This file knows strings, not ids:
-// no tokenizer and no LibTorch here.
+// of the tokenizer it reads only its special tokens' texts (template_tokens); no LibTorch here.
 //
 //   plain     LLaVA's pretraining template: <s><image>caption</s>. The human turn is replaced by
 //             the image alone; the loss is on the caption and </s>.
@@ -38,6 +38,12 @@ struct TemplateTokens {
   std::string eos;    // e.g. "</s>"
   std::string image;  // "<image>"
 };
+
+class Tokenizer;
+
+// The tokenizer's BOS and EOS texts (empty when it has none) and "<image>": what every template is
+// rendered with, made here only.
+TemplateTokens template_tokens(const Tokenizer& tokenizer);
 
 struct RenderedConversation {
   std::string text;

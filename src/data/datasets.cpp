@@ -140,14 +140,12 @@ struct Context {
   const Tokenizer& tok;
   std::string key;
   DatasetStats& stats;
-  TemplateTokens tt;
+  const TemplateTokens tt;
   bool use_images;
 
   Context(const DataSourceConfig& s, const DataConfig& d, const Tokenizer& t, const std::string& k,
           DatasetStats& st)
-      : source(s), data(d), tok(t), key(k), stats(st) {
-    tt = {tok.bos_id() >= 0 ? tok.id_to_token(tok.bos_id()) : "",
-          tok.eos_id() >= 0 ? tok.id_to_token(tok.eos_id()) : "", "<image>"};
+      : source(s), data(d), tok(t), key(k), stats(st), tt(template_tokens(t)) {
     use_images = template_uses_images(data.template_name);
     if (use_images && tok.image_id() < 0)
       throw Error(tok.path().string() + ": the tokenizer has no <image> token (data.template=" +
@@ -217,9 +215,9 @@ struct Context {
     if (v->is_array()) throw Error("\"image\" is a list; one image per record is supported");
     if (!v->is_string() || v->get<std::string>().empty())
       throw Error("\"image\" must be a non-empty string path");
-    const auto path = image_under_root(source.image_root, v->get<std::string>(),
-                                       data.allow_outside_image_root, key + ".image_root",
-                                       "data.allow_outside_image_root");
+    const auto path =
+        image_under_root(source.image_root, v->get<std::string>(), data.allow_outside_image_root,
+                         key + ".image_root", "data.allow_outside_image_root");
     std::error_code ec;
     if (!std::filesystem::is_regular_file(path, ec))
       throw Error("image not found: " + path.string() +

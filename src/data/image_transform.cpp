@@ -95,8 +95,8 @@ cv::Mat resize_bicubic_pil(const cv::Mat& src, int out_w, int out_h) {
   return dst;
 }
 
-ImageTransform::ImageTransform(int64_t size, const ImageConfig& config)
-    : size_(size), config_(config) {}
+ImageTransform::ImageTransform(const ImageConfig& config, int64_t vision_image_size)
+    : size_(config.side(vision_image_size)), config_(config) {}
 
 torch::Tensor ImageTransform::operator()(const cv::Mat& bgr) const {
   const int S = static_cast<int>(size_);

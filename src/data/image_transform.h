@@ -32,7 +32,8 @@ std::optional<std::pair<int64_t, int64_t>> image_header_size(const std::string& 
 
 class ImageTransform {
  public:
-  ImageTransform(int64_t size, const ImageConfig& config);
+  // Images of config.side(vision_image_size) pixels a side.
+  ImageTransform(const ImageConfig& config, int64_t vision_image_size);
   // 8-bit BGR image -> (3,S,S) float tensor.
   torch::Tensor operator()(const cv::Mat& bgr) const;
   // Reads and transforms an image file; throws Error("<path>: cannot decode image ...") on failure,

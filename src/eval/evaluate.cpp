@@ -11,8 +11,11 @@
 #include "core/error.h"
 #include "core/fs.h"
 #include "core/rng.h"
+#include "core/strings.h"
 #include "data/chat_template.h"
 #include "data/datasets.h"
+#include "models/hf/config_json.h"
+#include "models/hf/llava_folder.h"
 
 namespace mllm::eval {
 
@@ -125,9 +128,8 @@ std::vector<EvalItem> load_eval_items(const EvalTaskConfig& task) {
 
 std::vector<int64_t> prompt_ids(const Tokenizer& tok, const std::string& template_name,
                                 const std::string& human, int64_t image_tokens) {
-  const TemplateTokens tt = {tok.bos_id() >= 0 ? tok.id_to_token(tok.bos_id()) : "",
-                             tok.eos_id() >= 0 ? tok.id_to_token(tok.eos_id()) : "", "<image>"};
-  const std::string text = render_template(template_name, {{"human", human}}, tt).text;
+  const std::string text =
+      render_template(template_name, {{"human", human}}, template_tokens(tok)).text;
   std::vector<int64_t> ids;
   for (int64_t id : tok.encode(text)) {
     if (id == tok.image_id())
@@ -136,6 +138,16 @@ std::vector<int64_t> prompt_ids(const Tokenizer& tok, const std::string& templat
       ids.push_back(id);
   }
   return ids;
+}
+
+FolderModel load_folder_model(const std::filesystem::path& folder) {
+  auto tokenizer = load_tokenizer(folder / "tokenizer.json");
+  MultimodalModel model = load_llava_folder(folder);
+  ImageConfig image;
+  read_preprocessor_config_json(folder, image);
+  ImageTransform transform(image, model->config().vision.image_size);
+  std::string name = model_template(folder, model->config());
+  return {std::move(model), std::move(tokenizer), std::move(transform), std::move(name)};
 }
 
 GenerationOptions generation_options(const GenerationConfig& g, const Tokenizer& tok) {
@@ -155,12 +167,6 @@ GenerationOptions generation_options(const GenerationConfig& g, const Tokenizer&
 }
 
 namespace {
-
-std::string trim(const std::string& s) {
-  const auto b = s.find_first_not_of(" \t\n\r");
-  if (b == std::string::npos) return "";
-  return s.substr(b, s.find_last_not_of(" \t\n\r") - b + 1);
-}
 
 // The answers of other items of the same type (else of the task), one drawn per item.
 std::vector<Prediction> chance_predictions(const std::vector<EvalItem>& items, uint64_t seed) {

@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -62,6 +63,19 @@ struct EvalModel {
   const ImageTransform& transform;
   std::string default_template;  // for tasks without eval.tasks[].template
 };
+
+// A llava folder as mllm eval and mllm generate use it: the model, its tokenizer.json, how its
+// images were prepared (preprocessor_config.json, else the data.image defaults at the vision
+// tower's size) and the template it was trained with (model_template).
+struct FolderModel {
+  MultimodalModel model;
+  std::unique_ptr<Tokenizer> tokenizer;
+  ImageTransform transform;
+  std::string default_template;
+  EvalModel view() { return {*model, *tokenizer, transform, default_template}; }
+};
+// `folder` comes from resolve_llava_folder(..., need_tokenizer = true).
+FolderModel load_folder_model(const std::filesystem::path& folder);
 
 struct TaskResult {
   std::string name;

@@ -8,6 +8,7 @@
 #include <set>
 
 #include "core/error.h"
+#include "core/strings.h"
 
 namespace mllm::eval {
 
@@ -36,12 +37,6 @@ std::string lower(std::string s) {
 
 bool is_digit(char c) {
   return c >= '0' && c <= '9';
-}
-
-std::string join(const std::vector<std::string>& v) {
-  std::string out;
-  for (size_t i = 0; i < v.size(); ++i) out += (i ? " " : "") + v[i];
-  return out;
 }
 
 }  // namespace
@@ -221,7 +216,7 @@ std::string ptb_tokenize(const std::string& text) {
   std::vector<std::string> kept;
   for (auto& t : tokens)
     if (!coco_punctuations().count(t)) kept.push_back(t);
-  return join(kept);
+  return join(kept, " ");
 }
 
 // ---- Caption metrics ----------------------------------------------------------------------------
@@ -480,15 +475,13 @@ std::string process_digit_article(const std::string& in) {
   }
   for (auto& w : words)
     if (auto it = contractions().find(w); it != contractions().end()) w = it->second;
-  return join(words);
+  return join(words, " ");
 }
 
 std::string clean_ws(std::string s) {
   for (auto& c : s)
     if (c == '\n' || c == '\t') c = ' ';
-  const auto b = s.find_first_not_of(" \t\n\r\f\v");
-  if (b == std::string::npos) return "";
-  return s.substr(b, s.find_last_not_of(" \t\n\r\f\v") - b + 1);
+  return trim(s);
 }
 
 }  // namespace
@@ -523,7 +516,8 @@ double vqa_accuracy(const std::string& prediction, const std::vector<std::string
 std::optional<char> extract_choice_letter(const std::string& reply) {
   // llava/eval/eval_science_qa.py: the reply is one option letter; or starts with "X. "; or has
   // exactly one "The answer is X." (any character after X). Letters A-E there; here any letter,
-  // the short forms case-insensitive, and a reply of just "x." or "x ." also counts (ShapesWorld's).
+  // the short forms case-insensitive, and a reply of just "x." or "x ." also counts
+  // (ShapesWorld's).
   const std::string t = clean_ws(reply);
   auto letter = [](char c) { return std::isalpha(static_cast<unsigned char>(c)) != 0; };
   auto up = [](char c) { return static_cast<char>(std::toupper(static_cast<unsigned char>(c))); };
@@ -531,8 +525,7 @@ std::optional<char> extract_choice_letter(const std::string& reply) {
   // "x." or "x ." (a WordLevel tokenizer's decode puts spaces between tokens).
   if (!t.empty() && letter(t[0])) {
     const size_t rest = t.find_first_not_of(' ', 1);
-    if (rest != std::string::npos && t.compare(rest, std::string::npos, ".") == 0)
-      return up(t[0]);
+    if (rest != std::string::npos && t.compare(rest, std::string::npos, ".") == 0) return up(t[0]);
   }
   if (t.size() >= 3 && letter(t[0]) && t[1] == '.' && t[2] == ' ') return up(t[0]);
   // The sentence form as published: case-sensitive, an upper-case letter and any one character.

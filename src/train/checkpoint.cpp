@@ -13,6 +13,7 @@
 #include "core/error.h"
 #include "core/fs.h"
 #include "core/safetensors.h"
+#include "models/hf/config_json.h"
 #include "models/hf/weights.h"
 
 namespace mllm {
@@ -118,7 +119,8 @@ std::filesystem::path save_checkpoint(const std::filesystem::path& root, torch::
     // A damaged checkpoint of this step that a resume passed over: kept for inspection, under a
     // name that neither resume nor keep_last looks at.
     fs::path aside = root / ("damaged-" + name);
-    for (int i = 1; fs::exists(aside); ++i) aside = root / ("damaged-" + name + "-" + std::to_string(i));
+    for (int i = 1; fs::exists(aside); ++i)
+      aside = root / ("damaged-" + name + "-" + std::to_string(i));
     fs::rename(final_dir, aside);
     spdlog::warn("the damaged checkpoint {} was moved to {}", final_dir.string(), aside.string());
   }
@@ -193,8 +195,8 @@ std::vector<std::filesystem::path> list_checkpoints(const std::filesystem::path&
   return out;
 }
 
-std::optional<std::filesystem::path> find_latest_checkpoint(const std::filesystem::path& root,
-                                                            std::vector<SkippedCheckpoint>* skipped) {
+std::optional<std::filesystem::path> find_latest_checkpoint(
+    const std::filesystem::path& root, std::vector<SkippedCheckpoint>* skipped) {
   for (const auto& dir : list_checkpoints(root)) {
     const std::string problem = checkpoint_problem(dir);
     if (problem.empty()) return dir;
@@ -280,10 +282,7 @@ void set_rng_states(const std::vector<torch::Tensor>& states) {
 std::pair<std::filesystem::path, std::map<std::string, int64_t>> load_init_weights(
     torch::nn::Module& model, const std::filesystem::path& from) {
   namespace fs = std::filesystem;
-  fs::path folder = from;
-  if (!fs::exists(folder / "model.safetensors") && fs::is_directory(folder / "final"))
-    folder = folder / "final";
-  const fs::path file = folder / "model.safetensors";
+  const fs::path file = model_folder(from) / "model.safetensors";
   if (!fs::is_regular_file(file))
     throw Error(from.string() +
                 ": holds no model.safetensors (expected a run's final/ folder, one of its "

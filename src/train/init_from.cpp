@@ -52,11 +52,15 @@ const std::vector<Field>& fields() {
        true},
       {"model.vision.layer_norm_eps", "vision_config.layer_norm_eps",
        [](const ModelConfig& m) { return number(m.vision.layer_norm_eps); },
-       [](ModelConfig& a, const ModelConfig& b) { a.vision.layer_norm_eps = b.vision.layer_norm_eps; },
+       [](ModelConfig& a, const ModelConfig& b) {
+         a.vision.layer_norm_eps = b.vision.layer_norm_eps;
+       },
        false},
       {"model.vision.feature_layer", "vision_feature_layer",
        [](const ModelConfig& m) { return std::to_string(m.vision.feature_layer); },
-       [](ModelConfig& a, const ModelConfig& b) { a.vision.feature_layer = b.vision.feature_layer; },
+       [](ModelConfig& a, const ModelConfig& b) {
+         a.vision.feature_layer = b.vision.feature_layer;
+       },
        false, false},
       {"model.vision.select", "vision_feature_select_strategy",
        [](const ModelConfig& m) { return m.vision.select; },
@@ -69,9 +73,8 @@ const std::vector<Field>& fields() {
 // The architecture recorded with the weights `from` names, and the file it is in.
 std::optional<std::pair<ModelConfig, fs::path>> recorded(const fs::path& from) {
   ModelConfig m;
-  for (const fs::path& folder : {from, from / "final"}) {
-    const fs::path file = folder / "config.json";
-    if (!fs::is_regular_file(file)) continue;
+  if (const fs::path folder = model_folder(from), file = folder / "config.json";
+      fs::is_regular_file(file)) {
     read_llm_config_json(folder, m.llm);
     read_vision_config_json(folder, m.vision);
     const nlohmann::json j = nlohmann::json::parse(read_file(file), nullptr, false);
@@ -80,8 +83,9 @@ std::optional<std::pair<ModelConfig, fs::path>> recorded(const fs::path& from) {
         m.vision.feature_layer = j["vision_feature_layer"].get<int64_t>();
       if (j.contains("vision_feature_select_strategy") &&
           j["vision_feature_select_strategy"].is_string())
-        m.vision.select =
-            j["vision_feature_select_strategy"].get<std::string>() == "full" ? "cls_patch" : "patch";
+        m.vision.select = j["vision_feature_select_strategy"].get<std::string>() == "full"
+                              ? "cls_patch"
+                              : "patch";
     }
     return std::make_pair(m, file);
   }
@@ -127,17 +131,18 @@ void adopt_init_from_architecture(Config& config) {
   for (const auto& f : fields()) {
     const std::string a = f.get(ours), b = f.get(from);
     if (a == b) continue;
-    const std::string pretrained =
-        !f.in_pretrained ? "" : f.llm ? ours.llm.pretrained : ours.vision.pretrained;
+    const std::string pretrained = !f.in_pretrained ? ""
+                                   : f.llm          ? ours.llm.pretrained
+                                                    : ours.vision.pretrained;
     const bool stated = !pretrained.empty() || config.origin.count(f.key) > 0;
     const std::string there =
         file.string() + ": " + (from_yaml ? f.key : f.json_key) + " = " + b + " (train.init_from)";
     if (stated) {
-      const std::string here =
-          !pretrained.empty()
-              ? (fs::path(pretrained) / "config.json").string() + ": the " +
-                    (f.llm ? "model.llm" : "model.vision") + ".pretrained config's value " + a
-              : config.where(f.key) + " = " + a;
+      const std::string here = !pretrained.empty()
+                                   ? (fs::path(pretrained) / "config.json").string() + ": the " +
+                                         (f.llm ? "model.llm" : "model.vision") +
+                                         ".pretrained config's value " + a
+                                   : config.where(f.key) + " = " + a;
       throw ConfigError(here + ", but " + there +
                         ": the model would compute differently from the one it starts from; make "
                         "them agree" +

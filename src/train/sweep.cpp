@@ -24,8 +24,9 @@
 #include "core/error.h"
 #include "core/fs.h"
 #include "core/logging.h"
-#include "train/sweep_report.h"
+#include "core/strings.h"
 #include "train/recipe.h"
+#include "train/sweep_report.h"
 
 extern char** environ;
 
@@ -34,12 +35,6 @@ namespace mllm {
 namespace fs = std::filesystem;
 
 namespace {
-
-std::string trim(const std::string& s) {
-  const auto b = s.find_first_not_of(" \t");
-  if (b == std::string::npos) return "";
-  return s.substr(b, s.find_last_not_of(" \t") - b + 1);
-}
 
 // Splits at commas that are not inside [], {} or quotes; "" when brackets or quotes do not close.
 std::optional<std::vector<std::string>> split_values(const std::string& s) {
@@ -318,97 +313,136 @@ std::string sanitize_file_name(const std::string& name) {
   return out;
 }
 
-int run_sweep(const SweepSpec& spec, const fs::path& mllm_binary) {
-  check_grid(spec.grid, spec.source);
-  if (spec.parallel < 1)
-    throw ConfigError("--parallel: must be >= 1 (got " + std::to_string(spec.parallel) + ")");
-  const std::vector<SweepRun> runs = expand_grid(spec.grid);
+namespace {
+
+// The runs' names are distinct directory names.
+void check_run_names(const std::vector<SweepRun>& runs, const std::string& source) {
   std::map<std::string, size_t> names;
   for (size_t i = 0; i < runs.size(); ++i) {
     const auto [it, fresh] = names.emplace(runs[i].name, i);
     if (!fresh)
-      throw ConfigError(spec.source + ": runs " + std::to_string(it->second + 1) + " and " +
+      throw ConfigError(source + ": runs " + std::to_string(it->second + 1) + " and " +
                         std::to_string(i + 1) + " get the same directory name '" + runs[i].name +
                         "'; make the values differ in letters, digits or ._,=+-");
   }
-  // The base recipe with the common overrides should be valid by itself, or at least with one
-  // run's overrides (the grid may supply a file the base lacks): otherwise the mistake is the
-  // sweep's (a typo in --set), reported once, not as every run's.
-  Config base;
+}
+
+// The base recipe with the common overrides should be valid by itself, or at least with one run's
+// overrides (the grid may supply a file the base lacks): otherwise the mistake is the sweep's (a
+// typo in --set), reported once, not as every run's.
+Config load_base(const SweepSpec& spec, const std::vector<SweepRun>& runs) {
   try {
-    base = load_config(spec.base, spec.set);
+    return load_config(spec.base, spec.set);
   } catch (const ConfigError&) {
-    bool any = false;
     for (const auto& run : runs) {
       std::vector<std::string> overrides = spec.set;
       for (const auto& [key, value] : run.overrides) overrides.push_back(key + "=" + value);
       try {
-        base = load_config(spec.base, overrides);
-        any = true;
-        break;
+        return load_config(spec.base, overrides);
       } catch (const ConfigError&) {
       }
     }
-    if (!any) throw;
+    throw;
   }
-  fs::path out = spec.out.empty() ? fs::path(base.output_dir().string() + "-sweep") : spec.out;
-  out = out.lexically_normal();
-  if (out.filename().empty()) out = out.parent_path();
+}
 
-  std::vector<std::string> keys;
-  for (const auto& axis : spec.grid) keys.push_back(axis.key);
-  std::vector<RunReport> reports(runs.size());
-  for (size_t i = 0; i < runs.size(); ++i) {
-    reports[i].name = runs[i].name;
-    for (const auto& o : runs[i].overrides) reports[i].values.push_back(o.second);
+// What a child's exit says of its run.
+void settle_exit(RunReport& report, const Child& child, int status, const fs::path& dir) {
+  const auto lines = log_lines(child.log, child.log_offset);
+  std::error_code ec;
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 0 && fs::is_directory(dir / "final", ec)) {
+    report.status = "done";
+    report.note = child.resumed ? "resumed from a checkpoint" : "";
+    return;
+  }
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 2) {
+    report.status = "invalid";
+    report.note = last_error(lines);
+    return;
+  }
+  report.status = "failed";
+  if (WIFSIGNALED(status))
+    report.note = "killed by signal " + std::to_string(WTERMSIG(status)) + " (" +
+                  strsignal(WTERMSIG(status)) + ")";
+  else if (WEXITSTATUS(status) == 0)
+    report.note = "exited 0 without writing final/";
+  else
+    report.note = last_error(lines);
+  if (report.note.empty()) report.note = "exited with code " + std::to_string(WEXITSTATUS(status));
+  std::string tail;
+  for (size_t k = lines.size() > 15 ? lines.size() - 15 : 0; k < lines.size(); ++k)
+    tail += "\n  " + lines[k];
+  spdlog::error("{} failed; the end of {}:{}", report.name, child.log.string(), tail);
+}
+
+// One sweep: its runs, their reports, and the children running now.
+class Sweep {
+ public:
+  Sweep(const SweepSpec& spec, const fs::path& binary) : spec_(spec), binary_(binary) {
+    check_grid(spec.grid, spec.source);
+    if (spec.parallel < 1)
+      throw ConfigError("--parallel: must be >= 1 (got " + std::to_string(spec.parallel) + ")");
+    runs_ = expand_grid(spec.grid);
+    check_run_names(runs_, spec.source);
+    const Config base = load_base(spec, runs_);
+    out_ = spec.out.empty() ? fs::path(base.output_dir().string() + "-sweep") : spec.out;
+    out_ = out_.lexically_normal();
+    if (out_.filename().empty()) out_ = out_.parent_path();
+    for (const auto& axis : spec.grid) keys_.push_back(axis.key);
+    reports_.resize(runs_.size());
+    for (size_t i = 0; i < runs_.size(); ++i) {
+      reports_[i].name = runs_[i].name;
+      for (const auto& o : runs_[i].overrides) reports_[i].values.push_back(o.second);
+    }
+    grid_sets_threads_ = std::find(keys_.begin(), keys_.end(), "run.threads") != keys_.end();
+    const int64_t total = base.run.threads > 0
+                              ? base.run.threads
+                              : std::max<int64_t>(1, std::thread::hardware_concurrency());
+    threads_ = std::max<int64_t>(1, total / spec.parallel);
   }
 
-  const bool grid_sets_threads = std::find(keys.begin(), keys.end(), "run.threads") != keys.end();
-  const int64_t total_threads = base.run.threads > 0
-                                    ? base.run.threads
-                                    : std::max<int64_t>(1, std::thread::hardware_concurrency());
-  const int64_t threads = std::max<int64_t>(1, total_threads / spec.parallel);
-  fs::create_directories(out);
-  spdlog::info("sweep: {} runs of {} -> {} ({} at a time, run.threads={})", runs.size(),
-               spec.base.string(), out.string(), spec.parallel,
-               grid_sets_threads ? std::string("from the grid") : std::to_string(threads));
+  int run() {
+    fs::create_directories(out_);
+    spdlog::info("sweep: {} runs of {} -> {} ({} at a time, run.threads={})", runs_.size(),
+                 spec_.base.string(), out_.string(), spec_.parallel,
+                 grid_sets_threads_ ? std::string("from the grid") : std::to_string(threads_));
+    const auto started = std::chrono::steady_clock::now();
+    size_t next = 0;
+    while (next < runs_.size() || !running_.empty()) {
+      while (next < runs_.size() && static_cast<int64_t>(running_.size()) < spec_.parallel)
+        start(next++);
+      if (!running_.empty()) reap();
+    }
+    std::map<std::string, int> counts;
+    for (const auto& r : reports_) ++counts[r.status];
+    std::cout << summary_markdown(keys_, reports_) << std::flush;
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    spdlog::info(
+        "sweep: {} runs in {}: {} done, {} skipped (finished earlier), {} invalid, {} failed; "
+        "summary: {}",
+        runs_.size(), format_duration(seconds), counts["done"], counts["skipped-finished"],
+        counts["invalid"], counts["failed"], (out_ / "summary.md").string());
+    return counts["invalid"] + counts["failed"] > 0 ? 1 : 0;
+  }
 
-  size_t finished = 0;
-  auto finish = [&](size_t i) {
-    ++finished;
-    const RunReport& r = reports[i];
-    std::string detail;
-    if (r.final_loss) detail += fmt::format(" | loss {:.4f}", *r.final_loss);
-    if (r.eval_loss) detail += fmt::format(" | eval {:.4f}", *r.eval_loss);
-    if (r.wall_seconds) detail += fmt::format(" | {:.3f}s", *r.wall_seconds);
-    if (!r.note.empty()) detail += " | " + r.note;
-    const std::string line =
-        fmt::format("[{}/{}] {}: {}{}", finished, runs.size(), r.name, r.status, detail);
-    if (r.status == "failed" || r.status == "invalid")
-      spdlog::warn("{}", line);
-    else
-      spdlog::info("{}", line);
-    write_sweep_summary(out, keys, reports);
-  };
-
-  std::map<pid_t, Child> running;
-  const auto started = std::chrono::steady_clock::now();
+ private:
   // Starts run i, or settles it without a child (finished earlier, invalid, cannot start).
-  auto start = [&](size_t i) {
-    const fs::path dir = out / runs[i].name;
-    RunReport& report = reports[i];
+  void start(size_t i) {
+    const fs::path dir = out_ / runs_[i].name;
+    RunReport& report = reports_[i];
     std::error_code ec;
     if (fs::is_directory(dir / "final", ec)) {
       report.status = "skipped-finished";
       read_run_outputs(dir, report);
       return finish(i);
     }
-    std::vector<std::string> overrides = spec.set;
-    for (const auto& [key, value] : runs[i].overrides) overrides.push_back(key + "=" + value);
+    std::vector<std::string> overrides = spec_.set;
+    for (const auto& [key, value] : runs_[i].overrides) overrides.push_back(key + "=" + value);
     overrides.push_back("run.output_dir=" + yaml_quoted(dir.string()));
-    if (!grid_sets_threads) overrides.push_back("run.threads=" + std::to_string(threads));
+    if (!grid_sets_threads_) overrides.push_back("run.threads=" + std::to_string(threads_));
     try {
-      load_config(spec.base, overrides);
+      load_config(spec_.base, overrides);
     } catch (const ConfigError& e) {
       report.status = "invalid";
       report.note = e.what();
@@ -420,7 +454,7 @@ int run_sweep(const SweepSpec& spec, const fs::path& mllm_binary) {
     // Without a checkpoint the run starts afresh: an earlier attempt's metrics would mix in.
     if (!resumed) fs::remove(dir / "metrics.jsonl", ec);
 
-    std::vector<std::string> argv = {mllm_binary.string(), "train", "--config", spec.base.string()};
+    std::vector<std::string> argv = {binary_.string(), "train", "--config", spec_.base.string()};
     for (const auto& o : overrides) argv.insert(argv.end(), {"--set", o});
     argv.insert(argv.end(), {"--resume", "auto"});
     const fs::path log = dir / "train.log";
@@ -434,70 +468,65 @@ int run_sweep(const SweepSpec& spec, const fs::path& mllm_binary) {
     const pid_t pid = spawn_logged(argv, log);
     if (pid < 0) {
       report.status = "failed";
-      report.note = "cannot start " + mllm_binary.string() + ": " + std::strerror(errno);
+      report.note = "cannot start " + binary_.string() + ": " + std::strerror(errno);
       return finish(i);
     }
     report.status = "running";
-    running[pid] = Child{i, log, offset, resumed};
-  };
+    running_[pid] = Child{i, log, offset, resumed};
+  }
 
-  size_t next = 0;
-  while (next < runs.size() || !running.empty()) {
-    while (next < runs.size() && static_cast<int64_t>(running.size()) < spec.parallel)
-      start(next++);
-    if (running.empty()) continue;
+  // Waits for one child to end and settles its run.
+  void reap() {
     int status = 0;
     const pid_t pid = ::waitpid(-1, &status, 0);
     if (pid < 0) {
-      if (errno == EINTR) continue;
+      if (errno == EINTR) return;
       throw Error(std::string("sweep: waitpid failed: ") + std::strerror(errno));
     }
-    const auto it = running.find(pid);
-    if (it == running.end()) continue;
+    const auto it = running_.find(pid);
+    if (it == running_.end()) return;
     const Child child = it->second;
-    running.erase(it);
-    const size_t i = child.index;
-    RunReport& report = reports[i];
-    const fs::path dir = out / runs[i].name;
-    read_run_outputs(dir, report);
-    const auto lines = log_lines(child.log, child.log_offset);
-    std::error_code ec;
-    if (WIFEXITED(status) && WEXITSTATUS(status) == 0 && fs::is_directory(dir / "final", ec)) {
-      report.status = "done";
-      report.note = child.resumed ? "resumed from a checkpoint" : "";
-    } else if (WIFEXITED(status) && WEXITSTATUS(status) == 2) {
-      report.status = "invalid";
-      report.note = last_error(lines);
-    } else {
-      report.status = "failed";
-      if (WIFSIGNALED(status))
-        report.note = "killed by signal " + std::to_string(WTERMSIG(status)) + " (" +
-                      strsignal(WTERMSIG(status)) + ")";
-      else if (WEXITSTATUS(status) == 0)
-        report.note = "exited 0 without writing final/";
-      else
-        report.note = last_error(lines);
-      if (report.note.empty())
-        report.note = "exited with code " + std::to_string(WEXITSTATUS(status));
-      std::string tail;
-      for (size_t k = lines.size() > 15 ? lines.size() - 15 : 0; k < lines.size(); ++k)
-        tail += "\n  " + lines[k];
-      spdlog::error("{} failed; the end of {}:{}", runs[i].name, child.log.string(), tail);
-    }
-    finish(i);
+    running_.erase(it);
+    const fs::path dir = out_ / runs_[child.index].name;
+    read_run_outputs(dir, reports_[child.index]);
+    settle_exit(reports_[child.index], child, status, dir);
+    finish(child.index);
   }
 
-  std::map<std::string, int> counts;
-  for (const auto& r : reports) ++counts[r.status];
-  std::cout << summary_markdown(keys, reports) << std::flush;
-  const double seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-  spdlog::info(
-      "sweep: {} runs in {}: {} done, {} skipped (finished earlier), {} invalid, {} failed; "
-      "summary: {}",
-      runs.size(), format_duration(seconds), counts["done"], counts["skipped-finished"],
-      counts["invalid"], counts["failed"], (out / "summary.md").string());
-  return counts["invalid"] + counts["failed"] > 0 ? 1 : 0;
+  // Logs a settled run and rewrites the summary.
+  void finish(size_t i) {
+    ++finished_;
+    const RunReport& r = reports_[i];
+    std::string detail;
+    if (r.final_loss) detail += fmt::format(" | loss {:.4f}", *r.final_loss);
+    if (r.eval_loss) detail += fmt::format(" | eval {:.4f}", *r.eval_loss);
+    if (r.wall_seconds) detail += fmt::format(" | {:.3f}s", *r.wall_seconds);
+    if (!r.note.empty()) detail += " | " + r.note;
+    const std::string line =
+        fmt::format("[{}/{}] {}: {}{}", finished_, runs_.size(), r.name, r.status, detail);
+    if (r.status == "failed" || r.status == "invalid")
+      spdlog::warn("{}", line);
+    else
+      spdlog::info("{}", line);
+    write_sweep_summary(out_, keys_, reports_);
+  }
+
+  const SweepSpec& spec_;
+  const fs::path binary_;
+  std::vector<SweepRun> runs_;
+  fs::path out_;
+  std::vector<std::string> keys_;
+  std::vector<RunReport> reports_;
+  bool grid_sets_threads_ = false;
+  int64_t threads_ = 1;
+  std::map<pid_t, Child> running_;
+  size_t finished_ = 0;
+};
+
+}  // namespace
+
+int run_sweep(const SweepSpec& spec, const fs::path& mllm_binary) {
+  return Sweep(spec, mllm_binary).run();
 }
 
 }  // namespace mllm

@@ -215,14 +215,13 @@ void check_fresh_output(const Config& config, const fs::path& out) {
 void write_final(const fs::path& out, MultimodalModelImpl& model, const Config& config) {
   if (const auto merged = merge_lora(model))
     spdlog::info("lora: merged the adapters of {} layers into their weights", merged);
-  const int64_t image_size =
-      config.data.image.size > 0 ? config.data.image.size : config.model.vision.image_size;
   LlavaFolderExtras extras;
   extras.tokenizer = config.model.tokenizer;
   extras.tokenizer_config =
       tokenizer_config_json(*load_tokenizer(config.model.tokenizer), config.model.llm.max_position,
                             config.data.template_name);
-  extras.preprocessor_config = preprocessor_config_json(config.data.image, image_size);
+  extras.preprocessor_config =
+      preprocessor_config_json(config.data.image, config.model.vision.image_size);
   write_llava_folder(out / "final", model, extras);
 }
 
@@ -386,9 +385,7 @@ struct Trainer::Impl {
     if (!config.data.eval.path.empty())
       eval_data =
           open_dataset(*stage, config, config.data.eval, *tokenizer, image_tokens, "data.eval");
-    const int64_t image_size =
-        config.data.image.size > 0 ? config.data.image.size : config.model.vision.image_size;
-    transform.emplace(image_size, config.data.image);
+    transform.emplace(config.data.image, config.model.vision.image_size);
     pad_id = tokenizer->pad_id() >= 0 ? tokenizer->pad_id() : 0;
     skip_bad = config.data.on_bad_record == "skip";
 

@@ -502,7 +502,7 @@ TEST_CASE("image transform: pad to square with the mean colour, resize, normalis
   ImageConfig ic;
   ic.mean = {0.5, 0.5, 0.5};
   ic.std = {0.5, 0.5, 0.5};
-  ImageTransform t(4, ic);
+  ImageTransform t(ic, 4);
   cv::Mat img(2, 4, CV_8UC3, cv::Scalar(255, 0, 0));  // BGR blue, wide
   auto x = t(img);
   REQUIRE(x.sizes() == torch::IntArrayRef({3, 4, 4}));
@@ -517,7 +517,7 @@ TEST_CASE("image transform: pad to square with the mean colour, resize, normalis
 TEST_CASE("image transform: a corrupt or missing image names the file") {
   TempDir dir;
   write_text(dir / "broken.png", "\x89PNG\r\n\x1a\nnot really");
-  ImageTransform t(8, ImageConfig{});
+  ImageTransform t(ImageConfig{}, 8);
   CHECK_THROWS_WITH(t.load(dir / "broken.png"), Catch::Contains("broken.png: cannot decode image"));
   CHECK_THROWS_WITH(t.load(dir / "absent.png"), Catch::Contains("absent.png: image not found"));
 }
@@ -526,7 +526,7 @@ TEST_CASE(
     "collator: right padding, -100 labels on padding, supervised token count after the shift") {
   Sample a{"a", {1, 5, 6, 2}, {-100, 5, 6, 2}, {}};
   Sample b{"b", {1, 7}, {-100, 7}, {}};
-  ImageTransform t(8, ImageConfig{});
+  ImageTransform t(ImageConfig{}, 8);
   const Batch batch = collate({&a, &b}, t, /*pad_id=*/0);
   REQUIRE(batch.input_ids.sizes() == torch::IntArrayRef({2, 4}));
   CHECK(batch.input_ids[1][2].item<int64_t>() == 0);

@@ -60,7 +60,7 @@ TEST_CASE(
         Case{"hubble_deep_field.jpg", 224, "crop"}, Case{"astronaut.png", 600, "crop"}}) {
     ImageConfig ic;
     ic.aspect = c.aspect;
-    ImageTransform t(c.size, ic);
+    ImageTransform t(ic, c.size);
     const auto ours = t.load(kImages / c.file);
     const auto ref = reference(kImages / c.file, c.size, c.aspect, dir);
     const auto diff = (to_pixels(ours, ic) - to_pixels(ref, ic)).abs();
@@ -123,21 +123,21 @@ TEST_CASE(
                                     "data.image.max_pixels = 599)"));
   ImageConfig ic;
   ic.max_pixels = 90000;  // the 300 x 300 square fits
-  CHECK(ImageTransform(8, ic).load(dir / "strip.png").size(1) == 8);
+  CHECK(ImageTransform(ic, 8).load(dir / "strip.png").size(1) == 8);
   ic.max_pixels = 89999;
-  CHECK_THROWS_WITH(ImageTransform(8, ic).load(dir / "strip.png"),
+  CHECK_THROWS_WITH(ImageTransform(ic, 8).load(dir / "strip.png"),
                     Catch::Contains("strip.png: cannot transform image (300x2 would become 90000 "
                                     "pixels with aspect pad"));
   ic.aspect = "crop";  // shortest side 2 -> 8: 1200 x 8 = 9600 pixels
   ic.max_pixels = 9600;
-  CHECK(ImageTransform(8, ic).load(dir / "strip.png").size(2) == 8);
+  CHECK(ImageTransform(ic, 8).load(dir / "strip.png").size(2) == 8);
   ic.max_pixels = 9599;
-  CHECK_THROWS(ImageTransform(8, ic).load(dir / "strip.png"));
+  CHECK_THROWS(ImageTransform(ic, 8).load(dir / "strip.png"));
   ic.aspect = "resize";  // never larger than the image itself
-  CHECK(ImageTransform(8, ic).load(dir / "strip.png").size(2) == 8);
+  CHECK(ImageTransform(ic, 8).load(dir / "strip.png").size(2) == 8);
   ic.max_pixels = 0;  // no limit
   ic.aspect = "pad";
-  CHECK(ImageTransform(8, ic).load(dir / "strip.png").size(2) == 8);
+  CHECK(ImageTransform(ic, 8).load(dir / "strip.png").size(2) == 8);
 }
 
 TEST_CASE("image_header_size: the size in PNG, JPEG, WebP, BMP and PNM headers, before decoding") {

@@ -17,7 +17,7 @@ struct Fixture {
   std::unique_ptr<Tokenizer> tok;
   DataConfig data;
   std::unique_ptr<ConversationDataset> ds;
-  ImageTransform transform{32, ImageConfig{}};
+  ImageTransform transform{ImageConfig{}, 32};
 
   explicit Fixture(const char* file = "instruct_train.json", int64_t n = 30) {
     test::make_shapes(dir.path(), n, 2);
@@ -148,7 +148,7 @@ TEST_CASE(
   const ConversationDataset ds(data.train, data, *tok, 4, "data.train");
   REQUIRE(ds.size() == 8);
   CHECK(ds.stats().skipped == 0);  // loading does not tokenize
-  const ImageTransform transform{32, ImageConfig{}};
+  const ImageTransform transform{ImageConfig{}, 32};
   LoaderOptions o;
   o.batch_size = 4;
   o.workers = 2;

@@ -107,7 +107,7 @@ TEST_CASE("eval task: predictions do not depend on the batch size; every metric 
   const auto tok = load_tokenizer(c.model.tokenizer);
   torch::manual_seed(0);
   MultimodalModel model = build_model(c, tok->vocabulary());
-  const ImageTransform transform(32, c.data.image);
+  const ImageTransform transform(c.data.image, 32);
   const eval::EvalModel m{*model, *tok, transform, "vicuna_v1"};
   auto task = qa_task(data, {"color", "exists"});
   task.metrics = {"exact", "vqa"};

@@ -120,9 +120,8 @@ TEST_CASE("generate: a run's model answers a prompt about an image, greedy or se
   // final/ records how images were prepared (transformers' CLIPImageProcessor keys).
   ImageConfig ic;
   ic.aspect = "resize";
-  int64_t size = 0;
-  REQUIRE(read_preprocessor_config_json(data / "run" / "final", ic, size));
-  CHECK(size == 32);
+  REQUIRE(read_preprocessor_config_json(data / "run" / "final", ic));
+  CHECK(ic.size == 32);
   CHECK(ic.aspect == c.data.image.aspect);
   CHECK(ic.mean == c.data.image.mean);
   CHECK(ic.std == c.data.image.std);

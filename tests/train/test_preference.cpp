@@ -135,7 +135,7 @@ TEST_CASE("orpo and simpo through a model: the objective equals the slow computa
   torch::manual_seed(1);
   MultimodalModel model = build_model(c, tok->vocabulary());
   PreferenceDataset ds(c.data.train, c.data, *tok, model->image_tokens(), "data.train");
-  const ImageTransform transform(32, c.data.image);
+  const ImageTransform transform(c.data.image, 32);
   const Batch b = collate_items(ds, {0, 3, 5}, transform, 0, false, nullptr, nullptr);
   REQUIRE(b.pairs == 3);
   torch::NoGradGuard no_grad;

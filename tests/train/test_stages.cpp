@@ -132,7 +132,7 @@ TEST_CASE("preference batches: chosen rows then rejected rows; sequence log-prob
   const auto tok = load_tokenizer(c.model.tokenizer);
   MultimodalModel model = build_model(c, tok->vocabulary());
   PreferenceDataset ds(c.data.train, c.data, *tok, model->image_tokens(), "data.train");
-  const ImageTransform transform(32, c.data.image);
+  const ImageTransform transform(c.data.image, 32);
   const Batch b = collate_items(ds, {3, 5, 7}, transform, 0, false, nullptr, nullptr);
   REQUIRE(b.pairs == 3);
   REQUIRE(b.input_ids.size(0) == 6);
@@ -300,7 +300,7 @@ TEST_CASE("dpo rpo_alpha adds alpha x the mean NLL of the chosen replies (TRL's 
   torch::manual_seed(2);
   MultimodalModel reference = build_model(c, tok->vocabulary());
   PreferenceDataset ds(c.data.train, c.data, *tok, model->image_tokens(), "data.train");
-  const ImageTransform transform(32, c.data.image);
+  const ImageTransform transform(c.data.image, 32);
   const Batch b = collate_items(ds, {1, 2, 4}, transform, 0, false, nullptr, nullptr);
   torch::NoGradGuard no_grad;
   model->eval();

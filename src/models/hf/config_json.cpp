@@ -255,7 +255,8 @@ void read_vision_fields(const std::filesystem::path& path, const nlohmann::json&
 
 }  // namespace
 
-nlohmann::json preprocessor_config_json(const ImageConfig& image, int64_t size) {
+nlohmann::json preprocessor_config_json(const ImageConfig& image, int64_t vision_image_size) {
+  const int64_t size = image.side(vision_image_size);
   return {{"image_processor_type", "CLIPImageProcessor"},
           {"do_resize", true},
           {"size", {{"shortest_edge", size}}},
@@ -271,8 +272,7 @@ nlohmann::json preprocessor_config_json(const ImageConfig& image, int64_t size) 
           {"mllm_aspect", image.aspect}};
 }
 
-bool read_preprocessor_config_json(const std::filesystem::path& folder, ImageConfig& image,
-                                   int64_t& size) {
+bool read_preprocessor_config_json(const std::filesystem::path& folder, ImageConfig& image) {
   const auto file = folder / "preprocessor_config.json";
   if (!std::filesystem::is_regular_file(file)) return false;
   try {
@@ -286,8 +286,8 @@ bool read_preprocessor_config_json(const std::filesystem::path& folder, ImageCon
     if (out.mean.size() != 3 || out.std.size() != 3 || s <= 0 ||
         (out.aspect != "pad" && out.aspect != "crop" && out.aspect != "resize"))
       throw Error("unexpected values");
+    out.size = s;
     image = out;
-    size = s;
   } catch (const nlohmann::json::exception& e) {
     throw Error(file.string() + ": malformed (" + e.what() + ")");
   } catch (const Error& e) {
@@ -307,6 +307,15 @@ std::string model_template(const std::filesystem::path& folder, const ModelConfi
     }
   }
   return model.llm.type == "qwen2" ? "chatml" : "vicuna_v1";
+}
+
+std::filesystem::path model_folder(const std::filesystem::path& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (fs::exists(path / "config.json", ec) || fs::exists(path / "model.safetensors", ec))
+    return path;
+  if (fs::is_directory(path / "final", ec)) return path / "final";
+  return path;
 }
 
 }  // namespace mllm

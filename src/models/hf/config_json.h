@@ -25,18 +25,24 @@ void read_vision_config_json(const std::filesystem::path& folder, VisionConfig& 
 
 // preprocessor_config.json: how the model's images were prepared, in the keys of transformers'
 // CLIPImageProcessor (size.shortest_edge, crop_size, image_mean, image_std, resample 3 = bicubic)
-// plus "mllm_aspect" (pad | crop | resize). Written next to config.json in final/ and exports.
-nlohmann::json preprocessor_config_json(const ImageConfig& image, int64_t size);
+// plus "mllm_aspect" (pad | crop | resize). Written next to config.json in final/ and exports;
+// the side is image.side(vision_image_size).
+nlohmann::json preprocessor_config_json(const ImageConfig& image, int64_t vision_image_size);
 
-// Reads a folder's preprocessor_config.json into `image` and `size` when there is one (returns
-// false, leaving them, when not). Without "mllm_aspect" the aspect is CLIP's crop. Throws Error
-// naming the file for a malformed one.
-bool read_preprocessor_config_json(const std::filesystem::path& folder, ImageConfig& image,
-                                   int64_t& size);
+// Reads a folder's preprocessor_config.json into `image` (its side into image.size) when there is
+// one (returns false, leaving it, when not). Without "mllm_aspect" the aspect is CLIP's crop.
+// Throws Error naming the file for a malformed one.
+bool read_preprocessor_config_json(const std::filesystem::path& folder, ImageConfig& image);
 
 // The conversation template recorded in a folder's tokenizer_config.json ("mllm_template"), else
 // chatml for a Qwen2 LLM and vicuna_v1 otherwise (LLaVA-1.5's). Throws Error naming the file for a
 // malformed one.
 std::string model_template(const std::filesystem::path& folder, const ModelConfig& model);
+
+// The folder a model path names — the one resolver behind train.init_from, mllm generate, eval and
+// export: `path` itself when it holds config.json or model.safetensors (a llava folder, a run's
+// final/, one of its checkpoints/step-N), else its final/ when there is one (a run directory),
+// else `path` unchanged (the caller says what is missing).
+std::filesystem::path model_folder(const std::filesystem::path& path);
 
 }  // namespace mllm

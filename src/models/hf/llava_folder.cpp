@@ -67,9 +67,7 @@ bool llava_hf_compatible(const ModelConfig& m) {
 std::filesystem::path resolve_llava_folder(const std::string& path, const std::string& what,
                                            bool need_tokenizer) {
   namespace fs = std::filesystem;
-  fs::path folder = path;
-  if (!fs::exists(folder / "config.json") && fs::is_directory(folder / "final"))
-    folder = folder / "final";
+  const fs::path folder = model_folder(path);
   if (!fs::is_regular_file(folder / "config.json"))
     throw ConfigError(what + ": " + path +
                       " is neither a llava folder (config.json, model.safetensors, "

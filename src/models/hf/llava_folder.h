@@ -25,8 +25,8 @@ MultimodalModel load_llava_folder(const std::filesystem::path& folder);
 // is LLaVA-1.5's two-layer GELU MLP and the LLM and vision tower are ones it knows.
 bool llava_hf_compatible(const ModelConfig& model);
 
-// The llava folder `path` names: itself when it holds config.json, else its final/ (a run
-// directory). Otherwise a ConfigError naming `what` (the option, "--checkpoint"); with
+// The llava folder `path` names (model_folder, models/hf/config_json.h), which must hold
+// config.json. Otherwise a ConfigError naming `what` (the option, "--checkpoint"); with
 // `need_tokenizer` the folder must hold tokenizer.json too. mllm generate, eval and export resolve
 // their model argument through this.
 std::filesystem::path resolve_llava_folder(const std::string& path, const std::string& what,
