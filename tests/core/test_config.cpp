@@ -2,6 +2,7 @@
 
 #include "core/config.h"
 #include "core/error.h"
+#include "core/strings.h"
 #include "recipe_fixture.h"
 #include "test_util.h"
 #include "train/recipe.h"
@@ -351,4 +352,14 @@ TEST_CASE("config: architecture sizes are bounded and divisibility checked in re
              Catch::Contains("model.llm.vocab: must be in [1, "));
   CHECK_THAT(error_of(recipe(dir, "", "  vision:\n    image_size: 100000\n")),
              Catch::Contains("model.vision.image_size: must be in [1, 16384]"));
+}
+
+TEST_CASE("strings: trim drops the given edge characters, join puts the separator between") {
+  CHECK(mllm::trim("  a b \t\n") == "a b");
+  CHECK(mllm::trim(" \r\n\f\v").empty());
+  CHECK(mllm::trim("xxaxx", "x") == "a");
+  CHECK(mllm::trim("\tkey ", " ") == "\tkey");
+  CHECK(mllm::join({"a", "b", "c"}, ", ") == "a, b, c");
+  CHECK(mllm::join({"a"}, ", ") == "a");
+  CHECK(mllm::join({}, ", ").empty());
 }

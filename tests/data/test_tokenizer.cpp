@@ -1,6 +1,7 @@
 #include <catch2/catch.hpp>
 
 #include "core/error.h"
+#include "data/chat_template.h"
 #include "data/shapes_world.h"
 #include "data/tokenizer/tokenizer.h"
 #include "test_util.h"
@@ -88,4 +89,15 @@ TEST_CASE("tokenizer: offsets map every token back to its bytes in the input") {
   for (const auto& [b, end] : e.offsets) pieces.push_back(text.substr(b, end - b));
   CHECK(pieces ==
         std::vector<std::string>{"<s>", "Where", "is", "the", "red", "circle", "?", "</s>"});
+}
+
+TEST_CASE("tokenizer: template_tokens are its BOS and EOS texts and <image>") {
+  TempDir dir;
+  auto tok = shapes_tokenizer(dir);
+  const TemplateTokens t = template_tokens(*tok);
+  CHECK(t.bos == "<s>");
+  CHECK(t.eos == "</s>");
+  CHECK(t.image == "<image>");
+  CHECK(tok->token_to_id(t.bos) == tok->bos_id());
+  CHECK(tok->token_to_id(t.eos) == tok->eos_id());
 }

@@ -119,3 +119,32 @@ TEST_CASE("recipes: the same architecture rules, with the recipe's key paths") {
   v.image_size = 60;  // patch 8
   CHECK(check_architecture(v).field == "patch_size");
 }
+
+TEST_CASE("model_folder: a folder with weights or config.json, else a run directory's final/") {
+  namespace fs = std::filesystem;
+  TempDir dir("mllm-modelfolder");
+  const fs::path run = dir / "run", final_dir = run / "final", step = run / "checkpoints/step-2";
+  fs::create_directories(final_dir);
+  fs::create_directories(step);
+  // A run directory (config.yaml, no weights of its own) names its final/.
+  std::ofstream(run / "config.yaml") << "run: {}\n";
+  CHECK(mllm::model_folder(run) == final_dir);
+  // A checkpoint holds model.safetensors and no config.json: it is itself.
+  std::ofstream(step / "model.safetensors") << "x";
+  CHECK(mllm::model_folder(step) == step);
+  // A llava folder is itself, even when something inside is called final/.
+  std::ofstream(final_dir / "config.json") << "{}";
+  fs::create_directories(final_dir / "final");
+  CHECK(mllm::model_folder(final_dir) == final_dir);
+  // Nothing to find: unchanged, for the caller to say what is missing.
+  CHECK(mllm::model_folder(dir / "nowhere") == dir / "nowhere");
+  fs::remove_all(final_dir);
+  CHECK(mllm::model_folder(run) == run);
+}
+
+TEST_CASE("ImageConfig::side: data.image.size, else the vision tower's") {
+  mllm::ImageConfig image;
+  CHECK(image.side(336) == 336);
+  image.size = 224;
+  CHECK(image.side(336) == 224);
+}
