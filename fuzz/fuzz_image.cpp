@@ -27,7 +27,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   fuzz::read([&] {
     const cv::Mat img = ImageTransform::decode(path, config.max_pixels);
     fuzz::check(img.type() == CV_8UC3 && !img.empty(), "decode: not a non-empty 8-bit BGR image");
-    const torch::Tensor x = ImageTransform(S, config)(img);
+    const torch::Tensor x = ImageTransform(config, S)(img);
     fuzz::check(x.sizes() == torch::IntArrayRef({3, S, S}), "transform: wrong shape");
     fuzz::check(x.isfinite().all().item<bool>(), "transform: a value is not finite");
   });
