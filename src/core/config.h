@@ -47,6 +47,20 @@ struct VisionConfig {
   std::string select = "patch";  // patch | cls_patch
 };
 
+// A CLIP text tower, as transformers' CLIPTextConfig (its defaults:
+// openai/clip-vit-base-patch32's).
+struct ClipTextConfig {
+  int64_t vocab = 49408;
+  int64_t hidden = 512;
+  int64_t layers = 12;
+  int64_t heads = 8;
+  int64_t intermediate = 2048;
+  int64_t max_position = 77;
+  double layer_norm_eps = 1e-5;
+  int64_t eos_token_id = 49407;  // the pooled state is each row's first EOS
+  int64_t projection_dim = 512;  // CLIPConfig's: both towers project to this
+};
+
 struct LlmConfig {
   std::string type = "llama";  // llama | qwen2 | mixtral
   std::string pretrained;      // HF folder or a run's final/ folder; its config.json wins

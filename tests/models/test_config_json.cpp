@@ -148,3 +148,43 @@ TEST_CASE("ImageConfig::side: data.image.size, else the vision tower's") {
   image.size = 224;
   CHECK(image.side(336) == 224);
 }
+
+TEST_CASE("config.json: a CLIP text tower reads with CLIPTextConfig's defaults, or says why not") {
+  TempDir dir("mllm-cfgjson");
+  auto read = [&](const nlohmann::json& j) {
+    write_text(dir / "config.json", j.dump());
+    ClipTextConfig t;
+    read_clip_text_config_json(dir.path(), t);
+    return t;
+  };
+  // A CLIPModel: the text_config's own fields, projection_dim at the top.
+  const ClipTextConfig t = read(
+      {{"model_type", "clip"},
+       {"projection_dim", 24},
+       {"text_config", {{"hidden_size", 48}, {"num_attention_heads", 6}, {"vocab_size", 99}}}});
+  CHECK(t.hidden == 48);
+  CHECK(t.heads == 6);
+  CHECK(t.vocab == 99);
+  CHECK(t.projection_dim == 24);
+  CHECK(t.layers == 12);  // absent: CLIPTextConfig's
+  CHECK(t.max_position == 77);
+  CHECK(t.eos_token_id == 49407);
+  // A CLIPTextModel's own config.
+  CHECK(read({{"model_type", "clip_text_model"}, {"num_hidden_layers", 2}}).layers == 2);
+  auto error = [&](const nlohmann::json& j) {
+    try {
+      read(j);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  CHECK_THAT(error({{"model_type", "bert"}}), Catch::Contains("text model_type 'bert'"));
+  CHECK_THAT(error({{"hidden_size", 50}, {"num_attention_heads", 8}}),
+             Catch::Contains("hidden_size 50 is not a multiple of num_attention_heads 8"));
+  CHECK_THAT(error({{"num_hidden_layers", 0}}),
+             Catch::Contains("num_hidden_layers must be in [1, 2^24] (got 0)"));
+  CHECK_THAT(error({{"vocab_size", "many"}}), Catch::Contains("vocab_size has the wrong type"));
+  CHECK_THAT(error({{"hidden_act", "gelu"}}),
+             Catch::Contains("hidden_act 'gelu' is not supported"));
+}

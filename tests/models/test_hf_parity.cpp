@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "core/safetensors.h"
+#include "models/clip_model.h"
 #include "models/hf/config_json.h"
 #include "models/hf/weights.h"
 #include "models/llm/llama.h"
@@ -171,6 +172,40 @@ TEST_CASE("hf parity: CLIP vision tower from CLIPVisionModel and CLIPModel folde
     const auto pooled = m->vision_model->post_layernorm(hs.back().select(1, 0));
     CHECK(max_diff(pooled, io.get("pooler_output")) < kTol);
   }
+}
+
+TEST_CASE("hf parity: CLIPModel's text tower, projections, logits and contrastive loss") {
+  VisionConfig v;
+  read_vision_config_json(fixture("clip_full"), v);
+  ClipTextConfig t;
+  read_clip_text_config_json(fixture("clip_full"), t);
+  CHECK(t.vocab == 64);
+  CHECK(t.max_position == 16);
+  CHECK(t.eos_token_id == 63);
+  CHECK(t.projection_dim == 16);
+  CHECK(t.layer_norm_eps == 1e-5);  // absent from the file: CLIPTextConfig's default
+  ClipModel m(v, t);
+  const auto report = load_parameters(*m, SafetensorsCheckpoint(fixture("clip_full")), "");
+  CHECK(report.unexpected.empty());  // every key is a parameter (position_ids are skipped)
+  m->eval();
+  const SafetensorsFile io(fixture("clip_full/io.safetensors"));
+  torch::NoGradGuard no_grad;
+  const auto ids = io.get("text_input_ids"), mask = io.get("text_attention_mask");
+  const auto out = m->text_model(ids, mask);
+  // Padded positions attend to the real tokens before them, as transformers' mask has it.
+  CHECK(max_diff(out.last_hidden_state, io.get("text_last_hidden_state")) < kTol);
+  CHECK(max_diff(out.pooled, io.get("text_pooler_output")) < kTol);
+  const auto text = m->text_features(ids, mask);
+  const auto image = m->image_features(io.get("pixel_values"));
+  CHECK(max_diff(text, io.get("text_embeds")) < kTol);
+  CHECK(max_diff(image, io.get("image_embeds")) < kTol);
+  const auto logits = m->logits_per_text(text, image);
+  CHECK(max_diff(logits, io.get("logits_per_text")) < kTol);
+  CHECK(std::abs(clip_loss(logits).item<double>() - io.get("clip_loss").item<double>()) < kTol);
+  // The loss and the pooling refuse what they cannot score.
+  CHECK_THROWS_WITH(clip_loss(logits.slice(0, 0, 1)), Catch::Contains("square"));
+  CHECK_THROWS_WITH(m->text_model(ids.masked_fill(ids == 63, 5), mask),
+                    Catch::Contains("a row has no EOS token (id 63)"));
 }
 
 TEST_CASE("hf loading: wrong shapes, missing keys and a lying index are clear errors") {

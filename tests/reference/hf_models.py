@@ -488,7 +488,7 @@ def load_balancing_loss(router_logits, num_experts, top_k, attention_mask=None):
     return (tokens_per_expert * prob_per_expert.unsqueeze(0)).sum() * num_experts
 
 
-def clip_encoder(h, P, prefix, cfg, collect):
+def clip_encoder(h, P, prefix, cfg, collect, mask4=None):
     D, nh = cfg["hidden_size"], cfg["num_attention_heads"]
     hd = D // nh
     eps = cfg["layer_norm_eps"]
@@ -500,12 +500,14 @@ def clip_encoder(h, P, prefix, cfg, collect):
         r = h
         x = layer_norm(h, P(p + "layer_norm1.weight"), P(p + "layer_norm1.bias"), eps)
         a = p + "self_attn."
-        # CLIPAttention: q is scaled by head_dim^-0.5 before the product; no mask for vision.
+        # CLIPAttention: q is scaled by head_dim^-0.5 before the product; no mask for vision, the
+        # additive causal + padding mask for text (eager_attention_forward adds it to the scores).
         q = linear(x, P(a + "q_proj.weight"), P(a + "q_proj.bias")) * hd ** -0.5
         k = linear(x, P(a + "k_proj.weight"), P(a + "k_proj.bias"))
         v = linear(x, P(a + "v_proj.weight"), P(a + "v_proj.bias"))
         q, k, v = (t.view(B, T, nh, hd).transpose(1, 2) for t in (q, k, v))
-        probs = torch.softmax(torch.matmul(q, k.transpose(2, 3)), dim=-1)
+        scores = torch.matmul(q, k.transpose(2, 3))
+        probs = torch.softmax(scores if mask4 is None else scores + mask4, dim=-1)
         o = torch.matmul(probs, v).transpose(1, 2).reshape(B, T, D)
         h = r + linear(o, P(a + "out_proj.weight"), P(a + "out_proj.bias"))
         r = h
@@ -536,6 +538,38 @@ def clip_vision_forward(vc, W, pixel_values, dtype=torch.float64):
     last = clip_encoder(x, lambda k: W[k].to(dtype), "vision_model.", vc, hidden)
     pooled = layer_norm(last[:, 0], P("post_layernorm.weight"), P("post_layernorm.bias"), vc["layer_norm_eps"])
     return {"hidden_states": hidden, "last_hidden_state": last, "pooler_output": pooled}
+
+
+def clip_text_forward(tc, W, input_ids, attention_mask, dtype=torch.float64):
+    """CLIPTextTransformer.forward: token_embedding + position_embedding -> encoder under
+    create_causal_mask's mask (causal, narrowed by the padding mask: key j is visible to query i iff
+    j <= i and attention_mask[j] == 1) -> final_layer_norm. pooler_output is the state at the first
+    eos_token_id of each row (the post-#24773 branch: the config's eos id is not 49407)."""
+    P = lambda k: W["text_model." + k].to(dtype)
+    B, T = input_ids.shape
+    x = P("embeddings.token_embedding.weight")[input_ids] + P("embeddings.position_embedding.weight")[:T][None]
+    allowed = torch.tril(torch.ones(T, T, dtype=torch.bool))[None] & attention_mask.bool()[:, None, :]
+    mask4 = torch.zeros(B, 1, T, T, dtype=dtype).masked_fill(~allowed[:, None], torch.finfo(dtype).min)
+    hidden = []
+    last = clip_encoder(x, lambda k: W[k].to(dtype), "text_model.", tc, hidden, mask4)
+    last = layer_norm(last, P("final_layer_norm.weight"), P("final_layer_norm.bias"), tc["layer_norm_eps"])
+    eos = (input_ids == tc["eos_token_id"]).int().argmax(dim=-1)
+    return {"last_hidden_state": last, "pooler_output": last[torch.arange(B), eos]}
+
+
+def clip_model_outputs(W, image_pooled, text_pooled, dtype=torch.float64):
+    """CLIPModel.forward with return_loss: both poolers projected (no bias), L2-normalised,
+    logits_per_text = text @ image^T x exp(logit_scale); clip_loss = the mean of the cross-entropy
+    over texts and over images against the diagonal."""
+    image_embeds = linear(image_pooled.to(dtype), W["visual_projection.weight"].to(dtype))
+    text_embeds = linear(text_pooled.to(dtype), W["text_projection.weight"].to(dtype))
+    image_n = image_embeds / image_embeds.pow(2).sum(-1, keepdim=True).pow(0.5)
+    text_n = text_embeds / text_embeds.pow(2).sum(-1, keepdim=True).pow(0.5)
+    logits_per_text = torch.matmul(text_n, image_n.t()) * W["logit_scale"].to(dtype).exp()
+    target = torch.arange(len(logits_per_text))
+    loss = (F.cross_entropy(logits_per_text, target) + F.cross_entropy(logits_per_text.t(), target)) / 2
+    return {"image_embeds": image_embeds, "text_embeds": text_embeds,
+            "logits_per_text": logits_per_text, "loss": loss}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -694,6 +728,55 @@ def check_clip_independent(vc, W, pixel_values, ref):
         close(x, ref["hidden_states"][i + 1], 1e-10, f"clip layer {i} vs nn.TransformerEncoderLayer")
     pooled = F.layer_norm(x[:, 0], (D,), P("post_layernorm.weight"), P("post_layernorm.bias"), eps)
     close(pooled, ref["pooler_output"], 1e-10, "clip pooler")
+
+
+def check_clip_text_independent(tc, W, input_ids, attention_mask, ref, outs, image_pooled):
+    """The text tower again with nn.TransformerEncoderLayer (a causal float mask plus
+    src_key_padding_mask), the pooled row found by a Python loop, and the loss by explicit
+    log-softmax sums."""
+    dt = torch.float64
+    P = lambda k: W["text_model." + k].to(dt)
+    D, eps = tc["hidden_size"], tc["layer_norm_eps"]
+    B, T = input_ids.shape
+    x = F.embedding(input_ids, P("embeddings.token_embedding.weight"))
+    x = x + F.embedding(torch.arange(T), P("embeddings.position_embedding.weight"))[None]
+    causal = torch.full((T, T), float("-inf"), dtype=dt).triu(1)
+    pad = attention_mask == 0
+    act = lambda t: t / (1.0 + torch.exp(-1.702 * t))
+    for i in range(tc["num_hidden_layers"]):
+        layer = torch.nn.TransformerEncoderLayer(
+            D, tc["num_attention_heads"], tc["intermediate_size"], dropout=0.0, activation=act,
+            layer_norm_eps=eps, batch_first=True, norm_first=True).to(dt).eval()
+        p = f"encoder.layers.{i}."
+        with torch.no_grad():
+            layer.self_attn.in_proj_weight.copy_(torch.cat([P(p + f"self_attn.{n}_proj.weight") for n in "qkv"]))
+            layer.self_attn.in_proj_bias.copy_(torch.cat([P(p + f"self_attn.{n}_proj.bias") for n in "qkv"]))
+            layer.self_attn.out_proj.weight.copy_(P(p + "self_attn.out_proj.weight"))
+            layer.self_attn.out_proj.bias.copy_(P(p + "self_attn.out_proj.bias"))
+            layer.norm1.weight.copy_(P(p + "layer_norm1.weight"))
+            layer.norm1.bias.copy_(P(p + "layer_norm1.bias"))
+            layer.norm2.weight.copy_(P(p + "layer_norm2.weight"))
+            layer.norm2.bias.copy_(P(p + "layer_norm2.bias"))
+            layer.linear1.weight.copy_(P(p + "mlp.fc1.weight"))
+            layer.linear1.bias.copy_(P(p + "mlp.fc1.bias"))
+            layer.linear2.weight.copy_(P(p + "mlp.fc2.weight"))
+            layer.linear2.bias.copy_(P(p + "mlp.fc2.bias"))
+            x = layer(x, src_mask=causal, src_key_padding_mask=pad)
+    x = F.layer_norm(x, (D,), P("final_layer_norm.weight"), P("final_layer_norm.bias"), eps)
+    # Padded query rows see the same real keys in both; compare the real positions.
+    keep = attention_mask.bool()
+    close(x[keep], ref["last_hidden_state"][keep], 1e-10, "clip text vs nn.TransformerEncoderLayer")
+    for b in range(B):
+        first = next(t for t in range(T) if int(input_ids[b, t]) == tc["eos_token_id"])
+        close(x[b, first], ref["pooler_output"][b], 1e-10, f"clip text pooler row {b}")
+    ti = linear(ref["pooler_output"], W["text_projection.weight"].to(dt))
+    ii = linear(image_pooled.to(dt), W["visual_projection.weight"].to(dt))
+    sim = [[float(W["logit_scale"].double().exp()) * float(ti[t] @ ii[i]) / float(ti[t].norm() * ii[i].norm())
+            for i in range(B)] for t in range(B)]
+    lse = lambda row: math.log(sum(math.exp(v) for v in row))
+    loss_t = sum(lse(sim[t]) - sim[t][t] for t in range(B)) / B
+    loss_i = sum(lse([sim[t][i] for t in range(B)]) - sim[i][i] for i in range(B)) / B
+    close(torch.tensor((loss_t + loss_i) / 2, dtype=dt), outs["loss"], 1e-12, "clip loss vs explicit sums")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1001,6 +1084,31 @@ def build_clip(out):
     io_full = dict(io)
     # CLIPModel.get_image_features: visual_projection(pooler_output), not normalised
     io_full["image_embeds"] = f32(linear(ref["pooler_output"], full["visual_projection.weight"].double()))
+    # The text tower: right-padded rows of BOS, tokens, EOS (as CLIPTokenizer writes them), one
+    # per image, and CLIPModel's contrastive outputs for the pairs.
+    tc = CLIP_TEXT
+    lengths = [6, 4]
+    text_ids = torch.full((BATCH, max(lengths) + 2), tc["pad_token_id"], dtype=torch.int64)
+    text_mask = torch.zeros_like(text_ids)
+    body = Init(1004).ints(2, 60, (BATCH, max(lengths)))
+    for b, n in enumerate(lengths):
+        text_ids[b, 0] = tc["bos_token_id"]
+        text_ids[b, 1:n + 1] = body[b, :n]
+        text_ids[b, n + 1] = tc["eos_token_id"]
+        text_mask[b, :n + 2] = 1
+    tref = clip_text_forward(tc, full, text_ids, text_mask)
+    tref32 = clip_text_forward(tc, full, text_ids, text_mask, torch.float32)
+    outs = clip_model_outputs(full, ref["pooler_output"], tref["pooler_output"])
+    check_clip_text_independent(tc, full, text_ids, text_mask, tref, outs, ref["pooler_output"])
+    keep = text_mask.bool()
+    worst = max(worst, max_diff(tref32["last_hidden_state"][keep], tref["last_hidden_state"][keep]))
+    io_full["text_input_ids"] = text_ids
+    io_full["text_attention_mask"] = text_mask
+    io_full["text_last_hidden_state"] = f32(tref["last_hidden_state"])
+    io_full["text_pooler_output"] = f32(tref["pooler_output"])
+    io_full["text_embeds"] = f32(outs["text_embeds"])
+    io_full["logits_per_text"] = f32(outs["logits_per_text"])
+    io_full["clip_loss"] = f32(outs["loss"].reshape(1))
     out.json("clip_full/config.json", clip_full_config())
     out.safetensors("clip_full/model.safetensors", full, MODEL_META)
     out.safetensors("clip_full/io.safetensors", io_full, io_meta(worst))

@@ -255,6 +255,49 @@ void read_vision_fields(const std::filesystem::path& path, const nlohmann::json&
 
 }  // namespace
 
+void read_clip_text_config_json(const std::filesystem::path& folder, ClipTextConfig& text) {
+  const auto path = folder / "config.json";
+  const nlohmann::json j = read_json(path);
+  try {
+    // A CLIPModel's text_config (projection_dim at the top), or a CLIPTextModel's own config.
+    const nlohmann::json& t = j.contains("text_config") ? j["text_config"] : j;
+    const std::string type = t.value("model_type", std::string("clip_text_model"));
+    if (type != "clip_text_model" && type != "clip")
+      throw Error(path.string() + ": text model_type '" + type +
+                  "' is not supported (clip_text_model)");
+    ClipTextConfig c;  // CLIPTextConfig's defaults (save_pretrained omits values equal to them)
+    get(path, t, "vocab_size", c.vocab);
+    get(path, t, "hidden_size", c.hidden);
+    get(path, t, "intermediate_size", c.intermediate);
+    get(path, t, "num_hidden_layers", c.layers);
+    get(path, t, "num_attention_heads", c.heads);
+    get(path, t, "max_position_embeddings", c.max_position);
+    get(path, t, "layer_norm_eps", c.layer_norm_eps);
+    get(path, t, "eos_token_id", c.eos_token_id);
+    get(path, t, "projection_dim", c.projection_dim);
+    get(path, j, "projection_dim", c.projection_dim);
+    const std::string act = t.value("hidden_act", std::string("quick_gelu"));
+    if (act != "quick_gelu")
+      throw Error(path.string() + ": hidden_act '" + act + "' is not supported (quick_gelu)");
+    for (const auto& [key, value] : {std::pair<const char*, int64_t>{"vocab_size", c.vocab},
+                                     {"hidden_size", c.hidden},
+                                     {"intermediate_size", c.intermediate},
+                                     {"num_hidden_layers", c.layers},
+                                     {"num_attention_heads", c.heads},
+                                     {"max_position_embeddings", c.max_position},
+                                     {"projection_dim", c.projection_dim}})
+      if (value <= 0 || value > (int64_t{1} << 24))
+        throw Error(path.string() + ": " + key + " must be in [1, 2^24] (got " +
+                    std::to_string(value) + ")");
+    if (c.hidden % c.heads != 0)
+      throw Error(path.string() + ": hidden_size " + std::to_string(c.hidden) +
+                  " is not a multiple of num_attention_heads " + std::to_string(c.heads));
+    text = c;
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(path.string() + ": malformed config: " + json_error_message(e));
+  }
+}
+
 nlohmann::json preprocessor_config_json(const ImageConfig& image, int64_t vision_image_size) {
   const int64_t size = image.side(vision_image_size);
   return {{"image_processor_type", "CLIPImageProcessor"},

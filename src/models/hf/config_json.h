@@ -23,6 +23,11 @@ void read_llm_config_json(const std::filesystem::path& folder, LlmConfig& llm);
 // defaults. Throws Error naming the file and field.
 void read_vision_config_json(const std::filesystem::path& folder, VisionConfig& vision);
 
+// Reads a CLIP folder's text tower (the text_config of a CLIPModel config.json, or a
+// CLIPTextModel's) and the top-level projection_dim into `text`; absent fields take
+// CLIPTextConfig's defaults. Throws Error naming the file and field.
+void read_clip_text_config_json(const std::filesystem::path& folder, ClipTextConfig& text);
+
 // preprocessor_config.json: how the model's images were prepared, in the keys of transformers'
 // CLIPImageProcessor (size.shortest_edge, crop_size, image_mean, image_std, resample 3 = bicubic)
 // plus "mllm_aspect" (pad | crop | resize). Written next to config.json in final/ and exports;

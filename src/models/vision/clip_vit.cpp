@@ -36,12 +36,13 @@ ClipAttentionImpl::ClipAttentionImpl(int64_t hidden, int64_t heads_) : heads(hea
   out_proj = register_module("out_proj", torch::nn::Linear(hidden, hidden));
 }
 
-torch::Tensor ClipAttentionImpl::forward(const torch::Tensor& x) {
+torch::Tensor ClipAttentionImpl::forward(const torch::Tensor& x,
+                                         const c10::optional<torch::Tensor>& mask, bool causal) {
   const auto B = x.size(0), T = x.size(1), C = x.size(2);
   auto split = [&](const torch::Tensor& t) {
     return t.view({B, T, heads, C / heads}).transpose(1, 2);
   };
-  auto y = attention(split(q_proj(x)), split(k_proj(x)), split(v_proj(x)), {}, false);
+  auto y = attention(split(q_proj(x)), split(k_proj(x)), split(v_proj(x)), mask, causal);
   return out_proj(y.transpose(1, 2).reshape({B, T, C}));
 }
 
@@ -66,8 +67,9 @@ ClipEncoderLayerImpl::ClipEncoderLayerImpl(const VisionConfig& c) {
   layer_norm2 = register_module("layer_norm2", ln());
 }
 
-torch::Tensor ClipEncoderLayerImpl::forward(const torch::Tensor& x) {
-  auto h = x + self_attn(layer_norm1(x));
+torch::Tensor ClipEncoderLayerImpl::forward(const torch::Tensor& x,
+                                            const c10::optional<torch::Tensor>& mask, bool causal) {
+  auto h = x + self_attn(layer_norm1(x), mask, causal);
   return h + mlp(layer_norm2(h));
 }
 

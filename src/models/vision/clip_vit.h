@@ -27,7 +27,10 @@ TORCH_MODULE(ClipVisionEmbeddings);
 class ClipAttentionImpl : public torch::nn::Module {
  public:
   ClipAttentionImpl(int64_t hidden, int64_t heads);
-  torch::Tensor forward(const torch::Tensor& x);  // (B,T,C) -> (B,T,C), bidirectional
+  // (B,T,C) -> (B,T,C): bidirectional (the vision tower), or with `causal` and an additive
+  // padding mask broadcastable to (B,1,T,T) (the text tower, clip_model.h).
+  torch::Tensor forward(const torch::Tensor& x, const c10::optional<torch::Tensor>& mask = {},
+                        bool causal = false);
   torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, out_proj{nullptr};
   int64_t heads;
 };
@@ -44,7 +47,8 @@ TORCH_MODULE(ClipMlp);
 class ClipEncoderLayerImpl : public torch::nn::Module {
  public:
   explicit ClipEncoderLayerImpl(const VisionConfig& c);
-  torch::Tensor forward(const torch::Tensor& x);
+  torch::Tensor forward(const torch::Tensor& x, const c10::optional<torch::Tensor>& mask = {},
+                        bool causal = false);
   ClipAttention self_attn{nullptr};
   torch::nn::LayerNorm layer_norm1{nullptr};
   ClipMlp mlp{nullptr};
