@@ -694,6 +694,27 @@ def naive_aux_loss(router_logits, E, k, attention_mask, B, L):
     return E * sum((tok_count[s][e] / n) * (prob_sum[e] / n) for s in range(k) for e in range(E))
 
 
+def torch_encoder_layer(P, p, cfg, act):
+    """torch's own pre-LN nn.TransformerEncoderLayer holding CLIP encoder layer `p`'s weights."""
+    layer = torch.nn.TransformerEncoderLayer(
+        cfg["hidden_size"], cfg["num_attention_heads"], cfg["intermediate_size"], dropout=0.0, activation=act,
+        layer_norm_eps=cfg["layer_norm_eps"], batch_first=True, norm_first=True).to(torch.float64).eval()
+    with torch.no_grad():
+        layer.self_attn.in_proj_weight.copy_(torch.cat([P(p + f"self_attn.{n}_proj.weight") for n in "qkv"]))
+        layer.self_attn.in_proj_bias.copy_(torch.cat([P(p + f"self_attn.{n}_proj.bias") for n in "qkv"]))
+        layer.self_attn.out_proj.weight.copy_(P(p + "self_attn.out_proj.weight"))
+        layer.self_attn.out_proj.bias.copy_(P(p + "self_attn.out_proj.bias"))
+        layer.norm1.weight.copy_(P(p + "layer_norm1.weight"))
+        layer.norm1.bias.copy_(P(p + "layer_norm1.bias"))
+        layer.norm2.weight.copy_(P(p + "layer_norm2.weight"))
+        layer.norm2.bias.copy_(P(p + "layer_norm2.bias"))
+        layer.linear1.weight.copy_(P(p + "mlp.fc1.weight"))
+        layer.linear1.bias.copy_(P(p + "mlp.fc1.bias"))
+        layer.linear2.weight.copy_(P(p + "mlp.fc2.weight"))
+        layer.linear2.bias.copy_(P(p + "mlp.fc2.bias"))
+    return layer
+
+
 def check_clip_independent(vc, W, pixel_values, ref):
     dt = torch.float64
     P = lambda k: W["vision_model." + k].to(dt)
@@ -707,24 +728,8 @@ def check_clip_independent(vc, W, pixel_values, ref):
     assert vc["hidden_act"] == "quick_gelu"
     act = lambda t: t / (1.0 + torch.exp(-1.702 * t))  # written out again, not activation()
     for i in range(vc["num_hidden_layers"]):
-        layer = torch.nn.TransformerEncoderLayer(
-            D, vc["num_attention_heads"], vc["intermediate_size"], dropout=0.0, activation=act,
-            layer_norm_eps=eps, batch_first=True, norm_first=True).to(dt).eval()
-        p = f"encoder.layers.{i}."
         with torch.no_grad():
-            layer.self_attn.in_proj_weight.copy_(torch.cat([P(p + f"self_attn.{n}_proj.weight") for n in "qkv"]))
-            layer.self_attn.in_proj_bias.copy_(torch.cat([P(p + f"self_attn.{n}_proj.bias") for n in "qkv"]))
-            layer.self_attn.out_proj.weight.copy_(P(p + "self_attn.out_proj.weight"))
-            layer.self_attn.out_proj.bias.copy_(P(p + "self_attn.out_proj.bias"))
-            layer.norm1.weight.copy_(P(p + "layer_norm1.weight"))
-            layer.norm1.bias.copy_(P(p + "layer_norm1.bias"))
-            layer.norm2.weight.copy_(P(p + "layer_norm2.weight"))
-            layer.norm2.bias.copy_(P(p + "layer_norm2.bias"))
-            layer.linear1.weight.copy_(P(p + "mlp.fc1.weight"))
-            layer.linear1.bias.copy_(P(p + "mlp.fc1.bias"))
-            layer.linear2.weight.copy_(P(p + "mlp.fc2.weight"))
-            layer.linear2.bias.copy_(P(p + "mlp.fc2.bias"))
-            x = layer(x)
+            x = torch_encoder_layer(P, f"encoder.layers.{i}.", vc, act)(x)
         close(x, ref["hidden_states"][i + 1], 1e-10, f"clip layer {i} vs nn.TransformerEncoderLayer")
     pooled = F.layer_norm(x[:, 0], (D,), P("post_layernorm.weight"), P("post_layernorm.bias"), eps)
     close(pooled, ref["pooler_output"], 1e-10, "clip pooler")
@@ -744,24 +749,8 @@ def check_clip_text_independent(tc, W, input_ids, attention_mask, ref, outs, ima
     pad = attention_mask == 0
     act = lambda t: t / (1.0 + torch.exp(-1.702 * t))
     for i in range(tc["num_hidden_layers"]):
-        layer = torch.nn.TransformerEncoderLayer(
-            D, tc["num_attention_heads"], tc["intermediate_size"], dropout=0.0, activation=act,
-            layer_norm_eps=eps, batch_first=True, norm_first=True).to(dt).eval()
-        p = f"encoder.layers.{i}."
         with torch.no_grad():
-            layer.self_attn.in_proj_weight.copy_(torch.cat([P(p + f"self_attn.{n}_proj.weight") for n in "qkv"]))
-            layer.self_attn.in_proj_bias.copy_(torch.cat([P(p + f"self_attn.{n}_proj.bias") for n in "qkv"]))
-            layer.self_attn.out_proj.weight.copy_(P(p + "self_attn.out_proj.weight"))
-            layer.self_attn.out_proj.bias.copy_(P(p + "self_attn.out_proj.bias"))
-            layer.norm1.weight.copy_(P(p + "layer_norm1.weight"))
-            layer.norm1.bias.copy_(P(p + "layer_norm1.bias"))
-            layer.norm2.weight.copy_(P(p + "layer_norm2.weight"))
-            layer.norm2.bias.copy_(P(p + "layer_norm2.bias"))
-            layer.linear1.weight.copy_(P(p + "mlp.fc1.weight"))
-            layer.linear1.bias.copy_(P(p + "mlp.fc1.bias"))
-            layer.linear2.weight.copy_(P(p + "mlp.fc2.weight"))
-            layer.linear2.bias.copy_(P(p + "mlp.fc2.bias"))
-            x = layer(x, src_mask=causal, src_key_padding_mask=pad)
+            x = torch_encoder_layer(P, f"encoder.layers.{i}.", tc, act)(x, src_mask=causal, src_key_padding_mask=pad)
     x = F.layer_norm(x, (D,), P("final_layer_norm.weight"), P("final_layer_norm.bias"), eps)
     # Padded query rows see the same real keys in both; compare the real positions.
     keep = attention_mask.bool()
