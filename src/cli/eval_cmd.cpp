@@ -3,7 +3,8 @@
 // model. DIR is a llava folder (a run's final/, an export) or a run directory. Writes
 // results.json, results.md and predictions/<task>.jsonl to --output (default: <run>/eval for a
 // run, else DIR/eval) and prints the Markdown table. `mllm eval --compare stage1=DIR ...` prints
-// earlier results side by side (the ShapesWorld report card).
+// earlier results side by side (the ShapesWorld report card); `mllm eval --card DIR` the demo's
+// table of what each stage did (eval/report_card.h).
 #include <spdlog/spdlog.h>
 
 #include <cstdio>
@@ -16,6 +17,7 @@
 #include "core/threads.h"
 #include "data/tokenizer/tokenizer.h"
 #include "eval/evaluate.h"
+#include "eval/report_card.h"
 #include "models/hf/config_json.h"
 #include "models/hf/llava_folder.h"
 #include "train/recipe.h"
@@ -25,7 +27,7 @@ namespace mllm::cli {
 Action add_eval_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("eval", "Evaluate a trained model on the tasks of an eval recipe");
   struct Args {
-    std::string config, checkpoint, output;
+    std::string config, checkpoint, output, card;
     std::vector<std::string> overrides, compare;
     int64_t threads = -1;
   };
@@ -35,12 +37,23 @@ Action add_eval_command(CLI::App& app) {
   cmd->add_option("--compare", args->compare,
                   "instead: print earlier results side by side, LABEL=DIR (DIR holding "
                   "results.json; repeatable)");
+  cmd->add_option("--card", args->card,
+                  "instead: the ShapesWorld demo's report card of the runs in DIR (encoder/, "
+                  "stage0/..stage3/), printed and written to DIR/report.md");
   cmd->add_option("--output", args->output, "results folder (default: <run>/eval or DIR/eval)");
   cmd->add_option("--set", args->overrides, "override a recipe key: key.path=value (repeatable)");
   cmd->add_option("--threads", args->threads, "intra-op threads (default: run.threads)");
   return [args]() {
     warn_if_slow_blas();
     namespace fs = std::filesystem;
+    if (!args->card.empty()) {
+      const fs::path dir = args->card;
+      if (!fs::is_directory(dir)) throw ConfigError("--card " + args->card + ": not a directory");
+      const std::string md = eval::report_card_markdown(eval::report_card(dir));
+      write_file_atomic(dir / "report.md", md);
+      std::fputs(md.c_str(), stdout);
+      return 0;
+    }
     if (!args->compare.empty()) {
       std::vector<std::pair<std::string, nlohmann::json>> labelled;
       for (const auto& c : args->compare) {

@@ -438,6 +438,16 @@ void describe(Binder& b, VisionConfig& c) {
   b.choice("select", c.select, {"patch", "cls_patch"});
 }
 
+void describe(Binder& b, ClipTextConfig& c) {
+  b.value("hidden", c.hidden, at_least(1));
+  b.value("layers", c.layers, at_least(1));
+  b.value("heads", c.heads, at_least(1));
+  b.value("intermediate", c.intermediate, at_least(1));
+  b.value("max_position", c.max_position, at_least(2));
+  b.value("layer_norm_eps", c.layer_norm_eps, in_range(0, 1, true));
+  b.value("projection_dim", c.projection_dim, at_least(1));
+}
+
 void describe(Binder& b, LlmConfig& c) {
   b.choice("type", c.type, {"llama", "qwen2", "mixtral"});
   b.existing_path("pretrained", c.pretrained, true);
@@ -473,6 +483,7 @@ void describe(Binder& b, ModelConfig& c) {
   b.section("vision", c.vision);
   b.section("llm", c.llm);
   b.section("connector", c.connector);
+  b.section("text", c.text);
   b.existing_path("tokenizer", c.tokenizer, false);
 }
 

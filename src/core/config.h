@@ -58,6 +58,8 @@ struct ClipTextConfig {
   int64_t max_position = 77;
   double layer_norm_eps = 1e-5;
   int64_t eos_token_id = 49407;  // the pooled state is each row's first EOS
+  int64_t bos_token_id = 49406;
+  int64_t pad_token_id = 1;
   int64_t projection_dim = 512;  // CLIPConfig's: both towers project to this
 };
 
@@ -104,6 +106,9 @@ struct ModelConfig {
   VisionConfig vision;
   LlmConfig llm;
   ConnectorConfig connector;
+  // The text tower of the contrastive stage (train.stage: clip) only; its vocabulary and EOS id
+  // are the tokenizer's.
+  ClipTextConfig text;
   std::string tokenizer;  // tokenizer.json
 };
 

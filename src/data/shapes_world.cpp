@@ -360,8 +360,36 @@ std::string zero_padded(int64_t i) {
 
 struct Split {
   Json captions = Json::array(), instruct = Json::array(), preference = Json::array();
-  Json questions = Json::array();
+  Json questions = Json::array(), text = Json::array();
 };
+
+Json text_record(const std::string& id, const Json& conversations) {
+  return Json{{"id", id}, {"conversations", conversations}};
+}
+
+// Stage 0's records of one scene, text only: the caption alone (the text-only baseline), the
+// caption after the scene's description, and 1-2 questions answered from the description. The
+// LLM learns to read what comes before it, so that in stage 1 the connector only has to turn
+// the image into something it already reads (the description stands where the image will).
+void add_text_records(Json& out, const std::string& id, const Scene& scene, const QA& caption,
+                      Rng& rng, const VocabularyCheck& check) {
+  const std::string description = check(scene_description(scene));
+  out.push_back(text_record(id + "-caption", Json::array({turn("human", check(caption.question)),
+                                                           turn("gpt", check(caption.answer))})));
+  out.push_back(text_record(id + "-described", Json::array({turn("human", description),
+                                                             turn("gpt", check(caption.answer))})));
+  std::vector<int> types(kQuestionTypes);
+  std::iota(types.begin(), types.end(), 0);
+  rng.shuffle(types);
+  const int turns = rng.bernoulli(0.5) ? 1 : 2;
+  Json conversation = Json::array();
+  for (int t = 0; t < turns; ++t) {
+    const QA qa = ask(scene, static_cast<QuestionType>(types[static_cast<size_t>(t)]), rng);
+    conversation.push_back(turn("human", check((t == 0 ? description + "\n" : "") + qa.question)));
+    conversation.push_back(turn("gpt", check(qa.answer)));
+  }
+  out.push_back(text_record(id + "-questions", conversation));
+}
 
 // The evaluation questions of one image (qa_json records, eval/evaluate.h): one open question of
 // each kind, a multiple-choice one, and a POPE pair (a present and an absent object). Answers
@@ -390,8 +418,10 @@ void add_eval_questions(Json& out, const std::string& id, const std::string& ima
 Split generate_split(const fs::path& out_dir, const std::string& name, uint64_t seed, int64_t count,
                      int image_size, const VocabularyCheck& check) {
   Rng rng(seed);
-  Rng question_rng(seed ^
-                   0x9e3779b97f4a7c15ULL);  // its own stream: the other files stay as they were
+  // The questions and the text records have streams of their own: the other files stay as they
+  // were before each was added.
+  Rng question_rng(seed ^ 0x9e3779b97f4a7c15ULL);
+  Rng text_rng(seed ^ 0xc2b2ae3d27d4eb4fULL);
   Split split;
   const fs::path image_dir = out_dir / "images" / name;
   fs::create_directories(image_dir);
@@ -404,10 +434,11 @@ Split generate_split(const fs::path& out_dir, const std::string& name, uint64_t 
       throw Error(png.string() + ": cannot write image");
 
     const std::string caption = check(scene_caption(scene));
-    split.captions.push_back(
-        record(id, image,
-               Json::array({turn("human", check("<image>\n" + rng.pick(kCaptionPrompts))),
-                            turn("gpt", caption)})));
+    const std::string caption_prompt = rng.pick(kCaptionPrompts);
+    split.captions.push_back(record(
+        id, image,
+        Json::array({turn("human", check("<image>\n" + caption_prompt)), turn("gpt", caption)})));
+    add_text_records(split.text, id, scene, {caption_prompt, caption, ""}, text_rng, check);
 
     // 1-3 distinct question types about the image; only the first turn carries the image.
     std::vector<int> types(kQuestionTypes);
@@ -564,6 +595,15 @@ std::string scene_caption(const Scene& scene) {
   return out + ".";
 }
 
+std::string scene_description(const Scene& scene) {
+  std::string out;
+  for (size_t i = 0; i < scene.shapes.size(); ++i) {
+    const auto& s = scene.shapes[i];
+    out += std::string(i > 0 ? " , " : "") + kCellNames[s.cell] + " : " + noun_phrase(s);
+  }
+  return out;
+}
+
 std::vector<std::string> shapes_world_vocabulary() {
   std::vector<std::string> words(std::begin(kTemplateWords), std::end(kTemplateWords));
   words.insert(words.end(), std::begin(kKindNames), std::end(kKindNames));
@@ -627,6 +667,7 @@ ShapesWorldSummary generate_shapes_world(const fs::path& out_dir,
     write_json(out_dir / ("captions_" + name + ".json"), split.captions);
     write_json(out_dir / ("instruct_" + name + ".json"), split.instruct);
     write_json(out_dir / ("preference_" + name + ".json"), split.preference);
+    write_json(out_dir / ("text_" + name + ".json"), split.text);
   };
   write_split("train", train);
   write_split("val", val);

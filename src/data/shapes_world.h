@@ -63,6 +63,10 @@ cv::Mat render_scene(const Scene& scene, int image_size);
 // order, so the caption is a function of the scene; the centre cell reads "in the center".
 std::string scene_caption(const Scene& scene);
 
+// The scene as stage 0's text context, terser than the caption and in cell order:
+// "top left : large red circle , bottom right : small blue star".
+std::string scene_description(const Scene& scene);
+
 // Every word and punctuation token the generator can emit (split by \w+|[^\w\s]+), sorted by
 // std::string order, special tokens excluded. Independent of seed and counts.
 std::vector<std::string> shapes_world_vocabulary();
@@ -88,6 +92,10 @@ struct ShapesWorldSummary {
 //   captions_{train,val}.json, instruct_{train,val}.json   LLaVA records, image paths relative to
 //                                                          images/
 //   preference_{train,val}.json   [{"id", "image", "prompt", "chosen", "rejected"}]
+//   text_{train,val}.json   stage 0's text-only LLaVA records, three per image: "-caption" (the
+//                           caption after its prompt), "-described" (the caption after
+//                           scene_description()) and "-questions" (1-2 questions answered from
+//                           the description, which opens the first turn)
 //   questions_val.json   evaluation questions (qa_json, eval/evaluate.h): per val image one of
 //                        each type color, shape, size, count, position, what_at (open answers),
 //                        choice (a/b/c) and exists twice, a present and an absent object (POPE)

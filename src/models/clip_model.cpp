@@ -74,22 +74,71 @@ ClipTextTransformerImpl::Output ClipTextTransformerImpl::forward(
   return {h, h.index({torch::arange(B, at.options()), at})};
 }
 
-ClipModelImpl::ClipModelImpl(const VisionConfig& vision, const ClipTextConfig& text) {
-  vision_model = register_module("vision_model", ClipVisionTransformer(vision));
-  text_model = register_module("text_model", ClipTextTransformer(text));
-  visual_projection = register_module(
+namespace {
+
+// CLIPModel's non-tower parts, registered on `m` under their HF names.
+void register_clip_parts(torch::nn::Module& m, const VisionConfig& vision,
+                         const ClipTextConfig& text, ClipTextTransformer& text_model,
+                         torch::nn::Linear& visual_projection, torch::nn::Linear& text_projection,
+                         torch::Tensor& logit_scale) {
+  text_model = m.register_module("text_model", ClipTextTransformer(text));
+  visual_projection = m.register_module(
       "visual_projection",
       torch::nn::Linear(torch::nn::LinearOptions(vision.hidden, text.projection_dim).bias(false)));
-  text_projection = register_module(
+  text_projection = m.register_module(
       "text_projection",
       torch::nn::Linear(torch::nn::LinearOptions(text.hidden, text.projection_dim).bias(false)));
   // 0-dim, as CLIP checkpoints store it; CLIPConfig's logit_scale_init_value = log(1 / 0.07).
-  logit_scale = register_parameter("logit_scale", torch::tensor(std::log(1.0 / 0.07)));
+  logit_scale = m.register_parameter("logit_scale", torch::tensor(std::log(1.0 / 0.07)));
+}
+
+torch::Tensor project_image(ClipVisionTransformerImpl& vision_model, torch::nn::Linear& projection,
+                            const torch::Tensor& pixel_values) {
+  const auto hidden = vision_model.forward(pixel_values);
+  return projection(vision_model.post_layernorm(hidden.back().select(1, 0)));
+}
+
+torch::Tensor scaled_cosine(const torch::Tensor& text_features,
+                            const torch::Tensor& image_features, const torch::Tensor& log_scale) {
+  const auto t = text_features / text_features.norm(2, -1, true);
+  const auto i = image_features / image_features.norm(2, -1, true);
+  return t.matmul(i.t()) * log_scale.exp();
+}
+
+}  // namespace
+
+ClipHeadImpl::ClipHeadImpl(const VisionConfig& vision, const ClipTextConfig& text) {
+  register_clip_parts(*this, vision, text, text_model, visual_projection, text_projection,
+                      logit_scale);
+}
+
+torch::Tensor ClipHeadImpl::image_features(ClipVisionTransformerImpl& vision_model,
+                                           const torch::Tensor& pixel_values) {
+  return project_image(vision_model, visual_projection, pixel_values);
+}
+
+torch::Tensor ClipHeadImpl::text_features(const torch::Tensor& input_ids,
+                                          const torch::Tensor& attention_mask) {
+  return text_projection(text_model(input_ids, attention_mask).pooled);
+}
+
+torch::Tensor ClipHeadImpl::logits_per_text(const torch::Tensor& text_features,
+                                            const torch::Tensor& image_features,
+                                            double max_log_scale) {
+  // open_clip clamps the learned scale to 100 (log 4.6052); the clamp stops its gradient there.
+  const auto scale = std::isfinite(max_log_scale) ? logit_scale.clamp_max(max_log_scale)
+                                                  : logit_scale;
+  return scaled_cosine(text_features, image_features, scale);
+}
+
+ClipModelImpl::ClipModelImpl(const VisionConfig& vision, const ClipTextConfig& text) {
+  vision_model = register_module("vision_model", ClipVisionTransformer(vision));
+  register_clip_parts(*this, vision, text, text_model, visual_projection, text_projection,
+                      logit_scale);
 }
 
 torch::Tensor ClipModelImpl::image_features(const torch::Tensor& pixel_values) {
-  const auto hidden = vision_model(pixel_values);
-  return visual_projection(vision_model->post_layernorm(hidden.back().select(1, 0)));
+  return project_image(*vision_model, visual_projection, pixel_values);
 }
 
 torch::Tensor ClipModelImpl::text_features(const torch::Tensor& input_ids,
@@ -99,9 +148,7 @@ torch::Tensor ClipModelImpl::text_features(const torch::Tensor& input_ids,
 
 torch::Tensor ClipModelImpl::logits_per_text(const torch::Tensor& text_features,
                                              const torch::Tensor& image_features) {
-  const auto t = text_features / text_features.norm(2, -1, true);
-  const auto i = image_features / image_features.norm(2, -1, true);
-  return t.matmul(i.t()) * logit_scale.exp();
+  return scaled_cosine(text_features, image_features, logit_scale);
 }
 
 torch::Tensor clip_loss(const torch::Tensor& logits_per_text) {

@@ -7,6 +7,8 @@
 // clip_loss); Radford et al. 2021, Figure 3.
 #pragma once
 
+#include <cmath>
+
 #include <torch/torch.h>
 
 #include "core/config.h"
@@ -42,6 +44,27 @@ class ClipTextTransformerImpl : public torch::nn::Module {
   ClipTextConfig config_;
 };
 TORCH_MODULE(ClipTextTransformer);
+
+// What the contrastive stage adds to a multimodal model (registered there as "clip"): CLIPModel
+// less its vision tower — the text tower, both projections and the temperature — so that the
+// multimodal model's own vision tower is the image half. Key names under it are CLIPModel's.
+class ClipHeadImpl : public torch::nn::Module {
+ public:
+  ClipHeadImpl(const VisionConfig& vision, const ClipTextConfig& text);
+  // visual_projection(post_layernorm(CLS of the last layer)) of `vision_model`, (B,P).
+  torch::Tensor image_features(ClipVisionTransformerImpl& vision_model,
+                               const torch::Tensor& pixel_values);
+  torch::Tensor text_features(const torch::Tensor& input_ids, const torch::Tensor& attention_mask);
+  // As ClipModelImpl::logits_per_text, with the temperature's scale capped at exp(max_log_scale).
+  torch::Tensor logits_per_text(const torch::Tensor& text_features,
+                                const torch::Tensor& image_features,
+                                double max_log_scale = INFINITY);
+
+  ClipTextTransformer text_model{nullptr};
+  torch::nn::Linear visual_projection{nullptr}, text_projection{nullptr};
+  torch::Tensor logit_scale;
+};
+TORCH_MODULE(ClipHead);
 
 class ClipModelImpl : public torch::nn::Module {
  public:

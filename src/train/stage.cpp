@@ -5,6 +5,7 @@
 namespace mllm {
 
 // One line per stage; each is defined in src/train/stages/<name>.cpp.
+Stage clip_stage();
 Stage pretrain_stage();
 Stage instruct_stage();
 Stage dpo_stage();
@@ -12,8 +13,8 @@ Stage orpo_stage();
 Stage simpo_stage();
 
 const std::vector<Stage>& stages() {
-  static const std::vector<Stage> all = {pretrain_stage(), instruct_stage(), dpo_stage(),
-                                         orpo_stage(), simpo_stage()};
+  static const std::vector<Stage> all = {clip_stage(),  pretrain_stage(), instruct_stage(),
+                                         dpo_stage(),   orpo_stage(),     simpo_stage()};
   return all;
 }
 

@@ -9,6 +9,7 @@
 // function each stage exposes as Stage::preference, so tests can hold it against reference vectors.
 #pragma once
 
+#include <filesystem>
 #include <functional>
 #include <map>
 #include <memory>
@@ -19,6 +20,8 @@
 #include <torch/torch.h>
 
 #include "core/config.h"
+#include "data/tokenizer/tokenizer.h"
+#include "models/hf/llava_folder.h"
 #include "models/multimodal_model.h"
 #include "train/objectives.h"
 
@@ -65,6 +68,15 @@ struct Stage {
   // Checks of the stage's own settings: {key path, message} of the first problem, or {"", ""}.
   std::function<std::pair<std::string, std::string>(const TrainConfig&)> check;
   std::shared_ptr<const PreferenceSpec> preference;  // preference stages only
+  // Modules the stage adds to the model (clip: its text tower), registered on it before
+  // train.trainable applies, so that the optimizer, checkpoints and the gradient reduction
+  // cover them as any other parameter. Empty: none.
+  std::function<void(MultimodalModelImpl&, const Config&, const Tokenizer&)> extend;
+  // Writes final/ at `dir` when the stage's result is not a llava folder (clip: a CLIPModel
+  // folder). Empty: the llava folder.
+  std::function<void(const std::filesystem::path& dir, MultimodalModelImpl&, const Config&,
+                     const Tokenizer&, const LlavaFolderExtras&)>
+      write_final;
 };
 
 // Every stage, in the order of stage.cpp's list.
@@ -97,6 +109,14 @@ SequenceTargets sequence_targets(const torch::Tensor& input_ids,
 // shared objective, and the reward metrics (reward_metric_names()) among its logged figures.
 void make_preference_stage(Stage& stage, std::shared_ptr<const PreferenceSpec> spec);
 const std::vector<std::string>& reward_metric_names();
+
+// The clip stage's retrieval figures over one batch (train/stages/clip.cpp): for each image j
+// (column j of logits_per_text, texts x images), captions ranked by score; a hit at k when one of
+// the top k is identical to caption j (two scenes may read alike). recall@{1,5} are the hit rates,
+// recall@{1,5}_chance the same with the captions in random order: 1 - C(B-m,k)/C(B,k) for a caption
+// that occurs m times. Means over the batch's images.
+std::map<std::string, double> clip_retrieval(const torch::Tensor& logits_per_text,
+                                             const std::vector<std::vector<int64_t>>& captions);
 
 // The reward metrics TRL logs for every preference loss, from rewards r_c, r_r (P) and the
 // policy's log-probabilities: rewards/{chosen,rejected,accuracies,margins},

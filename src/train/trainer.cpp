@@ -212,17 +212,20 @@ void check_fresh_output(const Config& config, const fs::path& out) {
 // final/ is a plain model: LoRA adapters are merged into the weights first (so it reloads and
 // exports without LoRA; the adapters alone stay in the checkpoints). This changes `model`: call it
 // last.
-void write_final(const fs::path& out, MultimodalModelImpl& model, const Config& config) {
+void write_final(const fs::path& out, MultimodalModelImpl& model, const Config& config,
+                 const Stage& stage, const Tokenizer& tokenizer) {
   if (const auto merged = merge_lora(model))
     spdlog::info("lora: merged the adapters of {} layers into their weights", merged);
   LlavaFolderExtras extras;
   extras.tokenizer = config.model.tokenizer;
   extras.tokenizer_config =
-      tokenizer_config_json(*load_tokenizer(config.model.tokenizer), config.model.llm.max_position,
-                            config.data.template_name);
+      tokenizer_config_json(tokenizer, config.model.llm.max_position, config.data.template_name);
   extras.preprocessor_config =
       preprocessor_config_json(config.data.image, config.model.vision.image_size);
-  write_llava_folder(out / "final", model, extras);
+  if (stage.write_final)
+    stage.write_final(out / "final", model, config, tokenizer, extras);
+  else
+    write_llava_folder(out / "final", model, extras);
 }
 
 }  // namespace
@@ -354,6 +357,7 @@ struct Trainer::Impl {
     }
     model = build_model(config, tokenizer->vocabulary());
     init_from(*model, config, "model");
+    if (stage->extend) stage->extend(*model, config, *tokenizer);
     model->to(device);
     // train.trainable first, then LoRA: adapters train, the layers they adapt freeze. Both before
     // the optimizer and before a checkpoint is loaded (it holds the adapters by name).
@@ -713,7 +717,7 @@ struct Trainer::Impl {
         {"blas", blas_info().describe()}};
     if (main_rank) {
       write_file_atomic(out / "summary.json", figures.dump(2) + "\n");
-      write_final(out, *model, config);
+      write_final(out, *model, config, *stage, *tokenizer);
     }
     // No rank reports success before final/ exists.
     group->barrier("the end of the run");

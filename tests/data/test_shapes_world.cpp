@@ -71,8 +71,8 @@ TEST_CASE("shapes world: the same seed gives byte-identical files, another seed 
   make(dir / "b", 5, 12, 4);
   make(dir / "c", 6, 12, 4);
   const auto a = all_files(dir / "a"), b = all_files(dir / "b");
-  // images, 6 record files, questions_val.json, tokenizer.json, info.json
-  REQUIRE(a.size() == 12 + 4 + 6 + 1 + 2);
+  // images, 8 record files, questions_val.json, tokenizer.json, info.json
+  REQUIRE(a.size() == 12 + 4 + 8 + 1 + 2);
   REQUIRE(a.size() == b.size());
   for (const auto& [name, bytes] : a) {
     INFO(name);
@@ -95,6 +95,64 @@ TEST_CASE("shapes world: captions follow the fixed phrasing, shapes in grid orde
   CHECK(scene_caption(s) ==
         "a small yellow square at the top, a large white diamond at the left and a small orange "
         "circle at the bottom.");
+}
+
+TEST_CASE("shapes world: the scene description lists cell, size, colour and kind in cell order") {
+  Scene s;
+  s.shapes = {{0, 0, 1, 0}, {4, 2, 0, 8}};
+  CHECK(scene_description(s) == "top left : large red circle , bottom right : small blue star");
+  s.shapes = {{2, 1, 0, 4}};
+  CHECK(scene_description(s) == "center : small green triangle");
+}
+
+TEST_CASE("shapes world: stage 0's text records: the caption alone, after the description, and "
+          "questions answered from it") {
+  TempDir dir("shapes-text");
+  make(dir.path(), 2, 20, 5);
+  const auto captions = nlohmann::json::parse(read_file(dir / "captions_train.json"));
+  const auto text = nlohmann::json::parse(read_file(dir / "text_train.json"));
+  REQUIRE(captions.size() == 20);
+  REQUIRE(text.size() == 3 * captions.size());
+  CHECK(nlohmann::json::parse(read_file(dir / "text_val.json")).size() == 15);
+  std::set<std::string> asked;
+  for (size_t i = 0; i < captions.size(); ++i) {
+    const auto& cap = captions[i];
+    const std::string id = cap["id"];
+    const std::string caption = cap["conversations"][1]["value"];
+    std::string prompt = cap["conversations"][0]["value"];
+    prompt = prompt.substr(std::string("<image>\n").size());
+    const auto& alone = text[3 * i];
+    const auto& described = text[3 * i + 1];
+    const auto& questions = text[3 * i + 2];
+    INFO(id);
+    CHECK(alone["id"] == id + "-caption");
+    CHECK(described["id"] == id + "-described");
+    CHECK(questions["id"] == id + "-questions");
+    for (const auto* r : {&alone, &described, &questions}) {
+      CHECK_FALSE(r->contains("image"));  // text only
+      for (const auto& turn : (*r)["conversations"])
+        CHECK(turn["value"].get<std::string>().find("<image>") == std::string::npos);
+    }
+    CHECK(alone["conversations"][0]["value"] == prompt);
+    CHECK(alone["conversations"][1]["value"] == caption);
+    const std::string description = described["conversations"][0]["value"];
+    CHECK(described["conversations"][1]["value"] == caption);
+    // The description names what the caption names: each "size colour kind" phrase of one is in
+    // the other.
+    for (const char* size : {"small", "large"})
+      for (size_t at = description.find(size); at != std::string::npos;
+           at = description.find(size, at + 1)) {
+        const auto end = description.find(" , ", at);
+        CHECK(caption.find(description.substr(at, end == std::string::npos ? end : end - at)) !=
+              std::string::npos);
+      }
+    const auto& conv = questions["conversations"];
+    REQUIRE((conv.size() == 2 || conv.size() == 4));
+    const std::string first = conv[0]["value"];
+    CHECK(first.rfind(description + "\n", 0) == 0);
+    asked.insert(first.substr(description.size() + 1));
+  }
+  CHECK(asked.size() > 10);  // questions vary
 }
 
 TEST_CASE("shapes world: the caption names exactly the shapes drawn, where they are drawn") {

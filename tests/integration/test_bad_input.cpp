@@ -42,7 +42,7 @@ struct Fixture {
            " --set run.threads=1 --set model.tokenizer=" + d + "/tokenizer.json" +
            " --set data.train.path=" + train_json.string() + " --set data.train.image_root=" + d +
            "/images --set data.eval.path=null --set data.eval.image_root=" + d +
-           "/images --set model.llm.pretrained=null" +
+           "/images --set model.llm.pretrained=null --set model.vision.pretrained=null" +
            " --set model.llm.hidden=32 --set model.llm.layers=1 --set model.llm.intermediate=64" +
            " --set model.vision.image_size=32 --set data.image.size=32 --set "
            "model.vision.hidden=32" +
@@ -170,7 +170,7 @@ TEST_CASE("bad input: broken images are named, and skipped and counted in skip m
           (f.data / "tokenizer.json").string() + " --set data.train.path=" + json.string() +
           " --set data.train.image_root=" + (f.data / "images").string() +
           " --set data.eval.path=null --set data.eval.image_root=" + (f.data / "images").string() +
-          " --set model.llm.pretrained=null");
+          " --set model.llm.pretrained=null --set model.vision.pretrained=null");
       INFO(check.output);
       CHECK(check.code == 0);
       CHECK_THAT(check.output, Catch::Contains("(1 corrupt)"));

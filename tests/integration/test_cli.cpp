@@ -32,7 +32,8 @@ std::string shrink(const std::filesystem::path& data, const std::filesystem::pat
          "/captions_train.json --set data.train.image_root=" + d + "/images" +
          " --set data.eval.path=" + d + "/captions_val.json --set data.eval.image_root=" + d +
          "/images" +
-         " --set model.vision.image_size=32 --set data.image.size=32 --set model.vision.hidden=32" +
+         " --set model.vision.pretrained=null --set model.vision.image_size=32" +
+         " --set data.image.size=32 --set model.vision.hidden=32" +
          " --set model.vision.layers=2 --set model.vision.intermediate=64" +
          " --set train.batch_size=8 --set train.log_every=2 --set train.eval_batches=1";
 }

@@ -39,6 +39,7 @@ std::vector<std::pair<std::string, std::string>> tiny(const fs::path& data) {
           {"data.eval.path", d + "/captions_val.json"},
           {"data.eval.image_root", d + "/images"},
           {"data.workers", "0"},
+          {"model.vision.pretrained", "null"},
           {"model.vision.image_size", "32"},
           {"data.image.size", "32"},
           {"model.vision.hidden", "32"},

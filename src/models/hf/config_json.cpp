@@ -8,6 +8,46 @@
 
 namespace mllm {
 
+nlohmann::json vision_config_json(const VisionConfig& v) {
+  return {
+      {"model_type", "clip_vision_model"},   {"hidden_size", v.hidden},
+      {"intermediate_size", v.intermediate}, {"num_hidden_layers", v.layers},
+      {"num_attention_heads", v.heads},      {"image_size", v.image_size},
+      {"patch_size", v.patch_size},          {"num_channels", 3},
+      {"hidden_act", "quick_gelu"},          {"layer_norm_eps", v.layer_norm_eps},
+  };
+}
+
+nlohmann::json clip_config_json(const VisionConfig& vision, const ClipTextConfig& text) {
+  auto v = vision_config_json(vision);
+  v["projection_dim"] = text.projection_dim;
+  const nlohmann::json t = {
+      {"model_type", "clip_text_model"},
+      {"vocab_size", text.vocab},
+      {"hidden_size", text.hidden},
+      {"intermediate_size", text.intermediate},
+      {"num_hidden_layers", text.layers},
+      {"num_attention_heads", text.heads},
+      {"max_position_embeddings", text.max_position},
+      {"hidden_act", "quick_gelu"},
+      {"layer_norm_eps", text.layer_norm_eps},
+      {"projection_dim", text.projection_dim},
+      {"bos_token_id", text.bos_token_id},
+      {"eos_token_id", text.eos_token_id},
+      {"pad_token_id", text.pad_token_id},
+  };
+  return {
+      {"architectures", {"CLIPModel"}},
+      {"model_type", "clip"},
+      {"projection_dim", text.projection_dim},
+      {"logit_scale_init_value", 2.6592},
+      {"initializer_factor", 1.0},
+      {"text_config", t},
+      {"vision_config", v},
+      {"torch_dtype", "float32"},
+  };
+}
+
 nlohmann::json llava_config_json(const ModelConfig& m, int64_t image_token_id) {
   const auto& v = m.vision;
   const auto& l = m.llm;
@@ -39,13 +79,7 @@ nlohmann::json llava_config_json(const ModelConfig& m, int64_t image_token_id) {
     text["num_experts_per_tok"] = l.experts_per_token;
     text["router_aux_loss_coef"] = l.router_aux_loss_coef;
   }
-  nlohmann::json vision = {
-      {"model_type", "clip_vision_model"},   {"hidden_size", v.hidden},
-      {"intermediate_size", v.intermediate}, {"num_hidden_layers", v.layers},
-      {"num_attention_heads", v.heads},      {"image_size", v.image_size},
-      {"patch_size", v.patch_size},          {"num_channels", 3},
-      {"hidden_act", "quick_gelu"},          {"layer_norm_eps", v.layer_norm_eps},
-  };
+  const nlohmann::json vision = vision_config_json(v);
   return {
       {"architectures", {"LlavaForConditionalGeneration"}},
       {"model_type", "llava"},
@@ -274,6 +308,8 @@ void read_clip_text_config_json(const std::filesystem::path& folder, ClipTextCon
     get(path, t, "max_position_embeddings", c.max_position);
     get(path, t, "layer_norm_eps", c.layer_norm_eps);
     get(path, t, "eos_token_id", c.eos_token_id);
+    get(path, t, "bos_token_id", c.bos_token_id);
+    get(path, t, "pad_token_id", c.pad_token_id);
     get(path, t, "projection_dim", c.projection_dim);
     get(path, j, "projection_dim", c.projection_dim);
     const std::string act = t.value("hidden_act", std::string("quick_gelu"));

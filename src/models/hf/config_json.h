@@ -14,6 +14,14 @@ namespace mllm {
 
 nlohmann::json llava_config_json(const ModelConfig& model, int64_t image_token_id);
 
+// transformers' CLIPVisionConfig of `vision` (a llava config's vision_config).
+nlohmann::json vision_config_json(const VisionConfig& vision);
+
+// transformers' CLIPConfig (CLIPModel) of two towers: text_config, vision_config (each with
+// projection_dim), projection_dim and logit_scale_init_value. CLIPVisionModel.from_pretrained
+// takes the vision half of such a folder, as it does of openai/clip-vit-large-patch14-336.
+nlohmann::json clip_config_json(const VisionConfig& vision, const ClipTextConfig& text);
+
 // Reads a folder's config.json (a llava folder's text_config, or a bare llama/qwen2 config) into
 // the architecture fields of `llm`. Throws Error naming the file and field.
 void read_llm_config_json(const std::filesystem::path& folder, LlmConfig& llm);

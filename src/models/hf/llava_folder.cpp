@@ -86,10 +86,16 @@ void write_llava_folder(const std::filesystem::path& dir, MultimodalModelImpl& m
     config["architectures"] = {"MllmLlavaForConditionalGeneration"};
     config["model_type"] = "mllm_llava";
   }
+  write_hf_folder(dir, named_parameters(model), config, extras);
+}
+
+void write_hf_folder(const std::filesystem::path& dir, const NamedTensors& tensors,
+                     const nlohmann::json& config, const LlavaFolderExtras& extras) {
+  namespace fs = std::filesystem;
   const fs::path tmp = dir.parent_path() / ("." + dir.filename().string() + ".tmp");
   fs::remove_all(tmp);
   fs::create_directories(tmp);
-  save_safetensors(tmp / "model.safetensors", named_parameters(model), {{"format", "pt"}});
+  save_safetensors(tmp / "model.safetensors", tensors, {{"format", "pt"}});
   write_file_atomic(tmp / "config.json", config.dump(2) + "\n");
   if (!extras.tokenizer.empty())
     write_file_atomic(tmp / "tokenizer.json", read_file(extras.tokenizer));
@@ -100,6 +106,15 @@ void write_llava_folder(const std::filesystem::path& dir, MultimodalModelImpl& m
   fsync_path(tmp);
   if (fs::exists(dir)) fs::remove_all(dir);
   rename_durable(tmp, dir);
+}
+
+void write_clip_folder(const std::filesystem::path& dir, MultimodalModelImpl& model,
+                       ClipHeadImpl& head, const LlavaFolderExtras& extras) {
+  // CLIPModel's keys: the vision tower's vision_model.*, then the head's parts as they are named.
+  NamedTensors tensors = named_parameters(*model.vision_tower);
+  for (auto& [name, t] : named_parameters(head)) tensors.emplace_back(name, t);
+  write_hf_folder(dir, tensors, clip_config_json(model.config().vision, head.text_model->config()),
+                  extras);
 }
 
 }  // namespace mllm

@@ -10,6 +10,8 @@
 #include <nlohmann/json.hpp>
 
 #include "core/config.h"
+#include "core/safetensors.h"
+#include "models/clip_model.h"
 #include "models/multimodal_model.h"
 
 namespace mllm {
@@ -45,5 +47,14 @@ struct LlavaFolderExtras {
 // existing `dir` is replaced). A run's final/ and `mllm export` both write through this.
 void write_llava_folder(const std::filesystem::path& dir, MultimodalModelImpl& model,
                         const LlavaFolderExtras& extras);
+
+// The same for any HF folder: `tensors` as model.safetensors, `config` as config.json, the extras.
+void write_hf_folder(const std::filesystem::path& dir, const NamedTensors& tensors,
+                     const nlohmann::json& config, const LlavaFolderExtras& extras);
+
+// A CLIPModel folder (clip_config_json) of `model`'s vision tower and the contrastive stage's
+// `head`: what stage 1 loads as model.vision.pretrained.
+void write_clip_folder(const std::filesystem::path& dir, MultimodalModelImpl& model,
+                       ClipHeadImpl& head, const LlavaFolderExtras& extras);
 
 }  // namespace mllm

@@ -1,0 +1,177 @@
+// The encoder's own pretraining, made the way CLIP is (Radford et al. 2021, Figure 3): the vision
+// tower and a small text tower (model.text) learn from image-caption pairs with the symmetric
+// InfoNCE loss and a learned temperature. The stage adds the text tower, the projections and the
+// temperature to the model as "clip.*" (ClipHead, models/clip_model.h), so train.trainable, the
+// optimizer, checkpoints and the gradient reduction treat them as any parameter; the LLM and the
+// connector are built but take no part. final/ is a CLIPModel folder that a later stage loads as
+// model.vision.pretrained, as it would load openai/clip-vit-large-patch14-336.
+//
+// The captions come from the collator's rows: the supervised tokens of the plain template (the
+// caption and its EOS) after a BOS. Negatives are the other pairs of the micro-batch on this rank
+// (no gather across ranks). The logged figures are the in-batch image->caption retrieval recall
+// at 1 and 5 with their chance levels, and the temperature's scale.
+#include <algorithm>
+#include <cmath>
+#include <map>
+
+#include <spdlog/spdlog.h>
+
+#include "core/error.h"
+#include "data/datasets.h"
+#include "models/clip_model.h"
+#include "train/stage.h"
+
+namespace mllm {
+
+namespace {
+
+constexpr const char* kHead = "clip";
+// open_clip keeps the learned scale at most 100 (CLIP's paper: "clipped to prevent scaling the
+// logits by more than 100").
+const double kMaxLogScale = std::log(100.0);
+
+ClipHeadImpl& head_of(MultimodalModelImpl& model) {
+  for (const auto& item : model.named_children())
+    if (item.key() == kHead)
+      if (auto* head = dynamic_cast<ClipHeadImpl*>(item.value().get())) return *head;
+  throw Error("[clip] the model has no contrastive head (clip.*)");
+}
+
+struct CaptionRows {
+  torch::Tensor ids, mask;                  // (B,L) on the batch's device
+  std::vector<std::vector<int64_t>> texts;  // each row's caption ids, for duplicate detection
+};
+
+// Each row's caption as the text tower reads it: BOS, the supervised tokens, EOS (the caption is
+// cut to fit max_position).
+CaptionRows caption_rows(const Batch& batch, const ClipTextConfig& text) {
+  const auto labels = batch.labels.to(torch::kCPU, torch::kLong).contiguous();
+  const int64_t B = labels.size(0), T = labels.size(1);
+  const auto* l = labels.data_ptr<int64_t>();
+  CaptionRows r;
+  size_t longest = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    std::vector<int64_t> caption;
+    for (int64_t t = 0; t < T; ++t)
+      if (l[b * T + t] != kIgnoreIndex) caption.push_back(l[b * T + t]);
+    if (!caption.empty() && caption.back() == text.eos_token_id) caption.pop_back();
+    if (caption.empty()) throw Error("[clip] a sample of the batch has no caption");
+    caption.resize(std::min<size_t>(caption.size(), static_cast<size_t>(text.max_position - 2)));
+    longest = std::max(longest, caption.size() + 2);
+    r.texts.push_back(std::move(caption));
+  }
+  const auto L = static_cast<int64_t>(longest);
+  auto ids = torch::full({B, L}, text.pad_token_id, torch::kLong);
+  auto mask = torch::zeros({B, L}, torch::kLong);
+  auto* id = ids.data_ptr<int64_t>();
+  auto* m = mask.data_ptr<int64_t>();
+  for (int64_t b = 0; b < B; ++b) {
+    const auto& c = r.texts[static_cast<size_t>(b)];
+    const auto n = static_cast<int64_t>(c.size());
+    id[b * L] = text.bos_token_id;
+    std::copy(c.begin(), c.end(), id + b * L + 1);
+    id[b * L + n + 1] = text.eos_token_id;
+    std::fill(m + b * L, m + b * L + n + 2, 1);
+  }
+  const auto device = batch.input_ids.device();
+  r.ids = ids.to(device);
+  r.mask = mask.to(device);
+  return r;
+}
+
+class ClipObjective : public Objective {
+ public:
+  ObjectiveOutput forward(MultimodalModelImpl& model, const Batch& batch) override {
+    auto& head = head_of(model);
+    const int64_t B = batch.input_ids.size(0);
+    const int64_t N = batch.pixel_values.defined() ? batch.pixel_values.size(0) : 0;
+    if (N != B)
+      throw Error("[clip] every sample needs exactly one image (the batch has " +
+                  std::to_string(N) + " images for " + std::to_string(B) + " samples)");
+    if (B < 2) throw Error("[clip] a contrastive batch needs at least 2 pairs");
+    const auto rows = caption_rows(batch, head.text_model->config());
+    const auto images =
+        head.image_features(*model.vision_tower->vision_model, batch.pixel_values);
+    const auto texts = head.text_features(rows.ids, rows.mask);
+    const auto logits = head.logits_per_text(texts, images, kMaxLogScale).to(torch::kFloat);
+    ObjectiveOutput o;
+    o.loss_sum = clip_loss(logits) * static_cast<double>(B);
+    o.weight = B;
+    for (const auto& [k, v] : clip_retrieval(logits, rows.texts))
+      o.metric_sums[k] = v * static_cast<double>(B);
+    o.metric_sums["scale"] =
+        std::exp(std::min(head.logit_scale.item<double>(), kMaxLogScale)) * static_cast<double>(B);
+    return o;
+  }
+  int64_t weight(const Batch& batch) const override { return batch.input_ids.size(0); }
+};
+
+}  // namespace
+
+std::map<std::string, double> clip_retrieval(const torch::Tensor& logits_per_text,
+                                             const std::vector<std::vector<int64_t>>& texts) {
+  const auto scores = logits_per_text.detach().to(torch::kCPU, torch::kDouble).t().contiguous();
+  const int64_t B = scores.size(0);
+  std::map<std::string, double> out;
+  for (const int64_t k : {1, 5}) {
+    const int64_t kk = std::min(k, B);
+    const auto top = std::get<1>(scores.topk(kk, 1)).contiguous();
+    const auto* idx = top.data_ptr<int64_t>();
+    double hits = 0, chance = 0;
+    for (int64_t j = 0; j < B; ++j) {
+      const auto& mine = texts[static_cast<size_t>(j)];
+      for (int64_t r = 0; r < kk; ++r)
+        if (texts[static_cast<size_t>(idx[j * kk + r])] == mine) {
+          hits += 1;
+          break;
+        }
+      const auto m = std::count(texts.begin(), texts.end(), mine);
+      double miss = 1;  // all k drawn from the B-m other captions
+      for (int64_t r = 0; r < kk; ++r)
+        miss *= std::max<double>(0, static_cast<double>(B - m - r)) / static_cast<double>(B - r);
+      chance += 1 - miss;
+    }
+    const std::string at = "@" + std::to_string(k);
+    out["recall" + at] = hits / static_cast<double>(B);
+    out["recall" + at + "_chance"] = chance / static_cast<double>(B);
+  }
+  return out;
+}
+
+Stage clip_stage() {
+  Stage s;
+  s.name = "clip";
+  s.summary =
+      "CLIP's contrastive pretraining of the vision tower with a text tower (model.text) on "
+      "image-caption pairs; final/ is a CLIPModel folder";
+  s.data = StageData::conversations;
+  s.formats = {"llava_json", "llava_jsonl"};
+  s.metrics = {"recall@1", "recall@1_chance", "recall@5", "recall@5_chance", "scale"};
+  s.headline = {"recall@1", "scale"};
+  s.objective = [](const TrainConfig&, MultimodalModel) {
+    return std::make_unique<ClipObjective>();
+  };
+  s.extend = [](MultimodalModelImpl& model, const Config& config, const Tokenizer& tokenizer) {
+    ClipTextConfig text = config.model.text;
+    text.vocab = tokenizer.vocab_size();
+    text.bos_token_id = tokenizer.bos_id();
+    text.eos_token_id = tokenizer.eos_id();
+    text.pad_token_id = std::max<int64_t>(tokenizer.pad_id(), 0);
+    if (text.bos_token_id < 0 || text.eos_token_id < 0)
+      throw ConfigError(config.where("model.tokenizer") + ": " + config.model.tokenizer +
+                        " has no BOS or EOS token, which the clip stage's text tower needs");
+    if (text.hidden % text.heads != 0)
+      throw ConfigError(config.where("model.text.hidden") + ": " + std::to_string(text.hidden) +
+                        " is not a multiple of model.text.heads " + std::to_string(text.heads));
+    model.register_module(kHead, ClipHead(model.config().vision, text));
+    spdlog::info("clip: text tower of {} layers, hidden {}, projection {} (vocab {}, EOS id {})",
+                 text.layers, text.hidden, text.projection_dim, text.vocab, text.eos_token_id);
+  };
+  s.write_final = [](const std::filesystem::path& dir, MultimodalModelImpl& model, const Config&,
+                     const Tokenizer&, const LlavaFolderExtras& extras) {
+    write_clip_folder(dir, model, head_of(model), extras);
+  };
+  return s;
+}
+
+}  // namespace mllm
