@@ -360,7 +360,7 @@ std::string zero_padded(int64_t i) {
 
 struct Split {
   Json captions = Json::array(), instruct = Json::array(), preference = Json::array();
-  Json questions = Json::array(), text = Json::array();
+  Json questions = Json::array(), text = Json::array(), caption_pairs = Json::array();
 };
 
 Json text_record(const std::string& id, const Json& conversations) {
@@ -422,6 +422,7 @@ Split generate_split(const fs::path& out_dir, const std::string& name, uint64_t 
   // were before each was added.
   Rng question_rng(seed ^ 0x9e3779b97f4a7c15ULL);
   Rng text_rng(seed ^ 0xc2b2ae3d27d4eb4fULL);
+  Rng negative_rng(seed ^ 0x165667b19e3779f9ULL);
   Split split;
   const fs::path image_dir = out_dir / "images" / name;
   fs::create_directories(image_dir);
@@ -439,6 +440,13 @@ Split generate_split(const fs::path& out_dir, const std::string& name, uint64_t 
         id, image,
         Json::array({turn("human", check("<image>\n" + caption_prompt)), turn("gpt", caption)})));
     add_text_records(split.text, id, scene, {caption_prompt, caption, ""}, text_rng, check);
+    // The caption against one that is wrong about one detail: the clip stage's hard negative.
+    split.caption_pairs.push_back(
+        Json{{"id", id},
+             {"image", image},
+             {"prompt", check("<image>\n" + caption_prompt)},
+             {"chosen", caption},
+             {"rejected", check(scene_caption(hallucinate(scene, negative_rng)))}});
 
     // 1-3 distinct question types about the image; only the first turn carries the image.
     std::vector<int> types(kQuestionTypes);
@@ -597,9 +605,11 @@ std::string scene_caption(const Scene& scene) {
 
 std::string scene_description(const Scene& scene) {
   std::string out;
-  for (size_t i = 0; i < scene.shapes.size(); ++i) {
-    const auto& s = scene.shapes[i];
-    out += std::string(i > 0 ? " , " : "") + kCellNames[s.cell] + " : " + noun_phrase(s);
+  for (int cell = 0; cell < kGridCells; ++cell) {
+    const auto s = std::find_if(scene.shapes.begin(), scene.shapes.end(),
+                                [&](const ShapeSpec& o) { return o.cell == cell; });
+    out += std::string(cell > 0 ? " " : "") +
+           (s == scene.shapes.end() ? "nothing nothing nothing" : noun_phrase(*s));
   }
   return out;
 }
@@ -668,6 +678,7 @@ ShapesWorldSummary generate_shapes_world(const fs::path& out_dir,
     write_json(out_dir / ("instruct_" + name + ".json"), split.instruct);
     write_json(out_dir / ("preference_" + name + ".json"), split.preference);
     write_json(out_dir / ("text_" + name + ".json"), split.text);
+    write_json(out_dir / ("caption_pairs_" + name + ".json"), split.caption_pairs);
   };
   write_split("train", train);
   write_split("val", val);

@@ -96,6 +96,9 @@ struct ShapesWorldSummary {
 //                           caption after its prompt), "-described" (the caption after
 //                           scene_description()) and "-questions" (1-2 questions answered from
 //                           the description, which opens the first turn)
+//   caption_pairs_{train,val}.json   preference records: the caption (chosen) against the caption
+//                           of the scene with one hallucination (rejected) — the clip stage's hard
+//                           negatives
 //   questions_val.json   evaluation questions (qa_json, eval/evaluate.h): per val image one of
 //                        each type color, shape, size, count, position, what_at (open answers),
 //                        choice (a/b/c) and exists twice, a present and an absent object (POPE)

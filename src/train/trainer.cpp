@@ -114,7 +114,8 @@ std::unique_ptr<SampleSource> open_dataset(const Stage& stage, const Config& con
                                            const DataSourceConfig& source,
                                            const Tokenizer& tokenizer, int64_t image_tokens,
                                            const std::string& key) {
-  if (stage.data == StageData::preference_pairs)
+  // A stage that reads either kind (clip) goes by the format.
+  if (stage.data == StageData::preference_pairs || source.format.rfind("preference_", 0) == 0)
     return std::make_unique<PreferenceDataset>(source, config.data, tokenizer, image_tokens, key);
   return std::make_unique<ConversationDataset>(source, config.data, tokenizer, image_tokens, key);
 }

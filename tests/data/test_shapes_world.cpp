@@ -71,8 +71,8 @@ TEST_CASE("shapes world: the same seed gives byte-identical files, another seed 
   make(dir / "b", 5, 12, 4);
   make(dir / "c", 6, 12, 4);
   const auto a = all_files(dir / "a"), b = all_files(dir / "b");
-  // images, 8 record files, questions_val.json, tokenizer.json, info.json
-  REQUIRE(a.size() == 12 + 4 + 8 + 1 + 2);
+  // images, 10 record files, questions_val.json, tokenizer.json, info.json
+  REQUIRE(a.size() == 12 + 4 + 10 + 1 + 2);
   REQUIRE(a.size() == b.size());
   for (const auto& [name, bytes] : a) {
     INFO(name);
@@ -153,6 +153,16 @@ TEST_CASE("shapes world: stage 0's text records: the caption alone, after the de
     asked.insert(first.substr(description.size() + 1));
   }
   CHECK(asked.size() > 10);  // questions vary
+
+  // The clip stage's hard negatives: the caption against one wrong about one detail.
+  const auto pairs = nlohmann::json::parse(read_file(dir / "caption_pairs_train.json"));
+  REQUIRE(pairs.size() == captions.size());
+  for (size_t i = 0; i < pairs.size(); ++i) {
+    CHECK(pairs[i]["image"] == captions[i]["image"]);
+    CHECK(pairs[i]["prompt"] == captions[i]["conversations"][0]["value"]);
+    CHECK(pairs[i]["chosen"] == captions[i]["conversations"][1]["value"]);
+    CHECK(pairs[i]["rejected"] != pairs[i]["chosen"]);
+  }
 }
 
 TEST_CASE("shapes world: the caption names exactly the shapes drawn, where they are drawn") {

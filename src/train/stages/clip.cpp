@@ -8,8 +8,11 @@
 //
 // The captions come from the collator's rows: the supervised tokens of the plain template (the
 // caption and its EOS) after a BOS. Negatives are the other pairs of the micro-batch on this rank
-// (no gather across ranks). The logged figures are the in-batch image->caption retrieval recall
-// at 1 and 5 with their chance levels, and the temperature's scale.
+// (no gather across ranks) and, when the data are preference pairs (the image, its caption as
+// the chosen reply, a caption that is wrong about one detail as the rejected one), those hard
+// negatives too, as NegCLIP adds them. The logged figures are the in-batch image->caption
+// retrieval recall at 1 and 5 with their chance levels, the temperature's scale and, with hard
+// negatives, how often an image scores its caption above its negative (chance 0.5).
 #include <algorithm>
 #include <cmath>
 #include <map>
@@ -88,22 +91,43 @@ class ClipObjective : public Objective {
     if (N != B)
       throw Error("[clip] every sample needs exactly one image (the batch has " +
                   std::to_string(N) + " images for " + std::to_string(B) + " samples)");
-    if (B < 2) throw Error("[clip] a contrastive batch needs at least 2 pairs");
+    // Preference pairs: rows [0,P) the images' captions, [P,2P) a hard negative of each (the
+    // same image, its rejected caption); the images are the first P.
+    const int64_t P = batch.pairs > 0 ? batch.pairs : B;
+    if (P < 2) throw Error("[clip] a contrastive batch needs at least 2 image-caption pairs");
     const auto rows = caption_rows(batch, head.text_model->config());
-    const auto images =
-        head.image_features(*model.vision_tower->vision_model, batch.pixel_values);
+    const auto images = head.image_features(*model.vision_tower->vision_model,
+                                            batch.pixel_values.slice(0, 0, P));
     const auto texts = head.text_features(rows.ids, rows.mask);
+    // (texts, images): P captions, then the P hard negatives when there are.
     const auto logits = head.logits_per_text(texts, images, kMaxLogScale).to(torch::kFloat);
+    const auto positives = logits.slice(0, 0, P);
     ObjectiveOutput o;
-    o.loss_sum = clip_loss(logits) * static_cast<double>(B);
-    o.weight = B;
-    for (const auto& [k, v] : clip_retrieval(logits, rows.texts))
-      o.metric_sums[k] = v * static_cast<double>(B);
+    if (batch.pairs > 0) {
+      // NegCLIP (Yuksekgonul et al. 2023, "When and why vision-language models behave like
+      // bags-of-words"): each image ranks its caption against every caption and every hard
+      // negative of the batch; each caption ranks the images as in CLIP.
+      namespace F = torch::nn::functional;
+      const auto target = torch::arange(P, logits.options().dtype(torch::kLong));
+      o.loss_sum = (F::cross_entropy(logits.t(), target) + F::cross_entropy(positives, target)) /
+                   2.0 * static_cast<double>(P);
+      const auto own = positives.diagonal(), negative = logits.slice(0, P).diagonal();
+      o.metric_sums["hard_negative_accuracy"] =
+          (own > negative).to(torch::kDouble).sum().item<double>();
+    } else {
+      o.loss_sum = clip_loss(logits) * static_cast<double>(P);
+    }
+    o.weight = P;
+    const std::vector<std::vector<int64_t>> captions(rows.texts.begin(), rows.texts.begin() + P);
+    for (const auto& [k, v] : clip_retrieval(positives, captions))
+      o.metric_sums[k] = v * static_cast<double>(P);
     o.metric_sums["scale"] =
-        std::exp(std::min(head.logit_scale.item<double>(), kMaxLogScale)) * static_cast<double>(B);
+        std::exp(std::min(head.logit_scale.item<double>(), kMaxLogScale)) * static_cast<double>(P);
     return o;
   }
-  int64_t weight(const Batch& batch) const override { return batch.input_ids.size(0); }
+  int64_t weight(const Batch& batch) const override {
+    return batch.pairs > 0 ? batch.pairs : batch.input_ids.size(0);
+  }
 };
 
 }  // namespace
@@ -145,8 +169,10 @@ Stage clip_stage() {
       "CLIP's contrastive pretraining of the vision tower with a text tower (model.text) on "
       "image-caption pairs; final/ is a CLIPModel folder";
   s.data = StageData::conversations;
-  s.formats = {"llava_json", "llava_jsonl"};
-  s.metrics = {"recall@1", "recall@1_chance", "recall@5", "recall@5_chance", "scale"};
+  // Image-caption pairs, or preference pairs whose rejected reply is a hard negative caption.
+  s.formats = {"llava_json", "llava_jsonl", "preference_json", "preference_jsonl"};
+  s.metrics = {"recall@1", "recall@1_chance", "recall@5",
+               "recall@5_chance", "scale", "hard_negative_accuracy"};
   s.headline = {"recall@1", "scale"};
   s.objective = [](const TrainConfig&, MultimodalModel) {
     return std::make_unique<ClipObjective>();
