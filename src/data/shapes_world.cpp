@@ -605,11 +605,9 @@ std::string scene_caption(const Scene& scene) {
 
 std::string scene_description(const Scene& scene) {
   std::string out;
-  for (int cell = 0; cell < kGridCells; ++cell) {
-    const auto s = std::find_if(scene.shapes.begin(), scene.shapes.end(),
-                                [&](const ShapeSpec& o) { return o.cell == cell; });
-    out += std::string(cell > 0 ? " " : "") +
-           (s == scene.shapes.end() ? "nothing nothing nothing" : noun_phrase(*s));
+  for (size_t i = 0; i < scene.shapes.size(); ++i) {
+    const auto& s = scene.shapes[i];
+    out += std::string(i > 0 ? " , " : "") + kCellNames[s.cell] + " : " + noun_phrase(s);
   }
   return out;
 }
