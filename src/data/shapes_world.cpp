@@ -375,9 +375,9 @@ void add_text_records(Json& out, const std::string& id, const Scene& scene, cons
                       Rng& rng, const VocabularyCheck& check) {
   const std::string description = check(scene_description(scene));
   out.push_back(text_record(id + "-caption", Json::array({turn("human", check(caption.question)),
-                                                           turn("gpt", check(caption.answer))})));
+                                                          turn("gpt", check(caption.answer))})));
   out.push_back(text_record(id + "-described", Json::array({turn("human", description),
-                                                             turn("gpt", check(caption.answer))})));
+                                                            turn("gpt", check(caption.answer))})));
   std::vector<int> types(kQuestionTypes);
   std::iota(types.begin(), types.end(), 0);
   rng.shuffle(types);

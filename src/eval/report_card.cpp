@@ -94,44 +94,81 @@ std::vector<CardRow> report_card(const fs::path& dir) {
   };
 
   const fs::path enc = dir / "encoder";
-  add({"encoder", "image->caption recall@1 (among 50)", last_eval(enc, "eval_recall@1"),
-       last_eval(enc, "eval_recall@1_chance"), "chance", ">= 5x chance", {}},
+  add({"encoder",
+       "image->caption recall@1 (among 50)",
+       last_eval(enc, "eval_recall@1"),
+       last_eval(enc, "eval_recall@1_chance"),
+       "chance",
+       ">= 5x chance",
+       {}},
       [](double v, double b) { return v >= 5 * b; });
-  add({"encoder", "image->caption recall@5 (among 50)", last_eval(enc, "eval_recall@5"),
-       last_eval(enc, "eval_recall@5_chance"), "chance", "", {}},
+  add({"encoder",
+       "image->caption recall@5 (among 50)",
+       last_eval(enc, "eval_recall@5"),
+       last_eval(enc, "eval_recall@5_chance"),
+       "chance",
+       "",
+       {}},
       nullptr);
 
   const auto text_only = last_eval(dir / "stage0", "eval_loss");
   add({"0", "caption loss per token, text only", text_only, {}, "", "", {}}, nullptr);
 
   const fs::path s1 = dir / "stage1";
-  add({"1", "caption loss per token, with the image", last_eval(s1, "eval_loss"), text_only,
-       "stage 0 (text only)", "<= 0.7x stage 0", {}},
+  add({"1",
+       "caption loss per token, with the image",
+       last_eval(s1, "eval_loss"),
+       text_only,
+       "stage 0 (text only)",
+       "<= 0.7x stage 0",
+       {}},
       [](double v, double b) { return v <= 0.7 * b; });
   const Json r1 = results(s1);
-  add({"1", "caption CIDEr-D", score(r1, "caption", "scores", "cider_d", "cider_d"),
-       score(r1, "caption", "chance", "cider_d", "cider_d"), "chance", ">= 2x chance", {}},
+  add({"1",
+       "caption CIDEr-D",
+       score(r1, "caption", "scores", "cider_d", "cider_d"),
+       score(r1, "caption", "chance", "cider_d", "cider_d"),
+       "chance",
+       ">= 2x chance",
+       {}},
       [](double v, double b) { return v >= 2 * b; });
 
   const Json r2 = results(dir / "stage2");
-  add({"2", "answers, all open questions", score(r2, "qa", "scores", "exact", "accuracy"),
-       score(r2, "qa", "chance", "exact", "accuracy"), "chance", ">= 0.7", {}},
+  add({"2",
+       "answers, all open questions",
+       score(r2, "qa", "scores", "exact", "accuracy"),
+       score(r2, "qa", "chance", "exact", "accuracy"),
+       "chance",
+       ">= 0.7",
+       {}},
       [](double v, double) { return v >= 0.7; });
   for (const char* type : {"color", "shape", "size", "count", "position", "what_at"})
-    add({"2", std::string("answers, ") + type,
+    add({"2",
+         std::string("answers, ") + type,
          score(r2, "qa", "scores", "exact", "accuracy", type),
-         score(r2, "qa", "chance", "exact", "accuracy", type), "chance",
-         ">= 2x chance (or 0.9)", {}},
+         score(r2, "qa", "chance", "exact", "accuracy", type),
+         "chance",
+         ">= 2x chance (or 0.9)",
+         {}},
         [](double v, double b) { return v >= std::min(2 * b, 0.9); });
 
   const Json r3 = results(dir / "stage3");
-  add({"3", "POPE: says yes to an absent object",
+  add({"3",
+       "POPE: says yes to an absent object",
        score(r3, "pope", "scores", "pope", "hallucination_rate"),
-       score(r2, "pope", "scores", "pope", "hallucination_rate"), "stage 2", "below stage 2", {}},
+       score(r2, "pope", "scores", "pope", "hallucination_rate"),
+       "stage 2",
+       "below stage 2",
+       {}},
       [](double v, double b) { return v < b; });
   const fs::path s3 = dir / "stage3";
-  add({"3", "reward accuracy, preference pairs", last_eval(s3, "eval_rewards/accuracies"),
-       first_eval(s3, "eval_rewards/accuracies"), "stage 2 (the start)", ">= 0.8", {}},
+  add({"3",
+       "reward accuracy, preference pairs",
+       last_eval(s3, "eval_rewards/accuracies"),
+       first_eval(s3, "eval_rewards/accuracies"),
+       "at the start (policy = reference)",
+       ">= 0.8",
+       {}},
       [](double v, double) { return v >= 0.8; });
   return rows;
 }

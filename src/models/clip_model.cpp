@@ -98,8 +98,8 @@ torch::Tensor project_image(ClipVisionTransformerImpl& vision_model, torch::nn::
   return projection(vision_model.post_layernorm(hidden.back().select(1, 0)));
 }
 
-torch::Tensor scaled_cosine(const torch::Tensor& text_features,
-                            const torch::Tensor& image_features, const torch::Tensor& log_scale) {
+torch::Tensor scaled_cosine(const torch::Tensor& text_features, const torch::Tensor& image_features,
+                            const torch::Tensor& log_scale) {
   const auto t = text_features / text_features.norm(2, -1, true);
   const auto i = image_features / image_features.norm(2, -1, true);
   return t.matmul(i.t()) * log_scale.exp();
@@ -126,8 +126,8 @@ torch::Tensor ClipHeadImpl::logits_per_text(const torch::Tensor& text_features,
                                             const torch::Tensor& image_features,
                                             double max_log_scale) {
   // open_clip clamps the learned scale to 100 (log 4.6052); the clamp stops its gradient there.
-  const auto scale = std::isfinite(max_log_scale) ? logit_scale.clamp_max(max_log_scale)
-                                                  : logit_scale;
+  const auto scale =
+      std::isfinite(max_log_scale) ? logit_scale.clamp_max(max_log_scale) : logit_scale;
   return scaled_cosine(text_features, image_features, scale);
 }
 

@@ -13,8 +13,8 @@ Stage orpo_stage();
 Stage simpo_stage();
 
 const std::vector<Stage>& stages() {
-  static const std::vector<Stage> all = {clip_stage(),  pretrain_stage(), instruct_stage(),
-                                         dpo_stage(),   orpo_stage(),     simpo_stage()};
+  static const std::vector<Stage> all = {clip_stage(), pretrain_stage(), instruct_stage(),
+                                         dpo_stage(),  orpo_stage(),     simpo_stage()};
   return all;
 }
 

@@ -105,8 +105,9 @@ TEST_CASE("shapes world: the scene description lists cell, size, colour and kind
   CHECK(scene_description(s) == "center : small green triangle");
 }
 
-TEST_CASE("shapes world: stage 0's text records: the caption alone, after the description, and "
-          "questions answered from it") {
+TEST_CASE(
+    "shapes world: stage 0's text records: the caption alone, after the description, and "
+    "questions answered from it") {
   TempDir dir("shapes-text");
   make(dir.path(), 2, 20, 5);
   const auto captions = nlohmann::json::parse(read_file(dir / "captions_train.json"));

@@ -19,17 +19,18 @@ const eval::CardRow& row(const std::vector<eval::CardRow>& rows, const std::stri
   return rows.front();
 }
 
-std::string results(double cider, double cider_chance, double qa, double color,
-                    double color_chance, double hallucination) {
+std::string results(double cider, double cider_chance, double qa, double color, double color_chance,
+                    double hallucination) {
   return R"({"tasks": {"caption": {"scores": {"cider_d": {"n": 5, "cider_d": )" +
          std::to_string(cider) + R"(}}, "chance": {"cider_d": {"cider_d": )" +
          std::to_string(cider_chance) + R"(}}},
-  "qa": {"scores": {"exact": {"accuracy": )" + std::to_string(qa) +
-         R"(, "by_category": {"color": {"accuracy": )" + std::to_string(color) +
+  "qa": {"scores": {"exact": {"accuracy": )" +
+         std::to_string(qa) + R"(, "by_category": {"color": {"accuracy": )" +
+         std::to_string(color) +
          R"(}}}}, "chance": {"exact": {"accuracy": 0.2, "by_category": {"color": {"accuracy": )" +
          std::to_string(color_chance) + R"(}}}}},
-  "pope": {"scores": {"pope": {"hallucination_rate": )" + std::to_string(hallucination) +
-         "}}}}}";
+  "pope": {"scores": {"pope": {"hallucination_rate": )" +
+         std::to_string(hallucination) + "}}}}}";
 }
 
 }  // namespace
@@ -37,21 +38,29 @@ std::string results(double cider, double cider_chance, double qa, double color,
 TEST_CASE("report card: each stage's held-out figure next to its baseline and target") {
   TempDir dir("mllm-card");
   const auto d = dir.path();
-  write_text(d / "encoder/metrics.jsonl",
-             R"({"step": 10, "loss": 3.0})" "\n"
-             R"({"step": 10, "eval_loss": 2.0, "eval_recall@1": 0.05, "eval_recall@1_chance": 0.02})"
-             "\n"
-             R"({"step": 20, "eval_loss": 1.0, "eval_recall@1": 0.4, "eval_recall@1_chance": 0.02,)"
-             R"( "eval_recall@5": 0.8, "eval_recall@5_chance": 0.1})" "\n");
-  write_text(d / "stage0/metrics.jsonl", R"({"step": 5, "eval_loss": 0.8})" "\n");
-  write_text(d / "stage1/metrics.jsonl",
-             R"({"step": 5, "eval_loss": 0.7})" "\n" R"({"step": 9, "eval_loss": 0.5})" "\n");
+  write_text(
+      d / "encoder/metrics.jsonl",
+      R"({"step": 10, "loss": 3.0})"
+      "\n"
+      R"({"step": 10, "eval_loss": 2.0, "eval_recall@1": 0.05, "eval_recall@1_chance": 0.02})"
+      "\n"
+      R"({"step": 20, "eval_loss": 1.0, "eval_recall@1": 0.4, "eval_recall@1_chance": 0.02,)"
+      R"( "eval_recall@5": 0.8, "eval_recall@5_chance": 0.1})"
+      "\n");
+  write_text(d / "stage0/metrics.jsonl", R"({"step": 5, "eval_loss": 0.8})"
+                                         "\n");
+  write_text(d / "stage1/metrics.jsonl", R"({"step": 5, "eval_loss": 0.7})"
+                                         "\n"
+                                         R"({"step": 9, "eval_loss": 0.5})"
+                                         "\n");
   write_text(d / "stage1/eval/results.json", results(1.5, 0.7, 0.1, 0.1, 0.1, 0.5));
   write_text(d / "stage2/eval/results.json", results(2.0, 0.7, 0.75, 0.3, 0.2, 0.4));
   write_text(d / "stage3/eval/results.json", results(2.0, 0.7, 0.75, 0.5, 0.2, 0.3));
   write_text(d / "stage3/metrics.jsonl",
-             R"({"step": 0, "eval_loss": 0.69, "eval_rewards/accuracies": 0.6})" "\n"
-             R"({"step": 9, "eval_loss": 0.4, "eval_rewards/accuracies": 0.85})" "\n");
+             R"({"step": 0, "eval_loss": 0.69, "eval_rewards/accuracies": 0.6})"
+             "\n"
+             R"({"step": 9, "eval_loss": 0.4, "eval_rewards/accuracies": 0.85})"
+             "\n");
   const auto rows = eval::report_card(d);
 
   // The last evaluation of each run counts.

@@ -31,8 +31,7 @@ std::string shrink(const std::filesystem::path& data, const std::filesystem::pat
          " --set model.tokenizer=" + d + "/tokenizer.json" + " --set data.train.path=" + d +
          "/captions_train.json --set data.train.image_root=" + d + "/images" +
          " --set data.eval.path=" + d + "/captions_val.json --set data.eval.image_root=" + d +
-         "/images" +
-         " --set model.vision.pretrained=null --set model.vision.image_size=32" +
+         "/images" + " --set model.vision.pretrained=null --set model.vision.image_size=32" +
          " --set data.image.size=32 --set model.vision.hidden=32" +
          " --set model.vision.layers=2 --set model.vision.intermediate=64" +
          " --set train.batch_size=8 --set train.log_every=2 --set train.eval_batches=1";
@@ -77,7 +76,9 @@ TEST_CASE(
                         "config.yaml", "train.log", "metrics.jsonl", "checkpoints/latest"})
     CHECK(std::filesystem::exists(s0 / f));
   const auto final_config = nlohmann::json::parse(read_text(s0 / "final/config.json"));
-  CHECK(final_config["model_type"] == "llava");
+  // The recipe's resampler has no transformers name: the llava layout under mllm_llava.
+  CHECK(final_config["model_type"] == "mllm_llava");
+  CHECK(final_config["mllm_connector"]["type"] == "resampler");
   CHECK(final_config["text_config"]["num_hidden_layers"] == 4);
 
   // Stage 1 loads it and trains the connector only.

@@ -97,8 +97,9 @@ TEST_CASE("clip head: the temperature's scale is capped at 100 as open_clip clam
   CHECK(head->logit_scale.grad().item<double>() == 0.0);
 }
 
-TEST_CASE("clip stage: both towers learn image-caption retrieval; final/ is a CLIPModel folder "
-          "that stage 1 loads as model.vision.pretrained") {
+TEST_CASE(
+    "clip stage: both towers learn image-caption retrieval; final/ is a CLIPModel folder "
+    "that stage 1 loads as model.vision.pretrained") {
   TempDir data("mllm-clip");
   test::make_shapes(data.path(), 96, 32);
   const Config c = clip_config(data.path(), data / "clip");
@@ -141,11 +142,10 @@ TEST_CASE("clip stage: both towers learn image-caption retrieval; final/ is a CL
   CHECK(vision.image_size == c.model.vision.image_size);
   std::map<std::string, torch::Tensor> saved;
   for (auto& [name, t] : load_safetensors(dir / "model.safetensors")) saved[name] = t;
-  for (const char* key : {"logit_scale", "visual_projection.weight", "text_projection.weight",
-                          "text_model.embeddings.token_embedding.weight",
-                          "text_model.final_layer_norm.weight",
-                          "vision_model.post_layernorm.weight",
-                          "vision_model.embeddings.patch_embedding.weight"})
+  for (const char* key :
+       {"logit_scale", "visual_projection.weight", "text_projection.weight",
+        "text_model.embeddings.token_embedding.weight", "text_model.final_layer_norm.weight",
+        "vision_model.post_layernorm.weight", "vision_model.embeddings.patch_embedding.weight"})
     CHECK(saved.count(key) == 1);
   for (const auto& [name, t] : saved) {
     INFO(name);

@@ -96,8 +96,8 @@ class ClipObjective : public Objective {
     const int64_t P = batch.pairs > 0 ? batch.pairs : B;
     if (P < 2) throw Error("[clip] a contrastive batch needs at least 2 image-caption pairs");
     const auto rows = caption_rows(batch, head.text_model->config());
-    const auto images = head.image_features(*model.vision_tower->vision_model,
-                                            batch.pixel_values.slice(0, 0, P));
+    const auto images =
+        head.image_features(*model.vision_tower->vision_model, batch.pixel_values.slice(0, 0, P));
     const auto texts = head.text_features(rows.ids, rows.mask);
     // (texts, images): P captions, then the P hard negatives when there are.
     const auto logits = head.logits_per_text(texts, images, kMaxLogScale).to(torch::kFloat);
@@ -171,8 +171,8 @@ Stage clip_stage() {
   s.data = StageData::conversations;
   // Image-caption pairs, or preference pairs whose rejected reply is a hard negative caption.
   s.formats = {"llava_json", "llava_jsonl", "preference_json", "preference_jsonl"};
-  s.metrics = {"recall@1", "recall@1_chance", "recall@5",
-               "recall@5_chance", "scale", "hard_negative_accuracy"};
+  s.metrics = {"recall@1",        "recall@1_chance", "recall@5",
+               "recall@5_chance", "scale",           "hard_negative_accuracy"};
   s.headline = {"recall@1", "scale"};
   s.objective = [](const TrainConfig&, MultimodalModel) {
     return std::make_unique<ClipObjective>();
