@@ -6,9 +6,11 @@
 
 #include <nlohmann/json.hpp>
 
+#include "jsonl.h"
 #include "run_mllm.h"
 #include "test_util.h"
 
+using mllm::test::read_jsonl;
 using mllm::test::read_text;
 using mllm::test::TempDir;
 using mllm::test::write_text;
@@ -35,14 +37,6 @@ std::string shrink(const std::filesystem::path& data, const std::filesystem::pat
          " --set data.image.size=32 --set model.vision.hidden=32" +
          " --set model.vision.layers=2 --set model.vision.intermediate=64" +
          " --set train.batch_size=8 --set train.log_every=2 --set train.eval_batches=1";
-}
-
-std::vector<nlohmann::json> read_jsonl(const std::filesystem::path& p) {
-  std::vector<nlohmann::json> out;
-  std::istringstream in(read_text(p));
-  for (std::string line; std::getline(in, line);)
-    if (!line.empty()) out.push_back(nlohmann::json::parse(line));
-  return out;
 }
 
 }  // namespace

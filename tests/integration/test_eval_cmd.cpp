@@ -7,26 +7,18 @@
 
 #include "core/config.h"
 #include "fixtures.h"
+#include "jsonl.h"
 #include "run_mllm.h"
 #include "test_util.h"
 #include "train/trainer.h"
 
 using namespace mllm;
+using mllm::test::read_jsonl;
 using mllm::test::Result;
 using mllm::test::run_mllm;
 using mllm::test::TempDir;
 
-namespace {
-
-std::vector<nlohmann::json> read_jsonl(const std::filesystem::path& p) {
-  std::vector<nlohmann::json> out;
-  std::ifstream in(p);
-  for (std::string line; std::getline(in, line);)
-    if (!line.empty()) out.push_back(nlohmann::json::parse(line));
-  return out;
-}
-
-}  // namespace
+namespace {}  // namespace
 
 TEST_CASE("eval: tasks from YAML on a run; predictions are what generate says; bad input") {
   TempDir data("mllm-eval");

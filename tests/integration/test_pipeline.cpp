@@ -10,6 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "jsonl.h"
 #include "run_mllm.h"
 #include "test_util.h"
 
@@ -25,12 +26,8 @@ std::string recipe(const std::string& name) {
 // The last record of a run's metrics.jsonl that holds `key`.
 nlohmann::json last_with(const std::filesystem::path& run, const std::string& key) {
   nlohmann::json last;
-  std::istringstream in(read_text(run / "metrics.jsonl"));
-  for (std::string line; std::getline(in, line);) {
-    if (line.empty()) continue;
-    auto j = nlohmann::json::parse(line);
+  for (const auto& j : mllm::test::read_jsonl(run / "metrics.jsonl"))
     if (j.contains(key)) last = j;
-  }
   return last;
 }
 

@@ -9,6 +9,7 @@
 #include "core/safetensors.h"
 #include "data/tokenizer/tokenizer.h"
 #include "fixtures.h"
+#include "jsonl.h"
 #include "models/clip_model.h"
 #include "models/factory.h"
 #include "models/hf/config_json.h"
@@ -17,17 +18,10 @@
 #include "train/trainer.h"
 
 using namespace mllm;
+using mllm::test::read_jsonl;
 using mllm::test::TempDir;
 
 namespace {
-
-std::vector<nlohmann::json> read_jsonl(const std::filesystem::path& p) {
-  std::vector<nlohmann::json> out;
-  std::istringstream in(test::read_text(p));
-  for (std::string line; std::getline(in, line);)
-    if (!line.empty()) out.push_back(nlohmann::json::parse(line));
-  return out;
-}
 
 Config clip_config(const std::filesystem::path& data, const std::filesystem::path& out) {
   Config c = test::tiny_config(data, out);

@@ -11,6 +11,7 @@
 #include "data/loader.h"
 #include "data/tokenizer/tokenizer.h"
 #include "fixtures.h"
+#include "jsonl.h"
 #include "models/factory.h"
 #include "models/hf/weights.h"
 #include "train/checkpoint.h"
@@ -22,17 +23,10 @@
 #include "train/trainer.h"
 
 using namespace mllm;
+using mllm::test::read_jsonl;
 using mllm::test::TempDir;
 
 namespace {
-
-std::vector<nlohmann::json> read_jsonl(const std::filesystem::path& p) {
-  std::vector<nlohmann::json> out;
-  std::istringstream in(test::read_text(p));
-  for (std::string line; std::getline(in, line);)
-    if (!line.empty()) out.push_back(nlohmann::json::parse(line));
-  return out;
-}
 
 void use(Config& c, const std::filesystem::path& data, const std::string& kind) {
   const bool pref = kind == "preference";
