@@ -52,6 +52,8 @@ Batch collate(const std::vector<const Sample*>& samples, const ImageTransform& t
       if (t > 0 && s.labels[t] != kIgnoreIndex) ++b.supervised_tokens;
     }
     b.tokens += static_cast<int64_t>(s.input_ids.size());
+    b.ids.push_back(s.id);
+    b.has_image.push_back(!s.image.empty());
   }
   if (!images.empty()) b.pixel_values = torch::stack(images);
   return b;

@@ -2,6 +2,7 @@
 // attention_mask) and decodes the batch's images.
 #pragma once
 
+#include <string>
 #include <vector>
 
 #include <torch/torch.h>
@@ -19,6 +20,8 @@ struct Batch {
   int64_t supervised_tokens = 0;  // labels != -100 after the shift (what the loss averages over)
   int64_t tokens = 0;             // real (non-pad) tokens
   int64_t pairs = 0;  // preference batches: rows [0,pairs) chosen, [pairs,2*pairs) rejected
+  std::vector<std::string> ids;  // each row's record id, for errors that name the record
+  std::vector<bool> has_image;   // each row: whether its sample has an image
 
   Batch to(const torch::Device& device) const;
 };

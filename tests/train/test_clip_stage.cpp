@@ -197,3 +197,28 @@ TEST_CASE("clip stage: resumes its text tower and temperature from a checkpoint"
   REQUIRE(whole.losses.size() == 6);
   for (size_t i = 0; i < 3; ++i) CHECK(rest.losses[i].second == Approx(whole.losses[i + 3].second));
 }
+
+TEST_CASE("clip stage: a record without an image or a caption is named in the error") {
+  TempDir data("mllm-clip-bad");
+  test::make_shapes(data.path(), 48, 16);
+  const auto path = data / "captions_train.json";
+  auto records = nlohmann::json::parse(test::read_text(path));
+  REQUIRE(records.size() == 48);
+  Config c = clip_config(data.path(), data / "run");
+  c.train.max_steps = 3;  // one epoch of 48: every record is read
+  c.train.eval_batches = 0;
+  SECTION("no image") {
+    const std::string id = records[7]["id"];
+    records[7].erase("image");
+    records[7]["conversations"][0]["value"] = "write a short caption.";
+    test::write_text(path, records.dump());
+    REQUIRE_THROWS_WITH(train(c), Catch::Contains("record " + id + " has no image"));
+  }
+  SECTION("no caption") {
+    const std::string id = records[11]["id"];
+    records[11]["conversations"].erase(1);
+    test::write_text(path, records.dump());
+    REQUIRE_THROWS_WITH(train(c), Catch::Contains(id) && Catch::Contains("caption"));
+  }
+  CHECK(!std::filesystem::exists(data / "run" / "final"));
+}

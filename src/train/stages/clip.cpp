@@ -45,6 +45,12 @@ struct CaptionRows {
   std::vector<std::vector<int64_t>> texts;  // each row's caption ids, for duplicate detection
 };
 
+// A row's record id for an error, or its row number if the batch has none.
+std::string record_id(const Batch& batch, int64_t row) {
+  const auto r = static_cast<size_t>(row);
+  return r < batch.ids.size() ? batch.ids[r] : "in batch row " + std::to_string(row);
+}
+
 // Each row's caption as the text tower reads it: BOS, the supervised tokens, EOS (the caption is
 // cut to fit max_position).
 CaptionRows caption_rows(const Batch& batch, const ClipTextConfig& text) {
@@ -58,7 +64,9 @@ CaptionRows caption_rows(const Batch& batch, const ClipTextConfig& text) {
     for (int64_t t = 0; t < T; ++t)
       if (l[b * T + t] != kIgnoreIndex) caption.push_back(l[b * T + t]);
     if (!caption.empty() && caption.back() == text.eos_token_id) caption.pop_back();
-    if (caption.empty()) throw Error("[clip] a sample of the batch has no caption");
+    if (caption.empty())
+      throw Error("[clip] record " + record_id(batch, b) +
+                  " has no caption (no supervised tokens for the text tower)");
     caption.resize(std::min<size_t>(caption.size(), static_cast<size_t>(text.max_position - 2)));
     longest = std::max(longest, caption.size() + 2);
     r.texts.push_back(std::move(caption));
@@ -88,9 +96,15 @@ class ClipObjective : public Objective {
     auto& head = head_of(model);
     const int64_t B = batch.input_ids.size(0);
     const int64_t N = batch.pixel_values.defined() ? batch.pixel_values.size(0) : 0;
-    if (N != B)
-      throw Error("[clip] every sample needs exactly one image (the batch has " +
+    if (N != B) {
+      int64_t row = 0;
+      while (row < B && static_cast<size_t>(row) < batch.has_image.size() &&
+             batch.has_image[static_cast<size_t>(row)])
+        ++row;
+      throw Error("[clip] record " + record_id(batch, row) +
+                  " has no image (each caption is paired with one image; the batch has " +
                   std::to_string(N) + " images for " + std::to_string(B) + " samples)");
+    }
     // Preference pairs: rows [0,P) the images' captions, [P,2P) a hard negative of each (the
     // same image, its rejected caption); the images are the first P.
     const int64_t P = batch.pairs > 0 ? batch.pairs : B;
