@@ -188,6 +188,32 @@ std::vector<Prediction> chance_predictions(const std::vector<EvalItem>& items, u
 
 }  // namespace
 
+std::vector<Prediction> prior_predictions(const std::vector<EvalItem>& items) {
+  // Answer counts per type, and over the task, from which each item takes its own answer away.
+  std::map<std::string, std::map<std::string, int64_t>> by_type;
+  std::map<std::string, int64_t> all;
+  for (const auto& item : items) {
+    ++by_type[item.reference.category][item.reference.answers.front()];
+    ++all[item.reference.answers.front()];
+  }
+  std::vector<Prediction> out;
+  for (const auto& item : items) {
+    const std::string& own = item.reference.answers.front();
+    const auto& type = by_type[item.reference.category];
+    int64_t others = -1;
+    for (const auto& [answer, n] : type) others += n;
+    const auto& counts = others > 0 ? type : all;
+    std::string best;
+    int64_t most = 0;
+    for (const auto& [answer, n] : counts) {  // in sorted order: ties keep the first
+      const int64_t k = n - (answer == own ? 1 : 0);
+      if (k > most) most = k, best = answer;
+    }
+    out.push_back({item.id, best});
+  }
+  return out;
+}
+
 TaskResult run_task(const EvalTaskConfig& task, const EvalModel& m, int64_t batch_size, bool chance,
                     uint64_t seed) {
   const auto start = std::chrono::steady_clock::now();
@@ -233,11 +259,13 @@ TaskResult run_task(const EvalTaskConfig& task, const EvalModel& m, int64_t batc
   }
   std::vector<Reference> refs;
   for (const auto& item : r.items) refs.push_back(item.reference);
-  const auto guesses =
-      chance && r.items.size() > 1 ? chance_predictions(r.items, seed) : std::vector<Prediction>();
+  const bool baselines = chance && r.items.size() > 1;
+  const auto guesses = baselines ? chance_predictions(r.items, seed) : std::vector<Prediction>();
+  const auto prior = baselines ? prior_predictions(r.items) : std::vector<Prediction>();
   for (const auto& metric : task.metrics) {
     r.scores[metric] = score(metric, r.predictions, refs);
     if (!guesses.empty()) r.chance[metric] = score(metric, guesses, refs);
+    if (!prior.empty()) r.prior[metric] = score(metric, prior, refs);
   }
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return r;
@@ -255,11 +283,8 @@ std::vector<TaskResult> run_eval(const EvalConfig& config, const EvalModel& m, u
 Json results_json(const std::vector<TaskResult>& results) {
   Json tasks = Json::object();
   for (const auto& r : results)
-    tasks[r.name] = {{"n", r.n},
-                     {"template", r.template_name},
-                     {"seconds", r.seconds},
-                     {"scores", r.scores},
-                     {"chance", r.chance}};
+    tasks[r.name] = {{"n", r.n},           {"template", r.template_name}, {"seconds", r.seconds},
+                     {"scores", r.scores}, {"chance", r.chance},          {"prior", r.prior}};
   return {{"tasks", tasks}};
 }
 
@@ -288,21 +313,26 @@ std::string fixed(double x) {
 }  // namespace
 
 std::string results_markdown(const std::vector<TaskResult>& results) {
-  std::string md = "| task | type | n | score | value | chance |\n|---|---|---:|---|---:|---:|\n";
+  std::string md =
+      "| task | type | n | score | value | chance | prior |\n|---|---|---:|---|---:|---:|---:|\n";
   for (const auto& r : results) {
     for (const auto& [metric, result] : r.scores.items()) {
-      auto row = [&](const std::string& type, const Json& j, const Json* c, int64_t n) {
-        for (const auto& [k, v] : numbers(j)) {
-          std::string ch = "";
-          if (c && c->contains(k) && (*c)[k].is_number()) ch = fixed((*c)[k].get<double>());
+      auto row = [&](const std::string& type, const Json& j, const Json* c, const Json* p,
+                     int64_t n) {
+        auto cell = [](const Json* b, const std::string& k) {
+          return b && b->contains(k) && (*b)[k].is_number() ? fixed((*b)[k].get<double>())
+                                                            : std::string();
+        };
+        for (const auto& [k, v] : numbers(j))
           md += "| " + r.name + " | " + type + " | " + std::to_string(n) + " | " + metric + " " +
-                k + " | " + fixed(v) + " | " + ch + " |\n";
-        }
+                k + " | " + fixed(v) + " | " + cell(c, k) + " | " + cell(p, k) + " |\n";
       };
-      row("all", result, find_path(r.chance, metric), result.value("n", r.n));
+      row("all", result, find_path(r.chance, metric), find_path(r.prior, metric),
+          result.value("n", r.n));
       if (result.contains("by_category"))
         for (const auto& [cat, sub] : result["by_category"].items())
-          row(cat, sub, find_path(r.chance, metric, cat), sub.value("n", int64_t{0}));
+          row(cat, sub, find_path(r.chance, metric, cat), find_path(r.prior, metric, cat),
+              sub.value("n", int64_t{0}));
     }
   }
   return md;

@@ -14,7 +14,10 @@
 //
 // Next to each score, with eval.chance, the same metric for a chance-level baseline: every item
 // answered with the reference of another item drawn at random from its type (or its task), a
-// guesser that knows the answer distribution but not the image.
+// guesser that knows the answer distribution but not the image. And the prior: every item
+// answered with the most frequent reference of its type among the other items (VQA's "per
+// Q-type prior", Antol et al. 2015 §6), which a model that ignores the image can reach — where one
+// answer dominates a type ("nothing" for an empty cell), it is the harder of the two.
 #pragma once
 
 #include <cstdint>
@@ -83,10 +86,16 @@ struct TaskResult {
   int64_t n = 0;
   nlohmann::json scores = nlohmann::json::object();  // metric -> eval::score() result
   nlohmann::json chance = nlohmann::json::object();  // metric -> the baseline's (eval.chance)
+  nlohmann::json prior = nlohmann::json::object();   // metric -> the per-type prior's
   std::vector<Prediction> predictions;
   std::vector<EvalItem> items;
   double seconds = 0;
 };
+
+// The per-type prior's answers: for each item the most frequent first reference among the other
+// items of its type (of the task when it is the only one of its type); ties go to the answer
+// that sorts first.
+std::vector<Prediction> prior_predictions(const std::vector<EvalItem>& items);
 
 // Runs one task: generation in batches of `batch_size` (left-padded), then every metric.
 TaskResult run_task(const EvalTaskConfig& task, const EvalModel& m, int64_t batch_size, bool chance,
@@ -95,7 +104,7 @@ TaskResult run_task(const EvalTaskConfig& task, const EvalModel& m, int64_t batc
 // Every task of `config`, in order; `on_task` is called as each finishes (for logs).
 std::vector<TaskResult> run_eval(const EvalConfig& config, const EvalModel& m, uint64_t seed);
 
-// {"tasks": {name: {"n", "template", "seconds", "scores", "chance"}}}
+// {"tasks": {name: {"n", "template", "seconds", "scores", "chance", "prior"}}}
 nlohmann::json results_json(const std::vector<TaskResult>& results);
 
 // A Markdown table: one row per task, metric and score (and per type), the chance baseline next

@@ -124,6 +124,7 @@ TEST_CASE("eval task: predictions do not depend on the batch size; every metric 
     INFO(metric);
     CHECK(one.scores.contains(metric));
     CHECK(one.chance.contains(metric));
+    CHECK(one.prior.contains(metric));
   }
   // The flat keys that go to metrics.jsonl.
   const auto flat = eval::flat_scores({one});
@@ -131,4 +132,38 @@ TEST_CASE("eval task: predictions do not depend on the batch size; every metric 
   CHECK(flat.count("eval/qa/color/accuracy") == 1);
   const std::string md = eval::results_markdown({one});
   CHECK(md.find("| qa | exists | 8 |") != std::string::npos);
+  CHECK(md.find("| value | chance | prior |") != std::string::npos);
+}
+
+TEST_CASE("eval prior: each item gets its type's most frequent answer among the other items") {
+  auto item = [](const std::string& id, const std::string& type, const std::string& answer) {
+    eval::EvalItem i;
+    i.id = id;
+    i.reference.id = id;
+    i.reference.category = type;
+    i.reference.answers = {answer};
+    return i;
+  };
+  // what_at: "nothing" 3 of 4; colour: red, red, blue; one "size" item alone in its type.
+  const std::vector<eval::EvalItem> items = {item("a", "what_at", "nothing"),
+                                             item("b", "what_at", "nothing"),
+                                             item("c", "what_at", "a red circle"),
+                                             item("d", "what_at", "nothing"),
+                                             item("e", "color", "red"),
+                                             item("f", "color", "red"),
+                                             item("g", "color", "blue"),
+                                             item("h", "size", "large")};
+  const auto p = eval::prior_predictions(items);
+  REQUIRE(p.size() == items.size());
+  std::map<std::string, std::string> got;
+  for (const auto& x : p) got[x.id] = x.text;
+  CHECK(got["a"] == "nothing");
+  CHECK(got["c"] == "nothing");
+  // Leaving "e" out, red and blue tie at one each: the answer that sorts first.
+  CHECK(got["e"] == "blue");
+  CHECK(got["g"] == "red");
+  // Alone in its type: the task's most frequent answer, "nothing" (4 of the other 7).
+  CHECK(got["h"] == "nothing");
+  // An item's own answer does not count for it: leaving "f" out, red and blue tie again.
+  CHECK(got["f"] == "blue");
 }

@@ -28,7 +28,8 @@ std::string results(double cider, double cider_chance, double qa, double color, 
          std::to_string(qa) + R"(, "by_category": {"color": {"accuracy": )" +
          std::to_string(color) +
          R"(}}}}, "chance": {"exact": {"accuracy": 0.2, "by_category": {"color": {"accuracy": )" +
-         std::to_string(color_chance) + R"(}}}}},
+         std::to_string(color_chance) + R"(}}}},
+         "prior": {"exact": {"accuracy": 0.4, "by_category": {"color": {"accuracy": 0.55}}}}},
   "pope": {"scores": {"pope": {"hallucination_rate": )" +
          std::to_string(hallucination) + "}}}}}";
 }
@@ -95,7 +96,11 @@ TEST_CASE("report card: each stage's held-out figure next to its baseline and ta
   const std::string md = eval::report_card_markdown(rows);
   CHECK_THAT(md, Catch::Contains("| encoder | image->caption recall@1 (among 50) | 0.400 | 0.020 "
                                  "chance | >= 5x chance | yes |"));
-  CHECK_THAT(md, Catch::Contains("| 2 | answers, color | 0.300 | 0.200 chance |"));
+  CHECK_THAT(md, Catch::Contains("| 2 | answers, color | 0.300 | 0.200 chance (prior 0.550) |"));
+  // The prior is shown, not judged against: a type without one says chance alone.
+  CHECK_THAT(md, Catch::Contains("| 2 | answers, all open questions | "));
+  CHECK_THAT(md, Catch::Contains("chance (prior 0.400) | >= 0.7 |"));
+  CHECK_THAT(md, Catch::Contains("| 2 | answers, shape | - | - | >= 2x chance (or 0.9) |"));
   CHECK_THAT(md, Catch::Contains("targets met: 6 of 12"));
 }
 
