@@ -189,28 +189,16 @@ std::vector<Prediction> chance_predictions(const std::vector<EvalItem>& items, u
 }  // namespace
 
 std::vector<Prediction> prior_predictions(const std::vector<EvalItem>& items) {
-  // Answer counts per type, and over the task, from which each item takes its own answer away.
-  std::map<std::string, std::map<std::string, int64_t>> by_type;
-  std::map<std::string, int64_t> all;
-  for (const auto& item : items) {
-    ++by_type[item.reference.category][item.reference.answers.front()];
-    ++all[item.reference.answers.front()];
+  std::map<std::string, std::map<std::string, int64_t>> counts;  // type -> answer -> items
+  for (const auto& item : items) ++counts[item.reference.category][item.reference.answers.front()];
+  std::map<std::string, std::string> most;  // type -> its most frequent answer
+  for (const auto& [type, answers] : counts) {
+    int64_t best = 0;
+    for (const auto& [answer, n] : answers)  // in sorted order: a tie keeps the first
+      if (n > best) best = n, most[type] = answer;
   }
   std::vector<Prediction> out;
-  for (const auto& item : items) {
-    const std::string& own = item.reference.answers.front();
-    const auto& type = by_type[item.reference.category];
-    int64_t others = -1;
-    for (const auto& [answer, n] : type) others += n;
-    const auto& counts = others > 0 ? type : all;
-    std::string best;
-    int64_t most = 0;
-    for (const auto& [answer, n] : counts) {  // in sorted order: ties keep the first
-      const int64_t k = n - (answer == own ? 1 : 0);
-      if (k > most) most = k, best = answer;
-    }
-    out.push_back({item.id, best});
-  }
+  for (const auto& item : items) out.push_back({item.id, most[item.reference.category]});
   return out;
 }
 

@@ -14,10 +14,10 @@
 //
 // Next to each score, with eval.chance, the same metric for a chance-level baseline: every item
 // answered with the reference of another item drawn at random from its type (or its task), a
-// guesser that knows the answer distribution but not the image. And the prior: every item
-// answered with the most frequent reference of its type among the other items (VQA's "per
-// Q-type prior", Antol et al. 2015 §6), which a model that ignores the image can reach — where one
-// answer dominates a type ("nothing" for an empty cell), it is the harder of the two.
+// guesser that knows the answer distribution but not the image. And the prior: every item of a
+// type answered with that type's most frequent reference (VQA's "per Q-type prior", Antol et al.
+// 2015 §6), a constant a model that ignores the image can learn; where one answer dominates a
+// type ("nothing" for an empty cell) it is the harder of the two.
 #pragma once
 
 #include <cstdint>
@@ -92,9 +92,8 @@ struct TaskResult {
   double seconds = 0;
 };
 
-// The per-type prior's answers: for each item the most frequent first reference among the other
-// items of its type (of the task when it is the only one of its type); ties go to the answer
-// that sorts first.
+// The per-type prior's answers: for each item the most frequent first reference of its type
+// (a tie goes to the answer that sorts first).
 std::vector<Prediction> prior_predictions(const std::vector<EvalItem>& items);
 
 // Runs one task: generation in batches of `batch_size` (left-padded), then every metric.
