@@ -214,11 +214,20 @@ TEST_CASE("clip stage: a record without an image or a caption is named in the er
     test::write_text(path, records.dump());
     REQUIRE_THROWS_WITH(train(c), Catch::Contains("record " + id + " has no image"));
   }
-  SECTION("no caption") {
+  // A caption-less record never reaches the stage: the reader refuses it by file, line, record.
+  SECTION("an empty caption: the reader names the file, line and record") {
+    const std::string id = records[11]["id"];
+    records[11]["conversations"][1]["value"] = "";
+    test::write_text(path, records.dump());
+    REQUIRE_THROWS_WITH(train(c), Catch::Contains("captions_train.json:1: record 11") &&
+                                      Catch::Contains(id) && Catch::Contains("empty gpt reply"));
+  }
+  SECTION("no reply at all: the reader names the file, line and record") {
     const std::string id = records[11]["id"];
     records[11]["conversations"].erase(1);
     test::write_text(path, records.dump());
-    REQUIRE_THROWS_WITH(train(c), Catch::Contains(id) && Catch::Contains("caption"));
+    REQUIRE_THROWS_WITH(train(c), Catch::Contains("captions_train.json:1: record 11") &&
+                                      Catch::Contains(id) && Catch::Contains("no response"));
   }
   CHECK(!std::filesystem::exists(data / "run" / "final"));
 }

@@ -97,10 +97,8 @@ class ClipObjective : public Objective {
     const int64_t B = batch.input_ids.size(0);
     const int64_t N = batch.pixel_values.defined() ? batch.pixel_values.size(0) : 0;
     if (N != B) {
-      int64_t row = 0;
-      while (row < B && static_cast<size_t>(row) < batch.has_image.size() &&
-             batch.has_image[static_cast<size_t>(row)])
-        ++row;
+      const auto row = std::find(batch.has_image.begin(), batch.has_image.end(), false) -
+                       batch.has_image.begin();
       throw Error("[clip] record " + record_id(batch, row) +
                   " has no image (each caption is paired with one image; the batch has " +
                   std::to_string(N) + " images for " + std::to_string(B) + " samples)");
