@@ -416,7 +416,7 @@ void add_eval_questions(Json& out, const std::string& id, const std::string& ima
 }
 
 Split generate_split(const fs::path& out_dir, const std::string& name, uint64_t seed, int64_t count,
-                     int image_size, const VocabularyCheck& check) {
+                     const ShapesWorldOptions& options, const VocabularyCheck& check) {
   Rng rng(seed);
   // The questions and the text records have streams of their own: the other files stay as they
   // were before each was added.
@@ -429,9 +429,9 @@ Split generate_split(const fs::path& out_dir, const std::string& name, uint64_t 
   for (int64_t i = 0; i < count; ++i) {
     const std::string id = name + "-" + zero_padded(i);
     const std::string image = name + "/" + zero_padded(i) + ".png";
-    const Scene scene = sample_scene(rng);
+    const Scene scene = sample_scene(rng, options.jitter);
     const fs::path png = out_dir / "images" / image;
-    if (!cv::imwrite(png.string(), render_scene(scene, image_size)))
+    if (!cv::imwrite(png.string(), render_scene(scene, options.image_size)))
       throw Error(png.string() + ": cannot write image");
 
     const std::string caption = check(scene_caption(scene));
@@ -519,7 +519,7 @@ cv::Vec3b background_bgr(int background) {
   return kBackgroundBgr[background];
 }
 
-Scene sample_scene(Rng& rng) {
+Scene sample_scene(Rng& rng, double jitter) {
   Scene scene;
   scene.background = static_cast<int>(rng.uniform_int(0, kBackgrounds - 1));
   const int n = static_cast<int>(rng.uniform_int(1, 3));
@@ -534,8 +534,8 @@ Scene sample_scene(Rng& rng) {
       s.colour = static_cast<int>(rng.uniform_int(0, kShapeColours - 1));
     } while (has_colour_kind(scene, s.colour, s.kind));
     s.size = static_cast<int>(rng.uniform_int(0, kShapeSizes - 1));
-    s.jitter_x = rng.uniform() * 2.0 - 1.0;
-    s.jitter_y = rng.uniform() * 2.0 - 1.0;
+    s.jitter_x = (rng.uniform() * 2.0 - 1.0) * jitter;
+    s.jitter_y = (rng.uniform() * 2.0 - 1.0) * jitter;
     scene.shapes.push_back(s);
   }
   sort_by_cell(scene);
@@ -657,6 +657,8 @@ ShapesWorldSummary generate_shapes_world(const fs::path& out_dir,
   if (options.image_size < 32 || options.image_size > 1024)
     throw Error("shapes: --image-size must be in [32, 1024] (got " +
                 std::to_string(options.image_size) + ")");
+  if (!(options.jitter >= 0.0 && options.jitter <= 1.0))
+    throw Error("shapes: --jitter must be in [0, 1] (got " + std::to_string(options.jitter) + ")");
   if (options.train < 1)
     throw Error("shapes: --train must be >= 1 (got " + std::to_string(options.train) + ")");
   if (options.val < 0)
@@ -668,9 +670,9 @@ ShapesWorldSummary generate_shapes_world(const fs::path& out_dir,
   const uint64_t train_seed = seeder.next_u64(), val_seed = seeder.next_u64();
   const VocabularyCheck check;
   const Split train =
-      generate_split(out_dir, "train", train_seed, options.train, options.image_size, check);
+      generate_split(out_dir, "train", train_seed, options.train, options, check);
   const Split val =
-      generate_split(out_dir, "val", val_seed, options.val, options.image_size, check);
+      generate_split(out_dir, "val", val_seed, options.val, options, check);
   auto write_split = [&](const std::string& name, const Split& split) {
     write_json(out_dir / ("captions_" + name + ".json"), split.captions);
     write_json(out_dir / ("instruct_" + name + ".json"), split.instruct);
@@ -692,6 +694,7 @@ ShapesWorldSummary generate_shapes_world(const fs::path& out_dir,
   write_json(out_dir / "info.json", Json{{"dataset", "ShapesWorld"},
                                          {"seed", options.seed},
                                          {"image_size", options.image_size},
+                                         {"jitter", options.jitter},
                                          {"train_images", summary.train_images},
                                          {"val_images", summary.val_images},
                                          {"instruct_records", summary.instruct_records},
