@@ -423,6 +423,7 @@ Split generate_split(const fs::path& out_dir, const std::string& name, uint64_t 
   Rng question_rng(seed ^ 0x9e3779b97f4a7c15ULL);
   Rng text_rng(seed ^ 0xc2b2ae3d27d4eb4fULL);
   Rng negative_rng(seed ^ 0x165667b19e3779f9ULL);
+  Rng pope_rng(seed ^ 0x27d4eb2f165667c5ULL);
   Split split;
   const fs::path image_dir = out_dir / "images" / name;
   fs::create_directories(image_dir);
@@ -469,6 +470,12 @@ Split generate_split(const fs::path& out_dir, const std::string& name, uint64_t 
     } else {
       pair = ask(scene, static_cast<QuestionType>(rng.uniform_int(0, kQuestionTypes - 1)), rng);
     }
+    // A quarter of the pairs instead ask whether an object is there (half the time one that is
+    // not: chosen "no.", rejected "yes."), as hallucination-targeted preference data do (POPE's
+    // questions, Li et al. 2023), from a stream of their own so that the other files stay as they
+    // were.
+    if (pope_rng.bernoulli(0.25))
+      pair = exists_question(scene, pope_rng.pick(scene.shapes), pope_rng.bernoulli(0.5), pope_rng);
     if (pair.answer == pair.rejected)
       throw Error("shapes: internal error: chosen == rejected for " + id + " (\"" + pair.answer +
                   "\")");

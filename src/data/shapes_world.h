@@ -101,7 +101,10 @@ struct ShapesWorldSummary {
 //   images/{train,val}/NNNNNN.png
 //   captions_{train,val}.json, instruct_{train,val}.json   LLaVA records, image paths relative to
 //                                                          images/
-//   preference_{train,val}.json   [{"id", "image", "prompt", "chosen", "rejected"}]
+//   preference_{train,val}.json   [{"id", "image", "prompt", "chosen", "rejected"}]: a caption
+//                           with one hallucination, a question with a wrong answer, or (a quarter
+//                           of them) "is there a <colour> <kind>?" about an object that is there
+//                           or, half the time, one that is not (stage 3's hallucination pairs)
 //   text_{train,val}.json   stage 0's text-only LLaVA records, three per image: "-caption" (the
 //                           caption after its prompt), "-described" (the caption after
 //                           scene_description()) and "-questions" (1-2 questions answered from

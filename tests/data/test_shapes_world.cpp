@@ -2,9 +2,11 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cmath>
 #include <map>
 #include <regex>
 #include <set>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 #include <opencv2/imgcodecs.hpp>
@@ -231,6 +233,39 @@ TEST_CASE("shapes world: shapes stay inside their grid cell at any jitter") {
   }
 }
 
+TEST_CASE("shapes world: jitter scales the offset from the cell's centre and nothing else") {
+  // The same seed at jitter 0, 0.25 and 1: the same scenes (the stream does not depend on it),
+  // offsets in [-jitter, jitter], centred shapes at 0, and at least one shape off-centre by more
+  // than 0.25 at full jitter.
+  std::vector<std::vector<Scene>> runs;
+  for (double jitter : {0.0, 0.25, 1.0}) {
+    Rng rng(5);
+    std::vector<Scene> scenes;
+    for (int i = 0; i < 200; ++i) scenes.push_back(sample_scene(rng, jitter));
+    for (const auto& scene : scenes)
+      for (const auto& s : scene.shapes) {
+        REQUIRE(std::abs(s.jitter_x) <= jitter);
+        REQUIRE(std::abs(s.jitter_y) <= jitter);
+      }
+    runs.push_back(std::move(scenes));
+  }
+  double widest = 0;
+  for (size_t i = 0; i < runs[0].size(); ++i) {
+    REQUIRE(scene_caption(runs[0][i]) == scene_caption(runs[2][i]));
+    for (size_t k = 0; k < runs[0][i].shapes.size(); ++k) {
+      const auto &centred = runs[0][i].shapes[k], quarter = runs[1][i].shapes[k],
+                 full = runs[2][i].shapes[k];
+      CHECK(quarter.jitter_x == Approx(full.jitter_x * 0.25));
+      CHECK(quarter.jitter_y == Approx(full.jitter_y * 0.25));
+      const cv::Point2d c = shape_centre(centred, 72);
+      CHECK(c.x == Approx((centred.cell % 3 + 0.5) * 24 - 0.5));
+      CHECK(c.y == Approx((centred.cell / 3 + 0.5) * 24 - 0.5));
+      widest = std::max(widest, std::abs(full.jitter_x));
+    }
+  }
+  CHECK(widest > 0.9);
+}
+
 TEST_CASE("shapes world: every generated word is in the vocabulary; tokenizer ids are 0..N-1") {
   TempDir dir("shapes-vocab");
   make(dir.path(), 3, 300, 30);
@@ -348,6 +383,35 @@ TEST_CASE("shapes world: records are LLaVA conversations and preference pairs di
   const json info = load(dir / "info.json");
   CHECK(info["seed"] == 9);
   CHECK(info["image_size"] == 32);
+  CHECK(info["jitter"] == 0.25);
+}
+
+TEST_CASE("shapes world: a share of the preference pairs ask about present and absent objects") {
+  // Stage 3's hallucination-targeted pairs: "is there a <colour> <kind>?" with the truth chosen,
+  // checked against the image's caption; about a quarter of the pairs, half of them absent.
+  TempDir dir("shapes-pope-pairs");
+  make(dir.path(), 3, 400, 4);
+  const json pairs = load(dir / "preference_train.json");
+  const json captions = load(dir / "captions_train.json");
+  REQUIRE(pairs.size() == captions.size());
+  int exists = 0, absent = 0;
+  const std::regex question("<image>\nis there a (\\w+ \\w+)\\?");
+  for (size_t i = 0; i < pairs.size(); ++i) {
+    const std::string prompt = pairs[i]["prompt"];
+    std::smatch m;
+    if (!std::regex_match(prompt, m, question)) continue;
+    ++exists;
+    const std::string caption = captions[i]["conversations"][1]["value"];
+    const bool there = caption.find(" " + m[1].str() + " ") != std::string::npos;
+    INFO(prompt << " / " << caption);
+    CHECK(pairs[i]["chosen"] == (there ? "yes." : "no."));
+    CHECK(pairs[i]["rejected"] == (there ? "no." : "yes."));
+    absent += !there;
+  }
+  CHECK(exists > 0.22 * 400);
+  CHECK(exists < 0.4 * 400);
+  CHECK(absent > 0.35 * exists);
+  CHECK(absent < 0.65 * exists);
 }
 
 TEST_CASE("shapes world: the val set does not depend on the train count") {
@@ -373,6 +437,11 @@ TEST_CASE("shapes world: bad options throw errors naming the option") {
   o = ShapesWorldOptions{};
   o.train = 0;
   CHECK_THROWS_WITH(generate_shapes_world(dir.path(), o), Catch::StartsWith("shapes: --train"));
+  for (double jitter : {-0.1, 1.5}) {
+    o = ShapesWorldOptions{};
+    o.jitter = jitter;
+    CHECK_THROWS_WITH(generate_shapes_world(dir.path(), o), Catch::StartsWith("shapes: --jitter"));
+  }
   o = ShapesWorldOptions{};
   o.val = -1;
   CHECK_THROWS_WITH(generate_shapes_world(dir.path(), o), Catch::StartsWith("shapes: --val"));
