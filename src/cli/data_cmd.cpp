@@ -27,9 +27,10 @@ Action add_data_command(CLI::App& app) {
       ->capture_default_str();
   shapes->add_option("--image-size", args->options.image_size, "Image side in pixels")
       ->capture_default_str();
-  shapes->add_option("--jitter", args->options.jitter,
-                     "How far a shape may sit off its cell's centre, 0 (centred) to 1 (anywhere "
-                     "in its cell)")
+  shapes
+      ->add_option("--jitter", args->options.jitter,
+                   "How far a shape may sit off its cell's centre, 0 (centred) to 1 (anywhere "
+                   "in its cell)")
       ->capture_default_str();
   auto* check = data->add_subcommand("check",
                                      "Stream the datasets of a recipe and report records, images, "

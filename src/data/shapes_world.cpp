@@ -676,10 +676,8 @@ ShapesWorldSummary generate_shapes_world(const fs::path& out_dir,
   Rng seeder(options.seed);
   const uint64_t train_seed = seeder.next_u64(), val_seed = seeder.next_u64();
   const VocabularyCheck check;
-  const Split train =
-      generate_split(out_dir, "train", train_seed, options.train, options, check);
-  const Split val =
-      generate_split(out_dir, "val", val_seed, options.val, options, check);
+  const Split train = generate_split(out_dir, "train", train_seed, options.train, options, check);
+  const Split val = generate_split(out_dir, "val", val_seed, options.val, options, check);
   auto write_split = [&](const std::string& name, const Split& split) {
     write_json(out_dir / ("captions_" + name + ".json"), split.captions);
     write_json(out_dir / ("instruct_" + name + ".json"), split.instruct);
