@@ -71,7 +71,7 @@ Action add_tokenize_command(CLI::App& app) {
       nlohmann::json j;
       try {
         j = nlohmann::json::parse(input);
-      } catch (const nlohmann::json::parse_error& e) {
+      } catch (const nlohmann::json::exception& e) {
         throw ConfigError((args->text_file.empty() ? "--text" : args->text_file) +
                           ": malformed JSON: " + e.what());
       }

@@ -166,7 +166,7 @@ struct Context {
       try {
         try {
           rec = Json::parse(raw.text);
-        } catch (const Json::parse_error& e) {
+        } catch (const Json::exception& e) {
           throw Error(std::string("malformed JSON: ") + e.what());
         }
         if (!rec.is_object()) throw Error("a record must be a JSON object");

@@ -91,7 +91,7 @@ std::vector<EvalItem> load_eval_items(const EvalTaskConfig& task) {
     Json rec;
     try {
       rec = Json::parse(raw.text);
-    } catch (const Json::parse_error& e) {
+    } catch (const Json::exception& e) {
       throw Error(where + ": malformed JSON: " + e.what());
     }
     try {

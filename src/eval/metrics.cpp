@@ -735,7 +735,7 @@ void for_each_line(const std::filesystem::path& file, F&& f) {
     Json j;
     try {
       j = Json::parse(line);
-    } catch (const Json::parse_error& e) {
+    } catch (const Json::exception& e) {
       throw Error(where + ": malformed JSON: " + e.what());
     }
     if (!j.is_object()) throw Error(where + ": expected a JSON object");

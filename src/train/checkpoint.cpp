@@ -213,7 +213,7 @@ TrainerState load_checkpoint(const std::filesystem::path& dir, torch::nn::Module
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(read_file(state_file));
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {
     throw Error(state_file.string() + ": malformed JSON (" + e.what() + ")");
   }
   TrainerState state = TrainerState::from_json(j, state_file);

@@ -79,6 +79,16 @@ TEST_CASE("tokenizer: a BPE vocabulary id beyond 32 bits is refused, not truncat
                     Catch::Contains("model.vocab[\"b\"]: expected a non-negative integer id"));
 }
 
+TEST_CASE("tokenizer: a number too large for JSON's parser is the file's error, not a crash") {
+  // nlohmann's parser throws out_of_range (406), not parse_error, for "1e999"; it escaped once.
+  TempDir dir;
+  write_text(dir / "overflow.json", R"({"model": {"type": "WordLevel", "vocab": {"a": 4e3686}}})");
+  CHECK_THROWS_AS(load_tokenizer(dir / "overflow.json"), mllm::Error);
+  CHECK_THROWS_WITH(load_tokenizer(dir / "overflow.json"),
+                    Catch::Contains("overflow.json: not valid JSON") &&
+                        Catch::Contains("number overflow"));
+}
+
 TEST_CASE("tokenizer: offsets map every token back to its bytes in the input") {
   TempDir dir;
   auto tok = shapes_tokenizer(dir);

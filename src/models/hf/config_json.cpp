@@ -106,7 +106,7 @@ namespace {
 nlohmann::json read_json(const std::filesystem::path& path) {
   try {
     return nlohmann::json::parse(read_file(path));
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {
     throw Error(path.string() + ": malformed JSON: " + e.what());
   }
 }

@@ -14,7 +14,7 @@ ModelConfig read_llava_config_json(const std::filesystem::path& folder, int64_t*
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(read_file(path));
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {
     throw Error(path.string() + ": malformed JSON: " + e.what());
   }
   if (!j.contains("text_config") || !j.contains("vision_config"))
