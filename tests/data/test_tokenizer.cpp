@@ -84,9 +84,9 @@ TEST_CASE("tokenizer: a number too large for JSON's parser is the file's error, 
   TempDir dir;
   write_text(dir / "overflow.json", R"({"model": {"type": "WordLevel", "vocab": {"a": 4e3686}}})");
   CHECK_THROWS_AS(load_tokenizer(dir / "overflow.json"), mllm::Error);
-  CHECK_THROWS_WITH(load_tokenizer(dir / "overflow.json"),
-                    Catch::Contains("overflow.json: not valid JSON") &&
-                        Catch::Contains("number overflow"));
+  CHECK_THROWS_WITH(
+      load_tokenizer(dir / "overflow.json"),
+      Catch::Contains("overflow.json: not valid JSON") && Catch::Contains("number overflow"));
 }
 
 TEST_CASE("tokenizer: offsets map every token back to its bytes in the input") {
