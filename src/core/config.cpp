@@ -436,6 +436,7 @@ void describe(Binder& b, VisionConfig& c) {
   b.value("layer_norm_eps", c.layer_norm_eps, in_range(0, 1, true));
   b.value("feature_layer", c.feature_layer);
   b.choice("select", c.select, {"patch", "cls_patch"});
+  b.value("position_init_std", c.position_init_std, in_range(0, 10));
 }
 
 void describe(Binder& b, ClipTextConfig& c) {

@@ -45,6 +45,11 @@ struct VisionConfig {
   double layer_norm_eps = 1e-5;
   int64_t feature_layer = -2;    // index into hidden_states (0 = embeddings), negative from the end
   std::string select = "patch";  // patch | cls_patch
+  // Standard deviation of a new tower's position embeddings (transformers' CLIP: initializer_range,
+  // 0.02); not used when the tower is loaded. Next to patch features of norm ~1, 0.02 leaves a
+  // small tower trained on little data (ShapesWorld's clip stage) with features that barely say
+  // where a patch is (configs/shapes/stage0_clip.yaml).
+  double position_init_std = 0.02;
 };
 
 // A CLIP text tower, as transformers' CLIPTextConfig (its defaults:

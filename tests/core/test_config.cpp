@@ -92,6 +92,8 @@ TEST_CASE("config: connector settings are read, range-checked and written back")
              Catch::Contains("did you mean 'resampler'?"));
   CHECK_THAT(error_of(p, {"model.connector.num_query=8"}),
              Catch::Contains("did you mean model.connector.num_queries?"));
+  CHECK_THAT(error_of(p, {"model.vision.position_init_std=-0.1"}),
+             Catch::Contains("model.vision.position_init_std: must be in [0, 10]"));
 }
 
 TEST_CASE("config: a key that is a list or a mapping is a config error with its line") {

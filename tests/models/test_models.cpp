@@ -74,6 +74,17 @@ TEST_CASE("models: shapes through vision tower, connector and LLM") {
   CHECK(with_cls->vision_tower->features(pixels).sizes() == torch::IntArrayRef({3, 17, 32}));
 }
 
+TEST_CASE("models: a new vision tower's position embeddings have the configured spread") {
+  torch::manual_seed(0);
+  VisionConfig c;  // 64 patches + the class position, 64 wide: 4160 draws
+  const auto std_of = [&](double init) {
+    c.position_init_std = init;
+    return ClipVisionEmbeddings(c)->position_embedding->weight.std().item<double>();
+  };
+  CHECK(std_of(0.02) == Approx(0.02).epsilon(0.05));
+  CHECK(std_of(0.5) == Approx(0.5).epsilon(0.05));
+}
+
 TEST_CASE("models: qwen2 adds q/k/v biases; tied embeddings drop lm_head") {
   auto cfg = tiny_model();
   cfg.llm.type = "qwen2";

@@ -16,7 +16,7 @@ ClipVisionEmbeddingsImpl::ClipVisionEmbeddingsImpl(const VisionConfig& c) {
   position_embedding =
       register_module("position_embedding", torch::nn::Embedding(patches + 1, c.hidden));
   torch::NoGradGuard no_grad;
-  position_embedding->weight.normal_(0, 0.02);
+  position_embedding->weight.normal_(0, c.position_init_std);
 }
 
 torch::Tensor ClipVisionEmbeddingsImpl::forward(const torch::Tensor& pixel_values) {
