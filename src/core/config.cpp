@@ -478,6 +478,7 @@ void describe(Binder& b, ConnectorConfig& c) {
   b.value("hidden", c.hidden, at_least(0));
   b.value("pool_factor", c.pool_factor, at_least(1));
   b.value("xattn_every", c.xattn_every, at_least(1));
+  b.value("value_positions", c.value_positions);
 }
 
 void describe(Binder& b, ModelConfig& c) {

@@ -105,6 +105,9 @@ struct ConnectorConfig {
   int64_t hidden = 0;       // qformer, resampler width; 0 = model.vision.hidden
   int64_t pool_factor = 2;  // pool: kernel = stride on the patch grid; must divide its side
   int64_t xattn_every = 1;  // gated_xattn: a cross-attention block before every k-th LLM layer
+  // resampler: add the 2D sin-cos positions to the attention's values as well as its keys, so that
+  // each output token carries where what it read lies (Qwen-VL adds them to the keys only: false).
+  bool value_positions = false;
 };
 
 struct ModelConfig {

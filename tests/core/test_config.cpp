@@ -94,6 +94,10 @@ TEST_CASE("config: connector settings are read, range-checked and written back")
              Catch::Contains("did you mean model.connector.num_queries?"));
   CHECK_THAT(error_of(p, {"model.vision.position_init_std=-0.1"}),
              Catch::Contains("model.vision.position_init_std: must be in [0, 10]"));
+  CHECK(!c.model.connector.value_positions);  // Qwen-VL's resampler: positions on the keys only
+  CHECK(load_config(p, {"model.connector.value_positions=true"}).model.connector.value_positions);
+  CHECK_THAT(error_of(p, {"model.connector.value_positions=sometimes"}),
+             Catch::Contains("model.connector.value_positions"));
 }
 
 TEST_CASE("config: a key that is a list or a mapping is a config error with its line") {

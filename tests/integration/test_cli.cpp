@@ -73,6 +73,7 @@ TEST_CASE(
   // The recipe's resampler has no transformers name: the llava layout under mllm_llava.
   CHECK(final_config["model_type"] == "mllm_llava");
   CHECK(final_config["mllm_connector"]["type"] == "resampler");
+  CHECK(final_config["mllm_connector"]["value_positions"] == true);  // read back by stage 1
   CHECK(final_config["text_config"]["num_hidden_layers"] == 4);
 
   // Stage 1 loads it and trains the connector only.

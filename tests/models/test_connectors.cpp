@@ -237,6 +237,26 @@ TEST_CASE("resampler: positions make it see where each patch is") {
   CHECK(!close(c->forward(f), out.index_select(1, qperm)));
 }
 
+TEST_CASE("resampler: value_positions puts where each query read into what it returns") {
+  // Every patch the same feature: without positions in the values each query returns the same
+  // average of equal values, whatever its attention; with them, the output tokens differ by where
+  // their queries looked.
+  torch::manual_seed(5);
+  const auto same = torch::randn({1, 1, kCv}).expand({2, 16, kCv}).contiguous();
+  auto s = spec("resampler");
+  auto keys_only = make_connector(s);
+  s.config.value_positions = true;
+  auto with_values = make_connector(s);
+  torch::NoGradGuard g;
+  const auto a = keys_only->forward(same), b = with_values->forward(same);
+  for (int64_t q = 1; q < 4; ++q) {
+    CHECK(close(a.select(1, q), a.select(1, 0)));
+    CHECK(!close(b.select(1, q), b.select(1, 0)));
+  }
+  // Same parameter names either way: a checkpoint loads into both.
+  CHECK(params(*keys_only).size() == params(*with_values).size());
+}
+
 TEST_CASE("resampler: the 2D sin-cos tables") {
   auto s = spec("resampler", 16);
   s.config.num_queries = 16;  // the same 4x4 grid for queries and patches

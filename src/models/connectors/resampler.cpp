@@ -12,6 +12,11 @@
 // x @ proj; LayerNorm eps 1e-6). The sin-cos table is MAE's get_2d_sincos_pos_embed (first half
 // of the channels encodes the column, second half the row, each as [sin, cos] over frequencies
 // 1 / 10000^(i / (H/4))).
+// With model.connector.value_positions the key positions are added to the values too (not in
+// Qwen-VL): the attention then returns, next to what each query read, the weighted position of
+// where it read it, which a decoder whose RoPE positions reach only its attention scores cannot
+// otherwise recover from the tokens it copies. ShapesWorld's stage 2 measures what it does to
+// "where is ...?" questions (configs/shapes/stage2_instruct.yaml).
 // One difference: Qwen-VL gives the keys its query table resized to the patch grid by bicubic
 // interpolation (get_abs_pos); here the keys' sin-cos is evaluated exactly at each patch centre
 // expressed in query-grid units, ((i + 0.5) * Gq / Gp - 0.5), which is the quantity that
@@ -52,7 +57,8 @@ torch::Tensor sincos_2d(const torch::Tensor& coords, int64_t dim) {
 class Resampler : public Connector {
  public:
   explicit Resampler(const ConnectorSpec& s)
-      : queries_(s.config.num_queries > 0 ? s.config.num_queries : 64) {
+      : queries_(s.config.num_queries > 0 ? s.config.num_queries : 64),
+        value_positions_(s.config.value_positions) {
     const int64_t width = attention_width(s);
     if (width % 4 != 0)
       throw ConfigError("model.connector.hidden: the resampler's width (" + std::to_string(width) +
@@ -89,7 +95,7 @@ class Resampler : public Connector {
   torch::Tensor forward(const torch::Tensor& features) override {  // (N,P,Cv) -> (N,Q,C)
     auto x = norm(ln_kv, kv_proj ? kv_proj(features) : features);  // (N,P,H)
     auto q = (norm(ln_q, query) + query_pos).unsqueeze(0).expand({features.size(0), -1, -1});
-    return proj(norm(ln_post, attn(q, x + key_pos, x)));
+    return proj(norm(ln_post, attn(q, x + key_pos, value_positions_ ? x + key_pos : x)));
   }
   int64_t output_tokens() const override { return queries_; }
 
@@ -106,6 +112,7 @@ class Resampler : public Connector {
   torch::nn::LayerNorm ln_q{nullptr}, ln_kv{nullptr}, ln_post{nullptr};
   ConnectorAttention attn{nullptr};
   int64_t queries_;
+  bool value_positions_;
 };
 
 }  // namespace

@@ -96,7 +96,8 @@ nlohmann::json llava_config_json(const ModelConfig& m, int64_t image_token_id) {
         {"heads", m.connector.heads},
         {"hidden", m.connector.hidden},
         {"pool_factor", m.connector.pool_factor},
-        {"xattn_every", m.connector.xattn_every}}},
+        {"xattn_every", m.connector.xattn_every},
+        {"value_positions", m.connector.value_positions}}},
       {"torch_dtype", "float32"},
   };
 }

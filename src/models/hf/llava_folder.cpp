@@ -39,6 +39,7 @@ ModelConfig read_llava_config_json(const std::filesystem::path& folder, int64_t*
       m.connector.hidden = c.value("hidden", m.connector.hidden);
       m.connector.pool_factor = c.value("pool_factor", m.connector.pool_factor);
       m.connector.xattn_every = c.value("xattn_every", m.connector.xattn_every);
+      m.connector.value_positions = c.value("value_positions", m.connector.value_positions);
     }
   } catch (const nlohmann::json::exception& e) {
     throw Error(path.string() + ": " + e.what());
