@@ -84,7 +84,8 @@ TEST_CASE("pipeline: a shortened demo shows each stage's effect, and the report 
   train("stage0_text", data, runs / "stage0",
         " --set data.train.path=" + d + "/text_train.json --set data.eval.path=" + d +
             "/captions_val.json --set model.llm.hidden=64 --set model.llm.layers=2" +
-            " --set model.llm.intermediate=176 --set train.epochs=3 --set train.eval_batches=0");
+            " --set model.llm.intermediate=176 --set train.epochs=3 --set train.max_steps=0" +
+            " --set train.eval_batches=0");
   const double text_only = last_with(runs / "stage0", "eval_loss")["eval_loss"].get<double>();
 
   // Stage 1: the encoder and the LLM frozen, the connector trained: the image makes the
