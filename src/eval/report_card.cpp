@@ -168,6 +168,15 @@ std::vector<CardRow> report_card(const fs::path& dir) {
        "below stage 2",
        {}},
       [](double v, double b) { return v < b; });
+  // Shown, not judged: a lower rate that comes from saying "no" to everything leaves this at 0.5.
+  add({"3",
+       "POPE accuracy, present and absent objects",
+       score(r3, "pope", "scores", "pope", "accuracy"),
+       score(r2, "pope", "scores", "pope", "accuracy"),
+       "stage 2",
+       "",
+       {}},
+      nullptr);
   const fs::path s3 = dir / "stage3";
   add({"3",
        "reward accuracy, preference pairs",

@@ -20,7 +20,7 @@ const eval::CardRow& row(const std::vector<eval::CardRow>& rows, const std::stri
 }
 
 std::string results(double cider, double cider_chance, double qa, double color, double color_chance,
-                    double hallucination) {
+                    double hallucination, double pope_accuracy = 0.5) {
   return R"({"tasks": {"caption": {"scores": {"cider_d": {"n": 5, "cider_d": )" +
          std::to_string(cider) + R"(}}, "chance": {"cider_d": {"cider_d": )" +
          std::to_string(cider_chance) + R"(}}},
@@ -31,7 +31,8 @@ std::string results(double cider, double cider_chance, double qa, double color, 
          std::to_string(color_chance) + R"(}}}},
          "prior": {"exact": {"accuracy": 0.4, "by_category": {"color": {"accuracy": 0.55}}}}},
   "pope": {"scores": {"pope": {"hallucination_rate": )" +
-         std::to_string(hallucination) + "}}}}}";
+         std::to_string(hallucination) + R"(, "accuracy": )" + std::to_string(pope_accuracy) +
+         "}}}}}";
 }
 
 }  // namespace
@@ -55,8 +56,8 @@ TEST_CASE("report card: each stage's held-out figure next to its baseline and ta
                                          R"({"step": 9, "eval_loss": 0.5})"
                                          "\n");
   write_text(d / "stage1/eval/results.json", results(1.5, 0.7, 0.1, 0.1, 0.1, 0.5));
-  write_text(d / "stage2/eval/results.json", results(2.0, 0.7, 0.75, 0.3, 0.2, 0.4));
-  write_text(d / "stage3/eval/results.json", results(2.0, 0.7, 0.75, 0.5, 0.2, 0.3));
+  write_text(d / "stage2/eval/results.json", results(2.0, 0.7, 0.75, 0.3, 0.2, 0.4, 0.55));
+  write_text(d / "stage3/eval/results.json", results(2.0, 0.7, 0.75, 0.5, 0.2, 0.3, 0.6));
   write_text(d / "stage3/metrics.jsonl",
              R"({"step": 0, "eval_loss": 0.69, "eval_rewards/accuracies": 0.6})"
              "\n"
@@ -88,6 +89,11 @@ TEST_CASE("report card: each stage's held-out figure next to its baseline and ta
   // POPE: stage 3 against stage 2 (0.3 < 0.4); reward accuracy at the end against the start.
   CHECK(*row(rows, "3", "POPE").baseline == Approx(0.4));
   CHECK(*row(rows, "3", "POPE").met);
+  // POPE's accuracy beside it, stage 3 against stage 2, without a verdict.
+  const auto& pope_accuracy = row(rows, "3", "POPE accuracy");
+  CHECK(*pope_accuracy.value == Approx(0.6));
+  CHECK(*pope_accuracy.baseline == Approx(0.55));
+  CHECK_FALSE(pope_accuracy.met.has_value());
   const auto& reward = row(rows, "3", "reward");
   CHECK(*reward.value == Approx(0.85));
   CHECK(*reward.baseline == Approx(0.6));
