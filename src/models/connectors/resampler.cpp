@@ -95,7 +95,8 @@ class Resampler : public Connector {
   torch::Tensor forward(const torch::Tensor& features) override {  // (N,P,Cv) -> (N,Q,C)
     auto x = norm(ln_kv, kv_proj ? kv_proj(features) : features);  // (N,P,H)
     auto q = (norm(ln_q, query) + query_pos).unsqueeze(0).expand({features.size(0), -1, -1});
-    return proj(norm(ln_post, attn(q, x + key_pos, value_positions_ ? x + key_pos : x)));
+    const auto keys = x + key_pos;
+    return proj(norm(ln_post, attn(q, keys, value_positions_ ? keys : x)));
   }
   int64_t output_tokens() const override { return queries_; }
 
