@@ -4,12 +4,14 @@
 // percentiles. Bad records are counted, not fatal, so one run shows every kind of problem.
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 
 #include "cli/commands.h"
 #include "core/config.h"
 #include "core/error.h"
+#include "data/collator.h"
 #include "data/datasets.h"
 #include "data/image_transform.h"
 #include "data/tokenizer/tokenizer.h"
@@ -25,8 +27,40 @@ double seconds_since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
 
+// The padding fraction of batches of `batch` consecutive samples, unpacked (each padded to the
+// batch's longest) and packed into rows of `pack_length` (data/collator.h pack_rows; 0: not
+// shown).
+void print_padding(const std::vector<int64_t>& lengths, int64_t batch, int64_t pack_length) {
+  double tokens = 0, unpacked = 0, packed = 0;
+  for (size_t i = 0; i < lengths.size(); i += static_cast<size_t>(batch)) {
+    const std::vector<int64_t> b(
+        lengths.begin() + static_cast<std::ptrdiff_t>(i),
+        lengths.begin() +
+            static_cast<std::ptrdiff_t>(std::min(lengths.size(), i + static_cast<size_t>(batch))));
+    int64_t longest = 0;
+    for (int64_t n : b) tokens += static_cast<double>(n), longest = std::max(longest, n);
+    unpacked += static_cast<double>(b.size()) * static_cast<double>(longest);
+    if (pack_length <= 0) continue;
+    const auto rows = pack_rows(b, pack_length);
+    int64_t row_max = 0;
+    for (const auto& row : rows) {
+      int64_t n = 0;
+      for (size_t k : row) n += b[k];
+      row_max = std::max(row_max, n);
+    }
+    packed += static_cast<double>(rows.size()) * static_cast<double>(row_max);
+  }
+  if (tokens <= 0) return;
+  std::printf("  padding in batches of %lld (file order): %.1f%% of positions unpacked",
+              static_cast<long long>(batch), 100.0 * (1.0 - tokens / unpacked));
+  if (pack_length > 0)
+    std::printf(", %.1f%% packed into rows of %lld (data.packing)", 100.0 * (1.0 - tokens / packed),
+                static_cast<long long>(pack_length));
+  std::printf("\n");
+}
+
 void check_source(const char* key, const DataSourceConfig& source, DataConfig data,
-                  const Tokenizer& tok, int64_t Q) {
+                  const Tokenizer& tok, int64_t Q, int64_t batch_size) {
   if (source.path.empty()) return;
   data.on_bad_record = "skip";  // count every problem instead of stopping at the first
   std::unique_ptr<SampleSource> ds;
@@ -82,6 +116,9 @@ void check_source(const char* key, const DataSourceConfig& source, DataConfig da
       static_cast<long long>(missing), lengths.size() - images.size() * per_item,
       s > 0 ? static_cast<double>(with_image) / s : 0.0);
   if (lengths.empty()) return;
+  // Preference pairs are never packed (their rows are scored against each other).
+  print_padding(lengths, batch_size * static_cast<int64_t>(per_item),
+                per_item == 1 ? data.max_length : 0);
   std::sort(lengths.begin(), lengths.end());
   auto pct = [&](double p) {
     return static_cast<long long>(
@@ -104,8 +141,8 @@ int run_data_check(const std::string& config_path, const std::vector<std::string
                         ->output_tokens();
   std::printf("tokenizer %s: %lld ids; template %s\n", c.model.tokenizer.c_str(),
               static_cast<long long>(tok->vocab_size()), c.data.template_name.c_str());
-  check_source("data.train", c.data.train, c.data, *tok, Q);
-  check_source("data.eval", c.data.eval, c.data, *tok, Q);
+  check_source("data.train", c.data.train, c.data, *tok, Q, c.train.batch_size);
+  check_source("data.eval", c.data.eval, c.data, *tok, Q, c.train.batch_size);
   return 0;
 }
 

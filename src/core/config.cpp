@@ -520,6 +520,7 @@ void describe(Binder& b, DataConfig& c) {
   b.value("workers", c.workers, at_least(0));
   b.value("prefetch", c.prefetch, at_least(1));
   b.value("group_by_length", c.group_by_length);
+  b.value("packing", c.packing);
   b.value("allow_outside_image_root", c.allow_outside_image_root);
 }
 
@@ -557,6 +558,7 @@ void describe(Binder& b, TrainConfig& c) {
   b.section("orpo", c.orpo);
   b.section("simpo", c.simpo);
   b.value("gradient_checkpointing", c.gradient_checkpointing);
+  b.value("lm_head_chunk_mb", c.lm_head_chunk_mb, at_least(0));
   b.value("epochs", c.epochs, at_least(1));
   b.value("max_steps", c.max_steps, at_least(0));
   b.value("batch_size", c.batch_size, at_least(1));

@@ -151,6 +151,10 @@ struct DataConfig {
   int64_t workers = 2;                  // loader threads (0 = on the trainer's thread)
   int64_t prefetch = 2;                 // batches prepared ahead per worker
   bool group_by_length = false;         // length-grouped batches (less padding)
+  // Several samples per row, up to max_length (data/packing.h): each attends only to itself,
+  // positions restart per sample, the loss is the same as unpacked. Token-level and
+  // feature-level connectors; not preference pairs.
+  bool packing = false;
   // Record image paths must stay inside their image_root (no absolute paths, no ../ above it);
   // true lets a dataset point anywhere.
   bool allow_outside_image_root = false;
@@ -208,6 +212,9 @@ struct TrainConfig {
   OrpoConfig orpo;
   SimpoConfig simpo;
   bool gradient_checkpointing = false;  // recompute each LLM layer in backward (less memory)
+  // The fp32 logits the LM head may hold at once, in MiB (models/llm/lm_head_logprobs.h): the
+  // supervised positions go through it in chunks this size, forward and backward. 0 = one chunk.
+  int64_t lm_head_chunk_mb = 256;
   int64_t epochs = 1;
   int64_t max_steps = 0;  // 0 = bounded by epochs
   int64_t batch_size = 16;

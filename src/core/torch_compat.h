@@ -27,40 +27,54 @@ using CommBackend = c10d::Backend;
 using CommBackend = c10d::ProcessGroup;
 #endif
 
-// Scaled dot-product attention. q is (B,H,T,D), k and v are (B,H,S,D); `mask` is an optional
-// additive float mask broadcastable to (B,H,T,S). Returns (B,H,T,D).
+// The causal mask of T queries that are the last T of S positions (incremental decoding with a
+// KV cache when T < S), as an additive float mask (T,S): 0 where a query may look, -1e9 where not.
+inline at::Tensor causal_additive_mask(int64_t T, int64_t S, const at::TensorOptions& options) {
+  const auto future = at::ones({T, S}, options.dtype(at::kBool)).triu(S - T + 1);
+  return at::zeros({T, S}, options.dtype(at::kFloat)).masked_fill(future, -1e9);
+}
+
+// Scaled dot-product attention with grouped-query heads. q is (B,H,T,D); k and v are (B,KVH,S,D)
+// with H a multiple of KVH: query head h reads kv head h / (H/KVH), the arrangement of
+// transformers' repeat_kv, without k and v ever being copied out to H heads. `mask` is an optional
+// additive float mask, the same for every head: (T,S), (B,1,1,S) or (B,1,T,S) (padding, the
+// block-diagonal mask of packed rows). `is_causal` adds the causal mask, aligned to the end when
+// T < S (the queries are the last T of S positions). Returns (B,H,T,D).
+//
+// LibTorch 2.5+ runs its fused kernel (flash / memory-efficient on CUDA, the flash-style CPU
+// kernel) with enable_gqa. Otherwise the math is explicit and folds each kv head's H/KVH query
+// heads into its rows, (B,KVH,(H/KVH)*T,D), so one batched matmul per kv head serves them all;
+// the softmax in fp32 (or wider), as transformers' eager attention.
 inline at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                             const c10::optional<at::Tensor>& mask, bool is_causal) {
-  if (is_causal && q.size(-2) != k.size(-2)) {
-    // The queries are the last T of S positions (incremental decoding with a KV cache): causality
-    // is aligned to the end, which the fused kernels' is_causal (aligned to the start) is not.
-    const auto T = q.size(-2), S = k.size(-2);
-    auto causal = at::ones({T, S}, q.options().dtype(at::kBool)).triu(S - T + 1);
-    auto m = at::zeros({T, S}, q.options().dtype(at::kFloat)).masked_fill(causal, -1e9);
-    return attention(q, k, v, mask.has_value() ? *mask + m : m, false);
-  }
-#if MLLM_TORCH_AT_LEAST(2, 0)
-  c10::optional<at::Tensor> m;
-  if (mask.has_value()) m = mask->to(q.scalar_type());
-  if (!mask.has_value()) return at::scaled_dot_product_attention(q, k, v, m, 0.0, is_causal);
-  // With a padding mask, causality is folded into the mask (2.x rejects mask + is_causal).
-  const auto T = q.size(-2), S = k.size(-2);
-  auto causal = at::ones({T, S}, q.options().dtype(at::kBool)).triu(S - T + 1);
-  return at::scaled_dot_product_attention(
-      q, k, v, is_causal ? (*m + at::zeros({T, S}, m->options())).masked_fill(causal, -1e9) : *m,
-      0.0, false);
-#else
-  if (!mask.has_value())
-    return std::get<0>(at::_scaled_dot_product_attention(q, k, v, {}, 0.0, false, is_causal));
-  // 1.13's fused entry point does not combine a mask with is_causal: do the math explicitly.
-  const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
-  auto scores = at::matmul(q, k.transpose(-2, -1)) * scale + *mask;
+  const auto B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3);
+  const auto KVH = k.size(1), S = k.size(2);
+  TORCH_CHECK(KVH > 0 && H % KVH == 0, "attention: ", H, " query heads for ", KVH, " kv heads");
+  TORCH_CHECK(!mask.has_value() || mask->dim() == 2 || (mask->dim() == 4 && mask->size(1) == 1),
+              "attention: the mask must be (T,S) or (B,1,T|1,S), not ", mask->sizes());
+#if MLLM_TORCH_AT_LEAST(2, 5)
+  const bool gqa = KVH != H;
+  if (!mask.has_value() && (!is_causal || T == S))
+    return at::scaled_dot_product_attention(q, k, v, {}, 0.0, is_causal, c10::nullopt, gqa);
+  // 2.x rejects a mask together with is_causal: causality joins the mask.
+  auto m = mask.has_value() ? mask->to(q.scalar_type()) : at::Tensor();
   if (is_causal) {
-    const auto T = q.size(-2), S = k.size(-2);
-    auto causal = at::ones({T, S}, q.options().dtype(at::kBool)).triu(S - T + 1);
-    scores = scores.masked_fill(causal, -std::numeric_limits<float>::infinity());
+    const auto c = causal_additive_mask(T, S, q.options()).to(q.scalar_type());
+    m = m.defined() ? m + c : c;
   }
-  return at::matmul(at::softmax(scores, -1, at::kFloat).to(q.scalar_type()), v);
+  return at::scaled_dot_product_attention(q, k, v, m, 0.0, false, c10::nullopt, gqa);
+#else
+  const auto G = H / KVH;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+  // (B,H,T,D) -> (B,KVH,G*T,D): head h = kv*G + g, so each kv head's G query heads are adjacent.
+  const auto qg = q.reshape({B, KVH, G * T, D});
+  auto scores = at::matmul(qg, k.transpose(-2, -1)).mul_(scale).view({B, KVH, G, T, S});
+  if (mask.has_value())  // (T,S) broadcasts as it is; (B,1,T|1,S) gains the group axis
+    scores = scores + (mask->dim() == 4 ? mask->unsqueeze(2) : *mask);
+  if (is_causal) scores = scores + causal_additive_mask(T, S, q.options());
+  const auto probs =
+      at::softmax(scores, -1, at::promote_types(q.scalar_type(), at::kFloat)).to(q.scalar_type());
+  return at::matmul(probs.view({B, KVH, G * T, S}), v).view({B, H, T, D});
 #endif
 }
 

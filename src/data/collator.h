@@ -1,5 +1,5 @@
 // Collates samples into a padded batch (right padding: pad id in input_ids, -100 in labels, 0 in
-// attention_mask) and decodes the batch's images.
+// attention_mask) and decodes the batch's images. With packing, several samples share a row.
 #pragma once
 
 #include <string>
@@ -13,22 +13,42 @@
 namespace mllm {
 
 struct Batch {
-  torch::Tensor input_ids;        // (B,T) int64
-  torch::Tensor labels;           // (B,T) int64, -100 = no loss
-  torch::Tensor attention_mask;   // (B,T) int64, 1 = real token
-  torch::Tensor pixel_values;     // (N,3,S,S) float, N = images in the batch (undefined if none)
-  int64_t supervised_tokens = 0;  // labels != -100 after the shift (what the loss averages over)
-  int64_t tokens = 0;             // real (non-pad) tokens
+  torch::Tensor input_ids;  // (B,T) int64
+  torch::Tensor labels;     // (B,T) int64, -100 = no loss
+  // (B,T) int64: 1 = real token, 0 = padding; in packed rows the number (1, 2, ...) of the sample
+  // each token belongs to (models/llm/llama.h: decoder_mask).
+  torch::Tensor attention_mask;
+  torch::Tensor
+      position_ids;  // (B,T) int64 for packed rows (restarting per sample), else undefined
+  torch::Tensor pixel_values;      // (N,3,S,S) float, N = images in the batch (undefined if none)
+  int64_t supervised_tokens = 0;   // labels != -100 after the shift (what the loss averages over)
+  int64_t tokens = 0;              // real (non-pad) tokens
+  int64_t samples = 0;             // samples in the batch (rows unless packed)
+  int64_t positions = 0;           // B x T: padding fraction = 1 - tokens / positions
+  int64_t unpacked_positions = 0;  // samples x the longest: the same batch's positions unpacked
   int64_t pairs = 0;  // preference batches: rows [0,pairs) chosen, [pairs,2*pairs) rejected
-  std::vector<std::string> ids;  // each row's record id, for errors that name the record
-  std::vector<bool> has_image;   // each row: whether its sample has an image
+  std::vector<std::string> ids;  // each row's record id(s, joined by '+' when packed), for errors
+  std::vector<bool> has_image;   // each row: whether a sample of it has an image
 
   Batch to(const torch::Device& device) const;
 };
 
 // Images that fail to decode throw Error naming the file and the record, unless `skip_bad_images`,
 // in which case the sample is dropped from the batch (and `dropped` counts it).
+//
+// Packing (data.packing): with `pack_length` > 0 the samples go into rows of at most pack_length
+// tokens, first-fit in order of decreasing length, each sample whole (a sample never exceeds
+// data.max_length, and truncation never cuts an image, so no image is split or cut). Within a
+// row the samples keep their batch order; attention_mask numbers them 1, 2, ... and position_ids
+// restart at 0 for each; pixel_values follow the order of the image placeholders, row by row, as
+// unpacked. T is the longest row. The loss over the batch is the same as unpacked.
 Batch collate(const std::vector<const Sample*>& samples, const ImageTransform& transform,
-              int64_t pad_id, bool skip_bad_images = false, int64_t* dropped = nullptr);
+              int64_t pad_id, bool skip_bad_images = false, int64_t* dropped = nullptr,
+              int64_t pack_length = 0);
+
+// The rows of a packed batch: groups of sample indices (into `lengths`), first-fit in order of
+// decreasing length into rows of `capacity` tokens; each row's indices ascending. Samples longer
+// than the capacity get a row of their own.
+std::vector<std::vector<size_t>> pack_rows(const std::vector<int64_t>& lengths, int64_t capacity);
 
 }  // namespace mllm

@@ -15,6 +15,7 @@ LoaderOptions loader_options(const Config& config, int64_t pad_id) {
   lo.prefetch = config.data.prefetch;
   lo.group_by_length = config.data.group_by_length;
   lo.skip_bad_images = config.data.on_bad_record == "skip";
+  lo.pack_length = config.data.packing ? config.data.max_length : 0;
   lo.pad_id = pad_id;
   lo.seed = static_cast<uint64_t>(config.run.seed);
   return lo;
@@ -46,7 +47,7 @@ std::vector<std::vector<int64_t>> plan_epoch(const SampleSource& data, const Loa
 
 Batch collate_items(const SampleSource& data, const std::vector<int64_t>& indices,
                     const ImageTransform& transform, int64_t pad_id, bool skip_bad_images,
-                    int64_t* bad_images, int64_t* bad_records) {
+                    int64_t* bad_images, int64_t* bad_records, int64_t pack_length) {
   // Tokenize here, on the worker: a bad record is an error or (skip mode) leaves the batch.
   const auto K = static_cast<size_t>(data.samples_per_item());
   std::vector<std::vector<Sample>> items;
@@ -64,7 +65,9 @@ Batch collate_items(const SampleSource& data, const std::vector<int64_t>& indice
   for (size_t k = 0; k < K; ++k)
     for (const auto& item : items) rows.push_back(&item[k]);
   int64_t dropped = 0;
-  Batch b = collate(rows, transform, pad_id, skip_bad_images, &dropped);
+  if (K > 1 && pack_length > 0)
+    throw Error("[DataLoader] preference pairs are not packed (data.packing)");
+  Batch b = collate(rows, transform, pad_id, skip_bad_images, &dropped, pack_length);
   if (K > 1) {
     // The samples of an item share its image, so an unreadable one drops all K rows together.
     if (dropped % static_cast<int64_t>(K) != 0 || b.input_ids.size(0) % static_cast<int64_t>(K))
@@ -134,8 +137,9 @@ DataLoader::Item DataLoader::plan_next() {
 
 DataLoader::Built DataLoader::build(const Item& item) const {
   Built out;
-  out.batch = collate_items(data_, item.samples, transform_, options_.pad_id,
-                            options_.skip_bad_images, &out.bad_images, &out.bad_records);
+  out.batch =
+      collate_items(data_, item.samples, transform_, options_.pad_id, options_.skip_bad_images,
+                    &out.bad_images, &out.bad_records, options_.pack_length);
   out.after = item.after;
   return out;
 }

@@ -33,6 +33,7 @@ struct LoaderOptions {
   int64_t prefetch = 2;    // batches prepared ahead, per worker
   bool group_by_length = false;
   bool skip_bad_images = false;
+  int64_t pack_length = 0;  // > 0: samples packed into rows of this many tokens (data.packing)
   int64_t pad_id = 0;
   uint64_t seed = 0;
   // Data parallelism: each global micro-batch holds batch_size x world_size samples, of which this
@@ -45,7 +46,7 @@ struct LoaderOptions {
 };
 
 // The loader settings a run's config asks for (train.batch_size / grad_accum, data.workers /
-// prefetch / group_by_length / on_bad_record, run.seed).
+// prefetch / group_by_length / on_bad_record / packing, run.seed).
 LoaderOptions loader_options(const Config& config, int64_t pad_id);
 
 // Where the loader stands: the epoch and the samples of it already handed out.
@@ -64,7 +65,7 @@ std::vector<std::vector<int64_t>> plan_epoch(const SampleSource& data, const Loa
 // with skip_bad_images (a pair's two rows share the image, so they leave together).
 Batch collate_items(const SampleSource& data, const std::vector<int64_t>& indices,
                     const ImageTransform& transform, int64_t pad_id, bool skip_bad_images,
-                    int64_t* bad_images, int64_t* bad_records);
+                    int64_t* bad_images, int64_t* bad_records, int64_t pack_length = 0);
 
 class DataLoader {
  public:

@@ -1,5 +1,7 @@
 #include "models/multimodal_model.h"
 
+#include <map>
+
 #include "core/error.h"
 
 namespace mllm {
@@ -55,29 +57,60 @@ torch::Tensor MultimodalModelImpl::embed(const torch::Tensor& input_ids,
   return splice_image_tokens(text, is_image, tokens.reshape({-1, tokens.size(-1)}));
 }
 
-std::pair<torch::Tensor, LayerHook> MultimodalModelImpl::prepare(
-    const torch::Tensor& input_ids, const torch::Tensor& pixel_values) {
-  if (!connector->feature_level()) return {embed(input_ids, pixel_values), LayerHook()};
-  // Feature-level: one placeholder per image marks its row; the connector's hook adds the
-  // image inside the LLM.
-  auto text = language_model->embed(input_ids);
-  const auto per_row = (input_ids == image_token_id_).sum(1);  // (B)
-  const auto features = image_features(pixel_values, text.options());
-  if (per_row.max().item<int64_t>() > 1 || per_row.sum().item<int64_t>() != features.size(0))
+torch::Tensor token_images(const torch::Tensor& is_image, const torch::Tensor& attention_mask,
+                           int64_t images) {
+  const auto B = is_image.size(0), T = is_image.size(1);
+  const auto placeholders = is_image.to(torch::kCPU).contiguous();
+  const auto samples = attention_mask.defined()
+                           ? attention_mask.to(torch::kCPU, torch::kLong).contiguous()
+                           : torch::ones({B, T}, torch::kLong);
+  auto out = torch::full({B, T}, -1, torch::kLong);
+  auto o = out.accessor<int64_t, 2>();
+  const auto p = placeholders.accessor<bool, 2>();
+  const auto s = samples.accessor<int64_t, 2>();
+  int64_t next = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    std::map<int64_t, int64_t> image_of;  // sample number -> image index
+    for (int64_t t = 0; t < T; ++t) {
+      if (!p[b][t]) continue;
+      if (!image_of.emplace(s[b][t], next++).second)
+        throw Error(
+            "[MultimodalModel] a feature-level connector takes at most one image per sample; "
+            "batch row " +
+            std::to_string(b) + " has a sample with more than one <image>");
+    }
+    for (int64_t t = 0; t < T; ++t) {
+      const auto it = image_of.find(s[b][t]);
+      if (s[b][t] != 0 && it != image_of.end()) o[b][t] = it->second;
+    }
+  }
+  if (next != images)
     throw Error(
         "[MultimodalModel] a feature-level connector needs one <image> placeholder per "
-        "image and at most one image per sample; the batch has " +
-        std::to_string(per_row.sum().item<int64_t>()) + " placeholders for " +
-        std::to_string(features.size(0)) + " images");
-  const auto rows = per_row.nonzero().view({-1});
-  return {text, connector->layer_hook(features, rows, input_ids.size(0))};
+        "image; the batch has " +
+        std::to_string(next) + " placeholders for " + std::to_string(images) + " images");
+  return out;
+}
+
+std::pair<torch::Tensor, LayerHook> MultimodalModelImpl::prepare(
+    const torch::Tensor& input_ids, const torch::Tensor& pixel_values,
+    const torch::Tensor& attention_mask) {
+  if (!connector->feature_level()) return {embed(input_ids, pixel_values), LayerHook()};
+  // Feature-level: one placeholder per image marks its sample; the connector's hook adds the
+  // image inside the LLM, to its sample's tokens.
+  auto text = language_model->embed(input_ids);
+  const auto features = image_features(pixel_values, text.options());
+  const auto seen = token_images(input_ids == image_token_id_, attention_mask, features.size(0));
+  return {text, connector->layer_hook(features, seen.to(input_ids.device()))};
 }
 
 torch::Tensor MultimodalModelImpl::forward(const torch::Tensor& input_ids,
                                            const torch::Tensor& pixel_values,
-                                           const torch::Tensor& attention_mask) {
-  const auto [embeds, hook] = prepare(input_ids, pixel_values);
-  return language_model->forward(embeds, attention_mask, {}, nullptr, hook ? &hook : nullptr);
+                                           const torch::Tensor& attention_mask,
+                                           const torch::Tensor& position_ids) {
+  const auto [embeds, hook] = prepare(input_ids, pixel_values, attention_mask);
+  return language_model->forward(embeds, attention_mask, position_ids, nullptr,
+                                 hook ? &hook : nullptr);
 }
 
 }  // namespace mllm

@@ -27,18 +27,27 @@ class MultimodalModelImpl : public torch::nn::Module {
   // number of <image> occurrences in the batch (may be 0 / undefined). Returns (B,T,C).
   torch::Tensor embed(const torch::Tensor& input_ids, const torch::Tensor& pixel_values);
 
-  // Hidden states after the LLM's final norm, (B,T,C). attention_mask (B,T) may be undefined.
+  // Hidden states after the LLM's final norm, (B,T,C). attention_mask (B,T) may be undefined;
+  // in packed rows it numbers each token's sample and position_ids (B,T) restart per sample
+  // (data/collator.h).
   torch::Tensor forward(const torch::Tensor& input_ids, const torch::Tensor& pixel_values,
-                        const torch::Tensor& attention_mask = {});
+                        const torch::Tensor& attention_mask = {},
+                        const torch::Tensor& position_ids = {});
 
   // The LLM's input for a batch: its embeddings (images spliced in for a token-level connector)
   // and, for a feature-level one, the hook that brings the images in at each layer (empty
   // otherwise). forward() runs exactly this; generation keeps the hook for every step.
   std::pair<torch::Tensor, LayerHook> prepare(const torch::Tensor& input_ids,
-                                              const torch::Tensor& pixel_values);
+                                              const torch::Tensor& pixel_values,
+                                              const torch::Tensor& attention_mask = {});
 
   // (...,C) -> (...,V)
   torch::Tensor logits(const torch::Tensor& hidden) { return language_model->logits(hidden); }
+  // (N,C), (N) -> (N) fp32 log-probabilities of the targets, the LM head in bounded chunks
+  // (LlamaForCausalLMImpl::target_logprobs).
+  torch::Tensor target_logprobs(const torch::Tensor& hidden, const torch::Tensor& targets) {
+    return language_model->target_logprobs(hidden, targets);
+  }
 
   // Q: placeholder tokens per image.
   int64_t image_tokens() const { return connector->output_tokens(); }
@@ -67,6 +76,14 @@ TORCH_MODULE(MultimodalModel);
 // Splices image tokens into text embeddings: every position where `is_image` (B,T) is true takes
 // the next row of `image_tokens` (N*Q,C), in row-major order. Out of place; gradients reach both
 // inputs.
+// For a feature-level connector: which image each token sees, (B,T) int64, -1 for none. Images
+// are numbered in the order of their placeholders (`is_image` (B,T), row by row); a token sees the
+// image of its sample (the attention_mask value it shares with the placeholder; one sample per
+// row when attention_mask is undefined or 0/1), padding none. Throws when a sample has more than
+// one placeholder or the placeholders are not `images`.
+torch::Tensor token_images(const torch::Tensor& is_image, const torch::Tensor& attention_mask,
+                           int64_t images);
+
 torch::Tensor splice_image_tokens(const torch::Tensor& text_embeds, const torch::Tensor& is_image,
                                   const torch::Tensor& image_tokens);
 

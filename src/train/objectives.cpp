@@ -6,14 +6,11 @@ namespace mllm {
 
 ObjectiveOutput lm_loss(MultimodalModelImpl& model, const Batch& batch) {
   auto hidden =
-      model.forward(batch.input_ids, batch.pixel_values, batch.attention_mask);  // (B,T,C)
-  auto targets = batch.labels.slice(1, 1);                                       // (B,T-1)
+      model.forward(batch.input_ids, batch.pixel_values, batch.attention_mask, batch.position_ids);
+  auto targets = batch.labels.slice(1, 1);  // (B,T-1)
   auto keep = targets != kIgnoreIndex;
-  auto h = hidden.slice(1, 0, -1).index({keep});    // (N,C)
-  auto logits = model.logits(h).to(torch::kFloat);  // (N,V)
-  auto loss = torch::nn::functional::cross_entropy(
-      logits, targets.index({keep}),
-      torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
+  auto h = hidden.slice(1, 0, -1).index({keep});  // (N,C)
+  auto loss = -model.target_logprobs(h, targets.index({keep})).sum();
   const int64_t n = keep.sum().item<int64_t>();
   // A mixture-of-experts LLM adds its load-balancing loss, coef * aux, to the mean token loss (as
   // transformers' MixtralForCausalLM does); here scaled by the tokens so the step's division by
@@ -30,9 +27,8 @@ torch::Tensor response_logps_from_hidden(MultimodalModelImpl& model, const torch
                                          const torch::Tensor& labels, bool average) {
   auto targets = labels.slice(1, 1);  // (B,T-1)
   auto keep = targets != kIgnoreIndex;
-  auto logits = model.logits(hidden.slice(1, 0, -1).index({keep})).to(torch::kFloat);  // (N,V)
   auto token_logps =
-      logits.log_softmax(-1).gather(1, targets.index({keep}).unsqueeze(1)).squeeze(1);  // (N)
+      model.target_logprobs(hidden.slice(1, 0, -1).index({keep}), targets.index({keep}));  // (N)
   const int64_t B = labels.size(0);
   auto rows = torch::arange(B, labels.options()).unsqueeze(1).expand_as(keep);
   auto total =

@@ -32,8 +32,9 @@ class Objective {
 };
 
 // Next-token cross-entropy on the supervised tokens: position t predicts labels[t+1]. Only the
-// hidden states of supervised positions go through the LM head (B*T*V logits are never
-// materialised). MoE LLMs add router_aux_loss_coef x their load-balancing loss.
+// hidden states of supervised positions go through the LM head, in chunks of bounded size
+// (train.lm_head_chunk_mb): B*T*V logits are never materialised. MoE LLMs add
+// router_aux_loss_coef x their load-balancing loss.
 ObjectiveOutput lm_loss(MultimodalModelImpl& model, const Batch& batch);
 
 // Log-probability of each row's supervised tokens under the model (the response of a preference

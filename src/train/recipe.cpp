@@ -57,6 +57,12 @@ void check_registered_names(const Config& c) {
                         " reads " + formats + ")");
     }
   }
+  if (c.data.packing && !stage.packs)
+    throw ConfigError(
+        where(c, "data.packing") + ": train.stage '" + stage.name + "' does not pack samples (" +
+        (stage.data == StageData::preference_pairs ? "a preference pair is scored row against row"
+                                                   : "each row is one image-caption pair") +
+        "); set data.packing: false");
   if (stage.check) {
     const auto [key, message] = stage.check(c.train);
     if (!key.empty()) throw ConfigError(where(c, key) + ": " + message);

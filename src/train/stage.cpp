@@ -85,9 +85,10 @@ namespace {
 torch::Tensor sequence_nll(MultimodalModelImpl& model, const torch::Tensor& hidden,
                            const Batch& batch, int64_t P) {
   const auto t = sequence_targets(batch.input_ids, batch.attention_mask, model.image_token_id(), P);
-  const auto logits =
-      model.logits(hidden.slice(0, 0, P).slice(1, 0, -1).index({t.keep})).to(torch::kFloat);
-  return torch::nn::functional::cross_entropy(logits, t.targets.index({t.keep}));
+  return -model
+              .target_logprobs(hidden.slice(0, 0, P).slice(1, 0, -1).index({t.keep}),
+                               t.targets.index({t.keep}))
+              .mean();
 }
 
 // The chosen replies' mean NLL, from their log-probabilities (summed, or averaged per token).

@@ -58,7 +58,11 @@ struct Stage {
   std::string name;
   std::string summary;  // one line, for docs and --help
   StageData data = StageData::conversations;
-  bool needs_reference = false;       // a frozen copy of the initial policy (built by the trainer)
+  bool needs_reference = false;  // a frozen copy of the initial policy (built by the trainer)
+  // Whether data.packing may put several of its samples in one row: the next-token stages, whose
+  // loss is per token. Preference pairs are scored per row (chosen against rejected), and the
+  // contrastive stage per image-caption row: those reject packing.
+  bool packs = false;
   std::vector<std::string> formats;   // the data.train / data.eval formats it accepts
   std::vector<std::string> metrics;   // what its objective logs besides the loss
   std::vector<std::string> headline;  // of which the step's log line shows

@@ -266,6 +266,7 @@ struct Trainer::Impl {
   // The loop's bookkeeping.
   std::optional<Clock::time_point> loop_start;
   Clock::time_point interval_start = Clock::now();
+  int64_t interval_positions = 0, interval_unpacked = 0;  // padding fractions of the interval
   int64_t interval_tokens = 0, steps_here = 0, tokens_here = 0, bad_in_a_row = 0, last_saved = -1;
   double interval_wait = 0, total_wait = 0;
   std::optional<StopSignals> stop;
@@ -369,6 +370,10 @@ struct Trainer::Impl {
                    config.train.lora.rank, config.train.lora.alpha, config.train.lora.dropout,
                    adapted.size());
     model->language_model->model->set_gradient_checkpointing(config.train.gradient_checkpointing);
+    // The LM head's bound: MiB of fp32 logits -> elements (0: one chunk).
+    const int64_t max_logits = config.train.lm_head_chunk_mb * (int64_t{1} << 20) / 4;
+    model->language_model->set_max_logits(max_logits);
+    if (reference) reference->language_model->set_max_logits(max_logits);
     if (config.train.gradient_checkpointing)
       spdlog::info("gradient checkpointing: each LLM layer is recomputed in backward");
     int64_t n_tensors = 0;
@@ -497,15 +502,20 @@ struct Trainer::Impl {
       r.backward_s += seconds_since(t);
       for (const auto& [k, v] : o.metric_sums) r.metrics[k] += v;
       r.tokens += b.tokens;
+      r.positions += b.positions;
+      r.unpacked_positions += b.unpacked_positions;
     }
     const auto t = Clock::now();
     grad_sync->finish();
     // The step's figures over all ranks (every rank's objective reports the same names).
-    std::vector<double> v{loss_sum, static_cast<double>(r.tokens)};
+    std::vector<double> v{loss_sum, static_cast<double>(r.tokens), static_cast<double>(r.positions),
+                          static_cast<double>(r.unpacked_positions)};
     for (const auto& kv : r.metrics) v.push_back(kv.second);
     v = group->sum(v, "the step's metrics");
     r.tokens = static_cast<int64_t>(v[1]);
-    size_t k = 2;
+    r.positions = static_cast<int64_t>(v[2]);
+    r.unpacked_positions = static_cast<int64_t>(v[3]);
+    size_t k = 4;
     const double w = static_cast<double>(std::max<int64_t>(1, weight));
     for (auto& kv : r.metrics) kv.second = v[k++] / w;
     r.loss = v[0] / w;
@@ -530,6 +540,8 @@ struct Trainer::Impl {
     r.weight = weight;
     forward_backward(micro, weight, r);
     interval_tokens += r.tokens;
+    interval_positions += r.positions;
+    interval_unpacked += r.unpacked_positions;
     tokens_here += r.tokens;
     t = Clock::now();
     const double max_norm =
@@ -608,6 +620,14 @@ struct Trainer::Impl {
                              {"truncated_samples", stats.truncated},
                              {"dropped_images", loader->dropped()},
                              {"dropped_records", loader->dropped_records()}};
+    // The share of input positions that were padding, and what it would have been unpacked.
+    auto padding = [&](int64_t positions) {
+      return positions > 0
+                 ? 1.0 - static_cast<double>(interval_tokens) / static_cast<double>(positions)
+                 : 0.0;
+    };
+    record["padding"] = padding(interval_positions);
+    record["padding_unpacked"] = padding(interval_unpacked);
     std::string extra;
     for (const auto& [k, v] : r.metrics) {
       record[k] = v;
@@ -621,7 +641,7 @@ struct Trainer::Impl {
         r.step, total, r.loss, extra, r.lr, r.grad_norm, tps, 100 * data_wait,
         format_duration(eta));
     interval_start = Clock::now();
-    interval_tokens = 0;
+    interval_tokens = interval_positions = interval_unpacked = 0;
     interval_wait = 0;
   }
 

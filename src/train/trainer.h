@@ -60,6 +60,9 @@ struct StepResult {
   double loss = 0, grad_norm = 0, lr = 0;
   int64_t weight = 0;  // what the loss is a mean over (supervised tokens, or pairs)
   int64_t tokens = 0;  // input positions that are not padding
+  // Input positions the batches held (rows x length), and would have held unpacked: the padding
+  // fraction is 1 - tokens / positions (data.packing lowers it).
+  int64_t positions = 0, unpacked_positions = 0;
   std::map<std::string, double> metrics;  // the objective's further figures, means over weight
   bool skipped = false;                   // not finite: no update (train.max_bad_steps)
   // Wall time of the phases on this process (for benchmarks): forward, backward with the

@@ -535,3 +535,30 @@ TEST_CASE(
   CHECK(batch.supervised_tokens == 4);
   CHECK(!batch.pixel_values.defined());
 }
+
+TEST_CASE("collator: packing puts whole samples in rows, numbers them, restarts their positions") {
+  // Lengths 4, 2, 3 into rows of 6: first-fit by decreasing length gives {a, b} and {c}.
+  Sample a{"a", {1, 5, 6, 2}, {-100, 5, 6, 2}, {}};
+  Sample b{"b", {1, 7}, {-100, 7}, {}};
+  Sample c{"c", {1, 8, 9}, {-100, -100, 9}, {}};
+  ImageTransform t(ImageConfig{}, 8);
+  const Batch u = collate({&a, &b, &c}, t, /*pad_id=*/0);
+  const Batch p = collate({&a, &b, &c}, t, /*pad_id=*/0, false, nullptr, /*pack_length=*/6);
+  REQUIRE(p.input_ids.sizes() == torch::IntArrayRef({2, 6}));
+  CHECK(torch::equal(p.input_ids[0], torch::tensor({1, 5, 6, 2, 1, 7}, torch::kLong)));
+  CHECK(torch::equal(p.attention_mask[0], torch::tensor({1, 1, 1, 1, 2, 2}, torch::kLong)));
+  CHECK(torch::equal(p.attention_mask[1], torch::tensor({1, 1, 1, 0, 0, 0}, torch::kLong)));
+  CHECK(torch::equal(p.position_ids[0], torch::tensor({0, 1, 2, 3, 0, 1}, torch::kLong)));
+  // b's first token is no target: a's last token must not learn to predict it.
+  CHECK(torch::equal(p.labels[0], torch::tensor({-100, 5, 6, 2, -100, 7}, torch::kLong)));
+  CHECK(p.supervised_tokens == u.supervised_tokens);
+  CHECK(p.tokens == u.tokens);
+  CHECK(p.ids == std::vector<std::string>{"a+b", "c"});
+  CHECK(p.samples == 3);
+  CHECK(p.positions == 12);           // 2 rows x 6
+  CHECK(p.unpacked_positions == 12);  // 3 samples x 4
+  CHECK(u.positions == 12);
+  CHECK_FALSE(u.position_ids.defined());
+  CHECK(pack_rows({4, 2, 3}, 6) == std::vector<std::vector<size_t>>{{0, 1}, {2}});
+  CHECK(pack_rows({5, 5, 5}, 4) == std::vector<std::vector<size_t>>{{0}, {1}, {2}});
+}

@@ -56,3 +56,19 @@ TEST_CASE("recipe: every registered name is accepted and every accepted name reg
                           "train.dpo.loss_type=ipo", "train.dpo.label_smoothing=0.1"}),
              Catch::Contains("train.dpo.label_smoothing: applies to loss_type sigmoid only"));
 }
+
+TEST_CASE(
+    "recipe: data.packing is for the next-token stages; preference and clip stages refuse it") {
+  TempDir dir;
+  write_text(dir / "pairs.json", "[]");
+  const auto p = recipe(dir, "");
+  CHECK(error_of(p, {"data.packing=true"}) == "");
+  CHECK(error_of(p, {"data.packing=true", "train.stage=instruct"}) == "");
+  CHECK_THAT(
+      error_of(p, {"data.packing=true", "train.stage=dpo", "data.train.format=preference_json"}),
+      Catch::Contains("data.packing: train.stage 'dpo' does not pack samples (a preference "
+                      "pair is scored row against row); set data.packing: false"));
+  CHECK_THAT(error_of(p, {"data.packing=true", "train.stage=clip"}),
+             Catch::Contains("data.packing: train.stage 'clip' does not pack samples"));
+  CHECK_THAT(error_of(p, {"data.packing=yes please"}), Catch::Contains("data.packing"));
+}

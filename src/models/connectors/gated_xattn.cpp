@@ -6,10 +6,12 @@
 // with both gates initialised at zero, so at the start the LLM computes exactly what it did alone.
 // media = Linear(Cv -> C) of the encoder's patch features (Flamingo puts a Perceiver Resampler
 // there; `resampler` is the separate token-level design). A sample without an image gets no
-// cross-attention update. The single image of a sample is visible to all of its tokens (Flamingo
+// cross-attention update. The single image of a sample is visible to all of its tokens, and to
+// no other sample's in a packed row (Flamingo
 // restricts each token to the image immediately before it; with one image per record, as here,
 // and LLaVA's image-first prompts the two coincide for every supervised token).
 // Parameter names: multi_modal_projector.media_proj.*, multi_modal_projector.blocks.N.*.
+#include <algorithm>
 #include <cmath>
 
 #include "core/error.h"
@@ -39,15 +41,16 @@ class GatedXAttnBlockImpl : public torch::nn::Module {
     ff_gate = register_parameter("ff_gate", torch::zeros({1}));
   }
 
-  // x (B,T,C); media (B,P,C); has_image (B,1,1) 1 where the row has an image.
+  // x (B,T,C); media (B,S,C); has_image (B,1,1) or (B,T,1): 1 where the row (token) sees an
+  // image; mask: optional additive (B,1,T,S) restricting each token to its own image's media.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& media,
-                        const torch::Tensor& has_image) {
+                        const torch::Tensor& has_image, const c10::optional<torch::Tensor>& mask) {
     const auto B = x.size(0), T = x.size(1), P = media.size(1), C = x.size(2);
     const auto D = C / heads_;
     auto q = q_proj(attn_norm(x)).view({B, T, heads_, D}).transpose(1, 2);
     auto k = k_proj(media).view({B, P, heads_, D}).transpose(1, 2);
     auto v = v_proj(media).view({B, P, heads_, D}).transpose(1, 2);
-    auto y = o_proj(attention(q, k, v, c10::nullopt, false).transpose(1, 2).reshape({B, T, C}));
+    auto y = o_proj(attention(q, k, v, mask, false).transpose(1, 2).reshape({B, T, C}));
     auto h = x + torch::tanh(attn_gate).to(x.scalar_type()) * y * has_image;
     auto f = fc2(torch::gelu(fc1(ff_norm(h))));
     return h + torch::tanh(ff_gate).to(x.scalar_type()) * f * has_image;
@@ -80,23 +83,62 @@ class GatedXAttn : public Connector {
   int64_t output_tokens() const override { return 1; }
   bool feature_level() const override { return true; }
 
-  LayerHook layer_hook(const torch::Tensor& features, const torch::Tensor& image_rows,
-                       int64_t batch) override {
+  LayerHook layer_hook(const torch::Tensor& features, const torch::Tensor& token_image) override {
     const auto media_n = media_proj(features);  // (N,P,C)
-    const auto P = features.size(1);
-    // Per batch row: its image's media, or zeros (masked out by has_image).
-    auto media = torch::zeros({batch, P, C_}, media_n.options());
-    auto has_image = torch::zeros({batch, 1, 1}, media_n.options());
-    if (features.size(0) > 0) {
-      media = media.index_copy(0, image_rows, media_n);
-      has_image = has_image.index_fill(0, image_rows, 1.0);
+    const auto B = token_image.size(0), T = token_image.size(1), P = features.size(1);
+    // Each row's images, in order of first appearance (its slots), and each token's slot.
+    const auto ti = token_image.to(torch::kCPU, torch::kLong).contiguous();
+    const auto image = ti.accessor<int64_t, 2>();
+    std::vector<std::vector<int64_t>> row_images(static_cast<size_t>(B));
+    auto slots = torch::full({B, T}, -1, torch::kLong);
+    auto slot = slots.accessor<int64_t, 2>();
+    int64_t M = 0;
+    for (int64_t b = 0; b < B; ++b) {
+      auto& seen = row_images[static_cast<size_t>(b)];
+      for (int64_t t = 0; t < T; ++t) {
+        if (image[b][t] < 0) continue;
+        auto it = std::find(seen.begin(), seen.end(), image[b][t]);
+        if (it == seen.end()) it = seen.insert(seen.end(), image[b][t]);
+        slot[b][t] = it - seen.begin();
+      }
+      M = std::max(M, static_cast<int64_t>(seen.size()));
+    }
+    // Media slot b*M + j holds row b's j-th image; empty slots stay zero (and are never seen).
+    std::vector<int64_t> dest, src;
+    for (int64_t b = 0; b < B; ++b)
+      for (size_t j = 0; j < row_images[static_cast<size_t>(b)].size(); ++j)
+        dest.push_back(b * M + static_cast<int64_t>(j)),
+            src.push_back(row_images[static_cast<size_t>(b)][j]);
+    const auto M1 = std::max<int64_t>(M, 1);
+    auto media = torch::zeros({B * M1, P, C_}, media_n.options());
+    if (!dest.empty()) {
+      const auto device = media_n.device();
+      media =
+          media.index_copy(0, torch::tensor(dest, torch::kLong).to(device),
+                           media_n.index_select(0, torch::tensor(src, torch::kLong).to(device)));
     } else {
       media = media + media_n.sum() * 0.0;  // keep media_proj in the graph (zero gradient)
     }
-    return [this, media, has_image](int64_t layer, const torch::Tensor& h) {
+    media = media.view({B, M1 * P, C_});
+    torch::Tensor has_image;
+    c10::optional<torch::Tensor> mask;
+    if (M <= 1) {
+      // Each row sees one image or none (unpacked rows): the whole row sees it, whatever its
+      // length, so the hook also serves generation's later steps.
+      has_image = (std::get<0>(slots.max(1)) >= 0).to(media_n.scalar_type()).view({B, 1, 1});
+    } else {
+      // Packed rows: each token sees only its slot's P media positions.
+      has_image = (slots >= 0).to(media_n.scalar_type()).view({B, T, 1});
+      const auto key_slot = torch::arange(M, torch::kLong).repeat_interleave(P);  // (M*P)
+      const auto allowed = slots.view({B, 1, T, 1}) == key_slot.view({1, 1, 1, M * P});
+      mask = torch::zeros(allowed.sizes(), media_n.options().dtype(torch::kFloat))
+                 .masked_fill(allowed.to(media_n.device()).logical_not(), -1e9);
+    }
+    has_image = has_image.to(media_n.device());
+    return [this, media, has_image, mask](int64_t layer, const torch::Tensor& h) {
       if (layer % every_ != 0) return h;
       auto block = blocks[static_cast<size_t>(layer / every_)]->as<GatedXAttnBlock>();
-      return block->forward(h, media.to(h.scalar_type()), has_image.to(h.scalar_type()));
+      return block->forward(h, media.to(h.scalar_type()), has_image.to(h.scalar_type()), mask);
     };
   }
 

@@ -42,6 +42,7 @@ struct LayerCheckpoint : torch::autograd::Function<LayerCheckpoint> {
     r->rng = save_rng_state(x.device());
     r->autocast = autocast_state();
     torch::Tensor logits;
+    FuseWithoutGradScope fused;  // the projections as the recomputation (with gradients) runs them
     auto y = r->layer->forward(x, r->cos, r->sin, r->mask, logits);
     r->moe = logits.defined();
     ctx->save_for_backward({x});

@@ -2,6 +2,7 @@
 
 #include "core/torch_compat.h"
 #include "models/llm/layer_checkpoint.h"
+#include "models/llm/lm_head_logprobs.h"
 
 namespace mllm {
 
@@ -54,9 +55,10 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const torch::T
                                           const c10::optional<torch::Tensor>& mask,
                                           torch::Tensor* cache_k, torch::Tensor* cache_v) {
   const auto B = x.size(0), T = x.size(1);
-  auto q = q_proj(x).view({B, T, heads, head_dim}).transpose(1, 2);  // (B,H,T,D)
-  auto k = k_proj(x).view({B, T, kv_heads, head_dim}).transpose(1, 2);
-  auto v = v_proj(x).view({B, T, kv_heads, head_dim}).transpose(1, 2);
+  const auto qkv = fused_linear(x, {q_proj.get(), k_proj.get(), v_proj.get()});
+  auto q = qkv[0].reshape({B, T, heads, head_dim}).transpose(1, 2);  // (B,H,T,D)
+  auto k = qkv[1].reshape({B, T, kv_heads, head_dim}).transpose(1, 2);
+  auto v = qkv[2].reshape({B, T, kv_heads, head_dim}).transpose(1, 2);
   // (T,D) tables broadcast over (B,H,T,D); per-row (B,T,D) ones need the head axis.
   auto c = cos.to(q.scalar_type()), s = sin.to(q.scalar_type());
   if (c.dim() == 3) c = c.unsqueeze(1), s = s.unsqueeze(1);
@@ -69,11 +71,9 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const torch::T
     }
     *cache_k = k, *cache_v = v;
   }
-  if (kv_heads != heads) {  // grouped-query attention: each kv head serves heads/kv_heads queries
-    k = k.repeat_interleave(heads / kv_heads, 1);
-    v = v.repeat_interleave(heads / kv_heads, 1);
-  }
-  auto y = attention(q, k, v, mask, true);
+  // Grouped-query attention reads each kv head for its heads/kv_heads query heads in place.
+  // A mask, when given, is the whole mask (causal included); without one, plain causal.
+  auto y = attention(q, k, v, mask, !mask.has_value());
   return o_proj(y.transpose(1, 2).reshape({B, T, heads * head_dim}));
 }
 
@@ -85,7 +85,8 @@ LlamaMlpImpl::LlamaMlpImpl(const LlmConfig& c) {
 }
 
 torch::Tensor LlamaMlpImpl::forward(const torch::Tensor& x) {
-  return down_proj(F::silu(gate_proj(x)) * up_proj(x));
+  const auto gate_up = fused_linear(x, {gate_proj.get(), up_proj.get()});
+  return down_proj(F::silu(gate_up[0]) * gate_up[1]);
 }
 
 MixtralExpertImpl::MixtralExpertImpl(const LlmConfig& c) {
@@ -139,7 +140,8 @@ torch::Tensor load_balancing_loss(const std::vector<torch::Tensor>& router_logit
     prob_per_expert = probs.mean(0);          // (E)
   } else {
     const auto layers = static_cast<int64_t>(router_logits.size());
-    const auto m = attention_mask.to(torch::kFloat)
+    const auto m = (attention_mask != 0)
+                       .to(torch::kFloat)
                        .reshape({1, -1})
                        .expand({layers, -1})
                        .reshape({-1, 1});  // (L*N,1): layer-major, as the logits are concatenated
@@ -171,6 +173,25 @@ torch::Tensor LlamaDecoderLayerImpl::forward(const torch::Tensor& x, const torch
   return h + (block_sparse_moe ? block_sparse_moe->forward(n, router_logits) : mlp(n));
 }
 
+c10::optional<torch::Tensor> decoder_mask(const torch::Tensor& attention_mask, int64_t T, int64_t S,
+                                          const torch::TensorOptions& options) {
+  if (!attention_mask.defined()) return c10::nullopt;
+  if (attention_mask.size(1) != S)
+    throw std::invalid_argument("attention_mask has " + std::to_string(attention_mask.size(1)) +
+                                " positions, expected " + std::to_string(S));
+  const auto B = attention_mask.size(0);
+  const auto keys = attention_mask.view({B, 1, 1, S});
+  const bool packed = attention_mask.max().item<int64_t>() > 1;
+  if (!packed && attention_mask.all().item<bool>()) return c10::nullopt;  // plain causal
+  // Allowed: real keys (non-zero), of the query's own sample when the row is packed, not after
+  // the query. Disallowed scores get -1e9 (finite: a padded query row stays a number).
+  auto allowed = keys != 0;
+  if (packed) allowed = allowed & (attention_mask.slice(1, S - T).view({B, 1, T, 1}) == keys);
+  allowed = allowed & torch::ones({T, S}, options.dtype(torch::kBool)).tril(S - T);
+  return torch::zeros(allowed.sizes(), options.dtype(torch::kFloat))
+      .masked_fill(allowed.logical_not(), -1e9);
+}
+
 LlamaModelImpl::LlamaModelImpl(const LlmConfig& c) : config_(c) {
   embed_tokens = register_module("embed_tokens", torch::nn::Embedding(c.vocab, c.hidden));
   layers = register_module("layers", torch::nn::ModuleList());
@@ -198,16 +219,7 @@ torch::Tensor LlamaModelImpl::forward(const torch::Tensor& inputs_embeds,
   const double factor = config_.rope_scaling == "linear" ? config_.rope_scaling_factor : 1.0;
   auto [cos, sin] = rope_tables(positions, config_.attention_head_dim(), config_.rope_theta, factor,
                                 inputs_embeds.options());
-  c10::optional<torch::Tensor> mask;
-  if (attention_mask.defined() && !attention_mask.all().item<bool>()) {
-    // Padding keys get a large negative score (finite, so a fully padded row stays a number).
-    if (attention_mask.size(1) != S)
-      throw std::invalid_argument("attention_mask has " + std::to_string(attention_mask.size(1)) +
-                                  " positions, expected " + std::to_string(S));
-    auto keep = attention_mask.to(torch::kBool).view({attention_mask.size(0), 1, 1, S});
-    mask = torch::zeros(keep.sizes(), inputs_embeds.options().dtype(torch::kFloat))
-               .masked_fill(keep.logical_not(), -1e9);
-  }
+  const auto mask = decoder_mask(attention_mask, T, S, inputs_embeds.options());
   router_logits.clear();
   auto h = inputs_embeds;
   if (hidden_states) hidden_states->assign(1, h);
@@ -255,6 +267,18 @@ torch::Tensor LlamaForCausalLMImpl::aux_loss(const torch::Tensor& attention_mask
 
 torch::Tensor LlamaForCausalLMImpl::logits(const torch::Tensor& hidden) {
   return lm_head ? lm_head(hidden) : F::linear(hidden, model->embed_tokens->weight);
+}
+
+torch::Tensor LlamaForCausalLMImpl::target_logprobs(const torch::Tensor& hidden,
+                                                    const torch::Tensor& targets) {
+  if (lm_head && lm_head->has_adapter())
+    return logits(hidden)
+        .to(torch::kFloat)
+        .log_softmax(-1)
+        .gather(1, targets.unsqueeze(1))
+        .squeeze(1);
+  const auto& weight = lm_head ? lm_head->weight : model->embed_tokens->weight;
+  return lm_head_target_logprobs(hidden, weight, targets, max_logits_);
 }
 
 void LlamaForCausalLMImpl::resize_vocab(int64_t vocab) {

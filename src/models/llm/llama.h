@@ -39,21 +39,29 @@ std::pair<torch::Tensor, torch::Tensor> rope_tables(const torch::Tensor& positio
                                                     const torch::TensorOptions& options);
 
 // Keys and values of the positions seen so far, per layer, for incremental decoding: (B,KVH,S,D)
-// after the rotary embedding and before the grouped-query repeat (what transformers' DynamicCache
+// after the rotary embedding, one per kv head (what transformers' DynamicCache
 // holds). Empty until the first forward that is given it.
 struct KvCache {
   std::vector<torch::Tensor> k, v;  // one per layer
   int64_t length() const { return k.empty() || !k[0].defined() ? 0 : k[0].size(2); }
 };
 
+// The decoder's attention mask for T queries over S keys (the queries are the last T), additive
+// (B,1,T,S) with causality included, from `attention_mask` (B,S): 0 marks padding; any other
+// value names the sample a token belongs to, so a row may pack several samples (1,1,2,2,2,3,0,0)
+// and each token attends only to earlier tokens of its own sample (the block-diagonal causal mask
+// of packing; values 0/1 are the usual padding mask). None (plain causal) when attention_mask is
+// undefined or all ones.
+c10::optional<torch::Tensor> decoder_mask(const torch::Tensor& attention_mask, int64_t T, int64_t S,
+                                          const torch::TensorOptions& options);
+
 class LlamaAttentionImpl : public torch::nn::Module {
  public:
   explicit LlamaAttentionImpl(const LlmConfig& c);
-  // x (B,T,C); cos/sin (T,D) or (B,T,D); mask: optional additive (B,1,T,T) or (B,1,1,T) on top of
-  // the causal mask. Returns (B,T,C).
+  // x (B,T,C); cos/sin (T,D) or (B,T,D); mask: the whole additive mask (B,1,T,S), causal
+  // included (decoder_mask), or none for plain causal attention. Returns (B,T,C).
   // With `cache_k`/`cache_v` (a layer's slot of a KvCache), x holds only the new positions: their
-  // keys and values are appended, and they attend to every cached position (mask then covers
-  // all S positions: (B,1,1,S)).
+  // keys and values are appended, and they attend to every cached position (S = cached + T).
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
                         const c10::optional<torch::Tensor>& mask, torch::Tensor* cache_k = nullptr,
                         torch::Tensor* cache_v = nullptr);
@@ -117,8 +125,9 @@ TORCH_MODULE(LlamaDecoderLayer);
 class LlamaModelImpl : public torch::nn::Module {
  public:
   explicit LlamaModelImpl(const LlmConfig& c);
-  // inputs_embeds (B,T,C); attention_mask (B,T) with 1 for real tokens, or undefined when every
-  // token is real; position_ids (B,T) or undefined for 0..T-1 (left-padded generation passes
+  // inputs_embeds (B,T,C); attention_mask (B,T) with 1 for real tokens (or, in packed rows, the
+  // number of the sample each token belongs to: decoder_mask), or undefined when every token is
+  // real; position_ids (B,T) or undefined for 0..T-1 (left-padded generation passes
   // them). Returns the final-normed hidden states (B,T,C). With `hidden_states`, also collects
   // HF's output_hidden_states: the embeddings, then each layer's output, the last one normed.
   // `hook`, when given, runs before each layer (feature-level connectors). With `cache`,
@@ -161,6 +170,14 @@ class LlamaForCausalLMImpl : public torch::nn::Module {
   // The load-balancing loss of the last forward (undefined for dense models).
   torch::Tensor aux_loss(const torch::Tensor& attention_mask = {}) const;
   torch::Tensor logits(const torch::Tensor& hidden);  // (...,C) -> (...,V)
+  // log softmax(logits(hidden))[i, targets[i]]: hidden (N,C), targets (N) -> (N) fp32, the LM head
+  // run in chunks of rows so that at most max_logits() fp32 logits exist at once, forward or
+  // backward (models/llm/lm_head_logprobs.h). An LM head with a LoRA adapter runs unchunked.
+  torch::Tensor target_logprobs(const torch::Tensor& hidden, const torch::Tensor& targets);
+  // The bound on the logits of target_logprobs (elements; <= 0: none). 64 Mi by default (256 MiB
+  // of fp32: 441 rows of a 152k vocabulary at a time).
+  void set_max_logits(int64_t n) { max_logits_ = n; }
+  int64_t max_logits() const { return max_logits_; }
   const LlmConfig& config() const { return config_; }
   // Grows the vocabulary to `vocab` rows (a tokenizer with added tokens such as <image>): the
   // existing rows of embed_tokens and lm_head are kept, each new row is the mean of the old ones
@@ -172,6 +189,7 @@ class LlamaForCausalLMImpl : public torch::nn::Module {
 
  private:
   LlmConfig config_;
+  int64_t max_logits_ = int64_t{64} << 20;
 };
 TORCH_MODULE(LlamaForCausalLM);
 

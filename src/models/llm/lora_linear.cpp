@@ -27,6 +27,62 @@ torch::Tensor LoraLinearImpl::forward(const torch::Tensor& x) {
   return y + lora_B(lora_A(a)) * scaling;
 }
 
+namespace {
+thread_local bool fuse_without_grad = false;
+}  // namespace
+
+FuseWithoutGradScope::FuseWithoutGradScope() : prev_(fuse_without_grad) {
+  fuse_without_grad = true;
+}
+FuseWithoutGradScope::~FuseWithoutGradScope() {
+  fuse_without_grad = prev_;
+}
+
+std::vector<torch::Tensor> fused_linear(const torch::Tensor& x,
+                                        const std::vector<torch::Tensor>& weights,
+                                        const std::vector<torch::Tensor>& biases) {
+  bool grad = false, any_bias = false;
+  for (const auto& w : weights) grad = grad || w.requires_grad();
+  for (const auto& b : biases) any_bias = any_bias || b.defined();
+  std::vector<torch::Tensor> out;
+  if (!grad || !(torch::GradMode::is_enabled() || fuse_without_grad) || weights.size() < 2) {
+    for (size_t i = 0; i < weights.size(); ++i) out.push_back(F::linear(x, weights[i], biases[i]));
+    return out;
+  }
+  torch::Tensor bias;
+  if (any_bias) {
+    std::vector<torch::Tensor> parts;
+    for (size_t i = 0; i < weights.size(); ++i)
+      parts.push_back(biases[i].defined()
+                          ? biases[i]
+                          : torch::zeros({weights[i].size(0)}, weights[i].options()));
+    bias = torch::cat(parts);
+  }
+  const auto y = F::linear(x, torch::cat(weights), bias);
+  int64_t at = 0;
+  for (const auto& w : weights) {
+    out.push_back(y.narrow(-1, at, w.size(0)));
+    at += w.size(0);
+  }
+  return out;
+}
+
+std::vector<torch::Tensor> fused_linear(const torch::Tensor& x,
+                                        const std::vector<LoraLinearImpl*>& layers) {
+  std::vector<torch::Tensor> weights, biases;
+  for (const auto* l : layers) weights.push_back(l->weight), biases.push_back(l->bias);
+  auto out = fused_linear(x, weights, biases);
+  for (size_t i = 0; i < layers.size(); ++i) {
+    auto* l = layers[i];
+    if (!l->has_adapter()) continue;
+    const auto a = l->dropout > 0 && l->is_training()
+                       ? F::dropout(x, F::DropoutFuncOptions().p(l->dropout))
+                       : x;
+    out[i] = out[i] + l->lora_B(l->lora_A(a)) * l->scaling;
+  }
+  return out;
+}
+
 void LoraLinearImpl::add_adapter(int64_t rank, double alpha, double dropout_p) {
   if (has_adapter()) throw Error("[LoraLinear::add_adapter] the layer already has an adapter");
   if (rank < 1) throw Error("[LoraLinear::add_adapter] rank must be >= 1");

@@ -34,4 +34,35 @@ class LoraLinearImpl : public torch::nn::Module {
 };
 TORCH_MODULE(LoraLinear);
 
+// Linear layers that read the same input (q/k/v; gate/up), run as one GEMM over their weights
+// stacked: x (...,I) -> each layer's output (...,O_i), the values of calling them one by one.
+// Fewer, larger kernels; the parameters stay each layer's own under its HF name, so checkpoints,
+// exports, freezing and LoRA targets are unchanged. The stacked weight is a concatenation made
+// for the call (its gradient splits back into the layers'), so it is used only while a gradient
+// is being recorded for one of the weights, where the backward's saving pays for the copy; in
+// generation, evaluation or a frozen LLM each layer runs alone and no weight is copied. A
+// layer's LoRA adapter adds its update to its own output.
+std::vector<torch::Tensor> fused_linear(const torch::Tensor& x,
+                                        const std::vector<LoraLinearImpl*>& layers);
+
+// While one is alive on this thread, fused_linear fuses trainable weights without grad mode too:
+// gradient checkpointing's first forward, which must compute exactly what its recomputation (with
+// gradients) will.
+class FuseWithoutGradScope {
+ public:
+  FuseWithoutGradScope();
+  ~FuseWithoutGradScope();
+  FuseWithoutGradScope(const FuseWithoutGradScope&) = delete;
+  FuseWithoutGradScope& operator=(const FuseWithoutGradScope&) = delete;
+
+ private:
+  bool prev_;
+};
+
+// The same for plain weights and biases (each bias defined or not; a missing one counts as zero
+// when others are present): the vision tower's q/k/v.
+std::vector<torch::Tensor> fused_linear(const torch::Tensor& x,
+                                        const std::vector<torch::Tensor>& weights,
+                                        const std::vector<torch::Tensor>& biases);
+
 }  // namespace mllm

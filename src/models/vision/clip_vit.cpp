@@ -1,6 +1,7 @@
 #include "models/vision/clip_vit.h"
 
 #include "core/torch_compat.h"
+#include "models/llm/lora_linear.h"
 
 namespace mllm {
 
@@ -40,9 +41,11 @@ torch::Tensor ClipAttentionImpl::forward(const torch::Tensor& x,
                                          const c10::optional<torch::Tensor>& mask, bool causal) {
   const auto B = x.size(0), T = x.size(1), C = x.size(2);
   auto split = [&](const torch::Tensor& t) {
-    return t.view({B, T, heads, C / heads}).transpose(1, 2);
+    return t.reshape({B, T, heads, C / heads}).transpose(1, 2);
   };
-  auto y = attention(split(q_proj(x)), split(k_proj(x)), split(v_proj(x)), mask, causal);
+  const auto qkv = fused_linear(x, {q_proj->weight, k_proj->weight, v_proj->weight},
+                                {q_proj->bias, k_proj->bias, v_proj->bias});
+  auto y = attention(split(qkv[0]), split(qkv[1]), split(qkv[2]), mask, causal);
   return out_proj(y.transpose(1, 2).reshape({B, T, C}));
 }
 

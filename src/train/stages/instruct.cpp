@@ -9,6 +9,7 @@ Stage instruct_stage() {
   s.name = "instruct";
   s.summary = "next-token loss on the assistant turns of conversations";
   s.data = StageData::conversations;
+  s.packs = true;
   s.formats = {"llava_json", "llava_jsonl"};
   s.objective = [](const TrainConfig&, MultimodalModel) { return make_lm_objective(); };
   return s;

@@ -9,6 +9,7 @@ Stage pretrain_stage() {
   s.name = "pretrain";
   s.summary = "next-token loss on the captions of image-caption pairs";
   s.data = StageData::conversations;
+  s.packs = true;
   s.formats = {"llava_json", "llava_jsonl"};
   s.objective = [](const TrainConfig&, MultimodalModel) { return make_lm_objective(); };
   return s;

@@ -1,0 +1,212 @@
+// The fast paths of the step against their plain forms: fused projections against the split
+// layers, attention with grouped-query heads (no repeat_kv copies) against the repeated-heads
+// math, the chunked LM head against full logits, and the decoder's packed-row mask against each
+// sample run alone.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+
+#include "core/config.h"
+#include "core/torch_compat.h"
+#include "models/llm/llama.h"
+#include "models/llm/lm_head_logprobs.h"
+
+using namespace mllm;
+
+namespace {
+
+// transformers' eager attention, written out: repeat_kv, scores, additive mask, fp32 softmax.
+torch::Tensor reference_attention(const torch::Tensor& q, const torch::Tensor& k,
+                                  const torch::Tensor& v, const torch::Tensor& mask) {
+  const auto G = q.size(1) / k.size(1);
+  const auto kr = k.repeat_interleave(G, 1), vr = v.repeat_interleave(G, 1);
+  auto scores = torch::matmul(q, kr.transpose(-2, -1)) / std::sqrt(static_cast<double>(q.size(-1)));
+  if (mask.defined()) scores = scores + mask;
+  return torch::matmul(torch::softmax(scores, -1), vr);
+}
+
+torch::Tensor causal(int64_t T, int64_t S) {
+  return torch::zeros({T, S}, torch::kDouble)
+      .masked_fill(torch::ones({T, S}, torch::kBool).triu(S - T + 1), -1e9);
+}
+
+}  // namespace
+
+TEST_CASE("kernels: grouped-query attention reads shared kv heads without copies, as repeat_kv") {
+  torch::manual_seed(0);
+  const int64_t B = 2, H = 6, KVH = 2, T = 5, D = 8;
+  auto opts = torch::TensorOptions().dtype(torch::kDouble);
+  const auto q = torch::randn({B, H, T, D}, opts);
+  const auto k = torch::randn({B, KVH, T, D}, opts), v = torch::randn({B, KVH, T, D}, opts);
+
+  SECTION("causal, no mask") {
+    CHECK(torch::allclose(attention(q, k, v, c10::nullopt, true),
+                          reference_attention(q, k, v, causal(T, T)), 1e-10, 1e-12));
+  }
+  SECTION("without causality (a connector's cross-attention)") {
+    CHECK(torch::allclose(attention(q, k, v, c10::nullopt, false), reference_attention(q, k, v, {}),
+                          1e-10, 1e-12));
+  }
+  SECTION("a padding mask (B,1,1,S) with causality") {
+    auto pad = torch::zeros({B, 1, 1, T}, opts);
+    pad.index_put_({1, 0, 0, torch::indexing::Slice(3)}, -1e9);  // row 1: last two keys padding
+    CHECK(torch::allclose(attention(q, k, v, pad, true),
+                          reference_attention(q, k, v, pad + causal(T, T)), 1e-10, 1e-12));
+  }
+  SECTION("a whole mask (B,1,T,S), causality included") {
+    auto m = causal(T, T).view({1, 1, T, T}).repeat({B, 1, 1, 1});
+    m.index_put_({0, 0, 4, 0}, -1e9);  // a block-diagonal-like hole
+    CHECK(torch::allclose(attention(q, k, v, m, false), reference_attention(q, k, v, m), 1e-10,
+                          1e-12));
+  }
+  SECTION("queries that are the last T of S positions (a KV cache): causality aligned to the end") {
+    const auto q2 = q.slice(2, 3);  // the last 2 queries
+    const auto full = reference_attention(q, k, v, causal(T, T)).slice(2, 3);
+    CHECK(torch::allclose(attention(q2, k, v, c10::nullopt, true), full, 1e-10, 1e-12));
+  }
+  SECTION("gradients reach q, k and v as through the repeated heads") {
+    auto q1 = q.clone().requires_grad_(), k1 = k.clone().requires_grad_(),
+         v1 = v.clone().requires_grad_();
+    auto q2 = q.clone().requires_grad_(), k2 = k.clone().requires_grad_(),
+         v2 = v.clone().requires_grad_();
+    const auto w = torch::randn({B, H, T, D}, opts);
+    (attention(q1, k1, v1, c10::nullopt, true) * w).sum().backward();
+    (reference_attention(q2, k2, v2, causal(T, T)) * w).sum().backward();
+    CHECK(torch::allclose(q1.grad(), q2.grad(), 1e-10, 1e-12));
+    CHECK(torch::allclose(k1.grad(), k2.grad(), 1e-10, 1e-12));
+    CHECK(torch::allclose(v1.grad(), v2.grad(), 1e-10, 1e-12));
+  }
+}
+
+TEST_CASE("kernels: the chunked LM head gives the full logits' log-probabilities and gradients") {
+  torch::manual_seed(1);
+  const int64_t N = 10, C = 16, V = 37;
+  const auto h0 = torch::randn({N, C}), w0 = torch::randn({V, C}) * 0.3;
+  const auto targets = torch::randint(0, V, {N}, torch::kLong);
+  const auto upstream = torch::randn({N});
+
+  auto h1 = h0.clone().requires_grad_(), w1 = w0.clone().requires_grad_();
+  const auto ref = torch::log_softmax(torch::matmul(h1, w1.t()).to(torch::kFloat), -1)
+                       .gather(1, targets.unsqueeze(1))
+                       .squeeze(1);
+  (ref * upstream).sum().backward();
+
+  // 3 rows per chunk (the last chunk has one row), one row per chunk, one chunk.
+  for (const int64_t max_logits : {3 * V, V, int64_t{0}}) {
+    CAPTURE(max_logits);
+    auto h2 = h0.clone().requires_grad_(), w2 = w0.clone().requires_grad_();
+    const auto out = lm_head_target_logprobs(h2, w2, targets, max_logits);
+    REQUIRE(out.sizes() == ref.sizes());
+    CHECK(out.scalar_type() == torch::kFloat);
+    CHECK(torch::allclose(out, ref, 1e-6, 1e-6));
+    (out * upstream).sum().backward();
+    CHECK(torch::allclose(h2.grad(), h1.grad(), 1e-6, 1e-6));
+    CHECK(torch::allclose(w2.grad(), w1.grad(), 1e-6, 1e-6));
+  }
+
+  SECTION("only the inputs that require gradients get them") {
+    auto h3 = h0.clone().requires_grad_();
+    lm_head_target_logprobs(h3, w0, targets, V).sum().backward();
+    CHECK(h3.grad().defined());
+  }
+  SECTION("the LLM's target_logprobs: tied embeddings and a separate head") {
+    for (const bool tied : {false, true}) {
+      LlmConfig c;
+      c.hidden = C, c.layers = 1, c.heads = 2, c.kv_heads = 1, c.intermediate = 32, c.vocab = V;
+      c.tie_word_embeddings = tied;
+      LlamaForCausalLM llm(c);
+      llm->set_max_logits(2 * V);
+      const auto lp = llm->target_logprobs(h0, targets);
+      const auto full = llm->logits(h0).log_softmax(-1).gather(1, targets.unsqueeze(1)).squeeze(1);
+      CHECK(torch::allclose(lp, full, 1e-6, 1e-6));
+    }
+  }
+}
+
+TEST_CASE("kernels: a packed row attends within each sample, as the samples alone") {
+  torch::manual_seed(2);
+  LlmConfig c;
+  c.hidden = 32, c.layers = 2, c.heads = 4, c.kv_heads = 2, c.intermediate = 64, c.vocab = 40;
+  LlamaModel llm(c);
+  llm->eval();
+  const auto a = torch::randn({1, 4, 32}), b = torch::randn({1, 3, 32});
+  const auto alone_a = llm->forward(a), alone_b = llm->forward(b);
+  // One row: a (sample 1), b (sample 2), two pads; positions restart per sample.
+  const auto pad = torch::randn({1, 2, 32});
+  const auto packed = torch::cat({a, b, pad}, 1);
+  const auto mask = torch::tensor({1, 1, 1, 1, 2, 2, 2, 0, 0}, torch::kLong).view({1, 9});
+  const auto pos = torch::tensor({0, 1, 2, 3, 0, 1, 2, 0, 0}, torch::kLong).view({1, 9});
+  const auto out = llm->forward(packed, mask, pos);
+  CHECK(torch::allclose(out.slice(1, 0, 4), alone_a, 1e-5, 1e-6));
+  CHECK(torch::allclose(out.slice(1, 4, 7), alone_b, 1e-5, 1e-6));
+  CHECK(torch::isfinite(out).all().item<bool>());
+
+  SECTION("without the sample numbers the second sample would see the first") {
+    const auto leaky = llm->forward(packed, (mask != 0).to(torch::kLong), pos);
+    CHECK_FALSE(torch::allclose(leaky.slice(1, 4, 7), alone_b, 1e-3, 1e-4));
+  }
+  SECTION("the mask itself: block-diagonal, causal, pads excluded") {
+    const auto m = decoder_mask(mask, 9, 9, torch::TensorOptions());
+    REQUIRE(m.has_value());
+    const auto allowed = (*m == 0).squeeze();
+    CHECK(allowed[4][3].item<bool>() == false);  // b's first token does not see a's last
+    CHECK(allowed[5][4].item<bool>() == true);
+    CHECK(allowed[5][6].item<bool>() == false);  // nor the future
+    CHECK(allowed[6][7].item<bool>() == false);  // nor a pad
+    CHECK_FALSE(decoder_mask(torch::ones({2, 5}, torch::kLong), 5, 5, {}).has_value());
+  }
+}
+
+TEST_CASE("kernels: fused q/k/v and gate/up projections equal the split layers, with LoRA") {
+  torch::manual_seed(3);
+  LoraLinear q(16, 16, true), k(16, 8, true), v(16, 8, true);
+  v->add_adapter(4, 8.0, 0.0);
+  {
+    torch::NoGradGuard no_grad;
+    v->lora_B->weight.normal_();  // a non-zero update, so the adapter's part shows
+  }
+  const auto x0 = torch::randn({3, 5, 16});
+  const std::vector<torch::Tensor> ups = {torch::randn({3, 5, 16}), torch::randn({3, 5, 8}),
+                                          torch::randn({3, 5, 8})};
+  auto params = [&] {
+    std::vector<torch::Tensor> p;
+    for (auto* l : {q.get(), k.get(), v.get()})
+      for (const auto& t : l->parameters()) p.push_back(t);
+    return p;
+  };
+  auto grads = [&](const std::vector<torch::Tensor>& outs, const torch::Tensor& x) {
+    for (auto& p : params()) p.mutable_grad() = torch::Tensor();
+    torch::Tensor loss = torch::zeros({});
+    for (size_t i = 0; i < outs.size(); ++i) loss = loss + (outs[i] * ups[i]).sum();
+    loss.backward();
+    std::vector<torch::Tensor> g{x.grad().clone()};
+    for (auto& p : params()) g.push_back(p.grad().clone());
+    return g;
+  };
+  auto x1 = x0.clone().requires_grad_(), x2 = x0.clone().requires_grad_();
+  const auto fused = fused_linear(x1, {q.get(), k.get(), v.get()});
+  const std::vector<torch::Tensor> split = {q(x2), k(x2), v(x2)};
+  for (size_t i = 0; i < 3; ++i) CHECK(torch::allclose(fused[i], split[i], 1e-5, 1e-6));
+  const auto g1 = grads(fused, x1), g2 = grads(split, x2);
+  REQUIRE(g1.size() == g2.size());
+  for (size_t i = 0; i < g1.size(); ++i) CHECK(torch::allclose(g1[i], g2[i], 1e-5, 1e-6));
+}
+
+TEST_CASE("kernels: a decoder layer computes the same with gradients (fused) as without (split)") {
+  torch::manual_seed(4);
+  for (const std::string type : {"llama", "qwen2"}) {
+    LlmConfig c;
+    c.type = type;
+    c.hidden = 32, c.layers = 1, c.heads = 4, c.kv_heads = 2, c.intermediate = 48, c.vocab = 20;
+    LlamaModel llm(c);
+    const auto x = torch::randn({2, 6, 32});
+    const auto with_grad = llm->forward(x);
+    REQUIRE(with_grad.requires_grad());
+    torch::Tensor without;
+    {
+      torch::NoGradGuard no_grad;
+      without = llm->forward(x);
+    }
+    CHECK(torch::allclose(with_grad, without, 1e-5, 1e-6));
+  }
+}
