@@ -4,6 +4,8 @@
 //   2. ShapesWorld stage 2 (instruct data, vicuna_v1, connector + LLM train),
 //   3. ShapesWorld stage 3 (preference pairs, DPO against a frozen reference copy),
 //   4. a d=1024 LLM in the stage-2 setting (batch 8),
+//   5. a 32k-vocabulary LLM (d=256) in the stage-2 setting, few supervised positions,
+//   6. variable-length samples shaped like llava_v1_5_mix665k (~100 to 2048 tokens), packed,
 // sets up the trainer (src/train/trainer.h: Trainer::setup, as `mllm train` does) and runs its own
 // step, Trainer::step, on the micro-batches of Trainer::next_micro_batches: the phases are the
 // step's own timings — data (waiting for the loader), forward (the objective under AutocastScope),
@@ -11,13 +13,19 @@
 // clip + step). A few warm-up steps are left out. Each block prints tokens/s (real,
 // non-pad tokens), samples/s, ms per step by phase, the process's peak RSS, the estimated model
 // FLOPs and achieved GFLOP/s, and the GFLOP/s of a plain fp32 torch::mm measured just before the
-// timed steps, in the same process. Prints figures; asserts nothing.
+// timed steps, in the same process. For the blocks compared with PyTorch eager (stage2, d1024,
+// vocab32k, varlen) it prints an `eager-args` line: what bench/train_eager.py needs to run the
+// same step (scripts/bench runs it and prints the ratio). With --profile N, N more steps run
+// under LibTorch's profiler and the ops taking the most self time are listed. Prints figures;
+// asserts nothing.
 //
 // Run: scripts/bench, or build/bench_train [--steps N] [--warmup N] [--big-steps N]
 //   [--big-warmup N] [--threads N] [--workers N] [--big-layers N] [--big-kv-heads N] [--only NAME]
+//   [--profile N] [--eager-dir DIR]
 // (threads also from MLLM_BENCH_THREADS; 0 = all cores).
 #include <spdlog/spdlog.h>
 #include <sys/resource.h>
+#include <torch/csrc/autograd/profiler_legacy.h>
 #include <torch/version.h>
 #include <unistd.h>
 
@@ -28,6 +36,8 @@
 #include <fstream>
 #include <limits>
 #include <map>
+#include <nlohmann/json.hpp>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -80,14 +90,18 @@ struct Options {
   int64_t threads = 0;                    // 0 = all cores
   int64_t workers = 2;                    // data.workers (the recipes' default)
   int64_t big_layers = 4, big_kv_heads = 8;
-  std::string only;  // run only the configurations whose name contains this
+  int64_t profile = 0;  // steps run under the profiler after the timed ones (0: none)
+  std::string only;     // run only the configurations whose name contains this
+  std::string eager_dir = std::filesystem::temp_directory_path().string();  // varlen lengths file
 };
 
 [[noreturn]] void usage(const char* argv0) {
   std::fprintf(stderr,
                "usage: %s [--steps N] [--warmup N] [--big-steps N] [--big-warmup N] [--threads N] "
-               "[--workers N] [--big-layers N] [--big-kv-heads N] [--only NAME]\n"
-               "  NAME: stage1, stage2, stage3 or d1024; threads also from MLLM_BENCH_THREADS\n",
+               "[--workers N] [--big-layers N] [--big-kv-heads N] [--only NAME] [--profile N] "
+               "[--eager-dir DIR]\n"
+               "  NAME: stage1, stage2, stage3, d1024, vocab32k or varlen; threads also from "
+               "MLLM_BENCH_THREADS\n",
                argv0);
   std::exit(2);
 }
@@ -99,15 +113,16 @@ Options parse(int argc, char** argv) {
     const std::string k = argv[i];
     if (k == "-h" || k == "--help" || i + 1 >= argc) usage(argv[0]);
     const std::string v = argv[++i];
-    if (k == "--only") {
-      o.only = v;
+    if (k == "--only" || k == "--eager-dir") {
+      (k == "--only" ? o.only : o.eager_dir) = v;
       continue;
     }
     const std::map<std::string, int64_t*> ints = {
         {"--steps", &o.steps},           {"--warmup", &o.warmup},
         {"--big-steps", &o.big_steps},   {"--big-warmup", &o.big_warmup},
         {"--threads", &o.threads},       {"--workers", &o.workers},
-        {"--big-layers", &o.big_layers}, {"--big-kv-heads", &o.big_kv_heads}};
+        {"--big-layers", &o.big_layers}, {"--big-kv-heads", &o.big_kv_heads},
+        {"--profile", &o.profile}};
     const auto it = ints.find(k);
     if (it == ints.end()) usage(argv[0]);
     *it->second = std::atoll(v.c_str());
@@ -202,7 +217,70 @@ struct Case {
   std::string name, title;
   Config config;
   int64_t warmup = 0, steps = 0;
+  double eager_target = 0;  // > 0: compared with bench/train_eager.py (the ratio's target)
 };
+
+// The ops that took the most self time (their time less that of the ops they called) over the
+// steps run under the legacy profiler (`trace`: the chrome trace it writes), per thread.
+void print_top_ops(const std::filesystem::path& trace, int64_t steps, size_t top = 12) {
+  nlohmann::json events;
+  try {
+    std::ifstream f(trace);
+    events = nlohmann::json::parse(f);
+  } catch (const std::exception& e) {
+    std::printf("  profile     (unreadable trace: %s)\n", e.what());
+    return;
+  }
+  struct Ev {
+    std::string name;
+    double ts, dur;
+  };
+  std::map<std::string, std::vector<Ev>> by_thread;
+  for (const auto& e : events) {
+    if (!e.is_object() || e.value("ph", "") != "X") continue;
+    by_thread[e.contains("tid") ? e["tid"].dump() : ""].push_back(
+        {e.value("name", "?"), e.value("ts", 0.0), e.value("dur", 0.0)});
+  }
+  std::map<std::string, std::pair<double, int64_t>> self;  // name -> (us, calls)
+  double total = 0;
+  for (auto& [tid, evs] : by_thread) {
+    std::sort(evs.begin(), evs.end(),
+              [](const Ev& a, const Ev& b) { return a.ts != b.ts ? a.ts < b.ts : a.dur > b.dur; });
+    // A stack of open events: each one's self time is its duration less its children's.
+    std::vector<std::pair<const Ev*, double>> open;  // event, children's time
+    auto close = [&](const Ev* e, double children) {
+      auto& s = self[e->name];
+      s.first += e->dur - children;
+      s.second += 1;
+      if (open.empty()) total += e->dur;
+    };
+    for (const auto& e : evs) {
+      while (!open.empty() && open.back().first->ts + open.back().first->dur <= e.ts) {
+        const auto [done, children] = open.back();
+        open.pop_back();
+        close(done, children);
+        if (!open.empty()) open.back().second += done->dur;
+      }
+      open.emplace_back(&e, 0.0);
+    }
+    while (!open.empty()) {
+      const auto [done, children] = open.back();
+      open.pop_back();
+      close(done, children);
+      if (!open.empty()) open.back().second += done->dur;
+    }
+  }
+  std::vector<std::pair<std::string, std::pair<double, int64_t>>> rows(self.begin(), self.end());
+  std::sort(rows.begin(), rows.end(),
+            [](const auto& a, const auto& b) { return a.second.first > b.second.first; });
+  const double per = 1000.0 * static_cast<double>(std::max<int64_t>(steps, 1));
+  std::printf("  profile     %lld steps, %.1f ms/step in profiled ops; top self time:\n",
+              static_cast<long long>(steps), total / per);
+  for (size_t i = 0; i < std::min(top, rows.size()); ++i)
+    std::printf("    %-44s %8.1f ms/step %5.1f%%  %6lld calls/step\n", rows[i].first.c_str(),
+                rows[i].second.first / per, total > 0 ? 100.0 * rows[i].second.first / total : 0.0,
+                static_cast<long long>(rows[i].second.second / std::max<int64_t>(steps, 1)));
+}
 
 struct Phases {
   double data = 0, forward = 0, backward = 0, optimizer = 0;
@@ -213,15 +291,64 @@ struct Phases {
 struct Totals {
   Phases t;
   double wall = 0;
-  int64_t steps = 0, rows = 0, items = 0, positions = 0, tokens = 0, supervised = 0;
+  int64_t steps = 0, rows = 0, items = 0, positions = 0, tokens = 0, supervised = 0, unpacked = 0;
   Flops flops;
   double first_loss = 0, last_loss = 0;
 };
 
-void run_case(const Case& c, double bench_start_rss, const std::filesystem::path& runs) {
+// Each sample's (tokens, supervised tokens) of the run's training set, as the trainer tokenizes
+// it, for eager to pad the same samples: a JSON list of pairs at `path`.
+void write_lengths(const Config& config, int64_t Q, const std::filesystem::path& path) {
+  const auto tok = load_tokenizer(config.model.tokenizer);
+  ConversationDataset ds(config.data.train, config.data, *tok, Q, "data.train");
+  nlohmann::json out = nlohmann::json::array();
+  for (size_t i = 0; i < ds.size(); ++i) {
+    const auto item = ds.try_item(i);
+    if (!item) continue;
+    const auto& s = item->front();
+    int64_t supervised = 0;
+    for (size_t t = 1; t < s.labels.size(); ++t) supervised += s.labels[t] != kIgnoreIndex;
+    out.push_back({static_cast<int64_t>(s.input_ids.size()), supervised});
+  }
+  std::ofstream(path) << out.dump();
+}
+
+// Records shaped like llava_v1_5_mix665k's lengths: one image each and a conversation whose length
+// (with the image's 64 tokens and the template) is log-normal around 300 tokens, from ~100 to
+// 2048, a third of it the reply. Words from the ShapesWorld vocabulary (one token each).
+void write_varlen_records(const std::filesystem::path& dir, int64_t n) {
+  const std::vector<std::string> words = {"a",     "red",    "circle", "small", "large",
+                                          "blue",  "square", "at",     "the",   "left",
+                                          "green", "star",   "top",    "and",   "right"};
+  std::mt19937_64 rng(7);
+  std::lognormal_distribution<double> length(std::log(300.0), 0.8);
+  std::uniform_int_distribution<size_t> word(0, words.size() - 1);
+  auto text = [&](int64_t k) {
+    std::string s;
+    for (int64_t i = 0; i < k; ++i) s += (i ? " " : "") + words[word(rng)];
+    return s;
+  };
+  nlohmann::json records = nlohmann::json::array();
+  for (int64_t i = 0; i < n; ++i) {
+    // ~95 tokens of template and image; the rest is text, a third of it the reply.
+    const auto total = std::clamp<int64_t>(static_cast<int64_t>(length(rng)), 100, 2040);
+    const int64_t words_n = std::max<int64_t>(4, total - 95);
+    const int64_t reply = std::max<int64_t>(2, words_n / 3);
+    records.push_back({{"id", "varlen-" + std::to_string(i)},
+                       {"image", fmt::format("train/{:06d}.png", i % 512)},
+                       {"conversations",
+                        {{{"from", "human"}, {"value", "<image>\n" + text(words_n - reply)}},
+                         {{"from", "gpt"}, {"value", text(reply)}}}}});
+  }
+  std::ofstream(dir / "varlen_train.json") << records.dump();
+}
+
+void run_case(const Case& c, double bench_start_rss, const std::filesystem::path& runs,
+              const Options& o) {
   const double block_start_max_rss = max_rss_bytes();
   Config config = c.config;
-  config.train.max_steps = c.warmup + c.steps;  // the schedule spans the warm-up and timed steps
+  // The schedule spans the warm-up, timed and profiled steps.
+  config.train.max_steps = c.warmup + c.steps + o.profile;
   config.train.save_every = 0;
   config.train.log_every = config.train.max_steps + 1;
   config.run.output_dir = (runs / c.name).string();
@@ -269,6 +396,7 @@ void run_case(const Case& c, double bench_start_rss, const std::filesystem::path
       acc->rows += rows;
       acc->items += dpo ? b.pairs : rows;
       acc->positions += rows * T;
+      acc->unpacked += b.unpacked_positions;
       acc->tokens += b.tokens;
       acc->supervised += b.supervised_tokens;
     }
@@ -367,20 +495,54 @@ void run_case(const Case& c, double bench_start_rss, const std::filesystem::path
       gemm_1024, fl / fb / 1e9 / gemm_model, fl / fb / 1e9 / gemm_1024);
   std::printf("  loss        %.4f (first timed step) -> %.4f (last)\n", tot.first_loss,
               tot.last_loss);
-  if (c.name == "d1024")  // what bench/train_eager.py needs to run the same shape (scripts/bench)
+  std::printf("  padding     %.1f%% of positions (%.1f%% unpacked)%s\n",
+              100.0 * (1.0 - static_cast<double>(tot.tokens) / static_cast<double>(tot.positions)),
+              100.0 * (1.0 - static_cast<double>(tot.tokens) /
+                                 static_cast<double>(std::max<int64_t>(1, tot.unpacked))),
+              config.data.packing ? " (data.packing)" : "");
+  if (c.eager_target > 0) {
+    // What bench/train_eager.py needs to run the same step (scripts/bench passes it on): the
+    // same sizes; a fixed batch x length with the same share of supervised positions, compared
+    // in positions/s, or (packed blocks) the samples' own lengths, padded per batch by eager and
+    // compared in real tokens/s.
+    std::string shape;
+    if (config.data.packing) {
+      const auto path = std::filesystem::path(o.eager_dir) / ("mllm-eager-" + c.name + ".json");
+      write_lengths(config, Q, path);
+      shape = fmt::format("--lengths {} --batch 16 --unit tokens --cpp-per-s {:.1f}", path.string(),
+                          static_cast<double>(tot.tokens) / tot.wall);
+    } else {
+      shape =
+          fmt::format("--batch {} --seq {} --supervised {:.4f} --unit positions --cpp-per-s {:.1f}",
+                      tot.rows / tot.steps,
+                      static_cast<int64_t>(
+                          static_cast<double>(tot.positions) / static_cast<double>(tot.rows) + 0.5),
+                      static_cast<double>(tot.supervised) / static_cast<double>(tot.positions),
+                      static_cast<double>(tot.positions) / tot.wall);
+    }
     std::printf(
-        "  eager-args  --hidden %lld --layers %lld --heads %lld --kv-heads %lld --intermediate "
-        "%lld "
-        "--vocab %lld --batch %lld --seq %lld --steps %lld --warmup %lld --cpp-positions-per-s "
-        "%.1f --cpp-gemm-gflops %.1f\n",
-        static_cast<long long>(l.hidden), static_cast<long long>(l.layers),
+        "  eager-args  --name %s --hidden %lld --layers %lld --heads %lld --kv-heads %lld "
+        "--intermediate %lld --vocab %lld --image %lld --patch %lld --v-hidden %lld --v-layers "
+        "%lld --v-heads %lld --v-inter %lld --feature-layer %lld --image-tokens %lld %s --steps "
+        "%lld --warmup %lld --cpp-gemm-gflops %.1f --target %g\n",
+        c.name.c_str(), static_cast<long long>(l.hidden), static_cast<long long>(l.layers),
         static_cast<long long>(l.heads), static_cast<long long>(l.kv_heads),
         static_cast<long long>(l.intermediate), static_cast<long long>(l.vocab),
-        static_cast<long long>(tot.rows / tot.steps),
-        static_cast<long long>(static_cast<double>(tot.positions) / static_cast<double>(tot.rows) +
-                               0.5),
-        static_cast<long long>(c.steps), static_cast<long long>(c.warmup),
-        static_cast<double>(tot.positions) / tot.wall, gemm_1024);
+        static_cast<long long>(v.image_size), static_cast<long long>(v.patch_size),
+        static_cast<long long>(v.hidden), static_cast<long long>(v.layers),
+        static_cast<long long>(v.heads), static_cast<long long>(v.intermediate),
+        static_cast<long long>(v.feature_layer), static_cast<long long>(Q), shape.c_str(),
+        static_cast<long long>(c.steps), static_cast<long long>(c.warmup), gemm_1024,
+        c.eager_target);
+  }
+  if (o.profile > 0) {
+    const auto trace = runs / (c.name + "-profile.json");
+    {
+      torch::autograd::profiler::RecordProfile guard(trace.string());
+      for (int64_t i = 0; i < o.profile; ++i) run_step(nullptr);
+    }
+    print_top_ops(trace, o.profile);
+  }
   std::fflush(stdout);
 }
 
@@ -445,7 +607,7 @@ int main(int argc, char** argv) {
   instruct.train.trainable = {"multi_modal_projector.*", "language_model.*"};
   instruct.train.batch_size = 32, instruct.train.lr = 1e-3, instruct.train.warmup_ratio = 0.03;
   cases.push_back({"stage2", "ShapesWorld stage 2 (instruct, vicuna_v1, connector + LLM train)",
-                   instruct, o.warmup, o.steps});
+                   instruct, o.warmup, o.steps, 1.3});
   {
     Case c{"stage3", "ShapesWorld stage 3 (DPO on preference pairs, frozen reference)", instruct,
            o.warmup, o.steps};
@@ -466,12 +628,40 @@ int main(int argc, char** argv) {
     // supervised positions anyway: objectives.cpp).
     b.vocab = (load_tokenizer(base.model.tokenizer)->vocab_size() + 63) / 64 * 64;
     c.config.train.batch_size = 8;
+    c.eager_target = 1.3;
+    cases.push_back(c);
+  }
+  {
+    // A 32k vocabulary, few supervised positions: the LM head's work is what eager wastes.
+    Case c{"vocab32k", "32k-vocabulary LLM d=256, stage-2 setting (instruct, batch 16)", instruct,
+           o.warmup, o.steps};
+    auto& b = c.config.model.llm;
+    b.hidden = 256, b.layers = 4, b.heads = 8, b.kv_heads = 4, b.intermediate = 704,
+    b.vocab = 32000;
+    c.config.train.batch_size = 16;
+    c.eager_target = 4.0;
+    cases.push_back(c);
+  }
+  {
+    // Variable lengths (llava_v1_5_mix665k-like), packed into rows of 2048; eager pads.
+    // 64 samples a step: packing a batch leaves its last row part-empty, which a bigger batch
+    // dilutes (16: 13% padding, 32: 6%, 64: 4%). Eager pads batches of 16 (more would pad more).
+    write_varlen_records(dir, 512);
+    Case c{"varlen", "variable-length samples (~100-2048 tokens), packed into rows of 2048",
+           instruct, std::min<int64_t>(o.warmup, 1), std::min<int64_t>(o.steps, 4)};
+    auto& k = c.config;
+    k.data.train.path = (dir / "varlen_train.json").string();
+    k.data.max_length = 2048;
+    k.data.packing = true;
+    k.model.llm.max_position = 2048;
+    k.train.batch_size = 64;
+    c.eager_target = 5.0;
     cases.push_back(c);
   }
 
   for (const auto& c : cases)
     if (o.only.empty() || c.name.find(o.only) != std::string::npos)
-      run_case(c, start_rss, dir / "runs");
+      run_case(c, start_rss, dir / "runs", o);
   std::filesystem::remove_all(dir);
   return 0;
 }

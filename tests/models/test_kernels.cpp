@@ -145,15 +145,38 @@ TEST_CASE("kernels: a packed row attends within each sample, as the samples alon
     const auto leaky = llm->forward(packed, (mask != 0).to(torch::kLong), pos);
     CHECK_FALSE(torch::allclose(leaky.slice(1, 4, 7), alone_b, 1e-3, 1e-4));
   }
-  SECTION("the mask itself: block-diagonal, causal, pads excluded") {
+  SECTION("the mask itself: the samples' spans; as an additive mask when queries are fewer") {
     const auto m = decoder_mask(mask, 9, 9, torch::TensorOptions());
-    REQUIRE(m.has_value());
-    const auto allowed = (*m == 0).squeeze();
-    CHECK(allowed[4][3].item<bool>() == false);  // b's first token does not see a's last
-    CHECK(allowed[5][4].item<bool>() == true);
-    CHECK(allowed[5][6].item<bool>() == false);  // nor the future
-    CHECK(allowed[6][7].item<bool>() == false);  // nor a pad
-    CHECK_FALSE(decoder_mask(torch::ones({2, 5}, torch::kLong), 5, 5, {}).has_value());
+    REQUIRE(m.samples.size() == 2);
+    CHECK(m.samples[0].row == 0);
+    CHECK(m.samples[0].start == 0);
+    CHECK(m.samples[0].length == 4);
+    CHECK(m.samples[1].start == 4);
+    CHECK(m.samples[1].length == 3);
+    CHECK_FALSE(m.additive.has_value());
+    // The last 5 of 9 positions as queries (a KV cache): block-diagonal, causal, pads excluded.
+    const auto d = decoder_mask(mask, 5, 9, torch::TensorOptions());
+    REQUIRE(d.additive.has_value());
+    const auto allowed = (*d.additive == 0).squeeze();  // (5,9): query i is position 4+i
+    CHECK(allowed[0][3].item<bool>() == false);         // b's first token does not see a's last
+    CHECK(allowed[1][4].item<bool>() == true);
+    CHECK(allowed[1][6].item<bool>() == false);  // nor the future
+    CHECK(allowed[2][7].item<bool>() == false);  // nor a pad
+    const auto plain = decoder_mask(torch::ones({2, 5}, torch::kLong), 5, 5, {});
+    CHECK_FALSE(plain.additive.has_value());
+    CHECK_FALSE(plain.packed());
+  }
+  SECTION("several packed rows in one batch") {
+    const auto two = torch::cat({packed, torch::cat({b, a, pad}, 1)}, 0);
+    const auto mask2 =
+        torch::tensor({1, 1, 1, 1, 2, 2, 2, 0, 0, 1, 1, 1, 2, 2, 2, 2, 0, 0}, torch::kLong)
+            .view({2, 9});
+    const auto pos2 =
+        torch::tensor({0, 1, 2, 3, 0, 1, 2, 0, 0, 0, 1, 2, 0, 1, 2, 3, 0, 0}, torch::kLong)
+            .view({2, 9});
+    const auto out2 = llm->forward(two, mask2, pos2);
+    CHECK(torch::allclose(out2[1].slice(0, 0, 3), alone_b[0], 1e-5, 1e-6));
+    CHECK(torch::allclose(out2[1].slice(0, 3, 7), alone_a[0], 1e-5, 1e-6));
   }
 }
 

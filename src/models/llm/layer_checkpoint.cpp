@@ -14,7 +14,7 @@ using torch::autograd::variable_list;
 struct Recompute : torch::CustomClassHolder {
   std::shared_ptr<LlamaDecoderLayerImpl> layer;
   torch::Tensor cos, sin;
-  c10::optional<torch::Tensor> mask;
+  DecoderMask mask;
   std::vector<torch::Tensor> params;  // the layer's trainable ones, as passed after x
   RngState rng;
   AutocastState autocast;
@@ -101,8 +101,7 @@ bool wants_checkpoint(const LlamaDecoderLayerImpl& layer, const torch::Tensor& x
 
 torch::Tensor checkpointed_layer_forward(const std::shared_ptr<LlamaDecoderLayerImpl>& layer,
                                          const torch::Tensor& x, const torch::Tensor& cos,
-                                         const torch::Tensor& sin,
-                                         const c10::optional<torch::Tensor>& mask,
+                                         const torch::Tensor& sin, const DecoderMask& mask,
                                          torch::Tensor& router_logits) {
   auto r = c10::make_intrusive<Recompute>();
   r->layer = layer;

@@ -27,8 +27,7 @@ bool wants_checkpoint(const LlamaDecoderLayerImpl& layer, const torch::Tensor& x
 // for backward. `layer` must outlive the graph this builds (the model owns it).
 torch::Tensor checkpointed_layer_forward(const std::shared_ptr<LlamaDecoderLayerImpl>& layer,
                                          const torch::Tensor& x, const torch::Tensor& cos,
-                                         const torch::Tensor& sin,
-                                         const c10::optional<torch::Tensor>& mask,
+                                         const torch::Tensor& sin, const DecoderMask& mask,
                                          torch::Tensor& router_logits);
 
 }  // namespace mllm

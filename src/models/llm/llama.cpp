@@ -51,8 +51,7 @@ LlamaAttentionImpl::LlamaAttentionImpl(const LlmConfig& c)
 }
 
 torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
-                                          const torch::Tensor& sin,
-                                          const c10::optional<torch::Tensor>& mask,
+                                          const torch::Tensor& sin, const DecoderMask& mask,
                                           torch::Tensor* cache_k, torch::Tensor* cache_v) {
   const auto B = x.size(0), T = x.size(1);
   const auto qkv = fused_linear(x, {q_proj.get(), k_proj.get(), v_proj.get()});
@@ -72,8 +71,9 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const torch::T
     *cache_k = k, *cache_v = v;
   }
   // Grouped-query attention reads each kv head for its heads/kv_heads query heads in place.
-  // A mask, when given, is the whole mask (causal included); without one, plain causal.
-  auto y = attention(q, k, v, mask, !mask.has_value());
+  // An additive mask, when given, is the whole mask (causal included); without one, causal.
+  auto y = mask.packed() ? packed_attention(q, k, v, mask.samples)
+                         : attention(q, k, v, mask.additive, !mask.additive.has_value());
   return o_proj(y.transpose(1, 2).reshape({B, T, heads * head_dim}));
 }
 
@@ -164,8 +164,7 @@ LlamaDecoderLayerImpl::LlamaDecoderLayerImpl(const LlmConfig& c) {
 }
 
 torch::Tensor LlamaDecoderLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
-                                             const torch::Tensor& sin,
-                                             const c10::optional<torch::Tensor>& mask,
+                                             const torch::Tensor& sin, const DecoderMask& mask,
                                              torch::Tensor& router_logits, torch::Tensor* cache_k,
                                              torch::Tensor* cache_v) {
   auto h = x + self_attn(input_layernorm(x), cos, sin, mask, cache_k, cache_v);
@@ -173,23 +172,71 @@ torch::Tensor LlamaDecoderLayerImpl::forward(const torch::Tensor& x, const torch
   return h + (block_sparse_moe ? block_sparse_moe->forward(n, router_logits) : mlp(n));
 }
 
-c10::optional<torch::Tensor> decoder_mask(const torch::Tensor& attention_mask, int64_t T, int64_t S,
-                                          const torch::TensorOptions& options) {
-  if (!attention_mask.defined()) return c10::nullopt;
+DecoderMask decoder_mask(const torch::Tensor& attention_mask, int64_t T, int64_t S,
+                         const torch::TensorOptions& options) {
+  DecoderMask out;
+  if (!attention_mask.defined()) return out;
   if (attention_mask.size(1) != S)
     throw std::invalid_argument("attention_mask has " + std::to_string(attention_mask.size(1)) +
                                 " positions, expected " + std::to_string(S));
   const auto B = attention_mask.size(0);
-  const auto keys = attention_mask.view({B, 1, 1, S});
   const bool packed = attention_mask.max().item<int64_t>() > 1;
-  if (!packed && attention_mask.all().item<bool>()) return c10::nullopt;  // plain causal
+  if (!packed && attention_mask.all().item<bool>()) return out;  // plain causal
+  if (packed && T == S) {
+    // Each sample's span: a run of one non-zero value along its row.
+    const auto m = attention_mask.to(torch::kCPU, torch::kLong).contiguous();
+    const auto a = m.accessor<int64_t, 2>();
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t t = 0; t < S;) {
+        int64_t e = t + 1;
+        while (e < S && a[b][e] == a[b][t]) ++e;
+        if (a[b][t] != 0) out.samples.push_back({b, t, e - t});
+        t = e;
+      }
+    return out;
+  }
   // Allowed: real keys (non-zero), of the query's own sample when the row is packed, not after
   // the query. Disallowed scores get -1e9 (finite: a padded query row stays a number).
+  const auto keys = attention_mask.view({B, 1, 1, S});
   auto allowed = keys != 0;
   if (packed) allowed = allowed & (attention_mask.slice(1, S - T).view({B, 1, T, 1}) == keys);
   allowed = allowed & torch::ones({T, S}, options.dtype(torch::kBool)).tril(S - T);
-  return torch::zeros(allowed.sizes(), options.dtype(torch::kFloat))
-      .masked_fill(allowed.logical_not(), -1e9);
+  out.additive = torch::zeros(allowed.sizes(), options.dtype(torch::kFloat))
+                     .masked_fill(allowed.logical_not(), -1e9);
+  return out;
+}
+
+torch::Tensor packed_attention(const torch::Tensor& q, const torch::Tensor& k,
+                               const torch::Tensor& v,
+                               const std::vector<DecoderMask::Span>& samples) {
+  const auto B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3);
+  // Each row cut at its samples' edges with one split (whose backward is one concatenation, not
+  // a zero-filled copy per sample, as slicing's would be).
+  std::vector<std::vector<int64_t>> sizes(static_cast<size_t>(B));
+  std::vector<std::vector<bool>> is_sample(static_cast<size_t>(B));
+  std::vector<int64_t> filled(static_cast<size_t>(B), 0);
+  for (const auto& s : samples) {  // in row order, each row's spans by position
+    const auto r = static_cast<size_t>(s.row);
+    if (s.start > filled[r]) sizes[r].push_back(s.start - filled[r]), is_sample[r].push_back(false);
+    sizes[r].push_back(s.length), is_sample[r].push_back(true);
+    filled[r] = s.start + s.length;
+  }
+  const auto qs = q.unbind(0), ks = k.unbind(0), vs = v.unbind(0);  // (H,T,D), (KVH,T,D)
+  std::vector<torch::Tensor> rows;
+  for (int64_t b = 0; b < B; ++b) {
+    const auto r = static_cast<size_t>(b);
+    if (filled[r] < T) sizes[r].push_back(T - filled[r]), is_sample[r].push_back(false);
+    const auto qp = qs[r].split_with_sizes(sizes[r], 1), kp = ks[r].split_with_sizes(sizes[r], 1),
+               vp = vs[r].split_with_sizes(sizes[r], 1);
+    std::vector<torch::Tensor> pieces;
+    for (size_t i = 0; i < sizes[r].size(); ++i)
+      pieces.push_back(is_sample[r][i] ? attention(qp[i].unsqueeze(0), kp[i].unsqueeze(0),
+                                                   vp[i].unsqueeze(0), c10::nullopt, true)
+                                             .squeeze(0)
+                                       : torch::zeros({H, sizes[r][i], D}, q.options()));
+    rows.push_back(pieces.size() == 1 ? pieces[0] : torch::cat(pieces, 1));
+  }
+  return torch::stack(rows, 0);
 }
 
 LlamaModelImpl::LlamaModelImpl(const LlmConfig& c) : config_(c) {

@@ -46,24 +46,42 @@ struct KvCache {
   int64_t length() const { return k.empty() || !k[0].defined() ? 0 : k[0].size(2); }
 };
 
-// The decoder's attention mask for T queries over S keys (the queries are the last T), additive
-// (B,1,T,S) with causality included, from `attention_mask` (B,S): 0 marks padding; any other
-// value names the sample a token belongs to, so a row may pack several samples (1,1,2,2,2,3,0,0)
-// and each token attends only to earlier tokens of its own sample (the block-diagonal causal mask
-// of packing; values 0/1 are the usual padding mask). None (plain causal) when attention_mask is
-// undefined or all ones.
-c10::optional<torch::Tensor> decoder_mask(const torch::Tensor& attention_mask, int64_t T, int64_t S,
-                                          const torch::TensorOptions& options);
+// The decoder's attention pattern for one forward, shared by its layers: plain causal (nothing
+// set), an additive mask (B,1,T,S) with causality included (padding), or the samples of packed
+// rows, each attending only to itself, causally: the block-diagonal causal mask, computed one
+// sample at a time so that no work is spent on the blocks off the diagonal.
+struct DecoderMask {
+  c10::optional<torch::Tensor> additive;
+  struct Span {
+    int64_t row, start, length;
+  };
+  std::vector<Span> samples;  // packed rows; positions outside every span (padding) get zeros
+  bool packed() const { return !samples.empty(); }
+};
+
+// The DecoderMask for T queries over S keys (the queries are the last T) from `attention_mask`
+// (B,S): 0 marks padding; any other value names the sample a token belongs to, so a row may pack
+// several samples (1,1,2,2,2,3,0,0) and each token attends only to earlier tokens of its own
+// sample (values 0/1 are the usual padding mask). Plain causal when attention_mask is undefined
+// or all ones; packed spans when T == S and a value exceeds 1 (each sample's tokens contiguous);
+// else additive, where -1e9 marks what a query may not see.
+DecoderMask decoder_mask(const torch::Tensor& attention_mask, int64_t T, int64_t S,
+                         const torch::TensorOptions& options);
+
+// Attention of packed rows, one sample at a time: q (B,H,T,D), k and v (B,KVH,T,D), each span of
+// `samples` attending causally to itself alone; positions outside every span get zeros.
+torch::Tensor packed_attention(const torch::Tensor& q, const torch::Tensor& k,
+                               const torch::Tensor& v,
+                               const std::vector<DecoderMask::Span>& samples);
 
 class LlamaAttentionImpl : public torch::nn::Module {
  public:
   explicit LlamaAttentionImpl(const LlmConfig& c);
-  // x (B,T,C); cos/sin (T,D) or (B,T,D); mask: the whole additive mask (B,1,T,S), causal
-  // included (decoder_mask), or none for plain causal attention. Returns (B,T,C).
+  // x (B,T,C); cos/sin (T,D) or (B,T,D); mask: the decoder's (decoder_mask). Returns (B,T,C).
   // With `cache_k`/`cache_v` (a layer's slot of a KvCache), x holds only the new positions: their
   // keys and values are appended, and they attend to every cached position (S = cached + T).
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
-                        const c10::optional<torch::Tensor>& mask, torch::Tensor* cache_k = nullptr,
+                        const DecoderMask& mask, torch::Tensor* cache_k = nullptr,
                         torch::Tensor* cache_v = nullptr);
   LoraLinear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
   int64_t heads, kv_heads, head_dim;
@@ -113,7 +131,7 @@ class LlamaDecoderLayerImpl : public torch::nn::Module {
   explicit LlamaDecoderLayerImpl(const LlmConfig& c);
   // router_logits: set for MoE layers, left alone otherwise.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
-                        const c10::optional<torch::Tensor>& mask, torch::Tensor& router_logits,
+                        const DecoderMask& mask, torch::Tensor& router_logits,
                         torch::Tensor* cache_k = nullptr, torch::Tensor* cache_v = nullptr);
   LlamaAttention self_attn{nullptr};
   LlamaMlp mlp{nullptr};                       // dense layers
