@@ -91,6 +91,8 @@ struct Options {
   int64_t workers = 2;                    // data.workers (the recipes' default)
   int64_t big_layers = 4, big_kv_heads = 8;
   int64_t profile = 0;  // steps run under the profiler after the timed ones (0: none)
+  int64_t bf16 = 0;     // 1: train.precision bf16 (autocast), as on a GPU
+  int64_t gpu = 0;      // 1: also the 0.5B-class block (too big for a CPU's minutes)
   std::string only;     // run only the configurations whose name contains this
   std::string eager_dir = std::filesystem::temp_directory_path().string();  // varlen lengths file
 };
@@ -99,7 +101,7 @@ struct Options {
   std::fprintf(stderr,
                "usage: %s [--steps N] [--warmup N] [--big-steps N] [--big-warmup N] [--threads N] "
                "[--workers N] [--big-layers N] [--big-kv-heads N] [--only NAME] [--profile N] "
-               "[--eager-dir DIR]\n"
+               "[--eager-dir DIR] [--bf16 1] [--gpu 1]\n"
                "  NAME: stage1, stage2, stage3, d1024, vocab32k or varlen; threads also from "
                "MLLM_BENCH_THREADS\n",
                argv0);
@@ -117,12 +119,17 @@ Options parse(int argc, char** argv) {
       (k == "--only" ? o.only : o.eager_dir) = v;
       continue;
     }
-    const std::map<std::string, int64_t*> ints = {
-        {"--steps", &o.steps},           {"--warmup", &o.warmup},
-        {"--big-steps", &o.big_steps},   {"--big-warmup", &o.big_warmup},
-        {"--threads", &o.threads},       {"--workers", &o.workers},
-        {"--big-layers", &o.big_layers}, {"--big-kv-heads", &o.big_kv_heads},
-        {"--profile", &o.profile}};
+    const std::map<std::string, int64_t*> ints = {{"--steps", &o.steps},
+                                                  {"--warmup", &o.warmup},
+                                                  {"--big-steps", &o.big_steps},
+                                                  {"--big-warmup", &o.big_warmup},
+                                                  {"--threads", &o.threads},
+                                                  {"--workers", &o.workers},
+                                                  {"--big-layers", &o.big_layers},
+                                                  {"--big-kv-heads", &o.big_kv_heads},
+                                                  {"--profile", &o.profile},
+                                                  {"--bf16", &o.bf16},
+                                                  {"--gpu", &o.gpu}};
     const auto it = ints.find(k);
     if (it == ints.end()) usage(argv[0]);
     *it->second = std::atoll(v.c_str());
@@ -585,6 +592,7 @@ int main(int argc, char** argv) {
   base.train.weight_decay = 0.0;
   base.train.clip_grad_norm = 1.0;
   base.train.schedule = "cosine";
+  if (o.bf16) base.train.precision = "bf16";
 
   std::vector<Case> cases;
   {
@@ -659,6 +667,18 @@ int main(int argc, char** argv) {
     cases.push_back(c);
   }
 
+  if (o.gpu) {
+    // A 0.5B-class LLM (Qwen2-0.5B's shape: d=896 x24, 14 heads / 2 kv, ffn 4864, 151936 ids)
+    // in the stage-2 setting: what MFU looks like at a real model's proportions.
+    Case c{"qwen05b", "0.5B-class LLM (Qwen2-0.5B shape), stage-2 setting (batch 16)", instruct,
+           o.big_warmup, o.big_steps};
+    auto& b = c.config.model.llm;
+    b.type = "qwen2";
+    b.hidden = 896, b.layers = 24, b.heads = 14, b.kv_heads = 2, b.intermediate = 4864,
+    b.vocab = 151936, b.tie_word_embeddings = true;
+    c.config.train.batch_size = 16;
+    cases.push_back(c);
+  }
   for (const auto& c : cases)
     if (o.only.empty() || c.name.find(o.only) != std::string::npos)
       run_case(c, start_rss, dir / "runs", o);
