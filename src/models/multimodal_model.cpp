@@ -81,7 +81,10 @@ torch::Tensor token_images(const torch::Tensor& is_image, const torch::Tensor& a
     }
     for (int64_t t = 0; t < T; ++t) {
       const auto it = image_of.find(s[b][t]);
-      if (s[b][t] != 0 && it != image_of.end()) o[b][t] = it->second;
+      if (s[b][t] == 0)
+        o[b][t] = -2;  // padding
+      else if (it != image_of.end())
+        o[b][t] = it->second;
     }
   }
   if (next != images)

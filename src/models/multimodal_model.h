@@ -76,10 +76,10 @@ TORCH_MODULE(MultimodalModel);
 // Splices image tokens into text embeddings: every position where `is_image` (B,T) is true takes
 // the next row of `image_tokens` (N*Q,C), in row-major order. Out of place; gradients reach both
 // inputs.
-// For a feature-level connector: which image each token sees, (B,T) int64, -1 for none. Images
-// are numbered in the order of their placeholders (`is_image` (B,T), row by row); a token sees the
-// image of its sample (the attention_mask value it shares with the placeholder; one sample per
-// row when attention_mask is undefined or 0/1), padding none. Throws when a sample has more than
+// For a feature-level connector: which image each token sees, (B,T) int64, -1 for none, -2 for
+// padding. Images are numbered in the order of their placeholders (`is_image` (B,T), row by row);
+// a token sees the image of its sample (the attention_mask value it shares with the placeholder;
+// one sample per row when attention_mask is undefined or 0/1). Throws when a sample has more than
 // one placeholder or the placeholders are not `images`.
 torch::Tensor token_images(const torch::Tensor& is_image, const torch::Tensor& attention_mask,
                            int64_t images);

@@ -39,10 +39,10 @@ class Connector : public torch::nn::Module {
   // placeholder token with its text embedding, and the image enters the LLM through layer_hook.
   virtual bool feature_level() const { return false; }
   // features (N,P,Cv) of the batch's images; token_image (B,T) int64, for each token the index
-  // (into features) of the image it sees, -1 for none: a token sees its own sample's image, so in
-  // a packed row the samples see different images. The hook is valid for one forward pass, or,
-  // when each row sees at most one image (unpacked rows), for every step of a generation (where
-  // it is called on the new positions only).
+  // (into features) of the image it sees, -1 for none, -2 for padding: a token sees its own
+  // sample's image, so in a packed row the samples see different images (or none). The hook is
+  // valid for one forward pass, or, when each row sees at most one image (unpacked rows), for every
+  // step of a generation (where it is called on the new positions only).
   virtual LayerHook layer_hook(const torch::Tensor& features, const torch::Tensor& token_image) {
     (void)features, (void)token_image;
     throw std::logic_error("layer_hook on a token-level connector");

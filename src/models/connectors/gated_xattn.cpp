@@ -93,9 +93,14 @@ class GatedXAttn : public Connector {
     auto slots = torch::full({B, T}, -1, torch::kLong);
     auto slot = slots.accessor<int64_t, 2>();
     int64_t M = 0;
+    bool uniform = true;  // every row's real tokens see one and the same image, or all none
     for (int64_t b = 0; b < B; ++b) {
       auto& seen = row_images[static_cast<size_t>(b)];
+      int64_t first = -3;
       for (int64_t t = 0; t < T; ++t) {
+        if (image[b][t] == -2) continue;  // padding
+        if (first == -3) first = image[b][t];
+        uniform = uniform && image[b][t] == first;
         if (image[b][t] < 0) continue;
         auto it = std::find(seen.begin(), seen.end(), image[b][t]);
         if (it == seen.end()) it = seen.insert(seen.end(), image[b][t]);
@@ -122,12 +127,13 @@ class GatedXAttn : public Connector {
     media = media.view({B, M1 * P, C_});
     torch::Tensor has_image;
     c10::optional<torch::Tensor> mask;
-    if (M <= 1) {
+    if (uniform) {
       // Each row sees one image or none (unpacked rows): the whole row sees it, whatever its
       // length, so the hook also serves generation's later steps.
       has_image = (std::get<0>(slots.max(1)) >= 0).to(media_n.scalar_type()).view({B, 1, 1});
     } else {
-      // Packed rows: each token sees only its slot's P media positions.
+      // Packed rows: each token sees only its slot's P media positions (a token of a text-only
+      // sample none: its has_image is 0).
       has_image = (slots >= 0).to(media_n.scalar_type()).view({B, T, 1});
       const auto key_slot = torch::arange(M, torch::kLong).repeat_interleave(P);  // (M*P)
       const auto allowed = slots.view({B, 1, T, 1}) == key_slot.view({1, 1, 1, M * P});

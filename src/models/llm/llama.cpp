@@ -54,15 +54,28 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const torch::T
                                           const torch::Tensor& sin, const DecoderMask& mask,
                                           torch::Tensor* cache_k, torch::Tensor* cache_v) {
   const auto B = x.size(0), T = x.size(1);
-  const auto qkv = fused_linear(x, {q_proj.get(), k_proj.get(), v_proj.get()});
-  auto q = qkv[0].reshape({B, T, heads, head_dim}).transpose(1, 2);  // (B,H,T,D)
-  auto k = qkv[1].reshape({B, T, kv_heads, head_dim}).transpose(1, 2);
-  auto v = qkv[2].reshape({B, T, kv_heads, head_dim}).transpose(1, 2);
-  // (T,D) tables broadcast over (B,H,T,D); per-row (B,T,D) ones need the head axis.
-  auto c = cos.to(q.scalar_type()), s = sin.to(q.scalar_type());
-  if (c.dim() == 3) c = c.unsqueeze(1), s = s.unsqueeze(1);
-  q = q * c + rotate_half(q) * s;
-  k = k * c + rotate_half(k) * s;
+  torch::Tensor joint;
+  const auto qkv = fused_linear(x, {q_proj.get(), k_proj.get(), v_proj.get()}, &joint);
+  auto v = qkv[2].reshape({B, T, kv_heads, head_dim}).transpose(1, 2);  // (B,KVH,T,D)
+  auto c = cos.to(qkv[0].scalar_type()), s = sin.to(qkv[0].scalar_type());
+  torch::Tensor q, k;
+  if (joint.defined()) {
+    // q and k side by side in the fused output (B,T,H+KVH,D): one rotary pass for both heads.
+    // (T,D) tables broadcast as (T,1,D), per-row (B,T,D) ones as (B,T,1,D).
+    auto qk =
+        joint.narrow(-1, 0, (heads + kv_heads) * head_dim).view({B, T, heads + kv_heads, head_dim});
+    c = c.unsqueeze(-2), s = s.unsqueeze(-2);
+    qk = qk * c + rotate_half(qk) * s;
+    q = qk.narrow(2, 0, heads).transpose(1, 2);  // (B,H,T,D)
+    k = qk.narrow(2, heads, kv_heads).transpose(1, 2);
+  } else {
+    q = qkv[0].reshape({B, T, heads, head_dim}).transpose(1, 2);
+    k = qkv[1].reshape({B, T, kv_heads, head_dim}).transpose(1, 2);
+    // (T,D) tables broadcast over (B,H,T,D); per-row (B,T,D) ones need the head axis.
+    if (c.dim() == 3) c = c.unsqueeze(1), s = s.unsqueeze(1);
+    q = q * c + rotate_half(q) * s;
+    k = k * c + rotate_half(k) * s;
+  }
   if (cache_k && cache_v) {
     if (cache_k->defined()) {
       k = torch::cat({*cache_k, k}, 2);

@@ -40,7 +40,8 @@ FuseWithoutGradScope::~FuseWithoutGradScope() {
 
 std::vector<torch::Tensor> fused_linear(const torch::Tensor& x,
                                         const std::vector<torch::Tensor>& weights,
-                                        const std::vector<torch::Tensor>& biases) {
+                                        const std::vector<torch::Tensor>& biases,
+                                        torch::Tensor* joint) {
   bool grad = false, any_bias = false;
   for (const auto& w : weights) grad = grad || w.requires_grad();
   for (const auto& b : biases) any_bias = any_bias || b.defined();
@@ -59,6 +60,7 @@ std::vector<torch::Tensor> fused_linear(const torch::Tensor& x,
     bias = torch::cat(parts);
   }
   const auto y = F::linear(x, torch::cat(weights), bias);
+  if (joint) *joint = y;
   int64_t at = 0;
   for (const auto& w : weights) {
     out.push_back(y.narrow(-1, at, w.size(0)));
@@ -68,13 +70,15 @@ std::vector<torch::Tensor> fused_linear(const torch::Tensor& x,
 }
 
 std::vector<torch::Tensor> fused_linear(const torch::Tensor& x,
-                                        const std::vector<LoraLinearImpl*>& layers) {
+                                        const std::vector<LoraLinearImpl*>& layers,
+                                        torch::Tensor* joint) {
   std::vector<torch::Tensor> weights, biases;
   for (const auto* l : layers) weights.push_back(l->weight), biases.push_back(l->bias);
-  auto out = fused_linear(x, weights, biases);
+  auto out = fused_linear(x, weights, biases, joint);
   for (size_t i = 0; i < layers.size(); ++i) {
     auto* l = layers[i];
     if (!l->has_adapter()) continue;
+    if (joint) *joint = torch::Tensor();  // the outputs are no longer slices of one tensor
     const auto a = l->dropout > 0 && l->is_training()
                        ? F::dropout(x, F::DropoutFuncOptions().p(l->dropout))
                        : x;

@@ -42,8 +42,11 @@ TORCH_MODULE(LoraLinear);
 // is being recorded for one of the weights, where the backward's saving pays for the copy; in
 // generation, evaluation or a frozen LLM each layer runs alone and no weight is copied. A
 // layer's LoRA adapter adds its update to its own output.
+// With `joint`, it is set to the whole output (...,sum O_i) when the layers ran as one GEMM and
+// none has an adapter (the outputs are then its slices, side by side), else left undefined.
 std::vector<torch::Tensor> fused_linear(const torch::Tensor& x,
-                                        const std::vector<LoraLinearImpl*>& layers);
+                                        const std::vector<LoraLinearImpl*>& layers,
+                                        torch::Tensor* joint = nullptr);
 
 // While one is alive on this thread, fused_linear fuses trainable weights without grad mode too:
 // gradient checkpointing's first forward, which must compute exactly what its recomputation (with
@@ -63,6 +66,7 @@ class FuseWithoutGradScope {
 // when others are present): the vision tower's q/k/v.
 std::vector<torch::Tensor> fused_linear(const torch::Tensor& x,
                                         const std::vector<torch::Tensor>& weights,
-                                        const std::vector<torch::Tensor>& biases);
+                                        const std::vector<torch::Tensor>& biases,
+                                        torch::Tensor* joint = nullptr);
 
 }  // namespace mllm
