@@ -104,7 +104,8 @@ std::pair<torch::Tensor, LayerHook> MultimodalModelImpl::prepare(
   auto text = language_model->embed(input_ids);
   const auto features = image_features(pixel_values, text.options());
   const auto seen = token_images(input_ids == image_token_id_, attention_mask, features.size(0));
-  return {text, connector->layer_hook(features, seen.to(input_ids.device()))};
+  // On the CPU: the hook reads it there (no round trip through the device).
+  return {text, connector->layer_hook(features, seen)};
 }
 
 torch::Tensor MultimodalModelImpl::forward(const torch::Tensor& input_ids,

@@ -193,8 +193,10 @@ DecoderMask decoder_mask(const torch::Tensor& attention_mask, int64_t T, int64_t
     throw std::invalid_argument("attention_mask has " + std::to_string(attention_mask.size(1)) +
                                 " positions, expected " + std::to_string(S));
   const auto B = attention_mask.size(0);
-  const bool packed = attention_mask.max().item<int64_t>() > 1;
-  if (!packed && attention_mask.all().item<bool>()) return out;  // plain causal
+  const auto [lowest, highest] = at::aminmax(attention_mask);  // one pass, read together
+  const auto range = torch::stack({lowest, highest}).to(torch::kCPU, torch::kLong);
+  const bool packed = range[1].item<int64_t>() > 1;
+  if (!packed && range[0].item<int64_t>() != 0) return out;  // all real: plain causal
   if (packed && T == S) {
     // Each sample's span: a run of one non-zero value along its row.
     const auto m = attention_mask.to(torch::kCPU, torch::kLong).contiguous();
