@@ -558,6 +558,7 @@ void describe(Binder& b, TrainConfig& c) {
   b.section("orpo", c.orpo);
   b.section("simpo", c.simpo);
   b.value("gradient_checkpointing", c.gradient_checkpointing);
+  b.choice("sharding", c.sharding, {"none", "optimizer", "gradients", "parameters"});
   b.value("lm_head_chunk_mb", c.lm_head_chunk_mb, at_least(0));
   b.value("epochs", c.epochs, at_least(1));
   b.value("max_steps", c.max_steps, at_least(0));

@@ -212,6 +212,10 @@ struct TrainConfig {
   OrpoConfig orpo;
   SimpoConfig simpo;
   bool gradient_checkpointing = false;  // recompute each LLM layer in backward (less memory)
+  // Sharded data parallel (train/sharding.h), DeepSpeed's ZeRO stages: none (every rank holds
+  // everything, as DDP) | optimizer (ZeRO-1: AdamW moments sharded) | gradients (ZeRO-2: and the
+  // gradients) | parameters (ZeRO-3: and the trainable weights, gathered a decoder layer at a time).
+  std::string sharding = "none";
   // The fp32 logits the LM head may hold at once, in MiB (models/llm/lm_head_logprobs.h): the
   // supervised positions go through it in chunks this size, forward and backward. 0 = one chunk.
   int64_t lm_head_chunk_mb = 256;

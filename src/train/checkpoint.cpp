@@ -1,6 +1,5 @@
 #include "train/checkpoint.h"
 
-#include <unistd.h>
 
 #include <cstdio>
 #include <mutex>
@@ -23,9 +22,6 @@ constexpr const char* kMagic = "mllm-train-checkpoint";
 constexpr int kVersion = 1;
 
 constexpr const char* kManifestMagic = "mllm-train-checkpoint-manifest";
-// Every file of a checkpoint but the manifest itself, in the order they are written.
-const char* const kFiles[] = {"model.safetensors", "optimizer.pt", "rng_state.pt",
-                              "trainer_state.json"};
 
 // Size and XXH3-64 of a file, read in 8 MiB pieces (a 7B run's optimizer.pt is tens of GB: the
 // hash runs at memory speed, the read at disk speed).
@@ -90,28 +86,57 @@ std::string checkpoint_name(int64_t step) {
   return buf;
 }
 
-std::filesystem::path save_checkpoint(const std::filesystem::path& root, torch::nn::Module& model,
-                                      torch::optim::Optimizer& optimizer, const TrainerState& state,
-                                      int64_t keep_last) {
+std::filesystem::path begin_checkpoint(const std::filesystem::path& root, int64_t step) {
+  // The same name on every rank (a sharded checkpoint's ranks write into it together); a stale
+  // one from a run that died while writing is replaced.
+  const auto tmp = root / (".tmp-" + checkpoint_name(step));
+  std::filesystem::remove_all(tmp);
+  std::filesystem::create_directories(tmp);
+  return tmp;
+}
+
+void write_manifest_part(const std::filesystem::path& tmp, int64_t rank,
+                         const std::vector<std::string>& files) {
+  nlohmann::json part = nlohmann::json::object();
+  for (const auto& f : files) {
+    fsync_path(tmp / f);
+    const auto [size, hash] = size_and_hash(tmp / f);
+    part[f] = {{"bytes", size}, {"xxh3_64", hash}};
+  }
+  write_file_atomic(tmp / ("manifest-part-" + std::to_string(rank) + ".json"), part.dump() + "\n");
+}
+
+std::filesystem::path commit_checkpoint(const std::filesystem::path& root,
+                                        const std::filesystem::path& tmp, const TrainerState& state,
+                                        int64_t keep_last) {
   namespace fs = std::filesystem;
   const std::string name = checkpoint_name(state.step);
   const fs::path final_dir = root / name;
-  const fs::path tmp = root / (".tmp-" + name + "-" + std::to_string(::getpid()));
-  fs::remove_all(tmp);
-  fs::create_directories(tmp);
-  save_safetensors(tmp / "model.safetensors", named_parameters(model, true),
-                   {{"format", "pt"}, {"mllm_step", std::to_string(state.step)}});
-  torch::save(optimizer, (tmp / "optimizer.pt").string());
-  fsync_path(tmp / "optimizer.pt");
   torch::save(rng_states(), (tmp / "rng_state.pt").string());
   fsync_path(tmp / "rng_state.pt");
   write_file_atomic(tmp / "trainer_state.json", state.to_json().dump(2) + "\n");
   // Last: what every file must be, so a later resume can tell a damaged checkpoint from a good one.
+  // Files another rank wrote come with their sizes and checksums (manifest-part-R.json).
   nlohmann::json files = nlohmann::json::object();
-  for (const char* f : kFiles) {
-    const auto [size, hash] = size_and_hash(tmp / f);
+  std::vector<fs::path> parts, others;
+  for (const auto& e : fs::directory_iterator(tmp)) {
+    const std::string f = e.path().filename().string();
+    if (f.rfind("manifest-part-", 0) == 0)
+      parts.push_back(e.path());
+    else if (f != "manifest.json" && e.is_regular_file())
+      others.push_back(e.path());
+  }
+  for (const auto& p : parts) {
+    const auto part = nlohmann::json::parse(read_file(p));
+    for (const auto& [f, entry] : part.items()) files[f] = entry;
+  }
+  for (const auto& p : others) {
+    const std::string f = p.filename().string();
+    if (files.contains(f)) continue;
+    const auto [size, hash] = size_and_hash(p);
     files[f] = {{"bytes", size}, {"xxh3_64", hash}};
   }
+  for (const auto& p : parts) fs::remove(p);
   write_file_atomic(tmp / "manifest.json",
                     nlohmann::json{{"format", kManifestMagic}, {"files", files}}.dump(2) + "\n");
   fsync_path(tmp);
@@ -147,9 +172,29 @@ std::filesystem::path save_checkpoint(const std::filesystem::path& root, torch::
   return final_dir;
 }
 
+std::filesystem::path save_checkpoint(const std::filesystem::path& root, torch::nn::Module& model,
+                                      torch::optim::Optimizer& optimizer, const TrainerState& state,
+                                      int64_t keep_last) {
+  const auto tmp = begin_checkpoint(root, state.step);
+  save_safetensors(tmp / "model.safetensors", named_parameters(model, true),
+                   {{"format", "pt"}, {"mllm_step", std::to_string(state.step)}});
+  torch::save(optimizer, (tmp / "optimizer.pt").string());
+  fsync_path(tmp / "optimizer.pt");
+  return commit_checkpoint(root, tmp, state, keep_last);
+}
+
+bool is_sharded_checkpoint(const std::filesystem::path& dir) {
+  return std::filesystem::exists(dir / "sharding.json");
+}
+
 std::string checkpoint_problem(const std::filesystem::path& dir) {
   namespace fs = std::filesystem;
-  for (const char* f : {"trainer_state.json", "model.safetensors", "optimizer.pt"})
+  // A sharded checkpoint's weights and optimizer state are in its shards (the manifest names them).
+  const std::vector<const char*> required =
+      is_sharded_checkpoint(dir)
+          ? std::vector<const char*>{"trainer_state.json", "sharding.json"}
+          : std::vector<const char*>{"trainer_state.json", "model.safetensors", "optimizer.pt"};
+  for (const char* f : required)
     if (!fs::is_regular_file(dir / f)) return std::string(f) + " is missing";
   const fs::path manifest = dir / "manifest.json";
   if (!fs::exists(manifest)) return "";  // written before manifests: complete is all we know
@@ -205,8 +250,7 @@ std::optional<std::filesystem::path> find_latest_checkpoint(
   return std::nullopt;
 }
 
-TrainerState load_checkpoint(const std::filesystem::path& dir, torch::nn::Module& model,
-                             torch::optim::Optimizer& optimizer) {
+TrainerState read_checkpoint_state(const std::filesystem::path& dir) {
   if (const std::string problem = checkpoint_problem(dir); !problem.empty())
     throw Error(dir.string() + ": damaged checkpoint: " + problem);
   const auto state_file = dir / "trainer_state.json";
@@ -217,14 +261,6 @@ TrainerState load_checkpoint(const std::filesystem::path& dir, torch::nn::Module
     throw Error(state_file.string() + ": malformed JSON (" + e.what() + ")");
   }
   TrainerState state = TrainerState::from_json(j, state_file);
-  SafetensorsCheckpoint weights(dir / "model.safetensors");
-  load_parameters(model, weights, "", /*only_trainable=*/true);
-  try {
-    torch::load(optimizer, (dir / "optimizer.pt").string());
-  } catch (const c10::Error& e) {
-    throw Error((dir / "optimizer.pt").string() + ": cannot restore the optimizer state (" +
-                e.what_without_backtrace() + ")");
-  }
   const auto rng_file = dir / "rng_state.pt";
   if (std::filesystem::exists(rng_file)) {
     std::vector<torch::Tensor> rng;
@@ -239,6 +275,25 @@ TrainerState load_checkpoint(const std::filesystem::path& dir, torch::nn::Module
     spdlog::warn(
         "{}: no rng_state.pt; random draws (dropout) will differ from an uninterrupted run",
         dir.string());
+  }
+  return state;
+}
+
+TrainerState load_checkpoint(const std::filesystem::path& dir, torch::nn::Module& model,
+                             torch::optim::Optimizer& optimizer) {
+  if (is_sharded_checkpoint(dir))
+    throw ConfigError(dir.string() +
+                      " was written by a sharded run (sharding.json): resume it with "
+                      "train.sharding set to optimizer, gradients or parameters (on any number "
+                      "of ranks)");
+  TrainerState state = read_checkpoint_state(dir);
+  SafetensorsCheckpoint weights(dir / "model.safetensors");
+  load_parameters(model, weights, "", /*only_trainable=*/true);
+  try {
+    torch::load(optimizer, (dir / "optimizer.pt").string());
+  } catch (const c10::Error& e) {
+    throw Error((dir / "optimizer.pt").string() + ": cannot restore the optimizer state (" +
+                e.what_without_backtrace() + ")");
   }
   return state;
 }

@@ -6,6 +6,8 @@
 //                                               schedule, metrics
 //   checkpoints/step-000500/rng_state.pt        the CPU generator's state, then each CUDA device's
 //   checkpoints/step-000500/manifest.json       size and XXH3-64 of each file above, written last
+// (a sharded run writes shard-R-of-W.safetensors per rank and sharding.json instead of
+// model.safetensors and optimizer.pt: train/sharding.h)
 //   checkpoints/latest                          name of the newest complete checkpoint
 // The format carries a magic string and a version; `keep_last` prunes the oldest.
 #pragma once
@@ -41,6 +43,21 @@ std::filesystem::path save_checkpoint(const std::filesystem::path& checkpoints_d
                                       torch::nn::Module& model, torch::optim::Optimizer& optimizer,
                                       const TrainerState& state, int64_t keep_last);
 
+// The parts of save_checkpoint, for a checkpoint several ranks write together (sharded training,
+// train/sharding.h): rank 0 calls begin_checkpoint (an empty temporary directory, the same name on
+// every rank); every rank writes its files there and records their sizes and checksums with
+// write_manifest_part; then rank 0 calls commit_checkpoint, which writes trainer_state.json,
+// rng_state.pt and manifest.json (every file of the directory) and renames it into place.
+std::filesystem::path begin_checkpoint(const std::filesystem::path& checkpoints_dir, int64_t step);
+void write_manifest_part(const std::filesystem::path& tmp, int64_t rank,
+                         const std::vector<std::string>& files);
+std::filesystem::path commit_checkpoint(const std::filesystem::path& checkpoints_dir,
+                                        const std::filesystem::path& tmp, const TrainerState& state,
+                                        int64_t keep_last);
+// A checkpoint written by a sharded run: its weights and optimizer state are in shard files
+// described by sharding.json instead of model.safetensors and optimizer.pt.
+bool is_sharded_checkpoint(const std::filesystem::path& dir);
+
 // What is wrong with a checkpoint directory: a file missing, a size or checksum that differs from
 // its manifest; "" when it is sound (a checkpoint from before manifests only needs its files).
 std::string checkpoint_problem(const std::filesystem::path& dir);
@@ -57,8 +74,12 @@ struct SkippedCheckpoint {
 std::optional<std::filesystem::path> find_latest_checkpoint(
     const std::filesystem::path& checkpoints_dir, std::vector<SkippedCheckpoint>* skipped = nullptr);
 
+// The trainer state of a sound checkpoint, with the RNG states restored (the part of loading that
+// sharded and unsharded checkpoints share).
+TrainerState read_checkpoint_state(const std::filesystem::path& dir);
+
 // Restores the trainable parameters, the optimizer state and the RNG states, and returns the
-// trainer state. Throws Error naming the checkpoint and the file that is missing or malformed.
+// trainer state (a sharded checkpoint is a ConfigError: it needs train.sharding). Throws Error naming the checkpoint and the file that is missing or malformed.
 TrainerState load_checkpoint(const std::filesystem::path& dir, torch::nn::Module& model,
                              torch::optim::Optimizer& optimizer);
 

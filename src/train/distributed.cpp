@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <torch/csrc/distributed/c10d/Types.hpp>
 #include <torch/csrc/distributed/c10d/Work.hpp>
@@ -42,6 +43,20 @@ class NoGradientSync final : public GradientSync {
 
 std::unique_ptr<GradientSync> SingleProcess::gradient_sync(std::vector<torch::Tensor>, double) {
   return std::make_unique<NoGradientSync>();
+}
+
+PendingCollective SingleProcess::reduce_scatter(torch::Tensor full, torch::Tensor mine,
+                                                const std::string&) {
+  torch::NoGradGuard no_grad;
+  mine.copy_(full.narrow(0, 0, mine.numel()));
+  return [] {};
+}
+
+PendingCollective SingleProcess::all_gather(torch::Tensor mine, torch::Tensor full,
+                                            const std::string&) {
+  torch::NoGradGuard no_grad;
+  if (!mine.is_same(full)) full.narrow(0, 0, mine.numel()).copy_(mine);
+  return [] {};
 }
 
 std::unique_ptr<Collectives> join_job(const DistEnv& env, const DistributedConfig& config,
@@ -103,6 +118,9 @@ std::unique_ptr<ProcessGroup> ProcessGroup::create(const DistEnv& env,
         options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
       pg->backend_ = c10::make_intrusive<c10d::ProcessGroupGloo>(pg->store_, env.rank,
                                                                  env.world_size, options);
+      pg->grad_backend_ = c10::make_intrusive<c10d::ProcessGroupGloo>(
+          c10::make_intrusive<c10d::PrefixStore>("gradients/", pg->store_), env.rank,
+          env.world_size, options);
 #else
       throw ConfigError("run.distributed.backend: this LibTorch was built without Gloo");
 #endif
@@ -115,6 +133,9 @@ std::unique_ptr<ProcessGroup> ProcessGroup::create(const DistEnv& env,
       options->timeout = to_ms(config.timeout);
       pg->backend_ = c10::make_intrusive<c10d::ProcessGroupNCCL>(pg->store_, env.rank,
                                                                  env.world_size, options);
+      pg->grad_backend_ = c10::make_intrusive<c10d::ProcessGroupNCCL>(
+          c10::make_intrusive<c10d::PrefixStore>("gradients/", pg->store_), env.rank,
+          env.world_size, options);
 #else
       throw ConfigError(
           "run.distributed.backend: this LibTorch was built without NCCL (USE_C10D_NCCL); use "
@@ -163,6 +184,43 @@ c10::intrusive_ptr<c10d::Work> ProcessGroup::sum_async(torch::Tensor& flat,
   try {
     std::vector<torch::Tensor> tensors{flat};
     return backend_->allreduce(tensors, c10d::AllreduceOptions{});
+  } catch (const std::exception& e) {
+    fail(what, e);
+  }
+}
+
+PendingCollective ProcessGroup::reduce_scatter(torch::Tensor full, torch::Tensor mine,
+                                               const std::string& what) {
+  try {
+    if (backend_name_ == "nccl") {
+      auto work = grad_backend_->_reduce_scatter_base(mine, full, c10d::ReduceScatterOptions{});
+      return [this, work, what] { wait(work, what); };
+    }
+    std::vector<torch::Tensor> tensors{full};
+    auto work = grad_backend_->allreduce(tensors, c10d::AllreduceOptions{});
+    return [this, work, what, full, mine] {
+      wait(work, what);
+      torch::NoGradGuard no_grad;
+      mine.copy_(full.narrow(0, rank() * mine.numel(), mine.numel()));
+    };
+  } catch (const std::exception& e) {
+    fail(what, e);
+  }
+}
+
+PendingCollective ProcessGroup::all_gather(torch::Tensor mine, torch::Tensor full,
+                                           const std::string& what) {
+  try {
+    if (backend_name_ == "nccl") {
+      auto work = backend_->_allgather_base(full, mine, c10d::AllgatherOptions{});
+      return [this, work, what] { wait(work, what); };
+    }
+    std::vector<std::vector<torch::Tensor>> outputs(1);
+    for (int r = 0; r < world_size(); ++r)
+      outputs[0].push_back(full.narrow(0, r * mine.numel(), mine.numel()));
+    std::vector<torch::Tensor> inputs{mine};
+    auto work = backend_->allgather(outputs, inputs, c10d::AllgatherOptions{});
+    return [this, work, what] { wait(work, what); };
   } catch (const std::exception& e) {
     fail(what, e);
   }

@@ -10,6 +10,7 @@
 // so far stay intact and `--resume auto` continues from the newest.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -47,6 +48,10 @@ class GradientSync {
   virtual size_t buckets() const = 0;
 };
 
+// A collective that has started: calling it waits for the result (and throws DistributedError if
+// the collective fails or times out).
+using PendingCollective = std::function<void()>;
+
 // What the trainer asks of the processes it runs in: one process (SingleProcess, where every
 // collective returns its input) or one rank of many (ProcessGroup). Every rank must call the
 // same collectives in the same order; `what` names the operation in errors.
@@ -75,6 +80,17 @@ class Collectives {
   // Sums the gradients of `params` across ranks (nothing to do for one process).
   virtual std::unique_ptr<GradientSync> gradient_sync(std::vector<torch::Tensor> params,
                                                       double bucket_mb) = 0;
+
+  // For sharded training (train/sharding.h). `full` holds world_size() equal chunks; rank r's
+  // chunk is `mine`'s size. Both start now and finish when the returned PendingCollective is
+  // called; each kind goes in its own stream, so that gradients reduced during backward never
+  // interleave with weights gathered during backward.
+  // reduce_scatter: `mine` = this rank's chunk of the sum over ranks of `full` (left as scratch).
+  virtual PendingCollective reduce_scatter(torch::Tensor full, torch::Tensor mine,
+                                           const std::string& what) = 0;
+  // all_gather: `full` = every rank's `mine`, in rank order (`mine` may be a view of `full`).
+  virtual PendingCollective all_gather(torch::Tensor mine, torch::Tensor full,
+                                       const std::string& what) = 0;
 };
 
 // A job of one process: rank 0 of 1.
@@ -93,6 +109,10 @@ class SingleProcess final : public Collectives {
   }
   void barrier(const std::string&) override {}
   std::unique_ptr<GradientSync> gradient_sync(std::vector<torch::Tensor>, double) override;
+  PendingCollective reduce_scatter(torch::Tensor full, torch::Tensor mine,
+                                   const std::string&) override;
+  PendingCollective all_gather(torch::Tensor mine, torch::Tensor full,
+                               const std::string&) override;
 };
 
 // Joins the job `env` describes: a ProcessGroup when this process is one rank of several, else a
@@ -126,6 +146,13 @@ class ProcessGroup final : public Collectives {
   void barrier(const std::string& what) override;
   std::unique_ptr<GradientSync> gradient_sync(std::vector<torch::Tensor> params,
                                               double bucket_mb) override;
+  // NCCL has both natively; Gloo (1.13) has neither as such: reduce_scatter is an all-reduce of
+  // which each rank keeps its chunk (the same result, W/2 times the traffic), all_gather is Gloo's
+  // list all-gather.
+  PendingCollective reduce_scatter(torch::Tensor full, torch::Tensor mine,
+                                   const std::string& what) override;
+  PendingCollective all_gather(torch::Tensor mine, torch::Tensor full,
+                               const std::string& what) override;
 
   // For GradientReducer: an in-place sum started now, finished by wait().
   c10::intrusive_ptr<c10d::Work> sum_async(torch::Tensor& flat, const std::string& what);
@@ -144,6 +171,8 @@ class ProcessGroup final : public Collectives {
   torch::Device device_ = torch::kCPU;
   c10::intrusive_ptr<c10d::Store> store_;
   c10::intrusive_ptr<CommBackend> backend_;
+  // The second stream: reduce_scatter's (a process group of its own over the same store).
+  c10::intrusive_ptr<CommBackend> grad_backend_;
 };
 
 // Sums the gradients of `params` across ranks, DDP style: parameters are grouped into buckets of

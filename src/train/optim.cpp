@@ -4,16 +4,24 @@
 
 namespace mllm {
 
+namespace {
+// Matrices decay; token embeddings (matrices too) only with train.weight_decay_embeddings.
+bool decays(const std::string& name, const torch::Tensor& p, const TrainConfig& t) {
+  const bool embedding = name.find("embed_tokens") != std::string::npos;
+  return p.dim() >= 2 && (t.weight_decay_embeddings || !embedding);
+}
+}  // namespace
+
+double weight_decay_of(const std::string& name, const torch::Tensor& p, const TrainConfig& t) {
+  return decays(name, p, t) ? t.weight_decay : 0.0;
+}
+
 std::unique_ptr<torch::optim::AdamW> make_optimizer(torch::nn::Module& module,
                                                     const TrainConfig& t) {
   std::vector<torch::Tensor> decay, no_decay;
   for (const auto& item : module.named_parameters(true)) {
     const auto& p = item.value();
-    if (!p.requires_grad()) continue;
-    // Token embeddings (embed_tokens) are matrices too; train.weight_decay_embeddings decides.
-    const bool embedding = item.key().find("embed_tokens") != std::string::npos;
-    const bool decays = p.dim() >= 2 && (t.weight_decay_embeddings || !embedding);
-    (decays ? decay : no_decay).push_back(p);
+    if (p.requires_grad()) (decays(item.key(), p, t) ? decay : no_decay).push_back(p);
   }
   auto options = [&](double wd) {
     return std::make_unique<torch::optim::AdamWOptions>(torch::optim::AdamWOptions(t.lr)

@@ -12,6 +12,10 @@
 
 namespace mllm {
 
+// The weight decay AdamW applies to a trainable parameter: train.weight_decay on matrices (the
+// token embeddings only with train.weight_decay_embeddings), 0 on vectors.
+double weight_decay_of(const std::string& name, const torch::Tensor& p, const TrainConfig& train);
+
 std::unique_ptr<torch::optim::AdamW> make_optimizer(torch::nn::Module& module,
                                                     const TrainConfig& train);
 

@@ -34,6 +34,7 @@
 #include "train/metrics_sink.h"
 #include "train/objectives.h"
 #include "train/optim.h"
+#include "train/sharding.h"
 #include "train/stage.h"
 
 namespace mllm {
@@ -253,7 +254,9 @@ struct Trainer::Impl {
   std::optional<ImageTransform> transform;
   std::unique_ptr<DataLoader> loader;
   std::vector<torch::Tensor> params;  // the trainable ones
-  std::unique_ptr<GradientSync> grad_sync;
+  std::unique_ptr<GradientSync> grad_sync;            // train.sharding: none
+  ShardLevel sharding = ShardLevel::none;
+  std::unique_ptr<ShardedTraining> sharded;           // the other levels
   int64_t pad_id = 0, per_step = 0, total = 0, image_tokens = 0, n_trainable = 0, n_total = 0;
 
   std::optional<fs::path> resume_from;
@@ -276,7 +279,22 @@ struct Trainer::Impl {
     out = config.output_dir();
     ckpt_root = out / "checkpoints";
     stage = &find_stage(config.train.stage);
+    sharding = parse_shard_level(config.train.sharding);
   }
+  ~Impl() {
+    if (sharded && model) model->language_model->model->set_layer_shards(nullptr);
+  }
+
+  // Level parameters: the whole weights on every rank while evaluating or writing final/.
+  struct WholeWeights {
+    explicit WholeWeights(ShardedTraining* s) : s(s) {
+      if (s) s->gather_all();
+    }
+    ~WholeWeights() {
+      if (s) s->release_all();
+    }
+    ShardedTraining* s;
+  };
 
   void log_metrics(const nlohmann::json& record) {
     if (metrics_sink) metrics_sink->write(record);
@@ -425,7 +443,19 @@ struct Trainer::Impl {
                        {"min_lr_ratio", tc.min_lr_ratio}};
     if (!resume_from) return;
     const auto scheduler = state.scheduler;
-    state = load_checkpoint(*resume_from, *model, *optimizer);
+    if (is_sharded_checkpoint(*resume_from)) {
+      if (sharding == ShardLevel::none)
+        throw ConfigError(config.where("train.sharding") + ": " + resume_from->string() +
+                          " was written by a sharded run; resume it with train.sharding set to "
+                          "optimizer, gradients or parameters (any level, any number of ranks)");
+      state = read_checkpoint_state(*resume_from);  // the shards are read in open_run()
+    } else if (sharding != ShardLevel::none) {
+      throw ConfigError(config.where("train.sharding") + ": " + resume_from->string() +
+                        " was written without sharding (model.safetensors, optimizer.pt); "
+                        "resume it with train.sharding: none");
+    } else {
+      state = load_checkpoint(*resume_from, *model, *optimizer);
+    }
     if (state.total_steps != total || (!state.scheduler.empty() && state.scheduler != scheduler))
       spdlog::warn("the checkpoint's schedule {} differs from this run's {}: the schedule changes",
                    state.scheduler.dump(), scheduler.dump());
@@ -475,12 +505,49 @@ struct Trainer::Impl {
                                           LoaderPosition{state.epoch, state.position});
     for (const auto& p : model->parameters())
       if (p.requires_grad()) params.push_back(p);
-    grad_sync = group->gradient_sync(params, config.run.distributed.bucket_mb);
-    if (world > 1)
-      spdlog::info("gradients: summed across ranks in {} bucket(s) of up to {:g} MB",
-                   grad_sync->buckets(), config.run.distributed.bucket_mb);
+    if (sharding == ShardLevel::none) {
+      grad_sync = group->gradient_sync(params, config.run.distributed.bucket_mb);
+      if (world > 1)
+        spdlog::info("gradients: summed across ranks in {} bucket(s) of up to {:g} MB",
+                     grad_sync->buckets(), config.run.distributed.bucket_mb);
+    } else {
+      start_sharding();
+    }
     model->train();
     step_delay = test_step_delay();
+  }
+
+  // train.sharding: the trainable weights, their gradients and AdamW state go to the flat buckets
+  // of train/sharding.h (after every rank has rank 0's weights, and before a checkpoint's shards
+  // are read into them).
+  void start_sharding() {
+    std::vector<ShardedParam> sp;
+    const std::string layers = "language_model.model.layers.";
+    for (const auto& item : model->named_parameters(true)) {
+      if (!item.value().requires_grad()) continue;
+      ShardedParam p{item.key(), item.value(),
+                     weight_decay_of(item.key(), item.value(), config.train), -1};
+      if (item.key().rfind(layers, 0) == 0)
+        p.layer = std::stoll(item.key().substr(layers.size()));
+      sp.push_back(std::move(p));
+    }
+    const auto& tc = config.train;
+    sharded = std::make_unique<ShardedTraining>(*group, sharding, std::move(sp),
+                                                AdamWSettings{tc.betas[0], tc.betas[1], tc.adam_eps},
+                                                config.run.distributed.bucket_mb);
+    if (sharding == ShardLevel::parameters)
+      model->language_model->model->set_layer_shards(sharded.get());
+    if (resume_from) sharded->load(*resume_from);
+    const auto b = sharded->bytes();
+    auto mib = [](int64_t bytes) { return static_cast<double>(bytes) / (1 << 20); };
+    // Every rank says what it holds: the figures differ by a padding element at most.
+    spdlog::log(main_rank ? spdlog::level::info : spdlog::level::warn,
+                "sharding: {} ({}) over {} rank(s) in {} bucket(s): this rank holds optimizer "
+                "state {} bytes of {} unsharded ({:.2f} MiB), gradients {:.2f} MiB, whole "
+                "weights {:.2f} MiB, weight slices {:.2f} MiB",
+                config.train.sharding, zero_stage_name(sharding), world, sharded->buckets(),
+                b.optimizer, sharded->unsharded_optimizer_bytes(), mib(b.optimizer),
+                mib(b.gradients), mib(b.weights), mib(b.master));
   }
 
   // The step's backward passes, with the global normalisation; fills the loss sums.
@@ -488,7 +555,10 @@ struct Trainer::Impl {
     double loss_sum = 0;
     for (size_t m = 0; m < micro.size(); ++m) {
       const auto& b = micro[m];
-      grad_sync->prepare(m + 1 == micro.size());
+      if (sharded)
+        sharded->begin_micro_batch(m + 1 == micro.size());
+      else
+        grad_sync->prepare(m + 1 == micro.size());
       auto t = Clock::now();
       ObjectiveOutput o;
       {
@@ -499,6 +569,7 @@ struct Trainer::Impl {
       t = Clock::now();
       (o.loss_sum / static_cast<double>(std::max<int64_t>(1, weight))).backward();
       loss_sum += o.loss_sum.item<double>();
+      if (sharded) sharded->end_micro_batch();
       r.backward_s += seconds_since(t);
       for (const auto& [k, v] : o.metric_sums) r.metrics[k] += v;
       r.tokens += b.tokens;
@@ -506,7 +577,7 @@ struct Trainer::Impl {
       r.unpacked_positions += b.unpacked_positions;
     }
     const auto t = Clock::now();
-    grad_sync->finish();
+    if (grad_sync) grad_sync->finish();
     // The step's figures over all ranks (every rank's objective reports the same names).
     std::vector<double> v{loss_sum, static_cast<double>(r.tokens), static_cast<double>(r.positions),
                           static_cast<double>(r.unpacked_positions)};
@@ -529,7 +600,10 @@ struct Trainer::Impl {
     auto t = Clock::now();
     state.lr = lr_at(tc, state.step, total);
     set_lr(*optimizer, state.lr);
-    optimizer->zero_grad();
+    if (sharded)
+      sharded->zero_grad();
+    else
+      optimizer->zero_grad();
     r.optimizer_s += seconds_since(t);
     // The loss is a mean over the step's global batch: every rank divides by the global weight
     // (tokens, or pairs), and the gradients are summed across ranks.
@@ -546,7 +620,8 @@ struct Trainer::Impl {
     t = Clock::now();
     const double max_norm =
         tc.clip_grad_norm > 0 ? tc.clip_grad_norm : std::numeric_limits<double>::infinity();
-    r.grad_norm = torch::nn::utils::clip_grad_norm_(params, max_norm);
+    r.grad_norm = sharded ? sharded->clip_grad_norm(max_norm)
+                          : torch::nn::utils::clip_grad_norm_(params, max_norm);
     r.lr = state.lr;
     r.step = ++state.step;
     ++steps_here;
@@ -556,7 +631,10 @@ struct Trainer::Impl {
       return r;
     }
     bad_in_a_row = 0;
-    optimizer->step();
+    if (sharded)
+      sharded->step(state.lr);
+    else
+      optimizer->step();
     r.optimizer_s += seconds_since(t);
     summary.losses.emplace_back(state.step, r.loss);
     state.extra = {{"loss", r.loss},
@@ -569,7 +647,10 @@ struct Trainer::Impl {
   // The NaN/inf guard: no update from this step (its data is consumed); abort after too many. The
   // loss and gradients are global, so every rank skips the same steps.
   void skip_step(StepResult& r) {
-    optimizer->zero_grad();
+    if (sharded)
+      sharded->zero_grad();
+    else
+      optimizer->zero_grad();
     r.skipped = true;
     ++bad_in_a_row;
     ++summary.skipped_steps;
@@ -646,6 +727,7 @@ struct Trainer::Impl {
   }
 
   void evaluate(const char* when) {
+    WholeWeights whole(sharded.get());
     nlohmann::json record = {{"step", state.step}};
     if (eval_data) {
       const auto r =
@@ -679,6 +761,21 @@ struct Trainer::Impl {
   }
 
   void save() {
+    if (sharded) {
+      // Every rank writes its shard into the directory rank 0 opened; rank 0 commits it.
+      const auto tmp = ckpt_root / (".tmp-" + checkpoint_name(state.step));
+      if (main_rank) begin_checkpoint(ckpt_root, state.step);
+      group->barrier("the start of checkpoint " + checkpoint_name(state.step));
+      write_manifest_part(tmp, group->rank(), sharded->save(tmp));
+      group->barrier("the shards of checkpoint " + checkpoint_name(state.step));
+      if (main_rank) {
+        const auto dir = commit_checkpoint(ckpt_root, tmp, state, config.train.keep_last);
+        spdlog::info("checkpoint {} ({} shards)", dir.string(), world);
+      }
+      group->barrier("checkpoint " + checkpoint_name(state.step));
+      last_saved = state.step;
+      return;
+    }
     if (main_rank) {
       const auto dir =
           save_checkpoint(ckpt_root, *model, *optimizer, state, config.train.keep_last);
@@ -736,9 +833,12 @@ struct Trainer::Impl {
         {"wall_seconds", earlier_seconds + seconds_since(start)},
         {"world_size", world},
         {"blas", blas_info().describe()}};
-    if (main_rank) {
-      write_file_atomic(out / "summary.json", figures.dump(2) + "\n");
-      write_final(out, *model, config, *stage, *tokenizer);
+    {
+      WholeWeights whole(sharded.get());
+      if (main_rank) {
+        write_file_atomic(out / "summary.json", figures.dump(2) + "\n");
+        write_final(out, *model, config, *stage, *tokenizer);
+      }
     }
     // No rank reports success before final/ exists.
     group->barrier("the end of the run");

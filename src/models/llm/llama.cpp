@@ -288,6 +288,7 @@ torch::Tensor LlamaModelImpl::forward(const torch::Tensor& inputs_embeds,
   for (size_t i = 0; i < layers->size(); ++i) {
     const auto layer = layers->ptr<LlamaDecoderLayerImpl>(i);
     if (hook) h = (*hook)(static_cast<int64_t>(i), h);
+    if (shards_) shards_->before_layer(static_cast<int64_t>(i));
     torch::Tensor logits;
     if (cache)
       h = layer->forward(h, cos, sin, mask, logits, &cache->k[i], &cache->v[i]);
@@ -295,6 +296,7 @@ torch::Tensor LlamaModelImpl::forward(const torch::Tensor& inputs_embeds,
       h = checkpointed_layer_forward(layer, h, cos, sin, mask, logits);
     else
       h = layer->forward(h, cos, sin, mask, logits);
+    if (shards_) h = shards_->after_layer(static_cast<int64_t>(i), h);
     if (logits.defined()) router_logits.push_back(logits);
     if (hidden_states) hidden_states->push_back(h);
   }

@@ -12,6 +12,7 @@
 #include <torch/torch.h>
 
 #include "core/config.h"
+#include "models/llm/layer_shards.h"
 #include "models/llm/lora_linear.h"
 
 namespace mllm {
@@ -162,6 +163,8 @@ class LlamaModelImpl : public torch::nn::Module {
   // outside the checkpoint.
   void set_gradient_checkpointing(bool on) { gradient_checkpointing_ = on; }
   bool gradient_checkpointing() const { return gradient_checkpointing_; }
+  // Sharded weights (models/llm/layer_shards.h): called around each layer; nullptr = none.
+  void set_layer_shards(LayerShards* shards) { shards_ = shards; }
 
   torch::nn::Embedding embed_tokens{nullptr};
   torch::nn::ModuleList layers{nullptr};
@@ -172,6 +175,7 @@ class LlamaModelImpl : public torch::nn::Module {
  private:
   LlmConfig config_;
   bool gradient_checkpointing_ = false;
+  LayerShards* shards_ = nullptr;
 };
 TORCH_MODULE(LlamaModel);
 
