@@ -466,11 +466,14 @@ struct Trainer::Impl {
     spdlog::info("resumed from {} at step {} (epoch {}, sample {})", resume_from->string(),
                  state.step, state.epoch, state.position);
     const int64_t saved_world = state.extra.value("world_size", int64_t{1});
-    if (saved_world != world) {
-      spdlog::warn(
-          "the checkpoint was written by {} rank(s), this run has {}: the global batch changes "
-          "from {} to {} samples",
-          saved_world, world, tc.batch_size * tc.grad_accum * saved_world, per_step);
+    const int64_t saved_per_step =
+        state.extra.value("samples_per_step", tc.batch_size * tc.grad_accum * saved_world);
+    if (saved_world != world)
+      spdlog::info("the checkpoint was written by {} rank(s), this run has {}{}", saved_world,
+                   world, sharding != ShardLevel::none ? ": its shards are re-cut for this run" : "");
+    if (saved_per_step != per_step) {
+      spdlog::warn("the global batch changes from {} to {} samples per step", saved_per_step,
+                   per_step);
       if (state.position % per_step != 0) {
         spdlog::warn("epoch {} continues from sample {} (a step boundary) instead of {}",
                      state.epoch, state.position - state.position % per_step, state.position);
@@ -538,16 +541,20 @@ struct Trainer::Impl {
     if (sharding == ShardLevel::parameters)
       model->language_model->model->set_layer_shards(sharded.get());
     if (resume_from) sharded->load(*resume_from);
+    // What each rank holds, counted from its tensors; rank 0 says it for all.
     const auto b = sharded->bytes();
+    std::vector<double> held(static_cast<size_t>(world), 0.0);
+    held[static_cast<size_t>(group->rank())] = static_cast<double>(b.optimizer);
+    held = group->sum(held, "the sharding summary");
+    std::string per_rank;
+    for (double h : held) per_rank += fmt::format("{}{}", per_rank.empty() ? "" : ", ", h);
     auto mib = [](int64_t bytes) { return static_cast<double>(bytes) / (1 << 20); };
-    // Every rank says what it holds: the figures differ by a padding element at most.
-    spdlog::log(main_rank ? spdlog::level::info : spdlog::level::warn,
-                "sharding: {} ({}) over {} rank(s) in {} bucket(s): this rank holds optimizer "
-                "state {} bytes of {} unsharded ({:.2f} MiB), gradients {:.2f} MiB, whole "
-                "weights {:.2f} MiB, weight slices {:.2f} MiB",
-                config.train.sharding, zero_stage_name(sharding), world, sharded->buckets(),
-                b.optimizer, sharded->unsharded_optimizer_bytes(), mib(b.optimizer),
-                mib(b.gradients), mib(b.weights), mib(b.master));
+    spdlog::info(
+        "sharding: {} ({}) over {} rank(s), {} bucket(s); optimizer state per rank [{}] bytes "
+        "of {} unsharded; rank 0 holds gradients {:.2f} MiB, whole weights {:.2f} MiB, weight "
+        "slices {:.2f} MiB",
+        config.train.sharding, zero_stage_name(sharding), world, sharded->buckets(), per_rank,
+        sharded->unsharded_optimizer_bytes(), mib(b.gradients), mib(b.weights), mib(b.master));
   }
 
   // The step's backward passes, with the global normalisation; fills the loss sums.
@@ -640,6 +647,7 @@ struct Trainer::Impl {
     state.extra = {{"loss", r.loss},
                    {"wall_seconds", earlier_seconds + seconds_since(start)},
                    {"world_size", world},
+                   {"samples_per_step", per_step},
                    {"data", data_fingerprint}};
     return r;
   }
