@@ -1,6 +1,5 @@
 #include "train/checkpoint.h"
 
-
 #include <cstdio>
 #include <mutex>
 

@@ -72,14 +72,16 @@ struct SkippedCheckpoint {
   std::string why;
 };
 std::optional<std::filesystem::path> find_latest_checkpoint(
-    const std::filesystem::path& checkpoints_dir, std::vector<SkippedCheckpoint>* skipped = nullptr);
+    const std::filesystem::path& checkpoints_dir,
+    std::vector<SkippedCheckpoint>* skipped = nullptr);
 
 // The trainer state of a sound checkpoint, with the RNG states restored (the part of loading that
 // sharded and unsharded checkpoints share).
 TrainerState read_checkpoint_state(const std::filesystem::path& dir);
 
 // Restores the trainable parameters, the optimizer state and the RNG states, and returns the
-// trainer state (a sharded checkpoint is a ConfigError: it needs train.sharding). Throws Error naming the checkpoint and the file that is missing or malformed.
+// trainer state (a sharded checkpoint is a ConfigError: it needs train.sharding). Throws Error
+// naming the checkpoint and the file that is missing or malformed.
 TrainerState load_checkpoint(const std::filesystem::path& dir, torch::nn::Module& model,
                              torch::optim::Optimizer& optimizer);
 

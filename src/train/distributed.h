@@ -111,8 +111,7 @@ class SingleProcess final : public Collectives {
   std::unique_ptr<GradientSync> gradient_sync(std::vector<torch::Tensor>, double) override;
   PendingCollective reduce_scatter(torch::Tensor full, torch::Tensor mine,
                                    const std::string&) override;
-  PendingCollective all_gather(torch::Tensor mine, torch::Tensor full,
-                               const std::string&) override;
+  PendingCollective all_gather(torch::Tensor mine, torch::Tensor full, const std::string&) override;
 };
 
 // Joins the job `env` describes: a ProcessGroup when this process is one rank of several, else a

@@ -39,19 +39,27 @@ ShardLevel parse_shard_level(const std::string& name) {
 
 const char* shard_level_name(ShardLevel level) {
   switch (level) {
-    case ShardLevel::optimizer: return "optimizer";
-    case ShardLevel::gradients: return "gradients";
-    case ShardLevel::parameters: return "parameters";
-    default: return "none";
+    case ShardLevel::optimizer:
+      return "optimizer";
+    case ShardLevel::gradients:
+      return "gradients";
+    case ShardLevel::parameters:
+      return "parameters";
+    default:
+      return "none";
   }
 }
 
 const char* zero_stage_name(ShardLevel level) {
   switch (level) {
-    case ShardLevel::optimizer: return "ZeRO-1";
-    case ShardLevel::gradients: return "ZeRO-2";
-    case ShardLevel::parameters: return "ZeRO-3";
-    default: return "";
+    case ShardLevel::optimizer:
+      return "ZeRO-1";
+    case ShardLevel::gradients:
+      return "ZeRO-2";
+    case ShardLevel::parameters:
+      return "ZeRO-3";
+    default:
+      return "";
   }
 }
 
@@ -99,10 +107,9 @@ ShardedTraining::ShardedTraining(Collectives& group, ShardLevel level,
   const auto device = params_.front().param.device();
   for (const auto& p : params_)
     if (p.param.scalar_type() != torch::kFloat32 || p.param.device() != device)
-      throw ConfigError("train.sharding: " + p.name + " is " +
-                        std::string(c10::toString(p.param.scalar_type())) + " on " +
-                        p.param.device().str() +
-                        "; sharded training keeps fp32 weights on one device");
+      throw ConfigError(
+          "train.sharding: " + p.name + " is " + std::string(c10::toString(p.param.scalar_type())) +
+          " on " + p.param.device().str() + "; sharded training keeps fp32 weights on one device");
   // Buckets, in the order backward completes them.
   const auto cap = std::max<int64_t>(1, static_cast<int64_t>(bucket_mb * 1024 * 1024 / 4));
   // Buckets of about bucket_mb over `order`, starting a fresh one.
@@ -202,17 +209,15 @@ size_t ShardedTraining::buckets() const {
 void ShardedTraining::attach_views(size_t bi) {
   auto& b = buckets_[bi];
   for (size_t i : b.params)
-    params_[i].param.set_data(b.full
-                                  .narrow(0, static_cast<int64_t>(offset_of_[i]),
-                                          c10::multiply_integers(shapes_[i]))
-                                  .view(shapes_[i]));
+    params_[i].param.set_data(
+        b.full.narrow(0, static_cast<int64_t>(offset_of_[i]), c10::multiply_integers(shapes_[i]))
+            .view(shapes_[i]));
 }
 
 void ShardedTraining::release(size_t bi) {
   auto& b = buckets_[bi];
   if (b.state == Bucket::State::gathering) finish_gather(bi);
-  for (size_t i : b.params)
-    params_[i].param.set_data(torch::empty({0}, b.master.options()));
+  for (size_t i : b.params) params_[i].param.set_data(torch::empty({0}, b.master.options()));
   b.full = torch::Tensor();
   b.state = Bucket::State::released;
 }
@@ -288,7 +293,8 @@ void ShardedTraining::launch_ready() {
     if (!b.grad_full.defined()) b.grad_full = torch::zeros({b.padded}, b.master.options());
     b.reduced = torch::empty({b.shard}, b.master.options());
     b.reducing = group_.reduce_scatter(
-        b.grad_full, b.reduced, "gradient reduce-scatter (bucket " + std::to_string(next_launch_) + ")");
+        b.grad_full, b.reduced,
+        "gradient reduce-scatter (bucket " + std::to_string(next_launch_) + ")");
     ++next_launch_;
   }
 }
@@ -427,9 +433,9 @@ std::vector<std::string> ShardedTraining::save(const fs::path& dir) const {
     tensors.emplace_back(std::to_string(bi) + ".exp_avg", b.exp_avg);
     tensors.emplace_back(std::to_string(bi) + ".exp_avg_sq", b.exp_avg_sq);
   }
-  save_safetensors(dir / shard_file(r, W), tensors,
-                   {{"format", kLayoutMagic}, {"rank", std::to_string(r)},
-                    {"world_size", std::to_string(W)}});
+  save_safetensors(
+      dir / shard_file(r, W), tensors,
+      {{"format", kLayoutMagic}, {"rank", std::to_string(r)}, {"world_size", std::to_string(W)}});
   if (r != 0) return {shard_file(r, W)};
   nlohmann::json buckets = nlohmann::json::array();
   for (const auto& b : buckets_) {
@@ -439,12 +445,9 @@ std::vector<std::string> ShardedTraining::save(const fs::path& dir) const {
     buckets.push_back(
         {{"numel", b.numel}, {"padded", b.padded}, {"shard", b.shard}, {"params", ps}});
   }
-  const nlohmann::json layout = {{"format", kLayoutMagic},
-                                 {"version", kLayoutVersion},
-                                 {"level", shard_level_name(level_)},
-                                 {"world_size", W},
-                                 {"adam_step", adam_step_},
-                                 {"buckets", buckets}};
+  const nlohmann::json layout = {
+      {"format", kLayoutMagic}, {"version", kLayoutVersion}, {"level", shard_level_name(level_)},
+      {"world_size", W},        {"adam_step", adam_step_},   {"buckets", buckets}};
   write_file_atomic(dir / "sharding.json", layout.dump(1) + "\n");
   return {shard_file(r, W), "sharding.json"};
 }
@@ -527,7 +530,9 @@ void ShardedTraining::load(const fs::path& dir) {
         const int64_t rank = at / shard;
         const int64_t n = std::min(end - off - e, (rank + 1) * shard - at);
         for (int s = 0; s < 3; ++s)
-          dst[s]->narrow(0, off + e - lo, n).copy_(piece(rank, was.bucket, kStates[s]).narrow(0, at - rank * shard, n));
+          dst[s]
+              ->narrow(0, off + e - lo, n)
+              .copy_(piece(rank, was.bucket, kStates[s]).narrow(0, at - rank * shard, n));
         e += n;
       }
     }

@@ -103,8 +103,8 @@ class ShardedTraining final : public LayerShards {
   void release_all();
 
   // Checkpoints. save: this rank's shard in `dir`, and (rank 0) sharding.json; every rank calls
-  // it; returns the names of the files it wrote. load: the state of a checkpoint written at any world size or level (an Error names the
-  // file and what differs).
+  // it; returns the names of the files it wrote. load: the state of a checkpoint written at any
+  // world size or level (an Error names the file and what differs).
   std::vector<std::string> save(const std::filesystem::path& dir) const;
   void load(const std::filesystem::path& dir);
 

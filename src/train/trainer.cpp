@@ -253,10 +253,10 @@ struct Trainer::Impl {
   std::unique_ptr<SampleSource> train_data, eval_data;
   std::optional<ImageTransform> transform;
   std::unique_ptr<DataLoader> loader;
-  std::vector<torch::Tensor> params;  // the trainable ones
-  std::unique_ptr<GradientSync> grad_sync;            // train.sharding: none
+  std::vector<torch::Tensor> params;        // the trainable ones
+  std::unique_ptr<GradientSync> grad_sync;  // train.sharding: none
   ShardLevel sharding = ShardLevel::none;
-  std::unique_ptr<ShardedTraining> sharded;           // the other levels
+  std::unique_ptr<ShardedTraining> sharded;  // the other levels
   int64_t pad_id = 0, per_step = 0, total = 0, image_tokens = 0, n_trainable = 0, n_total = 0;
 
   std::optional<fs::path> resume_from;
@@ -470,7 +470,8 @@ struct Trainer::Impl {
         state.extra.value("samples_per_step", tc.batch_size * tc.grad_accum * saved_world);
     if (saved_world != world)
       spdlog::info("the checkpoint was written by {} rank(s), this run has {}{}", saved_world,
-                   world, sharding != ShardLevel::none ? ": its shards are re-cut for this run" : "");
+                   world,
+                   sharding != ShardLevel::none ? ": its shards are re-cut for this run" : "");
     if (saved_per_step != per_step) {
       spdlog::warn("the global batch changes from {} to {} samples per step", saved_per_step,
                    per_step);
@@ -530,14 +531,13 @@ struct Trainer::Impl {
       if (!item.value().requires_grad()) continue;
       ShardedParam p{item.key(), item.value(),
                      weight_decay_of(item.key(), item.value(), config.train), -1};
-      if (item.key().rfind(layers, 0) == 0)
-        p.layer = std::stoll(item.key().substr(layers.size()));
+      if (item.key().rfind(layers, 0) == 0) p.layer = std::stoll(item.key().substr(layers.size()));
       sp.push_back(std::move(p));
     }
     const auto& tc = config.train;
-    sharded = std::make_unique<ShardedTraining>(*group, sharding, std::move(sp),
-                                                AdamWSettings{tc.betas[0], tc.betas[1], tc.adam_eps},
-                                                config.run.distributed.bucket_mb);
+    sharded = std::make_unique<ShardedTraining>(
+        *group, sharding, std::move(sp), AdamWSettings{tc.betas[0], tc.betas[1], tc.adam_eps},
+        config.run.distributed.bucket_mb);
     if (sharding == ShardLevel::parameters)
       model->language_model->model->set_layer_shards(sharded.get());
     if (resume_from) sharded->load(*resume_from);

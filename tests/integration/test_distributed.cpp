@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/safetensors.h"
+#include "dist_fixture.h"
 #include "run_mllm.h"
 #include "test_util.h"
 
@@ -28,81 +29,9 @@ using mllm::test::step_losses;
 using mllm::test::TempDir;
 using mllm::test::wait_for_step;
 
-namespace {
-
-namespace fs = std::filesystem;
+using namespace mllm::test::dist;
 using Clock = std::chrono::steady_clock;
-
-// A port for this test's rendezvous, different for every call and every test process.
-int fresh_port() {
-  static std::mt19937 rng(static_cast<unsigned>(::getpid()) ^
-                          static_cast<unsigned>(Clock::now().time_since_epoch().count()));
-  static int next = std::uniform_int_distribution<int>(20000, 40000)(rng);
-  return next += 7;
-}
-
-// One rank of `ranks`, in the background, as a launcher would start it; output to `log`.
-pid_t spawn_rank(int rank, int ranks, int port, const std::string& args, const fs::path& log) {
-  return mllm::test::spawn_shell(
-      "env MLLM_TEST_STEP_DELAY_MS=20 RANK=" + std::to_string(rank) +
-          " LOCAL_RANK=" + std::to_string(rank) + " WORLD_SIZE=" + std::to_string(ranks) +
-          " LOCAL_WORLD_SIZE=" + std::to_string(ranks) + " MASTER_ADDR=127.0.0.1 MASTER_PORT=" +
-          std::to_string(port) + " " + MLLM_BIN + " " + args,
-      log);
-}
-
-// Largest |a - b| over the tensors of two safetensors files with the same names and shapes.
-double max_weight_diff(const fs::path& a, const fs::path& b) {
-  const auto ta = mllm::load_safetensors(a);
-  std::map<std::string, torch::Tensor> tb;
-  for (const auto& [name, t] : mllm::load_safetensors(b)) tb[name] = t;
-  REQUIRE(ta.size() == tb.size());
-  REQUIRE(!ta.empty());
-  double worst = 0;
-  for (const auto& [name, t] : ta) {
-    REQUIRE(tb.count(name));
-    const torch::Tensor& u = tb[name];
-    REQUIRE(u.sizes() == t.sizes());
-    const double d = (t.to(torch::kFloat64) - u.to(torch::kFloat64)).abs().max().item<double>();
-    worst = std::max(worst, d);
-  }
-  return worst;
-}
-
-struct Fixture {
-  TempDir dir{"mllm-dist"};
-  fs::path data = dir / "shapes";
-  Fixture() {
-    REQUIRE(mllm::test::run_mllm("data shapes --out " + data.string() +
-                                 " --seed 5 --train 96 --val 16 --image-size 32")
-                .code == 0);
-  }
-  // A small stage-0 run of `steps` steps, `batch` samples per rank and 2 micro-batches per step.
-  std::string args(const fs::path& out, int64_t batch, int64_t steps = 12,
-                   double timeout = 60) const {
-    return mllm::test::tiny_stage0_args(data, out) +
-           " --set train.batch_size=" + std::to_string(batch) + " --set train.grad_accum=2" +
-           " --set train.max_steps=" + std::to_string(steps) +
-           " --set train.log_every=1 --set train.eval_batches=0 --set train.save_every=3" +
-           " --set train.keep_last=0 --set run.distributed.timeout=" + std::to_string(timeout) +
-           // Small buckets, so that gradients travel in several, overlapping backward.
-           " --set run.distributed.bucket_mb=0.5";
-  }
-  mllm::test::Result launch(int ranks, const std::string& args) const {
-    return run_shell(std::string(MLLM_SOURCE_DIR) + "/scripts/launch --nproc-per-node " +
-                     std::to_string(ranks) + " --master-port " + std::to_string(fresh_port()) +
-                     " -- " + MLLM_BIN + " " + args);
-  }
-};
-
-void check_losses_close(const fs::path& a, const fs::path& b, size_t steps) {
-  const auto la = step_losses(a / "metrics.jsonl"), lb = step_losses(b / "metrics.jsonl");
-  REQUIRE(la.size() == steps);
-  REQUIRE(lb.size() == steps);
-  for (const auto& [step, loss] : la) CHECK(lb.at(step) == Approx(loss).epsilon(1e-5));
-}
-
-}  // namespace
+namespace fs = std::filesystem;
 
 TEST_CASE("data parallel: 2 Gloo ranks end with the weights of 1 rank on the same global batch") {
   Fixture f;
