@@ -2,6 +2,9 @@
 // the Hugging Face world.
 //   mllm inspect --config X [--set k=v]   parameters per component (total / trainable, LoRA
 //                                         adapters included), visual tokens per image
+//   mllm inspect --config X --ranks N [--device-memory 40GiB]
+//                                         the memory plan per rank for each train.sharding level
+//                                         (train/memory_plan.h); the models need not be here
 //   mllm inspect --weights FILE_OR_FOLDER the tensors of a safetensors file or HF folder (validated
 //                                         first), with dtype, shape and total size
 //   mllm export --from RUN_OR_FOLDER --out DIR
@@ -28,6 +31,7 @@
 #include "models/hf/weights.h"
 #include "train/freeze.h"
 #include "train/lora.h"
+#include "train/memory_plan.h"
 #include "train/recipe.h"
 
 namespace fs = std::filesystem;
@@ -98,6 +102,21 @@ int inspect_config(const std::string& path, const std::vector<std::string>& over
   return 0;
 }
 
+int inspect_plan(const std::string& path, const std::vector<std::string>& overrides, int64_t ranks,
+                 const std::string& device_memory) {
+  if (ranks < 1) throw ConfigError("--ranks: must be at least 1");
+  const double memory =
+      device_memory.empty() ? 0 : parse_memory_size(device_memory, "--device-memory");
+  // The plan is for the machine that will run the recipe: its files need not be on this one.
+  const Config config = load_config(path, overrides, /*check_files=*/false);
+  int64_t vocab = 0;
+  if (fs::is_regular_file(config.model.tokenizer))
+    vocab = load_tokenizer(config.model.tokenizer)->vocabulary().size;
+  const auto counts = count_parameters(config, vocab);
+  std::printf("%s", format_plan(plan_memory(config, counts, ranks), memory).c_str());
+  return 0;
+}
+
 int inspect_weights(const std::string& path) {
   const SafetensorsCheckpoint ckpt(path);  // validates every file first
   double bytes = 0;
@@ -157,16 +176,26 @@ Action add_inspect_command(CLI::App& app) {
   auto* cmd = app.add_subcommand(
       "inspect", "Parameter counts of a configured model, or the tensors of a weights file");
   struct Args {
-    std::string config, weights;
+    std::string config, weights, device_memory;
     std::vector<std::string> overrides;
+    int64_t ranks = 0;
   };
   auto args = std::make_shared<Args>();
   auto* c = cmd->add_option("--config", args->config, "Recipe YAML");
+  auto* r = cmd->add_option("--ranks", args->ranks,
+                            "Print the memory plan per rank over this many ranks, for each "
+                            "train.sharding level");
+  cmd->add_option("--device-memory", args->device_memory,
+                  "With --ranks: say whether each level fits this much memory (40GiB, 80GB)")
+      ->needs(r);
+  r->needs(c);
   auto* w = cmd->add_option("--weights", args->weights,
                             "A .safetensors file, an index .json or an HF folder");
   c->excludes(w);
   cmd->add_option("--set", args->overrides, "Override a config key (key=value), repeatable");
   return [args]() {
+    if (args->ranks != 0)
+      return inspect_plan(args->config, args->overrides, args->ranks, args->device_memory);
     if (!args->config.empty()) return inspect_config(args->config, args->overrides);
     if (!args->weights.empty()) return inspect_weights(args->weights);
     throw ConfigError("inspect: give --config or --weights");

@@ -743,7 +743,8 @@ void reject_duplicate_keys(const YAML::Node& node, const std::string& file, cons
 // Reads a recipe into T (Config or EvalFile): YAML, --set overrides, every key and type, the
 // cross-field checks, then the files it names.
 template <class T>
-T load_recipe(const std::filesystem::path& yaml_path, const std::vector<std::string>& overrides) {
+T load_recipe(const std::filesystem::path& yaml_path, const std::vector<std::string>& overrides,
+              bool check_files = true) {
   T config;
   config.source = yaml_path.string();
   Context ctx;
@@ -795,7 +796,7 @@ T load_recipe(const std::filesystem::path& yaml_path, const std::vector<std::str
   describe(reader, config);
   reader.reject_unknown();
   cross_check(config, reader);
-  reader.check_files();
+  if (check_files) reader.check_files();
   return config;
 }
 
@@ -885,8 +886,8 @@ ArchitectureProblem check_architecture(const VisionConfig& v) {
 }
 
 Config parse_config(const std::filesystem::path& yaml_path,
-                    const std::vector<std::string>& overrides) {
-  return load_recipe<Config>(yaml_path, overrides);
+                    const std::vector<std::string>& overrides, bool check_files) {
+  return load_recipe<Config>(yaml_path, overrides, check_files);
 }
 
 EvalFile parse_eval_config(const std::filesystem::path& yaml_path,

@@ -214,7 +214,8 @@ struct TrainConfig {
   bool gradient_checkpointing = false;  // recompute each LLM layer in backward (less memory)
   // Sharded data parallel (train/sharding.h), DeepSpeed's ZeRO stages: none (every rank holds
   // everything, as DDP) | optimizer (ZeRO-1: AdamW moments sharded) | gradients (ZeRO-2: and the
-  // gradients) | parameters (ZeRO-3: and the trainable weights, gathered a decoder layer at a time).
+  // gradients) | parameters (ZeRO-3: and the trainable weights, gathered a decoder layer at a
+  // time).
   std::string sharding = "none";
   // The fp32 logits the LM head may hold at once, in MiB (models/llm/lm_head_logprobs.h): the
   // supervised positions go through it in chunks this size, forward and backward. 0 = one chunk.
@@ -294,9 +295,10 @@ struct Config {
 // key, type, range and relation between fields. Throws ConfigError naming the file/line or
 // override and the key path. The names that registries above core own (the stage, the connector,
 // templates, metrics) are plain strings here: train/recipe.h's load_config reads a recipe
-// through this and then checks those against their registries.
+// through this and then checks those against their registries. Without `check_files`, the files
+// and folders it names need not exist (a memory plan for a machine that holds the models).
 Config parse_config(const std::filesystem::path& yaml_path,
-                    const std::vector<std::string>& overrides = {});
+                    const std::vector<std::string>& overrides = {}, bool check_files = true);
 
 // An evaluation recipe for `mllm eval`: an `eval:` section (as in a training recipe) and an
 // optional `run:` section (threads, device, seed). Same validation and error style as

@@ -70,8 +70,8 @@ void check_registered_names(const Config& c) {
 }
 
 Config load_config(const std::filesystem::path& yaml_path,
-                   const std::vector<std::string>& overrides) {
-  Config c = parse_config(yaml_path, overrides);
+                   const std::vector<std::string>& overrides, bool check_files) {
+  Config c = parse_config(yaml_path, overrides, check_files);
   check_registered_names(c);
   return c;
 }

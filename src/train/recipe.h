@@ -15,7 +15,7 @@
 namespace mllm {
 
 Config load_config(const std::filesystem::path& yaml_path,
-                   const std::vector<std::string>& overrides = {});
+                   const std::vector<std::string>& overrides = {}, bool check_files = true);
 EvalFile load_eval_config(const std::filesystem::path& yaml_path,
                           const std::vector<std::string>& overrides = {});
 

@@ -257,7 +257,7 @@ void ShardedTraining::begin_micro_batch(bool last) {
   collecting_ = level_ != ShardLevel::optimizer || last;
   if (collecting_) {
     std::fill(arrived_.begin(), arrived_.end(), false);
-    next_launch_ = 0;
+    next_launch_ = next_finish_ = 0;
     for (auto& b : buckets_) b.pending = b.params.size();
   }
   if (level_ == ShardLevel::parameters && !all_gathered_) {
@@ -296,7 +296,18 @@ void ShardedTraining::launch_ready() {
         b.grad_full, b.reduced,
         "gradient reduce-scatter (bucket " + std::to_string(next_launch_) + ")");
     ++next_launch_;
+    // A bounded number in flight: the whole gradients of a bucket live only until its reduction
+    // is in, so a rank never holds all of them at once (ZeRO-2's point).
+    while (next_launch_ - next_finish_ > kInFlight) finish_reduce(next_finish_++);
   }
+}
+
+void ShardedTraining::finish_reduce(size_t bi) {
+  auto& b = buckets_[bi];
+  b.reducing();
+  b.reducing = nullptr;
+  b.grad.add_(b.reduced);
+  b.reduced = b.grad_full = torch::Tensor();
 }
 
 void ShardedTraining::end_micro_batch() {
@@ -308,12 +319,7 @@ void ShardedTraining::end_micro_batch() {
       if (!arrived_[i]) on_grad(i);
     }
     launch_ready();
-    for (auto& b : buckets_) {
-      b.reducing();
-      b.reducing = nullptr;
-      b.grad.add_(b.reduced);
-      b.reduced = b.grad_full = torch::Tensor();
-    }
+    while (next_finish_ < buckets_.size()) finish_reduce(next_finish_++);
     collecting_ = false;
   }
   if (level_ == ShardLevel::parameters && !all_gathered_) {

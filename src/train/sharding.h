@@ -122,7 +122,8 @@ class ShardedTraining final : public LayerShards {
   Bucket& bucket(size_t i);
   void on_grad(size_t param);
   void launch_ready();
-  void gather(size_t b, bool wait);  // level parameters: start (and finish) a bucket's gather
+  void finish_reduce(size_t bucket);  // waits for its reduce-scatter, adds it to the slice
+  void gather(size_t b, bool wait);   // level parameters: start (and finish) a bucket's gather
   void finish_gather(size_t b);
   void release(size_t b);
   void attach_views(size_t b);
@@ -139,7 +140,9 @@ class ShardedTraining final : public LayerShards {
   std::vector<std::shared_ptr<torch::autograd::Node>> accumulators_;
   std::vector<uintptr_t> hook_keys_;
   std::vector<bool> arrived_;
-  size_t next_launch_ = 0;
+  // Gradient reductions started and finished this backward; at most kInFlight apart.
+  static constexpr size_t kInFlight = 2;
+  size_t next_launch_ = 0, next_finish_ = 0;
   bool collecting_ = false;  // this backward's gradients go to the buckets
   bool last_micro_ = true;
   bool all_gathered_ = false;
