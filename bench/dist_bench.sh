@@ -3,7 +3,8 @@
 # trainable, so every step all-reduces their gradients) for STEPS steps with PER_RANK samples per
 # rank, on 1 rank and then on 2 ranks (scripts/launch, Gloo over 127.0.0.1), one intra-op thread per
 # rank. Prints the training loop's tokens/s of each and the scaling efficiency,
-# (2-rank tokens/s) / (2 x 1-rank tokens/s).
+# (2-rank tokens/s) / (2 x 1-rank tokens/s). Then each train.sharding level on 2 ranks: tokens/s,
+# each rank's peak resident memory (/usr/bin/time) and the optimizer-state bytes each rank holds.
 # Usage: bench/dist_bench.sh [build/mllm] (STEPS, PER_RANK from the environment).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,3 +39,15 @@ echo "1 rank : $one tokens/s ($per_rank per step, $steps steps, 1 thread)"
 echo "2 ranks: $two tokens/s ($((2 * per_rank)) per step, Gloo on 127.0.0.1, 1 thread each)"
 echo "1 rank : $threads tokens/s ($per_rank per step, 2 intra-op threads)"
 python3 -c "print('scaling efficiency 1->2 ranks: %.0f%%' % (100 * $two / (2 * $one)))"
+
+echo "-- train.sharding on 2 ranks (the same run; peak RSS per rank, optimizer state per rank)"
+for level in none optimizer gradients parameters; do
+  scripts/launch --nproc-per-node 2 --master-port "${MASTER_PORT:-29533}" -- \
+    sh -c '/usr/bin/time -f %M -o "$0.$RANK.kb" "$@"' "$work/$level" \
+    "$mllm" "${common[@]}" --set train.sharding="$level" --set run.output_dir="$work/$level" \
+    > "$work/$level.log" 2>&1
+  state=$(sed -n 's/.*optimizer state per rank \[\([^]]*\)\].*/\1/p' "$work/$level.log" | head -1)
+  printf '%-11s %7s tokens/s | peak RSS rank 0 %6.0f MiB, rank 1 %6.0f MiB | optimizer state per rank: %s\n' \
+    "$level" "$(tokens_per_s "$work/$level")" "$(($(cat "$work/$level.0.kb") / 1024))" \
+    "$(($(cat "$work/$level.1.kb") / 1024))" "${state:-all of it (unsharded)}"
+done
