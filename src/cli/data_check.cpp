@@ -71,7 +71,8 @@ void check_source(const char* key, const DataSourceConfig& source, DataConfig da
   // Tokenize everything (what the loader's workers do during training), timing it. A preference
   // pair counts as its two samples (chosen, rejected), which share one image.
   std::vector<int64_t> lengths;
-  std::vector<std::filesystem::path> images;
+  std::vector<std::filesystem::path> images, videos;
+  int64_t text_only = 0;
   int64_t tokens = 0;
   auto t0 = std::chrono::steady_clock::now();
   for (size_t i = 0; i < ds->size(); ++i) {
@@ -81,7 +82,13 @@ void check_source(const char* key, const DataSourceConfig& source, DataConfig da
       lengths.push_back(static_cast<int64_t>(sample.input_ids.size()));
       tokens += lengths.back();
     }
-    if (!item->front().image.empty()) images.push_back(item->front().image);
+    for (const Visual& v : item->front().visuals) {
+      if (v.kind == Visual::Kind::video_file)
+        videos.push_back(v.files.at(0));
+      else
+        images.insert(images.end(), v.files.begin(), v.files.end());
+    }
+    if (item->front().visuals.empty()) ++text_only;
   }
   const double tok_s = seconds_since(t0);
   const DatasetStats st = ds->stats();
@@ -110,11 +117,25 @@ void check_source(const char* key, const DataSourceConfig& source, DataConfig da
   const auto with_image = static_cast<int64_t>(images.size());
   const size_t per_item = static_cast<size_t>(ds->samples_per_item());
   std::printf(
-      "  images: %lld found (%lld corrupt), %lld missing; %zu text-only samples; decoded at %.0f "
+      "  images: %lld found (%lld corrupt), %lld missing; %lld text-only samples; decoded at %.0f "
       "images/s\n",
       static_cast<long long>(with_image), static_cast<long long>(corrupt),
-      static_cast<long long>(missing), lengths.size() - images.size() * per_item,
+      static_cast<long long>(missing),
+      static_cast<long long>(text_only * static_cast<int64_t>(per_item)),
       s > 0 ? static_cast<double>(with_image) / s : 0.0);
+  if (!videos.empty()) {
+    int64_t unreadable = 0;
+    const ImageTransform first_frame(data.image, 32);
+    for (const auto& v : videos) {
+      try {
+        first_frame.load_video(v, 1);
+      } catch (const Error& e) {
+        if (unreadable++ < 5) spdlog::warn("{}", e.what());
+      }
+    }
+    std::printf("  videos: %zu found (%lld unreadable)\n", videos.size(),
+                static_cast<long long>(unreadable));
+  }
   if (lengths.empty()) return;
   // Preference pairs are never packed (their rows are scored against each other).
   print_padding(lengths, batch_size * static_cast<int64_t>(per_item),

@@ -27,15 +27,21 @@ std::vector<Turn> read_conversation(const nlohmann::json& j, const std::string& 
   if (!list.is_array())
     throw ConfigError(
         file + ": with --template, expected a LLaVA record or a list of {from, value} turns");
-  // A record says whether it has an image; a bare list has one where it writes the tag.
-  bool has_image = record && j.contains("image") && !j["image"].is_null();
-  if (!record)
+  // A record says how many images it has (a list, or a video: one); a bare list has one per tag.
+  size_t images = 0;
+  if (record) {
+    for (const char* k : {"image", "images", "video"})
+      if (j.contains(k) && !j[k].is_null())
+        images = j[k].is_array() && std::string(k) != "video" ? j[k].size() : 1;
+  } else {
     for (const auto& t : list)
-      if (t.is_object() && t.contains("value") && t["value"].is_string() &&
-          t["value"].get<std::string>().find("<image>") != std::string::npos)
-        has_image = true;
+      if (t.is_object() && t.contains("value") && t["value"].is_string())
+        for (size_t p = 0;
+             (p = t["value"].get<std::string>().find("<image>", p)) != std::string::npos; p += 7)
+          ++images;
+  }
   try {
-    return conversation_turns(list, has_image, template_uses_images(template_name), "<image>");
+    return conversation_turns(list, images, template_uses_images(template_name), "<image>");
   } catch (const Error& e) {
     throw ConfigError(file + ": " + e.what());
   }

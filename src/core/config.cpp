@@ -385,6 +385,13 @@ Check<int64_t> at_least(int64_t lo) {
     return v >= lo ? "" : "must be >= " + std::to_string(lo) + " (got " + std::to_string(v) + ")";
   };
 }
+Check<int64_t> between(int64_t lo, int64_t hi) {
+  return [lo, hi](const int64_t& v) {
+    return v >= lo && v <= hi ? ""
+                              : "must be in [" + std::to_string(lo) + ", " + std::to_string(hi) +
+                                    "] (got " + std::to_string(v) + ")";
+  };
+}
 Check<double> in_range(double lo, double hi, bool lo_open = false) {
   return [=](const double& v) -> std::string {
     if ((lo_open ? v > lo : v >= lo) && v <= hi) return "";
@@ -510,12 +517,19 @@ void describe(Binder& b, ImageConfig& c) {
           }));
 }
 
+void describe(Binder& b, VideoConfig& c) {
+  b.value("frames", c.frames, between(1, 1024));
+  b.choice("sampling", c.sampling, {"uniform"});
+  b.value("pool", c.pool, between(1, 64));
+}
+
 void describe(Binder& b, DataConfig& c) {
   b.section("train", c.train);
   b.section("eval", c.eval);
   b.value("template", c.template_name);  // a chat template name (data/chat_template.h)
   b.value("max_length", c.max_length, at_least(8));
   b.section("image", c.image);
+  b.section("video", c.video);
   b.choice("on_bad_record", c.on_bad_record, {"error", "skip"});
   b.value("workers", c.workers, at_least(0));
   b.value("prefetch", c.prefetch, at_least(1));

@@ -141,12 +141,23 @@ struct ImageConfig {
   int64_t side(int64_t vision_image_size) const { return size > 0 ? size : vision_image_size; }
 };
 
+// Video records ("video": "clip.mp4" or a list of frame files; data/datasets.h): `frames` frames
+// sampled uniformly over the clip (LLaVA-OneVision's np.linspace(0, n-1, frames)), each encoded as
+// an image; `pool` > 1 average-pools each frame's token grid pool x pool (ceil), as OneVision
+// pools video frames, so a frame takes ceil(side/pool)^2 tokens instead of side^2.
+struct VideoConfig {
+  int64_t frames = 8;
+  std::string sampling = "uniform";  // uniform
+  int64_t pool = 1;
+};
+
 struct DataConfig {
   DataSourceConfig train;
   DataSourceConfig eval;
   std::string template_name = "plain";  // YAML key: template; data/chat_template.h
   int64_t max_length = 512;
   ImageConfig image;
+  VideoConfig video;
   std::string on_bad_record = "error";  // error | skip
   int64_t workers = 2;                  // loader threads (0 = on the trainer's thread)
   int64_t prefetch = 2;                 // batches prepared ahead per worker

@@ -92,7 +92,9 @@ RenderedConversation render_plain(const Exchanges& ex, const TemplateTokens& t) 
                 std::to_string(ex.human.size() + ex.gpt.size()) + " turns)");
   RenderedConversation out;
   out.text = t.bos;
-  if (ex.human[0].find(t.image) != std::string::npos) out.text += t.image;
+  // Every image tag (several images, or one standing for a video) and nothing else of the turn.
+  for (size_t p = 0; (p = ex.human[0].find(t.image, p)) != std::string::npos; p += t.image.size())
+    out.text += t.image;
   if (!ex.gpt.empty()) supervise(out, ex.gpt[0] + t.eos);
   return out;
 }

@@ -15,6 +15,7 @@ Batch Batch::to(const torch::Device& device) const {
   b.attention_mask = attention_mask.to(device);
   if (position_ids.defined()) b.position_ids = position_ids.to(device);
   if (pixel_values.defined()) b.pixel_values = pixel_values.to(device);
+  if (image_pool.defined()) b.image_pool = image_pool.to(device);
   return b;
 }
 
@@ -39,21 +40,30 @@ std::vector<std::vector<size_t>> pack_rows(const std::vector<int64_t>& lengths, 
 Batch collate(const std::vector<const Sample*>& samples, const ImageTransform& transform,
               int64_t pad_id, bool skip_bad_images, int64_t* dropped, int64_t pack_length) {
   std::vector<const Sample*> kept;
-  std::vector<torch::Tensor> image_of;  // per kept sample; undefined without an image
+  std::vector<std::vector<torch::Tensor>> images_of;  // per kept sample: (3,S,S) each
+  std::vector<std::vector<int64_t>> pool_of;          // per kept sample: each image's pooling
   for (const Sample* s : samples) {
-    torch::Tensor image;
-    if (!s->image.empty()) {
-      try {
-        image = transform.load(s->image);
-      } catch (const Error& e) {
-        if (!skip_bad_images) throw Error(std::string(e.what()) + " (record id " + s->id + ")");
-        spdlog::warn("skipping record {}: {}", s->id, e.what());
-        if (dropped) ++*dropped;
-        continue;
+    std::vector<torch::Tensor> images;
+    std::vector<int64_t> pools;
+    try {
+      for (const Visual& v : s->visuals) {
+        if (v.kind == Visual::Kind::video_file) {
+          const auto frames = transform.load_video(v.files.at(0), v.frames);
+          for (int64_t f = 0; f < frames.size(0); ++f) images.push_back(frames[f]);
+        } else {
+          for (const auto& file : v.files) images.push_back(transform.load(file));
+        }
+        pools.resize(images.size(), v.video() ? v.pool : 1);
       }
+    } catch (const Error& e) {
+      if (!skip_bad_images) throw Error(std::string(e.what()) + " (record id " + s->id + ")");
+      spdlog::warn("skipping record {}: {}", s->id, e.what());
+      if (dropped) ++*dropped;
+      continue;
     }
     kept.push_back(s);
-    image_of.push_back(image);
+    images_of.push_back(std::move(images));
+    pool_of.push_back(std::move(pools));
   }
   if (kept.empty()) throw Error("[collate] every sample of the batch was dropped");
   std::vector<int64_t> lengths;
@@ -83,6 +93,7 @@ Batch collate(const std::vector<const Sample*>& samples, const ImageTransform& t
   auto labels = b.labels.accessor<int64_t, 2>();
   auto mask = b.attention_mask.accessor<int64_t, 2>();
   std::vector<torch::Tensor> images;
+  std::vector<int64_t> pools;
   for (int64_t r = 0; r < B; ++r) {
     int64_t at = 0, number = 0;
     std::string row_ids;
@@ -101,7 +112,8 @@ Batch collate(const std::vector<const Sample*>& samples, const ImageTransform& t
       if (number > 1) labels[r][at - static_cast<int64_t>(s.input_ids.size())] = kIgnoreIndex;
       b.tokens += static_cast<int64_t>(s.input_ids.size());
       row_ids += (row_ids.empty() ? "" : "+") + s.id;
-      if (image_of[i].defined()) images.push_back(image_of[i]), row_image = true;
+      for (const auto& image : images_of[i]) images.push_back(image), row_image = true;
+      pools.insert(pools.end(), pool_of[i].begin(), pool_of[i].end());
     }
     b.ids.push_back(row_ids);
     b.has_image.push_back(row_image);
@@ -110,6 +122,8 @@ Batch collate(const std::vector<const Sample*>& samples, const ImageTransform& t
   b.positions = B * T;
   b.unpacked_positions = b.samples * *std::max_element(lengths.begin(), lengths.end());
   if (!images.empty()) b.pixel_values = torch::stack(images);
+  if (std::any_of(pools.begin(), pools.end(), [](int64_t p) { return p > 1; }))
+    b.image_pool = torch::tensor(pools, torch::kLong);
   return b;
 }
 

@@ -20,7 +20,10 @@ struct Batch {
   torch::Tensor attention_mask;
   torch::Tensor
       position_ids;  // (B,T) int64 for packed rows (restarting per sample), else undefined
-  torch::Tensor pixel_values;      // (N,3,S,S) float, N = images in the batch (undefined if none)
+  torch::Tensor pixel_values;  // (N,3,S,S) float, N = images in the batch (undefined if none)
+  // (N) int64: how each image's token grid is pooled (1: not; p: a video frame, p x p average
+  // pooling: data.video.pool); undefined when no image is pooled.
+  torch::Tensor image_pool;
   int64_t supervised_tokens = 0;   // labels != -100 after the shift (what the loss averages over)
   int64_t tokens = 0;              // real (non-pad) tokens
   int64_t samples = 0;             // samples in the batch (rows unless packed)
@@ -33,8 +36,10 @@ struct Batch {
   Batch to(const torch::Device& device) const;
 };
 
-// Images that fail to decode throw Error naming the file and the record, unless `skip_bad_images`,
-// in which case the sample is dropped from the batch (and `dropped` counts it).
+// Images (and videos: each sampled frame is an image) that fail to decode throw Error naming the
+// file and the record, unless `skip_bad_images`, in which case the sample is dropped from the
+// batch (and `dropped` counts it). pixel_values hold every sample's images in its placeholder
+// order, sample after sample.
 //
 // Packing (data.packing): with `pack_length` > 0 the samples go into rows of at most pack_length
 // tokens, first-fit in order of decreasing length, each sample whole (a sample never exceeds

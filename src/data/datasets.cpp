@@ -7,6 +7,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>
@@ -133,6 +134,18 @@ std::string record_id(const Json& rec) {
   return rec["id"].is_string() ? rec["id"].get<std::string>() : rec["id"].dump();
 }
 
+}  // namespace
+
+namespace {
+
+// The visual-token budget, at load: a record whose images alone exceed data.max_length is bad.
+void check_visual_budget(const RecordTokenizer& t, const std::vector<Visual>& visuals,
+                         int64_t max_length) {
+  if (const int64_t need = t.visual_tokens(visuals); need > max_length)
+    throw Error("too long: the images alone take " + std::to_string(need) +
+                " tokens, over data.max_length=" + std::to_string(max_length));
+}
+
 // What loading every record needs: settings, tokenizer, counters.
 struct Context {
   const DataSourceConfig& source;
@@ -198,40 +211,76 @@ struct Context {
     if (kept == 0) throw Error(source.path + ": no usable records (" + key + ")");
   }
 
-  // The record's image path ("image": "x.jpg", or TRL's "images": ["x.jpg"]); empty when it has
-  // none or the template drops images. The file must exist; decoding waits for the collator.
-  std::filesystem::path image(const Json& rec) const {
-    const Json* v = nullptr;
-    if (rec.contains("image") && !rec["image"].is_null()) v = &rec["image"];
-    if (!v && rec.contains("images") && !rec["images"].is_null()) {
-      const Json& list = rec["images"];
-      if (!list.is_array()) throw Error("\"images\" must be a list of paths");
-      if (list.size() > 1)
-        throw Error("the record has " + std::to_string(list.size()) +
-                    " images; one image per record is supported");
-      if (list.size() == 1) v = &list[0];
-    }
-    if (!v || !use_images) return {};
-    if (v->is_array()) throw Error("\"image\" is a list; one image per record is supported");
-    if (!v->is_string() || v->get<std::string>().empty())
-      throw Error("\"image\" must be a non-empty string path");
+  // A path of the record (an image, a video, a frame) under image_root; the file must exist.
+  std::filesystem::path visual_path(const Json& v, const char* what) const {
+    if (!v.is_string() || v.get<std::string>().empty())
+      throw Error(std::string("\"") + what + "\" must be a non-empty string path");
     const auto path =
-        image_under_root(source.image_root, v->get<std::string>(), data.allow_outside_image_root,
+        image_under_root(source.image_root, v.get<std::string>(), data.allow_outside_image_root,
                          key + ".image_root", "data.allow_outside_image_root");
     std::error_code ec;
     if (!std::filesystem::is_regular_file(path, ec))
-      throw Error("image not found: " + path.string() +
+      throw Error(std::string(what) + " not found: " + path.string() +
                   (source.image_root.empty() ? " (" + key + ".image_root is not set)" : ""));
     return path;
   }
 
-  void place_image(std::vector<Turn>& turns, bool has_image) const {
-    place_image_tag(turns, has_image, use_images, tt.image);
+  // The record's images and video, in tag order: "image" (a path or a list), TRL's "images", or
+  // "video" (a clip, or a list of frame files of which data.video.frames are taken uniformly).
+  // Empty when it has none or the template drops images. Files must exist; decoding waits for the
+  // collator.
+  std::vector<Visual> visuals(const Json& rec) const {
+    const auto given = [&](const char* k) { return rec.contains(k) && !rec[k].is_null(); };
+    const int kinds = given("image") + given("images") + given("video");
+    if (kinds > 1)
+      throw Error("a record holds one of \"image\", \"images\" or \"video\", not several");
+    std::vector<Visual> out;
+    if (given("video")) {
+      const Json& v = rec["video"];
+      Visual vis;
+      if (v.is_array()) {
+        if (v.empty()) throw Error("\"video\" is an empty list of frames");
+        vis.kind = Visual::Kind::video_frames;
+        // LLaVA-OneVision's uniform sampling: np.linspace(0, n - 1, frames) truncated to ints.
+        const auto n = static_cast<int64_t>(v.size());
+        for (int64_t f = 0; f < data.video.frames; ++f) {
+          const int64_t at =
+              data.video.frames == 1
+                  ? 0
+                  : static_cast<int64_t>(static_cast<double>(n - 1) * static_cast<double>(f) /
+                                         static_cast<double>(data.video.frames - 1));
+          vis.files.push_back(visual_path(v[static_cast<size_t>(at)], "video frame"));
+        }
+      } else {
+        vis.kind = Visual::Kind::video_file;
+        vis.files.push_back(visual_path(v, "video"));
+      }
+      vis.frames = data.video.frames;
+      vis.pool = data.video.pool;
+      if (use_images) out.push_back(std::move(vis));
+      return out;
+    }
+    const char* k = given("image") ? "image" : "images";
+    if (!given(k)) return out;
+    const Json& v = rec[k];
+    if (!v.is_array() && std::string(k) == "images")
+      throw Error("\"images\" must be a list of paths");
+    if (!use_images) return out;
+    for (const Json& item : v.is_array() ? v : Json::array({v})) {
+      Visual vis;
+      vis.files.push_back(visual_path(item, "image"));
+      out.push_back(std::move(vis));
+    }
+    return out;
+  }
+
+  void place_image(std::vector<Turn>& turns, size_t visuals) const {
+    place_image_tag(turns, visuals, use_images, tt.image);
   }
 
   // Renders a conversation that ends with a reply into a record. With last_reply_only
   // (preference pairs) earlier replies are prompt, not supervised.
-  Record render(const std::vector<Turn>& turns, const std::filesystem::path& image,
+  Record render(const std::vector<Turn>& turns, const std::vector<Visual>& visuals,
                 const std::string& id, const RawRecord& raw, bool last_reply_only = false) const {
     if (turns.empty()) throw Error("no conversation turns");
     const std::string& last = turns.back().from;
@@ -244,7 +293,7 @@ struct Context {
     rec.id = id;
     rec.text = std::move(r.text);
     rec.supervised = std::move(r.supervised);
-    rec.image = image;
+    rec.visuals = visuals;
     rec.line = raw.line;
     rec.index = raw.index;
     return rec;
@@ -312,31 +361,33 @@ std::filesystem::path image_under_root(const std::string& root, const std::strin
   return std::filesystem::path(root) / rel;
 }
 
-void place_image_tag(std::vector<Turn>& turns, bool has_image, bool use_images,
+void place_image_tag(std::vector<Turn>& turns, size_t images, bool use_images,
                      const std::string& tag) {
   if (!use_images) return;  // the template removes the tags
   if (turns.empty()) throw Error("no conversation turns (the list is empty)");
   size_t count = 0, at = 0;
   for (size_t i = 0; i < turns.size(); ++i)
-    for (size_t p = 0; (p = turns[i].value.find(tag, p)) != std::string::npos; p += tag.size())
+    for (size_t p = 0; (p = turns[i].value.find(tag, p)) != std::string::npos; p += tag.size()) {
       ++count, at = i;
-  if (count == 0 && has_image)
+      if (turns[i].from != "human" && turns[i].from != "user")
+        throw Error(tag + " in a '" + turns[i].from + "' turn; it belongs in a human turn");
+    }
+  if (count == 0 && images > 0)
     throw Error("the record has an image but no " + tag +
                 " in its turns (LLaVA's data always marks where it goes)");
-  if (count > 0 && !has_image) throw Error(tag + " in the text but the record has no \"image\"");
-  if (count > 1)
-    throw Error(std::to_string(count) + " " + tag + " tags; one image per record is supported");
-  if (count == 1) {
-    if (turns[at].from != "human" && turns[at].from != "user")
-      throw Error(tag + " in a '" + turns[at].from + "' turn; it belongs in a human turn");
-    turns[at].value = move_image_to_front(turns[at].value, tag);
-  }
+  if (count > 0 && images == 0) throw Error(tag + " in the text but the record has no \"image\"");
+  if (count != images)
+    throw Error(std::to_string(count) + " " + tag + " tags for " + std::to_string(images) +
+                " images (a video counts as one): each needs its own tag");
+  // One image goes to the front of its turn, as LLaVA's preprocess_multimodal puts it; several
+  // stay where the record places them (LLaVA-OneVision's interleaved images).
+  if (count == 1) turns[at].value = move_image_to_front(turns[at].value, tag);
 }
 
-std::vector<Turn> conversation_turns(const nlohmann::json& conversations, bool has_image,
+std::vector<Turn> conversation_turns(const nlohmann::json& conversations, size_t images,
                                      bool use_images, const std::string& image_tag) {
   std::vector<Turn> turns = read_turns(conversations, "conversations", image_tag);
-  place_image_tag(turns, has_image, use_images, image_tag);
+  place_image_tag(turns, images, use_images, image_tag);
   return turns;
 }
 
@@ -370,9 +421,33 @@ RecordTokenizer::RecordTokenizer(const DataSourceConfig& source, const DataConfi
     : file_(source.path),
       tok_(tokenizer),
       image_tokens_(image_tokens),
+      frame_tokens_(image_tokens),
+      frames_(data.video.frames),
       max_length_(data.max_length),
       skip_bad_(data.on_bad_record == "skip"),
-      use_images_(template_uses_images(data.template_name)) {}
+      use_images_(template_uses_images(data.template_name)) {
+  if (data.video.pool > 1) {
+    // A frame's tokens form a side x side grid; pooling keeps ceil(side / pool)^2 of them.
+    const auto side =
+        static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(image_tokens))));
+    if (side * side != image_tokens)
+      throw ConfigError("data.video.pool: " + std::to_string(data.video.pool) +
+                        " needs a square grid of image tokens; the connector gives " +
+                        std::to_string(image_tokens) + " per image");
+    const int64_t pooled = (side + data.video.pool - 1) / data.video.pool;
+    frame_tokens_ = pooled * pooled;
+  }
+}
+
+int64_t RecordTokenizer::visual_tokens(const Visual& v) const {
+  return v.video() ? frames_ * frame_tokens_ : image_tokens_;
+}
+
+int64_t RecordTokenizer::visual_tokens(const std::vector<Visual>& vs) const {
+  int64_t n = 0;
+  for (const auto& v : vs) n += visual_tokens(v);
+  return n;
+}
 
 void RecordTokenizer::resize(size_t slots) {
   status_ = std::make_unique<std::atomic<uint8_t>[]>(slots);
@@ -399,37 +474,43 @@ std::string RecordTokenizer::where(const Record& r) const {
 }
 
 Sample RecordTokenizer::tokenize_unlabelled(const Record& r, bool& truncated) const {
+  const auto max_len = static_cast<size_t>(max_length_);
+  // The visual-token budget, before the text is tokenized.
+  if (const int64_t need = visual_tokens(r.visuals); need > max_length_)
+    throw Error("too long: the images alone take " + std::to_string(need) +
+                " tokens, over data.max_length=" + std::to_string(max_len));
   const Encoding enc = tok_.encode_with_offsets(r.text);
   Sample s;
   s.id = r.id;
-  s.image = r.image;
-  const auto Q = static_cast<size_t>(image_tokens_);
+  s.visuals = r.visuals;
   const std::vector<bool> supervised = supervised_token_mask(enc.offsets, r.supervised);
-  size_t images = 0, image_at = 0;
+  size_t images = 0, images_end = 0;  // where the last image's tokens end
   for (size_t i = 0; i < enc.ids.size(); ++i) {
     const int64_t id_i = enc.ids[i];
     if (id_i == tok_.image_id() && use_images_) {
+      if (images < r.visuals.size()) {
+        const auto n = static_cast<size_t>(visual_tokens(r.visuals[images]));
+        s.input_ids.insert(s.input_ids.end(), n, id_i);
+        s.labels.insert(s.labels.end(), n, kIgnoreIndex);
+        images_end = s.input_ids.size();
+      }
       ++images;
-      image_at = s.input_ids.size();
-      s.input_ids.insert(s.input_ids.end(), Q, id_i);
-      s.labels.insert(s.labels.end(), Q, kIgnoreIndex);
       continue;
     }
     s.input_ids.push_back(id_i);
     s.labels.push_back(supervised[i] ? id_i : kIgnoreIndex);
   }
-  if (images != (r.image.empty() ? 0u : 1u))
+  if (images != r.visuals.size())
     throw Error("<image> tokens: the tokenized text has " + std::to_string(images) + " for " +
-                (r.image.empty() ? "0 images" : "1 image"));
+                std::to_string(r.visuals.size()) + (r.visuals.size() == 1 ? " image" : " images"));
 
-  const auto max_len = static_cast<size_t>(max_length_);
   const size_t T = s.input_ids.size();
   truncated = false;
   if (T > max_len) {
-    // Cut the tail, as LLaVA does at model_max_length, but never inside the image.
-    if (images > 0 && image_at + Q > max_len)
+    // Cut the tail, as LLaVA does at model_max_length, but never inside (or before) an image.
+    if (images_end > max_len)
       throw Error("too long: " + std::to_string(T) + " tokens exceed data.max_length=" +
-                  std::to_string(max_len) + " and truncation would cut the image");
+                  std::to_string(max_len) + " and truncation would cut an image");
     s.input_ids.resize(max_len);
     s.labels.resize(max_len);
     truncated = true;
@@ -481,23 +562,23 @@ ConversationDataset::ConversationDataset(const DataSourceConfig& source, const D
     throw Error(key + ".format=" + source.format +
                 ": preference pairs are read by the DPO stage, not as conversations");
   Context ctx(source, data, tokenizer, key, loaded_);
+  tokenizer_ = std::make_unique<RecordTokenizer>(source, data, tokenizer, image_tokens);
   ctx.run([&](const Json& rec, const RawRecord& raw) {
     if (!rec.contains("conversations")) throw Error("missing \"conversations\" list");
-    const auto image = ctx.image(rec);
+    const auto visuals = ctx.visuals(rec);
+    check_visual_budget(*tokenizer_, visuals, data.max_length);
     const std::vector<Turn> turns =
-        conversation_turns(rec["conversations"], !image.empty(), ctx.use_images, ctx.tt.image);
-    records_.push_back(ctx.render(turns, image, record_id(rec), raw));
+        conversation_turns(rec["conversations"], visuals.size(), ctx.use_images, ctx.tt.image);
+    records_.push_back(ctx.render(turns, visuals, record_id(rec), raw));
     return true;
   });
   records_.shrink_to_fit();
-  tokenizer_ = std::make_unique<RecordTokenizer>(source, data, tokenizer, image_tokens);
   tokenizer_->resize(records_.size());
 }
 
 int64_t ConversationDataset::length_hint(size_t i) const {
   const Record& r = records_[i];
-  return static_cast<int64_t>(r.text.size() / 4) +
-         (r.image.empty() ? 0 : tokenizer_->image_tokens());
+  return static_cast<int64_t>(r.text.size() / 4) + tokenizer_->visual_tokens(r.visuals);
 }
 
 std::optional<std::vector<Sample>> ConversationDataset::try_item(size_t i) const {
@@ -512,6 +593,7 @@ PreferenceDataset::PreferenceDataset(const DataSourceConfig& source, const DataC
                                      const Tokenizer& tokenizer, int64_t image_tokens,
                                      const std::string& key) {
   Context ctx(source, data, tokenizer, key, loaded_);
+  tokenizer_ = std::make_unique<RecordTokenizer>(source, data, tokenizer, image_tokens);
   const std::string& tag = ctx.tt.image;
   ctx.run([&](const Json& rec, const RawRecord& raw) {
     if (!rec.contains("chosen") || !rec.contains("rejected"))
@@ -535,16 +617,16 @@ PreferenceDataset::PreferenceDataset(const DataSourceConfig& source, const DataC
       same_prompt = chosen[i].from == rejected[i].from && chosen[i].value == rejected[i].value;
     if (!same_prompt)
       throw Error("\"chosen\" and \"rejected\" must share the prompt and differ in the last reply");
-    const auto image = ctx.image(rec);
-    ctx.place_image(chosen, !image.empty());
-    ctx.place_image(rejected, !image.empty());
+    const auto visuals = ctx.visuals(rec);
+    check_visual_budget(*tokenizer_, visuals, data.max_length);
+    ctx.place_image(chosen, visuals.size());
+    ctx.place_image(rejected, visuals.size());
     const std::string id = record_id(rec);
-    pairs_.emplace_back(ctx.render(chosen, image, id, raw, true),
-                        ctx.render(rejected, image, id, raw, true));
+    pairs_.emplace_back(ctx.render(chosen, visuals, id, raw, true),
+                        ctx.render(rejected, visuals, id, raw, true));
     return true;
   });
   pairs_.shrink_to_fit();
-  tokenizer_ = std::make_unique<RecordTokenizer>(source, data, tokenizer, image_tokens);
   tokenizer_->resize(pairs_.size());
 }
 
@@ -566,7 +648,7 @@ std::optional<PreferenceSample> PreferenceDataset::try_sample(size_t i) const {
 int64_t PreferenceDataset::length_hint(size_t i) const {
   const auto& [c, r] = pairs_[i];
   return static_cast<int64_t>(std::max(c.text.size(), r.text.size()) / 4) +
-         (c.image.empty() ? 0 : tokenizer_->image_tokens());
+         tokenizer_->visual_tokens(c.visuals);
 }
 
 std::optional<std::vector<Sample>> PreferenceDataset::try_item(size_t i) const {

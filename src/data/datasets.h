@@ -2,8 +2,8 @@
 // conversation template (chat_template.h) and keeps the rendered text; tokenization happens on
 // demand, in the loader's worker threads (sample(i) is thread-safe), as LLaVA's lazy dataset does.
 // Each <image> in the text becomes Q placeholder ids (Q = the connector's tokens per image, as
-// transformers' LlavaProcessor does). Images are only checked to exist at load; the collator
-// decodes them per batch.
+// transformers' LlavaProcessor does), or, for a video, frames x the (pooled) tokens of a frame.
+// Images are only checked to exist at load; the collator decodes them per batch.
 //
 // What can only be known after tokenizing (a record too long to truncate without cutting the image
 // or every supervised token) is found when the record is first tokenized: sample(i) throws an Error
@@ -23,6 +23,11 @@
 //   "image" is optional (text-only records use no image tokens) and relative to image_root. The
 //   single <image> may be anywhere in a human turn: as LLaVA's preprocess_multimodal does, it is
 //   moved to the front ("<image>\n" + the rest). Turns may also be {"role", "content"}.
+//   Several images (LLaVA-OneVision): "image": ["a.jpg", "b.jpg"] (or TRL's "images") with as many
+//   <image> tags, each standing where it is. A video (LLaVA-Video / OneVision): "video": "clip.mp4"
+//   or a list of frame files, with one <image> tag for the whole clip (data.video: frames sampled
+//   uniformly, each encoded as an image, optionally pooled). The images' tokens must fit in
+//   data.max_length (checked at load) and truncation never cuts one.
 //
 // Preference records (preference_json), each a prompt with a chosen and a rejected reply:
 //   ShapesWorld / RLAIF-V style:  {"id", "image", "prompt": "<image>\nQ", "chosen": "A",
@@ -62,11 +67,24 @@ namespace mllm {
 
 constexpr int64_t kIgnoreIndex = -100;
 
+// One visual input of a record, in the order of its <image> tags: an image, or a video whose
+// data.video.frames frames (sampled uniformly) are each encoded as an image. A video is one tag.
+struct Visual {
+  enum class Kind { image, video_file, video_frames };
+  Kind kind = Kind::image;
+  // image: its file; video_file: the clip (decoded by OpenCV's VideoCapture when collated);
+  // video_frames: the sampled frame files, in order.
+  std::vector<std::filesystem::path> files;
+  int64_t frames = 1;  // images it becomes (data.video.frames for a video)
+  int64_t pool = 1;    // a video frame's token grid is pooled pool x pool (data.video.pool)
+  bool video() const { return kind != Kind::image; }
+};
+
 struct Sample {
   std::string id;
   std::vector<int64_t> input_ids;  // (T)
   std::vector<int64_t> labels;     // (T), kIgnoreIndex where there is no loss
-  std::filesystem::path image;     // empty for text-only samples
+  std::vector<Visual> visuals;     // in placeholder order; empty for text-only samples
 };
 
 // Counters shared by the dataset kinds, for logs and metrics.jsonl.
@@ -82,7 +100,7 @@ struct Record {
   std::string id;
   std::string text;                                   // the rendered template
   std::vector<std::pair<size_t, size_t>> supervised;  // byte spans of `text` with the loss
-  std::filesystem::path image;                        // empty for text-only records
+  std::vector<Visual> visuals;                        // empty for text-only records
   size_t line = 0;                                    // 1-based line the record starts on
   size_t index = 0;                                   // 0-based record index in the file
 };
@@ -97,6 +115,10 @@ class RecordTokenizer {
 
   // Tokenizes record `r` (slot `slot` of the status table). Throws Error naming the record.
   Sample tokenize(const Record& r, size_t slot) const;
+  // The placeholder ids a visual takes: image_tokens for an image; for a video, data.video.frames
+  // times a frame's (pooled) tokens.
+  int64_t visual_tokens(const Visual& v) const;
+  int64_t visual_tokens(const std::vector<Visual>& vs) const;
   // As tokenize, but under on_bad_record=skip a bad record gives nullopt (counted, logged once).
   std::optional<Sample> try_tokenize(const Record& r, size_t slot) const;
   void resize(size_t slots);
@@ -115,6 +137,8 @@ class RecordTokenizer {
   std::string file_;
   const Tokenizer& tok_;
   int64_t image_tokens_;
+  int64_t frame_tokens_;  // a video frame's tokens after data.video.pool
+  int64_t frames_;        // data.video.frames
   int64_t max_length_;
   bool skip_bad_;
   bool use_images_;
@@ -211,10 +235,11 @@ class PreferenceDataset : public SampleSource {
 bool is_jsonl_source(const DataSourceConfig& source);
 
 // A record's "conversations" list as training reads it (and `mllm tokenize --template` shows it):
-// each turn in either layout ({"from", "value"} or {"role", "content"}), the image tag checked
-// against whether the record has an image and moved to the front of its turn. With `use_images`
-// false (templates that drop images) the tags are left alone. Throws Error saying what is wrong.
-std::vector<Turn> conversation_turns(const nlohmann::json& conversations, bool has_image,
+// each turn in either layout ({"from", "value"} or {"role", "content"}), the image tags counted
+// against the record's images (a video is one) and, for a single image, moved to the front of its
+// turn. With `use_images` false (templates that drop images) the tags are left alone. Throws
+// Error saying what is wrong.
+std::vector<Turn> conversation_turns(const nlohmann::json& conversations, size_t images,
                                      bool use_images, const std::string& image_tag);
 // `image` (a record's path) under `root`. Unless allowed, a path that leaves the root (absolute,
 // or climbing above it with ..) is an Error naming `key` (and the option `allow_key` that allows
@@ -224,7 +249,7 @@ std::filesystem::path image_under_root(const std::string& root, const std::strin
                                        const char* allow_key = nullptr);
 
 // The tag part of that, on turns already read (preference pairs).
-void place_image_tag(std::vector<Turn>& turns, bool has_image, bool use_images,
+void place_image_tag(std::vector<Turn>& turns, size_t images, bool use_images,
                      const std::string& tag);
 
 // One record's text with where it came from.

@@ -1,5 +1,7 @@
 #include "data/image_transform.h"
 
+#include <opencv2/videoio.hpp>
+
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
@@ -301,6 +303,67 @@ torch::Tensor ImageTransform::load(const std::filesystem::path& path) const {
   } catch (const std::bad_alloc&) {
     throw Error(path.string() + ": cannot transform image (out of memory)");
   }
+}
+
+torch::Tensor ImageTransform::load_video(const std::filesystem::path& path, int64_t frames) const {
+  const std::string where = path.string() + ": cannot decode video";
+  if (!std::filesystem::is_regular_file(path)) throw Error(path.string() + ": video not found");
+  std::vector<cv::Mat> picked;
+  try {
+    // FFmpeg, else OpenCV's own MJPEG reader; not every backend OpenCV has (GStreamer, image
+    // sequences), which log their own failures on a file that is not a video.
+    cv::VideoCapture cap;
+    for (const int api : {cv::CAP_FFMPEG, cv::CAP_OPENCV_MJPEG})
+      if (cap.open(path.string(), api) && cap.isOpened()) break;
+    if (!cap.isOpened()) throw Error(where + " (neither FFmpeg nor the MJPEG reader opens it)");
+    auto n = static_cast<int64_t>(cap.get(cv::CAP_PROP_FRAME_COUNT));
+    std::vector<cv::Mat> all;  // when the container does not say how many frames it has
+    if (n <= 0) {
+      for (cv::Mat f; cap.read(f);) all.push_back(f.clone());
+      n = static_cast<int64_t>(all.size());
+    }
+    if (n <= 0) throw Error(where + " (no frames)");
+    std::vector<int64_t> want;
+    for (int64_t k = 0; k < frames; ++k)
+      want.push_back(
+          frames == 1 ? 0
+                      : static_cast<int64_t>(static_cast<double>(n - 1) * static_cast<double>(k) /
+                                             static_cast<double>(frames - 1)));
+    if (!all.empty()) {
+      for (int64_t w : want) picked.push_back(all[static_cast<size_t>(w)]);
+    } else {
+      // Frames in order: grab each, decode only those wanted (a frame may be wanted twice).
+      cv::Mat frame;
+      int64_t at = -1;
+      for (int64_t w : want) {
+        while (at < w) {
+          if (!cap.grab())
+            throw Error(where + " (frame " + std::to_string(at + 1) + " of the " +
+                        std::to_string(n) + " it declares is unreadable)");
+          ++at;
+          if (at == w && !cap.retrieve(frame))
+            throw Error(where + " (frame " + std::to_string(at) + " cannot be decoded)");
+        }
+        if (frame.empty()) throw Error(where + " (frame " + std::to_string(w) + " is empty)");
+        picked.push_back(frame.clone());
+      }
+    }
+  } catch (const cv::Exception& e) {
+    throw Error(where + " (" + e.err + ")");
+  }
+  std::vector<torch::Tensor> out;
+  for (auto& f : picked) {
+    if (f.channels() == 4) cv::cvtColor(f, f, cv::COLOR_BGRA2BGR);
+    if (f.channels() == 1) cv::cvtColor(f, f, cv::COLOR_GRAY2BGR);
+    if (f.depth() != CV_8U || f.channels() != 3)
+      throw Error(where + " (frames are not 8-bit colour images)");
+    try {
+      out.push_back((*this)(f));
+    } catch (const cv::Exception& e) {
+      throw Error(where + " (" + e.err + ")");
+    }
+  }
+  return torch::stack(out);
 }
 
 }  // namespace mllm

@@ -39,6 +39,11 @@ class ImageTransform {
   // Reads and transforms an image file; throws Error("<path>: cannot decode image ...") on failure,
   // over config.max_pixels included.
   torch::Tensor load(const std::filesystem::path& path) const;
+  // `frames` frames of a video file sampled uniformly (frame floor(k (n-1) / (frames-1)) of n, as
+  // LLaVA-OneVision's np.linspace(0, n-1, frames)), each transformed: (frames,3,S,S). Decoded by
+  // OpenCV's VideoCapture; a file it cannot open, with no frames, or a frame it cannot read throws
+  // Error("<path>: cannot decode video ...").
+  torch::Tensor load_video(const std::filesystem::path& path, int64_t frames) const;
   int64_t size() const { return size_; }
 
   // Decodes a file to 8-bit, 3-channel BGR with the conversions above; throws Error naming the

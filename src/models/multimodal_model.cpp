@@ -1,5 +1,6 @@
 #include "models/multimodal_model.h"
 
+#include <cmath>
 #include <map>
 
 #include "core/error.h"
@@ -18,6 +19,34 @@ torch::Tensor splice_image_tokens(const torch::Tensor& text_embeds, const torch:
   if (slots == 0)
     return image_tokens.requires_grad() ? text_embeds + image_tokens.sum() * 0.0 : text_embeds;
   return text_embeds.masked_scatter(is_image.unsqueeze(-1), image_tokens.to(text_embeds.dtype()));
+}
+
+torch::Tensor pool_image_tokens(const torch::Tensor& tokens, const torch::Tensor& pool) {
+  const auto N = tokens.size(0), Q = tokens.size(1), C = tokens.size(2);
+  if (!pool.defined() || N == 0) return tokens.reshape({-1, C});
+  const auto side = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(Q))));
+  const auto factors = pool.to(torch::kCPU).contiguous();
+  const auto* f = factors.data_ptr<int64_t>();
+  if (factors.numel() != N)
+    throw Error("[MultimodalModel] image_pool has " + std::to_string(factors.numel()) +
+                " entries for " + std::to_string(N) + " images");
+  std::vector<torch::Tensor> parts;
+  for (int64_t i = 0; i < N; ++i) {
+    if (f[i] <= 1) {
+      parts.push_back(tokens[i]);
+      continue;
+    }
+    if (side * side != Q)
+      throw Error(
+          "[MultimodalModel] pooling a video frame needs a square grid of tokens; the "
+          "connector gives " +
+          std::to_string(Q));
+    const auto grid = tokens[i].reshape({side, side, C}).permute({2, 0, 1}).unsqueeze(0);
+    const auto pooled = torch::avg_pool2d(grid, {f[i], f[i]}, {f[i], f[i]}, {0, 0},
+                                          /*ceil_mode=*/true, /*count_include_pad=*/false);
+    parts.push_back(pooled.squeeze(0).permute({1, 2, 0}).reshape({-1, C}));
+  }
+  return torch::cat(parts, 0);
 }
 
 MultimodalModelImpl::MultimodalModelImpl(const ModelConfig& config, int64_t image_token_id)
@@ -49,12 +78,13 @@ torch::Tensor MultimodalModelImpl::image_features(const torch::Tensor& pixel_val
 }
 
 torch::Tensor MultimodalModelImpl::embed(const torch::Tensor& input_ids,
-                                         const torch::Tensor& pixel_values) {
+                                         const torch::Tensor& pixel_values,
+                                         const torch::Tensor& image_pool) {
   auto text = language_model->embed(input_ids);  // (B,T,C)
   if (connector->feature_level()) return text;   // images enter inside the LLM (forward)
   const auto is_image = input_ids == image_token_id_;
   auto tokens = connector->forward(image_features(pixel_values, text.options()));  // (N,Q,C)
-  return splice_image_tokens(text, is_image, tokens.reshape({-1, tokens.size(-1)}));
+  return splice_image_tokens(text, is_image, pool_image_tokens(tokens, image_pool));
 }
 
 torch::Tensor token_images(const torch::Tensor& is_image, const torch::Tensor& attention_mask,
@@ -97,8 +127,8 @@ torch::Tensor token_images(const torch::Tensor& is_image, const torch::Tensor& a
 
 std::pair<torch::Tensor, LayerHook> MultimodalModelImpl::prepare(
     const torch::Tensor& input_ids, const torch::Tensor& pixel_values,
-    const torch::Tensor& attention_mask) {
-  if (!connector->feature_level()) return {embed(input_ids, pixel_values), LayerHook()};
+    const torch::Tensor& attention_mask, const torch::Tensor& image_pool) {
+  if (!connector->feature_level()) return {embed(input_ids, pixel_values, image_pool), LayerHook()};
   // Feature-level: one placeholder per image marks its sample; the connector's hook adds the
   // image inside the LLM, to its sample's tokens.
   auto text = language_model->embed(input_ids);
@@ -111,8 +141,9 @@ std::pair<torch::Tensor, LayerHook> MultimodalModelImpl::prepare(
 torch::Tensor MultimodalModelImpl::forward(const torch::Tensor& input_ids,
                                            const torch::Tensor& pixel_values,
                                            const torch::Tensor& attention_mask,
-                                           const torch::Tensor& position_ids) {
-  const auto [embeds, hook] = prepare(input_ids, pixel_values, attention_mask);
+                                           const torch::Tensor& position_ids,
+                                           const torch::Tensor& image_pool) {
+  const auto [embeds, hook] = prepare(input_ids, pixel_values, attention_mask, image_pool);
   return language_model->forward(embeds, attention_mask, position_ids, nullptr,
                                  hook ? &hook : nullptr);
 }

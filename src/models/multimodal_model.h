@@ -24,22 +24,27 @@ class MultimodalModelImpl : public torch::nn::Module {
 
   // Text embeddings with image features spliced in (token-level connectors; a feature-level one
   // leaves the text embeddings as they are). input_ids (B,T); pixel_values (N,3,H,W) with N the
-  // number of <image> occurrences in the batch (may be 0 / undefined). Returns (B,T,C).
-  torch::Tensor embed(const torch::Tensor& input_ids, const torch::Tensor& pixel_values);
+  // number of images in the batch (may be 0 / undefined). Returns (B,T,C). `image_pool` (N) int64,
+  // when defined: image i's token grid is average-pooled image_pool[i] x image_pool[i] (video
+  // frames, data.video.pool; pool_image_tokens).
+  torch::Tensor embed(const torch::Tensor& input_ids, const torch::Tensor& pixel_values,
+                      const torch::Tensor& image_pool = {});
 
   // Hidden states after the LLM's final norm, (B,T,C). attention_mask (B,T) may be undefined;
   // in packed rows it numbers each token's sample and position_ids (B,T) restart per sample
   // (data/collator.h).
   torch::Tensor forward(const torch::Tensor& input_ids, const torch::Tensor& pixel_values,
                         const torch::Tensor& attention_mask = {},
-                        const torch::Tensor& position_ids = {});
+                        const torch::Tensor& position_ids = {},
+                        const torch::Tensor& image_pool = {});
 
   // The LLM's input for a batch: its embeddings (images spliced in for a token-level connector)
   // and, for a feature-level one, the hook that brings the images in at each layer (empty
   // otherwise). forward() runs exactly this; generation keeps the hook for every step.
   std::pair<torch::Tensor, LayerHook> prepare(const torch::Tensor& input_ids,
                                               const torch::Tensor& pixel_values,
-                                              const torch::Tensor& attention_mask = {});
+                                              const torch::Tensor& attention_mask = {},
+                                              const torch::Tensor& image_pool = {});
 
   // (...,C) -> (...,V)
   torch::Tensor logits(const torch::Tensor& hidden) { return language_model->logits(hidden); }
@@ -86,5 +91,11 @@ torch::Tensor token_images(const torch::Tensor& is_image, const torch::Tensor& a
 
 torch::Tensor splice_image_tokens(const torch::Tensor& text_embeds, const torch::Tensor& is_image,
                                   const torch::Tensor& image_tokens);
+
+// The connector's tokens (N,Q,C) of a batch's images, flattened to (sum of kept tokens, C) in image
+// order: image i as it is where pool[i] is 1, else its sqrt(Q) x sqrt(Q) grid average-pooled
+// pool[i] x pool[i] (ceil: a partial window averages what it covers), as LLaVA-OneVision pools
+// video frames. `pool` (N) int64, undefined = no pooling.
+torch::Tensor pool_image_tokens(const torch::Tensor& tokens, const torch::Tensor& pool);
 
 }  // namespace mllm

@@ -111,7 +111,8 @@ class PreferenceObjective : public Objective {
     const int64_t P = batch.pairs;
     if (P <= 0) throw Error("[" + train_.stage + "] the batch holds no preference pairs");
     const bool average = spec_->average_logps(train_);
-    const auto hidden = model.forward(batch.input_ids, batch.pixel_values, batch.attention_mask);
+    const auto hidden = model.forward(batch.input_ids, batch.pixel_values, batch.attention_mask, {},
+                                      batch.image_pool);
     const auto policy = response_logps_from_hidden(model, hidden, batch.labels, average);
     PreferenceLogps in;
     in.chosen = policy.slice(0, 0, P);

@@ -19,6 +19,11 @@ using mllm::test::write_text;
 
 namespace {
 
+// A sample's (first) image file, or empty.
+std::filesystem::path image_of(const mllm::Sample& s) {
+  return s.visuals.empty() ? std::filesystem::path() : s.visuals.front().files.front();
+}
+
 const char* kRecords = R"([
   {"id": "r0", "image": "a.png", "conversations": [
     {"from": "human", "value": "<image>\nDescribe the image."},
@@ -143,7 +148,7 @@ TEST_CASE("dataset: plain template expands <image> and supervises only the capti
     CHECK(s.labels[1 + Q + i] == caption[i]);
   }
   CHECK(s.labels.back() == tok->eos_id());
-  CHECK(s.image == dir.path() / "a.png");
+  CHECK(image_of(s) == dir.path() / "a.png");
   CHECK(ds.skipped() == 0);
   CHECK(ds.truncated() == 0);
 }
@@ -159,7 +164,7 @@ TEST_CASE(
   data.train.path = (dir / "recs.json").string();
   ConversationDataset ds(data.train, data, *tok, 16, "data.train");
   const Sample s = ds.sample(0);
-  CHECK(s.image.empty());
+  CHECK(s.visuals.empty());
   CHECK(std::count(s.input_ids.begin(), s.input_ids.end(), tok->image_id()) == 0);
   const auto prompt = tok->encode("Describe the image.");
   const auto answer = tok->encode("a red circle .");
@@ -188,7 +193,7 @@ TEST_CASE(
 
   const Sample bus = ds.sample(0);
   CHECK(bus.id == "000000033471");
-  CHECK(bus.image == dir / "images" / "coco/train2017/000000033471.jpg");
+  CHECK(image_of(bus) == dir / "images" / "coco/train2017/000000033471.jpg");
   CHECK(supervised_text(bus, *tok) ==
         "the bus in the image is white and red . </s> the back of the bus features an "
         "advertisement . </s>");
@@ -214,7 +219,7 @@ TEST_CASE(
 
   // The ShareGPT record has no image: no image ids, no image path.
   const Sample text = ds.sample(3);
-  CHECK(text.image.empty());
+  CHECK(text.visuals.empty());
   CHECK(std::count(text.input_ids.begin(), text.input_ids.end(), tok->image_id()) == 0);
   CHECK(supervised_text(text, *tok) ==
         "1 . homogeneity : the segment should consist of customers who share similar "
@@ -328,15 +333,20 @@ TEST_CASE(
   DataConfig data;
   data.train.path = (dir / "recs.json").string();
   data.train.image_root = dir.path().string();
-  data.max_length = 12;  // shorter than 1 + 16 image tokens
+  data.max_length = 12;  // shorter than the 16 image tokens: known at load, before tokenizing
+  CHECK_THROWS_WITH(ConversationDataset(data.train, data, *tok, 16, "data.train"),
+                    Catch::Contains("recs.json:2: record 0 (id \"r0\")") &&
+                        Catch::Contains("the images alone take 16 tokens") &&
+                        Catch::Contains("data.max_length=12"));
+  data.max_length = 16;  // the image's 16 tokens fit, but after the BOS they end at 17
   {
-    // Loading only renders; the length is found when a record is tokenized.
+    // Loading only renders; the rest of the length is found when a record is tokenized.
     ConversationDataset ds(data.train, data, *tok, 16, "data.train");
     REQUIRE(ds.size() == 2);
     CHECK_THROWS_WITH(ds.sample(0), Catch::Contains("recs.json:2: record 0 (id \"r0\")") &&
-                                        Catch::Contains("would cut the image") &&
+                                        Catch::Contains("would cut an image") &&
                                         Catch::Contains("on_bad_record=skip"));
-    CHECK_THROWS_WITH(ds.try_sample(1), Catch::Contains("would cut the image"));
+    CHECK_THROWS_WITH(ds.try_sample(1), Catch::Contains("would cut an image"));
   }
   data.max_length = 22;  // fits record 0 (1+16+4+1), truncates record 1's caption
   {
@@ -439,8 +449,8 @@ TEST_CASE("preference dataset: ShapesWorld pairs share the prompt and supervise 
   for (size_t i = 0; i < ds.size(); ++i) {
     const auto [chosen, rejected] = ds.sample(i);
     CHECK(chosen.id == recs[i]["id"].get<std::string>());
-    CHECK(!chosen.image.empty());
-    CHECK(chosen.image == rejected.image);
+    CHECK(!chosen.visuals.empty());
+    CHECK(image_of(chosen) == image_of(rejected));
     // The unsupervised prompt is the same in both, up to the first supervised token.
     auto first_sup = [](const Sample& s) {
       return std::find_if(s.labels.begin(), s.labels.end(),
@@ -489,10 +499,10 @@ TEST_CASE("preference dataset: TRL conversational and LLaVA-conversation layouts
   REQUIRE(ds.size() == 3);
   CHECK(ds.skipped() == 1);
   const PreferenceSample first = ds.sample(0);
-  CHECK(first.chosen.image == dir / "a.png");
+  CHECK(image_of(first.chosen) == dir / "a.png");
   CHECK(std::count(first.chosen.input_ids.begin(), first.chosen.input_ids.end(), tok->image_id()) ==
         2);
-  CHECK(ds.sample(1).chosen.image.empty());
+  CHECK(ds.sample(1).chosen.visuals.empty());
   // Only the final reply is supervised, not the earlier gpt turn of the conversation.
   CHECK(supervised_text(ds.sample(2).chosen, *tok) == "red . </s>");
   CHECK(supervised_text(ds.sample(2).rejected, *tok) == "blue . </s>");

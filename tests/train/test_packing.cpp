@@ -62,7 +62,7 @@ TEST_CASE("packing: packed rows give the unpacked loss and gradients, token- and
     // A text-only sample among them: the second caption without its image.
     Sample text = samples[1];
     text.id = "text-only";
-    text.image.clear();
+    text.visuals.clear();
     text.input_ids.clear(), text.labels.clear();
     for (size_t t = 0; t < samples[1].input_ids.size(); ++t)
       if (samples[1].input_ids[t] != model->image_token_id())
