@@ -1,0 +1,90 @@
+// Records with several images and with video train from the CLI: a stage-2 run over a mix of
+// text-only, one-image, two-image, video-file and frame-list records (frames pooled 2 x 2), with a
+// broken video skipped and counted; `mllm data check` reports the videos.
+#include <catch2/catch.hpp>
+
+#include <opencv2/videoio.hpp>
+
+#include <cmath>
+
+#include <nlohmann/json.hpp>
+
+#include "jsonl.h"
+#include "run_mllm.h"
+#include "test_util.h"
+
+using mllm::test::read_jsonl;
+using mllm::test::TempDir;
+using mllm::test::write_text;
+
+TEST_CASE("visual records: several images and video per record train from the CLI") {
+  TempDir dir("mllm-visuals");
+  const auto data = dir / "shapes";
+  REQUIRE(mllm::test::run_mllm("data shapes --out " + data.string() +
+                               " --seed 3 --train 24 --val 4 --image-size 32")
+              .code == 0);
+  const auto images = data / "images";
+  {
+    cv::VideoWriter w((images / "clip.avi").string(), cv::VideoWriter::fourcc('M', 'J', 'P', 'G'),
+                      10, cv::Size(32, 32));
+    REQUIRE(w.isOpened());
+    for (int k = 0; k < 12; ++k) w.write(cv::Mat(32, 32, CV_8UC3, cv::Scalar::all(20 * k)));
+  }
+  write_text(images / "broken.avi", "not a video");
+  auto convo = [](const std::string& human, const std::string& reply) {
+    return nlohmann::json::array(
+        {{{"from", "human"}, {"value", human}}, {{"from", "gpt"}, {"value", reply}}});
+  };
+  nlohmann::json recs = nlohmann::json::array();
+  for (int i = 0; i < 4; ++i) {
+    const std::string a = "train/00000" + std::to_string(2 * i) + ".png";
+    const std::string b = "train/00000" + std::to_string(2 * i + 1) + ".png";
+    recs.push_back({{"id", "text" + std::to_string(i)}, {"conversations", convo("what is a circle ?", "a round shape .")}});
+    recs.push_back({{"id", "one" + std::to_string(i)}, {"image", a}, {"conversations", convo("<image>\nwhat is shown ?", "shapes .")}});
+    recs.push_back({{"id", "two" + std::to_string(i)},
+                    {"image", {a, b}},
+                    {"conversations", convo("first <image> second <image> which has more shapes ?", "the first .")}});
+    recs.push_back({{"id", "clip" + std::to_string(i)}, {"video", "clip.avi"}, {"conversations", convo("<image>\nwhat changes ?", "it gets brighter .")}});
+    recs.push_back({{"id", "frames" + std::to_string(i)},
+                    {"video", {a, b, a, b, a}},
+                    {"conversations", convo("<image>\nwhat changes ?", "nothing .")}});
+  }
+  recs.push_back({{"id", "broken"}, {"video", "broken.avi"}, {"conversations", convo("<image>\nwhat ?", "no .")}});
+  write_text(dir / "mixed.json", recs.dump());
+
+  const std::string d = data.string();
+  const auto out = dir / "run";
+  const std::string args =
+      "--config " + std::string(MLLM_SOURCE_DIR) + "/configs/shapes/stage2_instruct.yaml" +
+      " --set run.output_dir=" + out.string() +
+      " --set run.threads=1 --set train.init_from= --set model.llm.pretrained=" +
+      " --set model.vision.pretrained= --set model.tokenizer=" + d + "/tokenizer.json" +
+      " --set data.train.path=" + (dir / "mixed.json").string() +
+      " --set data.train.image_root=" + images.string() + " --set data.eval.path=" +
+      " --set data.eval.image_root=" + images.string() + " --set data.image.size=32" +
+      " --set model.vision.image_size=32 --set model.vision.hidden=32 --set model.vision.layers=1" +
+      " --set model.vision.intermediate=64 --set model.connector.type=mlp2x_gelu" +
+      " --set data.video.frames=3 --set data.video.pool=2 --set data.on_bad_record=skip" +
+      " --set train.batch_size=7 --set train.epochs=1 --set train.log_every=1" +
+      " --set train.save_every=0 --set eval.tasks=[]";
+
+  const auto check = mllm::test::run_mllm("data check " + args);
+  INFO(check.output);
+  REQUIRE(check.code == 0);
+  CHECK_THAT(check.output, Catch::Contains("videos: 5 found (1 unreadable)"));
+
+  const auto r = mllm::test::run_mllm("train " + args);
+  INFO(r.output);
+  REQUIRE(r.code == 0);
+  const auto records = read_jsonl(out / "metrics.jsonl");
+  int steps = 0;
+  int64_t dropped = 0;
+  for (const auto& rec : records)
+    if (rec.contains("loss") && !rec.contains("eval_loss")) {
+      ++steps;
+      CHECK(std::isfinite(rec["loss"].get<double>()));
+      dropped = std::max<int64_t>(dropped, rec.value("dropped_images", int64_t{0}));
+    }
+  CHECK(steps == 3);  // 21 records / 7 per step
+  CHECK(dropped == 1);  // the broken clip, counted
+}
