@@ -59,9 +59,10 @@ void print_padding(const std::vector<int64_t>& lengths, int64_t batch, int64_t p
   std::printf("\n");
 }
 
-void check_source(const char* key, const DataSourceConfig& source, DataConfig data,
+void check_source(const std::string& key, const DataSourceConfig& source, DataConfig data,
                   const Tokenizer& tok, int64_t Q, int64_t batch_size) {
   if (source.path.empty()) return;
+  if (!source.template_name.empty()) data.template_name = source.template_name;
   data.on_bad_record = "skip";  // count every problem instead of stopping at the first
   std::unique_ptr<SampleSource> ds;
   if (source.format.rfind("preference", 0) == 0)
@@ -92,7 +93,7 @@ void check_source(const char* key, const DataSourceConfig& source, DataConfig da
   }
   const double tok_s = seconds_since(t0);
   const DatasetStats st = ds->stats();
-  std::printf("%s: %s\n", key, source.path.c_str());
+  std::printf("%s: %s\n", key.c_str(), source.path.c_str());
   std::printf("  records %lld: %zu kept, %lld skipped, %lld truncated to data.max_length=%lld\n",
               static_cast<long long>(st.records),
               lengths.size() / static_cast<size_t>(ds->samples_per_item()),
@@ -162,7 +163,11 @@ int run_data_check(const std::string& config_path, const std::vector<std::string
                         ->output_tokens();
   std::printf("tokenizer %s: %lld ids; template %s\n", c.model.tokenizer.c_str(),
               static_cast<long long>(tok->vocab_size()), c.data.template_name.c_str());
-  check_source("data.train", c.data.train, c.data, *tok, Q, c.train.batch_size);
+  if (c.data.mixture.empty())
+    check_source("data.train", c.data.train, c.data, *tok, Q, c.train.batch_size);
+  for (size_t i = 0; i < c.data.mixture.size(); ++i)
+    check_source("data.train[" + std::to_string(i) + "]", c.data.mixture[i], c.data, *tok, Q,
+                 c.train.batch_size);
   check_source("data.eval", c.data.eval, c.data, *tok, Q, c.train.batch_size);
   return 0;
 }

@@ -185,6 +185,33 @@ class Binder {
     }
   }
 
+  // A section that may also be a list of them (data.train: one source or a mixture). Read: a
+  // mapping fills `one`; a list fills `list` and `one` with its first element. Written back in the
+  // form it was read.
+  template <class S>
+  void section_or_list(const std::string& key, S& one, std::vector<S>& list) {
+    if (mode_ == Mode::Paths) {
+      section(key, one);
+      section_list(key, list);
+      return;
+    }
+    if (mode_ == Mode::Write) {
+      if (list.empty())
+        section(key, one);
+      else
+        section_list(key, list);
+      return;
+    }
+    const YAML::Node n = lookup(key);
+    if (n && n.IsSequence()) {
+      section_list(key, list);
+      if (list.empty()) fail(full(key), "an empty list: give at least one source");
+      one = list.front();
+    } else {
+      section(key, one);
+    }
+  }
+
   // After a section is read: every key present in the YAML must have been consumed.
   void reject_unknown() {
     if (mode_ != Mode::Read || !node_ || !node_.IsMap()) return;
@@ -502,6 +529,9 @@ void describe(Binder& b, DataSourceConfig& c) {
   b.existing_path("path", c.path, false);
   b.existing_path("image_root", c.image_root, true);
   b.value("max_samples", c.max_samples, at_least(0));
+  b.value("weight", c.weight, in_range(0, 1e9));
+  b.value("epochs", c.epochs, in_range(0, 1e6));
+  b.value("template", c.template_name);  // a chat template name (data/chat_template.h)
 }
 
 void describe(Binder& b, ImageConfig& c) {
@@ -524,7 +554,7 @@ void describe(Binder& b, VideoConfig& c) {
 }
 
 void describe(Binder& b, DataConfig& c) {
-  b.section("train", c.train);
+  b.section_or_list("train", c.train, c.mixture);
   b.section("eval", c.eval);
   b.value("template", c.template_name);  // a chat template name (data/chat_template.h)
   b.value("max_length", c.max_length, at_least(8));
@@ -713,6 +743,31 @@ void cross_check(const Config& c, const Binder& b) {
     b.fail("model.vision." + p.field, p.message);
   if (const auto p = check_architecture(c.model.llm)) b.fail("model.llm." + p.field, p.message);
   if (c.data.train.path.empty()) b.fail("data.train.path", "is required");
+  // weight / epochs / template belong to the sources of a mixture.
+  if (c.data.mixture.empty()) {
+    for (const auto& [src, key] :
+         {std::pair{&c.data.train, "data.train"}, std::pair{&c.data.eval, "data.eval"}}) {
+      if (src->weight != 0)
+        b.fail(std::string(key) + ".weight", "only in a mixture (data.train as a list)");
+      if (src->epochs != 0)
+        b.fail(std::string(key) + ".epochs", "only in a mixture (data.train as a list)");
+      if (!src->template_name.empty())
+        b.fail(std::string(key) + ".template",
+               "only in a mixture (data.train as a list); use data.template");
+    }
+  }
+  for (size_t i = 0; i < c.data.mixture.size(); ++i) {
+    const auto& m = c.data.mixture[i];
+    const std::string at = "data.train[" + std::to_string(i) + "]";
+    if (m.path.empty()) b.fail(at + ".path", "is required");
+    if ((m.weight > 0) == (m.epochs > 0))
+      b.fail(at + (m.weight > 0 ? ".epochs" : ".weight"),
+             "each source of a mixture takes either a weight (its share of an epoch) or epochs "
+             "(passes over it per epoch)");
+    const bool pref = m.format.rfind("preference", 0) == 0;
+    if (pref != (c.data.mixture[0].format.rfind("preference", 0) == 0))
+      b.fail(at + ".format", "a mixture's sources are all conversations or all preference pairs");
+  }
   if (c.model.tokenizer.empty()) b.fail("model.tokenizer", "is required");
   check_eval(c.eval, b);
 }

@@ -125,6 +125,12 @@ struct DataSourceConfig {
   std::string path;                   // empty = none (only allowed for data.eval)
   std::string image_root;             // folder that record "image" paths are relative to
   int64_t max_samples = 0;            // 0 = all
+  // In a mixture (data.train as a list; data/mixture.h) only: the share of each epoch this source
+  // takes (`weight`, relative to the other weighted sources), or how many passes over it an epoch
+  // makes (`epochs`); and the chat template it is rendered with ("" = data.template).
+  double weight = 0;
+  double epochs = 0;
+  std::string template_name;  // YAML key: template
 };
 
 struct ImageConfig {
@@ -152,7 +158,10 @@ struct VideoConfig {
 };
 
 struct DataConfig {
+  // The training data: one source, or (`train: [{path, ..., weight | epochs}, ...]`) a mixture, of
+  // which `train` is then the first source and `mixture` all of them.
   DataSourceConfig train;
+  std::vector<DataSourceConfig> mixture;
   DataSourceConfig eval;
   std::string template_name = "plain";  // YAML key: template; data/chat_template.h
   int64_t max_length = 512;

@@ -32,6 +32,8 @@ struct Batch {
   int64_t pairs = 0;  // preference batches: rows [0,pairs) chosen, [pairs,2*pairs) rejected
   std::vector<std::string> ids;  // each row's record id(s, joined by '+' when packed), for errors
   std::vector<bool> has_image;   // each row: whether a sample of it has an image
+  // A mixture's batches (data/mixture.h): the items each source gave (empty for one source).
+  std::vector<int64_t> source_items;
 
   Batch to(const torch::Device& device) const;
 };

@@ -14,6 +14,7 @@
 
 #include "core/error.h"
 #include "data/chat_template.h"
+#include "data/sampler.h"
 
 namespace mllm {
 
@@ -658,6 +659,10 @@ std::optional<std::vector<Sample>> PreferenceDataset::try_item(size_t i) const {
   out.push_back(std::move(p->chosen));
   out.push_back(std::move(p->rejected));
   return out;
+}
+
+std::vector<int64_t> SampleSource::epoch_order(int64_t epoch, uint64_t seed) const {
+  return EpochSampler(static_cast<int64_t>(size()), seed).order(epoch);
 }
 
 }  // namespace mllm

@@ -168,6 +168,14 @@ class SampleSource {
   // data.on_bad_record=skip (counted), an Error naming it otherwise.
   virtual std::optional<std::vector<Sample>> try_item(size_t i) const = 0;
   virtual DatasetStats stats() const = 0;
+  // An epoch: how many items it visits and in what order (a pure function of seed and epoch).
+  // Here, every item once in a fresh permutation (EpochSampler); a mixture composes its own
+  // (data/mixture.h).
+  virtual int64_t epoch_size() const { return static_cast<int64_t>(size()); }
+  virtual std::vector<int64_t> epoch_order(int64_t epoch, uint64_t seed) const;
+  // The sources of a mixture (1 otherwise) and which one item i comes from.
+  virtual size_t sources() const { return 1; }
+  virtual size_t source_of(size_t) const { return 0; }
 };
 
 class ConversationDataset : public SampleSource {

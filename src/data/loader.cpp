@@ -23,9 +23,9 @@ LoaderOptions loader_options(const Config& config, int64_t pad_id) {
 
 std::vector<std::vector<int64_t>> plan_epoch(const SampleSource& data, const LoaderOptions& o,
                                              int64_t epoch) {
-  const auto N = static_cast<int64_t>(data.size());
+  const int64_t N = data.epoch_size();
   const int64_t per_step = o.samples_per_step();
-  std::vector<int64_t> order = EpochSampler(N, o.seed).order(epoch);
+  std::vector<int64_t> order = data.epoch_order(epoch, o.seed);
   if (o.group_by_length) {
     const int64_t mega = per_step * 50;
     for (int64_t b = 0; b < N; b += mega) {
@@ -76,6 +76,10 @@ Batch collate_items(const SampleSource& data, const std::vector<int64_t>& indice
     b.pairs = b.input_ids.size(0) / static_cast<int64_t>(K);
   }
   if (bad_images) *bad_images += dropped;
+  if (data.sources() > 1) {
+    b.source_items.assign(data.sources(), 0);
+    for (int64_t i : indices) ++b.source_items[data.source_of(static_cast<size_t>(i))];
+  }
   return b;
 }
 
@@ -86,7 +90,7 @@ DataLoader::DataLoader(const SampleSource& data, const ImageTransform& transform
     throw Error("[DataLoader] rank " + std::to_string(options_.rank) + " is not in a world of " +
                 std::to_string(options_.world_size));
   if (steps_per_epoch() == 0)
-    throw Error("[DataLoader] " + std::to_string(data.size()) +
+    throw Error("[DataLoader] " + std::to_string(data.epoch_size()) +
                 " samples are fewer than one step (" + std::to_string(options_.samples_per_step()) +
                 ")");
   for (int64_t i = 0; i < options_.workers; ++i) threads_.emplace_back([this] { worker_loop(); });
@@ -103,7 +107,7 @@ DataLoader::~DataLoader() {
 }
 
 int64_t DataLoader::steps_per_epoch() const {
-  return static_cast<int64_t>(data_.size()) / options_.samples_per_step();
+  return data_.epoch_size() / options_.samples_per_step();
 }
 
 int64_t DataLoader::dropped() const {
@@ -119,8 +123,7 @@ int64_t DataLoader::dropped_records() const {
 DataLoader::Item DataLoader::plan_next() {
   const int64_t per_step = options_.samples_per_step();
   // A new epoch starts where a whole step no longer fits (checked at step boundaries only).
-  if (cursor_.position % per_step == 0 &&
-      cursor_.position + per_step > static_cast<int64_t>(data_.size())) {
+  if (cursor_.position % per_step == 0 && cursor_.position + per_step > data_.epoch_size()) {
     ++cursor_.epoch;
     cursor_.position = 0;
   }

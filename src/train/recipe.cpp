@@ -46,8 +46,16 @@ void check_registered_names(const Config& c) {
   check_name(c, "data.template", c.data.template_name, template_names());
   check_tasks(c, c.eval);
   const Stage& stage = find_stage(c.train.stage);
-  for (const char* key : {"data.train", "data.eval"}) {
-    const auto& src = std::string(key) == "data.train" ? c.data.train : c.data.eval;
+  std::vector<std::pair<std::string, const DataSourceConfig*>> sources = {
+      {"data.train", &c.data.train}, {"data.eval", &c.data.eval}};
+  for (size_t i = 0; i < c.data.mixture.size(); ++i) {
+    const std::string key = "data.train[" + std::to_string(i) + "]";
+    sources.emplace_back(key, &c.data.mixture[i]);
+    if (!c.data.mixture[i].template_name.empty())
+      check_name(c, key + ".template", c.data.mixture[i].template_name, template_names());
+  }
+  for (const auto& [key, source] : sources) {
+    const auto& src = *source;
     if (src.path.empty()) continue;
     if (std::find(stage.formats.begin(), stage.formats.end(), src.format) == stage.formats.end()) {
       std::string formats;

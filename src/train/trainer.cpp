@@ -20,6 +20,7 @@
 #include "data/datasets.h"
 #include "data/image_transform.h"
 #include "data/loader.h"
+#include "data/mixture.h"
 #include "data/tokenizer/tokenizer.h"
 #include "eval/evaluate.h"
 #include "models/factory.h"
@@ -121,6 +122,34 @@ std::unique_ptr<SampleSource> open_dataset(const Stage& stage, const Config& con
   return std::make_unique<ConversationDataset>(source, config.data, tokenizer, image_tokens, key);
 }
 
+// data.train: one source, or a mixture of them (data/mixture.h), each with its own template.
+std::unique_ptr<SampleSource> open_train_data(const Stage& stage, const Config& config,
+                                              const Tokenizer& tokenizer, int64_t image_tokens) {
+  if (config.data.mixture.empty())
+    return open_dataset(stage, config, config.data.train, tokenizer, image_tokens, "data.train");
+  std::vector<MixtureSource::Part> parts;
+  for (size_t i = 0; i < config.data.mixture.size(); ++i) {
+    const auto& source = config.data.mixture[i];
+    Config c = config;
+    if (!source.template_name.empty()) c.data.template_name = source.template_name;
+    MixtureSource::Part part;
+    part.name = fs::path(source.path).filename().string();
+    part.data = open_dataset(stage, c, source, tokenizer, image_tokens,
+                             "data.train[" + std::to_string(i) + "]");
+    part.weight = source.weight;
+    part.epochs = source.epochs;
+    parts.push_back(std::move(part));
+  }
+  auto mixture = std::make_unique<MixtureSource>(std::move(parts));
+  for (size_t i = 0; i < mixture->sources(); ++i)
+    spdlog::info("data.train[{}]: {} ({} samples; {} per epoch{})", i, mixture->name(i),
+                 mixture->part(i).size(), mixture->counts()[i],
+                 config.data.mixture[i].weight > 0
+                     ? fmt::format(", weight {:g}", config.data.mixture[i].weight)
+                     : fmt::format(", {:g} passes", config.data.mixture[i].epochs));
+  return mixture;
+}
+
 // train.init_from: the previous stage's weights over the freshly built model.
 void init_from(MultimodalModelImpl& model, const Config& config, const char* which) {
   if (config.train.init_from.empty()) return;
@@ -168,6 +197,16 @@ nlohmann::json fingerprint(const DataSourceConfig& source, const SampleSource& d
           {"bytes", ec ? -1 : static_cast<int64_t>(bytes)}};
 }
 
+// A mixture's: each source's, and the items per epoch each takes.
+nlohmann::json fingerprint(const Config& config, const SampleSource& data) {
+  const auto* mixture = dynamic_cast<const MixtureSource*>(&data);
+  if (!mixture) return fingerprint(config.data.train, data);
+  nlohmann::json sources = nlohmann::json::array();
+  for (size_t i = 0; i < mixture->sources(); ++i)
+    sources.push_back(fingerprint(config.data.mixture[i], mixture->part(i)));
+  return {{"mixture", sources}, {"per_epoch", mixture->counts()}};
+}
+
 // A checkpoint's data position means nothing over other data: refused unless the user says
 // --resume-allow-data-change, and then the epoch restarts if the position is past the end.
 void check_same_data(TrainerState& state, const nlohmann::json& now, const TrainOptions& options,
@@ -179,7 +218,9 @@ void check_same_data(TrainerState& state, const nlohmann::json& now, const Train
   for (const char* k : {"path", "records", "samples", "bytes"})
     if (then.value(k, nlohmann::json()) != now.value(k, nlohmann::json()))
       diff += fmt::format("{}{} {} -> {}", diff.empty() ? "" : ", ", k,
-                          then.value(k, nlohmann::json()).dump(), now[k].dump());
+                          then.value(k, nlohmann::json()).dump(),
+                          now.value(k, nlohmann::json()).dump());
+  if (diff.empty()) diff = then.dump() + " -> " + now.dump();  // mixtures
   if (!options.allow_data_change)
     throw ConfigError(
         "--resume: the training data changed since the checkpoint (data.train: " + diff +
@@ -254,6 +295,7 @@ struct Trainer::Impl {
   std::optional<ImageTransform> transform;
   std::unique_ptr<DataLoader> loader;
   std::vector<torch::Tensor> params;        // the trainable ones
+  std::vector<int64_t> source_items;        // a mixture's items drawn from each source so far
   std::unique_ptr<GradientSync> grad_sync;  // train.sharding: none
   ShardLevel sharding = ShardLevel::none;
   std::unique_ptr<ShardedTraining> sharded;  // the other levels
@@ -408,8 +450,7 @@ struct Trainer::Impl {
   // The stage's datasets, the image transform, and the run's length in steps.
   void open_data() {
     image_tokens = model->image_tokens();
-    train_data =
-        open_dataset(*stage, config, config.data.train, *tokenizer, image_tokens, "data.train");
+    train_data = open_train_data(*stage, config, *tokenizer, image_tokens);
     if (!config.data.eval.path.empty())
       eval_data =
           open_dataset(*stage, config, config.data.eval, *tokenizer, image_tokens, "data.eval");
@@ -420,7 +461,7 @@ struct Trainer::Impl {
     const auto& tc = config.train;
     // A step takes batch_size x grad_accum samples on each rank: world x that in all.
     per_step = tc.batch_size * tc.grad_accum * world;
-    const auto N = static_cast<int64_t>(train_data->size());
+    const int64_t N = train_data->epoch_size();
     const int64_t steps_per_epoch = N / per_step;
     if (steps_per_epoch == 0)
       throw ConfigError(config.where("train.batch_size") + ": " + config.data.train.path + " has " +
@@ -429,7 +470,8 @@ struct Trainer::Impl {
     total = tc.max_steps > 0 ? tc.max_steps : tc.epochs * steps_per_epoch;
     spdlog::info("data: {} train samples ({} steps/epoch of {}), {} eval samples; {} steps", N,
                  steps_per_epoch, per_step, eval_data ? eval_data->size() : 0, total);
-    data_fingerprint = fingerprint(config.data.train, *train_data);
+    data_fingerprint = fingerprint(config, *train_data);
+    source_items.assign(train_data->sources() > 1 ? train_data->sources() : 0, 0);
   }
 
   // The trainer state: fresh, or the checkpoint's (weights, optimizer, position, RNG).
@@ -461,8 +503,10 @@ struct Trainer::Impl {
                    state.scheduler.dump(), scheduler.dump());
     state.total_steps = total;
     state.scheduler = scheduler;
-    check_same_data(state, data_fingerprint, options, static_cast<int64_t>(train_data->size()),
-                    per_step);
+    check_same_data(state, data_fingerprint, options, train_data->epoch_size(), per_step);
+    if (state.extra.contains("source_items") &&
+        state.extra["source_items"].size() == source_items.size())
+      source_items = state.extra["source_items"].get<std::vector<int64_t>>();
     spdlog::info("resumed from {} at step {} (epoch {}, sample {})", resume_from->string(),
                  state.step, state.epoch, state.position);
     const int64_t saved_world = state.extra.value("world_size", int64_t{1});
@@ -582,6 +626,8 @@ struct Trainer::Impl {
       r.tokens += b.tokens;
       r.positions += b.positions;
       r.unpacked_positions += b.unpacked_positions;
+      r.source_items.resize(b.source_items.size());
+      for (size_t k = 0; k < b.source_items.size(); ++k) r.source_items[k] += b.source_items[k];
     }
     const auto t = Clock::now();
     if (grad_sync) grad_sync->finish();
@@ -589,7 +635,11 @@ struct Trainer::Impl {
     std::vector<double> v{loss_sum, static_cast<double>(r.tokens), static_cast<double>(r.positions),
                           static_cast<double>(r.unpacked_positions)};
     for (const auto& kv : r.metrics) v.push_back(kv.second);
+    r.source_items.resize(source_items.size());
+    for (int64_t n : r.source_items) v.push_back(static_cast<double>(n));
     v = group->sum(v, "the step's metrics");
+    for (size_t k = 0; k < r.source_items.size(); ++k)
+      r.source_items[k] = static_cast<int64_t>(v[v.size() - r.source_items.size() + k]);
     r.tokens = static_cast<int64_t>(v[1]);
     r.positions = static_cast<int64_t>(v[2]);
     r.unpacked_positions = static_cast<int64_t>(v[3]);
@@ -621,6 +671,7 @@ struct Trainer::Impl {
     r.weight = weight;
     forward_backward(micro, weight, r);
     interval_tokens += r.tokens;
+    for (size_t k = 0; k < source_items.size(); ++k) source_items[k] += r.source_items[k];
     interval_positions += r.positions;
     interval_unpacked += r.unpacked_positions;
     tokens_here += r.tokens;
@@ -649,6 +700,7 @@ struct Trainer::Impl {
                    {"world_size", world},
                    {"samples_per_step", per_step},
                    {"data", data_fingerprint}};
+    if (!source_items.empty()) state.extra["source_items"] = source_items;
     return r;
   }
 
@@ -715,6 +767,11 @@ struct Trainer::Impl {
                  ? 1.0 - static_cast<double>(interval_tokens) / static_cast<double>(positions)
                  : 0.0;
     };
+    if (const auto* mixture = dynamic_cast<const MixtureSource*>(train_data.get())) {
+      nlohmann::json drawn = nlohmann::json::object();
+      for (size_t k = 0; k < source_items.size(); ++k) drawn[mixture->name(k)] = source_items[k];
+      record["source_items"] = drawn;  // since the run began, over all ranks
+    }
     record["padding"] = padding(interval_positions);
     record["padding_unpacked"] = padding(interval_unpacked);
     std::string extra;

@@ -64,6 +64,7 @@ struct StepResult {
   // fraction is 1 - tokens / positions (data.packing lowers it).
   int64_t positions = 0, unpacked_positions = 0;
   std::map<std::string, double> metrics;  // the objective's further figures, means over weight
+  std::vector<int64_t> source_items;      // a mixture's: the items each source gave this step
   bool skipped = false;                   // not finite: no update (train.max_bad_steps)
   // Wall time of the phases on this process (for benchmarks): forward, backward with the
   // gradient reduction, and the optimizer (zeroing, clipping, the update).

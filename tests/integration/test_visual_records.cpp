@@ -39,17 +39,25 @@ TEST_CASE("visual records: several images and video per record train from the CL
   for (int i = 0; i < 4; ++i) {
     const std::string a = "train/00000" + std::to_string(2 * i) + ".png";
     const std::string b = "train/00000" + std::to_string(2 * i + 1) + ".png";
-    recs.push_back({{"id", "text" + std::to_string(i)}, {"conversations", convo("what is a circle ?", "a round shape .")}});
-    recs.push_back({{"id", "one" + std::to_string(i)}, {"image", a}, {"conversations", convo("<image>\nwhat is shown ?", "shapes .")}});
+    recs.push_back({{"id", "text" + std::to_string(i)},
+                    {"conversations", convo("what is a circle ?", "a round shape .")}});
+    recs.push_back({{"id", "one" + std::to_string(i)},
+                    {"image", a},
+                    {"conversations", convo("<image>\nwhat is shown ?", "shapes .")}});
     recs.push_back({{"id", "two" + std::to_string(i)},
                     {"image", {a, b}},
-                    {"conversations", convo("first <image> second <image> which has more shapes ?", "the first .")}});
-    recs.push_back({{"id", "clip" + std::to_string(i)}, {"video", "clip.avi"}, {"conversations", convo("<image>\nwhat changes ?", "it gets brighter .")}});
+                    {"conversations", convo("first <image> second <image> which has more shapes ?",
+                                            "the first .")}});
+    recs.push_back({{"id", "clip" + std::to_string(i)},
+                    {"video", "clip.avi"},
+                    {"conversations", convo("<image>\nwhat changes ?", "it gets brighter .")}});
     recs.push_back({{"id", "frames" + std::to_string(i)},
                     {"video", {a, b, a, b, a}},
                     {"conversations", convo("<image>\nwhat changes ?", "nothing .")}});
   }
-  recs.push_back({{"id", "broken"}, {"video", "broken.avi"}, {"conversations", convo("<image>\nwhat ?", "no .")}});
+  recs.push_back({{"id", "broken"},
+                  {"video", "broken.avi"},
+                  {"conversations", convo("<image>\nwhat ?", "no .")}});
   write_text(dir / "mixed.json", recs.dump());
 
   const std::string d = data.string();
@@ -60,8 +68,9 @@ TEST_CASE("visual records: several images and video per record train from the CL
       " --set run.threads=1 --set train.init_from= --set model.llm.pretrained=" +
       " --set model.vision.pretrained= --set model.tokenizer=" + d + "/tokenizer.json" +
       " --set data.train.path=" + (dir / "mixed.json").string() +
-      " --set data.train.image_root=" + images.string() + " --set data.eval.path=" +
-      " --set data.eval.image_root=" + images.string() + " --set data.image.size=32" +
+      " --set data.train.image_root=" + images.string() +
+      " --set data.eval.path=" + " --set data.eval.image_root=" + images.string() +
+      " --set data.image.size=32" +
       " --set model.vision.image_size=32 --set model.vision.hidden=32 --set model.vision.layers=1" +
       " --set model.vision.intermediate=64 --set model.connector.type=mlp2x_gelu" +
       " --set data.video.frames=3 --set data.video.pool=2 --set data.on_bad_record=skip" +
@@ -85,6 +94,6 @@ TEST_CASE("visual records: several images and video per record train from the CL
       CHECK(std::isfinite(rec["loss"].get<double>()));
       dropped = std::max<int64_t>(dropped, rec.value("dropped_images", int64_t{0}));
     }
-  CHECK(steps == 3);  // 21 records / 7 per step
+  CHECK(steps == 3);    // 21 records / 7 per step
   CHECK(dropped == 1);  // the broken clip, counted
 }
