@@ -1,6 +1,7 @@
 // Records with several images and with video train from the CLI: a stage-2 run over a mix of
 // text-only, one-image, two-image, video-file and frame-list records (frames pooled 2 x 2), with a
-// broken video skipped and counted; `mllm data check` reports the videos.
+// broken video skipped and counted; `mllm data check` reports the videos. And a mixture of two
+// sources weighted 3:1 draws them 3:1 and resumes exactly.
 #include <catch2/catch.hpp>
 
 #include <opencv2/videoio.hpp>
@@ -96,4 +97,67 @@ TEST_CASE("visual records: several images and video per record train from the CL
     }
   CHECK(steps == 3);    // 21 records / 7 per step
   CHECK(dropped == 1);  // the broken clip, counted
+}
+
+TEST_CASE("data mixture: two sources weighted 3:1 train 3:1 from the CLI and resume exactly") {
+  TempDir dir("mllm-mixture-cli");
+  const auto data = dir / "shapes";
+  REQUIRE(mllm::test::run_mllm("data shapes --out " + data.string() +
+                               " --seed 4 --train 48 --val 4 --image-size 32")
+              .code == 0);
+  // Two copies of the captions under their own names: 48 + 48 items, weights 3:1 -> 72 + 24.
+  std::filesystem::copy_file(data / "captions_train.json", dir / "big.json");
+  std::filesystem::copy_file(data / "captions_train.json", dir / "small.json");
+  const std::string d = data.string();
+  // The stage-0 recipe with its data.train replaced by the mixture (--set cannot write a list).
+  std::string recipe = mllm::test::read_text(std::filesystem::path(MLLM_SOURCE_DIR) /
+                                             "configs/shapes/stage0_text.yaml");
+  const auto train =
+      recipe.find("  train: {format: llava_json, path: data/shapes/text_train.json}");
+  REQUIRE(train != std::string::npos);
+  recipe.replace(train, recipe.find('\n', train) - train,
+                 "  train:\n    - {path: " + (dir / "big.json").string() + ", image_root: " + d +
+                     "/images, weight: 3}\n    - {path: " + (dir / "small.json").string() +
+                     ", image_root: " + d + "/images, weight: 1}");
+  const auto mixed = dir / "mixed.yaml";
+  write_text(mixed, recipe);
+  auto run = [&](const std::filesystem::path& out, const std::string& extra) {
+    return mllm::test::run_mllm(
+        "train --config " + mixed.string() + " --set run.output_dir=" + out.string() +
+        " --set run.threads=1 --set model.tokenizer=" + d + "/tokenizer.json" +
+        " --set data.eval.path= --set data.eval.image_root= --set model.vision.image_size=32" +
+        " --set model.vision.hidden=32 --set model.vision.layers=1" +
+        " --set model.vision.intermediate=64 --set train.batch_size=8 --set train.epochs=2" +
+        " --set train.max_steps=0 --set train.grad_accum=1 --set train.eval_every=0" +
+        " --set train.log_every=1 --set train.save_every=3 --set train.keep_last=0" + extra);
+  };
+  const auto full = dir / "full";
+  const auto r = run(full, "");
+  INFO(r.output);
+  REQUIRE(r.code == 0);
+  CHECK_THAT(r.output,
+             Catch::Contains("data.train[0]: big.json (48 samples; 72 per epoch, weight 3)"));
+  CHECK_THAT(r.output,
+             Catch::Contains("data.train[1]: small.json (48 samples; 24 per epoch, weight 1)"));
+  nlohmann::json last;
+  int steps = 0;
+  for (const auto& rec : read_jsonl(full / "metrics.jsonl"))
+    if (rec.contains("source_items")) last = rec["source_items"], ++steps;
+  CHECK(steps == 24);  // 2 epochs of 96 / 8
+  CHECK(last["big.json"] == 144);
+  CHECK(last["small.json"] == 48);
+
+  // Stopped after 7 steps (checkpoint at 6), resumed: the same weights and the same counts.
+  const auto part = dir / "part";
+  REQUIRE(run(part, " --stop-after 7").code == 0);
+  const auto rest = run(part, " --resume auto");
+  INFO(rest.output);
+  REQUIRE(rest.code == 0);
+  nlohmann::json resumed;
+  for (const auto& rec : read_jsonl(part / "metrics.jsonl"))
+    if (rec.contains("source_items")) resumed = rec["source_items"];
+  CHECK(resumed == last);
+  CHECK(mllm::test::run_shell("cmp " + (full / "final/model.safetensors").string() + " " +
+                              (part / "final/model.safetensors").string())
+            .code == 0);
 }
