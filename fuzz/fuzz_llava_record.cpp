@@ -54,9 +54,12 @@ void check_sample(const Sample& s, const Settings& o, const Tokenizer& tok) {
   fuzz::check(supervised, "nothing supervised");
   if (!template_uses_images(o.template_name)) return;
   const auto images = std::count(s.input_ids.begin(), s.input_ids.end(), tok.image_id());
-  fuzz::check(images == (s.image.empty() ? 0 : kImageTokens),
-              std::to_string(images) + " image placeholder ids for " +
-                  (s.image.empty() ? "no image" : "an image"));
+  // Q per image, frames x Q per video (data.video's defaults: 8 frames, no pooling).
+  int64_t want = 0;
+  for (const auto& v : s.visuals)
+    want += v.video() ? VideoConfig().frames * kImageTokens : kImageTokens;
+  fuzz::check(images == want, std::to_string(images) + " image placeholder ids for " +
+                                  std::to_string(s.visuals.size()) + " images or videos");
 }
 
 }  // namespace
