@@ -193,8 +193,8 @@ Action add_inspect_command(CLI::App& app) {
                             "A .safetensors file, an index .json or an HF folder");
   c->excludes(w);
   cmd->add_option("--set", args->overrides, "Override a config key (key=value), repeatable");
-  return [args]() {
-    if (args->ranks != 0)
+  return [args, r]() {
+    if (r->count() > 0)
       return inspect_plan(args->config, args->overrides, args->ranks, args->device_memory);
     if (!args->config.empty()) return inspect_config(args->config, args->overrides);
     if (!args->weights.empty()) return inspect_weights(args->weights);

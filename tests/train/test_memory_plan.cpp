@@ -161,4 +161,8 @@ TEST_CASE("memory plan: mllm inspect --ranks for the LLaVA-1.5 recipes, models a
                                         "--device-memory lots");
   CHECK(bad.code == 2);
   CHECK_THAT(bad.output, Catch::Contains("--device-memory"));
+  const auto none = mllm::test::run_mllm("inspect --config " + src +
+                                         "/configs/llava15/finetune_qwen2_0.5b.yaml --ranks 0");
+  CHECK(none.code == 2);
+  CHECK_THAT(none.output, Catch::Contains("--ranks: must be at least 1"));
 }
