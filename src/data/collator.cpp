@@ -15,7 +15,6 @@ Batch Batch::to(const torch::Device& device) const {
   b.attention_mask = attention_mask.to(device);
   if (position_ids.defined()) b.position_ids = position_ids.to(device);
   if (pixel_values.defined()) b.pixel_values = pixel_values.to(device);
-  if (image_pool.defined()) b.image_pool = image_pool.to(device);
   return b;
 }
 

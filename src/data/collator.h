@@ -22,7 +22,8 @@ struct Batch {
       position_ids;  // (B,T) int64 for packed rows (restarting per sample), else undefined
   torch::Tensor pixel_values;  // (N,3,S,S) float, N = images in the batch (undefined if none)
   // (N) int64: how each image's token grid is pooled (1: not; p: a video frame, p x p average
-  // pooling: data.video.pool); undefined when no image is pooled.
+  // pooling: data.video.pool); undefined when no image is pooled. Stays on the CPU (Batch::to),
+  // where the model reads it.
   torch::Tensor image_pool;
   int64_t supervised_tokens = 0;   // labels != -100 after the shift (what the loss averages over)
   int64_t tokens = 0;              // real (non-pad) tokens

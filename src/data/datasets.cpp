@@ -476,10 +476,7 @@ std::string RecordTokenizer::where(const Record& r) const {
 
 Sample RecordTokenizer::tokenize_unlabelled(const Record& r, bool& truncated) const {
   const auto max_len = static_cast<size_t>(max_length_);
-  // The visual-token budget, before the text is tokenized.
-  if (const int64_t need = visual_tokens(r.visuals); need > max_length_)
-    throw Error("too long: the images alone take " + std::to_string(need) +
-                " tokens, over data.max_length=" + std::to_string(max_len));
+  // (The visual-token budget was checked when the record was loaded: check_visual_budget.)
   const Encoding enc = tok_.encode_with_offsets(r.text);
   Sample s;
   s.id = r.id;

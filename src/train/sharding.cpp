@@ -332,9 +332,9 @@ void ShardedTraining::end_micro_batch() {
 
 double ShardedTraining::clip_grad_norm(double max_norm) {
   torch::NoGradGuard no_grad;
-  double squares = 0;
-  for (const auto& b : buckets_) squares += b.grad.to(torch::kFloat64).pow(2).sum().item<double>();
-  const double norm = std::sqrt(group_.sum(squares, "the gradient norm"));
+  auto squares = torch::zeros({}, buckets_.front().grad.options().dtype(torch::kFloat64));
+  for (const auto& b : buckets_) squares += b.grad.square().sum(torch::kFloat64);
+  const double norm = std::sqrt(group_.sum(squares.item<double>(), "the gradient norm"));
   // torch.nn.utils.clip_grad_norm_'s coefficient.
   const double coef = max_norm / (norm + 1e-6);
   if (coef < 1)

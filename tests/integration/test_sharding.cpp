@@ -193,11 +193,10 @@ TEST_CASE("sharding: a rank whose batch has no image runs the same collectives (
   for (const std::string level : {"gradients", "parameters"}) {
     DYNAMIC_SECTION("train.sharding: " << level) {
       const auto two = f.dir / level;
-      const auto t0 = Clock::now();
+      // A hang would end in run.distributed.timeout's error (20 s), not exit 0.
       const auto pair = f.launch(2, args(two, 1) + level_arg(level));
       INFO(pair.output);
       REQUIRE(pair.code == 0);
-      CHECK(std::chrono::duration<double>(Clock::now() - t0).count() < 20);
       CHECK(max_weight_diff(ref / "final/model.safetensors", two / "final/model.safetensors") <=
             1e-6);
     }
