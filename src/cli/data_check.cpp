@@ -60,7 +60,7 @@ void print_padding(const std::vector<int64_t>& lengths, int64_t batch, int64_t p
 }
 
 void check_source(const std::string& key, const DataSourceConfig& source, DataConfig data,
-                  const Tokenizer& tok, int64_t Q, int64_t batch_size) {
+                  const Tokenizer& tok, const ImageTokens& Q, int64_t batch_size) {
   if (source.path.empty()) return;
   if (!source.template_name.empty()) data.template_name = source.template_name;
   data.on_bad_record = "skip";  // count every problem instead of stopping at the first
@@ -146,9 +146,9 @@ void check_source(const std::string& key, const DataSourceConfig& source, DataCo
     return static_cast<long long>(
         lengths[static_cast<size_t>(p * static_cast<double>(lengths.size() - 1))]);
   };
-  std::printf("  tokens per sample: p50 %lld, p90 %lld, p99 %lld, max %lld (image = %lld tokens)\n",
+  std::printf("  tokens per sample: p50 %lld, p90 %lld, p99 %lld, max %lld (image = %lld tokens%s)\n",
               pct(0.5), pct(0.9), pct(0.99), static_cast<long long>(lengths.back()),
-              static_cast<long long>(Q));
+              static_cast<long long>(Q.per_image), Q.anyres() ? " per crop, AnyRes" : "");
 }
 
 }  // namespace
@@ -158,9 +158,12 @@ int run_data_check(const std::string& config_path, const std::vector<std::string
   const auto tok = load_tokenizer(c.model.tokenizer);
   // Tokens per image come from the connector (built alone: small even for real models).
   const int64_t P = ClipVisionModelImpl(c.model.vision).num_feature_tokens();
-  const int64_t Q = make_connector({c.model.vision.hidden, c.model.llm.hidden, P, c.model.connector,
-                                    c.model.llm.layers, c.model.llm.heads})
-                        ->output_tokens();
+  const int64_t per_image = make_connector({c.model.vision.hidden, c.model.llm.hidden, P,
+                                            c.model.connector, c.model.llm.layers,
+                                            c.model.llm.heads})
+                                ->output_tokens();
+  const ImageTokens Q(per_image, anyres_pinpoints(c.model.vision.anyres, c.model.vision.image_size),
+                      c.model.vision.image_size);
   std::printf("tokenizer %s: %lld ids; template %s\n", c.model.tokenizer.c_str(),
               static_cast<long long>(tok->vocab_size()), c.data.template_name.c_str());
   if (c.data.mixture.empty())

@@ -61,11 +61,13 @@ Action add_generate_command(CLI::App& app) {
     if (std::find(names.begin(), names.end(), name) == names.end())
       throw ConfigError("--template: unknown '" + name + "'");
     const bool with_image = !args->image.empty() && template_uses_images(name);
-    const std::vector<int64_t> ids = eval::prompt_ids(
-        tok, name, (with_image ? "<image>\n" : std::string()) + args->prompt, model.image_tokens());
-    // Images as the model was trained (final/preprocessor_config.json).
-    torch::Tensor pixels;
-    if (with_image) pixels = loaded.transform.load(args->image).unsqueeze(0);
+    // Images as the model was trained (final/preprocessor_config.json; AnyRes when it has it).
+    std::vector<eval::PromptImage> images;
+    if (with_image) images.push_back(eval::load_prompt_image(model, loaded.transform, args->image));
+    const std::vector<int64_t> ids =
+        eval::prompt_ids(tok, name, (with_image ? "<image>\n" : std::string()) + args->prompt,
+                         with_image ? images.front().tokens : model.image_tokens());
+    const ImageBatch pixels = eval::prompt_image_batch(images);
     const GenerationOptions o = eval::generation_options(args->g, tok);
     auto decode = [&](const std::vector<int64_t>& t) { return tok.decode(t); };
     std::vector<int64_t> so_far;

@@ -166,7 +166,9 @@ int export_model(const std::string& from, const std::string& out_dir) {
   }
   write_llava_folder(out, *model, extras);
   std::printf("exported %s -> %s (%s)\n", src.string().c_str(), out.string().c_str(),
-              llava_hf_compatible(m) ? "LlavaForConditionalGeneration" : "mllm_llava layout");
+              !llava_hf_compatible(m)       ? "mllm_llava layout"
+              : m.vision.anyres.enabled() ? "LlavaNextForConditionalGeneration"
+                                          : "LlavaForConditionalGeneration");
   return 0;
 }
 

@@ -458,6 +458,11 @@ void describe(Binder& b, RunConfig& c) {
   b.section("distributed", c.distributed);
 }
 
+void describe(Binder& b, AnyResConfig& c) {
+  b.value("grid_pinpoints", c.grid_pinpoints);
+  b.value("max_tiles", c.max_tiles, between(0, 64));
+}
+
 void describe(Binder& b, VisionConfig& c) {
   b.choice("type", c.type, {"clip_vit"});
   b.existing_path("pretrained", c.pretrained, true);
@@ -471,7 +476,9 @@ void describe(Binder& b, VisionConfig& c) {
   b.value("feature_layer", c.feature_layer);
   b.choice("select", c.select, {"patch", "cls_patch"});
   b.value("position_init_std", c.position_init_std, in_range(0, 10));
+  b.section("anyres", c.anyres);
 }
+
 
 void describe(Binder& b, ClipTextConfig& c) {
   b.value("hidden", c.hidden, at_least(1));
@@ -951,6 +958,17 @@ ArchitectureProblem check_architecture(const VisionConfig& v) {
   if (v.feature_layer > v.layers || v.feature_layer < -(v.layers + 1))
     return {"feature_layer", "must index one of the " + std::to_string(v.layers + 1) +
                                  " hidden states (got " + std::to_string(v.feature_layer) + ")"};
+  if (!v.anyres.grid_pinpoints.empty() && v.anyres.max_tiles > 0)
+    return {"anyres.max_tiles", "give either anyres.grid_pinpoints or anyres.max_tiles"};
+  for (size_t i = 0; i < v.anyres.grid_pinpoints.size(); ++i) {
+    const auto& p = v.anyres.grid_pinpoints[i];
+    const bool fits = p.size() == 2 && p[0] > 0 && p[1] > 0 && p[0] % v.image_size == 0 &&
+                      p[1] % v.image_size == 0 && p[0] / v.image_size * (p[1] / v.image_size) <= 64;
+    if (!fits)
+      return {"anyres.grid_pinpoints[" + std::to_string(i) + "]",
+              "must be [height, width], multiples of image_size (" +
+                  std::to_string(v.image_size) + ") making at most 64 tiles"};
+  }
   return {};
 }
 

@@ -33,6 +33,15 @@ struct RunConfig {
   DistributedConfig distributed;
 };
 
+// LLaVA-NeXT's dynamic high resolution (core/anyres.h): each image is resized and padded to the
+// best-fitting of these (height, width) resolutions, cut into image_size tiles, and encoded with a
+// downscaled base image. Off when both are empty / 0.
+struct AnyResConfig {
+  std::vector<std::vector<int64_t>> grid_pinpoints;  // [[336, 672], [672, 336], ...]
+  int64_t max_tiles = 0;  // or: every rows x cols grid of tiles with rows * cols <= max_tiles
+  bool enabled() const { return !grid_pinpoints.empty() || max_tiles > 0; }
+};
+
 struct VisionConfig {
   std::string type = "clip_vit";
   std::string pretrained;  // HF folder, or empty for random init from run.seed
@@ -50,6 +59,7 @@ struct VisionConfig {
   // small tower trained on little data (ShapesWorld's clip stage) with features that barely say
   // where a patch is (configs/shapes/stage0_clip.yaml).
   double position_init_std = 0.02;
+  AnyResConfig anyres;
 };
 
 // A CLIP text tower, as transformers' CLIPTextConfig (its defaults:

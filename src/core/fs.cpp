@@ -20,6 +20,15 @@ std::string read_file(const fs::path& path) {
   return ss.str();
 }
 
+std::string read_file_prefix(const fs::path& path, size_t limit) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(path.string() + ": cannot read file (" + std::strerror(errno) + ")");
+  std::string out(limit, '\0');
+  in.read(out.data(), static_cast<std::streamsize>(limit));
+  out.resize(static_cast<size_t>(in.gcount()));
+  return out;
+}
+
 void fsync_path(const fs::path& path) {
   const int fd = ::open(path.c_str(), O_RDONLY);
   if (fd < 0) return;

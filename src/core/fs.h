@@ -12,6 +12,8 @@ namespace fs = std::filesystem;
 
 // Reads a whole file; throws Error("<path>: cannot read ...") if it is missing or unreadable.
 std::string read_file(const fs::path& path);
+// The first `limit` bytes of a file (all of a shorter one); throws as read_file.
+std::string read_file_prefix(const fs::path& path, size_t limit);
 
 // Writes `bytes` to `path` atomically (temporary file in the same directory, fsync, rename, fsync
 // of the directory).

@@ -39,20 +39,28 @@ std::vector<std::vector<size_t>> pack_rows(const std::vector<int64_t>& lengths, 
 Batch collate(const std::vector<const Sample*>& samples, const ImageTransform& transform,
               int64_t pad_id, bool skip_bad_images, int64_t* dropped, int64_t pack_length) {
   std::vector<const Sample*> kept;
-  std::vector<std::vector<torch::Tensor>> images_of;  // per kept sample: (3,S,S) each
-  std::vector<std::vector<int64_t>> pool_of;          // per kept sample: each image's pooling
+  // Per kept sample, per image (a video's frames are images): its crops (k,3,S,S) — one, or with
+  // AnyRes the base image and the tiles — its pooling and its (height, width) for AnyRes.
+  std::vector<std::vector<torch::Tensor>> images_of;
+  std::vector<std::vector<int64_t>> pool_of;
+  std::vector<std::vector<int64_t>> size_of;  // height, width, height, width, ...
   for (const Sample* s : samples) {
     std::vector<torch::Tensor> images;
-    std::vector<int64_t> pools;
+    std::vector<int64_t> pools, sizes;
     try {
       for (const Visual& v : s->visuals) {
         if (v.kind == Visual::Kind::video_file) {
           const auto frames = transform.load_video(v.files.at(0), v.frames);
-          for (int64_t f = 0; f < frames.size(0); ++f) images.push_back(frames[f]);
+          for (int64_t f = 0; f < frames.size(0); ++f) images.push_back(frames.slice(0, f, f + 1));
+        } else if (v.kind == Visual::Kind::image && transform.anyres()) {
+          images.push_back(transform.load_anyres(v.files.at(0), {v.height, v.width}));
         } else {
-          for (const auto& file : v.files) images.push_back(transform.load(file));
+          for (const auto& file : v.files) images.push_back(transform.load(file).unsqueeze(0));
         }
+        const bool anyres = v.kind == Visual::Kind::image && transform.anyres();
         pools.resize(images.size(), v.video() ? v.pool : 1);
+        sizes.resize(2 * images.size(), 0);
+        if (anyres) sizes.end()[-2] = v.height, sizes.end()[-1] = v.width;
       }
     } catch (const Error& e) {
       if (!skip_bad_images) throw Error(std::string(e.what()) + " (record id " + s->id + ")");
@@ -63,6 +71,7 @@ Batch collate(const std::vector<const Sample*>& samples, const ImageTransform& t
     kept.push_back(s);
     images_of.push_back(std::move(images));
     pool_of.push_back(std::move(pools));
+    size_of.push_back(std::move(sizes));
   }
   if (kept.empty()) throw Error("[collate] every sample of the batch was dropped");
   std::vector<int64_t> lengths;
@@ -92,7 +101,7 @@ Batch collate(const std::vector<const Sample*>& samples, const ImageTransform& t
   auto labels = b.labels.accessor<int64_t, 2>();
   auto mask = b.attention_mask.accessor<int64_t, 2>();
   std::vector<torch::Tensor> images;
-  std::vector<int64_t> pools;
+  std::vector<int64_t> pools, sizes;
   for (int64_t r = 0; r < B; ++r) {
     int64_t at = 0, number = 0;
     std::string row_ids;
@@ -113,6 +122,7 @@ Batch collate(const std::vector<const Sample*>& samples, const ImageTransform& t
       row_ids += (row_ids.empty() ? "" : "+") + s.id;
       for (const auto& image : images_of[i]) images.push_back(image), row_image = true;
       pools.insert(pools.end(), pool_of[i].begin(), pool_of[i].end());
+      sizes.insert(sizes.end(), size_of[i].begin(), size_of[i].end());
     }
     b.ids.push_back(row_ids);
     b.has_image.push_back(row_image);
@@ -120,9 +130,11 @@ Batch collate(const std::vector<const Sample*>& samples, const ImageTransform& t
   b.samples = static_cast<int64_t>(kept.size());
   b.positions = B * T;
   b.unpacked_positions = b.samples * *std::max_element(lengths.begin(), lengths.end());
-  if (!images.empty()) b.pixel_values = torch::stack(images);
+  if (!images.empty()) b.pixel_values = torch::cat(images);
   if (std::any_of(pools.begin(), pools.end(), [](int64_t p) { return p > 1; }))
     b.image_pool = torch::tensor(pools, torch::kLong);
+  if (std::any_of(sizes.begin(), sizes.end(), [](int64_t x) { return x > 0; }))
+    b.image_sizes = torch::tensor(sizes, torch::kLong).view({-1, 2});
   return b;
 }
 

@@ -20,11 +20,16 @@ struct Batch {
   torch::Tensor attention_mask;
   torch::Tensor
       position_ids;  // (B,T) int64 for packed rows (restarting per sample), else undefined
-  torch::Tensor pixel_values;  // (N,3,S,S) float, N = images in the batch (undefined if none)
+  // (M,3,S,S) float: the crops of the batch's N images in order (undefined if none); M = N but
+  // with AnyRes, where image i has 1 + rows x cols crops (the base image, then the tiles).
+  torch::Tensor pixel_values;
   // (N) int64: how each image's token grid is pooled (1: not; p: a video frame, p x p average
   // pooling: data.video.pool); undefined when no image is pooled. Stays on the CPU (Batch::to),
   // where the model reads it.
   torch::Tensor image_pool;
+  // (N,2) int64: with AnyRes, each image's original (height, width) ((0,0) for a video frame,
+  // one crop); undefined without AnyRes. On the CPU, like image_pool.
+  torch::Tensor image_sizes;
   int64_t supervised_tokens = 0;   // labels != -100 after the shift (what the loss averages over)
   int64_t tokens = 0;              // real (non-pad) tokens
   int64_t samples = 0;             // samples in the batch (rows unless packed)

@@ -9,11 +9,13 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <tuple>
 #include <functional>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
 #include "data/chat_template.h"
+#include "data/image_transform.h"
 #include "data/sampler.h"
 
 namespace mllm {
@@ -138,14 +140,6 @@ std::string record_id(const Json& rec) {
 }  // namespace
 
 namespace {
-
-// The visual-token budget, at load: a record whose images alone exceed data.max_length is bad.
-void check_visual_budget(const RecordTokenizer& t, const std::vector<Visual>& visuals,
-                         int64_t max_length) {
-  if (const int64_t need = t.visual_tokens(visuals); need > max_length)
-    throw Error("too long: the images alone take " + std::to_string(need) +
-                " tokens, over data.max_length=" + std::to_string(max_length));
-}
 
 // What loading every record needs: settings, tokenizer, counters.
 struct Context {
@@ -418,30 +412,38 @@ std::vector<bool> supervised_token_mask(const std::vector<std::pair<size_t, size
 }
 
 RecordTokenizer::RecordTokenizer(const DataSourceConfig& source, const DataConfig& data,
-                                 const Tokenizer& tokenizer, int64_t image_tokens)
+                                 const Tokenizer& tokenizer, const ImageTokens& image_tokens)
     : file_(source.path),
       tok_(tokenizer),
       image_tokens_(image_tokens),
-      frame_tokens_(image_tokens),
+      frame_tokens_(image_tokens.per_image),
       frames_(data.video.frames),
       max_length_(data.max_length),
       skip_bad_(data.on_bad_record == "skip"),
       use_images_(template_uses_images(data.template_name)) {
   if (data.video.pool > 1) {
     // A frame's tokens form a side x side grid; pooling keeps ceil(side / pool)^2 of them.
-    const auto side =
-        static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(image_tokens))));
-    if (side * side != image_tokens)
+    const int64_t side = image_tokens.side();
+    if (side * side != image_tokens.per_image)
       throw ConfigError("data.video.pool: " + std::to_string(data.video.pool) +
                         " needs a square grid of image tokens; the connector gives " +
-                        std::to_string(image_tokens) + " per image");
+                        std::to_string(image_tokens.per_image) + " per image");
     const int64_t pooled = (side + data.video.pool - 1) / data.video.pool;
     frame_tokens_ = pooled * pooled;
   }
 }
 
 int64_t RecordTokenizer::visual_tokens(const Visual& v) const {
-  return v.video() ? frames_ * frame_tokens_ : image_tokens_;
+  return v.video() ? frames_ * frame_tokens_ : image_tokens_.of_image({v.height, v.width});
+}
+
+void RecordTokenizer::measure(std::vector<Visual>& visuals) const {
+  if (image_tokens_.anyres())
+    for (auto& v : visuals)
+      if (!v.video()) std::tie(v.height, v.width) = image_file_size(v.files.at(0));
+  if (const int64_t need = visual_tokens(visuals); need > max_length_)
+    throw Error("too long: the images alone take " + std::to_string(need) +
+                " tokens, over data.max_length=" + std::to_string(max_length_));
 }
 
 int64_t RecordTokenizer::visual_tokens(const std::vector<Visual>& vs) const {
@@ -476,7 +478,7 @@ std::string RecordTokenizer::where(const Record& r) const {
 
 Sample RecordTokenizer::tokenize_unlabelled(const Record& r, bool& truncated) const {
   const auto max_len = static_cast<size_t>(max_length_);
-  // (The visual-token budget was checked when the record was loaded: check_visual_budget.)
+  // (The visual-token budget was checked when the record was loaded: measure.)
   const Encoding enc = tok_.encode_with_offsets(r.text);
   Sample s;
   s.id = r.id;
@@ -554,8 +556,8 @@ DatasetStats RecordTokenizer::merged(const DatasetStats& loaded) const {
 }
 
 ConversationDataset::ConversationDataset(const DataSourceConfig& source, const DataConfig& data,
-                                         const Tokenizer& tokenizer, int64_t image_tokens,
-                                         const std::string& key) {
+                                         const Tokenizer& tokenizer,
+                                         const ImageTokens& image_tokens, const std::string& key) {
   if (source.format.rfind("preference", 0) == 0)
     throw Error(key + ".format=" + source.format +
                 ": preference pairs are read by the DPO stage, not as conversations");
@@ -563,8 +565,8 @@ ConversationDataset::ConversationDataset(const DataSourceConfig& source, const D
   tokenizer_ = std::make_unique<RecordTokenizer>(source, data, tokenizer, image_tokens);
   ctx.run([&](const Json& rec, const RawRecord& raw) {
     if (!rec.contains("conversations")) throw Error("missing \"conversations\" list");
-    const auto visuals = ctx.visuals(rec);
-    check_visual_budget(*tokenizer_, visuals, data.max_length);
+    auto visuals = ctx.visuals(rec);
+    tokenizer_->measure(visuals);
     const std::vector<Turn> turns =
         conversation_turns(rec["conversations"], visuals.size(), ctx.use_images, ctx.tt.image);
     records_.push_back(ctx.render(turns, visuals, record_id(rec), raw));
@@ -588,8 +590,8 @@ std::optional<std::vector<Sample>> ConversationDataset::try_item(size_t i) const
 }
 
 PreferenceDataset::PreferenceDataset(const DataSourceConfig& source, const DataConfig& data,
-                                     const Tokenizer& tokenizer, int64_t image_tokens,
-                                     const std::string& key) {
+                                     const Tokenizer& tokenizer,
+                                     const ImageTokens& image_tokens, const std::string& key) {
   Context ctx(source, data, tokenizer, key, loaded_);
   tokenizer_ = std::make_unique<RecordTokenizer>(source, data, tokenizer, image_tokens);
   const std::string& tag = ctx.tt.image;
@@ -615,8 +617,8 @@ PreferenceDataset::PreferenceDataset(const DataSourceConfig& source, const DataC
       same_prompt = chosen[i].from == rejected[i].from && chosen[i].value == rejected[i].value;
     if (!same_prompt)
       throw Error("\"chosen\" and \"rejected\" must share the prompt and differ in the last reply");
-    const auto visuals = ctx.visuals(rec);
-    check_visual_budget(*tokenizer_, visuals, data.max_length);
+    auto visuals = ctx.visuals(rec);
+    tokenizer_->measure(visuals);
     ctx.place_image(chosen, visuals.size());
     ctx.place_image(rejected, visuals.size());
     const std::string id = record_id(rec);

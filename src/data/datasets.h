@@ -59,6 +59,7 @@
 
 #include <nlohmann/json_fwd.hpp>
 
+#include "core/anyres.h"
 #include "core/config.h"
 #include "data/chat_template.h"
 #include "data/tokenizer/tokenizer.h"
@@ -77,6 +78,9 @@ struct Visual {
   std::vector<std::filesystem::path> files;
   int64_t frames = 1;  // images it becomes (data.video.frames for a video)
   int64_t pool = 1;    // a video frame's token grid is pooled pool x pool (data.video.pool)
+  // An image's size in pixels, read from its header at load when AnyRes is on (its token count
+  // depends on it); 0 otherwise.
+  int64_t height = 0, width = 0;
   bool video() const { return kind != Kind::image; }
 };
 
@@ -109,14 +113,14 @@ struct Record {
 class RecordTokenizer {
  public:
   RecordTokenizer(const DataSourceConfig& source, const DataConfig& data,
-                  const Tokenizer& tokenizer, int64_t image_tokens);
+                  const Tokenizer& tokenizer, const ImageTokens& image_tokens);
   RecordTokenizer(const RecordTokenizer&) = delete;
   RecordTokenizer& operator=(const RecordTokenizer&) = delete;
 
   // Tokenizes record `r` (slot `slot` of the status table). Throws Error naming the record.
   Sample tokenize(const Record& r, size_t slot) const;
-  // The placeholder ids a visual takes: image_tokens for an image; for a video, data.video.frames
-  // times a frame's (pooled) tokens.
+  // The placeholder ids a visual takes: image_tokens for an image (with AnyRes, for its size); for
+  // a video, data.video.frames times a frame's (pooled) tokens.
   int64_t visual_tokens(const Visual& v) const;
   int64_t visual_tokens(const std::vector<Visual>& vs) const;
   // As tokenize, but under on_bad_record=skip a bad record gives nullopt (counted, logged once).
@@ -126,7 +130,10 @@ class RecordTokenizer {
   DatasetStats merged(const DatasetStats& loaded) const;
 
   const Tokenizer& tokenizer() const { return tok_; }
-  int64_t image_tokens() const { return image_tokens_; }
+  const ImageTokens& image_tokens() const { return image_tokens_; }
+  // At load: reads each image's size from its header when AnyRes is on (an unreadable image is a
+  // bad record), then checks the visual-token budget (the images alone must fit data.max_length).
+  void measure(std::vector<Visual>& visuals) const;
   bool use_images() const { return use_images_; }
 
  private:
@@ -136,7 +143,7 @@ class RecordTokenizer {
 
   std::string file_;
   const Tokenizer& tok_;
-  int64_t image_tokens_;
+  ImageTokens image_tokens_;
   int64_t frame_tokens_;  // a video frame's tokens after data.video.pool
   int64_t frames_;        // data.video.frames
   int64_t max_length_;
@@ -183,7 +190,7 @@ class ConversationDataset : public SampleSource {
   // `key` names the config section ("data.train") for error messages. The tokenizer must outlive
   // the dataset.
   ConversationDataset(const DataSourceConfig& source, const DataConfig& data,
-                      const Tokenizer& tokenizer, int64_t image_tokens, const std::string& key);
+                      const Tokenizer& tokenizer, const ImageTokens& image_tokens, const std::string& key);
 
   size_t size() const override { return records_.size(); }
   // Sample i, tokenized now (thread-safe). A bad record throws an Error naming it.
@@ -218,7 +225,7 @@ struct PreferenceSample {
 class PreferenceDataset : public SampleSource {
  public:
   PreferenceDataset(const DataSourceConfig& source, const DataConfig& data,
-                    const Tokenizer& tokenizer, int64_t image_tokens, const std::string& key);
+                    const Tokenizer& tokenizer, const ImageTokens& image_tokens, const std::string& key);
 
   size_t size() const override { return pairs_.size(); }
   int64_t length_hint(size_t i) const override;

@@ -97,8 +97,52 @@ cv::Mat resize_bicubic_pil(const cv::Mat& src, int out_w, int out_h) {
   return dst;
 }
 
-ImageTransform::ImageTransform(const ImageConfig& config, int64_t vision_image_size)
-    : size_(config.side(vision_image_size)), config_(config) {}
+ImageTransform::ImageTransform(const ImageConfig& config, int64_t vision_image_size,
+                               std::vector<Resolution> pinpoints)
+    : size_(config.side(vision_image_size)), config_(config), pinpoints_(std::move(pinpoints)) {}
+
+torch::Tensor ImageTransform::normalize(const cv::Mat& bgr) const {
+  const int S = static_cast<int>(size_);
+  cv::Mat rgb;
+  cv::cvtColor(bgr, rgb, cv::COLOR_BGR2RGB);
+  auto t = torch::from_blob(rgb.data, {S, S, 3}, torch::kUInt8).clone();  // (S,S,3)
+  auto x = t.permute({2, 0, 1}).to(torch::kFloat).div_(255.0);
+  auto mean = torch::tensor(config_.mean, torch::kDouble).to(torch::kFloat).view({3, 1, 1});
+  auto std = torch::tensor(config_.std, torch::kDouble).to(torch::kFloat).view({3, 1, 1});
+  return ((x - mean) / std).contiguous();
+}
+
+// As transformers' LlavaNextImageProcessor (commit 81bb907c): select_best_resolution, then
+// resize_for_patching (the side that limits the scale to the pinpoint exactly, the other
+// ceil(side * scale), PIL bicubic) and _pad_for_patching (centred on black, the odd pixel after),
+// divide_to_patches row by row; the base image is the whole image resized straight to S x S.
+// Every crop is then S x S, so the processor's own resize and centre crop leave it as it is.
+torch::Tensor ImageTransform::anyres(const cv::Mat& bgr) const {
+  const int S = static_cast<int>(size_);
+  const int64_t w = bgr.cols, h = bgr.rows;
+  const auto [th, tw] = select_best_resolution({h, w}, pinpoints_);
+  if (config_.max_pixels > 0 && std::max(h * w, th * tw) > config_.max_pixels)
+    throw Error(fmt::format("cannot transform image ({}x{} at AnyRes {}x{}, over "
+                            "data.image.max_pixels = {})",
+                            w, h, tw, th, config_.max_pixels));
+  const double scale_w = static_cast<double>(tw) / static_cast<double>(w);
+  const double scale_h = static_cast<double>(th) / static_cast<double>(h);
+  int64_t nw = tw, nh = th;
+  if (scale_w < scale_h)
+    nh = std::min(static_cast<int64_t>(std::ceil(static_cast<double>(h) * scale_w)), th);
+  else
+    nw = std::min(static_cast<int64_t>(std::ceil(static_cast<double>(w) * scale_h)), tw);
+  const cv::Mat resized =
+      nw == w && nh == h ? bgr : resize_bicubic_pil(bgr, static_cast<int>(nw), static_cast<int>(nh));
+  cv::Mat canvas(static_cast<int>(th), static_cast<int>(tw), bgr.type(), cv::Scalar(0, 0, 0));
+  resized.copyTo(canvas(cv::Rect(static_cast<int>((tw - nw) / 2), static_cast<int>((th - nh) / 2),
+                                 static_cast<int>(nw), static_cast<int>(nh))));
+  std::vector<torch::Tensor> crops;
+  crops.push_back(normalize(w == S && h == S ? bgr : resize_bicubic_pil(bgr, S, S)));
+  for (int y = 0; y + S <= th; y += S)
+    for (int x = 0; x + S <= tw; x += S) crops.push_back(normalize(canvas(cv::Rect(x, y, S, S)).clone()));
+  return torch::stack(crops);
+}
 
 torch::Tensor ImageTransform::operator()(const cv::Mat& bgr) const {
   const int S = static_cast<int>(size_);
@@ -139,13 +183,7 @@ torch::Tensor ImageTransform::operator()(const cv::Mat& bgr) const {
     const int left = static_cast<int>(std::lround((img.cols - S) / 2.0));
     img = img(cv::Rect(left, top, S, S)).clone();
   }
-  cv::Mat rgb;
-  cv::cvtColor(img, rgb, cv::COLOR_BGR2RGB);
-  auto t = torch::from_blob(rgb.data, {S, S, 3}, torch::kUInt8).clone();  // (S,S,3)
-  auto x = t.permute({2, 0, 1}).to(torch::kFloat).div_(255.0);
-  auto mean = torch::tensor(config_.mean, torch::kDouble).to(torch::kFloat).view({3, 1, 1});
-  auto std = torch::tensor(config_.std, torch::kDouble).to(torch::kFloat).view({3, 1, 1});
-  return ((x - mean) / std).contiguous();
+  return normalize(img);
 }
 
 namespace {
@@ -303,6 +341,34 @@ torch::Tensor ImageTransform::load(const std::filesystem::path& path) const {
   } catch (const std::bad_alloc&) {
     throw Error(path.string() + ": cannot transform image (out of memory)");
   }
+}
+
+torch::Tensor ImageTransform::load_anyres(const std::filesystem::path& path,
+                                          Resolution expect) const {
+  cv::Mat img = decode(path, config_.max_pixels);
+  if (expect.first > 0 && (img.rows != expect.first || img.cols != expect.second))
+    throw Error(path.string() + ": its header says " + std::to_string(expect.second) + "x" +
+                std::to_string(expect.first) + " but it decodes to " + std::to_string(img.cols) +
+                "x" + std::to_string(img.rows));
+  try {
+    return anyres(img);
+  } catch (const Error& e) {
+    throw Error(path.string() + ": " + e.what());
+  } catch (const cv::Exception& e) {
+    throw Error(path.string() + ": cannot transform image " + std::to_string(img.cols) + "x" +
+                std::to_string(img.rows) + " (" + e.err + ")");
+  } catch (const std::bad_alloc&) {
+    throw Error(path.string() + ": cannot transform image (out of memory)");
+  }
+}
+
+Resolution image_file_size(const std::filesystem::path& path) {
+  if (!std::filesystem::is_regular_file(path)) throw Error(path.string() + ": image not found");
+  // A header is near the start (a JPEG's SOF after its EXIF segments, at most 64 KiB each).
+  const std::string head = read_file_prefix(path, 1 << 20);
+  if (const auto wh = image_header_size(head)) return {wh->second, wh->first};
+  const cv::Mat img = ImageTransform::decode(path, 0);
+  return {img.rows, img.cols};
 }
 
 torch::Tensor ImageTransform::load_video(const std::filesystem::path& path, int64_t frames) const {

@@ -19,6 +19,7 @@
 #include <torch/torch.h>
 #include <opencv2/core.hpp>
 
+#include "core/anyres.h"
 #include "core/config.h"
 
 namespace mllm {
@@ -30,12 +31,26 @@ cv::Mat resize_bicubic_pil(const cv::Mat& src, int out_w, int out_h);
 // other formats or a header it cannot follow.
 std::optional<std::pair<int64_t, int64_t>> image_header_size(const std::string& bytes);
 
+// (height, width) of an image file: from its header, else by decoding it. Throws Error naming the
+// file when it is missing or cannot be decoded.
+Resolution image_file_size(const std::filesystem::path& path);
+
 class ImageTransform {
  public:
-  // Images of config.side(vision_image_size) pixels a side.
-  ImageTransform(const ImageConfig& config, int64_t vision_image_size);
+  // Images of config.side(vision_image_size) pixels a side; with `pinpoints`, images (not video
+  // frames) are cut AnyRes-style (core/anyres.h; model.vision.anyres).
+  ImageTransform(const ImageConfig& config, int64_t vision_image_size,
+                 std::vector<Resolution> pinpoints = {});
   // 8-bit BGR image -> (3,S,S) float tensor.
   torch::Tensor operator()(const cv::Mat& bgr) const;
+  // AnyRes, as LLaVA-NeXT's processor: 8-bit BGR image -> (1 + rows*cols, 3, S, S), the image
+  // resized straight to S x S first, then the tiles of its resize-and-pad to the best pinpoint,
+  // row by row. data.image.aspect does not apply.
+  torch::Tensor anyres(const cv::Mat& bgr) const;
+  // Reads a file and cuts it AnyRes-style; `expect` (height, width), when given, is the size the
+  // image was counted at when loaded (a file that decodes to another size is an Error).
+  torch::Tensor load_anyres(const std::filesystem::path& path, Resolution expect = {0, 0}) const;
+  bool anyres() const { return !pinpoints_.empty(); }
   // Reads and transforms an image file; throws Error("<path>: cannot decode image ...") on failure,
   // over config.max_pixels included.
   torch::Tensor load(const std::filesystem::path& path) const;
@@ -52,8 +67,11 @@ class ImageTransform {
                         int64_t max_pixels = ImageConfig().max_pixels);
 
  private:
+  torch::Tensor normalize(const cv::Mat& bgr) const;  // S x S BGR -> (3,S,S)
+
   int64_t size_;
   ImageConfig config_;
+  std::vector<Resolution> pinpoints_;
 };
 
 }  // namespace mllm

@@ -140,12 +140,40 @@ std::vector<int64_t> prompt_ids(const Tokenizer& tok, const std::string& templat
   return ids;
 }
 
+PromptImage load_prompt_image(const MultimodalModelImpl& model, const ImageTransform& transform,
+                              const std::filesystem::path& path) {
+  PromptImage p;
+  const ImageTokens counts = model.image_token_counts();
+  if (counts.anyres()) {
+    p.size = image_file_size(path);
+    p.crops = transform.load_anyres(path, p.size);
+  } else {
+    p.crops = transform.load(path).unsqueeze(0);
+  }
+  p.tokens = counts.of_image(p.size);
+  return p;
+}
+
+ImageBatch prompt_image_batch(const std::vector<PromptImage>& images) {
+  if (images.empty()) return {};
+  std::vector<torch::Tensor> crops;
+  std::vector<int64_t> sizes;
+  for (const auto& p : images) {
+    crops.push_back(p.crops);
+    sizes.insert(sizes.end(), {p.size.first, p.size.second});
+  }
+  ImageBatch b(torch::cat(crops));
+  if (std::any_of(sizes.begin(), sizes.end(), [](int64_t x) { return x > 0; }))
+    b.layout.sizes = torch::tensor(sizes, torch::kLong).view({-1, 2});
+  return b;
+}
+
 FolderModel load_folder_model(const std::filesystem::path& folder) {
   auto tokenizer = load_tokenizer(folder / "tokenizer.json");
   MultimodalModel model = load_llava_folder(folder);
   ImageConfig image;
   read_preprocessor_config_json(folder, image);
-  ImageTransform transform(image, model->config().vision.image_size);
+  ImageTransform transform(image, model->config().vision.image_size, model->anyres_pinpoints());
   std::string name = model_template(folder, model->config());
   return {std::move(model), std::move(tokenizer), std::move(transform), std::move(name)};
 }
@@ -217,12 +245,12 @@ TaskResult run_task(const EvalTaskConfig& task, const EvalModel& m, int64_t batc
                 task.name + "' uses images)");
   const GenerationOptions options = generation_options(task.generation, tok);
   const auto decode = [&](const std::vector<int64_t>& t) { return tok.decode(t); };
-  const int64_t Q = m.model.image_tokens();
+  const ImageTokens counts = m.model.image_token_counts();
 
   for (size_t b = 0; b < r.items.size(); b += static_cast<size_t>(batch_size)) {
     const size_t e = std::min(r.items.size(), b + static_cast<size_t>(batch_size));
     std::vector<std::vector<int64_t>> prompts;
-    std::vector<torch::Tensor> images;
+    std::vector<PromptImage> images;
     for (size_t i = b; i < e; ++i) {
       const EvalItem& item = r.items[i];
       const bool with_image = use_images && !item.image.empty();
@@ -231,10 +259,14 @@ TaskResult run_task(const EvalTaskConfig& task, const EvalModel& m, int64_t batc
         const auto at = human.find("<image>");
         if (at != std::string::npos) human = trim(human.erase(at, 7));
       }
-      prompts.push_back(prompt_ids(tok, r.template_name, human, Q));
-      if (with_image) images.push_back(m.transform.load(item.image));
+      int64_t image_tokens = counts.per_image;
+      if (with_image) {
+        images.push_back(load_prompt_image(m.model, m.transform, item.image));
+        image_tokens = images.back().tokens;
+      }
+      prompts.push_back(prompt_ids(tok, r.template_name, human, image_tokens));
     }
-    const torch::Tensor pixels = images.empty() ? torch::Tensor() : torch::stack(images);
+    const ImageBatch pixels = prompt_image_batch(images);
     const auto g = generate(m.model, prompts, pixels, options, decode);
     for (size_t i = b; i < e; ++i) {
       std::string text = decode(g.tokens[i - b]);

@@ -55,6 +55,18 @@ std::vector<EvalItem> load_eval_items(const EvalTaskConfig& task);
 std::vector<int64_t> prompt_ids(const Tokenizer& tok, const std::string& template_name,
                                 const std::string& human, int64_t image_tokens);
 
+// One prompt image as the model takes it: its crops (1, or with AnyRes the base image and the
+// tiles), its (height, width) for AnyRes ((0,0) otherwise) and the placeholders it takes.
+struct PromptImage {
+  torch::Tensor crops;  // (k,3,S,S)
+  Resolution size{0, 0};
+  int64_t tokens = 0;
+};
+PromptImage load_prompt_image(const MultimodalModelImpl& model, const ImageTransform& transform,
+                              const std::filesystem::path& path);
+// The prompt images of a batch, in order, as generate() takes them.
+ImageBatch prompt_image_batch(const std::vector<PromptImage>& images);
+
 // GenerationOptions from a task's settings and the tokenizer (EOS and <|im_end|> stop; sampling
 // only above temperature 0; never an id beyond the tokenizer).
 GenerationOptions generation_options(const GenerationConfig& g, const Tokenizer& tok);

@@ -33,7 +33,7 @@ torch::Tensor sampling_probs(const torch::Tensor& logits, double temperature, in
 
 GenerationResult generate(MultimodalModelImpl& model,
                           const std::vector<std::vector<int64_t>>& prompts,
-                          const torch::Tensor& pixel_values, const GenerationOptions& o,
+                          const ImageBatch& images, const GenerationOptions& o,
                           const std::function<std::string(const std::vector<int64_t>&)>& decode,
                           const std::function<void(int64_t, int64_t)>& on_token) {
   if (prompts.empty()) return {};
@@ -63,8 +63,9 @@ GenerationResult generate(MultimodalModelImpl& model,
   // Positions count real tokens only (pads get 0, which they never use).
   auto positions = (mask.cumsum(1) - 1).clamp_min(0);
 
+  const auto& pixels = images.pixel_values;
   auto [embeds, hook] =
-      model.prepare(ids, pixel_values.defined() ? pixel_values.to(device) : pixel_values);
+      model.prepare(ids, pixels.defined() ? pixels.to(device) : pixels, {}, images.layout);
   const LayerHook* hook_ptr = hook ? &hook : nullptr;
   KvCache cache;
   auto hidden = model.language_model->forward(embeds, mask, positions, nullptr, hook_ptr, &cache);

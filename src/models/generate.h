@@ -38,13 +38,22 @@ struct GenerationResult {
   std::vector<std::string> stopped_by;       // per prompt: "stop_id", "stop_string" or "length"
 };
 
-// `prompts`: token ids with the image placeholders already expanded (Q per image);
-// `pixel_values` (N,3,S,S) for the N images in prompt order (undefined if none). `decode` turns
+// A prompt batch's images: the crops (M,3,S,S) of its images in prompt order (undefined if none)
+// and how they become tokens (MultimodalModelImpl::image_tokens_of). A tensor alone converts.
+struct ImageBatch {
+  ImageBatch(torch::Tensor pixels = {}, ImageLayout l = {})  // NOLINT: a tensor converts
+      : pixel_values(std::move(pixels)), layout(std::move(l)) {}
+  torch::Tensor pixel_values;
+  ImageLayout layout;
+};
+
+// `prompts`: token ids with the image placeholders already expanded (as many as each image takes);
+// `images`: their crops and layout. `decode` turns
 // ids into text (for stop strings); `on_token(row, id)` is called as each token is chosen (for
 // streaming). Runs without autograd, in eval mode.
 GenerationResult generate(
     MultimodalModelImpl& model, const std::vector<std::vector<int64_t>>& prompts,
-    const torch::Tensor& pixel_values, const GenerationOptions& options,
+    const ImageBatch& images, const GenerationOptions& options,
     const std::function<std::string(const std::vector<int64_t>&)>& decode = {},
     const std::function<void(int64_t, int64_t)>& on_token = {});
 

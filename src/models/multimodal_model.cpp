@@ -57,6 +57,71 @@ MultimodalModelImpl::MultimodalModelImpl(const ModelConfig& config, int64_t imag
       make_connector({config.vision.hidden, config.llm.hidden, vision_tower->num_feature_tokens(),
                       config.connector, config.llm.layers, config.llm.heads}));
   language_model = register_module("language_model", LlamaForCausalLM(config.llm));
+  pinpoints_ = mllm::anyres_pinpoints(config.vision.anyres, config.vision.image_size);
+  if (!pinpoints_.empty()) {
+    if (connector->feature_level())
+      throw ConfigError("model.vision.anyres: the " + config.connector.type +
+                        " connector brings images in inside the LLM; AnyRes needs a token-level "
+                        "connector");
+    if (const auto problem = anyres_side_problem(connector->output_tokens()); !problem.empty())
+      throw ConfigError("model.vision.anyres: " + problem + " (connector " +
+                        config.connector.type + ")");
+    // transformers' LlavaNextModel: randn(hidden) / sqrt(hidden).
+    const auto C = config.llm.hidden;
+    image_newline = register_parameter(
+        "image_newline", torch::randn({C}) / std::sqrt(static_cast<double>(C)));
+  }
+}
+
+ImageTokens MultimodalModelImpl::image_token_counts() const {
+  return ImageTokens(image_tokens(), pinpoints_, config_.vision.image_size);
+}
+
+torch::Tensor MultimodalModelImpl::image_tokens_of(const torch::Tensor& tokens,
+                                                   const ImageLayout& layout) {
+  if (!layout.sizes.defined()) return pool_image_tokens(tokens, layout.pool);
+  if (pinpoints_.empty())
+    throw Error("[MultimodalModel] the batch has AnyRes image sizes but model.vision.anyres is off");
+  const auto sizes = layout.sizes.to(torch::kCPU).contiguous();
+  const auto sz = sizes.accessor<int64_t, 2>();
+  const int64_t N = sizes.size(0), C = tokens.size(2);
+  const int64_t side = image_token_counts().side();
+  const int64_t tile = config_.vision.image_size;
+  const auto pools = layout.pool.defined() ? layout.pool.to(torch::kCPU).contiguous() : layout.pool;
+  std::vector<torch::Tensor> parts;
+  int64_t at = 0;
+  for (int64_t i = 0; i < N; ++i) {
+    const int64_t h = sz[i][0], w = sz[i][1];
+    if (h <= 0) {  // one plain crop (a video frame)
+      const auto one = tokens.slice(0, at, at + 1);
+      parts.push_back(pool_image_tokens(one, pools.defined() ? pools.slice(0, i, i + 1) : pools));
+      at += 1;
+      continue;
+    }
+    const auto [rows, cols] = anyres_grid_shape({h, w}, pinpoints_, tile);
+    if (at + 1 + rows * cols > tokens.size(0))
+      throw Error("[MultimodalModel] image " + std::to_string(i) + " (" + std::to_string(w) + "x" +
+                  std::to_string(h) + ") needs " + std::to_string(1 + rows * cols) +
+                  " crops; the batch has " + std::to_string(tokens.size(0) - at) + " left");
+    const auto base = tokens[at];  // (Q,C)
+    // (rows*cols,Q,C) -> (C, rows*side, cols*side): tile (r,c)'s patch (y,x) at (r*side+y, c*side+x).
+    auto grid = tokens.slice(0, at + 1, at + 1 + rows * cols)
+                    .reshape({rows, cols, side, side, C})
+                    .permute({4, 0, 2, 1, 3})
+                    .reshape({C, rows * side, cols * side});
+    const auto [uh, uw] = anyres_unpadded({h, w}, {rows * side, cols * side});
+    const int64_t top = (rows * side - uh) / 2, left = (cols * side - uw) / 2;
+    grid = grid.slice(1, top, top + uh).slice(2, left, left + uw);
+    const auto newline = image_newline.to(grid.dtype()).view({C, 1, 1}).expand({C, uh, 1});
+    const auto rows_with_newline = torch::cat({grid, newline}, 2);  // (C, uh, uw+1)
+    parts.push_back(base);
+    parts.push_back(rows_with_newline.reshape({C, -1}).t());
+    at += 1 + rows * cols;
+  }
+  if (at != tokens.size(0))
+    throw Error("[MultimodalModel] the batch has " + std::to_string(tokens.size(0)) +
+                " image crops; its " + std::to_string(N) + " images take " + std::to_string(at));
+  return parts.empty() ? tokens.reshape({-1, C}) : torch::cat(parts, 0);
 }
 
 bool MultimodalModelImpl::vision_trainable() const {
@@ -79,12 +144,12 @@ torch::Tensor MultimodalModelImpl::image_features(const torch::Tensor& pixel_val
 
 torch::Tensor MultimodalModelImpl::embed(const torch::Tensor& input_ids,
                                          const torch::Tensor& pixel_values,
-                                         const torch::Tensor& image_pool) {
+                                         const ImageLayout& layout) {
   auto text = language_model->embed(input_ids);  // (B,T,C)
   if (connector->feature_level()) return text;   // images enter inside the LLM (forward)
   const auto is_image = input_ids == image_token_id_;
   auto tokens = connector->forward(image_features(pixel_values, text.options()));  // (N,Q,C)
-  return splice_image_tokens(text, is_image, pool_image_tokens(tokens, image_pool));
+  return splice_image_tokens(text, is_image, image_tokens_of(tokens, layout));
 }
 
 torch::Tensor token_images(const torch::Tensor& is_image, const torch::Tensor& attention_mask,
@@ -127,8 +192,8 @@ torch::Tensor token_images(const torch::Tensor& is_image, const torch::Tensor& a
 
 std::pair<torch::Tensor, LayerHook> MultimodalModelImpl::prepare(
     const torch::Tensor& input_ids, const torch::Tensor& pixel_values,
-    const torch::Tensor& attention_mask, const torch::Tensor& image_pool) {
-  if (!connector->feature_level()) return {embed(input_ids, pixel_values, image_pool), LayerHook()};
+    const torch::Tensor& attention_mask, const ImageLayout& layout) {
+  if (!connector->feature_level()) return {embed(input_ids, pixel_values, layout), LayerHook()};
   // Feature-level: one placeholder per image marks its sample; the connector's hook adds the
   // image inside the LLM, to its sample's tokens.
   auto text = language_model->embed(input_ids);
@@ -142,8 +207,8 @@ torch::Tensor MultimodalModelImpl::forward(const torch::Tensor& input_ids,
                                            const torch::Tensor& pixel_values,
                                            const torch::Tensor& attention_mask,
                                            const torch::Tensor& position_ids,
-                                           const torch::Tensor& image_pool) {
-  const auto [embeds, hook] = prepare(input_ids, pixel_values, attention_mask, image_pool);
+                                           const ImageLayout& layout) {
+  const auto [embeds, hook] = prepare(input_ids, pixel_values, attention_mask, layout);
   return language_model->forward(embeds, attention_mask, position_ids, nullptr,
                                  hook ? &hook : nullptr);
 }

@@ -10,6 +10,7 @@
 
 #include <torch/torch.h>
 
+#include "core/anyres.h"
 #include "core/config.h"
 #include "models/connectors/connector.h"
 #include "models/llm/llama.h"
@@ -17,18 +18,25 @@
 
 namespace mllm {
 
+// How a batch's images become tokens beyond "one crop, Q tokens" (CPU int64 tensors, one entry
+// per image; undefined = the default for every image): data/collator.h's Batch::image_pool and
+// Batch::image_sizes.
+struct ImageLayout {
+  torch::Tensor pool;   // (N): image i's token grid average-pooled pool[i] x pool[i] (video)
+  torch::Tensor sizes;  // (N,2): AnyRes: image i's (height, width), (0,0) for one plain crop
+};
+
 class MultimodalModelImpl : public torch::nn::Module {
  public:
   // `image_token_id` is the tokenizer's placeholder id for image positions.
   MultimodalModelImpl(const ModelConfig& config, int64_t image_token_id);
 
   // Text embeddings with image features spliced in (token-level connectors; a feature-level one
-  // leaves the text embeddings as they are). input_ids (B,T); pixel_values (N,3,H,W) with N the
-  // number of images in the batch (may be 0 / undefined). Returns (B,T,C). `image_pool` (N) int64,
-  // when defined: image i's token grid is average-pooled image_pool[i] x image_pool[i] (video
-  // frames, data.video.pool; pool_image_tokens).
+  // leaves the text embeddings as they are). input_ids (B,T); pixel_values (M,3,H,W): the crops
+  // of the batch's images, one each unless AnyRes (may be 0 / undefined). Returns (B,T,C).
+  // `layout` says how each image's crops become tokens (image_tokens_of).
   torch::Tensor embed(const torch::Tensor& input_ids, const torch::Tensor& pixel_values,
-                      const torch::Tensor& image_pool = {});
+                      const ImageLayout& layout = {});
 
   // Hidden states after the LLM's final norm, (B,T,C). attention_mask (B,T) may be undefined;
   // in packed rows it numbers each token's sample and position_ids (B,T) restart per sample
@@ -36,7 +44,7 @@ class MultimodalModelImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& input_ids, const torch::Tensor& pixel_values,
                         const torch::Tensor& attention_mask = {},
                         const torch::Tensor& position_ids = {},
-                        const torch::Tensor& image_pool = {});
+                        const ImageLayout& layout = {});
 
   // The LLM's input for a batch: its embeddings (images spliced in for a token-level connector)
   // and, for a feature-level one, the hook that brings the images in at each layer (empty
@@ -44,7 +52,7 @@ class MultimodalModelImpl : public torch::nn::Module {
   std::pair<torch::Tensor, LayerHook> prepare(const torch::Tensor& input_ids,
                                               const torch::Tensor& pixel_values,
                                               const torch::Tensor& attention_mask = {},
-                                              const torch::Tensor& image_pool = {});
+                                              const ImageLayout& layout = {});
 
   // (...,C) -> (...,V)
   torch::Tensor logits(const torch::Tensor& hidden) { return language_model->logits(hidden); }
@@ -54,8 +62,18 @@ class MultimodalModelImpl : public torch::nn::Module {
     return language_model->target_logprobs(hidden, targets);
   }
 
-  // Q: placeholder tokens per image.
+  // Q: placeholder tokens per image (per crop with AnyRes).
   int64_t image_tokens() const { return connector->output_tokens(); }
+  // What the data side counts with: Q, and with AnyRes the pinpoints and the tile size.
+  ImageTokens image_token_counts() const;
+  const std::vector<Resolution>& anyres_pinpoints() const { return pinpoints_; }
+
+  // The connector's tokens (M,Q,C) of a batch's crops -> (the images' tokens, C), image by image:
+  // a plain image as it is (pooled when layout.pool says so: pool_image_tokens); an AnyRes image
+  // as transformers' LlavaNext pack_image_features (spatial_unpad): its base crop's tokens, then
+  // its tiles' token grids side by side with the padding's rows or columns cut off
+  // (anyres_unpadded), image_newline after each row.
+  torch::Tensor image_tokens_of(const torch::Tensor& tokens, const ImageLayout& layout);
   int64_t image_token_id() const { return image_token_id_; }
   const ModelConfig& config() const { return config_; }
   ModelConfig& config_mutable() { return config_; }  // loss weights (e.g. router_aux_loss_coef)
@@ -67,6 +85,9 @@ class MultimodalModelImpl : public torch::nn::Module {
   ClipVisionModel vision_tower{nullptr};
   std::shared_ptr<Connector> connector;  // registered as "multi_modal_projector"
   LlamaForCausalLM language_model{nullptr};
+  // (C): LLaVA-NeXT's learned end-of-row embedding, with AnyRes only (undefined otherwise). It
+  // trains with the connector (train/freeze.h).
+  torch::Tensor image_newline;
 
  private:
   // The vision tower's features (N,P,Cv) for the batch's images (without a graph when frozen).
@@ -75,6 +96,7 @@ class MultimodalModelImpl : public torch::nn::Module {
 
   ModelConfig config_;
   int64_t image_token_id_;
+  std::vector<Resolution> pinpoints_;  // AnyRes; empty when off
 };
 TORCH_MODULE(MultimodalModel);
 

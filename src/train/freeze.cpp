@@ -33,6 +33,17 @@ std::vector<std::string> apply_trainable(torch::nn::Module& module, const Config
     item.value().set_requires_grad(on);
     if (on) trainable.push_back(item.key());
   }
+  // AnyRes's image_newline is the connector's end-of-row token: it trains when the connector does
+  // (unless a glob names it), as LLaVA-NeXT trains it with the projector.
+  bool connector_trains = false;
+  for (const auto& name : trainable)
+    if (name.rfind("multi_modal_projector.", 0) == 0) connector_trains = true;
+  for (auto& item : module.named_parameters(true)) {
+    if (item.key() != "image_newline" || item.value().requires_grad() || !connector_trains)
+      continue;
+    item.value().set_requires_grad(true);
+    trainable.push_back(item.key());
+  }
   for (size_t g = 0; g < globs.size(); ++g) {
     if (used[g]) continue;
     // Suggest the top-level parts, the usual thing to glob on.

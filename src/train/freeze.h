@@ -17,7 +17,8 @@ bool glob_match(const std::string& pattern, const std::string& text);
 // Applies the globs; returns the names of the trainable parameters. Throws ConfigError naming
 // train.trainable[i] when a glob matches no parameter, or when nothing at all is trainable and
 // LoRA is off (with train.lora.rank > 0 an empty train.trainable is fine: the adapters that
-// apply_lora (train/lora.h) adds afterwards train).
+// apply_lora (train/lora.h) adds afterwards train). AnyRes's image_newline trains whenever a
+// multi_modal_projector parameter does.
 std::vector<std::string> apply_trainable(torch::nn::Module& module, const Config& config);
 
 }  // namespace mllm

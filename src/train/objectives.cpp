@@ -6,7 +6,7 @@ namespace mllm {
 
 ObjectiveOutput lm_loss(MultimodalModelImpl& model, const Batch& batch) {
   auto hidden = model.forward(batch.input_ids, batch.pixel_values, batch.attention_mask,
-                              batch.position_ids, batch.image_pool);
+                              batch.position_ids, ImageLayout{batch.image_pool, batch.image_sizes});
   auto targets = batch.labels.slice(1, 1);  // (B,T-1)
   auto keep = targets != kIgnoreIndex;
   auto h = hidden.slice(1, 0, -1).index({keep});  // (N,C)
@@ -40,7 +40,7 @@ torch::Tensor response_logps_from_hidden(MultimodalModelImpl& model, const torch
 torch::Tensor sequence_logps(MultimodalModelImpl& model, const Batch& batch, bool average) {
   return response_logps_from_hidden(model,
                                     model.forward(batch.input_ids, batch.pixel_values,
-                                                  batch.attention_mask, {}, batch.image_pool),
+                                                  batch.attention_mask, {}, ImageLayout{batch.image_pool, batch.image_sizes}),
                                     batch.labels, average);
 }
 

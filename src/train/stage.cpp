@@ -112,7 +112,7 @@ class PreferenceObjective : public Objective {
     if (P <= 0) throw Error("[" + train_.stage + "] the batch holds no preference pairs");
     const bool average = spec_->average_logps(train_);
     const auto hidden = model.forward(batch.input_ids, batch.pixel_values, batch.attention_mask, {},
-                                      batch.image_pool);
+                                      ImageLayout{batch.image_pool, batch.image_sizes});
     const auto policy = response_logps_from_hidden(model, hidden, batch.labels, average);
     PreferenceLogps in;
     in.chosen = policy.slice(0, 0, P);

@@ -114,7 +114,8 @@ EvalResult evaluate_loss(MultimodalModelImpl& model, Objective& objective, const
 
 std::unique_ptr<SampleSource> open_dataset(const Stage& stage, const Config& config,
                                            const DataSourceConfig& source,
-                                           const Tokenizer& tokenizer, int64_t image_tokens,
+                                           const Tokenizer& tokenizer,
+                                           const ImageTokens& image_tokens,
                                            const std::string& key) {
   // A stage that reads either kind (clip) goes by the format.
   if (stage.data == StageData::preference_pairs || source.format.rfind("preference_", 0) == 0)
@@ -124,7 +125,8 @@ std::unique_ptr<SampleSource> open_dataset(const Stage& stage, const Config& con
 
 // data.train: one source, or a mixture of them (data/mixture.h), each with its own template.
 std::unique_ptr<SampleSource> open_train_data(const Stage& stage, const Config& config,
-                                              const Tokenizer& tokenizer, int64_t image_tokens) {
+                                              const Tokenizer& tokenizer,
+                                              const ImageTokens& image_tokens) {
   if (config.data.mixture.empty())
     return open_dataset(stage, config, config.data.train, tokenizer, image_tokens, "data.train");
   std::vector<MixtureSource::Part> parts;
@@ -264,7 +266,9 @@ void write_final(const fs::path& out, MultimodalModelImpl& model, const Config& 
   extras.tokenizer_config =
       tokenizer_config_json(tokenizer, config.model.llm.max_position, config.data.template_name);
   extras.preprocessor_config =
-      preprocessor_config_json(config.data.image, config.model.vision.image_size);
+      preprocessor_config_json(config.data.image, config.model.vision.image_size,
+                               anyres_pinpoints(config.model.vision.anyres,
+                                                config.model.vision.image_size));
   if (stage.write_final)
     stage.write_final(out / "final", model, config, tokenizer, extras);
   else
@@ -450,11 +454,11 @@ struct Trainer::Impl {
   // The stage's datasets, the image transform, and the run's length in steps.
   void open_data() {
     image_tokens = model->image_tokens();
-    train_data = open_train_data(*stage, config, *tokenizer, image_tokens);
+    const ImageTokens counts = model->image_token_counts();
+    train_data = open_train_data(*stage, config, *tokenizer, counts);
     if (!config.data.eval.path.empty())
-      eval_data =
-          open_dataset(*stage, config, config.data.eval, *tokenizer, image_tokens, "data.eval");
-    transform.emplace(config.data.image, config.model.vision.image_size);
+      eval_data = open_dataset(*stage, config, config.data.eval, *tokenizer, counts, "data.eval");
+    transform.emplace(config.data.image, config.model.vision.image_size, counts.pinpoints);
     pad_id = tokenizer->pad_id() >= 0 ? tokenizer->pad_id() : 0;
     skip_bad = config.data.on_bad_record == "skip";
 

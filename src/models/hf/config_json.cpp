@@ -80,9 +80,15 @@ nlohmann::json llava_config_json(const ModelConfig& m, int64_t image_token_id) {
     text["router_aux_loss_coef"] = l.router_aux_loss_coef;
   }
   const nlohmann::json vision = vision_config_json(v);
-  return {
-      {"architectures", {"LlavaForConditionalGeneration"}},
-      {"model_type", "llava"},
+  const auto pinpoints = anyres_pinpoints(v.anyres, v.image_size);
+  nlohmann::json grid = nlohmann::json::array();
+  for (const auto& [h, w] : pinpoints) grid.push_back({h, w});
+  // AnyRes: transformers' LlavaNextForConditionalGeneration (image_newline at the top level, as
+  // llava-hf's llava-v1.6 checkpoints keep it).
+  nlohmann::json out = {
+      {"architectures", {pinpoints.empty() ? "LlavaForConditionalGeneration"
+                                           : "LlavaNextForConditionalGeneration"}},
+      {"model_type", pinpoints.empty() ? "llava" : "llava_next"},
       {"image_token_index", image_token_id},
       {"projector_hidden_act", "gelu"},
       {"vision_feature_layer", v.feature_layer},
@@ -100,6 +106,8 @@ nlohmann::json llava_config_json(const ModelConfig& m, int64_t image_token_id) {
         {"value_positions", m.connector.value_positions}}},
       {"torch_dtype", "float32"},
   };
+  if (!pinpoints.empty()) out["image_grid_pinpoints"] = grid;
+  return out;
 }
 
 namespace {
@@ -335,9 +343,10 @@ void read_clip_text_config_json(const std::filesystem::path& folder, ClipTextCon
   }
 }
 
-nlohmann::json preprocessor_config_json(const ImageConfig& image, int64_t vision_image_size) {
+nlohmann::json preprocessor_config_json(const ImageConfig& image, int64_t vision_image_size,
+                                        const std::vector<Resolution>& pinpoints) {
   const int64_t size = image.side(vision_image_size);
-  return {{"image_processor_type", "CLIPImageProcessor"},
+  nlohmann::json out = {{"image_processor_type", "CLIPImageProcessor"},
           {"do_resize", true},
           {"size", {{"shortest_edge", size}}},
           {"do_center_crop", true},
@@ -350,6 +359,14 @@ nlohmann::json preprocessor_config_json(const ImageConfig& image, int64_t vision
           {"image_std", image.std},
           {"do_convert_rgb", true},
           {"mllm_aspect", image.aspect}};
+  if (!pinpoints.empty()) {
+    out["image_processor_type"] = "LlavaNextImageProcessor";
+    out["do_pad"] = true;
+    nlohmann::json grid = nlohmann::json::array();
+    for (const auto& [h, w] : pinpoints) grid.push_back({h, w});
+    out["image_grid_pinpoints"] = grid;
+  }
+  return out;
 }
 
 bool read_preprocessor_config_json(const std::filesystem::path& folder, ImageConfig& image) {

@@ -8,6 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/anyres.h"
 #include "core/config.h"
 
 namespace mllm {
@@ -39,8 +40,10 @@ void read_clip_text_config_json(const std::filesystem::path& folder, ClipTextCon
 // preprocessor_config.json: how the model's images were prepared, in the keys of transformers'
 // CLIPImageProcessor (size.shortest_edge, crop_size, image_mean, image_std, resample 3 = bicubic)
 // plus "mllm_aspect" (pad | crop | resize). Written next to config.json in final/ and exports;
-// the side is image.side(vision_image_size).
-nlohmann::json preprocessor_config_json(const ImageConfig& image, int64_t vision_image_size);
+// the side is image.side(vision_image_size). With AnyRes `pinpoints`, LlavaNextImageProcessor's
+// (image_grid_pinpoints, do_pad).
+nlohmann::json preprocessor_config_json(const ImageConfig& image, int64_t vision_image_size,
+                                        const std::vector<Resolution>& pinpoints = {});
 
 // Reads a folder's preprocessor_config.json into `image` (its side into image.size) when there is
 // one (returns false, leaving it, when not). Without "mllm_aspect" the aspect is CLIP's crop.

@@ -29,6 +29,13 @@ ModelConfig read_llava_config_json(const std::filesystem::path& folder, int64_t*
                           ? "cls_patch"
                           : "patch";
     if (image_token_id) *image_token_id = j.at("image_token_index").get<int64_t>();
+    // LlavaNextForConditionalGeneration: AnyRes with its pinpoints ([height, width] pairs).
+    if (j.contains("image_grid_pinpoints")) {
+      m.vision.anyres.grid_pinpoints =
+          j["image_grid_pinpoints"].get<std::vector<std::vector<int64_t>>>();
+      if (const auto p = check_architecture(m.vision))
+        throw Error("image_grid_pinpoints: " + p.field + " " + p.message);
+    }
     m.connector.type = "mlp2x_gelu";  // what transformers' llava projector is
     if (j.contains("mllm_connector")) {
       const auto& c = j["mllm_connector"];

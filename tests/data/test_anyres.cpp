@@ -1,4 +1,4 @@
-// AnyRes token counts (models/anyres.h) against vectors made from transformers' LlavaNext code
+// AnyRes token counts (core/anyres.h) against vectors made from transformers' LlavaNext code
 // (tests/reference/anyres_reference.py -> tests/fixtures/anyres/vectors.json): LLaVA-v1.6's
 // pinpoints at 336 px tiles and a small set at 64 px, over wide, tall, tiny and huge images.
 #include <catch2/catch.hpp>
@@ -6,7 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
-#include "models/anyres.h"
+#include "core/anyres.h"
 #include "test_util.h"
 
 using namespace mllm;
