@@ -1,5 +1,7 @@
 #include "train/freeze.h"
 
+#include <spdlog/spdlog.h>
+
 #include "core/error.h"
 
 namespace mllm {
@@ -43,6 +45,7 @@ std::vector<std::string> apply_trainable(torch::nn::Module& module, const Config
       continue;
     item.value().set_requires_grad(true);
     trainable.push_back(item.key());
+    spdlog::info("image_newline (AnyRes) trains with the connector");
   }
   for (size_t g = 0; g < globs.size(); ++g) {
     if (used[g]) continue;

@@ -94,6 +94,24 @@ TEST_CASE("config: connector settings are read, range-checked and written back")
              Catch::Contains("did you mean model.connector.num_queries?"));
   CHECK_THAT(error_of(p, {"model.vision.position_init_std=-0.1"}),
              Catch::Contains("model.vision.position_init_std: must be in [0, 10]"));
+  // AnyRes: pinpoints are [height, width] multiples of the tile (image_size 32 in this recipe).
+  CHECK_FALSE(c.model.vision.anyres.enabled());
+  const Config any = load_config(
+      p, {"model.vision.image_size=32", "model.vision.anyres.grid_pinpoints=[[32,64],[64,32]]"});
+  REQUIRE(any.model.vision.anyres.grid_pinpoints.size() == 2);
+  CHECK(any.model.vision.anyres.grid_pinpoints[1] == std::vector<int64_t>{64, 32});
+  CHECK_THAT(config_to_yaml(any), Catch::Contains("grid_pinpoints"));
+  CHECK(load_config(p, {"model.vision.anyres.max_tiles=4"}).model.vision.anyres.enabled());
+  CHECK_THAT(error_of(p, {"model.vision.image_size=32",
+                          "model.vision.anyres.grid_pinpoints=[[32,64],[48,32]]"}),
+             Catch::Contains("model.vision.anyres.grid_pinpoints[1]: must be [height, width], "
+                             "multiples of image_size (32)"));
+  CHECK_THAT(error_of(p, {"model.vision.anyres.grid_pinpoints=[[32]]"}),
+             Catch::Contains("model.vision.anyres.grid_pinpoints[0]"));
+  CHECK_THAT(error_of(p, {"model.vision.anyres.grid_pinpoints=[[a,b]]"}),
+             Catch::Contains("model.vision.anyres.grid_pinpoints[0][0]"));
+  CHECK_THAT(error_of(p, {"model.vision.anyres.max_tiles=65"}),
+             Catch::Contains("model.vision.anyres.max_tiles"));
   CHECK(!c.model.connector.value_positions);  // Qwen-VL's resampler: positions on the keys only
   CHECK(load_config(p, {"model.connector.value_positions=true"}).model.connector.value_positions);
   CHECK_THAT(error_of(p, {"model.connector.value_positions=sometimes"}),

@@ -180,3 +180,37 @@ TEST_CASE("image_header_size: the size in PNG, JPEG, WebP, BMP and PNM headers, 
   CHECK_THROWS_WITH(ImageTransform::decode(dir / "huge.png"),
                     Catch::Contains("its header says 4043309077x4278190080"));
 }
+
+TEST_CASE("image parity: AnyRes tiles match LLaVA-NeXT's processor (PIL) within 1/255 per pixel") {
+  TempDir dir;
+  const std::vector<Resolution> pinpoints = {{64, 128}, {128, 64}, {128, 128}, {192, 64}, {64, 192}};
+  const std::string json = "[[64,128],[128,64],[128,128],[192,64],[64,192]]";
+  for (const char* file : {"chelsea.png", "coffee.png", "astronaut.png", "camera.png"}) {
+    ImageConfig ic;
+    ImageTransform t(ic, 64, pinpoints);
+    REQUIRE(t.anyres());
+    const auto size = image_file_size(kImages / file);
+    const auto ours = t.load_anyres(kImages / file, size);
+    const auto [rows, cols] = anyres_grid_shape(size, pinpoints, 64);
+    REQUIRE(ours.sizes() == torch::IntArrayRef({1 + rows * cols, 3, 64, 64}));
+    const auto out = dir / "anyres.bin";
+    const std::string cmd = "/usr/bin/python3 " + std::string(MLLM_SOURCE_DIR) +
+                            "/tests/reference/image_reference.py " + (kImages / file).string() +
+                            " 64 anyres " + out.string() + " '" + json + "' 2>&1";
+    REQUIRE(std::system(cmd.c_str()) == 0);
+    const std::string bytes = test::read_text(out);
+    REQUIRE(bytes.size() == static_cast<size_t>(ours.numel()) * sizeof(float));
+    const auto ref =
+        torch::from_blob(const_cast<char*>(bytes.data()), ours.sizes(), torch::kFloat).clone();
+    for (int64_t k = 0; k < ours.size(0); ++k) {
+      const auto diff = (to_pixels(ours[k], ic) - to_pixels(ref[k], ic)).abs();
+      INFO(file << " crop " << k << ": mean |diff| " << diff.mean().item<double>() * 255
+                << "/255, max " << diff.max().item<double>() * 255 << "/255");
+      CHECK(diff.mean().item<double>() < 1.0 / 255);
+    }
+  }
+  // The header's size is what the file decodes to; a file that decodes to another is named.
+  CHECK_THROWS_WITH(ImageTransform(ImageConfig(), 64, pinpoints)
+                        .load_anyres(kImages / "chelsea.png", {10, 10}),
+                    Catch::Contains("chelsea.png: its header says 10x10 but it decodes to 451x300"));
+}

@@ -4,6 +4,8 @@
 // sources weighted 3:1 draws them 3:1 and resumes exactly.
 #include <catch2/catch.hpp>
 
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
 #include <opencv2/videoio.hpp>
 
 #include <cmath>
@@ -97,6 +99,89 @@ TEST_CASE("visual records: several images and video per record train from the CL
     }
   CHECK(steps == 3);    // 21 records / 7 per step
   CHECK(dropped == 1);  // the broken clip, counted
+}
+
+TEST_CASE("AnyRes: images of several sizes train from the CLI; final/ is llava_next and generates") {
+  TempDir dir("mllm-anyres");
+  const auto data = dir / "shapes";
+  REQUIRE(mllm::test::run_mllm("data shapes --out " + data.string() +
+                               " --seed 5 --train 12 --val 2 --image-size 32")
+              .code == 0);
+  const auto images = data / "images";
+  // Wide, tall and large versions of the scenes: their token counts differ with their sizes.
+  const std::vector<cv::Size> shapes = {{64, 32}, {32, 80}, {64, 64}, {40, 30}};
+  auto convo = [](const std::string& human, const std::string& reply) {
+    return nlohmann::json::array(
+        {{{"from", "human"}, {"value", human}}, {{"from", "gpt"}, {"value", reply}}});
+  };
+  nlohmann::json recs = nlohmann::json::array();
+  for (int i = 0; i < 8; ++i) {
+    const cv::Mat scene =
+        cv::imread((images / ("train/00000" + std::to_string(i) + ".png")).string());
+    REQUIRE(!scene.empty());
+    cv::Mat big;
+    cv::resize(scene, big, shapes[static_cast<size_t>(i) % shapes.size()]);
+    const std::string name = "big" + std::to_string(i) + ".png";
+    REQUIRE(cv::imwrite((images / name).string(), big));
+    recs.push_back({{"id", "one" + std::to_string(i)},
+                    {"image", name},
+                    {"conversations", convo("<image>\nwhat is shown ?", "shapes .")}});
+  }
+  recs.push_back({{"id", "two"},
+                  {"image", {"big0.png", "big1.png"}},
+                  {"conversations", convo("<image> <image> which is wider ?", "the first .")}});
+  recs.push_back({{"id", "broken"},
+                  {"image", "nothing.png"},
+                  {"conversations", convo("<image>\nwhat ?", "no .")}});
+  write_text(images / "nothing.png", "not an image");
+  write_text(dir / "anyres.json", recs.dump());
+  const std::string d = data.string();
+  const auto out = dir / "run";
+  const std::string args =
+      "--config " + std::string(MLLM_SOURCE_DIR) + "/configs/shapes/stage2_instruct.yaml" +
+      " --set run.output_dir=" + out.string() +
+      " --set run.threads=1 --set train.init_from= --set model.llm.pretrained=" +
+      " --set model.vision.pretrained= --set model.tokenizer=" + d + "/tokenizer.json" +
+      " --set data.train.path=" + (dir / "anyres.json").string() +
+      " --set data.train.image_root=" + images.string() + " --set data.eval.path=" +
+      " --set data.eval.image_root=" + images.string() + " --set data.image.size=32" +
+      " --set model.vision.image_size=32 --set model.vision.hidden=32 --set model.vision.layers=1" +
+      " --set model.vision.intermediate=64 --set model.connector.type=mlp2x_gelu" +
+      " --set model.vision.anyres.grid_pinpoints=[[32,64],[64,32],[64,64]]" +
+      " --set data.max_length=256 --set data.on_bad_record=skip" +
+      " --set train.batch_size=3 --set train.epochs=1 --set train.log_every=1" +
+      " --set 'train.trainable=[\"multi_modal_projector.*\"]'" +
+      " --set train.save_every=0 --set eval.tasks=[]";
+  const auto check = mllm::test::run_mllm("data check " + args);
+  INFO(check.output);
+  REQUIRE(check.code == 0);
+  CHECK_THAT(check.output, Catch::Contains("per crop, AnyRes"));
+  const auto r = mllm::test::run_mllm("train " + args);
+  INFO(r.output);
+  REQUIRE(r.code == 0);
+  // The unreadable image is a bad record at load (its size is read there), skipped and counted.
+  CHECK_THAT(r.output, Catch::Contains("nothing.png"));
+  int steps = 0;
+  for (const auto& rec : read_jsonl(out / "metrics.jsonl"))
+    if (rec.contains("loss") && !rec.contains("eval_loss")) {
+      ++steps;
+      CHECK(std::isfinite(rec["loss"].get<double>()));
+    }
+  CHECK(steps == 3);  // 9 good records / 3 per step
+  // image_newline trained with the connector; final/ is a LlavaNext folder.
+  CHECK_THAT(r.output, Catch::Contains("image_newline"));
+  const auto config =
+      nlohmann::json::parse(mllm::test::read_text(out / "final" / "config.json"));
+  CHECK(config["model_type"] == "llava_next");
+  CHECK(config["image_grid_pinpoints"].size() == 3);
+  const auto pre =
+      nlohmann::json::parse(mllm::test::read_text(out / "final" / "preprocessor_config.json"));
+  CHECK(pre["image_processor_type"] == "LlavaNextImageProcessor");
+  const auto g = mllm::test::run_mllm("generate --checkpoint " + out.string() + " --image " +
+                                      (images / "big1.png").string() +
+                                      " --prompt 'what is shown ?' --max-new-tokens 3");
+  INFO(g.output);
+  CHECK(g.code == 0);
 }
 
 TEST_CASE("data mixture: two sources weighted 3:1 train 3:1 from the CLI and resume exactly") {
