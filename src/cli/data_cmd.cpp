@@ -32,6 +32,11 @@ Action add_data_command(CLI::App& app) {
                    "How far a shape may sit off its cell's centre, 0 (centred) to 1 (anywhere "
                    "in its cell)")
       ->capture_default_str();
+  shapes
+      ->add_option("--visual", args->options.visual,
+                   "Visual-question records (high resolution, two images, motion) in the train "
+                   "split; -1: train / 8")
+      ->capture_default_str();
   auto* check = data->add_subcommand("check",
                                      "Stream the datasets of a recipe and report records, images, "
                                      "lengths and bad records, without training");

@@ -665,6 +665,7 @@ void describe(Binder& b, EvalTaskConfig& c) {
             return v.empty() ? "needs at least one metric" : "";
           }));
   b.section("generation", c.generation);
+  b.value("base_resolution", c.base_resolution);
 }
 
 void describe(Binder& b, EvalConfig& c) {

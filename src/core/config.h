@@ -296,6 +296,9 @@ struct EvalTaskConfig {
   std::string template_name;       // YAML key: template; empty = the model's own
   std::vector<std::string> metrics = {"exact"};  // eval/metrics.h names
   GenerationConfig generation;
+  // true: each image at the encoder's base resolution only (one crop), even for a model with
+  // AnyRes (model.vision.anyres) — what the model reads without its high-resolution tiles.
+  bool base_resolution = false;
 };
 
 // `mllm eval` tasks, and the same tasks run during training at every evaluation (train.eval_every)

@@ -71,6 +71,11 @@ const char* const kConversationWords[] = {
     "questions", "s",       "to",       "user",
 };
 
+// The words of the visual questions (high resolution, two images, motion), added after the rest:
+// appended to the vocabulary rather than sorted in, so that ids of the words before stay as they
+// were and models trained on an earlier tokenizer.json read this one.
+const char* const kVisualWords[] = {"does", "first", "has", "more", "move", "second", "way", "which"};
+
 // ---- Scene phrases ------------------------------------------------------------------------------
 
 // "at the top left" / "in the center".
@@ -489,6 +494,118 @@ Split generate_split(const fs::path& out_dir, const std::string& name, uint64_t 
   return split;
 }
 
+// The visual questions of issue "high resolution, several images and video": per index, in
+// turn, a high-resolution scene, a pair of scenes, and a clip.
+//   hires      a 2S x 2S image whose one quadrant is an S x S scene of one small shape: "what
+//              shape is in the image?" The shape is half its usual size once the image is
+//              downscaled to the encoder's S, legible only when AnyRes cuts it into S x S tiles.
+//   two_image  two scenes with different shape counts: "which image has more shapes?" (the
+//              first / the second).
+//   motion     three frames of one shape crossing the grid along a row or a column: "which way
+//              does the <colour> <kind> move?" (to the left / right / top / bottom).
+// Records are LLaVA JSON ("image" a list for two_image, "video" a list of frames for motion);
+// questions are qa_json with the same fields and the type as "type".
+struct VisualSplit {
+  Json records = Json::array(), questions = Json::array();
+};
+
+VisualSplit generate_visual(const fs::path& out_dir, const std::string& name, uint64_t seed,
+                            int64_t count, const ShapesWorldOptions& options,
+                            const VocabularyCheck& check) {
+  Rng rng(seed);
+  VisualSplit out;
+  const std::string dir = "visual_" + name;
+  fs::create_directories(out_dir / "images" / dir);
+  const int S = options.image_size;
+  auto write_png = [&](const std::string& rel, const cv::Mat& img) {
+    const fs::path png = out_dir / "images" / rel;
+    if (!cv::imwrite(png.string(), img)) throw Error(png.string() + ": cannot write image");
+  };
+  auto one_shape = [&](int size) {
+    Scene scene;
+    scene.background = static_cast<int>(rng.uniform_int(0, kBackgrounds - 1));
+    ShapeSpec s;
+    s.kind = static_cast<int>(rng.uniform_int(0, kShapeKinds - 1));
+    s.colour = static_cast<int>(rng.uniform_int(0, kShapeColours - 1));
+    s.size = size < 0 ? static_cast<int>(rng.uniform_int(0, kShapeSizes - 1)) : size;
+    s.cell = static_cast<int>(rng.uniform_int(0, kGridCells - 1));
+    s.jitter_x = (rng.uniform() * 2.0 - 1.0) * options.jitter;
+    s.jitter_y = (rng.uniform() * 2.0 - 1.0) * options.jitter;
+    scene.shapes.push_back(s);
+    return scene;
+  };
+  for (int64_t i = 0; i < count; ++i) {
+    const std::string id = "visual-" + name + "-" + zero_padded(i);
+    const std::string stem = dir + "/" + zero_padded(i);
+    std::string type, question, answer;
+    Json visual;  // "image" or "video" and its value
+    const char* key = "image";
+    switch (i % 3) {
+      case 0: {
+        const Scene scene = one_shape(0);
+        const cv::Vec3b bg = background_bgr(scene.background);
+        cv::Mat big(2 * S, 2 * S, CV_8UC3, cv::Scalar(bg[0], bg[1], bg[2]));
+        const int q = static_cast<int>(rng.uniform_int(0, 3));
+        render_scene(scene, S).copyTo(big(cv::Rect((q % 2) * S, (q / 2) * S, S, S)));
+        write_png(stem + "-hires.png", big);
+        type = "hires";
+        question = "what shape is in the image?";
+        answer = std::string("a ") + kKindNames[scene.shapes[0].kind] + ".";
+        visual = stem + "-hires.png";
+        break;
+      }
+      case 1: {
+        Scene a = sample_scene(rng, options.jitter), b;
+        do b = sample_scene(rng, options.jitter);
+        while (b.shapes.size() == a.shapes.size());
+        write_png(stem + "-a.png", render_scene(a, S));
+        write_png(stem + "-b.png", render_scene(b, S));
+        type = "two_image";
+        question = "which image has more shapes?";
+        answer = a.shapes.size() > b.shapes.size() ? "the first." : "the second.";
+        visual = Json::array({stem + "-a.png", stem + "-b.png"});
+        break;
+      }
+      default: {
+        Scene scene = one_shape(-1);
+        ShapeSpec& s = scene.shapes[0];
+        s.jitter_x = s.jitter_y = 0;
+        const int direction = static_cast<int>(rng.uniform_int(0, 3));  // left right top bottom
+        const int line = static_cast<int>(rng.uniform_int(0, 2));
+        visual = Json::array();
+        for (int f = 0; f < 3; ++f) {
+          const int step = direction == 0 || direction == 2 ? 2 - f : f;
+          s.cell = direction < 2 ? line * 3 + step : step * 3 + line;
+          const std::string frame = stem + "-f" + std::to_string(f) + ".png";
+          write_png(frame, render_scene(scene, S));
+          visual.push_back(frame);
+        }
+        static const char* const kWays[] = {"left", "right", "top", "bottom"};
+        type = "motion";
+        key = "video";
+        question = "which way does the " + colour_kind(s) + " move?";
+        answer = std::string("to the ") + kWays[direction] + ".";
+        break;
+      }
+    }
+    check(question);
+    check(answer);
+    const std::string tags = type == "two_image" ? "<image>\n<image>\n" : "<image>\n";
+    out.records.push_back(Json{{"id", id},
+                               {key, visual},
+                               {"conversations", Json::array({turn("human", tags + question),
+                                                              turn("gpt", answer)})}});
+    std::string bare = answer;
+    bare.pop_back();  // the period
+    out.questions.push_back(Json{{"id", id},
+                                 {key, visual},
+                                 {"question", tags + question},
+                                 {"answers", Json::array({bare})},
+                                 {"type", type}});
+  }
+  return out;
+}
+
 void write_json(const fs::path& path, const Json& j) {
   write_file_atomic(path, j.dump(1) + "\n");
 }
@@ -628,6 +745,7 @@ std::vector<std::string> shapes_world_vocabulary() {
   words.insert(words.end(), std::begin(kCellWords), std::end(kCellWords));
   words.insert(words.end(), std::begin(kConversationWords), std::end(kConversationWords));
   std::sort(words.begin(), words.end());  // no dedup: a duplicate is a bug the tests catch
+  words.insert(words.end(), std::begin(kVisualWords), std::end(kVisualWords));
   return words;
 }
 
@@ -688,6 +806,18 @@ ShapesWorldSummary generate_shapes_world(const fs::path& out_dir,
   write_split("train", train);
   write_split("val", val);
   write_json(out_dir / "questions_val.json", val.questions);
+  // The visual questions: streams of their own, after the splits' seeds (nothing above changes).
+  const int64_t visual_train = options.visual >= 0 ? options.visual : options.train / 8;
+  const int64_t visual_val =
+      options.visual >= 0 ? std::min<int64_t>(options.visual, options.val) : options.val;
+  const uint64_t visual_train_seed = seeder.next_u64(), visual_val_seed = seeder.next_u64();
+  const VisualSplit vtrain =
+      generate_visual(out_dir, "train", visual_train_seed, visual_train, options, check);
+  const VisualSplit vval =
+      generate_visual(out_dir, "val", visual_val_seed, visual_val, options, check);
+  write_json(out_dir / "visual_train.json", vtrain.records);
+  write_json(out_dir / "visual_val.json", vval.records);
+  write_json(out_dir / "questions_visual_val.json", vval.questions);
   write_file_atomic(out_dir / "tokenizer.json", shapes_world_tokenizer_json());
 
   ShapesWorldSummary summary;
@@ -704,6 +834,7 @@ ShapesWorldSummary generate_shapes_world(const fs::path& out_dir,
                                          {"val_images", summary.val_images},
                                          {"instruct_records", summary.instruct_records},
                                          {"preference_records", summary.preference_records},
+                                         {"visual_records", visual_train + visual_val},
                                          {"vocab_size", 5 + shapes_world_vocabulary().size()}});
   return summary;
 }

@@ -69,8 +69,9 @@ std::string scene_caption(const Scene& scene);
 // "top left : large red circle , bottom right : small blue star".
 std::string scene_description(const Scene& scene);
 
-// Every word and punctuation token the generator can emit (split by \w+|[^\w\s]+), sorted by
-// std::string order, special tokens excluded. Independent of seed and counts.
+// Every word and punctuation token the generator can emit (split by \w+|[^\w\s]+), special tokens
+// excluded: sorted by std::string order, then the words the visual questions added (appended, so
+// earlier ids stay). Independent of seed and counts.
 std::vector<std::string> shapes_world_vocabulary();
 
 // A Hugging Face tokenizer.json: WordLevel over <pad> <s> </s> <unk> <image> (ids 0-4) followed by
@@ -90,6 +91,9 @@ struct ShapesWorldOptions {
   // demo's encoder reads the kind of 0.75 of held-out shapes at full jitter, 0.97 at 0.25, 1.0
   // at 0 (72 px, patch 8, 6 epochs on 4000 images).
   double jitter = 0.25;
+  // Visual-question records (high resolution, two images, motion; visual_*.json) in the train
+  // split; -1: train / 8 (and as many as val in the val split).
+  int64_t visual = -1;
 };
 
 struct ShapesWorldSummary {
@@ -115,6 +119,11 @@ struct ShapesWorldSummary {
 //   questions_val.json   evaluation questions (qa_json, eval/evaluate.h): per val image one of
 //                        each type color, shape, size, count, position, what_at (open answers),
 //                        choice (a/b/c) and exists twice, a present and an absent object (POPE)
+//   visual_{train,val}.json, questions_visual_val.json   the visual questions, in turn a
+//                        high-resolution scene ("hires": one small shape in a quadrant of a 2S x 2S
+//                        image, legible at AnyRes), two scenes ("two_image": which has more
+//                        shapes?) and a three-frame clip ("motion": which way does it move?);
+//                        images under images/visual_{train,val}/
 //   tokenizer.json, info.json
 // Train and val use independent seeds derived from options.seed, so the val set does not change
 // with --train; the questions use a stream of their own, so they change no other file. Throws

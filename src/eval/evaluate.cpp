@@ -103,14 +103,43 @@ std::vector<EvalItem> load_eval_items(const EvalTaskConfig& task) {
       item.reference.id = item.id;
       item.reference.category = string_field(rec, rec.contains("type") ? "type" : "category");
       if (!types.empty() && !types.count(item.reference.category)) return true;
-      const std::string image = string_field(rec, "image");
-      if (!image.empty()) {
-        item.image = image_under_root(task.image_root, image, false, "the task's image_root");
-        if (!fs::is_regular_file(item.image))
-          throw Error("image not found: " + item.image.string());
-        item.prompt = move_image_to_front(item.prompt, "<image>");
-        if (item.reference.group.empty()) item.reference.group = image;
-      } else if (item.prompt.find("<image>") != std::string::npos) {
+      // "image": a path or a list of them (a tag each); "video": a list of frames (one tag).
+      auto file = [&](const Json& v, const char* what) {
+        if (!v.is_string() || v.get<std::string>().empty())
+          throw Error(std::string("\"") + what + "\" must be a path or a list of paths");
+        const fs::path p =
+            image_under_root(task.image_root, v.get<std::string>(), false, "the task's image_root");
+        if (!fs::is_regular_file(p)) throw Error("image not found: " + p.string());
+        return p;
+      };
+      if (rec.contains("video") && !rec["video"].is_null()) {
+        if (!rec["video"].is_array() || rec["video"].empty())
+          throw Error("\"video\" must be a list of frame files (eval reads frames, not clips)");
+        std::vector<fs::path> frames;
+        for (const auto& f : rec["video"]) frames.push_back(file(f, "video"));
+        item.visuals.push_back(std::move(frames));
+        item.video.push_back(true);
+      } else if (rec.contains("image") && rec["image"].is_array()) {
+        for (const auto& f : rec["image"]) item.visuals.push_back({file(f, "image")});
+        item.video.assign(item.visuals.size(), false);
+      } else if (!string_field(rec, "image").empty()) {
+        item.visuals.push_back({file(rec["image"], "image")});
+        item.video.push_back(false);
+      }
+      size_t tags = 0;
+      for (size_t at = 0; (at = item.prompt.find("<image>", at)) != std::string::npos; at += 7)
+        ++tags;
+      if (!item.visuals.empty()) {
+        item.image = item.visuals.front().front();
+        if (item.visuals.size() == 1) item.prompt = move_image_to_front(item.prompt, "<image>");
+        if (item.reference.group.empty())
+          item.reference.group = rec["image"].is_string() ? rec["image"].get<std::string>()
+                                                          : item.image.string();
+        if (tags != item.visuals.size())
+          throw Error("the prompt has " + std::to_string(tags) + " <image> tags for " +
+                      std::to_string(item.visuals.size()) +
+                      " images (a video counts as one)");
+      } else if (tags > 0) {
         throw Error("the prompt has <image> but the record has no \"image\"");
       }
       items.push_back(std::move(item));
@@ -124,6 +153,25 @@ std::vector<EvalItem> load_eval_items(const EvalTaskConfig& task) {
     throw Error(task.path + ": no records for eval task '" + task.name + "'" +
                 (types.empty() ? "" : " of the types it keeps"));
   return items;
+}
+
+std::vector<int64_t> prompt_ids(const Tokenizer& tok, const std::string& template_name,
+                                const std::string& human, const std::vector<int64_t>& image_tokens) {
+  const std::string text =
+      render_template(template_name, {{"human", human}}, template_tokens(tok)).text;
+  std::vector<int64_t> ids;
+  size_t tag = 0;
+  for (int64_t id : tok.encode(text)) {
+    if (id != tok.image_id()) {
+      ids.push_back(id);
+      continue;
+    }
+    if (tag >= image_tokens.size())
+      throw Error("[prompt] more <image> tags than images (" +
+                  std::to_string(image_tokens.size()) + ")");
+    ids.insert(ids.end(), static_cast<size_t>(image_tokens[tag++]), id);
+  }
+  return ids;
 }
 
 std::vector<int64_t> prompt_ids(const Tokenizer& tok, const std::string& template_name,
@@ -141,16 +189,16 @@ std::vector<int64_t> prompt_ids(const Tokenizer& tok, const std::string& templat
 }
 
 PromptImage load_prompt_image(const MultimodalModelImpl& model, const ImageTransform& transform,
-                              const std::filesystem::path& path) {
+                              const std::filesystem::path& path, bool base_resolution) {
   PromptImage p;
   const ImageTokens counts = model.image_token_counts();
-  if (counts.anyres()) {
+  if (counts.anyres() && !base_resolution) {
     p.size = image_file_size(path);
     p.crops = transform.load_anyres(path, p.size);
   } else {
     p.crops = transform.load(path).unsqueeze(0);
   }
-  p.tokens = counts.of_image(p.size);
+  p.tokens = p.size.first > 0 ? counts.of_image(p.size) : counts.per_image;
   return p;
 }
 
@@ -245,26 +293,31 @@ TaskResult run_task(const EvalTaskConfig& task, const EvalModel& m, int64_t batc
                 task.name + "' uses images)");
   const GenerationOptions options = generation_options(task.generation, tok);
   const auto decode = [&](const std::vector<int64_t>& t) { return tok.decode(t); };
-  const ImageTokens counts = m.model.image_token_counts();
-
   for (size_t b = 0; b < r.items.size(); b += static_cast<size_t>(batch_size)) {
     const size_t e = std::min(r.items.size(), b + static_cast<size_t>(batch_size));
     std::vector<std::vector<int64_t>> prompts;
     std::vector<PromptImage> images;
     for (size_t i = b; i < e; ++i) {
       const EvalItem& item = r.items[i];
-      const bool with_image = use_images && !item.image.empty();
+      const bool with_image = use_images && !item.visuals.empty();
       std::string human = item.prompt;
       if (!with_image) {  // the text template (or no image): the question alone
-        const auto at = human.find("<image>");
-        if (at != std::string::npos) human = trim(human.erase(at, 7));
+        for (size_t at; (at = human.find("<image>")) != std::string::npos;) human.erase(at, 7);
+        human = trim(human);
       }
-      int64_t image_tokens = counts.per_image;
+      std::vector<int64_t> tag_tokens;  // per <image> tag: its images' tokens
       if (with_image) {
-        images.push_back(load_prompt_image(m.model, m.transform, item.image));
-        image_tokens = images.back().tokens;
+        for (size_t v = 0; v < item.visuals.size(); ++v) {
+          int64_t n = 0;
+          for (const auto& f : item.visuals[v]) {
+            images.push_back(
+                load_prompt_image(m.model, m.transform, f, task.base_resolution || item.video[v]));
+            n += images.back().tokens;
+          }
+          tag_tokens.push_back(n);
+        }
       }
-      prompts.push_back(prompt_ids(tok, r.template_name, human, image_tokens));
+      prompts.push_back(prompt_ids(tok, r.template_name, human, tag_tokens));
     }
     const ImageBatch pixels = prompt_image_batch(images);
     const auto g = generate(m.model, prompts, pixels, options, decode);

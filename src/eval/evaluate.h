@@ -41,7 +41,11 @@ namespace mllm::eval {
 
 struct EvalItem {
   std::string id;
-  std::filesystem::path image;  // empty: a text-only prompt
+  std::filesystem::path image;  // the first image (empty: a text-only prompt)
+  // Per <image> tag, in order: its files — one image, or a video's frames ("image": [a, b] gives
+  // two tags of one file; "video": [f0, f1, ...] one tag of every frame).
+  std::vector<std::vector<std::filesystem::path>> visuals;
+  std::vector<bool> video;  // per tag: a video's frames (each one crop, as training takes them)
   std::string prompt;           // the human turn ("<image>\n..." when there is an image)
   Reference reference;
 };
@@ -54,6 +58,9 @@ std::vector<EvalItem> load_eval_items(const EvalTaskConfig& task);
 // the assistant's generation prompt, with each <image> expanded to `image_tokens` placeholder ids.
 std::vector<int64_t> prompt_ids(const Tokenizer& tok, const std::string& template_name,
                                 const std::string& human, int64_t image_tokens);
+// As above, the i-th <image> expanded to image_tokens[i] ids (a tag without a count: an Error).
+std::vector<int64_t> prompt_ids(const Tokenizer& tok, const std::string& template_name,
+                                const std::string& human, const std::vector<int64_t>& image_tokens);
 
 // One prompt image as the model takes it: its crops (1, or with AnyRes the base image and the
 // tiles), its (height, width) for AnyRes ((0,0) otherwise) and the placeholders it takes.
@@ -62,8 +69,10 @@ struct PromptImage {
   Resolution size{0, 0};
   int64_t tokens = 0;
 };
+// `base_resolution`: one crop even when the model has AnyRes (video frames; eval tasks with
+// base_resolution: true).
 PromptImage load_prompt_image(const MultimodalModelImpl& model, const ImageTransform& transform,
-                              const std::filesystem::path& path);
+                              const std::filesystem::path& path, bool base_resolution = false);
 // The prompt images of a batch, in order, as generate() takes them.
 ImageBatch prompt_image_batch(const std::vector<PromptImage>& images);
 

@@ -186,6 +186,27 @@ std::vector<CardRow> report_card(const fs::path& dir) {
        ">= 0.8",
        {}},
       [](double v, double) { return v >= 0.8; });
+
+  // Stage 2 continued on the visual questions (stage2_visual.yaml, eval_visual.yaml), when run.
+  const fs::path s2v = dir / "stage2v";
+  if (fs::exists(s2v)) {
+    const Json rv = results(s2v);
+    const auto above_chance = [](double v, double b) { return v > b; };
+    const auto task_row = [&](const char* task, const std::string& figure, bool judged) {
+      add({"2v",
+           figure,
+           score(rv, task, "scores", "exact", "accuracy"),
+           score(rv, task, "chance", "exact", "accuracy"),
+           "chance",
+           judged ? "above chance" : "",
+           {}},
+          judged ? +above_chance : nullptr);
+    };
+    task_row("hires", "shape of a small object in a 144-px image, AnyRes tiles", true);
+    task_row("hires_base", "the same, the 72-px base image only", false);
+    task_row("two_image", "which of two images has more shapes", true);
+    task_row("motion", "which way a shape moves, 3 frames", true);
+  }
   return rows;
 }
 

@@ -13,7 +13,7 @@
 namespace mllm::eval {
 
 struct CardRow {
-  std::string stage;   // "encoder", "0".."3"
+  std::string stage;   // "encoder", "0".."3", "2v" (the visual questions, when run)
   std::string figure;  // what is measured, held out
   std::optional<double> value, baseline;
   std::string baseline_name;  // "chance", "stage 0 (text only)", ...

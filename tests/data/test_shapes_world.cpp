@@ -1,6 +1,7 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <array>
 #include <cctype>
 #include <cmath>
 #include <map>
@@ -73,8 +74,10 @@ TEST_CASE("shapes world: the same seed gives byte-identical files, another seed 
   make(dir / "b", 5, 12, 4);
   make(dir / "c", 6, 12, 4);
   const auto a = all_files(dir / "a"), b = all_files(dir / "b");
-  // images, 10 record files, questions_val.json, tokenizer.json, info.json
-  REQUIRE(a.size() == 12 + 4 + 10 + 1 + 2);
+  // images, visual-question images (train: 12 / 8 = 1 hires; val: 4 = a hires, a pair, a
+  // three-frame clip, a hires), 10 record files, 3 visual-question files, questions_val.json,
+  // tokenizer.json, info.json
+  REQUIRE(a.size() == 12 + 4 + 1 + 7 + 10 + 3 + 1 + 2);
   REQUIRE(a.size() == b.size());
   for (const auto& [name, bytes] : a) {
     INFO(name);
@@ -272,7 +275,9 @@ TEST_CASE("shapes world: every generated word is in the vocabulary; tokenizer id
   const auto vocab = shapes_world_vocabulary();
   const std::set<std::string> known(vocab.begin(), vocab.end());
   CHECK(known.size() == vocab.size());  // no duplicates
-  CHECK(std::is_sorted(vocab.begin(), vocab.end()));
+  // Sorted, but for the visual questions' words appended at the end (earlier ids stay).
+  CHECK(std::is_sorted(vocab.begin(), vocab.end() - 8));
+  CHECK(vocab.back() == "which");
   CHECK(vocab.size() + 5 <= 120);
 
   std::set<std::string> used;
@@ -447,4 +452,59 @@ TEST_CASE("shapes world: bad options throw errors naming the option") {
   CHECK_THROWS_WITH(generate_shapes_world(dir.path(), o), Catch::StartsWith("shapes: --val"));
   CHECK_THROWS_AS(generate_shapes_world(dir.path(), o), Error);
   CHECK(fs::is_empty(dir.path()));  // validated before anything is written
+}
+
+TEST_CASE("shapes world: visual questions: a small shape in a quadrant, two scenes, a moving shape") {
+  TempDir dir("shapes-visual");
+  make(dir.path(), 7, 48, 6);  // 6 train records, 6 val
+  const auto records = load(dir / "visual_train.json");
+  REQUIRE(records.size() == 6);
+  const auto questions = load(dir / "questions_visual_val.json");
+  REQUIRE(questions.size() == 6);
+  CHECK(questions[0]["type"] == "hires");
+  CHECK(questions[1]["type"] == "two_image");
+  CHECK(questions[2]["type"] == "motion");
+  const fs::path images = dir / "images";
+  // Centroid of the pixels that differ from the corner's (background) colour.
+  auto centroid = [](const cv::Mat& img) {
+    const cv::Vec3b bg = img.at<cv::Vec3b>(0, 0);
+    double x = 0, y = 0, n = 0;
+    for (int r = 0; r < img.rows; ++r)
+      for (int c = 0; c < img.cols; ++c)
+        if (cv::norm(img.at<cv::Vec3b>(r, c), bg, cv::NORM_L1) > 60) x += c, y += r, ++n;
+    return std::array<double, 3>{x / std::max(n, 1.0), y / std::max(n, 1.0), n};
+  };
+  for (size_t i = 0; i < records.size(); ++i) {
+    const auto& r = records[i];
+    const std::string human = r["conversations"][0]["value"];
+    const std::string answer = r["conversations"][1]["value"];
+    INFO(r.dump());
+    if (i % 3 == 0) {
+      const cv::Mat big = cv::imread((images / r["image"].get<std::string>()).string());
+      REQUIRE(big.rows == 64);
+      REQUIRE(big.cols == 64);
+      // The shape lies in one quadrant, and is small there.
+      int quadrants = 0;
+      for (int q = 0; q < 4; ++q)
+        if (centroid(big(cv::Rect((q % 2) * 32, (q / 2) * 32, 32, 32)).clone())[2] > 0)
+          ++quadrants;
+      CHECK(quadrants == 1);
+      CHECK(centroid(big)[2] < 32 * 32 / 9);
+      CHECK(human == "<image>\nwhat shape is in the image?");
+    } else if (i % 3 == 1) {
+      REQUIRE(r["image"].size() == 2);
+      CHECK(human == "<image>\n<image>\nwhich image has more shapes?");
+      CHECK((answer == "the first." || answer == "the second."));
+    } else {
+      REQUIRE(r["video"].size() == 3);
+      std::vector<std::array<double, 3>> c;
+      for (const auto& f : r["video"])
+        c.push_back(centroid(cv::imread((images / f.get<std::string>()).string())));
+      const double dx = c[2][0] - c[0][0], dy = c[2][1] - c[0][1];
+      const std::string way = std::abs(dx) > std::abs(dy) ? (dx > 0 ? "right" : "left")
+                                                          : (dy > 0 ? "bottom" : "top");
+      CHECK(answer == "to the " + way + ".");
+      CHECK(human.rfind("<image>\nwhich way does the ", 0) == 0);
+    }
+  }
 }
