@@ -146,9 +146,10 @@ void check_source(const std::string& key, const DataSourceConfig& source, DataCo
     return static_cast<long long>(
         lengths[static_cast<size_t>(p * static_cast<double>(lengths.size() - 1))]);
   };
-  std::printf("  tokens per sample: p50 %lld, p90 %lld, p99 %lld, max %lld (image = %lld tokens%s)\n",
-              pct(0.5), pct(0.9), pct(0.99), static_cast<long long>(lengths.back()),
-              static_cast<long long>(Q.per_image), Q.anyres() ? " per crop, AnyRes" : "");
+  std::printf(
+      "  tokens per sample: p50 %lld, p90 %lld, p99 %lld, max %lld (image = %lld tokens%s)\n",
+      pct(0.5), pct(0.9), pct(0.99), static_cast<long long>(lengths.back()),
+      static_cast<long long>(Q.per_image), Q.anyres() ? " per crop, AnyRes" : "");
 }
 
 }  // namespace
@@ -158,10 +159,10 @@ int run_data_check(const std::string& config_path, const std::vector<std::string
   const auto tok = load_tokenizer(c.model.tokenizer);
   // Tokens per image come from the connector (built alone: small even for real models).
   const int64_t P = ClipVisionModelImpl(c.model.vision).num_feature_tokens();
-  const int64_t per_image = make_connector({c.model.vision.hidden, c.model.llm.hidden, P,
-                                            c.model.connector, c.model.llm.layers,
-                                            c.model.llm.heads})
-                                ->output_tokens();
+  const int64_t per_image =
+      make_connector({c.model.vision.hidden, c.model.llm.hidden, P, c.model.connector,
+                      c.model.llm.layers, c.model.llm.heads})
+          ->output_tokens();
   const ImageTokens Q(per_image, anyres_pinpoints(c.model.vision.anyres, c.model.vision.image_size),
                       c.model.vision.image_size);
   std::printf("tokenizer %s: %lld ids; template %s\n", c.model.tokenizer.c_str(),

@@ -90,6 +90,24 @@ int inspect_config(const std::string& path, const std::vector<std::string>& over
       "connector %s: %lld visual tokens per image%s\n", m.connector.type.c_str(),
       static_cast<long long>(model->image_tokens()),
       model->connector->feature_level() ? " (one placeholder; features enter the LLM)" : "");
+  if (const auto& pins = model->anyres_pinpoints(); !pins.empty()) {
+    // A 4:3 photo at the largest pinpoint's width, as an example of what AnyRes makes of one.
+    int64_t w = 0;
+    for (const auto& p : pins) w = std::max(w, p.second);
+    const ImageTokens counts = model->image_token_counts();
+    std::printf(
+        "anyres: %zu pinpoints, %lld-px tiles; per image the base crop and up to %lld tiles (a "
+        "%lldx%lld image: %lld tokens)\n",
+        pins.size(), static_cast<long long>(m.vision.image_size), static_cast<long long>([&] {
+          int64_t most = 0;
+          for (const auto& p : pins)
+            most =
+                std::max(most, (p.first / m.vision.image_size) * (p.second / m.vision.image_size));
+          return most;
+        }()),
+        static_cast<long long>(w), static_cast<long long>(w * 3 / 4),
+        static_cast<long long>(counts.of_image({w * 3 / 4, w})));
+  }
   std::printf(
       "vision %dx%d px, patch %lld -> %lld features of width %lld; LLM %s, %lld layers, "
       "hidden %lld%s\n",
@@ -166,7 +184,7 @@ int export_model(const std::string& from, const std::string& out_dir) {
   }
   write_llava_folder(out, *model, extras);
   std::printf("exported %s -> %s (%s)\n", src.string().c_str(), out.string().c_str(),
-              !llava_hf_compatible(m)       ? "mllm_llava layout"
+              !llava_hf_compatible(m)     ? "mllm_llava layout"
               : m.vision.anyres.enabled() ? "LlavaNextForConditionalGeneration"
                                           : "LlavaForConditionalGeneration");
   return 0;

@@ -479,7 +479,6 @@ void describe(Binder& b, VisionConfig& c) {
   b.section("anyres", c.anyres);
 }
 
-
 void describe(Binder& b, ClipTextConfig& c) {
   b.value("hidden", c.hidden, at_least(1));
   b.value("layers", c.layers, at_least(1));
@@ -967,8 +966,8 @@ ArchitectureProblem check_architecture(const VisionConfig& v) {
                       p[1] % v.image_size == 0 && p[0] / v.image_size * (p[1] / v.image_size) <= 64;
     if (!fits)
       return {"anyres.grid_pinpoints[" + std::to_string(i) + "]",
-              "must be [height, width], multiples of image_size (" +
-                  std::to_string(v.image_size) + ") making at most 64 tiles"};
+              "must be [height, width], multiples of image_size (" + std::to_string(v.image_size) +
+                  ") making at most 64 tiles"};
   }
   return {};
 }

@@ -9,9 +9,9 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
-#include <tuple>
 #include <functional>
 #include <nlohmann/json.hpp>
+#include <tuple>
 
 #include "core/error.h"
 #include "data/chat_template.h"
@@ -590,8 +590,8 @@ std::optional<std::vector<Sample>> ConversationDataset::try_item(size_t i) const
 }
 
 PreferenceDataset::PreferenceDataset(const DataSourceConfig& source, const DataConfig& data,
-                                     const Tokenizer& tokenizer,
-                                     const ImageTokens& image_tokens, const std::string& key) {
+                                     const Tokenizer& tokenizer, const ImageTokens& image_tokens,
+                                     const std::string& key) {
   Context ctx(source, data, tokenizer, key, loaded_);
   tokenizer_ = std::make_unique<RecordTokenizer>(source, data, tokenizer, image_tokens);
   const std::string& tag = ctx.tt.image;

@@ -190,7 +190,8 @@ class ConversationDataset : public SampleSource {
   // `key` names the config section ("data.train") for error messages. The tokenizer must outlive
   // the dataset.
   ConversationDataset(const DataSourceConfig& source, const DataConfig& data,
-                      const Tokenizer& tokenizer, const ImageTokens& image_tokens, const std::string& key);
+                      const Tokenizer& tokenizer, const ImageTokens& image_tokens,
+                      const std::string& key);
 
   size_t size() const override { return records_.size(); }
   // Sample i, tokenized now (thread-safe). A bad record throws an Error naming it.
@@ -225,7 +226,8 @@ struct PreferenceSample {
 class PreferenceDataset : public SampleSource {
  public:
   PreferenceDataset(const DataSourceConfig& source, const DataConfig& data,
-                    const Tokenizer& tokenizer, const ImageTokens& image_tokens, const std::string& key);
+                    const Tokenizer& tokenizer, const ImageTokens& image_tokens,
+                    const std::string& key);
 
   size_t size() const override { return pairs_.size(); }
   int64_t length_hint(size_t i) const override;

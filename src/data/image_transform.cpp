@@ -122,9 +122,10 @@ torch::Tensor ImageTransform::anyres(const cv::Mat& bgr) const {
   const int64_t w = bgr.cols, h = bgr.rows;
   const auto [th, tw] = select_best_resolution({h, w}, pinpoints_);
   if (config_.max_pixels > 0 && std::max(h * w, th * tw) > config_.max_pixels)
-    throw Error(fmt::format("cannot transform image ({}x{} at AnyRes {}x{}, over "
-                            "data.image.max_pixels = {})",
-                            w, h, tw, th, config_.max_pixels));
+    throw Error(
+        fmt::format("cannot transform image ({}x{} at AnyRes {}x{}, over "
+                    "data.image.max_pixels = {})",
+                    w, h, tw, th, config_.max_pixels));
   const double scale_w = static_cast<double>(tw) / static_cast<double>(w);
   const double scale_h = static_cast<double>(th) / static_cast<double>(h);
   int64_t nw = tw, nh = th;
@@ -132,15 +133,17 @@ torch::Tensor ImageTransform::anyres(const cv::Mat& bgr) const {
     nh = std::min(static_cast<int64_t>(std::ceil(static_cast<double>(h) * scale_w)), th);
   else
     nw = std::min(static_cast<int64_t>(std::ceil(static_cast<double>(w) * scale_h)), tw);
-  const cv::Mat resized =
-      nw == w && nh == h ? bgr : resize_bicubic_pil(bgr, static_cast<int>(nw), static_cast<int>(nh));
+  const cv::Mat resized = nw == w && nh == h
+                              ? bgr
+                              : resize_bicubic_pil(bgr, static_cast<int>(nw), static_cast<int>(nh));
   cv::Mat canvas(static_cast<int>(th), static_cast<int>(tw), bgr.type(), cv::Scalar(0, 0, 0));
   resized.copyTo(canvas(cv::Rect(static_cast<int>((tw - nw) / 2), static_cast<int>((th - nh) / 2),
                                  static_cast<int>(nw), static_cast<int>(nh))));
   std::vector<torch::Tensor> crops;
   crops.push_back(normalize(w == S && h == S ? bgr : resize_bicubic_pil(bgr, S, S)));
   for (int y = 0; y + S <= th; y += S)
-    for (int x = 0; x + S <= tw; x += S) crops.push_back(normalize(canvas(cv::Rect(x, y, S, S)).clone()));
+    for (int x = 0; x + S <= tw; x += S)
+      crops.push_back(normalize(canvas(cv::Rect(x, y, S, S)).clone()));
   return torch::stack(crops);
 }
 

@@ -74,7 +74,8 @@ const char* const kConversationWords[] = {
 // The words of the visual questions (high resolution, two images, motion), added after the rest:
 // appended to the vocabulary rather than sorted in, so that ids of the words before stay as they
 // were and models trained on an earlier tokenizer.json read this one.
-const char* const kVisualWords[] = {"does", "first", "has", "more", "move", "second", "way", "which"};
+const char* const kVisualWords[] = {"does", "first",  "has", "more",
+                                    "move", "second", "way", "which"};
 
 // ---- Scene phrases ------------------------------------------------------------------------------
 
@@ -591,10 +592,10 @@ VisualSplit generate_visual(const fs::path& out_dir, const std::string& name, ui
     check(question);
     check(answer);
     const std::string tags = type == "two_image" ? "<image>\n<image>\n" : "<image>\n";
-    out.records.push_back(Json{{"id", id},
-                               {key, visual},
-                               {"conversations", Json::array({turn("human", tags + question),
-                                                              turn("gpt", answer)})}});
+    out.records.push_back(Json{
+        {"id", id},
+        {key, visual},
+        {"conversations", Json::array({turn("human", tags + question), turn("gpt", answer)})}});
     std::string bare = answer;
     bare.pop_back();  // the period
     out.questions.push_back(Json{{"id", id},

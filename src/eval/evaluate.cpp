@@ -131,14 +131,19 @@ std::vector<EvalItem> load_eval_items(const EvalTaskConfig& task) {
         ++tags;
       if (!item.visuals.empty()) {
         item.image = item.visuals.front().front();
-        if (item.visuals.size() == 1) item.prompt = move_image_to_front(item.prompt, "<image>");
+        // One image: its tag first, added when the question has none (as LLaVA's model_vqa
+        // prepends it to every question).
+        if (item.visuals.size() == 1) {
+          item.prompt =
+              tags == 0 ? "<image>\n" + item.prompt : move_image_to_front(item.prompt, "<image>");
+          tags = 1;
+        }
         if (item.reference.group.empty())
-          item.reference.group = rec["image"].is_string() ? rec["image"].get<std::string>()
-                                                          : item.image.string();
+          item.reference.group =
+              rec["image"].is_string() ? rec["image"].get<std::string>() : item.image.string();
         if (tags != item.visuals.size())
           throw Error("the prompt has " + std::to_string(tags) + " <image> tags for " +
-                      std::to_string(item.visuals.size()) +
-                      " images (a video counts as one)");
+                      std::to_string(item.visuals.size()) + " images (a video counts as one)");
       } else if (tags > 0) {
         throw Error("the prompt has <image> but the record has no \"image\"");
       }
@@ -156,7 +161,8 @@ std::vector<EvalItem> load_eval_items(const EvalTaskConfig& task) {
 }
 
 std::vector<int64_t> prompt_ids(const Tokenizer& tok, const std::string& template_name,
-                                const std::string& human, const std::vector<int64_t>& image_tokens) {
+                                const std::string& human,
+                                const std::vector<int64_t>& image_tokens) {
   const std::string text =
       render_template(template_name, {{"human", human}}, template_tokens(tok)).text;
   std::vector<int64_t> ids;
@@ -167,8 +173,8 @@ std::vector<int64_t> prompt_ids(const Tokenizer& tok, const std::string& templat
       continue;
     }
     if (tag >= image_tokens.size())
-      throw Error("[prompt] more <image> tags than images (" +
-                  std::to_string(image_tokens.size()) + ")");
+      throw Error("[prompt] more <image> tags than images (" + std::to_string(image_tokens.size()) +
+                  ")");
     ids.insert(ids.end(), static_cast<size_t>(image_tokens[tag++]), id);
   }
   return ids;

@@ -46,7 +46,7 @@ struct EvalItem {
   // two tags of one file; "video": [f0, f1, ...] one tag of every frame).
   std::vector<std::vector<std::filesystem::path>> visuals;
   std::vector<bool> video;  // per tag: a video's frames (each one crop, as training takes them)
-  std::string prompt;           // the human turn ("<image>\n..." when there is an image)
+  std::string prompt;       // the human turn ("<image>\n..." when there is an image)
   Reference reference;
 };
 

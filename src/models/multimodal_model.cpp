@@ -64,12 +64,12 @@ MultimodalModelImpl::MultimodalModelImpl(const ModelConfig& config, int64_t imag
                         " connector brings images in inside the LLM; AnyRes needs a token-level "
                         "connector");
     if (const auto problem = anyres_side_problem(connector->output_tokens()); !problem.empty())
-      throw ConfigError("model.vision.anyres: " + problem + " (connector " +
-                        config.connector.type + ")");
+      throw ConfigError("model.vision.anyres: " + problem + " (connector " + config.connector.type +
+                        ")");
     // transformers' LlavaNextModel: randn(hidden) / sqrt(hidden).
     const auto C = config.llm.hidden;
-    image_newline = register_parameter(
-        "image_newline", torch::randn({C}) / std::sqrt(static_cast<double>(C)));
+    image_newline =
+        register_parameter("image_newline", torch::randn({C}) / std::sqrt(static_cast<double>(C)));
   }
 }
 
@@ -81,7 +81,8 @@ torch::Tensor MultimodalModelImpl::image_tokens_of(const torch::Tensor& tokens,
                                                    const ImageLayout& layout) {
   if (!layout.sizes.defined()) return pool_image_tokens(tokens, layout.pool);
   if (pinpoints_.empty())
-    throw Error("[MultimodalModel] the batch has AnyRes image sizes but model.vision.anyres is off");
+    throw Error(
+        "[MultimodalModel] the batch has AnyRes image sizes but model.vision.anyres is off");
   const auto sizes = layout.sizes.to(torch::kCPU).contiguous();
   const auto sz = sizes.accessor<int64_t, 2>();
   const int64_t N = sizes.size(0), C = tokens.size(2);
@@ -104,7 +105,8 @@ torch::Tensor MultimodalModelImpl::image_tokens_of(const torch::Tensor& tokens,
                   std::to_string(h) + ") needs " + std::to_string(1 + rows * cols) +
                   " crops; the batch has " + std::to_string(tokens.size(0) - at) + " left");
     const auto base = tokens[at];  // (Q,C)
-    // (rows*cols,Q,C) -> (C, rows*side, cols*side): tile (r,c)'s patch (y,x) at (r*side+y, c*side+x).
+    // (rows*cols,Q,C) -> (C, rows*side, cols*side): tile (r,c)'s patch (y,x) at (r*side+y,
+    // c*side+x).
     auto grid = tokens.slice(0, at + 1, at + 1 + rows * cols)
                     .reshape({rows, cols, side, side, C})
                     .permute({4, 0, 2, 1, 3})

@@ -43,8 +43,7 @@ class MultimodalModelImpl : public torch::nn::Module {
   // (data/collator.h).
   torch::Tensor forward(const torch::Tensor& input_ids, const torch::Tensor& pixel_values,
                         const torch::Tensor& attention_mask = {},
-                        const torch::Tensor& position_ids = {},
-                        const ImageLayout& layout = {});
+                        const torch::Tensor& position_ids = {}, const ImageLayout& layout = {});
 
   // The LLM's input for a batch: its embeddings (images spliced in for a token-level connector)
   // and, for a feature-level one, the hook that brings the images in at each layer (empty

@@ -38,10 +38,11 @@ torch::Tensor response_logps_from_hidden(MultimodalModelImpl& model, const torch
 }
 
 torch::Tensor sequence_logps(MultimodalModelImpl& model, const Batch& batch, bool average) {
-  return response_logps_from_hidden(model,
-                                    model.forward(batch.input_ids, batch.pixel_values,
-                                                  batch.attention_mask, {}, ImageLayout{batch.image_pool, batch.image_sizes}),
-                                    batch.labels, average);
+  return response_logps_from_hidden(
+      model,
+      model.forward(batch.input_ids, batch.pixel_values, batch.attention_mask, {},
+                    ImageLayout{batch.image_pool, batch.image_sizes}),
+      batch.labels, average);
 }
 
 namespace {

@@ -265,10 +265,9 @@ void write_final(const fs::path& out, MultimodalModelImpl& model, const Config& 
   extras.tokenizer = config.model.tokenizer;
   extras.tokenizer_config =
       tokenizer_config_json(tokenizer, config.model.llm.max_position, config.data.template_name);
-  extras.preprocessor_config =
-      preprocessor_config_json(config.data.image, config.model.vision.image_size,
-                               anyres_pinpoints(config.model.vision.anyres,
-                                                config.model.vision.image_size));
+  extras.preprocessor_config = preprocessor_config_json(
+      config.data.image, config.model.vision.image_size,
+      anyres_pinpoints(config.model.vision.anyres, config.model.vision.image_size));
   if (stage.write_final)
     stage.write_final(out / "final", model, config, tokenizer, extras);
   else

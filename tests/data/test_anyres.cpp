@@ -7,8 +7,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "core/error.h"
 #include "core/anyres.h"
+#include "core/error.h"
 #include "test_util.h"
 
 using namespace mllm;
@@ -35,7 +35,8 @@ TEST_CASE("anyres: best resolution, tile grid and image tokens as LLaVA-NeXT's p
   CHECK_THROWS_AS(select_best_resolution({0, 10}, {{336, 336}}), Error);
 }
 
-TEST_CASE("anyres: max_tiles pinpoints; ImageTokens counts as the processor, plain counts convert") {
+TEST_CASE(
+    "anyres: max_tiles pinpoints; ImageTokens counts as the processor, plain counts convert") {
   AnyResConfig c;
   c.max_tiles = 4;
   const auto p = anyres_pinpoints(c, 336);
@@ -48,7 +49,8 @@ TEST_CASE("anyres: max_tiles pinpoints; ImageTokens counts as the processor, pla
   CHECK_FALSE(plain.anyres());
   CHECK(plain.of_image({480, 640}) == 576);
   CHECK(plain.crops({480, 640}) == 1);
-  const std::vector<Resolution> v16 = {{336, 672}, {672, 336}, {672, 672}, {1008, 336}, {336, 1008}};
+  const std::vector<Resolution> v16 = {
+      {336, 672}, {672, 336}, {672, 672}, {1008, 336}, {336, 1008}};
   const ImageTokens next(576, v16, 336);
   CHECK(next.side() == 24);
   CHECK(next.of_image({480, 640}) == anyres_image_tokens({480, 640}, v16, 336, 14));

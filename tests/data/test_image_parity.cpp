@@ -183,7 +183,8 @@ TEST_CASE("image_header_size: the size in PNG, JPEG, WebP, BMP and PNM headers, 
 
 TEST_CASE("image parity: AnyRes tiles match LLaVA-NeXT's processor (PIL) within 1/255 per pixel") {
   TempDir dir;
-  const std::vector<Resolution> pinpoints = {{64, 128}, {128, 64}, {128, 128}, {192, 64}, {64, 192}};
+  const std::vector<Resolution> pinpoints = {
+      {64, 128}, {128, 64}, {128, 128}, {192, 64}, {64, 192}};
   const std::string json = "[[64,128],[128,64],[128,128],[192,64],[64,192]]";
   for (const char* file : {"chelsea.png", "coffee.png", "astronaut.png", "camera.png"}) {
     ImageConfig ic;
@@ -210,7 +211,7 @@ TEST_CASE("image parity: AnyRes tiles match LLaVA-NeXT's processor (PIL) within 
     }
   }
   // The header's size is what the file decodes to; a file that decodes to another is named.
-  CHECK_THROWS_WITH(ImageTransform(ImageConfig(), 64, pinpoints)
-                        .load_anyres(kImages / "chelsea.png", {10, 10}),
-                    Catch::Contains("chelsea.png: its header says 10x10 but it decodes to 451x300"));
+  CHECK_THROWS_WITH(
+      ImageTransform(ImageConfig(), 64, pinpoints).load_anyres(kImages / "chelsea.png", {10, 10}),
+      Catch::Contains("chelsea.png: its header says 10x10 but it decodes to 451x300"));
 }

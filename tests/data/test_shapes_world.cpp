@@ -314,6 +314,13 @@ TEST_CASE("shapes world: every generated word is in the vocabulary; tokenizer id
       check_text(r["rejected"]);
     }
   }
+  for (const char* split : {"train", "val"})
+    for (const auto& r : load(dir / (std::string("visual_") + split + ".json")))
+      for (const auto& t : r["conversations"]) {
+        std::string text = t["value"];
+        for (size_t at; (at = text.find("<image>")) != std::string::npos;) text.replace(at, 7, " ");
+        check_text(text);
+      }
   // The list is not padded with words the generator never says.
   CHECK(used.size() == known.size());
 
@@ -454,7 +461,8 @@ TEST_CASE("shapes world: bad options throw errors naming the option") {
   CHECK(fs::is_empty(dir.path()));  // validated before anything is written
 }
 
-TEST_CASE("shapes world: visual questions: a small shape in a quadrant, two scenes, a moving shape") {
+TEST_CASE(
+    "shapes world: visual questions: a small shape in a quadrant, two scenes, a moving shape") {
   TempDir dir("shapes-visual");
   make(dir.path(), 7, 48, 6);  // 6 train records, 6 val
   const auto records = load(dir / "visual_train.json");
@@ -486,8 +494,7 @@ TEST_CASE("shapes world: visual questions: a small shape in a quadrant, two scen
       // The shape lies in one quadrant, and is small there.
       int quadrants = 0;
       for (int q = 0; q < 4; ++q)
-        if (centroid(big(cv::Rect((q % 2) * 32, (q / 2) * 32, 32, 32)).clone())[2] > 0)
-          ++quadrants;
+        if (centroid(big(cv::Rect((q % 2) * 32, (q / 2) * 32, 32, 32)).clone())[2] > 0) ++quadrants;
       CHECK(quadrants == 1);
       CHECK(centroid(big)[2] < 32 * 32 / 9);
       CHECK(human == "<image>\nwhat shape is in the image?");
@@ -501,8 +508,8 @@ TEST_CASE("shapes world: visual questions: a small shape in a quadrant, two scen
       for (const auto& f : r["video"])
         c.push_back(centroid(cv::imread((images / f.get<std::string>()).string())));
       const double dx = c[2][0] - c[0][0], dy = c[2][1] - c[0][1];
-      const std::string way = std::abs(dx) > std::abs(dy) ? (dx > 0 ? "right" : "left")
-                                                          : (dy > 0 ? "bottom" : "top");
+      const std::string way =
+          std::abs(dx) > std::abs(dy) ? (dx > 0 ? "right" : "left") : (dy > 0 ? "bottom" : "top");
       CHECK(answer == "to the " + way + ".");
       CHECK(human.rfind("<image>\nwhich way does the ", 0) == 0);
     }

@@ -167,3 +167,59 @@ TEST_CASE("eval prior: every item of a type gets the type's most frequent answer
   CHECK(s["by_category"]["what_at"]["accuracy"].get<double>() == Approx(0.75));
   CHECK(s["by_category"]["color"]["accuracy"].get<double>() == Approx(0.5));
 }
+
+TEST_CASE("eval items and tasks: several images, frame lists, AnyRes and its base resolution") {
+  TempDir data("mllm-eval-visual");
+  test::make_shapes(data.path(), 2, 6);
+  auto task = qa_task(data, {});
+  task.path = (data / "questions_visual_val.json").string();
+  const auto items = eval::load_eval_items(task);
+  REQUIRE(items.size() == 6);
+  // hires, two_image, motion in turn.
+  CHECK(items[0].visuals.size() == 1);
+  CHECK_FALSE(items[0].video[0]);
+  REQUIRE(items[1].visuals.size() == 2);
+  CHECK(items[1].prompt == "<image>\n<image>\nwhich image has more shapes?");
+  CHECK(items[1].image == items[1].visuals[0][0]);
+  REQUIRE(items[2].visuals.size() == 1);
+  CHECK(items[2].visuals[0].size() == 3);  // the clip's frames under one tag
+  CHECK(items[2].video[0]);
+
+  // Bad records: tags and images disagree; a clip file instead of frames.
+  auto t = task;
+  t.format = "qa_jsonl";
+  t.path = (data / "q.jsonl").string();
+  auto bad = [&](const std::string& text) {
+    test::write_text(data / "q.jsonl", text);
+    return error_of(t);
+  };
+  CHECK_THAT(bad(R"({"id": "a", "image": ["val/000000.png", "val/000001.png"],)"
+                 R"( "question": "<image> which?", "answer": "x"})"),
+             Catch::Contains("(id \"a\"): the prompt has 1 <image> tags for 2 images"));
+  CHECK_THAT(bad(R"({"id": "v", "video": "clip.mp4", "question": "<image> q?", "answer": "x"})"),
+             Catch::Contains("\"video\" must be a list of frame files"));
+
+  // A model with AnyRes answers them, the same whatever the batching; base_resolution too.
+  Config c = test::tiny_config(data.path(), data / "run");
+  c.model.vision.anyres.grid_pinpoints = {{32, 32}, {64, 64}};
+  const auto tok = load_tokenizer(c.model.tokenizer);
+  torch::manual_seed(0);
+  MultimodalModel model = build_model(c, tok->vocabulary());
+  const ImageTransform transform(c.data.image, 32, model->anyres_pinpoints());
+  const eval::EvalModel m{*model, *tok, transform, "vicuna_v1"};
+  const auto one = eval::run_task(task, m, 1, true, 0);
+  const auto three = eval::run_task(task, m, 4, true, 0);
+  REQUIRE(one.n == 6);
+  for (size_t i = 0; i < one.predictions.size(); ++i)
+    CHECK(one.predictions[i].text == three.predictions[i].text);
+  task.base_resolution = true;
+  CHECK(eval::run_task(task, m, 4, false, 0).n == 6);
+
+  // Each tag its own count; a tag beyond the counts is an error.
+  const auto ids =
+      eval::prompt_ids(*tok, "vicuna_v1", "<image>\n<image>\nq?", std::vector<int64_t>{5, 7});
+  CHECK(std::count(ids.begin(), ids.end(), tok->image_id()) == 12);
+  CHECK_THROWS_WITH(
+      eval::prompt_ids(*tok, "vicuna_v1", "<image>\n<image>\nq?", std::vector<int64_t>{5}),
+      Catch::Contains("more <image> tags than images"));
+}

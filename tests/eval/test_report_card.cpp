@@ -108,6 +108,26 @@ TEST_CASE("report card: each stage's held-out figure next to its baseline and ta
   CHECK_THAT(md, Catch::Contains("chance (prior 0.400) | >= 0.7 |"));
   CHECK_THAT(md, Catch::Contains("| 2 | answers, shape | - | - | >= 2x chance (or 0.9) |"));
   CHECK_THAT(md, Catch::Contains("targets met: 6 of 12"));
+  // Without a stage2v run, no rows of it.
+  for (const auto& r : rows) CHECK(r.stage != "2v");
+
+  // Stage 2v: the visual questions against chance; the base-resolution row is shown, not judged.
+  auto task = [](const char* name, double value, double chance) {
+    return std::string("\"") + name + R"(": {"scores": {"exact": {"accuracy": )" +
+           std::to_string(value) + R"(}}, "chance": {"exact": {"accuracy": )" +
+           std::to_string(chance) + "}}}";
+  };
+  write_text(d / "stage2v/eval/results.json",
+             "{\"tasks\": {" + task("hires", 0.9, 0.2) + ", " + task("hires_base", 0.25, 0.2) +
+                 ", " + task("two_image", 0.45, 0.5) + ", " + task("motion", 1.0, 0.25) + "}}");
+  const auto with_2v = eval::report_card(d);
+  CHECK(*row(with_2v, "2v", "AnyRes").met);
+  CHECK(*row(with_2v, "2v", "AnyRes").baseline == Approx(0.2));
+  CHECK(*row(with_2v, "2v", "base image only").value == Approx(0.25));
+  CHECK_FALSE(row(with_2v, "2v", "base image only").met.has_value());
+  CHECK_FALSE(*row(with_2v, "2v", "two images").met);  // 0.45 is not above 0.5
+  CHECK(*row(with_2v, "2v", "moves").met);
+  CHECK_THAT(eval::report_card_markdown(with_2v), Catch::Contains("targets met: 8 of 15"));
 }
 
 TEST_CASE("report card: missing runs give empty rows; a malformed line names file and line") {

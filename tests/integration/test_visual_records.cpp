@@ -101,7 +101,8 @@ TEST_CASE("visual records: several images and video per record train from the CL
   CHECK(dropped == 1);  // the broken clip, counted
 }
 
-TEST_CASE("AnyRes: images of several sizes train from the CLI; final/ is llava_next and generates") {
+TEST_CASE(
+    "AnyRes: images of several sizes train from the CLI; final/ is llava_next and generates") {
   TempDir dir("mllm-anyres");
   const auto data = dir / "shapes";
   REQUIRE(mllm::test::run_mllm("data shapes --out " + data.string() +
@@ -143,8 +144,9 @@ TEST_CASE("AnyRes: images of several sizes train from the CLI; final/ is llava_n
       " --set run.threads=1 --set train.init_from= --set model.llm.pretrained=" +
       " --set model.vision.pretrained= --set model.tokenizer=" + d + "/tokenizer.json" +
       " --set data.train.path=" + (dir / "anyres.json").string() +
-      " --set data.train.image_root=" + images.string() + " --set data.eval.path=" +
-      " --set data.eval.image_root=" + images.string() + " --set data.image.size=32" +
+      " --set data.train.image_root=" + images.string() +
+      " --set data.eval.path=" + " --set data.eval.image_root=" + images.string() +
+      " --set data.image.size=32" +
       " --set model.vision.image_size=32 --set model.vision.hidden=32 --set model.vision.layers=1" +
       " --set model.vision.intermediate=64 --set model.connector.type=mlp2x_gelu" +
       " --set model.vision.anyres.grid_pinpoints=[[32,64],[64,32],[64,64]]" +
@@ -170,8 +172,7 @@ TEST_CASE("AnyRes: images of several sizes train from the CLI; final/ is llava_n
   CHECK(steps == 3);  // 9 good records / 3 per step
   // image_newline trained with the connector; final/ is a LlavaNext folder.
   CHECK_THAT(r.output, Catch::Contains("image_newline"));
-  const auto config =
-      nlohmann::json::parse(mllm::test::read_text(out / "final" / "config.json"));
+  const auto config = nlohmann::json::parse(mllm::test::read_text(out / "final" / "config.json"));
   CHECK(config["model_type"] == "llava_next");
   CHECK(config["image_grid_pinpoints"].size() == 3);
   const auto pre =

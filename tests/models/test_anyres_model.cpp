@@ -109,8 +109,7 @@ TEST_CASE("anyres model: image_newline is trained by what reaches it; connectors
   ids.insert(ids.end(), static_cast<size_t>(n2), 3);
   ids.push_back(6);
   const auto input = torch::tensor(ids, torch::kLong).unsqueeze(0);
-  const auto pixels =
-      torch::randn({counts.crops({30, 61}) + counts.crops({13, 17}), 3, 8, 8});
+  const auto pixels = torch::randn({counts.crops({30, 61}) + counts.crops({13, 17}), 3, 8, 8});
   ImageLayout layout;
   layout.sizes = torch::tensor({30, 61, 13, 17}, torch::kLong).view({2, 2});
   const auto h = model->forward(input, pixels, {}, {}, layout);

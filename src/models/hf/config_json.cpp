@@ -86,8 +86,8 @@ nlohmann::json llava_config_json(const ModelConfig& m, int64_t image_token_id) {
   // AnyRes: transformers' LlavaNextForConditionalGeneration (image_newline at the top level, as
   // llava-hf's llava-v1.6 checkpoints keep it).
   nlohmann::json out = {
-      {"architectures", {pinpoints.empty() ? "LlavaForConditionalGeneration"
-                                           : "LlavaNextForConditionalGeneration"}},
+      {"architectures",
+       {pinpoints.empty() ? "LlavaForConditionalGeneration" : "LlavaNextForConditionalGeneration"}},
       {"model_type", pinpoints.empty() ? "llava" : "llava_next"},
       {"image_token_index", image_token_id},
       {"projector_hidden_act", "gelu"},
@@ -347,18 +347,18 @@ nlohmann::json preprocessor_config_json(const ImageConfig& image, int64_t vision
                                         const std::vector<Resolution>& pinpoints) {
   const int64_t size = image.side(vision_image_size);
   nlohmann::json out = {{"image_processor_type", "CLIPImageProcessor"},
-          {"do_resize", true},
-          {"size", {{"shortest_edge", size}}},
-          {"do_center_crop", true},
-          {"crop_size", {{"height", size}, {"width", size}}},
-          {"resample", 3},
-          {"do_rescale", true},
-          {"rescale_factor", 1.0 / 255.0},
-          {"do_normalize", true},
-          {"image_mean", image.mean},
-          {"image_std", image.std},
-          {"do_convert_rgb", true},
-          {"mllm_aspect", image.aspect}};
+                        {"do_resize", true},
+                        {"size", {{"shortest_edge", size}}},
+                        {"do_center_crop", true},
+                        {"crop_size", {{"height", size}, {"width", size}}},
+                        {"resample", 3},
+                        {"do_rescale", true},
+                        {"rescale_factor", 1.0 / 255.0},
+                        {"do_normalize", true},
+                        {"image_mean", image.mean},
+                        {"image_std", image.std},
+                        {"do_convert_rgb", true},
+                        {"mllm_aspect", image.aspect}};
   if (!pinpoints.empty()) {
     out["image_processor_type"] = "LlavaNextImageProcessor";
     out["do_pad"] = true;
