@@ -15,7 +15,7 @@
 
 #include "core/error.h"
 #include "data/chat_template.h"
-#include "data/image_transform.h"
+#include "data/image_header.h"
 #include "data/sampler.h"
 
 namespace mllm {

@@ -21,19 +21,12 @@
 
 #include "core/anyres.h"
 #include "core/config.h"
+#include "data/image_header.h"
 
 namespace mllm {
 
 // PIL-style antialiased bicubic resize of an 8-bit image (any channel count), out_w x out_h.
 cv::Mat resize_bicubic_pil(const cv::Mat& src, int out_w, int out_h);
-
-// Width and height read from a PNG, JPEG, WebP, BMP or PNM header without decoding; nullopt for
-// other formats or a header it cannot follow.
-std::optional<std::pair<int64_t, int64_t>> image_header_size(const std::string& bytes);
-
-// (height, width) of an image file: from its header, else by decoding it. Throws Error naming the
-// file when it is missing or cannot be decoded.
-Resolution image_file_size(const std::filesystem::path& path);
 
 class ImageTransform {
  public:
