@@ -455,6 +455,7 @@ void describe(Binder& b, RunConfig& c) {
           }));
   b.value("threads", c.threads, at_least(0));
   b.choice("log_level", c.log_level, {"trace", "debug", "info", "warn", "error"});
+  b.value("tensorboard", c.tensorboard);
   b.section("distributed", c.distributed);
 }
 

@@ -30,6 +30,8 @@ struct RunConfig {
   std::string device = "auto";  // auto | cpu | cuda | cuda:N
   int64_t threads = 0;          // 0 = auto (all cores)
   std::string log_level = "info";
+  // metrics.jsonl's numbers also as TensorBoard event files under <run>/tensorboard/.
+  bool tensorboard = true;
   DistributedConfig distributed;
 };
 

@@ -13,6 +13,7 @@
 #include "core/error.h"
 #include "core/fs.h"
 #include "core/logging.h"
+#include "core/recent_rate.h"
 #include "core/signals.h"
 #include "core/threads.h"
 #include "core/torch_compat.h"
@@ -313,6 +314,8 @@ struct Trainer::Impl {
 
   // The loop's bookkeeping.
   std::optional<Clock::time_point> loop_start;
+  RecentRate step_rate;  // steps per second over the last logged intervals (the ETA)
+  int64_t last_logged_step = 0;
   Clock::time_point interval_start = Clock::now();
   int64_t interval_positions = 0, interval_unpacked = 0;  // padding fractions of the interval
   int64_t interval_tokens = 0, steps_here = 0, tokens_here = 0, bad_in_a_row = 0, last_saved = -1;
@@ -540,7 +543,8 @@ struct Trainer::Impl {
       fs::create_directories(out);
       add_log_file(out / "train.log");
       write_file_atomic(out / "config.yaml", config_to_yaml(config));
-      metrics_sink.emplace(out / "metrics.jsonl");
+      metrics_sink.emplace(out / "metrics.jsonl",
+                           config.run.tensorboard ? out / "tensorboard" : fs::path());
     }
     // Every rank starts from rank 0's weights (parameters and buffers), as DDP does.
     std::vector<torch::Tensor> tensors;
@@ -654,7 +658,10 @@ struct Trainer::Impl {
   }
 
   StepResult step(const std::vector<Batch>& micro) {
-    if (!loop_start) loop_start = Clock::now();
+    if (!loop_start) {
+      loop_start = Clock::now();
+      last_logged_step = state.step;  // a resumed run counts its rate from where it resumed
+    }
     const auto& tc = config.train;
     StepResult r;
     auto t = Clock::now();
@@ -749,8 +756,10 @@ struct Trainer::Impl {
     if (r.step % config.train.log_every != 0 && r.step != total) return;
     const double dt = seconds_since(interval_start);
     const double tps = dt > 0 ? static_cast<double>(interval_tokens) / dt : 0.0;
-    const double eta = seconds_since(*loop_start) / static_cast<double>(steps_here) *
-                       static_cast<double>(total - r.step);
+    // From the last few logged intervals (core/recent_rate.h), not the run's average.
+    step_rate.observe(dt, r.step - last_logged_step);
+    last_logged_step = r.step;
+    const double eta = step_rate.eta(total - r.step);
     const double data_wait = dt > 0 ? interval_wait / dt : 0.0;
     const auto stats = train_data->stats();
     nlohmann::json record = {{"step", r.step},
