@@ -11,6 +11,7 @@
 #include "cli/commands.h"
 #include "core/config.h"
 #include "core/error.h"
+#include "core/progress.h"
 #include "data/collator.h"
 #include "data/datasets.h"
 #include "data/image_transform.h"
@@ -76,7 +77,9 @@ void check_source(const std::string& key, const DataSourceConfig& source, DataCo
   int64_t text_only = 0;
   int64_t tokens = 0;
   auto t0 = std::chrono::steady_clock::now();
+  Progress progress(key + ": tokenizing", static_cast<int64_t>(ds->size()), "records");
   for (size_t i = 0; i < ds->size(); ++i) {
+    progress.update(static_cast<int64_t>(i));
     const auto item = ds->try_item(i);
     if (!item) continue;
     for (const Sample& sample : *item) {
@@ -91,6 +94,7 @@ void check_source(const std::string& key, const DataSourceConfig& source, DataCo
     }
     if (item->front().visuals.empty()) ++text_only;
   }
+  progress.finish();
   const double tok_s = seconds_since(t0);
   const DatasetStats st = ds->stats();
   std::printf("%s: %s\n", key.c_str(), source.path.c_str());

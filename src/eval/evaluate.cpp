@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "core/fs.h"
+#include "core/progress.h"
 #include "core/rng.h"
 #include "core/strings.h"
 #include "data/chat_template.h"
@@ -299,7 +300,9 @@ TaskResult run_task(const EvalTaskConfig& task, const EvalModel& m, int64_t batc
                 task.name + "' uses images)");
   const GenerationOptions options = generation_options(task.generation, tok);
   const auto decode = [&](const std::vector<int64_t>& t) { return tok.decode(t); };
+  Progress progress("eval " + task.name, r.n, "items");
   for (size_t b = 0; b < r.items.size(); b += static_cast<size_t>(batch_size)) {
+    progress.update(static_cast<int64_t>(b));
     const size_t e = std::min(r.items.size(), b + static_cast<size_t>(batch_size));
     std::vector<std::vector<int64_t>> prompts;
     std::vector<PromptImage> images;
@@ -336,6 +339,7 @@ TaskResult run_task(const EvalTaskConfig& task, const EvalModel& m, int64_t batc
       r.predictions.push_back({r.items[i].id, trim(text)});
     }
   }
+  progress.finish();
   std::vector<Reference> refs;
   for (const auto& item : r.items) refs.push_back(item.reference);
   const bool baselines = chance && r.items.size() > 1;
