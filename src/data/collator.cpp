@@ -49,15 +49,15 @@ Batch collate(const std::vector<const Sample*>& samples, const ImageTransform& t
     std::vector<int64_t> pools, sizes;
     try {
       for (const Visual& v : s->visuals) {
+        const bool anyres = v.kind == Visual::Kind::image && transform.anyres();
         if (v.kind == Visual::Kind::video_file) {
           const auto frames = transform.load_video(v.files.at(0), v.frames);
           for (int64_t f = 0; f < frames.size(0); ++f) images.push_back(frames.slice(0, f, f + 1));
-        } else if (v.kind == Visual::Kind::image && transform.anyres()) {
+        } else if (anyres) {
           images.push_back(transform.load_anyres(v.files.at(0), {v.height, v.width}));
         } else {
           for (const auto& file : v.files) images.push_back(transform.load(file).unsqueeze(0));
         }
-        const bool anyres = v.kind == Visual::Kind::image && transform.anyres();
         pools.resize(images.size(), v.video() ? v.pool : 1);
         sizes.resize(2 * images.size(), 0);
         if (anyres) sizes.end()[-2] = v.height, sizes.end()[-1] = v.width;

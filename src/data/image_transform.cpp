@@ -242,10 +242,13 @@ cv::Mat ImageTransform::decode(const std::filesystem::path& path, int64_t max_pi
   return img;
 }
 
-torch::Tensor ImageTransform::load(const std::filesystem::path& path) const {
-  cv::Mat img = decode(path, config_.max_pixels);
+namespace {
+
+// `transform(img)` for an image decoded from `path`, with whatever it throws named by the file.
+template <class F>
+torch::Tensor transformed(const std::filesystem::path& path, const cv::Mat& img, F&& transform) {
   try {
-    return (*this)(img);
+    return transform(img);
   } catch (const Error& e) {
     throw Error(path.string() + ": " + e.what());
   } catch (const cv::Exception& e) {
@@ -256,23 +259,21 @@ torch::Tensor ImageTransform::load(const std::filesystem::path& path) const {
   }
 }
 
+}  // namespace
+
+torch::Tensor ImageTransform::load(const std::filesystem::path& path) const {
+  return transformed(path, decode(path, config_.max_pixels),
+                     [this](const cv::Mat& img) { return (*this)(img); });
+}
+
 torch::Tensor ImageTransform::load_anyres(const std::filesystem::path& path,
                                           Resolution expect) const {
-  cv::Mat img = decode(path, config_.max_pixels);
+  const cv::Mat img = decode(path, config_.max_pixels);
   if (expect.first > 0 && (img.rows != expect.first || img.cols != expect.second))
     throw Error(path.string() + ": its header says " + std::to_string(expect.second) + "x" +
                 std::to_string(expect.first) + " but it decodes to " + std::to_string(img.cols) +
                 "x" + std::to_string(img.rows));
-  try {
-    return anyres(img);
-  } catch (const Error& e) {
-    throw Error(path.string() + ": " + e.what());
-  } catch (const cv::Exception& e) {
-    throw Error(path.string() + ": cannot transform image " + std::to_string(img.cols) + "x" +
-                std::to_string(img.rows) + " (" + e.err + ")");
-  } catch (const std::bad_alloc&) {
-    throw Error(path.string() + ": cannot transform image (out of memory)");
-  }
+  return transformed(path, img, [this](const cv::Mat& m) { return anyres(m); });
 }
 
 torch::Tensor ImageTransform::load_video(const std::filesystem::path& path, int64_t frames) const {

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <functional>
 #include <optional>
 #include <set>
 
@@ -161,38 +162,41 @@ std::vector<EvalItem> load_eval_items(const EvalTaskConfig& task) {
   return items;
 }
 
-std::vector<int64_t> prompt_ids(const Tokenizer& tok, const std::string& template_name,
-                                const std::string& human,
-                                const std::vector<int64_t>& image_tokens) {
+namespace {
+
+// The rendered prompt's ids, the i-th <image> expanded to tokens_of(i) placeholder ids.
+std::vector<int64_t> expand_prompt(const Tokenizer& tok, const std::string& template_name,
+                                   const std::string& human,
+                                   const std::function<int64_t(size_t)>& tokens_of) {
   const std::string text =
       render_template(template_name, {{"human", human}}, template_tokens(tok)).text;
   std::vector<int64_t> ids;
   size_t tag = 0;
   for (int64_t id : tok.encode(text)) {
-    if (id != tok.image_id()) {
-      ids.push_back(id);
-      continue;
-    }
-    if (tag >= image_tokens.size())
-      throw Error("[prompt] more <image> tags than images (" + std::to_string(image_tokens.size()) +
-                  ")");
-    ids.insert(ids.end(), static_cast<size_t>(image_tokens[tag++]), id);
-  }
-  return ids;
-}
-
-std::vector<int64_t> prompt_ids(const Tokenizer& tok, const std::string& template_name,
-                                const std::string& human, int64_t image_tokens) {
-  const std::string text =
-      render_template(template_name, {{"human", human}}, template_tokens(tok)).text;
-  std::vector<int64_t> ids;
-  for (int64_t id : tok.encode(text)) {
     if (id == tok.image_id())
-      ids.insert(ids.end(), static_cast<size_t>(image_tokens), id);
+      ids.insert(ids.end(), static_cast<size_t>(tokens_of(tag++)), id);
     else
       ids.push_back(id);
   }
   return ids;
+}
+
+}  // namespace
+
+std::vector<int64_t> prompt_ids(const Tokenizer& tok, const std::string& template_name,
+                                const std::string& human,
+                                const std::vector<int64_t>& image_tokens) {
+  return expand_prompt(tok, template_name, human, [&](size_t tag) {
+    if (tag >= image_tokens.size())
+      throw Error("[prompt] more <image> tags than images (" + std::to_string(image_tokens.size()) +
+                  ")");
+    return image_tokens[tag];
+  });
+}
+
+std::vector<int64_t> prompt_ids(const Tokenizer& tok, const std::string& template_name,
+                                const std::string& human, int64_t image_tokens) {
+  return expand_prompt(tok, template_name, human, [&](size_t) { return image_tokens; });
 }
 
 PromptImage load_prompt_image(const MultimodalModelImpl& model, const ImageTransform& transform,

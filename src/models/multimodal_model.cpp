@@ -86,7 +86,7 @@ torch::Tensor MultimodalModelImpl::image_tokens_of(const torch::Tensor& tokens,
   const auto sizes = layout.sizes.to(torch::kCPU).contiguous();
   const auto sz = sizes.accessor<int64_t, 2>();
   const int64_t N = sizes.size(0), C = tokens.size(2);
-  const int64_t side = image_token_counts().side();
+  const int64_t side = ImageTokens(image_tokens()).side();
   const int64_t tile = config_.vision.image_size;
   const auto pools = layout.pool.defined() ? layout.pool.to(torch::kCPU).contiguous() : layout.pool;
   std::vector<torch::Tensor> parts;

@@ -20,6 +20,35 @@ using mllm::test::read_jsonl;
 using mllm::test::TempDir;
 using mllm::test::write_text;
 
+namespace {
+
+nlohmann::json convo(const std::string& human, const std::string& reply) {
+  return nlohmann::json::array(
+      {{{"from", "human"}, {"value", human}}, {{"from", "gpt"}, {"value", reply}}});
+}
+
+// The stage-2 recipe over `records` (images under `images`, ShapesWorld's tokenizer in `data`),
+// with 32-pixel images, a one-layer tower, mlp2x_gelu, one epoch, no evaluation; then `extra`.
+std::string stage2_args(const std::filesystem::path& out, const std::filesystem::path& data,
+                        const std::filesystem::path& records, const std::filesystem::path& images,
+                        const std::string& extra) {
+  return "--config " + std::string(MLLM_SOURCE_DIR) + "/configs/shapes/stage2_instruct.yaml" +
+         " --set run.output_dir=" + out.string() +
+         " --set run.threads=1 --set train.init_from= --set model.llm.pretrained=" +
+         " --set model.vision.pretrained= --set model.tokenizer=" + data.string() +
+         "/tokenizer.json --set data.train.path=" + records.string() +
+         " --set data.train.image_root=" + images.string() +
+         " --set data.eval.path=" + " --set data.eval.image_root=" + images.string() +
+         " --set data.image.size=32" +
+         " --set model.vision.image_size=32 --set model.vision.hidden=32" +
+         " --set model.vision.layers=1 --set model.vision.intermediate=64" +
+         " --set model.connector.type=mlp2x_gelu --set data.on_bad_record=skip" +
+         " --set train.epochs=1 --set train.log_every=1 --set train.save_every=0" +
+         " --set eval.tasks=[]" + extra;
+}
+
+}  // namespace
+
 TEST_CASE("visual records: several images and video per record train from the CLI") {
   TempDir dir("mllm-visuals");
   const auto data = dir / "shapes";
@@ -34,10 +63,6 @@ TEST_CASE("visual records: several images and video per record train from the CL
     for (int k = 0; k < 12; ++k) w.write(cv::Mat(32, 32, CV_8UC3, cv::Scalar::all(20 * k)));
   }
   write_text(images / "broken.avi", "not a video");
-  auto convo = [](const std::string& human, const std::string& reply) {
-    return nlohmann::json::array(
-        {{{"from", "human"}, {"value", human}}, {{"from", "gpt"}, {"value", reply}}});
-  };
   nlohmann::json recs = nlohmann::json::array();
   for (int i = 0; i < 4; ++i) {
     const std::string a = "train/00000" + std::to_string(2 * i) + ".png";
@@ -63,22 +88,10 @@ TEST_CASE("visual records: several images and video per record train from the CL
                   {"conversations", convo("<image>\nwhat ?", "no .")}});
   write_text(dir / "mixed.json", recs.dump());
 
-  const std::string d = data.string();
   const auto out = dir / "run";
   const std::string args =
-      "--config " + std::string(MLLM_SOURCE_DIR) + "/configs/shapes/stage2_instruct.yaml" +
-      " --set run.output_dir=" + out.string() +
-      " --set run.threads=1 --set train.init_from= --set model.llm.pretrained=" +
-      " --set model.vision.pretrained= --set model.tokenizer=" + d + "/tokenizer.json" +
-      " --set data.train.path=" + (dir / "mixed.json").string() +
-      " --set data.train.image_root=" + images.string() +
-      " --set data.eval.path=" + " --set data.eval.image_root=" + images.string() +
-      " --set data.image.size=32" +
-      " --set model.vision.image_size=32 --set model.vision.hidden=32 --set model.vision.layers=1" +
-      " --set model.vision.intermediate=64 --set model.connector.type=mlp2x_gelu" +
-      " --set data.video.frames=3 --set data.video.pool=2 --set data.on_bad_record=skip" +
-      " --set train.batch_size=7 --set train.epochs=1 --set train.log_every=1" +
-      " --set train.save_every=0 --set eval.tasks=[]";
+      stage2_args(out, data, dir / "mixed.json", images,
+                  " --set data.video.frames=3 --set data.video.pool=2 --set train.batch_size=7");
 
   const auto check = mllm::test::run_mllm("data check " + args);
   INFO(check.output);
@@ -111,10 +124,6 @@ TEST_CASE(
   const auto images = data / "images";
   // Wide, tall and large versions of the scenes: their token counts differ with their sizes.
   const std::vector<cv::Size> shapes = {{64, 32}, {32, 80}, {64, 64}, {40, 30}};
-  auto convo = [](const std::string& human, const std::string& reply) {
-    return nlohmann::json::array(
-        {{{"from", "human"}, {"value", human}}, {{"from", "gpt"}, {"value", reply}}});
-  };
   nlohmann::json recs = nlohmann::json::array();
   for (int i = 0; i < 8; ++i) {
     const cv::Mat scene =
@@ -136,24 +145,12 @@ TEST_CASE(
                   {"conversations", convo("<image>\nwhat ?", "no .")}});
   write_text(images / "nothing.png", "not an image");
   write_text(dir / "anyres.json", recs.dump());
-  const std::string d = data.string();
   const auto out = dir / "run";
   const std::string args =
-      "--config " + std::string(MLLM_SOURCE_DIR) + "/configs/shapes/stage2_instruct.yaml" +
-      " --set run.output_dir=" + out.string() +
-      " --set run.threads=1 --set train.init_from= --set model.llm.pretrained=" +
-      " --set model.vision.pretrained= --set model.tokenizer=" + d + "/tokenizer.json" +
-      " --set data.train.path=" + (dir / "anyres.json").string() +
-      " --set data.train.image_root=" + images.string() +
-      " --set data.eval.path=" + " --set data.eval.image_root=" + images.string() +
-      " --set data.image.size=32" +
-      " --set model.vision.image_size=32 --set model.vision.hidden=32 --set model.vision.layers=1" +
-      " --set model.vision.intermediate=64 --set model.connector.type=mlp2x_gelu" +
-      " --set model.vision.anyres.grid_pinpoints=[[32,64],[64,32],[64,64]]" +
-      " --set data.max_length=256 --set data.on_bad_record=skip" +
-      " --set train.batch_size=3 --set train.epochs=1 --set train.log_every=1" +
-      " --set 'train.trainable=[\"multi_modal_projector.*\"]'" +
-      " --set train.save_every=0 --set eval.tasks=[]";
+      stage2_args(out, data, dir / "anyres.json", images,
+                  " --set model.vision.anyres.grid_pinpoints=[[32,64],[64,32],[64,64]]"
+                  " --set data.max_length=256 --set train.batch_size=3"
+                  " --set 'train.trainable=[\"multi_modal_projector.*\"]'");
   const auto check = mllm::test::run_mllm("data check " + args);
   INFO(check.output);
   REQUIRE(check.code == 0);

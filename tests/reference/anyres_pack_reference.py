@@ -15,16 +15,7 @@ import math
 import torch
 
 
-def best_resolution(size, pinpoints):  # image_processing_utils.select_best_resolution
-    oh, ow = size
-    best, best_eff, best_waste = None, 0, float("inf")
-    for h, w in pinpoints:
-        s = min(w / ow, h / oh)
-        eff = min(int(ow * s) * int(oh * s), ow * oh)
-        waste = w * h - eff
-        if eff > best_eff or (eff == best_eff and waste < best_waste):
-            best, best_eff, best_waste = (h, w), eff, waste
-    return best
+from anyres_reference import best_resolution  # noqa: E402 (this folder's script)
 
 
 def grid_shape(size, pinpoints, tile):  # get_anyres_image_grid_shape

@@ -51,11 +51,17 @@ CASES = [  # (pinpoints, tile, patch, extra, [(height, width), ...])
     ("shapes", 64, 8, 0, [(64, 64), (96, 128), (128, 96), (200, 60), (60, 200), (128, 128),
                           (150, 151), (33, 65)]),
 ]
-out = []
-for name, tile, patch, extra, sizes in CASES:
-    for size in sizes:
-        best, grid, n = tokens(size, PINPOINT_SETS[name], tile, patch, extra)
-        out.append({"pinpoints": PINPOINT_SETS[name], "tile": tile, "patch": patch, "cls": extra,
-                    "height": size[0], "width": size[1], "best": best, "grid": grid, "tokens": n})
-print(json.dumps({"source": "transformers 81bb907ccf3494b5409b0b745bb10c8a617050b7", "cases": out},
-                 indent=1))
+
+def main():
+    out = []
+    for name, tile, patch, extra, sizes in CASES:
+        for size in sizes:
+            best, grid, n = tokens(size, PINPOINT_SETS[name], tile, patch, extra)
+            out.append({"pinpoints": PINPOINT_SETS[name], "tile": tile, "patch": patch, "cls": extra,
+                        "height": size[0], "width": size[1], "best": best, "grid": grid, "tokens": n})
+    print(json.dumps({"source": "transformers 81bb907ccf3494b5409b0b745bb10c8a617050b7", "cases": out},
+                     indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -37,16 +37,7 @@ def expand2square(img, background):
     return out
 
 
-def best_resolution(size, pinpoints):
-    oh, ow = size
-    best, best_eff, best_waste = None, 0, float("inf")
-    for h, w in pinpoints:
-        s = min(w / ow, h / oh)
-        eff = min(int(ow * s) * int(oh * s), ow * oh)
-        waste = w * h - eff
-        if eff > best_eff or (eff == best_eff and waste < best_waste):
-            best, best_eff, best_waste = (h, w), eff, waste
-    return best
+from anyres_reference import best_resolution  # noqa: E402 (this folder's script)
 
 
 def anyres(img, size, pinpoints):
