@@ -532,7 +532,8 @@ void describe(Binder& b, ModelConfig& c) {
 
 void describe(Binder& b, DataSourceConfig& c) {
   b.choice("format", c.format,
-           {"llava_json", "llava_jsonl", "preference_json", "preference_jsonl"});
+           {"llava_json", "llava_jsonl", "preference_json", "preference_jsonl", "sharegpt",
+            "sharegpt_jsonl", "messages", "messages_jsonl"});
   b.existing_path("path", c.path, false);
   b.existing_path("image_root", c.image_root, true);
   b.value("max_samples", c.max_samples, at_least(0));

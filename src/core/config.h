@@ -133,7 +133,10 @@ struct ModelConfig {
 };
 
 struct DataSourceConfig {
-  std::string format = "llava_json";  // llava_json[l] | preference_json[l] (data/datasets.h)
+  // llava_json[l] | preference_json[l] (data/datasets.h) | sharegpt[_jsonl] | messages[_jsonl]
+  // (data/formats.h: LLaMA-Factory's and ms-swift/TRL's layouts, conversations or preference
+  // pairs as the stage reads)
+  std::string format = "llava_json";
   std::string path;                   // empty = none (only allowed for data.eval)
   std::string image_root;             // folder that record "image" paths are relative to
   int64_t max_samples = 0;            // 0 = all
@@ -175,7 +178,9 @@ struct DataConfig {
   DataSourceConfig train;
   std::vector<DataSourceConfig> mixture;
   DataSourceConfig eval;
-  std::string template_name = "plain";  // YAML key: template; data/chat_template.h
+  // YAML key: template; data/chat_template.h. Empty (not given): hf when the tokenizer's folder
+  // has a chat template (tokenizer_config.json or chat_template.jinja), plain otherwise.
+  std::string template_name;
   int64_t max_length = 512;
   ImageConfig image;
   VideoConfig video;

@@ -2,7 +2,16 @@
 // tests in tests/data/test_datasets.cpp pin each rendering to a string derived from them.
 #include "data/chat_template.h"
 
+#include <spdlog/spdlog.h>
+
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
 #include "core/error.h"
+#include "data/jinja.h"
 #include "data/tokenizer/tokenizer.h"
 
 namespace mllm {
@@ -183,6 +192,8 @@ const std::vector<TemplateEntry>& registry() {
       {"chatml", [](const Exchanges& ex, const TemplateTokens&) { return render_chatml(ex); },
        true},
       {"text", render_text, false},
+      // The tokenizer's own template: rendered by render_template before the turns are parsed.
+      {"hf", nullptr, true},
   };
   return r;
 }
@@ -194,6 +205,272 @@ const TemplateEntry& find_template(const std::string& name) {
 }
 
 }  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// The tokenizer's own chat template.
+
+namespace {
+
+using OJson = nlohmann::ordered_json;
+
+std::string role_of(const std::string& from) {
+  if (from == "human") return "user";
+  if (from == "gpt") return "assistant";
+  return from;
+}
+
+// A special token's text in tokenizer_config.json: a string or {"content": ...}.
+std::string token_text(const OJson& v) {
+  if (v.is_string()) return v.get<std::string>();
+  if (v.is_object() && v.contains("content") && v["content"].is_string())
+    return v["content"].get<std::string>();
+  return "";
+}
+
+std::string read_text(const std::filesystem::path& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw Error(path.string() + ": cannot read");
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+// The folder's chat template, as transformers finds it: chat_template.jinja, else
+// tokenizer_config.json's "chat_template" (a string, or a list of {name, template} of which
+// "default" is used). Empty source when there is none.
+struct TemplateFiles {
+  std::string source, name;
+  OJson config;  // tokenizer_config.json, when present
+};
+
+TemplateFiles find_template_files(const std::filesystem::path& tokenizer_file) {
+  TemplateFiles t;
+  const auto dir = tokenizer_file.parent_path();
+  std::error_code ec;
+  const auto config_path = dir / "tokenizer_config.json";
+  if (std::filesystem::is_regular_file(config_path, ec)) {
+    try {
+      t.config = OJson::parse(read_text(config_path));
+    } catch (const OJson::exception& e) {
+      throw Error(config_path.string() + ": not valid JSON (" + json_error_message(e) + ")");
+    }
+    if (!t.config.is_object())
+      throw Error(config_path.string() + ": not a JSON object");
+  }
+  const auto jinja_path = dir / "chat_template.jinja";
+  if (std::filesystem::is_regular_file(jinja_path, ec)) {
+    t.source = read_text(jinja_path);
+    t.name = jinja_path.string();
+    return t;
+  }
+  if (!t.config.is_object() || !t.config.contains("chat_template")) return t;
+  const OJson& ct = t.config["chat_template"];
+  t.name = config_path.string() + " chat_template";
+  if (ct.is_string()) {
+    t.source = ct.get<std::string>();
+  } else if (ct.is_array()) {
+    for (const auto& entry : ct)
+      if (entry.is_object() && entry.value("name", "") == "default" && entry.contains("template") &&
+          entry["template"].is_string())
+        t.source = entry["template"].get<std::string>();
+    if (t.source.empty())
+      throw Error(config_path.string() +
+                  ": \"chat_template\" is a list without a template named \"default\"");
+  } else if (!ct.is_null()) {
+    throw Error(config_path.string() + ": \"chat_template\" must be a string or a list");
+  }
+  return t;
+}
+
+}  // namespace
+
+bool has_hf_chat_template(const std::filesystem::path& tokenizer_file) {
+  try {
+    return !find_template_files(tokenizer_file).source.empty();
+  } catch (const Error&) {
+    return false;  // reading it for real reports the problem
+  }
+}
+
+std::shared_ptr<const HfChatTemplate> hf_template_of(const Tokenizer& tokenizer) {
+  static std::mutex mutex;
+  static std::map<std::string, std::shared_ptr<const HfChatTemplate>> cache;
+  const std::lock_guard<std::mutex> lock(mutex);
+  const std::string key = tokenizer.path().string();
+  if (const auto it = cache.find(key); it != cache.end()) return it->second;
+  TemplateFiles files = find_template_files(tokenizer.path());
+  std::shared_ptr<const HfChatTemplate> t;
+  if (!files.source.empty()) {
+    const auto special = [&](const char* k, int64_t id) {
+      if (files.config.is_object() && files.config.contains(k))
+        return token_text(files.config[k]);
+      return id >= 0 ? tokenizer.id_to_token(id) : std::string();
+    };
+    t = std::make_shared<HfChatTemplate>(files.source, files.name,
+                                         special("bos_token", tokenizer.bos_id()),
+                                         special("eos_token", tokenizer.eos_id()), tokenizer);
+    if (!t->missing_tokens().empty()) {
+      std::string list;
+      for (const auto& m : t->missing_tokens()) list += (list.empty() ? "'" : ", '") + m + "'";
+      spdlog::warn("{}: the template writes {} in every conversation, but {} has no such token: "
+                   "each is split into ordinary pieces (a template for another tokenizer?)",
+                   t->name(), list, tokenizer.path().string());
+    }
+  }
+  cache[key] = t;
+  return t;
+}
+
+namespace {
+
+OJson messages_json(const std::vector<Turn>& turns, size_t n) {
+  OJson messages = OJson::array();
+  for (size_t i = 0; i < n; ++i)
+    messages.push_back(OJson{{"role", role_of(turns[i].from)}, {"content", turns[i].value}});
+  return messages;
+}
+
+size_t common_prefix(const std::string& a, size_t from_a, const std::string& b, size_t from_b) {
+  size_t n = 0;
+  while (from_a + n < a.size() && from_b + n < b.size() && a[from_a + n] == b[from_b + n]) ++n;
+  return n;
+}
+
+bool starts_with(const std::string& s, const std::string& prefix) {
+  return s.size() >= prefix.size() && s.compare(0, prefix.size(), prefix) == 0;
+}
+
+bool is_space(char c) { return c == ' ' || (c >= '\t' && c <= '\r'); }
+
+const char* kProbeQuestion = "mllm probe question";
+const char* kProbeReply = "mllm probe reply";
+
+}  // namespace
+
+HfChatTemplate::HfChatTemplate(const std::string& source, std::string name, std::string bos,
+                               std::string eos, const Tokenizer& tokenizer)
+    : name_(std::move(name)), source_(source), bos_(std::move(bos)), eos_(std::move(eos)) {
+  jinja_ = std::make_unique<jinja::Template>(source, name_);
+  // The end-of-turn token: the special token written right after a probe reply (after any
+  // whitespace, as Llama-2's " </s>"), the longest that matches.
+  std::vector<Turn> probe = {{"human", kProbeQuestion}, {"gpt", kProbeReply}};
+  std::string text;
+  for (int attempt = 0; attempt < 2 && text.empty(); ++attempt) {
+    try {
+      text = render_text(probe, false);
+    } catch (const Error&) {
+      probe.insert(probe.begin(), Turn{"system", "mllm probe system"});
+    }
+  }
+  if (const auto at = text.find(kProbeReply); at != std::string::npos) {
+    // Whitespace between the generation prompt and the reply belongs to the prompt.
+    try {
+      const std::string prompt = render_text({probe.begin(), probe.end() - 1}, true);
+      if (starts_with(text, prompt) && at >= prompt.size()) {
+        const std::string between = text.substr(prompt.size(), at - prompt.size());
+        if (std::all_of(between.begin(), between.end(), is_space)) reply_separator_ = between;
+      }
+    } catch (const Error&) {
+    }
+    size_t k = at + std::string(kProbeReply).size();
+    while (k < text.size() && is_space(text[k])) ++k;
+    std::vector<std::string> candidates = tokenizer.special_token_texts();
+    if (!eos_.empty()) candidates.push_back(eos_);
+    for (const auto& c : candidates)
+      if (!c.empty() && text.compare(k, c.size(), c) == 0 && c.size() > end_of_turn_.size())
+        end_of_turn_ = c;
+  }
+  // Tokens the template writes that the tokenizer lacks: <|...|> markers, BOS and EOS.
+  probe.push_back({"human", kProbeQuestion});
+  std::string full;
+  try {
+    full = render_text(probe, true);
+  } catch (const Error&) {
+    full = text;
+  }
+  std::vector<std::string> written;
+  for (size_t at = 0; (at = full.find("<|", at)) != std::string::npos;) {
+    const auto close = full.find("|>", at + 2);
+    if (close == std::string::npos || close - at > 64) break;
+    const std::string tok = full.substr(at, close + 2 - at);
+    if (std::none_of(tok.begin(), tok.end(), is_space)) written.push_back(tok);
+    at = close + 2;
+  }
+  for (const std::string* t : {&bos_, &eos_})
+    if (!t->empty() && full.find(*t) != std::string::npos) written.push_back(*t);
+  for (const auto& w : written)
+    if (!tokenizer.token_to_id(w) &&
+        std::find(missing_.begin(), missing_.end(), w) == missing_.end())
+      missing_.push_back(w);
+}
+
+HfChatTemplate::~HfChatTemplate() = default;
+
+bool HfChatTemplate::has_generation_blocks() const { return jinja_->has_generation(); }
+
+std::string HfChatTemplate::render_text(const std::vector<Turn>& turns,
+                                        bool add_generation_prompt) const {
+  OJson context = {{"messages", messages_json(turns, turns.size())},
+                   {"add_generation_prompt", add_generation_prompt}};
+  if (!bos_.empty()) context["bos_token"] = bos_;
+  if (!eos_.empty()) context["eos_token"] = eos_;
+  return jinja_->render(context).text;
+}
+
+RenderedConversation HfChatTemplate::render(const std::vector<Turn>& turns) const {
+  const bool ends_with_reply = role_of(turns.back().from) == "assistant";
+  OJson context = {{"messages", messages_json(turns, turns.size())},
+                   {"add_generation_prompt", !ends_with_reply}};
+  if (!bos_.empty()) context["bos_token"] = bos_;
+  if (!eos_.empty()) context["eos_token"] = eos_;
+  jinja::Template::Output full = jinja_->render(context);
+  RenderedConversation out;
+  out.text = std::move(full.text);
+  const std::string& r = out.text;
+  if (jinja_->has_generation()) {
+    // transformers' assistant masks: the template marks the replies itself.
+    for (const auto& [b, e] : full.generation) {
+      out.supervised.emplace_back(b, e);
+      out.prompt_ends.push_back(b);
+    }
+    return out;
+  }
+  for (size_t i = 0; i < turns.size(); ++i) {
+    if (role_of(turns[i].from) != "assistant") continue;
+    std::string prompt, through;
+    try {
+      prompt = render_text({turns.begin(), turns.begin() + static_cast<std::ptrdiff_t>(i)}, true);
+      through =
+          render_text({turns.begin(), turns.begin() + static_cast<std::ptrdiff_t>(i) + 1}, false);
+    } catch (const Error&) {
+      ++out.inconsistent_replies;  // the template refuses the prefix on its own
+      continue;
+    }
+    if (!starts_with(r, prompt) || !starts_with(through, prompt)) {
+      ++out.inconsistent_replies;
+      continue;
+    }
+    // What the reply renders as, as far as the whole conversation renders it the same way, up to
+    // the last end-of-turn token in it (a reply's own text may hold that token's text too).
+    size_t b = prompt.size();
+    size_t e = b + common_prefix(through, b, r, b);
+    const size_t n = end_of_turn_.size();
+    const size_t eot = n == 0 || e - b < n ? std::string::npos : r.rfind(end_of_turn_, e - n);
+    if (eot != std::string::npos && eot >= b) {
+      e = eot + n;
+    } else {
+      while (e > b && is_space(r[e - 1])) --e;
+    }
+    if (r.compare(b, reply_separator_.size(), reply_separator_) == 0) b += reply_separator_.size();
+    if (b >= e || (!out.supervised.empty() && b < out.supervised.back().second)) {
+      ++out.inconsistent_replies;
+      continue;
+    }
+    out.supervised.emplace_back(b, e);
+    out.prompt_ends.push_back(prompt.size());
+  }
+  return out;
+}
 
 const std::vector<std::string>& template_names() {
   static const std::vector<std::string> names = [] {
@@ -210,12 +487,20 @@ bool template_uses_images(const std::string& name) {
 
 TemplateTokens template_tokens(const Tokenizer& tokenizer) {
   return {tokenizer.bos_id() >= 0 ? tokenizer.id_to_token(tokenizer.bos_id()) : "",
-          tokenizer.eos_id() >= 0 ? tokenizer.id_to_token(tokenizer.eos_id()) : "", "<image>"};
+          tokenizer.eos_id() >= 0 ? tokenizer.id_to_token(tokenizer.eos_id()) : "", "<image>",
+          hf_template_of(tokenizer)};
 }
 
 RenderedConversation render_template(const std::string& name, const std::vector<Turn>& turns,
                                      const TemplateTokens& tokens) {
   const TemplateEntry& entry = find_template(name);  // before the turns: a bad name says so
+  if (!entry.render) {
+    if (!tokens.hf)
+      throw Error("data.template is hf but the tokenizer's folder has no chat template "
+                  "(tokenizer_config.json \"chat_template\" or chat_template.jinja)");
+    if (turns.empty()) throw Error("no conversation turns");
+    return tokens.hf->render(turns);
+  }
   return entry.render(parse_turns(turns), tokens);
 }
 

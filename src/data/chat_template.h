@@ -16,10 +16,20 @@
 //   text      text only, for warming up an LLM: <s>, then per exchange the human turn
 //   (unsupervised,
 //             <image> removed) and the gpt turn followed by </s> (supervised); images are dropped.
+//   hf        the tokenizer's own chat template (Jinja; `chat_template` in tokenizer_config.json or
+//             chat_template.jinja beside tokenizer.json), rendered as transformers renders it
+//             (data/jinja.h). Roles: human -> user, gpt -> assistant, system and others as named.
 // In every template the supervised spans are the assistant replies with their end-of-turn marker.
+// For hf they come from rendering, not from knowing the template: the `{% generation %}` blocks
+// where the template has them, else for each reply the difference between the conversation up to
+// it with the generation prompt and the conversation up to and including it, taken where that
+// difference is also what the whole conversation renders, and ended after the template's
+// end-of-turn token (the special token it writes after a reply, found by rendering a probe).
 #pragma once
 
 #include <cstddef>
+#include <filesystem>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -32,23 +42,84 @@ struct Turn {
   std::string value;
 };
 
+class HfChatTemplate;
+namespace jinja {
+class Template;
+}
+
 // The texts of the tokenizer's special tokens, which templates write into the string.
 struct TemplateTokens {
   std::string bos;    // e.g. "<s>"; empty when the tokenizer has none
   std::string eos;    // e.g. "</s>"
   std::string image;  // "<image>"
+  // The tokenizer's own chat template (data.template: hf); null when its folder has none.
+  std::shared_ptr<const HfChatTemplate> hf;
 };
 
 class Tokenizer;
 
-// The tokenizer's BOS and EOS texts (empty when it has none) and "<image>": what every template is
-// rendered with, made here only.
+// The tokenizer's BOS and EOS texts (empty when it has none), "<image>" and its folder's chat
+// template: what every template is rendered with, made here only.
 TemplateTokens template_tokens(const Tokenizer& tokenizer);
+
+// The chat template of the tokenizer's folder (read once per tokenizer file and process; a
+// template that does not parse is an Error naming its file); null when the folder has none.
+std::shared_ptr<const HfChatTemplate> hf_template_of(const Tokenizer& tokenizer);
+
+// Whether the folder of `tokenizer_file` holds a chat template (what data.template defaults to:
+// hf when it does, plain otherwise).
+bool has_hf_chat_template(const std::filesystem::path& tokenizer_file);
 
 struct RenderedConversation {
   std::string text;
   // Byte spans [begin, end) of `text` that carry the loss, in order, non-overlapping.
   std::vector<std::pair<size_t, size_t>> supervised;
+  // hf only: where the prompt before each supervised span ends (the rendered prefix's length);
+  // the tokenization must have a token boundary there, or the prefix does not tokenize as a
+  // prefix of the whole (checked where it is tokenized).
+  std::vector<size_t> prompt_ends;
+  // hf only: replies that carry no loss because the template renders them differently once
+  // later turns follow (Qwen3 drops earlier replies' <think> blocks), so no rendering of them is
+  // the one trained on.
+  int inconsistent_replies = 0;
+};
+
+// A Hugging Face chat template and the special tokens it is rendered with.
+class HfChatTemplate {
+ public:
+  // `name` says where the template came from (for errors). bos/eos are tokenizer_config.json's
+  // bos_token / eos_token; `tokenizer` names the special tokens the template may end a reply with
+  // and is checked for the tokens the template writes.
+  HfChatTemplate(const std::string& source, std::string name, std::string bos, std::string eos,
+                 const Tokenizer& tokenizer);
+  ~HfChatTemplate();
+
+  // Renders `turns`; a conversation that ends with a non-assistant turn gets the generation
+  // prompt. Throws Error (the template's raise_exception message, or a construct outside the
+  // Jinja subset) with the template's name.
+  RenderedConversation render(const std::vector<Turn>& turns) const;
+
+  const std::string& name() const { return name_; }
+  const std::string& source() const { return source_; }
+  const std::string& bos() const { return bos_; }
+  const std::string& eos() const { return eos_; }
+  // The special token the template writes right after a reply ("<|im_end|>", "<|eot_id|>",
+  // "</s>"); empty when it writes none there.
+  const std::string& end_of_turn() const { return end_of_turn_; }
+  // Special-looking tokens ("<|start_header_id|>", "</s>") the template writes that are not
+  // single tokens of the tokenizer: each would be split into ordinary pieces.
+  const std::vector<std::string>& missing_tokens() const { return missing_; }
+  bool has_generation_blocks() const;
+
+ private:
+  std::string render_text(const std::vector<Turn>& turns, bool add_generation_prompt) const;
+
+  std::string name_, source_, bos_, eos_, end_of_turn_;
+  // The whitespace the template writes between the generation prompt and a reply (Vicuna's " "
+  // after "ASSISTANT:"): part of the prompt, not of the reply.
+  std::string reply_separator_;
+  std::vector<std::string> missing_;
+  std::unique_ptr<const jinja::Template> jinja_;
 };
 
 // The names accepted by data.template.

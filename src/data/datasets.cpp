@@ -15,6 +15,7 @@
 
 #include "core/error.h"
 #include "data/chat_template.h"
+#include "data/formats.h"
 #include "data/image_header.h"
 #include "data/sampler.h"
 
@@ -203,6 +204,13 @@ struct Context {
     });
     if (stats.skipped > 0)
       spdlog::warn("{}: skipped {} bad records of {}", source.path, stats.skipped, stats.records);
+    if (stats.unrendered_replies > 0)
+      spdlog::warn("{}: {} replies in {} of {} records carry no loss: the chat template renders "
+                   "them differently once later turns follow (Qwen3 drops earlier <think> "
+                   "blocks), so no rendering of them is what trains; a template with "
+                   "{{% generation %}} blocks marks replies itself",
+                   source.path, stats.unrendered_replies, stats.records_with_unrendered,
+                   stats.records);
     if (kept == 0) throw Error(source.path + ": no usable records (" + key + ")");
   }
 
@@ -282,36 +290,27 @@ struct Context {
     if (last != "gpt" && last != "assistant")
       throw Error("no response: the conversation ends with a '" + last + "' turn");
     RenderedConversation r = render_template(data.template_name, turns, tt);
-    if (last_reply_only && r.supervised.size() > 1)
+    if (r.inconsistent_replies > 0) {
+      stats.unrendered_replies += r.inconsistent_replies;
+      ++stats.records_with_unrendered;
+    }
+    if (r.supervised.empty())
+      throw Error("no reply the chat template renders the same way in the whole conversation");
+    if (last_reply_only && r.supervised.size() > 1) {
       r.supervised.erase(r.supervised.begin(), r.supervised.end() - 1);
+      if (!r.prompt_ends.empty()) r.prompt_ends.erase(r.prompt_ends.begin(), r.prompt_ends.end() - 1);
+    }
     Record rec;
     rec.id = id;
     rec.text = std::move(r.text);
     rec.supervised = std::move(r.supervised);
+    rec.prompt_ends = std::move(r.prompt_ends);
     rec.visuals = visuals;
     rec.line = raw.line;
     rec.index = raw.index;
     return rec;
   }
 };
-
-// Text of a message's content: a string, or TRL's list of {"type": "image"|"text"} parts.
-std::string content_text(const Json& c, const std::string& image_tag) {
-  if (c.is_string()) return c.get<std::string>();
-  if (!c.is_array()) throw Error("a turn's content must be a string or a list of parts");
-  std::string out;
-  for (const auto& part : c) {
-    const std::string type = part.is_object() ? part.value("type", "") : "";
-    if (type == "image") {
-      out += image_tag + "\n";
-    } else if (type == "text" && part.contains("text") && part["text"].is_string()) {
-      out += part["text"].get<std::string>();
-    } else {
-      throw Error("a content part must be {\"type\": \"image\"} or {\"type\": \"text\", \"text\"}");
-    }
-  }
-  return out;
-}
 
 // One turn: {"from", "value"} (LLaVA) or {"role", "content"} (OpenAI / TRL).
 Turn read_turn(const Json& t, const std::string& image_tag) {
@@ -395,7 +394,8 @@ void for_each_json_record(const std::string& path, bool jsonl,
 }
 
 bool is_jsonl_source(const DataSourceConfig& source) {
-  return source.format == "llava_jsonl" || source.format == "preference_jsonl" ||
+  const auto& f = source.format;
+  return (f.size() > 6 && f.compare(f.size() - 6, 6, "_jsonl") == 0) ||
          std::filesystem::path(source.path).extension() == ".jsonl";
 }
 
@@ -476,10 +476,17 @@ std::string RecordTokenizer::where(const Record& r) const {
          (r.id.empty() ? "" : " (id \"" + r.id + "\")");
 }
 
-Sample RecordTokenizer::tokenize_unlabelled(const Record& r, bool& truncated) const {
+Sample RecordTokenizer::tokenize_unlabelled(const Record& r, bool& truncated,
+                                            bool& boundary_mismatch) const {
   const auto max_len = static_cast<size_t>(max_length_);
   // (The visual-token budget was checked when the record was loaded: measure.)
   const Encoding enc = tok_.encode_with_offsets(r.text);
+  // An hf template's prompt must end on a token boundary, or it does not tokenize as a prefix of
+  // the whole conversation (LLaVA's "tokenization mismatch"); the span still comes from the text.
+  boundary_mismatch = std::any_of(r.prompt_ends.begin(), r.prompt_ends.end(), [&](size_t p) {
+    return std::any_of(enc.offsets.begin(), enc.offsets.end(),
+                       [&](const auto& o) { return o.first < p && p < o.second; });
+  });
   Sample s;
   s.id = r.id;
   s.visuals = r.visuals;
@@ -524,9 +531,14 @@ Sample RecordTokenizer::tokenize_unlabelled(const Record& r, bool& truncated) co
 }
 
 Sample RecordTokenizer::tokenize(const Record& r, size_t slot) const {
-  bool truncated = false;
+  bool truncated = false, boundary_mismatch = false;
   try {
-    Sample s = tokenize_unlabelled(r, truncated);
+    Sample s = tokenize_unlabelled(r, truncated, boundary_mismatch);
+    if (boundary_mismatch && status_[slot].load() == 0 && ++boundary_ == 1)
+      spdlog::warn("{}: the chat template's prompt ends inside a token, so it does not tokenize as "
+                   "a prefix of the conversation; the loss still starts where the rendering says "
+                   "(counted: mllm data check reports how many records)",
+                   where(r));
     mark(slot, truncated ? 2 : 1);
     return s;
   } catch (const Error& e) {
@@ -550,6 +562,7 @@ DatasetStats RecordTokenizer::merged(const DatasetStats& loaded) const {
   DatasetStats s = loaded;
   s.skipped += bad_.load();
   s.truncated += truncated_.load();
+  s.prompt_boundary_mismatches += boundary_.load();
   std::lock_guard<std::mutex> lock(reasons_mu_);
   for (const auto& [why, n] : reasons_) s.skip_reasons[why] += n;
   return s;
@@ -563,7 +576,9 @@ ConversationDataset::ConversationDataset(const DataSourceConfig& source, const D
                 ": preference pairs are read by the DPO stage, not as conversations");
   Context ctx(source, data, tokenizer, key, loaded_);
   tokenizer_ = std::make_unique<RecordTokenizer>(source, data, tokenizer, image_tokens);
-  ctx.run([&](const Json& rec, const RawRecord& raw) {
+  const std::string layout = layout_of_format(source.format);
+  ctx.run([&](const Json& given, const RawRecord& raw) {
+    const Json rec = to_llava_record(layout, given, false);
     if (!rec.contains("conversations")) throw Error("missing \"conversations\" list");
     auto visuals = ctx.visuals(rec);
     tokenizer_->measure(visuals);
@@ -595,7 +610,9 @@ PreferenceDataset::PreferenceDataset(const DataSourceConfig& source, const DataC
   Context ctx(source, data, tokenizer, key, loaded_);
   tokenizer_ = std::make_unique<RecordTokenizer>(source, data, tokenizer, image_tokens);
   const std::string& tag = ctx.tt.image;
-  ctx.run([&](const Json& rec, const RawRecord& raw) {
+  const std::string layout = layout_of_format(source.format);
+  ctx.run([&](const Json& given, const RawRecord& raw) {
+    const Json rec = to_llava_record(layout, given, true);
     if (!rec.contains("chosen") || !rec.contains("rejected"))
       throw Error("a preference record needs \"chosen\" and \"rejected\"");
     std::vector<Turn> prompt;

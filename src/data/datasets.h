@@ -97,6 +97,12 @@ struct DatasetStats {
   int64_t skipped = 0;                          // bad records skipped under on_bad_record=skip
   int64_t truncated = 0;                        // samples cut to data.max_length (seen so far)
   std::map<std::string, int64_t> skip_reasons;  // reason (text before the first ':') -> count
+  // data.template: hf only (data/chat_template.h): replies without loss because the template
+  // renders them differently once later turns follow, and the records that have such replies;
+  // records whose rendered prompt ends inside a token (seen so far).
+  int64_t unrendered_replies = 0;
+  int64_t records_with_unrendered = 0;
+  int64_t prompt_boundary_mismatches = 0;
 };
 
 // A record as loaded: the rendered conversation, waiting to be tokenized, and where it came from.
@@ -104,7 +110,8 @@ struct Record {
   std::string id;
   std::string text;                                   // the rendered template
   std::vector<std::pair<size_t, size_t>> supervised;  // byte spans of `text` with the loss
-  std::vector<Visual> visuals;                        // empty for text-only records
+  std::vector<size_t> prompt_ends;  // hf template: where each span's rendered prompt ends
+  std::vector<Visual> visuals;      // empty for text-only records
   size_t line = 0;                                    // 1-based line the record starts on
   size_t index = 0;                                   // 0-based record index in the file
 };
@@ -137,7 +144,7 @@ class RecordTokenizer {
   bool use_images() const { return use_images_; }
 
  private:
-  Sample tokenize_unlabelled(const Record& r, bool& truncated) const;
+  Sample tokenize_unlabelled(const Record& r, bool& truncated, bool& boundary_mismatch) const;
   std::string where(const Record& r) const;
   void mark(size_t slot, uint8_t status, const std::string& reason = {}) const;
 
@@ -151,7 +158,7 @@ class RecordTokenizer {
   bool use_images_;
   // Per record: 0 not yet tokenized, 1 fine, 2 truncated, 3 bad (each counted once).
   std::unique_ptr<std::atomic<uint8_t>[]> status_;
-  mutable std::atomic<int64_t> truncated_{0}, bad_{0};
+  mutable std::atomic<int64_t> truncated_{0}, bad_{0}, boundary_{0};
   mutable std::mutex reasons_mu_;
   mutable std::map<std::string, int64_t> reasons_;
 };

@@ -76,6 +76,9 @@ DatasetStats MixtureSource::stats() const {
     out.records += st.records;
     out.skipped += st.skipped;
     out.truncated += st.truncated;
+    out.unrendered_replies += st.unrendered_replies;
+    out.records_with_unrendered += st.records_with_unrendered;
+    out.prompt_boundary_mismatches += st.prompt_boundary_mismatches;
     for (const auto& [why, n] : st.skip_reasons) out.skip_reasons[why] += n;
   }
   return out;

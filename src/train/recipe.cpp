@@ -80,6 +80,8 @@ void check_registered_names(const Config& c) {
 Config load_config(const std::filesystem::path& yaml_path,
                    const std::vector<std::string>& overrides, bool check_files) {
   Config c = parse_config(yaml_path, overrides, check_files);
+  if (c.data.template_name.empty())
+    c.data.template_name = has_hf_chat_template(c.model.tokenizer) ? "hf" : "plain";
   check_registered_names(c);
   return c;
 }

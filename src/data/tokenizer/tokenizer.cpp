@@ -1,5 +1,7 @@
 #include "data/tokenizer/tokenizer.h"
 
+#include "data/chat_template.h"
+
 #include <algorithm>
 #include <cctype>
 
@@ -266,6 +268,13 @@ nlohmann::json tokenizer_config_json(const Tokenizer& tokenizer, int64_t model_m
   if (tokenizer.eos_id() >= 0) tc["eos_token"] = tokenizer.id_to_token(tokenizer.eos_id());
   if (tokenizer.pad_id() >= 0) tc["pad_token"] = tokenizer.id_to_token(tokenizer.pad_id());
   if (!template_name.empty()) tc["mllm_template"] = template_name;
+  // The tokenizer's own chat template travels with it, with the tokens it is rendered with.
+  if (template_name == "hf")
+    if (const auto hf = hf_template_of(tokenizer)) {
+      tc["chat_template"] = hf->source();
+      if (!hf->bos().empty()) tc["bos_token"] = hf->bos();
+      if (!hf->eos().empty()) tc["eos_token"] = hf->eos();
+    }
   return tc;
 }
 

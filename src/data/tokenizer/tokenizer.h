@@ -53,6 +53,13 @@ class Tokenizer {
   }
 
   int64_t vocab_size() const;  // one past the largest id
+  // The texts of the added tokens marked special ("</s>", "<|im_end|>", ...).
+  std::vector<std::string> special_token_texts() const {
+    std::vector<std::string> out;
+    for (const auto& a : added_)
+      if (a.special) out.push_back(a.content);
+    return out;
+  }
   std::optional<int64_t> token_to_id(const std::string& token) const;
   std::string id_to_token(int64_t id) const;
 
