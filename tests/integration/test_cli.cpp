@@ -235,3 +235,95 @@ TEST_CASE("cli: the orpo and simpo recipes train from the command line, without 
     CHECK(records.back().contains("eval_rewards/accuracies"));
   }
 }
+
+TEST_CASE(
+    "cli: sharegpt and messages data made by `mllm data convert` train from the command line, and "
+    "a tokenizer's own chat template is the default") {
+  TempDir dir("mllm-cli");
+  const auto data = dir / "shapes";
+  REQUIRE(run("data shapes --out " + data.string() + " --seed 3 --train 24 --val 4 --image-size 32")
+              .code == 0);
+  const auto convert = [&](const std::string& to, const std::string& in, const std::string& out) {
+    Result r = run("data convert --from llava --to " + to + " " + (data / in).string() + " " +
+                   (dir / out).string());
+    INFO(r.output);
+    REQUIRE(r.code == 0);
+  };
+  convert("sharegpt", "instruct_train.json", "instruct.sharegpt.json");
+  convert("messages", "instruct_train.json", "instruct.messages.jsonl");
+  convert("messages", "preference_train.json", "preference.messages.json");
+  convert("sharegpt", "preference_train.json", "preference.sharegpt.jsonl");
+  // The files are the other frameworks' layouts.
+  const auto sharegpt = nlohmann::json::parse(read_text(dir / "instruct.sharegpt.json"));
+  CHECK(sharegpt[0]["conversations"][0]["from"] == "human");
+  CHECK(sharegpt[0]["images"].is_array());
+  const auto trl = nlohmann::json::parse(read_text(dir / "preference.messages.json"));
+  CHECK(trl[0]["prompt"][0]["role"] == "user");
+  CHECK(trl[0]["chosen"][0]["role"] == "assistant");
+
+  const std::string sft = " --set model.llm.pretrained=null --set model.llm.hidden=32" +
+                          std::string(" --set model.llm.layers=1 --set model.llm.intermediate=64") +
+                          " --set data.max_length=256" +
+                          " --set 'train.trainable=[\"multi_modal_projector.*\"]'" +
+                          " --set train.max_steps=2 --set train.save_every=0";
+  for (const auto& [format, file] :
+       {std::pair{"sharegpt", "instruct.sharegpt.json"},
+        std::pair{"messages_jsonl", "instruct.messages.jsonl"}}) {
+    const auto out = dir / (std::string("sft-") + format);
+    Result r = run("train --config " + src("configs/shapes/stage1_pretrain.yaml") +
+                   shrink(data, out) + sft + " --set data.template=vicuna_v1" +
+                   " --set data.train.format=" + format + " --set data.train.path=" +
+                   (dir / file).string() + " --set data.eval.path=" +
+                   (data / "instruct_val.json").string());
+    INFO(format << "\n" << r.output);
+    CHECK(r.code == 0);
+    CHECK(read_jsonl(out / "metrics.jsonl").size() >= 1);
+  }
+  for (const auto& [format, file] :
+       {std::pair{"messages", "preference.messages.json"},
+        std::pair{"sharegpt_jsonl", "preference.sharegpt.jsonl"}}) {
+    const auto out = dir / (std::string("orpo-") + format);
+    Result r = run("train --config " + src("configs/shapes/stage3_orpo.yaml") + shrink(data, out) +
+                   " --set data.train.format=" + format + " --set data.train.path=" +
+                   (dir / file).string() +
+                   " --set data.eval.path=" + (data / "preference_val.json").string() +
+                   " --set 'model.llm.pretrained=\"\"' --set 'train.init_from=\"\"'" +
+                   " --set train.max_steps=2 --set train.save_every=0");
+    INFO(format << "\n" << r.output);
+    CHECK(r.code == 0);
+  }
+
+  // A tokenizer folder with a chat template: data.template left out means hf, and the template
+  // travels into final/.
+  std::filesystem::create_directories(dir / "tok");
+  std::filesystem::copy_file(data / "tokenizer.json", dir / "tok/tokenizer.json");
+  std::filesystem::copy_file(src("tests/fixtures/jinja/templates/vicuna_v1.jinja"),
+                             dir / "tok/chat_template.jinja");
+  std::string yaml = read_text(src("configs/shapes/stage1_pretrain.yaml"));
+  const auto at = yaml.find("  template: plain\n");
+  REQUIRE(at != std::string::npos);
+  yaml.erase(at, std::string("  template: plain\n").size());
+  write_text(dir / "no_template.yaml", yaml);
+  const auto out = dir / "hf";
+  Result r = run("train --config " + (dir / "no_template.yaml").string() + shrink(data, out) + sft +
+                 " --set model.tokenizer=" + (dir / "tok/tokenizer.json").string() +
+                 " --set data.train.path=" + (data / "instruct_train.json").string() +
+                 " --set data.eval.path=" + (data / "instruct_val.json").string());
+  INFO(r.output);
+  REQUIRE(r.code == 0);
+  CHECK(read_text(out / "config.yaml").find("template: \"hf\"") != std::string::npos);
+  const auto tc = nlohmann::json::parse(read_text(out / "final/tokenizer_config.json"));
+  CHECK(tc["mllm_template"] == "hf");
+  CHECK(tc["chat_template"] == read_text(dir / "tok/chat_template.jinja"));
+
+  // A record convert cannot carry names its file, line and record, and writes nothing.
+  write_text(dir / "tool.json",
+             R"([{"conversations": [{"from": "human", "value": "x"}, {"from": "gpt", "value": "y"}]},
+ {"conversations": [{"from": "human", "value": "x"}, {"from": "observation", "value": "{}"}]}])");
+  Result bad = run("data convert --from sharegpt --to llava_json " + (dir / "tool.json").string() +
+                   " " + (dir / "tool.llava.json").string());
+  CHECK(bad.code == 1);
+  CHECK(bad.output.find("tool.json:2: record 1: role 'observation' is not supported") !=
+        std::string::npos);
+  CHECK_FALSE(std::filesystem::exists(dir / "tool.llava.json"));
+}
