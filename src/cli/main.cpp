@@ -52,6 +52,7 @@ int main(int argc, char** argv) {
   add(mllm::cli::add_generate_command);
   add(mllm::cli::add_eval_command);
   add(mllm::cli::add_score_command);
+  add(mllm::cli::add_report_command);
 
   try {
     app.parse(argc, argv);

@@ -178,9 +178,9 @@ struct DataConfig {
   DataSourceConfig train;
   std::vector<DataSourceConfig> mixture;
   DataSourceConfig eval;
-  // YAML key: template; data/chat_template.h. Empty (not given): hf when the tokenizer's folder
-  // has a chat template (tokenizer_config.json or chat_template.jinja), plain otherwise.
-  std::string template_name;
+  // YAML key: template; data/chat_template.h. When a recipe leaves it out, load_config makes it hf
+  // if the tokenizer's folder has a chat template (tokenizer_config.json or chat_template.jinja).
+  std::string template_name = "plain";
   int64_t max_length = 512;
   ImageConfig image;
   VideoConfig video;

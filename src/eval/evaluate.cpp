@@ -504,6 +504,8 @@ void write_results(const fs::path& dir, const std::vector<TaskResult>& results, 
                    {"text", r.predictions[i].text},
                    {"answers", r.items[i].reference.answers}};
       if (!r.items[i].reference.category.empty()) line["type"] = r.items[i].reference.category;
+      if (!r.items[i].image.empty()) line["image"] = r.items[i].image.string();
+      line["prompt"] = r.items[i].prompt;
       lines += line.dump() + "\n";
     }
     write_file_atomic(dir / "predictions" / (r.name + ".jsonl"), lines);

@@ -80,8 +80,9 @@ void check_registered_names(const Config& c) {
 Config load_config(const std::filesystem::path& yaml_path,
                    const std::vector<std::string>& overrides, bool check_files) {
   Config c = parse_config(yaml_path, overrides, check_files);
-  if (c.data.template_name.empty())
-    c.data.template_name = has_hf_chat_template(c.model.tokenizer) ? "hf" : "plain";
+  // A recipe without data.template uses the tokenizer's own chat template where it has one.
+  if (!c.origin.count("data.template") && has_hf_chat_template(c.model.tokenizer))
+    c.data.template_name = "hf";
   check_registered_names(c);
   return c;
 }

@@ -234,6 +234,15 @@ TEST_CASE("cli: the orpo and simpo recipes train from the command line, without 
     CHECK(steps == 4);
     CHECK(records.back().contains("eval_rewards/accuracies"));
   }
+  // The report puts both runs on every plot, the reward curves included.
+  const Result rep = run("report " + (dir / "orpo").string() + " --compare " +
+                         (dir / "simpo").string() + " --out " + (dir / "report").string());
+  INFO(rep.output);
+  REQUIRE(rep.code == 0);
+  CHECK(std::filesystem::file_size(dir / "report/rewards.png") > 1000);
+  const std::string html = read_text(dir / "report/report.html");
+  CHECK(html.find("<td>orpo</td>") != std::string::npos);
+  CHECK(html.find("<td>simpo</td>") != std::string::npos);
 }
 
 TEST_CASE(

@@ -93,6 +93,45 @@ TEST_CASE("eval: tasks from YAML on a run; predictions are what generate says; b
   }
   CHECK(checked == 2);
 
+  // The run report: every plot and held-out image decodes in a browser (headless Chromium reads
+  // the page's own count of rendered images), and a screenshot is kept for a person to look at.
+  {
+    const auto report = data / "report";
+    const Result rep = run_mllm("report " + (data / "run").string() + " --out " + report.string());
+    INFO(rep.output);
+    REQUIRE(rep.code == 0);
+    for (const char* png : {"loss.png", "lr.png", "grad_norm.png", "throughput.png"})
+      CHECK(std::filesystem::file_size(report / png) > 1000);
+    const std::string html = test::read_text(report / "report.html");
+    CHECK(html.find("http://") == std::string::npos);  // self-contained
+    CHECK(html.find("https://") == std::string::npos);
+    CHECK(html.find("Held-out samples") != std::string::npos);
+    CHECK(html.find(preds[0]["text"].get<std::string>()) != std::string::npos);
+    const std::string chromium =
+        "chromium --headless --no-sandbox --disable-gpu --disable-dev-shm-usage "
+        "--virtual-time-budget=3000 ";
+    const Result dom = test::run_shell(chromium + "--dump-dom file://" +
+                                         (report / "report.html").string() + " 2>/dev/null");
+    INFO(dom.output.substr(0, 400));
+    REQUIRE(dom.code == 0);
+    const auto at = dom.output.find("<title>report: ");
+    REQUIRE(at != std::string::npos);
+    int ok = -1, all = -2;
+    REQUIRE(std::sscanf(dom.output.c_str() + at, "<title>report: %d of %d", &ok, &all) == 2);
+    CHECK(all >= 4 + 3 * 4);  // four plots at least, and the samples' images
+    CHECK(ok == all);
+    const auto shot = std::filesystem::path(MLLM_BIN).parent_path() / "report-screenshot.png";
+    std::filesystem::remove(shot);
+    CHECK(test::run_shell(chromium + "--window-size=1600,2400 --screenshot=" + shot.string() +
+                            " file://" + (report / "report.html").string() + " 2>/dev/null")
+              .code == 0);
+    CHECK(std::filesystem::exists(shot));
+    // A directory with nothing to report is an error naming it.
+    const Result none = run_mllm("report " + (data / "images").string());
+    CHECK(none.code == 1);
+    CHECK_THAT(none.output, Catch::Contains("no metrics.jsonl"));
+  }
+
   // Earlier results side by side, the chance baseline last.
   const Result cmp =
       run_mllm("eval --compare a=" + out.string() + " b=" + (out / "results.json").string());

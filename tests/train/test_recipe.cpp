@@ -51,7 +51,8 @@ TEST_CASE("recipe: every registered name is accepted and every accepted name reg
   // A stage's data formats come from the stage.
   CHECK_THAT(error_of(p, {"train.stage=orpo"}),
              Catch::Contains("data.train.format: 'llava_json' does not suit train.stage 'orpo' "
-                             "(orpo reads preference_json or preference_jsonl)"));
+                             "(orpo reads preference_json or preference_jsonl or sharegpt or "
+                             "sharegpt_jsonl or messages or messages_jsonl)"));
   CHECK_THAT(error_of(p, {"train.stage=dpo", "data.train.format=preference_json",
                           "train.dpo.loss_type=ipo", "train.dpo.label_smoothing=0.1"}),
              Catch::Contains("train.dpo.label_smoothing: applies to loss_type sigmoid only"));
