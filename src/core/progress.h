@@ -1,5 +1,6 @@
 // A progress line for long work that is not training (data check's tokenization, eval's
-// generation): done/total, rate and an ETA from the recent rate (core/recent_rate.h). On a
+// generation, saving a large safetensors file for a checkpoint or an export, a sweep's runs):
+// done/total, rate and an ETA from the recent rate (core/recent_rate.h). On a
 // terminal it redraws one line in place (carriage return and spaces, no escape codes, so NO_COLOR
 // terminals and logs read it too) at most every half second; otherwise (a pipe, a file, CI) a
 // plain line every `plain_every` seconds. Goes to stderr, so stdout stays the command's output.
@@ -24,6 +25,8 @@ class Progress {
 
   // `done` items so far (not an increment).
   void update(int64_t done);
+  // A total learnt on the way (a sweep learns its runs' step counts as they start).
+  void set_total(int64_t total) { total_ = total; }
   // The final line (on a terminal: the line completed with a newline); idempotent.
   void finish();
 

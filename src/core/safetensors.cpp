@@ -14,10 +14,12 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <tuple>
 
 #include "core/error.h"
+#include "core/progress.h"
 #include "core/fs.h"
 
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "safetensors I/O assumes little-endian");
@@ -83,6 +85,9 @@ struct Fd {
 
 // ---------------------------------------------------------------------------------------- writing
 
+// Files from this size on show a progress line while they are written.
+constexpr uint64_t kProgressBytes = uint64_t{512} << 20;
+
 void save_safetensors(const fs::path& path, const NamedTensors& tensors,
                       const std::map<std::string, std::string>& metadata) {
   Json header = Json::object();
@@ -125,11 +130,20 @@ void save_safetensors(const fs::path& path, const NamedTensors& tensors,
     if (fd.fd < 0) fail(tmp, std::string("cannot create file (") + std::strerror(errno) + ")");
     write_all(fd.fd, prefix, sizeof prefix, path);
     write_all(fd.fd, text.data(), text.size(), path);
+    // Large files (a checkpoint or export of a big model) show a progress line, in MiB.
+    std::optional<Progress> progress;
+    if (offset >= kProgressBytes)
+      progress.emplace("saving " + path.filename().string(), static_cast<int64_t>(offset >> 20),
+                       "MiB");
+    uint64_t written = 0;
     for (const auto& [name, t] : tensors) {
       if (t.numel() == 0) continue;
       const at::Tensor c = t.detach().to(at::kCPU).contiguous();
       write_all(fd.fd, c.data_ptr(), c.nbytes(), path);
+      written += c.nbytes();
+      if (progress) progress->update(static_cast<int64_t>(written >> 20));
     }
+    if (progress) progress->finish();
     if (::fsync(fd.fd) != 0) fail(path, std::string("fsync failed (") + std::strerror(errno) + ")");
     const int rc = ::close(fd.fd);
     fd.fd = -1;

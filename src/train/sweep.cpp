@@ -11,10 +11,12 @@
 #include <algorithm>
 #include <cctype>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <memory>
 #include <optional>
 #include <set>
 #include <sstream>
@@ -22,6 +24,7 @@
 
 #include "core/config.h"
 #include "core/error.h"
+#include "core/progress.h"
 #include "core/fs.h"
 #include "core/logging.h"
 #include "core/strings.h"
@@ -407,12 +410,18 @@ class Sweep {
                  spec_.base.string(), out_.string(), spec_.parallel,
                  grid_sets_threads_ ? std::string("from the grid") : std::to_string(threads_));
     const auto started = std::chrono::steady_clock::now();
+    steps_.assign(runs_.size(), {0, 0});
+    progress_ = std::make_unique<Progress>("sweep", 0, "training steps of all runs");
     size_t next = 0;
     while (next < runs_.size() || !running_.empty()) {
       while (next < runs_.size() && static_cast<int64_t>(running_.size()) < spec_.parallel)
         start(next++);
-      if (!running_.empty()) reap();
+      if (!running_.empty() && !reap(/*wait=*/false)) {
+        show_progress();
+        std::this_thread::sleep_for(std::chrono::milliseconds(250));
+      }
     }
+    progress_->finish();
     std::map<std::string, int> counts;
     for (const auto& r : reports_) ++counts[r.status];
     std::cout << summary_markdown(keys_, reports_) << std::flush;
@@ -475,22 +484,62 @@ class Sweep {
     running_[pid] = Child{i, log, offset, resumed};
   }
 
-  // Waits for one child to end and settles its run.
-  void reap() {
+  // The last "step N/M" a run's log shows since `offset` (the trainer's step lines).
+  static std::pair<int64_t, int64_t> last_step(const fs::path& log, std::streamoff offset) {
+    std::ifstream in(log, std::ios::binary);
+    in.seekg(0, std::ios::end);
+    const std::streamoff end = in.tellg();
+    const std::streamoff from = std::max(offset, end - 4096);
+    if (end <= from) return {0, 0};
+    std::string tail(static_cast<size_t>(end - from), '\0');
+    in.seekg(from);
+    in.read(tail.data(), static_cast<std::streamsize>(tail.size()));
+    for (size_t at = tail.rfind("step "); at != std::string::npos;
+         at = at == 0 ? std::string::npos : tail.rfind("step ", at - 1)) {
+      long long n = 0, m = 0;
+      if (std::sscanf(tail.c_str() + at, "step %lld/%lld", &n, &m) == 2 && m > 0) return {n, m};
+    }
+    return {0, 0};
+  }
+
+  // One progress line over all runs: the steps the running ones have logged, finished runs
+  // counted whole, runs not yet started counted as the average length of those seen.
+  void show_progress() {
+    for (const auto& [pid, child] : running_) {
+      const auto s = last_step(child.log, child.log_offset);
+      if (s.second > 0) steps_[child.index] = s;
+    }
+    int64_t known = 0, known_total = 0, done = 0;
+    for (const auto& [n, m] : steps_)
+      if (m > 0) ++known, known_total += m, done += n;
+    if (known == 0) return;
+    const int64_t unknown = static_cast<int64_t>(runs_.size()) - known;
+    progress_->set_total(known_total + unknown * (known_total / known));
+    progress_->update(done);
+  }
+
+  // Settles one child that has ended; with `wait`, waits for one. Returns whether one ended.
+  bool reap(bool wait) {
     int status = 0;
-    const pid_t pid = ::waitpid(-1, &status, 0);
+    const pid_t pid = ::waitpid(-1, &status, wait ? 0 : WNOHANG);
+    if (pid == 0) return false;
     if (pid < 0) {
-      if (errno == EINTR) return;
+      if (errno == EINTR) return false;
       throw Error(std::string("sweep: waitpid failed: ") + std::strerror(errno));
     }
     const auto it = running_.find(pid);
-    if (it == running_.end()) return;
+    if (it == running_.end()) return true;
     const Child child = it->second;
     running_.erase(it);
     const fs::path dir = out_ / runs_[child.index].name;
     read_run_outputs(dir, reports_[child.index]);
     settle_exit(reports_[child.index], child, status, dir);
+    // A run that ended counts whole (a failed one too: no more of it will run).
+    const auto s = last_step(child.log, child.log_offset);
+    steps_[child.index] = {std::max(s.second, steps_[child.index].second),
+                           std::max(s.second, steps_[child.index].second)};
     finish(child.index);
+    return true;
   }
 
   // Logs a settled run and rewrites the summary.
@@ -521,6 +570,8 @@ class Sweep {
   int64_t threads_ = 1;
   std::map<pid_t, Child> running_;
   size_t finished_ = 0;
+  std::vector<std::pair<int64_t, int64_t>> steps_;  // per run: (step, of steps) last seen
+  std::unique_ptr<Progress> progress_;
 };
 
 }  // namespace

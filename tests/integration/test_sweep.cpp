@@ -340,3 +340,21 @@ TEST_CASE("sweep: four connector designs side by side, table and plot") {
   CHECK(seen_tokens == std::set<std::string>{"16", "4", "1"});
   CHECK(std::filesystem::file_size(out / "loss_curves.png") > 1000);
 }
+
+TEST_CASE("sweep: a terminal shows one progress line over the runs' training steps") {
+  TempDir dir("mllm-sweep");
+  const auto data = dir / "shapes";
+  REQUIRE(run("data shapes --out " + data.string() + " --seed 0 --train 32 --val 8 --image-size 32")
+              .code == 0);
+  // script(1) gives the sweep a terminal; the runs are slowed so that it has time to draw.
+  const std::string sweep = std::string("env MLLM_TEST_STEP_DELAY_MS=150 ") + MLLM_BIN +
+                            " sweep --config " + kStage1 + as_set_args(tiny(data)) +
+                            " --set train.max_steps=6 --set train.log_every=1" +
+                            " --grid train.lr=1e-3,3e-3 --out " + (dir / "out").string();
+  const Result r = mllm::test::run_shell("script -qec '" + sweep + "' /dev/null");
+  INFO(r.output);
+  REQUIRE(r.code == 0);
+  CHECK(r.output.find("sweep: ") != std::string::npos);
+  CHECK(r.output.find("/12 training steps of all runs") != std::string::npos);
+  CHECK(r.output.find("\r") != std::string::npos);  // redrawn in place
+}
