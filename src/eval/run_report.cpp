@@ -141,6 +141,10 @@ std::string html_escape(const std::string& s) {
 
 std::string fmt(double v) {
   char buf[64];
+  if (v == std::floor(v) && std::fabs(v) < 1e15) {
+    std::snprintf(buf, sizeof buf, "%.0f", v);  // counts: steps, parameters
+    return buf;
+  }
   if (v != 0 && (std::fabs(v) >= 1e6 || std::fabs(v) < 1e-3))
     std::snprintf(buf, sizeof buf, "%.3g", v);
   else
@@ -335,7 +339,7 @@ fs::path write_run_report(const RunReportOptions& options) {
       "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>report</title>\n<style>\n"
       "body{font-family:sans-serif;margin:24px;color:#222;max-width:1900px}"
       "figure{display:inline-block;margin:8px;vertical-align:top}"
-      "figure img{width:760px;border:1px solid #ddd}"
+      "figure img{width:640px;border:1px solid #ddd}"
       "table{border-collapse:collapse;margin:8px 0}"
       "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}"
       "th{background:#f3f3f3}td.reply{font-weight:bold}ul{margin:0;padding-left:18px}\n"
