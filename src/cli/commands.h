@@ -21,7 +21,7 @@ Action add_export_command(CLI::App& app);    // model_cmds.cpp (LibTorch)
 Action add_generate_command(CLI::App& app);  // generate_cmd.cpp (LibTorch)
 Action add_eval_command(CLI::App& app);      // eval_cmd.cpp (LibTorch)
 Action add_score_command(CLI::App& app);
-Action add_report_command(CLI::App& app);   // run_report.h
+Action add_report_command(CLI::App& app);  // run_report.h
 
 // `mllm data check` (data_check.cpp, which needs LibTorch for the image decoder).
 int run_data_check(const std::string& config_path, const std::vector<std::string>& overrides);

@@ -106,12 +106,13 @@ void check_source(const std::string& key, const DataSourceConfig& source, DataCo
   for (const auto& [why, n] : st.skip_reasons)
     std::printf("    skipped: %-50s %lld\n", why.c_str(), static_cast<long long>(n));
   if (data.template_name == "hf")
-    std::printf("  chat template: %lld replies in %lld records carry no loss (the template renders "
-                "them differently once later turns follow); %lld records' prompts end inside a "
-                "token\n",
-                static_cast<long long>(st.unrendered_replies),
-                static_cast<long long>(st.records_with_unrendered),
-                static_cast<long long>(st.prompt_boundary_mismatches));
+    std::printf(
+        "  chat template: %lld replies in %lld records carry no loss (the template renders "
+        "them differently once later turns follow); %lld records' prompts end inside a "
+        "token\n",
+        static_cast<long long>(st.unrendered_replies),
+        static_cast<long long>(st.records_with_unrendered),
+        static_cast<long long>(st.prompt_boundary_mismatches));
   std::printf("  tokenized at %.0f tokens/s (one thread)\n",
               tok_s > 0 ? static_cast<double>(tokens) / tok_s : 0.0);
   int64_t corrupt = 0;

@@ -46,10 +46,10 @@ int run_convert(const std::string& from, std::string to, const std::string& in,
       } catch (const nlohmann::json::exception& e) {
         throw Error(std::string("malformed JSON: ") + json_error_message(e));
       }
-      const bool preference = rec.is_object() && (rec.contains("chosen") ||
-                                                   rec.contains("rejected_response"));
-      const auto converted = from_llava_record(to, to_llava_record(from_layout, rec, preference),
-                                               preference);
+      const bool preference =
+          rec.is_object() && (rec.contains("chosen") || rec.contains("rejected_response"));
+      const auto converted =
+          from_llava_record(to, to_llava_record(from_layout, rec, preference), preference);
       if (!jsonl(out) && n > 0) text += ",\n";
       text += converted.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
       if (jsonl(out)) text += "\n";
@@ -66,8 +66,8 @@ int run_convert(const std::string& from, std::string to, const std::string& in,
   });
   if (!jsonl(out)) text += "\n]\n";
   write_file_atomic(out, text);
-  spdlog::info("{} ({}) -> {} ({}): {} records ({} preference pairs)", in, from_layout, out, to,
-               n, pairs);
+  spdlog::info("{} ({}) -> {} ({}): {} records ({} preference pairs)", in, from_layout, out, to, n,
+               pairs);
   return 0;
 }
 
@@ -131,8 +131,7 @@ Action add_data_command(CLI::App& app) {
   return [args, check, check_args, convert, convert_args]() {
     if (check->parsed()) return run_data_check(check_args->config, check_args->overrides);
     if (convert->parsed())
-      return run_convert(convert_args->from, convert_args->to, convert_args->in,
-                         convert_args->out);
+      return run_convert(convert_args->from, convert_args->to, convert_args->in, convert_args->out);
     try {
       const auto s = data::generate_shapes_world(args->out, args->options);
       spdlog::info(

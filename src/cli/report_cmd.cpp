@@ -20,7 +20,8 @@ Action add_report_command(CLI::App& app) {
   cmd->add_option("RUN", args->run,
                   "Run directory (or a folder of runs, such as the demo's runs/demo-*)")
       ->required();
-  cmd->add_option("--compare", args->compare, "Another run directory to plot beside it (repeatable)")
+  cmd->add_option("--compare", args->compare,
+                  "Another run directory to plot beside it (repeatable)")
       ->allow_extra_args(false);
   cmd->add_option("--out", args->out, "Output folder (default: RUN/report)");
   return [args]() {

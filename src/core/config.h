@@ -137,9 +137,9 @@ struct DataSourceConfig {
   // (data/formats.h: LLaMA-Factory's and ms-swift/TRL's layouts, conversations or preference
   // pairs as the stage reads)
   std::string format = "llava_json";
-  std::string path;                   // empty = none (only allowed for data.eval)
-  std::string image_root;             // folder that record "image" paths are relative to
-  int64_t max_samples = 0;            // 0 = all
+  std::string path;         // empty = none (only allowed for data.eval)
+  std::string image_root;   // folder that record "image" paths are relative to
+  int64_t max_samples = 0;  // 0 = all
   // In a mixture (data.train as a list; data/mixture.h) only: the share of each epoch this source
   // takes (`weight`, relative to the other weighted sources), or how many passes over it an epoch
   // makes (`epochs`); and the chat template it is rendered with ("" = data.template).

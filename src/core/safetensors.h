@@ -26,9 +26,9 @@ using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
 
 // Writes `tensors` in the order given, followed by `metadata` in the header's "__metadata__" block
 // (omitted when empty), atomically: temporary sibling, fsync, rename. Tensors may be non-contiguous
-// or on any device; they are copied to CPU one at a time, so peak extra memory is one tensor. A file
-// of 512 MiB or more shows a progress line (core/progress.h) while it is written.
-// Throws Error on duplicate names, a tensor named "__metadata__", or an unsupported dtype.
+// or on any device; they are copied to CPU one at a time, so peak extra memory is one tensor. A
+// file of 512 MiB or more shows a progress line (core/progress.h) while it is written. Throws Error
+// on duplicate names, a tensor named "__metadata__", or an unsupported dtype.
 void save_safetensors(const std::filesystem::path& path, const NamedTensors& tensors,
                       const std::map<std::string, std::string>& metadata = {});
 

@@ -254,8 +254,7 @@ TemplateFiles find_template_files(const std::filesystem::path& tokenizer_file) {
     } catch (const OJson::exception& e) {
       throw Error(config_path.string() + ": not valid JSON (" + json_error_message(e) + ")");
     }
-    if (!t.config.is_object())
-      throw Error(config_path.string() + ": not a JSON object");
+    if (!t.config.is_object()) throw Error(config_path.string() + ": not a JSON object");
   }
   const auto jinja_path = dir / "chat_template.jinja";
   if (std::filesystem::is_regular_file(jinja_path, ec)) {
@@ -302,8 +301,7 @@ std::shared_ptr<const HfChatTemplate> hf_template_of(const Tokenizer& tokenizer)
   std::shared_ptr<const HfChatTemplate> t;
   if (!files.source.empty()) {
     const auto special = [&](const char* k, int64_t id) {
-      if (files.config.is_object() && files.config.contains(k))
-        return token_text(files.config[k]);
+      if (files.config.is_object() && files.config.contains(k)) return token_text(files.config[k]);
       return id >= 0 ? tokenizer.id_to_token(id) : std::string();
     };
     t = std::make_shared<HfChatTemplate>(files.source, files.name,
@@ -312,9 +310,10 @@ std::shared_ptr<const HfChatTemplate> hf_template_of(const Tokenizer& tokenizer)
     if (!t->missing_tokens().empty()) {
       std::string list;
       for (const auto& m : t->missing_tokens()) list += (list.empty() ? "'" : ", '") + m + "'";
-      spdlog::warn("{}: the template writes {} in every conversation, but {} has no such token: "
-                   "each is split into ordinary pieces (a template for another tokenizer?)",
-                   t->name(), list, tokenizer.path().string());
+      spdlog::warn(
+          "{}: the template writes {} in every conversation, but {} has no such token: "
+          "each is split into ordinary pieces (a template for another tokenizer?)",
+          t->name(), list, tokenizer.path().string());
     }
   }
   cache[key] = t;
@@ -340,7 +339,9 @@ bool starts_with(const std::string& s, const std::string& prefix) {
   return s.size() >= prefix.size() && s.compare(0, prefix.size(), prefix) == 0;
 }
 
-bool is_space(char c) { return c == ' ' || (c >= '\t' && c <= '\r'); }
+bool is_space(char c) {
+  return c == ' ' || (c >= '\t' && c <= '\r');
+}
 
 const char* kProbeQuestion = "mllm probe question";
 const char* kProbeReply = "mllm probe reply";
@@ -406,7 +407,9 @@ HfChatTemplate::HfChatTemplate(const std::string& source, std::string name, std:
 
 HfChatTemplate::~HfChatTemplate() = default;
 
-bool HfChatTemplate::has_generation_blocks() const { return jinja_->has_generation(); }
+bool HfChatTemplate::has_generation_blocks() const {
+  return jinja_->has_generation();
+}
 
 std::string HfChatTemplate::render_text(const std::vector<Turn>& turns,
                                         bool add_generation_prompt) const {
@@ -496,8 +499,9 @@ RenderedConversation render_template(const std::string& name, const std::vector<
   const TemplateEntry& entry = find_template(name);  // before the turns: a bad name says so
   if (!entry.render) {
     if (!tokens.hf)
-      throw Error("data.template is hf but the tokenizer's folder has no chat template "
-                  "(tokenizer_config.json \"chat_template\" or chat_template.jinja)");
+      throw Error(
+          "data.template is hf but the tokenizer's folder has no chat template "
+          "(tokenizer_config.json \"chat_template\" or chat_template.jinja)");
     if (turns.empty()) throw Error("no conversation turns");
     return tokens.hf->render(turns);
   }

@@ -205,12 +205,12 @@ struct Context {
     if (stats.skipped > 0)
       spdlog::warn("{}: skipped {} bad records of {}", source.path, stats.skipped, stats.records);
     if (stats.unrendered_replies > 0)
-      spdlog::warn("{}: {} replies in {} of {} records carry no loss: the chat template renders "
-                   "them differently once later turns follow (Qwen3 drops earlier <think> "
-                   "blocks), so no rendering of them is what trains; a template with "
-                   "{{% generation %}} blocks marks replies itself",
-                   source.path, stats.unrendered_replies, stats.records_with_unrendered,
-                   stats.records);
+      spdlog::warn(
+          "{}: {} replies in {} of {} records carry no loss: the chat template renders "
+          "them differently once later turns follow (Qwen3 drops earlier <think> "
+          "blocks), so no rendering of them is what trains; a template with "
+          "{{% generation %}} blocks marks replies itself",
+          source.path, stats.unrendered_replies, stats.records_with_unrendered, stats.records);
     if (kept == 0) throw Error(source.path + ": no usable records (" + key + ")");
   }
 
@@ -298,7 +298,8 @@ struct Context {
       throw Error("no reply the chat template renders the same way in the whole conversation");
     if (last_reply_only && r.supervised.size() > 1) {
       r.supervised.erase(r.supervised.begin(), r.supervised.end() - 1);
-      if (!r.prompt_ends.empty()) r.prompt_ends.erase(r.prompt_ends.begin(), r.prompt_ends.end() - 1);
+      if (!r.prompt_ends.empty())
+        r.prompt_ends.erase(r.prompt_ends.begin(), r.prompt_ends.end() - 1);
     }
     Record rec;
     rec.id = id;
@@ -535,10 +536,11 @@ Sample RecordTokenizer::tokenize(const Record& r, size_t slot) const {
   try {
     Sample s = tokenize_unlabelled(r, truncated, boundary_mismatch);
     if (boundary_mismatch && status_[slot].load() == 0 && ++boundary_ == 1)
-      spdlog::warn("{}: the chat template's prompt ends inside a token, so it does not tokenize as "
-                   "a prefix of the conversation; the loss still starts where the rendering says "
-                   "(counted: mllm data check reports how many records)",
-                   where(r));
+      spdlog::warn(
+          "{}: the chat template's prompt ends inside a token, so it does not tokenize as "
+          "a prefix of the conversation; the loss still starts where the rendering says "
+          "(counted: mllm data check reports how many records)",
+          where(r));
     mark(slot, truncated ? 2 : 1);
     return s;
   } catch (const Error& e) {

@@ -112,8 +112,8 @@ struct Record {
   std::vector<std::pair<size_t, size_t>> supervised;  // byte spans of `text` with the loss
   std::vector<size_t> prompt_ends;  // hf template: where each span's rendered prompt ends
   std::vector<Visual> visuals;      // empty for text-only records
-  size_t line = 0;                                    // 1-based line the record starts on
-  size_t index = 0;                                   // 0-based record index in the file
+  size_t line = 0;                  // 1-based line the record starts on
+  size_t index = 0;                 // 0-based record index in the file
 };
 
 // Turns records into samples (thread-safe) and keeps the counters of what that finds.

@@ -118,8 +118,7 @@ Json to_llava(const std::string& layout, const Json& rec, bool preference) {
   const auto finish = [&](std::vector<Turn> turns) {
     if (layout == "sharegpt" && rec.contains("system") && !rec["system"].is_null()) {
       if (!rec["system"].is_string()) throw Error("\"system\" must be a string");
-      if (!rec["system"].get<std::string>().empty() &&
-          (turns.empty() || turns[0].role != "system"))
+      if (!rec["system"].get<std::string>().empty() && (turns.empty() || turns[0].role != "system"))
         turns.insert(turns.begin(), Turn{"system", rec["system"].get<std::string>()});
     }
     if (has_video)
@@ -127,8 +126,8 @@ Json to_llava(const std::string& layout, const Json& rec, bool preference) {
     out["conversations"] = llava_turns(turns);
   };
   if (!preference) {
-    const char* field = rec.contains("conversations") && layout == "sharegpt" ? "conversations"
-                                                                              : "messages";
+    const char* field =
+        rec.contains("conversations") && layout == "sharegpt" ? "conversations" : "messages";
     if (!rec.contains(field)) throw Error(std::string("missing \"") + field + "\" list");
     finish(read_turns(rec[field], field));
     return out;
@@ -158,8 +157,9 @@ Json to_llava(const std::string& layout, const Json& rec, bool preference) {
       for (size_t i = 0; same && i + 1 < x.size(); ++i)
         same = x[i].role == y[i].role && x[i].text == y[i].text;
       if (!same || x.back().role != "gpt" || y.back().role != "gpt")
-        throw Error("\"chosen\" and \"rejected\" must share the prompt and differ in the last "
-                    "assistant reply");
+        throw Error(
+            "\"chosen\" and \"rejected\" must share the prompt and differ in the last "
+            "assistant reply");
       chosen = x.back().text;
       rejected = y.back().text;
       x.pop_back();

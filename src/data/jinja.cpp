@@ -150,18 +150,26 @@ Value new_dict(Dict::Kind kind = Dict::Kind::dict) {
 
 std::string type_name(const Value& v) {
   switch (v.kind) {
-    case Value::Kind::undefined: return "Undefined";
-    case Value::Kind::none: return "NoneType";
-    case Value::Kind::boolean: return "bool";
-    case Value::Kind::integer: return "int";
-    case Value::Kind::floating: return "float";
-    case Value::Kind::string: return "str";
-    case Value::Kind::list: return v.tuple ? "tuple" : "list";
+    case Value::Kind::undefined:
+      return "Undefined";
+    case Value::Kind::none:
+      return "NoneType";
+    case Value::Kind::boolean:
+      return "bool";
+    case Value::Kind::integer:
+      return "int";
+    case Value::Kind::floating:
+      return "float";
+    case Value::Kind::string:
+      return "str";
+    case Value::Kind::list:
+      return v.tuple ? "tuple" : "list";
     case Value::Kind::dict:
       return v.dict->kind == Dict::Kind::namespace_ ? "Namespace"
              : v.dict->kind == Dict::Kind::loop     ? "LoopContext"
                                                     : "dict";
-    case Value::Kind::function: return "function";
+    case Value::Kind::function:
+      return "function";
   }
   return "object";
 }
@@ -183,14 +191,22 @@ struct RenderError {
 bool truthy(const Value& v) {
   switch (v.kind) {
     case Value::Kind::undefined:
-    case Value::Kind::none: return false;
-    case Value::Kind::boolean: return v.b;
-    case Value::Kind::integer: return v.i != 0;
-    case Value::Kind::floating: return v.f != 0;
-    case Value::Kind::string: return !v.s.empty();
-    case Value::Kind::list: return !v.list->empty();
-    case Value::Kind::dict: return v.dict->kind != Dict::Kind::dict || !v.dict->items.empty();
-    case Value::Kind::function: return true;
+    case Value::Kind::none:
+      return false;
+    case Value::Kind::boolean:
+      return v.b;
+    case Value::Kind::integer:
+      return v.i != 0;
+    case Value::Kind::floating:
+      return v.f != 0;
+    case Value::Kind::string:
+      return !v.s.empty();
+    case Value::Kind::list:
+      return !v.list->empty();
+    case Value::Kind::dict:
+      return v.dict->kind != Dict::Kind::dict || !v.dict->items.empty();
+    case Value::Kind::function:
+      return true;
   }
   return false;
 }
@@ -204,8 +220,10 @@ bool equal(const Value& a, const Value& b) {
   if (a.kind != b.kind) return false;
   switch (a.kind) {
     case Value::Kind::undefined:
-    case Value::Kind::none: return true;
-    case Value::Kind::string: return a.s == b.s;
+    case Value::Kind::none:
+      return true;
+    case Value::Kind::string:
+      return a.s == b.s;
     case Value::Kind::list:
       if (a.list->size() != b.list->size() || a.tuple != b.tuple) return false;
       for (size_t k = 0; k < a.list->size(); ++k)
@@ -220,8 +238,10 @@ bool equal(const Value& a, const Value& b) {
         if (!o || !equal(v, *o)) return false;
       }
       return true;
-    case Value::Kind::function: return a.fn == b.fn;
-    default: return false;
+    case Value::Kind::function:
+      return a.fn == b.fn;
+    default:
+      return false;
   }
 }
 
@@ -299,7 +319,9 @@ std::string ascii_lower(std::string s) {
   return s;
 }
 
-bool ascii_alpha(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
+bool ascii_alpha(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+}
 
 // ---------------------------------------------------------------------------------------------
 // How Python prints values.
@@ -378,20 +400,29 @@ std::string repr(const Value& v);
 // str(v): what {{ v }} and ~ write.
 std::string to_str(const Value& v) {
   switch (v.kind) {
-    case Value::Kind::undefined: return "";
-    case Value::Kind::string: return v.s;
-    default: return repr(v);
+    case Value::Kind::undefined:
+      return "";
+    case Value::Kind::string:
+      return v.s;
+    default:
+      return repr(v);
   }
 }
 
 std::string repr(const Value& v) {
   switch (v.kind) {
-    case Value::Kind::undefined: return "";
-    case Value::Kind::none: return "None";
-    case Value::Kind::boolean: return v.b ? "True" : "False";
-    case Value::Kind::integer: return std::to_string(v.i);
-    case Value::Kind::floating: return float_repr(v.f);
-    case Value::Kind::string: return string_repr(v.s);
+    case Value::Kind::undefined:
+      return "";
+    case Value::Kind::none:
+      return "None";
+    case Value::Kind::boolean:
+      return v.b ? "True" : "False";
+    case Value::Kind::integer:
+      return std::to_string(v.i);
+    case Value::Kind::floating:
+      return float_repr(v.f);
+    case Value::Kind::string:
+      return string_repr(v.s);
     case Value::Kind::list: {
       std::string out = v.tuple ? "(" : "[";
       for (size_t k = 0; k < v.list->size(); ++k) out += (k ? ", " : "") + repr((*v.list)[k]);
@@ -409,7 +440,8 @@ std::string repr(const Value& v) {
       if (v.dict->kind == Dict::Kind::namespace_) return "<Namespace " + out + ">";
       return out;
     }
-    case Value::Kind::function: return "<function " + v.fn_name + ">";
+    case Value::Kind::function:
+      return "<function " + v.fn_name + ">";
   }
   return "";
 }
@@ -431,7 +463,8 @@ void json_string(std::string& out, const std::string& s, bool ensure_ascii) {
       char buf[16];
       if (cp >= 0x10000) {
         cp -= 0x10000;
-        std::snprintf(buf, sizeof buf, "\\u%04x\\u%04x", 0xD800 + (cp >> 10), 0xDC00 + (cp & 0x3FF));
+        std::snprintf(buf, sizeof buf, "\\u%04x\\u%04x", 0xD800 + (cp >> 10),
+                      0xDC00 + (cp & 0x3FF));
       } else {
         std::snprintf(buf, sizeof buf, "\\u%04x", cp);
       }
@@ -439,13 +472,27 @@ void json_string(std::string& out, const std::string& s, bool ensure_ascii) {
       continue;
     }
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      case '\b': out += "\\b"; break;
-      case '\f': out += "\\f"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      case '\b':
+        out += "\\b";
+        break;
+      case '\f':
+        out += "\\f";
+        break;
       default:
         if (u < 0x20) {
           char buf[8];
@@ -472,9 +519,15 @@ void to_json(std::string& out, const Value& v, const JsonStyle& st, int depth) {
     for (int k = 0; k < d; ++k) out += *st.indent;
   };
   switch (v.kind) {
-    case Value::Kind::none: out += "null"; return;
-    case Value::Kind::boolean: out += v.b ? "true" : "false"; return;
-    case Value::Kind::integer: out += std::to_string(v.i); return;
+    case Value::Kind::none:
+      out += "null";
+      return;
+    case Value::Kind::boolean:
+      out += v.b ? "true" : "false";
+      return;
+    case Value::Kind::integer:
+      out += std::to_string(v.i);
+      return;
     case Value::Kind::floating:
       if (std::isnan(v.f))
         out += "NaN";
@@ -483,7 +536,9 @@ void to_json(std::string& out, const Value& v, const JsonStyle& st, int depth) {
       else
         out += float_repr(v.f);
       return;
-    case Value::Kind::string: json_string(out, v.s, st.ensure_ascii); return;
+    case Value::Kind::string:
+      json_string(out, v.s, st.ensure_ascii);
+      return;
     case Value::Kind::list: {
       if (v.list->empty()) {
         out += "[]";
@@ -517,9 +572,8 @@ void to_json(std::string& out, const Value& v, const JsonStyle& st, int depth) {
         fail("TypeError", "keys must be str, int, float, bool or None, not " + type_name(k));
       };
       if (st.sort_keys)
-        std::stable_sort(items.begin(), items.end(), [&](auto* a, auto* b) {
-          return key_text(a->first) < key_text(b->first);
-        });
+        std::stable_sort(items.begin(), items.end(),
+                         [&](auto* a, auto* b) { return key_text(a->first) < key_text(b->first); });
       out += '{';
       bool first = true;
       for (const auto* kv : items) {
@@ -534,20 +588,26 @@ void to_json(std::string& out, const Value& v, const JsonStyle& st, int depth) {
       out += '}';
       return;
     }
-    default: fail("TypeError", "Object of type " + type_name(v) + " is not JSON serializable");
+    default:
+      fail("TypeError", "Object of type " + type_name(v) + " is not JSON serializable");
   }
 }
 
 template <class J>
 Value from_json(const J& j) {
   switch (j.type()) {
-    case nlohmann::json::value_t::null: return Value::none();
-    case nlohmann::json::value_t::boolean: return Value::boolean(j.template get<bool>());
-    case nlohmann::json::value_t::number_integer: return Value::integer(j.template get<int64_t>());
+    case nlohmann::json::value_t::null:
+      return Value::none();
+    case nlohmann::json::value_t::boolean:
+      return Value::boolean(j.template get<bool>());
+    case nlohmann::json::value_t::number_integer:
+      return Value::integer(j.template get<int64_t>());
     case nlohmann::json::value_t::number_unsigned:
       return Value::integer(static_cast<int64_t>(j.template get<uint64_t>()));
-    case nlohmann::json::value_t::number_float: return Value::floating(j.template get<double>());
-    case nlohmann::json::value_t::string: return Value::str(j.template get<std::string>());
+    case nlohmann::json::value_t::number_float:
+      return Value::floating(j.template get<double>());
+    case nlohmann::json::value_t::string:
+      return Value::str(j.template get<std::string>());
     case nlohmann::json::value_t::array: {
       List items;
       for (const auto& x : j) items.push_back(from_json(x));
@@ -559,7 +619,8 @@ Value from_json(const J& j) {
         d.dict->items.emplace_back(Value::str(it.key()), from_json(it.value()));
       return d;
     }
-    default: return Value::none();
+    default:
+      return Value::none();
   }
 }
 
@@ -638,20 +699,47 @@ std::string unescape(const std::string& body, int line) {
       return cp;
     };
     switch (c) {
-      case '\n': break;  // line continuation
-      case '\\': out += '\\'; break;
-      case '\'': out += '\''; break;
-      case '"': out += '"'; break;
-      case 'a': out += '\a'; break;
-      case 'b': out += '\b'; break;
-      case 'f': out += '\f'; break;
-      case 'n': out += '\n'; break;
-      case 'r': out += '\r'; break;
-      case 't': out += '\t'; break;
-      case 'v': out += '\v'; break;
-      case 'x': append_utf8(out, hex(2)); break;
-      case 'u': append_utf8(out, hex(4)); break;
-      case 'U': append_utf8(out, hex(8)); break;
+      case '\n':
+        break;  // line continuation
+      case '\\':
+        out += '\\';
+        break;
+      case '\'':
+        out += '\'';
+        break;
+      case '"':
+        out += '"';
+        break;
+      case 'a':
+        out += '\a';
+        break;
+      case 'b':
+        out += '\b';
+        break;
+      case 'f':
+        out += '\f';
+        break;
+      case 'n':
+        out += '\n';
+        break;
+      case 'r':
+        out += '\r';
+        break;
+      case 't':
+        out += '\t';
+        break;
+      case 'v':
+        out += '\v';
+        break;
+      case 'x':
+        append_utf8(out, hex(2));
+        break;
+      case 'u':
+        append_utf8(out, hex(4));
+        break;
+      case 'U':
+        append_utf8(out, hex(8));
+        break;
       default:
         if (c >= '0' && c <= '7') {
           uint32_t cp = static_cast<uint32_t>(c - '0');
@@ -848,8 +936,8 @@ class Lexer {
       }
       if (ascii_alpha(c) || c == '_') {
         size_t e = pos_;
-        while (e < src_.size() && (std::isalnum(static_cast<unsigned char>(src_[e])) ||
-                                   src_[e] == '_'))
+        while (e < src_.size() &&
+               (std::isalnum(static_cast<unsigned char>(src_[e])) || src_[e] == '_'))
           ++e;
         tokens_.push_back({Tok::name, src_.substr(pos_, e - pos_), line_});
         pos_ = e;
@@ -869,9 +957,9 @@ class Lexer {
         pos_ = e + 1;
         continue;
       }
-      static const char* ops[] = {"//", "**", "==", "!=", ">=", "<=", "+", "-", "*", "/", "%",
-                                  "~",  "<",  ">",  "=",  "(",  ")", "[", "]", "{", "}", ",",
-                                  ".",  ":",  "|"};
+      static const char* ops[] = {"//", "**", "==", "!=", ">=", "<=", "+", "-", "*",
+                                  "/",  "%",  "~",  "<",  ">",  "=",  "(", ")", "[",
+                                  "]",  "{",  "}",  ",",  ".",  ":",  "|"};
       bool matched = false;
       for (const char* op : ops) {
         const size_t n = std::strlen(op);
@@ -999,21 +1087,22 @@ NodePtr make(Node::Type type, int line) {
 // names another is refused when it is parsed, as jinja2 refuses an unknown filter.
 bool known_filter(const std::string& name) {
   static const char* names[] = {
-      "trim",  "tojson",  "length", "count",    "upper",      "lower",      "capitalize", "title",
-      "string", "safe",   "list",   "items",    "first",      "last",       "reverse",    "unique",
-      "sort",  "join",    "selectattr", "rejectattr", "select", "reject", "map", "sum", "min",
-      "max",   "dictsort", "default", "d",      "int",        "float",      "abs",        "round",
-      "replace", "indent", "wordcount", "attr", "e",          "escape"};
+      "trim",   "tojson",  "length",     "count",      "upper",  "lower",  "capitalize", "title",
+      "string", "safe",    "list",       "items",      "first",  "last",   "reverse",    "unique",
+      "sort",   "join",    "selectattr", "rejectattr", "select", "reject", "map",        "sum",
+      "min",    "max",     "dictsort",   "default",    "d",      "int",    "float",      "abs",
+      "round",  "replace", "indent",     "wordcount",  "attr",   "e",      "escape"};
   return std::find(std::begin(names), std::end(names), name) != std::end(names);
 }
 
 bool known_test(const std::string& name) {
   static const char* names[] = {
-      "defined", "undefined", "none",  "string", "number", "integer", "float", "boolean",
-      "true",    "false",     "mapping", "iterable", "sequence", "callable", "odd", "even",
-      "divisibleby", "in",    "eq",    "equalto", "==",    "ne",      "!=",    "lt",
-      "lessthan", "<",        "le",    "<=",      "gt",    "greaterthan", ">", "ge",
-      ">=",      "sameas",    "lower", "upper"};
+      "defined",  "undefined", "none", "string", "number",      "integer",
+      "float",    "boolean",   "true", "false",  "mapping",     "iterable",
+      "sequence", "callable",  "odd",  "even",   "divisibleby", "in",
+      "eq",       "equalto",   "==",   "ne",     "!=",          "lt",
+      "lessthan", "<",         "le",   "<=",     "gt",          "greaterthan",
+      ">",        "ge",        ">=",   "sameas", "lower",       "upper"};
   return std::find(std::begin(names), std::end(names), name) != std::end(names);
 }
 
@@ -1051,11 +1140,16 @@ class Parser {
   }
   static std::string describe(const Token& t) {
     switch (t.kind) {
-      case Tok::end: return "the end of the template";
-      case Tok::block_end: return "'%}'";
-      case Tok::var_end: return "'}}'";
-      case Tok::string: return "a string";
-      default: return "'" + t.text + "'";
+      case Tok::end:
+        return "the end of the template";
+      case Tok::block_end:
+        return "'%}'";
+      case Tok::var_end:
+        return "'}}'";
+      case Tok::string:
+        return "a string";
+      default:
+        return "'" + t.text + "'";
     }
   }
 
@@ -1081,14 +1175,12 @@ class Parser {
         ++k_;
         auto n = make(Node::Type::output, t.line);
         n->kids.push_back(parse_tuple_or_expr());
-        if (cur().kind != Tok::var_end)
-          syntax("expected '}}', got " + describe(cur()), cur().line);
+        if (cur().kind != Tok::var_end) syntax("expected '}}', got " + describe(cur()), cur().line);
         ++k_;
         body->kids.push_back(std::move(n));
       } else if (t.kind == Tok::block_begin) {
         const Token& kw = peek();
-        if (kw.kind == Tok::name &&
-            std::find(ends.begin(), ends.end(), kw.text) != ends.end())
+        if (kw.kind == Tok::name && std::find(ends.begin(), ends.end(), kw.text) != ends.end())
           return body;
         ++k_;
         body->kids.push_back(parse_statement());
@@ -1138,10 +1230,9 @@ class Parser {
       end_tag("endfilter");
       return n;
     }
-    static const char* unsupported[] = {"include", "import",   "from", "extends", "block",
-                                        "call",    "with",     "autoescape", "do", "trans",
-                                        "endif",   "endfor",   "else", "elif", "endmacro",
-                                        "endset",  "endfilter"};
+    static const char* unsupported[] = {
+        "include", "import", "from",   "extends", "block", "call",     "with",   "autoescape", "do",
+        "trans",   "endif",  "endfor", "else",    "elif",  "endmacro", "endset", "endfilter"};
     for (const char* u : unsupported)
       if (word == u)
         syntax("'{% " + word + " %}' is outside the supported Jinja subset" +
@@ -1199,8 +1290,8 @@ class Parser {
       ++k_;
       n->filter_cond = parse_expr();
     }
-    if (is_name("recursive")) syntax("recursive loops are outside the supported Jinja subset",
-                                     cur().line);
+    if (is_name("recursive"))
+      syntax("recursive loops are outside the supported Jinja subset", cur().line);
     expect_block_end();
     n->kids.push_back(parse_body({"else", "endfor"}));
     ++k_;
@@ -1528,8 +1619,8 @@ class Parser {
     expect_op("(");
     std::vector<NodePtr> pos, kw;
     while (!is_op(")")) {
-      if (is_op("*") || is_op("**")) syntax("*args and **kwargs calls are outside the subset",
-                                            cur().line);
+      if (is_op("*") || is_op("**"))
+        syntax("*args and **kwargs calls are outside the subset", cur().line);
       if (cur().kind == Tok::name && peek().kind == Tok::op && peek().text == "=") {
         n.kw.push_back(t_[k_].text);
         k_ += 2;
@@ -1747,8 +1838,10 @@ struct Interp {
   Value eval(const Node& n) {
     line = n.line;
     switch (n.type) {
-      case Node::Type::literal: return n.value;
-      case Node::Type::name: return lookup(n.name);
+      case Node::Type::literal:
+        return n.value;
+      case Node::Type::name:
+        return lookup(n.name);
       case Node::Type::list:
       case Node::Type::tuple: {
         List items;
@@ -1763,10 +1856,14 @@ struct Interp {
         }
         return d;
       }
-      case Node::Type::attr: return get_attr(eval(*n.kids[0]), n.name);
-      case Node::Type::item: return get_item(eval(*n.kids[0]), eval(*n.kids[1]));
-      case Node::Type::slice: return slice(n);
-      case Node::Type::call: return call(n);
+      case Node::Type::attr:
+        return get_attr(eval(*n.kids[0]), n.name);
+      case Node::Type::item:
+        return get_item(eval(*n.kids[0]), eval(*n.kids[1]));
+      case Node::Type::slice:
+        return slice(n);
+      case Node::Type::call:
+        return call(n);
       case Node::Type::filter: {
         Value target = eval(*n.kids[0]);
         Args a = eval_args(n, 1);
@@ -1794,7 +1891,8 @@ struct Interp {
         if (v.integer_value() == INT64_MIN) fail("OverflowError", "integer negation overflows");
         return Value::integer(-v.integer_value());
       }
-      case Node::Type::not_: return Value::boolean(!truthy(eval(*n.kids[0])));
+      case Node::Type::not_:
+        return Value::boolean(!truthy(eval(*n.kids[0])));
       case Node::Type::and_: {
         Value a = eval(*n.kids[0]);
         return truthy(a) ? eval(*n.kids[1]) : a;
@@ -1806,10 +1904,12 @@ struct Interp {
       case Node::Type::cond: {
         if (truthy(eval(*n.kids[0]))) return eval(*n.kids[1]);
         if (n.kids.size() > 2) return eval(*n.kids[2]);
-        return Value::undef("the inline if-expression evaluated to false and no else section "
-                            "was defined.");
+        return Value::undef(
+            "the inline if-expression evaluated to false and no else section "
+            "was defined.");
       }
-      case Node::Type::binary: return binary(n.name, eval(*n.kids[0]), eval(*n.kids[1]));
+      case Node::Type::binary:
+        return binary(n.name, eval(*n.kids[0]), eval(*n.kids[1]));
       case Node::Type::compare: {
         Value left = eval(*n.kids[0]);
         for (size_t k = 0; k < n.names.size(); ++k) {
@@ -1820,7 +1920,8 @@ struct Interp {
         }
         return Value::boolean(true);
       }
-      default: fail("TemplateError", "not an expression");
+      default:
+        fail("TemplateError", "not an expression");
     }
   }
 
@@ -1829,8 +1930,7 @@ struct Interp {
     const size_t n_kw = n.kw.size();
     const size_t n_pos = n.kids.size() - first - n_kw;
     for (size_t k = 0; k < n_pos; ++k) a.pos.push_back(eval(*n.kids[first + k]));
-    for (size_t k = 0; k < n_kw; ++k)
-      a.kw.emplace_back(n.kw[k], eval(*n.kids[first + n_pos + k]));
+    for (size_t k = 0; k < n_kw; ++k) a.kw.emplace_back(n.kw[k], eval(*n.kids[first + n_pos + k]));
     return a;
   }
 
@@ -1957,8 +2057,8 @@ struct Interp {
     if (a.is_undefined()) fail_undefined(a);
     if (b.is_undefined()) fail_undefined(b);
     const auto bad = [&]() -> Value {
-      fail("TypeError", "unsupported operand type(s) for " + op + ": '" + type_name(a) +
-                            "' and '" + type_name(b) + "'");
+      fail("TypeError", "unsupported operand type(s) for " + op + ": '" + type_name(a) + "' and '" +
+                            type_name(b) + "'");
     };
     if (op == "+") {
       if ((a.is_string() && a.s.size() + b.s.size() > kMaxSize) ||
@@ -1971,30 +2071,30 @@ struct Interp {
         return Value::make_list(std::move(items), a.tuple);
       }
       if (a.is_string() || b.is_string())
-        fail("TypeError", a.is_string() ? "can only concatenate str (not \"" + type_name(b) +
-                                              "\") to str"
-                                        : "unsupported operand type(s) for +: '" +
-                                              type_name(a) + "' and 'str'");
+        fail("TypeError",
+             a.is_string() ? "can only concatenate str (not \"" + type_name(b) + "\") to str"
+                           : "unsupported operand type(s) for +: '" + type_name(a) + "' and 'str'");
     }
     if (op == "*") {
-      const Value* seq = a.is_string() || a.is_list() ? &a : b.is_string() || b.is_list() ? &b
-                                                                                          : nullptr;
+      const Value* seq = a.is_string() || a.is_list()   ? &a
+                         : b.is_string() || b.is_list() ? &b
+                                                        : nullptr;
       if (seq) {
         const Value& times = seq == &a ? b : a;
         if (!times.is_int()) bad();
         const int64_t n = std::max<int64_t>(0, times.integer_value());
         const size_t unit = seq->is_string() ? seq->s.size() : seq->list->size();
         if (unit > 0 && static_cast<uint64_t>(n) > kMaxSize / unit)
-          fail("MemoryError", "repeating a " + type_name(*seq) + " " + std::to_string(n) +
-                                  " times is too large");
+          fail("MemoryError",
+               "repeating a " + type_name(*seq) + " " + std::to_string(n) + " times is too large");
         if (seq->is_string()) {
           std::string s;
           for (int64_t k = 0; k < n; ++k) s += seq->s;
           return Value::str(std::move(s));
         }
         List items;
-        for (int64_t k = 0; k < n; ++k) items.insert(items.end(), seq->list->begin(),
-                                                     seq->list->end());
+        for (int64_t k = 0; k < n; ++k)
+          items.insert(items.end(), seq->list->begin(), seq->list->end());
         return Value::make_list(std::move(items), seq->tuple);
       }
     }
@@ -2056,7 +2156,8 @@ struct Interp {
 
   // Python's ordering for <, >, <=, >= (numbers, strings, lists).
   int order(const Value& a, const Value& b, const std::string& op) {
-    if (a.is_number() && b.is_number()) return a.number() < b.number() ? -1 : a.number() > b.number();
+    if (a.is_number() && b.is_number())
+      return a.number() < b.number() ? -1 : a.number() > b.number();
     if (a.is_string() && b.is_string()) return a.s < b.s ? -1 : a.s > b.s;
     if (a.is_list() && b.is_list()) {
       for (size_t k = 0; k < std::min(a.list->size(), b.list->size()); ++k) {
@@ -2074,8 +2175,7 @@ struct Interp {
   bool contains(const Value& container, const Value& item) {
     if (container.is_string()) {
       if (!item.is_string())
-        fail("TypeError", "'in <string>' requires string as left operand, not " +
-                              type_name(item));
+        fail("TypeError", "'in <string>' requires string as left operand, not " + type_name(item));
       return container.s.find(item.s) != std::string::npos;
     }
     if (container.is_list()) {
@@ -2104,8 +2204,10 @@ struct Interp {
 
   List iterate(const Value& v) {
     switch (v.kind) {
-      case Value::Kind::undefined: return {};
-      case Value::Kind::list: return *v.list;
+      case Value::Kind::undefined:
+        return {};
+      case Value::Kind::list:
+        return *v.list;
       case Value::Kind::string: {
         List items;
         for (auto& cp : code_points(v.s)) items.push_back(Value::str(cp));
@@ -2118,7 +2220,8 @@ struct Interp {
         for (const auto& kv : v.dict->items) items.push_back(kv.first);
         return items;
       }
-      default: fail("TypeError", "'" + type_name(v) + "' object is not iterable");
+      default:
+        fail("TypeError", "'" + type_name(v) + "' object is not iterable");
     }
   }
 
@@ -2131,16 +2234,24 @@ struct Interp {
   void exec(const Node& n) {
     line = n.line;
     switch (n.type) {
-      case Node::Type::body: exec_body(n); return;
-      case Node::Type::text: write(n.value.s); return;
-      case Node::Type::output: write(to_str(eval(*n.kids[0]))); return;
+      case Node::Type::body:
+        exec_body(n);
+        return;
+      case Node::Type::text:
+        write(n.value.s);
+        return;
+      case Node::Type::output:
+        write(to_str(eval(*n.kids[0])));
+        return;
       case Node::Type::if_:
         if (truthy(eval(*n.kids[0])))
           exec_body(*n.kids[1]);
         else if (n.else_body)
           exec_body(*n.else_body);
         return;
-      case Node::Type::for_: exec_for(n); return;
+      case Node::Type::for_:
+        exec_for(n);
+        return;
       case Node::Type::set: {
         Value v = eval(*n.kids[0]);
         line = n.line;
@@ -2168,8 +2279,10 @@ struct Interp {
                }));
         return;
       }
-      case Node::Type::break_: throw BreakSignal{};
-      case Node::Type::continue_: throw ContinueSignal{};
+      case Node::Type::break_:
+        throw BreakSignal{};
+      case Node::Type::continue_:
+        throw ContinueSignal{};
       case Node::Type::generation: {
         const bool top = out.size() == 1;
         const size_t begin = sink().size();
@@ -2182,7 +2295,8 @@ struct Interp {
         write(to_str(apply_chain(*n.kids[0], v)));
         return;
       }
-      default: fail("TemplateError", "not a statement");
+      default:
+        fail("TemplateError", "not a statement");
     }
   }
 
@@ -2215,12 +2329,11 @@ struct Interp {
     }
     List items = iterate(v);
     if (items.size() != names.size())
-      fail("ValueError", items.size() < names.size()
-                             ? "not enough values to unpack (expected " +
-                                   std::to_string(names.size()) + ", got " +
-                                   std::to_string(items.size()) + ")"
-                             : "too many values to unpack (expected " +
-                                   std::to_string(names.size()) + ")");
+      fail("ValueError",
+           items.size() < names.size()
+               ? "not enough values to unpack (expected " + std::to_string(names.size()) +
+                     ", got " + std::to_string(items.size()) + ")"
+               : "too many values to unpack (expected " + std::to_string(names.size()) + ")");
     for (size_t k = 0; k < names.size(); ++k) assign(names[k], items[k]);
   }
 
@@ -2261,8 +2374,8 @@ struct Interp {
       put("length", Value::integer(length));
       put("depth", Value::integer(1));
       put("depth0", Value::integer(0));
-      put("previtem", k > 0 ? items[static_cast<size_t>(k - 1)]
-                            : Value::undef("there is no previous item"));
+      put("previtem",
+          k > 0 ? items[static_cast<size_t>(k - 1)] : Value::undef("there is no previous item"));
       put("nextitem", k + 1 < length ? items[static_cast<size_t>(k + 1)]
                                      : Value::undef("there is no next item"));
       put("cycle", Value::function("cycle", [k](Interp&, Args& a) -> Value {
@@ -2289,8 +2402,8 @@ struct Interp {
   Value call_macro(const Node& m, Args& a) {
     step();
     if (macro_depth >= kMaxDepth)
-      fail("RecursionError", "macro '" + m.name + "' calls nest deeper than " +
-                                 std::to_string(kMaxDepth));
+      fail("RecursionError",
+           "macro '" + m.name + "' calls nest deeper than " + std::to_string(kMaxDepth));
     struct Depth {
       int& d;
       explicit Depth(int& x) : d(++x) {}
@@ -2299,8 +2412,8 @@ struct Interp {
     const size_t n_params = m.names.size();
     const size_t n_defaults = m.kids.size() - 1;
     if (a.pos.size() > n_params)
-      fail("TypeError", "macro '" + m.name + "' takes not more than " +
-                            std::to_string(n_params) + " argument(s)");
+      fail("TypeError", "macro '" + m.name + "' takes not more than " + std::to_string(n_params) +
+                            " argument(s)");
     Frame f;
     f.barrier = true;
     frames.push_back(std::move(f));
@@ -2439,7 +2552,8 @@ std::string py_replace(const std::string& s, const std::string& from, const std:
 
 std::string py_capitalize(const std::string& s) {
   std::string lower = ascii_lower(s);
-  if (!lower.empty() && lower[0] >= 'a' && lower[0] <= 'z') lower[0] = static_cast<char>(lower[0] - 32);
+  if (!lower.empty() && lower[0] >= 'a' && lower[0] <= 'z')
+    lower[0] = static_cast<char>(lower[0] - 32);
   return lower;
 }
 
@@ -2450,8 +2564,8 @@ std::string py_title(const std::string& s) {
   for (char& c : out) {
     const auto u = static_cast<unsigned char>(c);
     const bool letter = ascii_alpha(c) || u >= 0x80;
-    if (ascii_alpha(c)) c = prev_letter ? ascii_lower(std::string(1, c))[0]
-                                        : ascii_upper(std::string(1, c))[0];
+    if (ascii_alpha(c))
+      c = prev_letter ? ascii_lower(std::string(1, c))[0] : ascii_upper(std::string(1, c))[0];
     prev_letter = letter;
   }
   return out;
@@ -2459,8 +2573,7 @@ std::string py_title(const std::string& s) {
 
 std::string need_str(const Value& v, const char* what) {
   if (v.is_undefined()) fail_undefined(v);
-  if (!v.is_string())
-    fail("TypeError", std::string(what) + " must be str, not " + type_name(v));
+  if (!v.is_string()) fail("TypeError", std::string(what) + " must be str, not " + type_name(v));
   return v.s;
 }
 
@@ -2530,13 +2643,13 @@ std::optional<Value> Interp::call_method(const Value& obj, const std::string& na
       if (p.is_list())
         for (const auto& x : *p.list) options.push_back(need_str(x, "tuple for startswith"));
       else
-        options.push_back(need_str(p, name == "startswith" ? "startswith first arg"
-                                                           : "endswith first arg"));
+        options.push_back(
+            need_str(p, name == "startswith" ? "startswith first arg" : "endswith first arg"));
       for (const auto& o : options) {
-        const bool hit = name == "startswith"
-                             ? s.compare(0, o.size(), o) == 0
-                             : s.size() >= o.size() && s.compare(s.size() - o.size(), o.size(),
-                                                                 o) == 0;
+        const bool hit =
+            name == "startswith"
+                ? s.compare(0, o.size(), o) == 0
+                : s.size() >= o.size() && s.compare(s.size() - o.size(), o.size(), o) == 0;
         if (hit) return Value::boolean(true);
       }
       return Value::boolean(false);
@@ -2648,8 +2761,8 @@ std::optional<Value> Interp::call_method(const Value& obj, const std::string& na
     static const char* mutating[] = {"append", "extend", "insert", "remove", "reverse", "sort"};
     for (const char* m : mutating)
       if (name == m)
-        fail("SecurityError", "access to attribute '" + name + "' of '" + type_name(obj) +
-                                  "' object is unsafe.");
+        fail("SecurityError",
+             "access to attribute '" + name + "' of '" + type_name(obj) + "' object is unsafe.");
     if (name == "index" || name == "count") {
       const Value x = arg(a, 0, "value");
       int64_t n = 0;
@@ -2710,23 +2823,22 @@ Value Interp::apply_filter(const std::string& name, const Value& v, Args& a) {
   const auto as_string = [&]() { return to_str(v); };
   if (name == "trim") {
     Value chars = arg(a, 0, "chars", Value::none());
-    return Value::str(py_strip(as_string(),
-                               chars.is_none() ? std::nullopt
-                                               : std::optional<std::string>(to_str(chars)),
-                               true, true));
+    return Value::str(py_strip(
+        as_string(), chars.is_none() ? std::nullopt : std::optional<std::string>(to_str(chars)),
+        true, true));
   }
   if (name == "tojson") {
     JsonStyle st;
     const Value indent = arg(a, 0, "indent", Value::none());
     if (indent.is_int()) {
-      st.indent = std::string(static_cast<size_t>(std::max<int64_t>(0, indent.integer_value())),
-                              ' ');
+      st.indent =
+          std::string(static_cast<size_t>(std::max<int64_t>(0, indent.integer_value())), ' ');
     } else if (indent.is_string()) {
       st.indent = indent.s;
     }
     if (st.indent) st.item_sep = ",";
-    if (const Value* sep = find_kw(a, "separators"); sep && sep->is_list() &&
-                                                     sep->list->size() == 2) {
+    if (const Value* sep = find_kw(a, "separators");
+        sep && sep->is_list() && sep->list->size() == 2) {
       st.item_sep = to_str((*sep->list)[0]);
       st.key_sep = to_str((*sep->list)[1]);
     }
@@ -2812,12 +2924,14 @@ Value Interp::apply_filter(const std::string& name, const Value& v, Args& a) {
       std::string out;
       for (size_t k = 0; k < items.size(); ++k) {
         if (k) out += sep;
-        out += to_str(attribute.is_none() ? items[k] : attr_path(*this, items[k], to_str(attribute)));
+        out +=
+            to_str(attribute.is_none() ? items[k] : attr_path(*this, items[k], to_str(attribute)));
       }
       return Value::str(out);
     }
     if (name == "unique" || name == "sort" || name == "min" || name == "max") {
-      const bool cs = truthy(arg(a, name == "sort" ? 1 : 0, "case_sensitive", Value::boolean(false)));
+      const bool cs =
+          truthy(arg(a, name == "sort" ? 1 : 0, "case_sensitive", Value::boolean(false)));
       Value attribute = arg(a, name == "sort" ? 2 : 1, "attribute", Value::none());
       const auto key = [&](const Value& x) {
         return sort_key(attribute.is_none() ? x : attr_path(*this, x, to_str(attribute)), cs);
@@ -2853,7 +2967,8 @@ Value Interp::apply_filter(const std::string& name, const Value& v, Args& a) {
       Value attribute = arg(a, 0, "attribute", Value::none());
       Value total = arg(a, 1, "start", Value::integer(0));
       for (const auto& x : items)
-        total = binary("+", total, attribute.is_none() ? x : attr_path(*this, x, to_str(attribute)));
+        total =
+            binary("+", total, attribute.is_none() ? x : attr_path(*this, x, to_str(attribute)));
       return total;
     }
     if (name == "map") {
@@ -2932,16 +3047,17 @@ Value Interp::apply_filter(const std::string& name, const Value& v, Args& a) {
   }
   if (name == "abs") {
     if (!v.is_number()) fail("TypeError", "bad operand type for abs(): '" + type_name(v) + "'");
-    return v.kind == Value::Kind::floating ? Value::floating(std::fabs(v.f))
-                                           : Value::integer(v.integer_value() == INT64_MIN
-                                                                ? INT64_MIN
-                                                                : std::llabs(v.integer_value()));
+    return v.kind == Value::Kind::floating
+               ? Value::floating(std::fabs(v.f))
+               : Value::integer(v.integer_value() == INT64_MIN ? INT64_MIN
+                                                               : std::llabs(v.integer_value()));
   }
   if (name == "round") {
     const int64_t precision = arg(a, 0, "precision", Value::integer(0)).integer_value();
     const std::string method = to_str(arg(a, 1, "method", Value::str("common")));
     if (!v.is_number()) fail("TypeError", "round needs a number");
-    if (v.is_int() && method == "common" && precision >= 0) return Value::integer(v.integer_value());
+    if (v.is_int() && method == "common" && precision >= 0)
+      return Value::integer(v.integer_value());
     const double scale = std::pow(10.0, static_cast<double>(precision));
     const double x = v.number() * scale;
     double r;
@@ -2955,19 +3071,18 @@ Value Interp::apply_filter(const std::string& name, const Value& v, Args& a) {
     return Value::floating(r / scale);
   }
   if (name == "replace") {
-    return Value::str(py_replace(as_string(), to_str(arg(a, 0, "old")), to_str(arg(a, 1, "new")),
-                                 arg(a, 2, "count", Value::none()).is_none()
-                                     ? -1
-                                     : arg(a, 2, "count").integer_value()));
+    return Value::str(py_replace(
+        as_string(), to_str(arg(a, 0, "old")), to_str(arg(a, 1, "new")),
+        arg(a, 2, "count", Value::none()).is_none() ? -1 : arg(a, 2, "count").integer_value()));
   }
   if (name == "indent") {
     Value width = arg(a, 0, "width", Value::integer(4));
     const bool first = truthy(arg(a, 1, "first", Value::boolean(false)));
     const bool blank = truthy(arg(a, 2, "blank", Value::boolean(false)));
-    const std::string ind = width.is_string() ? width.s
-                                              : std::string(static_cast<size_t>(std::max<int64_t>(
-                                                                0, width.integer_value())),
-                                                            ' ');
+    const std::string ind =
+        width.is_string()
+            ? width.s
+            : std::string(static_cast<size_t>(std::max<int64_t>(0, width.integer_value())), ' ');
     const std::string s = as_string() + "\n";
     List lines_v = *call_method(Value::str(s), "splitlines", a).value().list;
     std::vector<std::string> lines;
@@ -2999,12 +3114,23 @@ Value Interp::apply_filter(const std::string& name, const Value& v, Args& a) {
     std::string out;
     for (const char c : as_string()) {
       switch (c) {
-        case '&': out += "&amp;"; break;
-        case '<': out += "&lt;"; break;
-        case '>': out += "&gt;"; break;
-        case '"': out += "&#34;"; break;
-        case '\'': out += "&#39;"; break;
-        default: out += c;
+        case '&':
+          out += "&amp;";
+          break;
+        case '<':
+          out += "&lt;";
+          break;
+        case '>':
+          out += "&gt;";
+          break;
+        case '"':
+          out += "&#34;";
+          break;
+        case '\'':
+          out += "&#39;";
+          break;
+        default:
+          out += c;
       }
     }
     return Value::str(out);
@@ -3028,10 +3154,12 @@ bool Interp::apply_test(const std::string& name, const Value& v, Args& a) {
   if (name == "true") return v.kind == Value::Kind::boolean && v.b;
   if (name == "false") return v.kind == Value::Kind::boolean && !v.b;
   if (name == "mapping") return v.is_dict() && v.dict->kind == Dict::Kind::dict;
-  if (name == "iterable") return v.is_list() || v.is_string() || v.is_undefined() ||
-                                 (v.is_dict() && v.dict->kind == Dict::Kind::dict);
-  if (name == "sequence") return v.is_list() || v.is_string() || v.is_undefined() ||
-                                 (v.is_dict() && v.dict->kind == Dict::Kind::dict);
+  if (name == "iterable")
+    return v.is_list() || v.is_string() || v.is_undefined() ||
+           (v.is_dict() && v.dict->kind == Dict::Kind::dict);
+  if (name == "sequence")
+    return v.is_list() || v.is_string() || v.is_undefined() ||
+           (v.is_dict() && v.dict->kind == Dict::Kind::dict);
   if (name == "callable") return v.kind == Value::Kind::function;
   if (name == "odd" || name == "even") {
     if (!v.is_int()) fail("TypeError", "not all arguments converted during string formatting");

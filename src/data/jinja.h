@@ -5,13 +5,13 @@
 // `raise_exception`, `strftime_now`, and the `{% generation %}` block of its AssistantTracker).
 //
 // The subset: text, {{ }}, {# #}, whitespace control (- and +), {% raw %}; for (with `if`, `else`,
-// tuple targets, the loop variable, break/continue), if/elif/else, set (names, namespace attributes,
-// tuples, blocks), macro (positional, keyword and default arguments), filter blocks, generation;
-// expressions with Python's values and operators, filters, tests, string/list/dict methods and the
-// globals namespace, range, dict, raise_exception and strftime_now. Values print as Python prints
-// them (repr of floats, lists and dicts). Anything outside the subset (include, extends, import,
-// call blocks, %-formatting of strings, ...) is an error naming the template, the line and the
-// construct, at parse time where the construct is syntactic.
+// tuple targets, the loop variable, break/continue), if/elif/else, set (names, namespace
+// attributes, tuples, blocks), macro (positional, keyword and default arguments), filter blocks,
+// generation; expressions with Python's values and operators, filters, tests, string/list/dict
+// methods and the globals namespace, range, dict, raise_exception and strftime_now. Values print as
+// Python prints them (repr of floats, lists and dicts). Anything outside the subset (include,
+// extends, import, call blocks, %-formatting of strings, ...) is an error naming the template, the
+// line and the construct, at parse time where the construct is syntactic.
 //
 // Jinja's semantics followed here are jinja2 3.1's (lexer.py for the whitespace rules, parser.py
 // for precedence, runtime.py for loops and Undefined, filters.py/tests.py/sandbox.py for the

@@ -7,9 +7,9 @@
 #include <cmath>
 #include <fstream>
 #include <map>
-#include <optional>
 #include <nlohmann/json.hpp>
 #include <opencv2/imgcodecs.hpp>
+#include <optional>
 #include <sstream>
 
 #include "core/error.h"
@@ -92,8 +92,9 @@ std::vector<Run> expand(const fs::path& dir) {
       if (e.is_directory() && fs::is_regular_file(e.path() / "metrics.jsonl", ec))
         subs.push_back(e.path());
   if (subs.empty())
-    throw Error(dir.string() + ": no metrics.jsonl here or in its sub-directories (is it a run "
-                               "directory?)");
+    throw Error(dir.string() +
+                ": no metrics.jsonl here or in its sub-directories (is it a run "
+                "directory?)");
   std::sort(subs.begin(), subs.end());
   std::vector<Run> runs;
   for (const auto& s : subs) runs.push_back(read_run(s, s.filename().string()));
@@ -107,7 +108,8 @@ std::string base64(const std::string& bytes) {
   out.reserve((bytes.size() + 2) / 3 * 4);
   size_t i = 0;
   for (; i + 2 < bytes.size(); i += 3) {
-    const auto a = static_cast<unsigned char>(bytes[i]), b = static_cast<unsigned char>(bytes[i + 1]),
+    const auto a = static_cast<unsigned char>(bytes[i]),
+               b = static_cast<unsigned char>(bytes[i + 1]),
                c = static_cast<unsigned char>(bytes[i + 2]);
     out += kBase64[a >> 2];
     out += kBase64[((a & 3) << 4) | (b >> 4)];
@@ -129,11 +131,20 @@ std::string html_escape(const std::string& s) {
   std::string out;
   for (const char c : s) {
     switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      default: out += c;
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      default:
+        out += c;
     }
   }
   return out;
@@ -275,14 +286,16 @@ fs::path write_run_report(const RunReportOptions& options) {
   std::string scores;
   for (const auto& r : runs) {
     if (!r.results.is_object() || !r.results.contains("tasks")) continue;
-    scores += "<h3>" + html_escape(r.label) + "</h3><table><tr><th>task</th><th>metric</th>"
+    scores += "<h3>" + html_escape(r.label) +
+              "</h3><table><tr><th>task</th><th>metric</th>"
               "<th>score</th><th>chance</th><th>n</th></tr>\n";
     for (const auto& [task, t] : r.results["tasks"].items()) {
       if (!t.is_object() || !t.contains("scores")) continue;
       for (const auto& [metric, v] : t["scores"].items()) {
         const auto score = headline(v);
         std::optional<double> chance;
-        if (t.contains("chance") && t["chance"].contains(metric)) chance = headline(t["chance"][metric]);
+        if (t.contains("chance") && t["chance"].contains(metric))
+          chance = headline(t["chance"][metric]);
         scores += "<tr><td>" + html_escape(task) + "</td><td>" + html_escape(metric) + "</td><td>" +
                   (score ? fmt(*score) : "–") + "</td><td>" + (chance ? fmt(*chance) : "–") +
                   "</td><td>" + (t.contains("n") ? t["n"].dump() : "–") + "</td></tr>\n";
@@ -319,7 +332,8 @@ fs::path write_run_report(const RunReportOptions& options) {
           for (const auto& a : j["answers"])
             if (a.is_string()) refs += "<li>" + html_escape(a.get<std::string>()) + "</li>";
         std::string img;
-        if (j.contains("image") && j["image"].is_string()) img = image_tag(j["image"].get<std::string>());
+        if (j.contains("image") && j["image"].is_string())
+          img = image_tag(j["image"].get<std::string>());
         rows += "<tr><td>" + img + "</td><td>" + html_escape(j.value("id", "")) + "</td><td>" +
                 html_escape(j.value("prompt", "")) + "</td><td class=\"reply\">" +
                 html_escape(j.value("text", "")) + "</td><td><ul>" + refs + "</ul></td></tr>\n";

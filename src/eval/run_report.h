@@ -26,8 +26,8 @@ namespace mllm::eval {
 
 struct RunReportOptions {
   std::vector<std::filesystem::path> runs;
-  std::filesystem::path out;   // the folder for report.html and the PNGs
-  int samples_per_task = 4;    // held-out samples shown per eval task
+  std::filesystem::path out;  // the folder for report.html and the PNGs
+  int samples_per_task = 4;   // held-out samples shown per eval task
 };
 
 // Writes the report; returns the path of report.html. Throws Error naming a run directory that

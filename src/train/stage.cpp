@@ -46,8 +46,8 @@ const std::vector<std::string>& reward_metric_names() {
 
 void make_preference_stage(Stage& stage, std::shared_ptr<const PreferenceSpec> spec) {
   stage.data = StageData::preference_pairs;
-  stage.formats = {"preference_json", "preference_jsonl", "sharegpt", "sharegpt_jsonl",
-                   "messages", "messages_jsonl"};
+  stage.formats = {"preference_json", "preference_jsonl", "sharegpt",
+                   "sharegpt_jsonl",  "messages",         "messages_jsonl"};
   stage.metrics.insert(stage.metrics.begin(), reward_metric_names().begin(),
                        reward_metric_names().end());
   stage.preference = spec;

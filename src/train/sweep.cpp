@@ -24,9 +24,9 @@
 
 #include "core/config.h"
 #include "core/error.h"
-#include "core/progress.h"
 #include "core/fs.h"
 #include "core/logging.h"
+#include "core/progress.h"
 #include "core/strings.h"
 #include "train/recipe.h"
 #include "train/sweep_report.h"

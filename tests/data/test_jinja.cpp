@@ -115,7 +115,8 @@ TEST_CASE("jinja: the fixture's shipped templates are the npm packages' own") {
   }
 }
 
-TEST_CASE("jinja: constructs outside the subset are errors naming the template, line and construct") {
+TEST_CASE(
+    "jinja: constructs outside the subset are errors naming the template, line and construct") {
   CHECK(error_of("a\n{% include 'other.jinja' %}") ==
         "the template, line 2: '{% include %}' is outside the supported Jinja subset");
   CHECK(error_of("{% extends 'base' %}").find("'{% extends %}' is outside") != std::string::npos);
@@ -169,9 +170,10 @@ TEST_CASE("jinja: {% generation %} blocks give the byte spans transformers' assi
 }
 
 TEST_CASE("jinja: a rendering does not depend on the render before it (thread-safe, no state)") {
-  jinja::Template t("{% set ns = namespace(n=0) %}{% for x in xs %}{% set ns.n = ns.n + x %}"
-                    "{% endfor %}{{ ns.n }}",
-                    "sum");
+  jinja::Template t(
+      "{% set ns = namespace(n=0) %}{% for x in xs %}{% set ns.n = ns.n + x %}"
+      "{% endfor %}{{ ns.n }}",
+      "sum");
   CHECK(t.render({{"xs", {1, 2, 3}}}).text == "6");
   CHECK(t.render({{"xs", {4}}}).text == "4");
   CHECK(render("{{ messages[0].content }}", {{"messages", {{{"content", "é"}}}}}) == "é");

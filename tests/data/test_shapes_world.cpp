@@ -298,7 +298,8 @@ TEST_CASE("shapes world: every generated word is in the vocabulary; tokenizer id
         }
         // Through LLaVA-1.5's template (stage 2's recipe) every word is known too.
         if (std::string(kind) == "instruct") {
-          std::string text = render_template("vicuna_v1", turns, {"<s>", "</s>", "<image>", nullptr}).text;
+          std::string text =
+              render_template("vicuna_v1", turns, {"<s>", "</s>", "<image>", nullptr}).text;
           for (const char* special : {"<s>", "</s>", "<image>"})
             for (size_t at; (at = text.find(special)) != std::string::npos;)
               text.replace(at, std::string(special).size(), " ");

@@ -275,26 +275,24 @@ TEST_CASE(
                           " --set data.max_length=256" +
                           " --set 'train.trainable=[\"multi_modal_projector.*\"]'" +
                           " --set train.max_steps=2 --set train.save_every=0";
-  for (const auto& [format, file] :
-       {std::pair{"sharegpt", "instruct.sharegpt.json"},
-        std::pair{"messages_jsonl", "instruct.messages.jsonl"}}) {
+  for (const auto& [format, file] : {std::pair{"sharegpt", "instruct.sharegpt.json"},
+                                     std::pair{"messages_jsonl", "instruct.messages.jsonl"}}) {
     const auto out = dir / (std::string("sft-") + format);
-    Result r = run("train --config " + src("configs/shapes/stage1_pretrain.yaml") +
-                   shrink(data, out) + sft + " --set data.template=vicuna_v1" +
-                   " --set data.train.format=" + format + " --set data.train.path=" +
-                   (dir / file).string() + " --set data.eval.path=" +
-                   (data / "instruct_val.json").string());
+    Result r =
+        run("train --config " + src("configs/shapes/stage1_pretrain.yaml") + shrink(data, out) +
+            sft + " --set data.template=vicuna_v1" + " --set data.train.format=" + format +
+            " --set data.train.path=" + (dir / file).string() +
+            " --set data.eval.path=" + (data / "instruct_val.json").string());
     INFO(format << "\n" << r.output);
     CHECK(r.code == 0);
     CHECK(read_jsonl(out / "metrics.jsonl").size() >= 1);
   }
-  for (const auto& [format, file] :
-       {std::pair{"messages", "preference.messages.json"},
-        std::pair{"sharegpt_jsonl", "preference.sharegpt.jsonl"}}) {
+  for (const auto& [format, file] : {std::pair{"messages", "preference.messages.json"},
+                                     std::pair{"sharegpt_jsonl", "preference.sharegpt.jsonl"}}) {
     const auto out = dir / (std::string("orpo-") + format);
     Result r = run("train --config " + src("configs/shapes/stage3_orpo.yaml") + shrink(data, out) +
-                   " --set data.train.format=" + format + " --set data.train.path=" +
-                   (dir / file).string() +
+                   " --set data.train.format=" + format +
+                   " --set data.train.path=" + (dir / file).string() +
                    " --set data.eval.path=" + (data / "preference_val.json").string() +
                    " --set 'model.llm.pretrained=\"\"' --set 'train.init_from=\"\"'" +
                    " --set train.max_steps=2 --set train.save_every=0");
@@ -326,8 +324,9 @@ TEST_CASE(
   CHECK(tc["chat_template"] == read_text(dir / "tok/chat_template.jinja"));
 
   // A record convert cannot carry names its file, line and record, and writes nothing.
-  write_text(dir / "tool.json",
-             R"([{"conversations": [{"from": "human", "value": "x"}, {"from": "gpt", "value": "y"}]},
+  write_text(
+      dir / "tool.json",
+      R"([{"conversations": [{"from": "human", "value": "x"}, {"from": "gpt", "value": "y"}]},
  {"conversations": [{"from": "human", "value": "x"}, {"from": "observation", "value": "{}"}]}])");
   Result bad = run("data convert --from sharegpt --to llava_json " + (dir / "tool.json").string() +
                    " " + (dir / "tool.llava.json").string());

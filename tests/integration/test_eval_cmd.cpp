@@ -111,7 +111,7 @@ TEST_CASE("eval: tasks from YAML on a run; predictions are what generate says; b
         "chromium --headless --no-sandbox --disable-gpu --disable-dev-shm-usage "
         "--virtual-time-budget=3000 ";
     const Result dom = test::run_shell(chromium + "--dump-dom file://" +
-                                         (report / "report.html").string() + " 2>/dev/null");
+                                       (report / "report.html").string() + " 2>/dev/null");
     INFO(dom.output.substr(0, 400));
     REQUIRE(dom.code == 0);
     const auto at = dom.output.find("<title>report: ");
@@ -123,7 +123,7 @@ TEST_CASE("eval: tasks from YAML on a run; predictions are what generate says; b
     const auto shot = std::filesystem::path(MLLM_BIN).parent_path() / "report-screenshot.png";
     std::filesystem::remove(shot);
     CHECK(test::run_shell(chromium + "--window-size=1600,2400 --screenshot=" + shot.string() +
-                            " file://" + (report / "report.html").string() + " 2>/dev/null")
+                          " file://" + (report / "report.html").string() + " 2>/dev/null")
               .code == 0);
     CHECK(std::filesystem::exists(shot));
     // A directory with nothing to report is an error naming it.

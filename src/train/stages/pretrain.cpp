@@ -10,8 +10,8 @@ Stage pretrain_stage() {
   s.summary = "next-token loss on the captions of image-caption pairs";
   s.data = StageData::conversations;
   s.packs = true;
-  s.formats = {"llava_json", "llava_jsonl", "sharegpt", "sharegpt_jsonl", "messages",
-               "messages_jsonl"};
+  s.formats = {"llava_json",     "llava_jsonl", "sharegpt",
+               "sharegpt_jsonl", "messages",    "messages_jsonl"};
   s.objective = [](const TrainConfig&, MultimodalModel) { return make_lm_objective(); };
   return s;
 }
