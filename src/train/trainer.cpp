@@ -773,6 +773,12 @@ struct Trainer::Impl {
                              {"truncated_samples", stats.truncated},
                              {"dropped_images", loader->dropped()},
                              {"dropped_records", loader->dropped_records()}};
+    if (config.data.template_name == "hf") {
+      // What the tokenizer's chat template could not give exactly (data/chat_template.h): replies
+      // left without loss, and records whose prompt ends inside a token (seen so far).
+      record["template_unrendered_replies"] = stats.unrendered_replies;
+      record["template_prompt_mismatches"] = stats.prompt_boundary_mismatches;
+    }
     // The share of input positions that were padding, and what it would have been unpacked.
     auto padding = [&](int64_t positions) {
       return positions > 0
