@@ -115,8 +115,16 @@ struct Value {
   int64_t integer_value() const { return kind == Kind::boolean ? b : i; }
 };
 
+// A for loop's `loop` variable: one per loop, its attributes computed from where the loop is.
+struct LoopState {
+  int64_t index0 = 0, length = 0;
+  std::shared_ptr<const List> items;  // what the loop iterates over
+  std::shared_ptr<Value> cycle;       // loop.cycle, made once per loop
+};
+
 struct Dict {
   std::vector<std::pair<Value, Value>> items;
+  std::shared_ptr<LoopState> loop;  // kind == loop
   // A jinja2 Namespace (namespace()), or the loop object: attributes only, and assignable
   // (`set ns.x`) for a namespace.
   enum class Kind { dict, namespace_, loop } kind = Kind::dict;
@@ -1959,8 +1967,31 @@ struct Interp {
 
   // ----- attribute and item access (jinja2's Environment.getattr / getitem)
 
+  // An attribute of a for loop's `loop` (jinja2's LoopContext).
+  static Value loop_attr(const LoopState& st, const std::string& name) {
+    const int64_t k = st.index0, n = st.length;
+    if (name == "index") return Value::integer(k + 1);
+    if (name == "index0") return Value::integer(k);
+    if (name == "revindex") return Value::integer(n - k);
+    if (name == "revindex0") return Value::integer(n - k - 1);
+    if (name == "first") return Value::boolean(k == 0);
+    if (name == "last") return Value::boolean(k == n - 1);
+    if (name == "length") return Value::integer(n);
+    if (name == "depth") return Value::integer(1);
+    if (name == "depth0") return Value::integer(0);
+    if (name == "previtem")
+      return k > 0 ? (*st.items)[static_cast<size_t>(k - 1)]
+                   : Value::undef("there is no previous item");
+    if (name == "nextitem")
+      return k + 1 < n ? (*st.items)[static_cast<size_t>(k + 1)]
+                       : Value::undef("there is no next item");
+    if (name == "cycle") return *st.cycle;
+    return Value::undef("'LoopContext object' has no attribute '" + name + "'");
+  }
+
   Value get_attr(const Value& obj, const std::string& name) {
     if (obj.is_undefined()) fail_undefined(obj);
+    if (obj.is_dict() && obj.dict->loop) return loop_attr(*obj.dict->loop, name);
     if (obj.is_dict()) {
       if (obj.dict->kind == Dict::Kind::dict && is_dict_method(name))
         return Value::function(name, [](Interp&, Args&) -> Value {
@@ -2359,31 +2390,25 @@ struct Interp {
       return;
     }
     const auto length = static_cast<int64_t>(items.size());
+    Value loop = new_dict(Dict::Kind::loop);
+    auto state = std::make_shared<LoopState>();
+    state->length = length;
+    state->items = std::make_shared<const List>(std::move(items));
+    const List& elements = *state->items;
+    state->cycle = std::make_shared<Value>(
+        Value::function("cycle", [weak = std::weak_ptr<LoopState>(state)](Interp&, Args& a) {
+          const auto st = weak.lock();
+          if (!st) fail("TypeError", "the loop has ended");
+          if (a.pos.empty()) fail("TypeError", "no items for cycling given");
+          return a.pos[static_cast<size_t>(st->index0) % a.pos.size()];
+        }));
+    loop.dict->loop = state;
     for (int64_t k = 0; k < length; ++k) {
       step();
       frames.push_back(Frame{});
-      Value loop = new_dict(Dict::Kind::loop);
-      auto& d = *loop.dict;
-      const auto put = [&](const char* key, Value v) { d.items.emplace_back(Value::str(key), v); };
-      put("index", Value::integer(k + 1));
-      put("index0", Value::integer(k));
-      put("revindex", Value::integer(length - k));
-      put("revindex0", Value::integer(length - k - 1));
-      put("first", Value::boolean(k == 0));
-      put("last", Value::boolean(k == length - 1));
-      put("length", Value::integer(length));
-      put("depth", Value::integer(1));
-      put("depth0", Value::integer(0));
-      put("previtem",
-          k > 0 ? items[static_cast<size_t>(k - 1)] : Value::undef("there is no previous item"));
-      put("nextitem", k + 1 < length ? items[static_cast<size_t>(k + 1)]
-                                     : Value::undef("there is no next item"));
-      put("cycle", Value::function("cycle", [k](Interp&, Args& a) -> Value {
-            if (a.pos.empty()) fail("TypeError", "no items for cycling given");
-            return a.pos[static_cast<size_t>(k) % a.pos.size()];
-          }));
+      state->index0 = k;
       assign("loop", loop);
-      assign_targets(n.names, items[static_cast<size_t>(k)]);
+      assign_targets(n.names, elements[static_cast<size_t>(k)]);
       bool stop = false;
       try {
         exec_body(*n.kids[1]);
