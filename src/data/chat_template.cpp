@@ -322,10 +322,33 @@ std::shared_ptr<const HfChatTemplate> hf_template_of(const Tokenizer& tokenizer)
 
 namespace {
 
-OJson messages_json(const std::vector<Turn>& turns, size_t n) {
+const char* kImageTag = "<image>";
+
+// A turn's text as transformers' multimodal content: {"type": "image"} where each <image> tag
+// stands (the template writes the image token itself; the "\n" LLaVA puts after a tag goes with
+// it), {"type": "text", "text"} between.
+OJson content_parts(const std::string& text) {
+  OJson parts = OJson::array();
+  const std::string tag = kImageTag;
+  size_t b = 0;
+  for (;;) {
+    const auto at = text.find(tag, b);
+    const std::string piece = text.substr(b, at == std::string::npos ? std::string::npos : at - b);
+    if (!piece.empty()) parts.push_back({{"type", "text"}, {"text", piece}});
+    if (at == std::string::npos) break;
+    parts.push_back({{"type", "image"}});
+    b = at + tag.size();
+    if (b < text.size() && text[b] == '\n') ++b;
+  }
+  return parts;
+}
+
+OJson messages_json(const std::vector<Turn>& turns, size_t n, bool parts) {
   OJson messages = OJson::array();
   for (size_t i = 0; i < n; ++i)
-    messages.push_back(OJson{{"role", role_of(turns[i].from)}, {"content", turns[i].value}});
+    messages.push_back(
+        OJson{{"role", role_of(turns[i].from)},
+              {"content", parts ? content_parts(turns[i].value) : OJson(turns[i].value)}});
   return messages;
 }
 
@@ -354,15 +377,21 @@ HfChatTemplate::HfChatTemplate(const std::string& source, std::string name, std:
   jinja_ = std::make_unique<jinja::Template>(source, name_);
   // The end-of-turn token: the special token written right after a probe reply (after any
   // whitespace, as Llama-2's " </s>"), the longest that matches.
+  // Content as a string (text templates: Llama-3, Qwen3) or as typed parts (multimodal
+  // templates: llava-hf's iterate over message['content']): whichever writes the probe's text.
   std::vector<Turn> probe = {{"human", kProbeQuestion}, {"gpt", kProbeReply}};
   std::string text;
-  for (int attempt = 0; attempt < 2 && text.empty(); ++attempt) {
+  for (int attempt = 0; attempt < 4; ++attempt) {
+    content_parts_ = attempt % 2 == 1;
+    if (attempt == 2) probe.insert(probe.begin(), Turn{"system", "mllm probe system"});
     try {
       text = render_text(probe, false);
     } catch (const Error&) {
-      probe.insert(probe.begin(), Turn{"system", "mllm probe system"});
+      text.clear();
     }
+    if (text.find(kProbeQuestion) != std::string::npos) break;
   }
+  if (text.find(kProbeQuestion) == std::string::npos) content_parts_ = false;
   if (const auto at = text.find(kProbeReply); at != std::string::npos) {
     // Whitespace between the generation prompt and the reply belongs to the prompt.
     try {
@@ -413,7 +442,7 @@ bool HfChatTemplate::has_generation_blocks() const {
 
 std::string HfChatTemplate::render_text(const std::vector<Turn>& turns,
                                         bool add_generation_prompt) const {
-  OJson context = {{"messages", messages_json(turns, turns.size())},
+  OJson context = {{"messages", messages_json(turns, turns.size(), content_parts_)},
                    {"add_generation_prompt", add_generation_prompt}};
   if (!bos_.empty()) context["bos_token"] = bos_;
   if (!eos_.empty()) context["eos_token"] = eos_;
@@ -422,7 +451,7 @@ std::string HfChatTemplate::render_text(const std::vector<Turn>& turns,
 
 RenderedConversation HfChatTemplate::render(const std::vector<Turn>& turns) const {
   const bool ends_with_reply = role_of(turns.back().from) == "assistant";
-  OJson context = {{"messages", messages_json(turns, turns.size())},
+  OJson context = {{"messages", messages_json(turns, turns.size(), content_parts_)},
                    {"add_generation_prompt", !ends_with_reply}};
   if (!bos_.empty()) context["bos_token"] = bos_;
   if (!eos_.empty()) context["eos_token"] = eos_;

@@ -19,6 +19,8 @@
 //   hf        the tokenizer's own chat template (Jinja; `chat_template` in tokenizer_config.json or
 //             chat_template.jinja beside tokenizer.json), rendered as transformers renders it
 //             (data/jinja.h). Roles: human -> user, gpt -> assistant, system and others as named.
+//             Content is a string, or, for templates that iterate over it (llava-hf's), typed
+//             parts with an image part for each <image> tag (the template writes the tag).
 // In every template the supervised spans are the assistant replies with their end-of-turn marker.
 // For hf they come from rendering, not from knowing the template: the `{% generation %}` blocks
 // where the template has them, else for each reply the difference between the conversation up to
@@ -109,6 +111,8 @@ class HfChatTemplate {
   // Special-looking tokens ("<|start_header_id|>", "</s>") the template writes that are not
   // single tokens of the tokenizer: each would be split into ordinary pieces.
   const std::vector<std::string>& missing_tokens() const { return missing_; }
+  // Whether messages are given as typed parts (each <image> tag an image part).
+  bool content_parts() const { return content_parts_; }
   bool has_generation_blocks() const;
 
  private:
@@ -118,6 +122,9 @@ class HfChatTemplate {
   // The whitespace the template writes between the generation prompt and a reply (Vicuna's " "
   // after "ASSISTANT:"): part of the prompt, not of the reply.
   std::string reply_separator_;
+  // Messages' content as transformers' typed parts ({"type": "image"}, {"type": "text"}) rather
+  // than a string: for templates that iterate over it (llava-hf's), found by the probe.
+  bool content_parts_ = false;
   std::vector<std::string> missing_;
   std::unique_ptr<const jinja::Template> jinja_;
 };

@@ -11,6 +11,7 @@
 #include "data/chat_template.h"
 #include "data/datasets.h"
 #include "data/tokenizer/tokenizer.h"
+#include "fixtures.h"
 #include "test_util.h"
 
 using namespace mllm;
@@ -235,4 +236,44 @@ TEST_CASE(
   auto broken = load_tokenizer(tokenizer_dir(other, "qwen3", "{% for m in messages %}", "", ""));
   CHECK_THROWS_WITH(template_tokens(*broken),
                     Catch::Contains("tokenizer_config.json chat_template, line 1"));
+}
+
+TEST_CASE("hf template: a llava-hf style template gets typed content parts, image parts for tags") {
+  TempDir dir;
+  test::make_shapes(dir.path(), 4, 1);
+  // As llava-1.5-hf's template: it iterates over message['content'] and writes <image> itself;
+  // the replies are {% generation %} blocks.
+  const std::string llava_hf =
+      "{% for message in messages %}{% if message['role'] != 'system' %}"
+      "{{ message['role'].upper() + ': ' }}{% endif %}"
+      "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+      "{{ '<image>\\n' }}{% endfor %}{% if message['role'] != 'assistant' %}"
+      "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+      "{{ content['text'] + ' ' }}{% endfor %}{% else %}"
+      "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+      "{% generation %}{{ content['text'] + ' ' }}{% endgeneration %}{% endfor %}{% endif %}"
+      "{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}";
+  fs::create_directories(dir / "tok");
+  fs::copy_file(dir / "tokenizer.json", dir / "tok/tokenizer.json");
+  test::write_text(
+      dir / "tok/tokenizer_config.json",
+      Json({{"chat_template", llava_hf}, {"bos_token", "<s>"}, {"eos_token", "</s>"}}).dump());
+  auto tok = load_tokenizer(dir / "tok/tokenizer.json");
+  const auto tt = template_tokens(*tok);
+  REQUIRE(tt.hf);
+  CHECK(tt.hf->content_parts());
+  const auto r =
+      render_template("hf", {{"human", "<image>\nwhat is it?"}, {"gpt", "a red circle ."}}, tt);
+  CHECK(r.text == "USER: <image>\nwhat is it? ASSISTANT: a red circle . ");
+  CHECK(spans(r) == std::vector<std::string>{"a red circle . "});
+  // Through the dataset: the <image> the template wrote expands to the image's tokens.
+  DataConfig data;
+  data.template_name = "hf";
+  data.train.path = (dir / "instruct_train.json").string();
+  data.train.image_root = (dir / "images").string();
+  ConversationDataset ds(data.train, data, *tok, 4, "data.train");
+  const Sample s = ds.sample(0);
+  CHECK(std::count(s.input_ids.begin(), s.input_ids.end(), tok->image_id()) == 4);
+  CHECK(std::count_if(s.labels.begin(), s.labels.end(),
+                      [](int64_t l) { return l != kIgnoreIndex; }) > 0);
 }

@@ -399,10 +399,12 @@ std::string model_template(const std::filesystem::path& folder, const ModelConfi
     try {
       const auto j = nlohmann::json::parse(read_file(file));
       if (j.contains("mllm_template")) return j.at("mllm_template").get<std::string>();
+      if (j.contains("chat_template")) return "hf";  // a Hugging Face folder's own template
     } catch (const nlohmann::json::exception& e) {
       throw Error(file.string() + ": malformed (" + e.what() + ")");
     }
   }
+  if (std::filesystem::is_regular_file(folder / "chat_template.jinja")) return "hf";
   return model.llm.type == "qwen2" ? "chatml" : "vicuna_v1";
 }
 

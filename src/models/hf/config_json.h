@@ -51,8 +51,9 @@ nlohmann::json preprocessor_config_json(const ImageConfig& image, int64_t vision
 bool read_preprocessor_config_json(const std::filesystem::path& folder, ImageConfig& image);
 
 // The conversation template recorded in a folder's tokenizer_config.json ("mllm_template"), else
-// chatml for a Qwen2 LLM and vicuna_v1 otherwise (LLaVA-1.5's). Throws Error naming the file for a
-// malformed one.
+// hf when the folder has a chat template of its own (a Hugging Face folder), else chatml for a
+// Qwen2 LLM and vicuna_v1 otherwise (LLaVA-1.5's). Throws Error naming the file for a malformed
+// one.
 std::string model_template(const std::filesystem::path& folder, const ModelConfig& model);
 
 // The folder a model path names — the one resolver behind train.init_from, mllm generate, eval and
