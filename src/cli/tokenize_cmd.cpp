@@ -85,7 +85,7 @@ Action add_tokenize_command(CLI::App& app) {
           render_template(args->template_name,
                           read_conversation(j, args->text_file.empty() ? "--text" : args->text_file,
                                             args->template_name),
-                          template_tokens(*tok));
+                          template_tokens(*tok, args->template_name));
       text = r.text;
       spans = r.supervised;
       out["rendered"] = text;

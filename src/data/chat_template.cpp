@@ -517,10 +517,10 @@ bool template_uses_images(const std::string& name) {
   return find_template(name).uses_images;
 }
 
-TemplateTokens template_tokens(const Tokenizer& tokenizer) {
+TemplateTokens template_tokens(const Tokenizer& tokenizer, const std::string& template_name) {
   return {tokenizer.bos_id() >= 0 ? tokenizer.id_to_token(tokenizer.bos_id()) : "",
           tokenizer.eos_id() >= 0 ? tokenizer.id_to_token(tokenizer.eos_id()) : "", "<image>",
-          hf_template_of(tokenizer)};
+          template_name == "hf" ? hf_template_of(tokenizer) : nullptr};
 }
 
 RenderedConversation render_template(const std::string& name, const std::vector<Turn>& turns,

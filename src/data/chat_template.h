@@ -60,9 +60,10 @@ struct TemplateTokens {
 
 class Tokenizer;
 
-// The tokenizer's BOS and EOS texts (empty when it has none), "<image>" and its folder's chat
-// template: what every template is rendered with, made here only.
-TemplateTokens template_tokens(const Tokenizer& tokenizer);
+// The tokenizer's BOS and EOS texts (empty when it has none), "<image>" and, for template "hf",
+// its folder's chat template (hf_template_of): what every template is rendered with, made here
+// only. Other templates never read the folder's chat template.
+TemplateTokens template_tokens(const Tokenizer& tokenizer, const std::string& template_name);
 
 // The chat template of the tokenizer's folder (read once per tokenizer file and process; a
 // template that does not parse is an Error naming its file); null when the folder has none.

@@ -169,7 +169,7 @@ std::vector<int64_t> expand_prompt(const Tokenizer& tok, const std::string& temp
                                    const std::string& human,
                                    const std::function<int64_t(size_t)>& tokens_of) {
   const std::string text =
-      render_template(template_name, {{"human", human}}, template_tokens(tok)).text;
+      render_template(template_name, {{"human", human}}, template_tokens(tok, template_name)).text;
   std::vector<int64_t> ids;
   size_t tag = 0;
   for (int64_t id : tok.encode(text)) {

