@@ -38,6 +38,7 @@ int run_convert(const std::string& from, std::string to, const std::string& in,
   };
   std::string text = jsonl(out) ? "" : "[\n";
   size_t n = 0, pairs = 0;
+  const SharegptNames names = from_layout == "sharegpt" ? sharegpt_names(in) : SharegptNames{};
   for_each_json_record(in, jsonl(in), [&](const RawRecord& raw) {
     try {
       nlohmann::json rec;
@@ -49,7 +50,7 @@ int run_convert(const std::string& from, std::string to, const std::string& in,
       const bool preference =
           rec.is_object() && (rec.contains("chosen") || rec.contains("rejected_response"));
       const auto converted =
-          from_llava_record(to, to_llava_record(from_layout, rec, preference), preference);
+          from_llava_record(to, to_llava_record(from_layout, rec, preference, names), preference);
       if (!jsonl(out) && n > 0) text += ",\n";
       text += converted.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
       if (jsonl(out)) text += "\n";

@@ -579,8 +579,9 @@ ConversationDataset::ConversationDataset(const DataSourceConfig& source, const D
   Context ctx(source, data, tokenizer, key, loaded_);
   tokenizer_ = std::make_unique<RecordTokenizer>(source, data, tokenizer, image_tokens);
   const std::string layout = layout_of_format(source.format);
+  const SharegptNames names = layout == "sharegpt" ? sharegpt_names(source.path) : SharegptNames{};
   ctx.run([&](const Json& given, const RawRecord& raw) {
-    const Json rec = to_llava_record(layout, given, false);
+    const Json rec = to_llava_record(layout, given, false, names);
     if (!rec.contains("conversations")) throw Error("missing \"conversations\" list");
     auto visuals = ctx.visuals(rec);
     tokenizer_->measure(visuals);
@@ -613,8 +614,9 @@ PreferenceDataset::PreferenceDataset(const DataSourceConfig& source, const DataC
   tokenizer_ = std::make_unique<RecordTokenizer>(source, data, tokenizer, image_tokens);
   const std::string& tag = ctx.tt.image;
   const std::string layout = layout_of_format(source.format);
+  const SharegptNames names = layout == "sharegpt" ? sharegpt_names(source.path) : SharegptNames{};
   ctx.run([&](const Json& given, const RawRecord& raw) {
-    const Json rec = to_llava_record(layout, given, true);
+    const Json rec = to_llava_record(layout, given, true, names);
     if (!rec.contains("chosen") || !rec.contains("rejected"))
       throw Error("a preference record needs \"chosen\" and \"rejected\"");
     std::vector<Turn> prompt;

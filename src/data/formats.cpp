@@ -4,6 +4,8 @@
 // (messages with role/content, TRL's prompt/chosen/rejected).
 #include "data/formats.h"
 
+#include <fstream>
+
 #include "core/error.h"
 
 namespace mllm {
@@ -276,11 +278,90 @@ std::string content_text(const Json& c, const std::string& image_tag) {
   return out;
 }
 
-Json to_llava_record(const std::string& layout, const Json& rec, bool preference) {
+// A sharegpt record with dataset_info.json's names, renamed to LLaMA-Factory's defaults.
+Json with_default_names(const Json& rec, const SharegptNames& n) {
+  Json out = Json::object();
+  if (rec.contains("id")) out["id"] = rec["id"];
+  const auto turn = [&](const Json& t) {
+    if (!t.is_object() || !t.contains(n.role_tag) || !t[n.role_tag].is_string())
+      throw Error("each turn needs a string \"" + n.role_tag + "\" (dataset_info.json role_tag)");
+    if (!t.contains(n.content_tag))
+      throw Error("each turn needs \"" + n.content_tag + "\" (dataset_info.json content_tag)");
+    const std::string role = t[n.role_tag].get<std::string>();
+    const std::string mapped = role == n.user_tag        ? "human"
+                               : role == n.assistant_tag ? "gpt"
+                               : role == n.system_tag    ? "system"
+                                                         : role;
+    return Json{{"from", mapped}, {"value", t[n.content_tag]}};
+  };
+  if (rec.contains(n.messages)) {
+    if (!rec[n.messages].is_array()) throw Error("\"" + n.messages + "\" must be a list of turns");
+    Json turns = Json::array();
+    for (const auto& t : rec[n.messages]) turns.push_back(turn(t));
+    out["conversations"] = turns;
+  }
+  const std::pair<const std::string*, const char*> columns[] = {
+      {&n.system, "system"}, {&n.images, "images"}, {&n.videos, "videos"}};
+  for (const auto& [from, to] : columns)
+    if (rec.contains(*from)) out[to] = rec[*from];
+  for (const auto& [from, to] :
+       {std::pair{&n.chosen, "chosen"}, std::pair{&n.rejected, "rejected"}})
+    if (rec.contains(*from)) out[to] = rec[*from].is_object() ? turn(rec[*from]) : rec[*from];
+  return out;
+}
+
+SharegptNames sharegpt_names(const std::filesystem::path& data_file) {
+  SharegptNames n;
+  const auto info_path = data_file.parent_path() / "dataset_info.json";
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(info_path, ec)) return n;
+  Json info;
+  try {
+    std::ifstream in(info_path, std::ios::binary);
+    info = Json::parse(in);
+  } catch (const Json::exception& e) {
+    throw Error(info_path.string() + ": not valid JSON (" + json_error_message(e) + ")");
+  }
+  if (!info.is_object()) throw Error(info_path.string() + ": not a JSON object");
+  for (const auto& [name, entry] : info.items()) {
+    if (!entry.is_object() || entry.value("file_name", "") != data_file.filename().string())
+      continue;
+    const auto read = [&](const char* section, const char* key, std::string& into) {
+      if (!entry.contains(section)) return;
+      const Json& s = entry[section];
+      if (!s.is_object())
+        throw Error(info_path.string() + ": " + name + "." + section + " must be an object");
+      if (!s.contains(key)) return;
+      if (!s[key].is_string())
+        throw Error(info_path.string() + ": " + name + "." + section + "." + key +
+                    " must be a string");
+      into = s[key].get<std::string>();
+    };
+    read("columns", "messages", n.messages);
+    read("columns", "system", n.system);
+    read("columns", "images", n.images);
+    read("columns", "videos", n.videos);
+    read("columns", "chosen", n.chosen);
+    read("columns", "rejected", n.rejected);
+    read("tags", "role_tag", n.role_tag);
+    read("tags", "content_tag", n.content_tag);
+    read("tags", "user_tag", n.user_tag);
+    read("tags", "assistant_tag", n.assistant_tag);
+    read("tags", "system_tag", n.system_tag);
+    n.from_dataset_info = true;
+    return n;
+  }
+  return n;
+}
+
+Json to_llava_record(const std::string& layout, const Json& rec, bool preference,
+                     const SharegptNames& names) {
   if (!rec.is_object()) throw Error("a record must be a JSON object");
   if (layout == "llava") return rec;
   if (layout != "sharegpt" && layout != "messages")
     throw Error("unknown layout '" + layout + "' (llava, sharegpt, messages)");
+  if (layout == "sharegpt" && names.from_dataset_info)
+    return to_llava(layout, with_default_names(rec, names), preference);
   return to_llava(layout, rec, preference);
 }
 

@@ -22,11 +22,27 @@
 // No LibTorch here.
 #pragma once
 
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
 namespace mllm {
+
+// A sharegpt dataset's column and tag names, as LLaMA-Factory's dataset_info.json gives them
+// ("columns": messages, system, images, videos, chosen, rejected; "tags": role_tag, content_tag,
+// user_tag, assistant_tag, system_tag); the defaults are its own.
+struct SharegptNames {
+  std::string messages = "conversations", system = "system", images = "images", videos = "videos",
+              chosen = "chosen", rejected = "rejected";
+  std::string role_tag = "from", content_tag = "value", user_tag = "human", assistant_tag = "gpt",
+              system_tag = "system";
+  bool from_dataset_info = false;  // read from a dataset_info.json entry
+};
+
+// The names for `data_file` from the dataset_info.json beside it (the entry whose "file_name" is
+// the file's name), else the defaults. A malformed dataset_info.json is an Error naming it.
+SharegptNames sharegpt_names(const std::filesystem::path& data_file);
 
 // The layouts `mllm data convert` reads and writes: llava, sharegpt, messages.
 const std::vector<std::string>& record_layouts();
@@ -40,7 +56,7 @@ std::string layout_of_format(const std::string& format);
 // record has the conversation up to the question and "chosen" / "rejected" reply strings.
 // Throws Error with a short reason (the caller names the file and record).
 nlohmann::json to_llava_record(const std::string& layout, const nlohmann::json& rec,
-                               bool preference);
+                               bool preference, const SharegptNames& names = {});
 
 // A llava-layout record (conversation or preference) as `layout`.
 nlohmann::json from_llava_record(const std::string& layout, const nlohmann::json& rec,

@@ -113,3 +113,30 @@ TEST_CASE("formats: ShapesWorld's records survive llava -> sharegpt/messages -> 
     }
   }
 }
+
+TEST_CASE("formats: a sharegpt file's own names from the dataset_info.json beside it") {
+  test::TempDir dir;
+  // LLaMA-Factory's dataset_info.json with custom columns and tags for this file.
+  test::write_text(dir / "dataset_info.json", R"({
+    "other": {"file_name": "other.json"},
+    "mine": {"file_name": "dialogs.json", "formatting": "sharegpt",
+             "columns": {"messages": "dialog", "images": "pics", "system": "persona"},
+             "tags": {"role_tag": "speaker", "content_tag": "text", "user_tag": "client",
+                      "assistant_tag": "agent"}}})");
+  const SharegptNames n = sharegpt_names(dir / "dialogs.json");
+  CHECK(n.from_dataset_info);
+  CHECK(n.messages == "dialog");
+  CHECK(n.role_tag == "speaker");
+  CHECK(n.assistant_tag == "agent");
+  CHECK(n.system_tag == "system");  // not named: LLaMA-Factory's default
+  CHECK_FALSE(sharegpt_names(dir / "unlisted.json").from_dataset_info);
+  const Json rec = Json::parse(R"({"dialog": [{"speaker": "client", "text": "<image>Hi?"},
+    {"speaker": "agent", "text": "Hello."}], "pics": ["a.png"], "persona": "Be kind."})");
+  CHECK(to_llava_record("sharegpt", rec, false, n) == Json::parse(R"({"image": "a.png",
+    "conversations": [{"from": "system", "value": "Be kind."},
+                      {"from": "human", "value": "<image>Hi?"},
+                      {"from": "gpt", "value": "Hello."}]})"));
+  test::write_text(dir / "dataset_info.json", "{\"mine\": [");
+  CHECK_THROWS_WITH(sharegpt_names(dir / "dialogs.json"),
+                    Catch::Contains("dataset_info.json: not valid JSON"));
+}
