@@ -323,7 +323,10 @@ SharegptNames sharegpt_names(const std::filesystem::path& data_file) {
     throw Error(info_path.string() + ": not valid JSON (" + json_error_message(e) + ")");
   }
   if (!info.is_object()) throw Error(info_path.string() + ": not a JSON object");
-  for (const auto& [name, entry] : info.items()) {
+  for (auto it = info.begin(); it != info.end(); ++it) {
+    // (named copies: C++17 lambdas cannot capture structured bindings)
+    const std::string name = it.key();
+    const Json& entry = it.value();
     if (!entry.is_object() || entry.value("file_name", "") != data_file.filename().string())
       continue;
     const auto read = [&](const char* section, const char* key, std::string& into) {
