@@ -24,4 +24,33 @@ inline std::string join(const std::vector<std::string>& v, std::string_view sep)
   return out;
 }
 
+// `s` with the characters HTML gives meaning to escaped, as markupsafe (jinja2's `escape`) does:
+// & < > " ' -> &amp; &lt; &gt; &#34; &#39;.
+inline std::string html_escape(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (const char c : s) {
+    switch (c) {
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&#34;";
+        break;
+      case '\'':
+        out += "&#39;";
+        break;
+      default:
+        out += c;
+    }
+  }
+  return out;
+}
+
 }  // namespace mllm

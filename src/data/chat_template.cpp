@@ -4,13 +4,12 @@
 
 #include <spdlog/spdlog.h>
 
-#include <fstream>
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "core/error.h"
+#include "core/fs.h"
 #include "data/jinja.h"
 #include "data/tokenizer/tokenizer.h"
 
@@ -227,14 +226,6 @@ std::string token_text(const OJson& v) {
   return "";
 }
 
-std::string read_text(const std::filesystem::path& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw Error(path.string() + ": cannot read");
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
 // The folder's chat template, as transformers finds it: chat_template.jinja, else
 // tokenizer_config.json's "chat_template" (a string, or a list of {name, template} of which
 // "default" is used). Empty source when there is none.
@@ -250,7 +241,7 @@ TemplateFiles find_template_files(const std::filesystem::path& tokenizer_file) {
   const auto config_path = dir / "tokenizer_config.json";
   if (std::filesystem::is_regular_file(config_path, ec)) {
     try {
-      t.config = OJson::parse(read_text(config_path));
+      t.config = OJson::parse(read_file(config_path));
     } catch (const OJson::exception& e) {
       throw Error(config_path.string() + ": not valid JSON (" + json_error_message(e) + ")");
     }
@@ -258,7 +249,7 @@ TemplateFiles find_template_files(const std::filesystem::path& tokenizer_file) {
   }
   const auto jinja_path = dir / "chat_template.jinja";
   if (std::filesystem::is_regular_file(jinja_path, ec)) {
-    t.source = read_text(jinja_path);
+    t.source = read_file(jinja_path);
     t.name = jinja_path.string();
     return t;
   }
@@ -269,8 +260,8 @@ TemplateFiles find_template_files(const std::filesystem::path& tokenizer_file) {
     t.source = ct.get<std::string>();
   } else if (ct.is_array()) {
     for (const auto& entry : ct)
-      if (entry.is_object() && entry.value("name", "") == "default" && entry.contains("template") &&
-          entry["template"].is_string())
+      if (entry.is_object() && entry.contains("name") && entry["name"] == "default" &&
+          entry.contains("template") && entry["template"].is_string())
         t.source = entry["template"].get<std::string>();
     if (t.source.empty())
       throw Error(config_path.string() +

@@ -477,17 +477,18 @@ std::string RecordTokenizer::where(const Record& r) const {
          (r.id.empty() ? "" : " (id \"" + r.id + "\")");
 }
 
-Sample RecordTokenizer::tokenize_unlabelled(const Record& r, bool& truncated,
+Sample RecordTokenizer::tokenize_unlabelled(const Record& r, bool& truncated, bool check_boundaries,
                                             bool& boundary_mismatch) const {
   const auto max_len = static_cast<size_t>(max_length_);
   // (The visual-token budget was checked when the record was loaded: measure.)
   const Encoding enc = tok_.encode_with_offsets(r.text);
   // An hf template's prompt must end on a token boundary, or it does not tokenize as a prefix of
   // the whole conversation (LLaVA's "tokenization mismatch"); the span still comes from the text.
-  boundary_mismatch = std::any_of(r.prompt_ends.begin(), r.prompt_ends.end(), [&](size_t p) {
-    return std::any_of(enc.offsets.begin(), enc.offsets.end(),
-                       [&](const auto& o) { return o.first < p && p < o.second; });
-  });
+  boundary_mismatch =
+      check_boundaries && std::any_of(r.prompt_ends.begin(), r.prompt_ends.end(), [&](size_t p) {
+        return std::any_of(enc.offsets.begin(), enc.offsets.end(),
+                           [&](const auto& o) { return o.first < p && p < o.second; });
+      });
   Sample s;
   s.id = r.id;
   s.visuals = r.visuals;
@@ -534,8 +535,9 @@ Sample RecordTokenizer::tokenize_unlabelled(const Record& r, bool& truncated,
 Sample RecordTokenizer::tokenize(const Record& r, size_t slot) const {
   bool truncated = false, boundary_mismatch = false;
   try {
-    Sample s = tokenize_unlabelled(r, truncated, boundary_mismatch);
-    if (boundary_mismatch && status_[slot].load() == 0 && ++boundary_ == 1)
+    // Counted once per record: checked on its first tokenization only.
+    Sample s = tokenize_unlabelled(r, truncated, status_[slot].load() == 0, boundary_mismatch);
+    if (boundary_mismatch && ++boundary_ == 1)
       spdlog::warn(
           "{}: the chat template's prompt ends inside a token, so it does not tokenize as "
           "a prefix of the conversation; the loss still starts where the rendering says "

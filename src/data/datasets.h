@@ -144,7 +144,10 @@ class RecordTokenizer {
   bool use_images() const { return use_images_; }
 
  private:
-  Sample tokenize_unlabelled(const Record& r, bool& truncated, bool& boundary_mismatch) const;
+  // check_boundaries: whether to look for an hf prompt that ends inside a token
+  // (boundary_mismatch).
+  Sample tokenize_unlabelled(const Record& r, bool& truncated, bool check_boundaries,
+                             bool& boundary_mismatch) const;
   std::string where(const Record& r) const;
   void mark(size_t slot, uint8_t status, const std::string& reason = {}) const;
 

@@ -4,9 +4,8 @@
 // (messages with role/content, TRL's prompt/chosen/rejected).
 #include "data/formats.h"
 
-#include <fstream>
-
 #include "core/error.h"
+#include "core/fs.h"
 
 namespace mllm {
 
@@ -317,8 +316,7 @@ SharegptNames sharegpt_names(const std::filesystem::path& data_file) {
   if (!std::filesystem::is_regular_file(info_path, ec)) return n;
   Json info;
   try {
-    std::ifstream in(info_path, std::ios::binary);
-    info = Json::parse(in);
+    info = Json::parse(read_file(info_path));
   } catch (const Json::exception& e) {
     throw Error(info_path.string() + ": not valid JSON (" + json_error_message(e) + ")");
   }
@@ -327,7 +325,8 @@ SharegptNames sharegpt_names(const std::filesystem::path& data_file) {
     // (named copies: C++17 lambdas cannot capture structured bindings)
     const std::string name = it.key();
     const Json& entry = it.value();
-    if (!entry.is_object() || entry.value("file_name", "") != data_file.filename().string())
+    if (!entry.is_object() || !entry.contains("file_name") ||
+        entry["file_name"] != data_file.filename().string())
       continue;
     const auto read = [&](const char* section, const char* key, std::string& into) {
       if (!entry.contains(section)) return;

@@ -14,6 +14,7 @@
 #include <unordered_map>
 
 #include "core/error.h"
+#include "core/strings.h"
 
 namespace mllm::jinja {
 
@@ -3135,31 +3136,7 @@ Value Interp::apply_filter(const std::string& name, const Value& v, Args& a) {
     return Value::integer(n);
   }
   if (name == "attr") return get_attr(v, to_str(arg(a, 0, "name")));
-  if (name == "e" || name == "escape") {
-    std::string out;
-    for (const char c : as_string()) {
-      switch (c) {
-        case '&':
-          out += "&amp;";
-          break;
-        case '<':
-          out += "&lt;";
-          break;
-        case '>':
-          out += "&gt;";
-          break;
-        case '"':
-          out += "&#34;";
-          break;
-        case '\'':
-          out += "&#39;";
-          break;
-        default:
-          out += c;
-      }
-    }
-    return Value::str(out);
-  }
+  if (name == "e" || name == "escape") return Value::str(html_escape(as_string()));
   fail("TemplateError", "the filter '" + name + "' is outside the supported Jinja subset");
 }
 

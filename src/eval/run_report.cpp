@@ -10,11 +10,11 @@
 #include <nlohmann/json.hpp>
 #include <opencv2/imgcodecs.hpp>
 #include <optional>
-#include <sstream>
 
 #include "core/error.h"
 #include "core/fs.h"
 #include "core/plot.h"
+#include "core/strings.h"
 
 namespace mllm::eval {
 
@@ -33,19 +33,12 @@ struct Run {
   Json results;  // eval/results.json, or null
 };
 
-std::string slurp(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
 // A JSON file, or null when it is missing or unreadable (warned: the report goes on without it).
 Json read_json(const fs::path& p) {
   std::error_code ec;
   if (!fs::is_regular_file(p, ec)) return Json();
   try {
-    return Json::parse(slurp(p));
+    return Json::parse(read_file(p));
   } catch (const Json::exception& e) {
     spdlog::warn("{}: not valid JSON ({}), left out of the report", p.string(),
                  json_error_message(e));
@@ -123,29 +116,6 @@ std::string base64(const std::string& bytes) {
     out += kBase64[((a & 3) << 4) | (b >> 4)];
     out += i + 1 < bytes.size() ? kBase64[(b & 15) << 2] : '=';
     out += '=';
-  }
-  return out;
-}
-
-std::string html_escape(const std::string& s) {
-  std::string out;
-  for (const char c : s) {
-    switch (c) {
-      case '&':
-        out += "&amp;";
-        break;
-      case '<':
-        out += "&lt;";
-        break;
-      case '>':
-        out += "&gt;";
-        break;
-      case '"':
-        out += "&quot;";
-        break;
-      default:
-        out += c;
-    }
   }
   return out;
 }
