@@ -169,11 +169,13 @@ void check_source(const std::string& key, const DataSourceConfig& source, DataCo
 int run_data_check(const std::string& config_path, const std::vector<std::string>& overrides) {
   const Config c = load_config(config_path, overrides);
   const auto tok = load_tokenizer(c.model.tokenizer);
-  // Tokens per image come from the connector (built alone: small even for real models).
+  // Tokens per image come from the connector, built alone and without the parts it adds to each
+  // LLM layer (for a real model, those would be billions of parameters to count to 1).
   const int64_t P = ClipVisionModelImpl(c.model.vision).num_feature_tokens();
+  LlmConfig no_layers = c.model.llm;
+  no_layers.layers = 0;
   const int64_t per_image =
-      make_connector({c.model.vision.hidden, c.model.llm.hidden, P, c.model.connector,
-                      c.model.llm.layers, c.model.llm.heads})
+      make_connector({c.model.vision.hidden, c.model.llm.hidden, P, c.model.connector, no_layers})
           ->output_tokens();
   const ImageTokens Q(per_image, anyres_pinpoints(c.model.vision.anyres, c.model.vision.image_size),
                       c.model.vision.image_size);

@@ -86,10 +86,21 @@ int inspect_config(const std::string& path, const std::vector<std::string>& over
     std::printf("lora: rank %lld adapters on %zu linear layers\n",
                 static_cast<long long>(config.train.lora.rank), adapted.size());
   const auto& m = config.model;
-  std::printf(
-      "connector %s: %lld visual tokens per image%s\n", m.connector.type.c_str(),
-      static_cast<long long>(model->image_tokens()),
-      model->connector->feature_level() ? " (one placeholder; features enter the LLM)" : "");
+  std::printf("connector %s: %lld visual tokens per image%s\n", m.connector.type.c_str(),
+              static_cast<long long>(model->image_tokens()),
+              model->connector->feature_level()
+                  ? " (one placeholder; features enter the LLM's layers)"
+              : m.connector.type == "visual_expert"
+                  ? " (through their own attention and MLP experts in the LLM's layers)"
+                  : "");
+  // Its parts (the projector, per-layer experts, blocks, prompts and gates), by top-level name.
+  std::map<std::string, int64_t> parts;
+  for (const auto& [name, p] : named_parameters(*model->connector))
+    parts[name.substr(0, name.find('.'))] += p.numel();
+  std::string listed;
+  for (const auto& [name, n] : parts)
+    listed += (listed.empty() ? "" : ", ") + name + " " + human_count(n);
+  std::printf("connector parameters: %s\n", listed.c_str());
   if (const auto& pins = model->anyres_pinpoints(); !pins.empty()) {
     // A 4:3 photo at the largest pinpoint's width, as an example of what AnyRes makes of one.
     int64_t w = 0;

@@ -520,6 +520,9 @@ void describe(Binder& b, ConnectorConfig& c) {
   b.value("pool_factor", c.pool_factor, at_least(1));
   b.value("xattn_every", c.xattn_every, at_least(1));
   b.value("value_positions", c.value_positions);
+  b.value("expert_every", c.expert_every, at_least(1));
+  b.value("prompt_length", c.prompt_length, at_least(1));
+  b.value("prompt_layers", c.prompt_layers, at_least(0));
 }
 
 void describe(Binder& b, ModelConfig& c) {

@@ -106,8 +106,9 @@ struct LlmConfig {
 };
 
 struct ConnectorConfig {
-  std::string type =
-      "mlp2x_gelu";  // linear | mlp2x_gelu | qformer | resampler | pool | gated_xattn
+  // linear | mlp2x_gelu | qformer | resampler | pool (token-level) | gated_xattn | adapter_prompt
+  // (feature-level) | visual_expert (both)
+  std::string type = "mlp2x_gelu";
   // Each key is read only by the types named after it.
   // qformer, resampler; 0 = the design's own default (qformer 32 as BLIP-2, resampler 64); the
   // resampler's must be a square (its queries form a grid).
@@ -120,6 +121,11 @@ struct ConnectorConfig {
   // resampler: add the 2D sin-cos positions to the attention's values as well as its keys, so that
   // each output token carries where what it read lies (Qwen-VL adds them to the keys only: false).
   bool value_positions = false;
+  int64_t expert_every = 1;  // visual_expert: experts in every k-th LLM layer (CogVLM: every one)
+  // adapter_prompt: learned prompt tokens per adapted layer (LLaMA-Adapter: 10), and how many of
+  // the top layers are adapted (0 = every layer; LLaMA-Adapter: the top 30 of 32).
+  int64_t prompt_length = 10;
+  int64_t prompt_layers = 0;
 };
 
 struct ModelConfig {

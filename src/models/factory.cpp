@@ -84,10 +84,22 @@ ParameterEstimate estimate_parameters(const ModelConfig& m) {
                         static_cast<double>(v.layers) *
                             (4 * vh * vh + 2 * vh * static_cast<double>(v.intermediate) + 6 * vh);
   // Connectors differ; the largest of the token-level designs (two layers vision -> LLM width)
-  // or one cross-attention block per LLM layer for gated_xattn bounds them well enough here.
-  const double connector = m.connector.type == "gated_xattn"
-                               ? static_cast<double>(l.layers) * (4 * h * h + 8 * h * h)
-                               : vh * h + h * h + 2 * h;
+  // bounds them well enough here, plus what the designs that work inside the LLM add per layer:
+  // a cross-attention block (gated_xattn), a copy of the layer's attention projections and MLP
+  // (visual_expert), prompts and gates (adapter_prompt).
+  const auto& cc = m.connector;
+  const double layers = static_cast<double>(l.layers);
+  const double every = static_cast<double>(
+      std::max<int64_t>(1, cc.type == "gated_xattn" ? cc.xattn_every : cc.expert_every));
+  double connector = vh * h + h * h + 2 * h;
+  if (cc.type == "gated_xattn") connector = std::ceil(layers / every) * (4 * h * h + 8 * h * h);
+  if (cc.type == "visual_expert")
+    connector += std::ceil(layers / every) *
+                 (h * q + 2 * h * kv + q * h + 3 * h * static_cast<double>(l.intermediate));
+  if (cc.type == "adapter_prompt")
+    connector = vh * h + h +
+                (cc.prompt_layers > 0 ? static_cast<double>(cc.prompt_layers) : layers) *
+                    (static_cast<double>(cc.prompt_length) * h + static_cast<double>(l.heads));
   auto clamp = [](double x) {
     return x >= 9e18 ? std::numeric_limits<int64_t>::max() : static_cast<int64_t>(x);
   };
@@ -144,6 +156,8 @@ MultimodalModel build_model(Config& config, const Vocabulary& tokenizer) {
       llm.vocab = grow_to;
       model->config_mutable().llm.vocab = grow_to;
     }
+    // Designs that start from the LLM's weights (visual experts) take the loaded ones.
+    model->connector->adopt_llm_weights(*model->language_model);
   }
   if (!vision.pretrained.empty()) {
     const auto f = open_folder(vision.pretrained, config.where("model.vision.pretrained"));

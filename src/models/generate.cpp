@@ -64,11 +64,11 @@ GenerationResult generate(MultimodalModelImpl& model,
   auto positions = (mask.cumsum(1) - 1).clamp_min(0);
 
   const auto& pixels = images.pixel_values;
-  auto [embeds, hook] =
+  auto [embeds, extension] =
       model.prepare(ids, pixels.defined() ? pixels.to(device) : pixels, {}, images.layout);
-  const LayerHook* hook_ptr = hook ? &hook : nullptr;
   KvCache cache;
-  auto hidden = model.language_model->forward(embeds, mask, positions, nullptr, hook_ptr, &cache);
+  auto hidden =
+      model.language_model->forward(embeds, mask, positions, nullptr, extension.get(), &cache);
   auto last = hidden.select(1, hidden.size(1) - 1);  // (B,C)
 
   torch::Generator gen = at::detail::createCPUGenerator(o.seed);
@@ -116,8 +116,8 @@ GenerationResult generate(MultimodalModelImpl& model,
     mask = torch::cat({mask, alive.to(device)}, 1);
     const auto step_ids = next.view({B, 1}).to(device);
     auto e = model.language_model->embed(step_ids);
-    hidden =
-        model.language_model->forward(e, mask, next_pos.view({B, 1}), nullptr, hook_ptr, &cache);
+    hidden = model.language_model->forward(e, mask, next_pos.view({B, 1}), nullptr, extension.get(),
+                                           &cache);
     last = hidden.select(1, 0);
     next_pos = next_pos + 1;
   }

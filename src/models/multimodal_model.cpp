@@ -55,8 +55,9 @@ MultimodalModelImpl::MultimodalModelImpl(const ModelConfig& config, int64_t imag
   connector = register_module(
       "multi_modal_projector",
       make_connector({config.vision.hidden, config.llm.hidden, vision_tower->num_feature_tokens(),
-                      config.connector, config.llm.layers, config.llm.heads}));
+                      config.connector, config.llm}));
   language_model = register_module("language_model", LlamaForCausalLM(config.llm));
+  connector->adopt_llm_weights(*language_model);
   pinpoints_ = mllm::anyres_pinpoints(config.vision.anyres, config.vision.image_size);
   if (!pinpoints_.empty()) {
     if (connector->feature_level())
@@ -147,11 +148,7 @@ torch::Tensor MultimodalModelImpl::image_features(const torch::Tensor& pixel_val
 torch::Tensor MultimodalModelImpl::embed(const torch::Tensor& input_ids,
                                          const torch::Tensor& pixel_values,
                                          const ImageLayout& layout) {
-  auto text = language_model->embed(input_ids);  // (B,T,C)
-  if (connector->feature_level()) return text;   // images enter inside the LLM (forward)
-  const auto is_image = input_ids == image_token_id_;
-  auto tokens = connector->forward(image_features(pixel_values, text.options()));  // (N,Q,C)
-  return splice_image_tokens(text, is_image, image_tokens_of(tokens, layout));
+  return prepare(input_ids, pixel_values, {}, layout).first;
 }
 
 torch::Tensor token_images(const torch::Tensor& is_image, const torch::Tensor& attention_mask,
@@ -192,17 +189,22 @@ torch::Tensor token_images(const torch::Tensor& is_image, const torch::Tensor& a
   return out;
 }
 
-std::pair<torch::Tensor, LayerHook> MultimodalModelImpl::prepare(
+std::pair<torch::Tensor, std::shared_ptr<DecoderExtension>> MultimodalModelImpl::prepare(
     const torch::Tensor& input_ids, const torch::Tensor& pixel_values,
     const torch::Tensor& attention_mask, const ImageLayout& layout) {
-  if (!connector->feature_level()) return {embed(input_ids, pixel_values, layout), LayerHook()};
-  // Feature-level: one placeholder per image marks its sample; the connector's hook adds the
-  // image inside the LLM, to its sample's tokens.
-  auto text = language_model->embed(input_ids);
+  auto text = language_model->embed(input_ids);  // (B,T,C)
+  const auto is_image = input_ids == image_token_id_;
   const auto features = image_features(pixel_values, text.options());
-  const auto seen = token_images(input_ids == image_token_id_, attention_mask, features.size(0));
-  // On the CPU: the hook reads it there (no round trip through the device).
-  return {text, connector->layer_hook(features, seen)};
+  if (!connector->feature_level()) {
+    auto tokens = connector->forward(features);  // (N,Q,C)
+    auto embeds = splice_image_tokens(text, is_image, image_tokens_of(tokens, layout));
+    return {embeds, connector->decoder_extension({features, {}, is_image})};
+  }
+  // Feature-level: one placeholder per image marks its sample; the connector brings the image in
+  // inside the LLM, to its sample's tokens.
+  const auto seen = token_images(is_image, attention_mask, features.size(0));
+  // On the CPU: the extension reads it there (no round trip through the device).
+  return {text, connector->decoder_extension({features, seen, is_image})};
 }
 
 torch::Tensor MultimodalModelImpl::forward(const torch::Tensor& input_ids,
@@ -210,9 +212,8 @@ torch::Tensor MultimodalModelImpl::forward(const torch::Tensor& input_ids,
                                            const torch::Tensor& attention_mask,
                                            const torch::Tensor& position_ids,
                                            const ImageLayout& layout) {
-  const auto [embeds, hook] = prepare(input_ids, pixel_values, attention_mask, layout);
-  return language_model->forward(embeds, attention_mask, position_ids, nullptr,
-                                 hook ? &hook : nullptr);
+  const auto [embeds, extension] = prepare(input_ids, pixel_values, attention_mask, layout);
+  return language_model->forward(embeds, attention_mask, position_ids, nullptr, extension.get());
 }
 
 }  // namespace mllm

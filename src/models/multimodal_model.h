@@ -34,7 +34,8 @@ class MultimodalModelImpl : public torch::nn::Module {
   // Text embeddings with image features spliced in (token-level connectors; a feature-level one
   // leaves the text embeddings as they are). input_ids (B,T); pixel_values (M,3,H,W): the crops
   // of the batch's images, one each unless AnyRes (may be 0 / undefined). Returns (B,T,C).
-  // `layout` says how each image's crops become tokens (image_tokens_of).
+  // `layout` says how each image's crops become tokens (image_tokens_of). What a connector does
+  // inside the LLM (prepare's extension) is not part of it.
   torch::Tensor embed(const torch::Tensor& input_ids, const torch::Tensor& pixel_values,
                       const ImageLayout& layout = {});
 
@@ -46,12 +47,12 @@ class MultimodalModelImpl : public torch::nn::Module {
                         const torch::Tensor& position_ids = {}, const ImageLayout& layout = {});
 
   // The LLM's input for a batch: its embeddings (images spliced in for a token-level connector)
-  // and, for a feature-level one, the hook that brings the images in at each layer (empty
-  // otherwise). forward() runs exactly this; generation keeps the hook for every step.
-  std::pair<torch::Tensor, LayerHook> prepare(const torch::Tensor& input_ids,
-                                              const torch::Tensor& pixel_values,
-                                              const torch::Tensor& attention_mask = {},
-                                              const ImageLayout& layout = {});
+  // and what the connector does inside the decoder's layers (Connector::decoder_extension; null
+  // for the plain token-level designs). forward() runs exactly this; generation keeps the
+  // extension for every step.
+  std::pair<torch::Tensor, std::shared_ptr<DecoderExtension>> prepare(
+      const torch::Tensor& input_ids, const torch::Tensor& pixel_values,
+      const torch::Tensor& attention_mask = {}, const ImageLayout& layout = {});
 
   // (...,C) -> (...,V)
   torch::Tensor logits(const torch::Tensor& hidden) { return language_model->logits(hidden); }

@@ -39,6 +39,19 @@ std::string shrink(const std::filesystem::path& data, const std::filesystem::pat
          " --set train.batch_size=8 --set train.log_every=2 --set train.eval_batches=1";
 }
 
+// The raw bytes of tensor `name` in a safetensors file (8-byte little-endian header length, a JSON
+// header with each tensor's data_offsets, then the data), read without LibTorch.
+std::string tensor_bytes(const std::filesystem::path& file, const std::string& name) {
+  const std::string all = read_text(file);
+  uint64_t n = 0;
+  for (int i = 7; i >= 0; --i)
+    n = (n << 8) | static_cast<unsigned char>(all[static_cast<size_t>(i)]);
+  const auto header = nlohmann::json::parse(all.substr(8, n));
+  const auto& offsets = header.at(name).at("data_offsets");
+  const auto begin = offsets[0].get<size_t>(), end = offsets[1].get<size_t>();
+  return all.substr(8 + n + begin, end - begin);
+}
+
 }  // namespace
 
 TEST_CASE("cli: --version, --help and usage errors") {
@@ -334,4 +347,62 @@ TEST_CASE(
   CHECK(bad.output.find("tool.json:2: record 1: role 'observation' is not supported") !=
         std::string::npos);
   CHECK_FALSE(std::filesystem::exists(dir / "tool.llava.json"));
+}
+
+TEST_CASE(
+    "cli: CogVLM's visual experts and LLaMA-Adapter's prompts train stage 1 and then stage 2 from "
+    "the command line") {
+  TempDir dir("mllm-cli");
+  const auto data = dir / "shapes";
+  Result gen =
+      run("data shapes --out " + data.string() + " --seed 0 --train 32 --val 8 --image-size 32");
+  INFO(gen.output);
+  REQUIRE(gen.code == 0);
+  const std::string llm = " --set 'model.llm.pretrained=\"\"' --set model.llm.hidden=32" +
+                          std::string(" --set model.llm.layers=2 --set model.llm.heads=2") +
+                          " --set model.llm.kv_heads=1 --set model.llm.intermediate=64";
+  for (const std::string type : {"visual_expert", "adapter_prompt"}) {
+    INFO(type);
+    const auto s1 = dir / (type + "-1"), s2 = dir / (type + "-2");
+    Result r = run("train --config " + src("configs/shapes/stage1_pretrain.yaml") +
+                   shrink(data, s1) + llm + " --set model.connector.type=" + type +
+                   " --set model.connector.prompt_length=4 --set train.max_steps=6" +
+                   " --set train.lr=1e-2 --set train.save_every=0");
+    INFO(r.output);
+    REQUIRE(r.code == 0);
+    const auto f1 = s1 / "final/model.safetensors";
+    if (type == "visual_expert") {
+      // The experts started as copies of the frozen LLM's weights; stage 1 moved them alone.
+      const auto own = tensor_bytes(f1, "language_model.model.layers.1.mlp.up_proj.weight");
+      const auto expert = tensor_bytes(f1, "multi_modal_projector.experts.1.mlp.up_proj.weight");
+      CHECK(own.size() == expert.size());
+      CHECK(own != expert);
+    } else {
+      // The gates opened (they start at zero: all bytes 0).
+      CHECK(tensor_bytes(f1, "multi_modal_projector.gates").find_first_not_of('\0') !=
+            std::string::npos);
+    }
+    r = run("train --config " + src("configs/shapes/stage2_instruct.yaml") + shrink(data, s2) +
+            llm + " --set model.connector.type=" + type +
+            " --set model.connector.prompt_length=4 --set train.max_steps=4" +
+            " --set train.save_every=0 --set train.init_from=" + (s1 / "final").string() +
+            " --set data.train.path=" + (data / "instruct_train.json").string() +
+            " --set data.eval.path=" + (data / "instruct_val.json").string() +
+            " --set 'eval.tasks=[]'");
+    INFO(r.output);
+    REQUIRE(r.code == 0);
+    int64_t last_step = 0;
+    for (const auto& j : read_jsonl(s2 / "metrics.jsonl"))
+      if (j.contains("loss")) last_step = j["step"].get<int64_t>();
+    CHECK(last_step == 4);
+    // Stage 2 trained the LLM too, starting from stage 1's connector.
+    const char* llm_key = "language_model.model.layers.0.self_attn.q_proj.weight";
+    CHECK(tensor_bytes(f1, llm_key) != tensor_bytes(s2 / "final/model.safetensors", llm_key));
+    // The run generates (the KV cache with the design inside the layers).
+    const auto image = data / "images" / "val" / "000000.png";
+    const Result g = run("generate --checkpoint " + s2.string() + " --image " + image.string() +
+                         " --prompt 'What is in the image?' --max-new-tokens 4");
+    INFO(g.output);
+    CHECK(g.code == 0);
+  }
 }

@@ -38,7 +38,8 @@ torch::Tensor logits_of(MultimodalModel& m, const torch::Tensor& ids, const torc
 TEST_CASE("export: a run becomes a llava folder whose reload gives exactly the same logits") {
   TempDir data("mllm-export");
   test::make_shapes(data.path(), 8, 4);
-  for (const std::string connector : {"mlp2x_gelu", "qformer", "gated_xattn"}) {
+  for (const std::string connector :
+       {"mlp2x_gelu", "qformer", "gated_xattn", "visual_expert", "adapter_prompt"}) {
     INFO(connector);
     Config c = test::tiny_config(data.path(), data / ("run-" + connector));
     c.model.connector.type = connector;
@@ -58,6 +59,8 @@ TEST_CASE("export: a run becomes a llava folder whose reload gives exactly the s
     } else {
       CHECK(config["model_type"] == "mllm_llava");
     }
+    CHECK(config["mllm_connector"]["type"] == connector);  // with the design's settings
+    CHECK(config["mllm_connector"]["prompt_length"] == c.model.connector.prompt_length);
     CHECK(std::filesystem::exists(out / "tokenizer.json"));
     CHECK(test::read_text(out / "preprocessor_config.json") ==
           test::read_text(data / ("run-" + connector) / "final" / "preprocessor_config.json"));

@@ -110,6 +110,33 @@ TEST_CASE("gradient checkpointing: frozen LLM, trainable connector (gradients th
   check_same(plain, ckpt, count_trainable(*model->connector));
 }
 
+TEST_CASE("gradient checkpointing: connectors inside the layers (experts, prompts) get gradients") {
+  for (const std::string type : {"visual_expert", "adapter_prompt", "gated_xattn"}) {
+    INFO(type);
+    torch::manual_seed(2);
+    auto cfg = tiny_model();
+    cfg.connector.type = type;
+    MultimodalModel model(cfg, kImage);
+    for (auto& p : model->parameters()) p.set_requires_grad(false);
+    {
+      // Gates open, experts their own: every connector parameter has a non-zero gradient.
+      torch::NoGradGuard g;
+      for (auto& kv : model->connector->named_parameters()) {
+        kv.value().set_requires_grad(true);
+        if (kv.key().find("gate") != std::string::npos) kv.value().fill_(0.5);
+        if (kv.key().find("experts.") == 0) kv.value().add_(torch::randn_like(kv.value()) * 0.3);
+      }
+    }
+    const auto plain = run(model, false), ckpt = run(model, true);
+    check_same(plain, ckpt, count_trainable(*model->connector));
+    for (const auto& [name, g] : ckpt.grads)
+      if (name.find("multi_modal_projector.") == 0) {
+        INFO(name);
+        CHECK(g.abs().sum().item<double>() > 0);
+      }
+  }
+}
+
 TEST_CASE("gradient checkpointing: mixture of experts, the router still gets the aux loss") {
   torch::manual_seed(2);
   auto cfg = tiny_model();

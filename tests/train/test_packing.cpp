@@ -1,6 +1,7 @@
 // Multimodal sequence packing (data.packing): the same samples packed into fewer rows give the
 // same loss and gradients as unpacked, for a token-level connector (images spliced into the
-// sequence) and a feature-level one (each sample's tokens cross-attend to its own image).
+// sequence), the feature-level ones (each sample's tokens cross-attend to its own image, or see
+// its own image's prompts) and the visual expert (image positions through their own weights).
 #include <catch2/catch.hpp>
 
 #include <map>
@@ -42,7 +43,8 @@ LossAndGrads loss_and_grads(MultimodalModel& model, const Batch& batch) {
 TEST_CASE("packing: packed rows give the unpacked loss and gradients, token- and feature-level") {
   TempDir data("mllm-packing");
   test::make_shapes(data.path(), 12, 4);
-  for (const std::string connector : {"mlp2x_gelu", "gated_xattn"}) {
+  for (const std::string connector :
+       {"mlp2x_gelu", "gated_xattn", "visual_expert", "adapter_prompt"}) {
     INFO(connector);
     Config c = test::tiny_config(data.path(), data / "out");
     c.model.connector.type = connector;
@@ -50,11 +52,13 @@ TEST_CASE("packing: packed rows give the unpacked loss and gradients, token- and
     const auto tok = load_tokenizer(c.model.tokenizer);
     MultimodalModel model = build_model(c, tok->vocabulary());
     {
-      // Open gated_xattn's gates (zero at init), so that which image a token sees shows in the
-      // loss.
+      // Open the gates (gated_xattn's, adapter_prompt's: zero at init) and give the visual
+      // experts weights of their own, so that which image a token sees shows in the loss.
       torch::NoGradGuard no_grad;
-      for (auto& [name, p] : named_parameters(*model))
-        if (name.size() > 5 && name.compare(name.size() - 5, 5, "_gate") == 0) p.fill_(0.5);
+      for (auto& [name, p] : named_parameters(*model)) {
+        if (name.find("gate") != std::string::npos && name.find("multi_modal") == 0) p.fill_(0.5);
+        if (name.find("multi_modal_projector.experts.") == 0) p.add_(torch::randn_like(p) * 0.3);
+      }
     }
     ConversationDataset ds(c.data.train, c.data, *tok, model->image_tokens(), "data.train");
     std::vector<Sample> samples;
@@ -95,7 +99,7 @@ TEST_CASE("packing: packed rows give the unpacked loss and gradients, token- and
 
     // The test can fail: the same packed rows with a plain padding mask (samples see each other;
     // for gated_xattn that would also give a sample two images, which it refuses).
-    if (connector == "gated_xattn") continue;
+    if (connector == "gated_xattn" || connector == "adapter_prompt") continue;
     Batch leaky = packed;
     leaky.attention_mask = (packed.attention_mask != 0).to(torch::kLong);
     torch::NoGradGuard no_grad;

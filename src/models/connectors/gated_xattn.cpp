@@ -69,12 +69,13 @@ TORCH_MODULE(GatedXAttnBlock);
 class GatedXAttn : public Connector {
  public:
   explicit GatedXAttn(const ConnectorSpec& s) : every_(s.config.xattn_every), C_(s.llm_hidden) {
-    if (s.llm_layers <= 0 || s.llm_heads <= 0 || s.llm_hidden % s.llm_heads != 0)
-      throw ConfigError("model.connector.type: gated_xattn needs the LLM's layers and heads");
+    if (s.llm.heads <= 0 || s.llm_hidden % s.llm.heads != 0)
+      throw ConfigError(
+          "model.connector.type: gated_xattn needs heads that divide the LLM's width");
     media_proj = register_module("media_proj", torch::nn::Linear(s.vision_hidden, s.llm_hidden));
     blocks = register_module("blocks", torch::nn::ModuleList());
-    for (int64_t l = 0; l < s.llm_layers; l += every_)
-      blocks->push_back(GatedXAttnBlock(s.llm_hidden, s.llm_heads));
+    for (int64_t l = 0; l < s.llm.layers; l += every_)
+      blocks->push_back(GatedXAttnBlock(s.llm_hidden, s.llm.heads));
   }
 
   torch::Tensor forward(const torch::Tensor& features) override {  // (N,P,Cv) -> (N,P,C) media
@@ -83,37 +84,18 @@ class GatedXAttn : public Connector {
   int64_t output_tokens() const override { return 1; }
   bool feature_level() const override { return true; }
 
-  LayerHook layer_hook(const torch::Tensor& features, const torch::Tensor& token_image) override {
+  std::shared_ptr<DecoderExtension> decoder_extension(const ImageContext& images) override {
+    const auto& features = images.features;
     const auto media_n = media_proj(features);  // (N,P,C)
-    const auto B = token_image.size(0), T = token_image.size(1), P = features.size(1);
-    // Each row's images, in order of first appearance (its slots), and each token's slot.
-    const auto ti = token_image.to(torch::kCPU, torch::kLong).contiguous();
-    const auto image = ti.accessor<int64_t, 2>();
-    std::vector<std::vector<int64_t>> row_images(static_cast<size_t>(B));
-    auto slots = torch::full({B, T}, -1, torch::kLong);
-    auto slot = slots.accessor<int64_t, 2>();
-    int64_t M = 0;
-    bool uniform = true;  // every row's real tokens see one and the same image, or all none
-    for (int64_t b = 0; b < B; ++b) {
-      auto& seen = row_images[static_cast<size_t>(b)];
-      int64_t first = -3;
-      for (int64_t t = 0; t < T; ++t) {
-        if (image[b][t] == -2) continue;  // padding
-        if (first == -3) first = image[b][t];
-        uniform = uniform && image[b][t] == first;
-        if (image[b][t] < 0) continue;
-        auto it = std::find(seen.begin(), seen.end(), image[b][t]);
-        if (it == seen.end()) it = seen.insert(seen.end(), image[b][t]);
-        slot[b][t] = it - seen.begin();
-      }
-      M = std::max(M, static_cast<int64_t>(seen.size()));
-    }
+    const auto B = images.token_image.size(0), T = images.token_image.size(1), P = features.size(1);
+    const ImageSlots slots = image_slots(images.token_image);
+    const int64_t M = slots.most;
     // Media slot b*M + j holds row b's j-th image; empty slots stay zero (and are never seen).
     std::vector<int64_t> dest, src;
     for (int64_t b = 0; b < B; ++b)
-      for (size_t j = 0; j < row_images[static_cast<size_t>(b)].size(); ++j)
+      for (size_t j = 0; j < slots.row_images[static_cast<size_t>(b)].size(); ++j)
         dest.push_back(b * M + static_cast<int64_t>(j)),
-            src.push_back(row_images[static_cast<size_t>(b)][j]);
+            src.push_back(slots.row_images[static_cast<size_t>(b)][j]);
     const auto M1 = std::max<int64_t>(M, 1);
     auto media = torch::zeros({B * M1, P, C_}, media_n.options());
     if (!dest.empty()) {
@@ -124,34 +106,42 @@ class GatedXAttn : public Connector {
     } else {
       media = media + media_n.sum() * 0.0;  // keep media_proj in the graph (zero gradient)
     }
-    media = media.view({B, M1 * P, C_});
-    torch::Tensor has_image;
-    c10::optional<torch::Tensor> mask;
-    if (uniform) {
-      // Each row sees one image or none (unpacked rows): the whole row sees it, whatever its
-      // length, so the hook also serves generation's later steps.
-      has_image = (std::get<0>(slots.max(1)) >= 0).to(media_n.scalar_type()).view({B, 1, 1});
+    auto ext = std::make_shared<Extension>();
+    ext->owner = this;
+    ext->media = media.view({B, M1 * P, C_});
+    if (slots.uniform) {
+      // Each row sees one image or none (unpacked rows): the whole row sees it.
+      ext->has_image =
+          (std::get<0>(slots.slot.max(1)) >= 0).to(media_n.scalar_type()).view({B, 1, 1});
     } else {
       // Packed rows: each token sees only its slot's P media positions (a token of a text-only
       // sample none: its has_image is 0).
-      has_image = (slots >= 0).to(media_n.scalar_type()).view({B, T, 1});
+      ext->has_image = (slots.slot >= 0).to(media_n.scalar_type()).view({B, T, 1});
       const auto key_slot = torch::arange(M, torch::kLong).repeat_interleave(P);  // (M*P)
-      const auto allowed = slots.view({B, 1, T, 1}) == key_slot.view({1, 1, 1, M * P});
-      mask = torch::zeros(allowed.sizes(), media_n.options().dtype(torch::kFloat))
-                 .masked_fill(allowed.to(media_n.device()).logical_not(), -1e9);
+      const auto allowed = slots.slot.view({B, 1, T, 1}) == key_slot.view({1, 1, 1, M * P});
+      ext->mask = torch::zeros(allowed.sizes(), media_n.options().dtype(torch::kFloat))
+                      .masked_fill(allowed.to(media_n.device()).logical_not(), -1e9);
     }
-    has_image = has_image.to(media_n.device());
-    return [this, media, has_image, mask](int64_t layer, const torch::Tensor& h) {
-      if (layer % every_ != 0) return h;
-      auto block = blocks[static_cast<size_t>(layer / every_)]->as<GatedXAttnBlock>();
-      return block->forward(h, media.to(h.scalar_type()), has_image.to(h.scalar_type()), mask);
-    };
+    ext->has_image = ext->has_image.to(media_n.device());
+    return ext;
   }
 
   torch::nn::Linear media_proj{nullptr};
   torch::nn::ModuleList blocks{nullptr};
 
  private:
+  // A block before every every_-th layer, over the batch's media.
+  struct Extension : DecoderExtension {
+    GatedXAttn* owner = nullptr;
+    torch::Tensor media, has_image;
+    c10::optional<torch::Tensor> mask;
+    torch::Tensor before_layer(int64_t layer, const torch::Tensor& h) override {
+      if (layer % owner->every_ != 0) return h;
+      auto block = owner->blocks[static_cast<size_t>(layer / owner->every_)]->as<GatedXAttnBlock>();
+      return block->forward(h, media.to(h.scalar_type()), has_image.to(h.scalar_type()), mask);
+    }
+  };
+
   int64_t every_, C_;
 };
 

@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <cmath>
 
 #include "core/error.h"
@@ -8,13 +9,43 @@ namespace mllm {
 namespace {
 const std::map<std::string, ConnectorFactory>& registry() {
   static const std::map<std::string, ConnectorFactory> r = {
-      {"gated_xattn", make_gated_xattn_connector}, {"linear", make_linear_connector},
-      {"mlp2x_gelu", make_mlp2x_gelu_connector},   {"qformer", make_qformer_connector},
-      {"resampler", make_resampler_connector},     {"pool", make_pool_connector},
+      {"gated_xattn", make_gated_xattn_connector},
+      {"linear", make_linear_connector},
+      {"mlp2x_gelu", make_mlp2x_gelu_connector},
+      {"qformer", make_qformer_connector},
+      {"resampler", make_resampler_connector},
+      {"pool", make_pool_connector},
+      {"visual_expert", make_visual_expert_connector},
+      {"adapter_prompt", make_adapter_prompt_connector},
   };
   return r;
 }
 }  // namespace
+
+ImageSlots image_slots(const torch::Tensor& token_image) {
+  const auto B = token_image.size(0), T = token_image.size(1);
+  const auto ti = token_image.to(torch::kCPU, torch::kLong).contiguous();
+  const auto image = ti.accessor<int64_t, 2>();
+  ImageSlots out;
+  out.row_images.resize(static_cast<size_t>(B));
+  out.slot = torch::full({B, T}, -1, torch::kLong);
+  auto slot = out.slot.accessor<int64_t, 2>();
+  for (int64_t b = 0; b < B; ++b) {
+    auto& seen = out.row_images[static_cast<size_t>(b)];
+    int64_t first = -3;
+    for (int64_t t = 0; t < T; ++t) {
+      if (image[b][t] == -2) continue;  // padding
+      if (first == -3) first = image[b][t];
+      out.uniform = out.uniform && image[b][t] == first;
+      if (image[b][t] < 0) continue;
+      auto it = std::find(seen.begin(), seen.end(), image[b][t]);
+      if (it == seen.end()) it = seen.insert(seen.end(), image[b][t]);
+      slot[b][t] = it - seen.begin();
+    }
+    out.most = std::max(out.most, static_cast<int64_t>(seen.size()));
+  }
+  return out;
+}
 
 int64_t square_side(int64_t n) {
   if (n < 0) return -1;
@@ -41,7 +72,9 @@ std::vector<std::string> connector_names() {
   return names;
 }
 
-std::shared_ptr<Connector> make_connector(const ConnectorSpec& spec) {
+std::shared_ptr<Connector> make_connector(const ConnectorSpec& given) {
+  ConnectorSpec spec = given;
+  spec.llm.hidden = spec.llm_hidden;
   auto it = registry().find(spec.config.type);
   if (it == registry().end()) {
     std::string known;

@@ -103,7 +103,10 @@ nlohmann::json llava_config_json(const ModelConfig& m, int64_t image_token_id) {
         {"hidden", m.connector.hidden},
         {"pool_factor", m.connector.pool_factor},
         {"xattn_every", m.connector.xattn_every},
-        {"value_positions", m.connector.value_positions}}},
+        {"value_positions", m.connector.value_positions},
+        {"expert_every", m.connector.expert_every},
+        {"prompt_length", m.connector.prompt_length},
+        {"prompt_layers", m.connector.prompt_layers}}},
       {"torch_dtype", "float32"},
   };
   if (!pinpoints.empty()) out["image_grid_pinpoints"] = grid;

@@ -47,6 +47,25 @@ ModelConfig read_llava_config_json(const std::filesystem::path& folder, int64_t*
       m.connector.pool_factor = c.value("pool_factor", m.connector.pool_factor);
       m.connector.xattn_every = c.value("xattn_every", m.connector.xattn_every);
       m.connector.value_positions = c.value("value_positions", m.connector.value_positions);
+      m.connector.expert_every = c.value("expert_every", m.connector.expert_every);
+      m.connector.prompt_length = c.value("prompt_length", m.connector.prompt_length);
+      m.connector.prompt_layers = c.value("prompt_layers", m.connector.prompt_layers);
+      // The recipe's bounds (core/config.cpp): a hand-edited file must not divide by zero.
+      const std::pair<const char*, int64_t> at_least_one[] = {
+          {"layers", m.connector.layers},
+          {"heads", m.connector.heads},
+          {"pool_factor", m.connector.pool_factor},
+          {"xattn_every", m.connector.xattn_every},
+          {"expert_every", m.connector.expert_every},
+          {"prompt_length", m.connector.prompt_length}};
+      for (const auto& [key, v] : at_least_one)
+        if (v < 1)
+          throw Error(path.string() + ": mllm_connector." + key + " must be at least 1, not " +
+                      std::to_string(v));
+      if (m.connector.num_queries < 0 || m.connector.hidden < 0 || m.connector.prompt_layers < 0)
+        throw Error(path.string() +
+                    ": mllm_connector.num_queries, hidden and prompt_layers must "
+                    "not be negative");
     }
   } catch (const nlohmann::json::exception& e) {
     throw Error(path.string() + ": " + e.what());

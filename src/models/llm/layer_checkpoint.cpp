@@ -15,10 +15,13 @@ struct Recompute : torch::CustomClassHolder {
   std::shared_ptr<LlamaDecoderLayerImpl> layer;
   torch::Tensor cos, sin;
   DecoderMask mask;
-  std::vector<torch::Tensor> params;  // the layer's trainable ones, as passed after x
+  LayerExtras extras;  // empty() when none
+  // The layer's trainable parameters, then extras.grad_inputs(), as passed after x.
+  std::vector<torch::Tensor> params;
   RngState rng;
   AutocastState autocast;
   bool moe = false;
+  const LayerExtras* extras_ptr() const { return extras.empty() ? nullptr : &extras; }
 };
 
 // Restores the random generators' current state when it goes out of scope.
@@ -43,7 +46,8 @@ struct LayerCheckpoint : torch::autograd::Function<LayerCheckpoint> {
     r->autocast = autocast_state();
     torch::Tensor logits;
     FuseWithoutGradScope fused;  // the projections as the recomputation (with gradients) runs them
-    auto y = r->layer->forward(x, r->cos, r->sin, r->mask, logits);
+    auto y =
+        r->layer->forward(x, r->cos, r->sin, r->mask, logits, nullptr, nullptr, r->extras_ptr());
     r->moe = logits.defined();
     ctx->save_for_backward({x});
     ctx->saved_data["recompute"] = c10::IValue::make_capsule(r);
@@ -65,7 +69,7 @@ struct LayerCheckpoint : torch::autograd::Function<LayerCheckpoint> {
       restore_rng_state(r->rng);
       torch::AutoGradMode grad_mode(true);
       AutocastStateScope autocast(r->autocast);
-      y = r->layer->forward(x, r->cos, r->sin, r->mask, logits);
+      y = r->layer->forward(x, r->cos, r->sin, r->mask, logits, nullptr, nullptr, r->extras_ptr());
     }
 
     std::vector<torch::Tensor> outputs, output_grads;
@@ -91,9 +95,11 @@ struct LayerCheckpoint : torch::autograd::Function<LayerCheckpoint> {
 
 }  // namespace
 
-bool wants_checkpoint(const LlamaDecoderLayerImpl& layer, const torch::Tensor& x) {
+bool wants_checkpoint(const LlamaDecoderLayerImpl& layer, const torch::Tensor& x,
+                      const LayerExtras* extras) {
   if (!torch::GradMode::is_enabled()) return false;
   if (x.requires_grad()) return true;
+  if (extras && !extras->grad_inputs().empty()) return true;
   for (const auto& p : layer.parameters())
     if (p.requires_grad()) return true;
   return false;
@@ -102,7 +108,7 @@ bool wants_checkpoint(const LlamaDecoderLayerImpl& layer, const torch::Tensor& x
 torch::Tensor checkpointed_layer_forward(const std::shared_ptr<LlamaDecoderLayerImpl>& layer,
                                          const torch::Tensor& x, const torch::Tensor& cos,
                                          const torch::Tensor& sin, const DecoderMask& mask,
-                                         torch::Tensor& router_logits) {
+                                         torch::Tensor& router_logits, const LayerExtras* extras) {
   auto r = c10::make_intrusive<Recompute>();
   r->layer = layer;
   r->cos = cos;
@@ -110,6 +116,12 @@ torch::Tensor checkpointed_layer_forward(const std::shared_ptr<LlamaDecoderLayer
   r->mask = mask;
   for (const auto& p : layer->parameters())
     if (p.requires_grad()) r->params.push_back(p);
+  if (extras) {
+    r->extras = *extras;
+    // The non-leaf ones (prompts made from the image) receive their gradient at their own node:
+    // autograd::grad stops there, and the Function's output edge carries it on.
+    for (const auto& t : extras->grad_inputs()) r->params.push_back(t);
+  }
   std::vector<torch::Tensor> inputs{x};
   inputs.insert(inputs.end(), r->params.begin(), r->params.end());
   // A std::vector argument would not count as an input: pass a TensorList (see LIBTORCH.md).

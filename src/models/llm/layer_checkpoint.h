@@ -20,14 +20,17 @@
 namespace mllm {
 
 // Whether a checkpointed forward would differ from a plain one in what it saves: grad mode is on
-// and the input or a parameter of `layer` requires grad.
-bool wants_checkpoint(const LlamaDecoderLayerImpl& layer, const torch::Tensor& x);
+// and the input, a parameter of `layer` or a tensor of `extras` requires grad.
+bool wants_checkpoint(const LlamaDecoderLayerImpl& layer, const torch::Tensor& x,
+                      const LayerExtras* extras = nullptr);
 
-// Same as layer->forward(x, cos, sin, mask, router_logits) (x (B,T,C) -> (B,T,C)), keeping only x
-// for backward. `layer` must outlive the graph this builds (the model owns it).
+// Same as layer->forward(x, cos, sin, mask, router_logits, nullptr, nullptr, extras) (x (B,T,C) ->
+// (B,T,C)), keeping only x for backward. `layer` and the modules `extras` names must outlive the
+// graph this builds (the model owns them); the gradients of extras.grad_inputs() flow through.
 torch::Tensor checkpointed_layer_forward(const std::shared_ptr<LlamaDecoderLayerImpl>& layer,
                                          const torch::Tensor& x, const torch::Tensor& cos,
                                          const torch::Tensor& sin, const DecoderMask& mask,
-                                         torch::Tensor& router_logits);
+                                         torch::Tensor& router_logits,
+                                         const LayerExtras* extras = nullptr);
 
 }  // namespace mllm

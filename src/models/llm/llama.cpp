@@ -50,12 +50,56 @@ LlamaAttentionImpl::LlamaAttentionImpl(const LlmConfig& c)
   o_proj = register_module("o_proj", lin(heads * head_dim, c.hidden, false));
 }
 
+std::vector<torch::Tensor> LayerExtras::grad_inputs() const {
+  std::vector<torch::Tensor> out;
+  auto add = [&out](const torch::Tensor& t) {
+    if (t.defined() && t.requires_grad()) out.push_back(t);
+  };
+  if (expert_attn)
+    for (const auto& p : expert_attn->parameters()) add(p);
+  if (expert_mlp)
+    for (const auto& p : expert_mlp->parameters()) add(p);
+  add(prompts);
+  add(prompt_gate);
+  return out;
+}
+
+namespace {
+// x (B,T,C) through `own` at extras.own_rows and `expert` at extras.expert_rows: each output
+// (B,T,O_i) with every position's row from the function that owns it. Two GEMMs on the rows each
+// needs (index_select), not both on every row.
+template <typename Own, typename Expert>
+std::vector<torch::Tensor> by_rows(const torch::Tensor& x, const LayerExtras& extras, Own own,
+                                   Expert expert) {
+  const auto B = x.size(0), T = x.size(1);
+  const auto flat = x.reshape({B * T, x.size(2)});
+  const std::vector<torch::Tensor> a = own(flat.index_select(0, extras.own_rows));
+  const std::vector<torch::Tensor> b = expert(flat.index_select(0, extras.expert_rows));
+  std::vector<torch::Tensor> out;
+  for (size_t i = 0; i < a.size(); ++i)
+    out.push_back(
+        torch::cat({a[i], b[i]}, 0).index_select(0, extras.restore).view({B, T, a[i].size(-1)}));
+  return out;
+}
+}  // namespace
+
 torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
                                           const torch::Tensor& sin, const DecoderMask& mask,
-                                          torch::Tensor* cache_k, torch::Tensor* cache_v) {
+                                          torch::Tensor* cache_k, torch::Tensor* cache_v,
+                                          const LayerExtras* extras) {
   const auto B = x.size(0), T = x.size(1);
   torch::Tensor joint;
-  const auto qkv = fused_linear(x, {q_proj.get(), k_proj.get(), v_proj.get()}, &joint);
+  const bool expert = extras && extras->has_expert();
+  const auto qkv =
+      expert ? by_rows(
+                   x, *extras,
+                   [this](const torch::Tensor& r) {
+                     return fused_linear(r, {q_proj.get(), k_proj.get(), v_proj.get()});
+                   },
+                   [e = extras->expert_attn](const torch::Tensor& r) {
+                     return fused_linear(r, {e->q_proj.get(), e->k_proj.get(), e->v_proj.get()});
+                   })
+             : fused_linear(x, {q_proj.get(), k_proj.get(), v_proj.get()}, &joint);
   auto v = qkv[2].reshape({B, T, kv_heads, head_dim}).transpose(1, 2);  // (B,KVH,T,D)
   auto c = cos.to(qkv[0].scalar_type()), s = sin.to(qkv[0].scalar_type());
   torch::Tensor q, k;
@@ -87,7 +131,24 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const torch::T
   // An additive mask, when given, is the whole mask (causal included); without one, causal.
   auto y = mask.packed() ? packed_attention(q, k, v, mask.samples)
                          : attention(q, k, v, mask.additive, !mask.additive.has_value());
-  return o_proj(y.transpose(1, 2).reshape({B, T, heads * head_dim}));
+  if (extras && extras->has_prompts()) {
+    // LLaMA-Adapter's zero-init attention: the prompts' keys and values through this layer's own
+    // projections, a softmax of their own over them, gated per head (reference: the adapter_*
+    // branch of Attention.forward in LLaMA-Adapter's llama/model.py).
+    const auto p = extras->prompts.to(x.scalar_type());  // (B,K,C)
+    const auto K = p.size(1);
+    const auto pkv = fused_linear(p, {k_proj.get(), v_proj.get()});
+    const auto pk = pkv[0].reshape({B, K, kv_heads, head_dim}).transpose(1, 2);
+    const auto pv = pkv[1].reshape({B, K, kv_heads, head_dim}).transpose(1, 2);
+    const auto gate = torch::tanh(extras->prompt_gate).to(y.scalar_type()).view({1, heads, 1, 1});
+    y = y + gate * attention(q, pk.to(q.scalar_type()), pv.to(q.scalar_type()), extras->prompt_mask,
+                             false);
+  }
+  const auto merged = y.transpose(1, 2).reshape({B, T, heads * head_dim});
+  if (!expert) return o_proj(merged);
+  return by_rows(
+      merged, *extras, [this](const torch::Tensor& r) { return std::vector{o_proj(r)}; },
+      [e = extras->expert_attn](const torch::Tensor& r) { return std::vector{e->o_proj(r)}; })[0];
 }
 
 LlamaMlpImpl::LlamaMlpImpl(const LlmConfig& c) {
@@ -179,9 +240,18 @@ LlamaDecoderLayerImpl::LlamaDecoderLayerImpl(const LlmConfig& c) {
 torch::Tensor LlamaDecoderLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
                                              const torch::Tensor& sin, const DecoderMask& mask,
                                              torch::Tensor& router_logits, torch::Tensor* cache_k,
-                                             torch::Tensor* cache_v) {
-  auto h = x + self_attn(input_layernorm(x), cos, sin, mask, cache_k, cache_v);
+                                             torch::Tensor* cache_v, const LayerExtras* extras) {
+  auto h = x + self_attn(input_layernorm(x), cos, sin, mask, cache_k, cache_v, extras);
   const auto n = post_attention_layernorm(h);
+  if (extras && extras->expert_mlp) {
+    if (block_sparse_moe)
+      throw std::logic_error("a visual expert's MLP in a mixture-of-experts layer");
+    return h + by_rows(
+                   n, *extras, [this](const torch::Tensor& r) { return std::vector{mlp(r)}; },
+                   [e = extras->expert_mlp](const torch::Tensor& r) {
+                     return std::vector{e->forward(r)};
+                   })[0];
+  }
   return h + (block_sparse_moe ? block_sparse_moe->forward(n, router_logits) : mlp(n));
 }
 
@@ -267,7 +337,7 @@ torch::Tensor LlamaModelImpl::forward(const torch::Tensor& inputs_embeds,
                                       const torch::Tensor& attention_mask,
                                       const torch::Tensor& position_ids,
                                       std::vector<torch::Tensor>* hidden_states,
-                                      const LayerHook* hook, KvCache* cache) {
+                                      DecoderExtension* extension, KvCache* cache) {
   const auto T = inputs_embeds.size(1);
   const int64_t past = cache ? cache->length() : 0;
   const int64_t S = past + T;  // keys attended to
@@ -287,16 +357,22 @@ torch::Tensor LlamaModelImpl::forward(const torch::Tensor& inputs_embeds,
   if (hidden_states) hidden_states->assign(1, h);
   for (size_t i = 0; i < layers->size(); ++i) {
     const auto layer = layers->ptr<LlamaDecoderLayerImpl>(i);
-    if (hook) h = (*hook)(static_cast<int64_t>(i), h);
-    if (shards_) shards_->before_layer(static_cast<int64_t>(i));
+    const auto index = static_cast<int64_t>(i);
+    LayerExtras extras;
+    if (extension) {
+      h = extension->before_layer(index, h);
+      extras = extension->in_layer(index, past, T);
+    }
+    const LayerExtras* ex = extras.empty() ? nullptr : &extras;
+    if (shards_) shards_->before_layer(index);
     torch::Tensor logits;
     if (cache)
-      h = layer->forward(h, cos, sin, mask, logits, &cache->k[i], &cache->v[i]);
-    else if (gradient_checkpointing_ && wants_checkpoint(*layer, h))
-      h = checkpointed_layer_forward(layer, h, cos, sin, mask, logits);
+      h = layer->forward(h, cos, sin, mask, logits, &cache->k[i], &cache->v[i], ex);
+    else if (gradient_checkpointing_ && wants_checkpoint(*layer, h, ex))
+      h = checkpointed_layer_forward(layer, h, cos, sin, mask, logits, ex);
     else
-      h = layer->forward(h, cos, sin, mask, logits);
-    if (shards_) h = shards_->after_layer(static_cast<int64_t>(i), h);
+      h = layer->forward(h, cos, sin, mask, logits, nullptr, nullptr, ex);
+    if (shards_) h = shards_->after_layer(index, h);
     if (logits.defined()) router_logits.push_back(logits);
     if (hidden_states) hidden_states->push_back(h);
   }
@@ -319,8 +395,9 @@ torch::Tensor LlamaForCausalLMImpl::forward(const torch::Tensor& inputs_embeds,
                                             const torch::Tensor& attention_mask,
                                             const torch::Tensor& position_ids,
                                             std::vector<torch::Tensor>* hidden_states,
-                                            const LayerHook* hook, KvCache* cache) {
-  return model->forward(inputs_embeds, attention_mask, position_ids, hidden_states, hook, cache);
+                                            DecoderExtension* extension, KvCache* cache) {
+  return model->forward(inputs_embeds, attention_mask, position_ids, hidden_states, extension,
+                        cache);
 }
 
 torch::Tensor LlamaForCausalLMImpl::aux_loss(const torch::Tensor& attention_mask) const {

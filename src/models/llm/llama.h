@@ -12,14 +12,11 @@
 #include <torch/torch.h>
 
 #include "core/config.h"
+#include "models/llm/decoder_extension.h"
 #include "models/llm/layer_shards.h"
 #include "models/llm/lora_linear.h"
 
 namespace mllm {
-
-// Called before each decoder layer with its index and input; returns the layer's new input (how
-// feature-level connectors such as Flamingo's gated cross-attention enter the LLM).
-using LayerHook = std::function<torch::Tensor(int64_t layer, const torch::Tensor& h)>;
 
 class RmsNormImpl : public torch::nn::Module {
  public:
@@ -81,9 +78,10 @@ class LlamaAttentionImpl : public torch::nn::Module {
   // x (B,T,C); cos/sin (T,D) or (B,T,D); mask: the decoder's (decoder_mask). Returns (B,T,C).
   // With `cache_k`/`cache_v` (a layer's slot of a KvCache), x holds only the new positions: their
   // keys and values are appended, and they attend to every cached position (S = cached + T).
+  // `extras`: visual experts' projections for image positions, adaption prompts (LayerExtras).
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
                         const DecoderMask& mask, torch::Tensor* cache_k = nullptr,
-                        torch::Tensor* cache_v = nullptr);
+                        torch::Tensor* cache_v = nullptr, const LayerExtras* extras = nullptr);
   LoraLinear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
   int64_t heads, kv_heads, head_dim;
 };
@@ -130,10 +128,12 @@ torch::Tensor load_balancing_loss(const std::vector<torch::Tensor>& router_logit
 class LlamaDecoderLayerImpl : public torch::nn::Module {
  public:
   explicit LlamaDecoderLayerImpl(const LlmConfig& c);
-  // router_logits: set for MoE layers, left alone otherwise.
+  // router_logits: set for MoE layers, left alone otherwise. `extras`: what a connector changes
+  // inside the layer (LayerExtras; a visual expert needs a dense layer).
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
                         const DecoderMask& mask, torch::Tensor& router_logits,
-                        torch::Tensor* cache_k = nullptr, torch::Tensor* cache_v = nullptr);
+                        torch::Tensor* cache_k = nullptr, torch::Tensor* cache_v = nullptr,
+                        const LayerExtras* extras = nullptr);
   LlamaAttention self_attn{nullptr};
   LlamaMlp mlp{nullptr};                       // dense layers
   MixtralSparseMoe block_sparse_moe{nullptr};  // MoE layers
@@ -149,18 +149,20 @@ class LlamaModelImpl : public torch::nn::Module {
   // real; position_ids (B,T) or undefined for 0..T-1 (left-padded generation passes
   // them). Returns the final-normed hidden states (B,T,C). With `hidden_states`, also collects
   // HF's output_hidden_states: the embeddings, then each layer's output, the last one normed.
-  // `hook`, when given, runs before each layer (feature-level connectors). With `cache`,
+  // `extension`, when given, acts before and inside each layer (feature-level connectors:
+  // DecoderExtension). With `cache`,
   // inputs_embeds are the positions after the cached ones: attention_mask then covers all of them
   // (B, cached + T), position_ids default to cached..cached+T-1, and the cache grows by T.
   torch::Tensor forward(const torch::Tensor& inputs_embeds,
                         const torch::Tensor& attention_mask = {},
                         const torch::Tensor& position_ids = {},
                         std::vector<torch::Tensor>* hidden_states = nullptr,
-                        const LayerHook* hook = nullptr, KvCache* cache = nullptr);
+                        DecoderExtension* extension = nullptr, KvCache* cache = nullptr);
   // Gradient checkpointing (models/llm/layer_checkpoint.h): when on, a layer that would build a
   // graph (grad mode on, its input or a parameter requiring grad) keeps only its input and is run
-  // again in backward. Same loss and gradients, less memory; off by default. The LayerHook runs
-  // outside the checkpoint.
+  // again in backward. Same loss and gradients, less memory; off by default. An extension's
+  // before_layer runs outside the checkpoint; what it changes inside a layer is recomputed with the
+  // layer.
   void set_gradient_checkpointing(bool on) { gradient_checkpointing_ = on; }
   bool gradient_checkpointing() const { return gradient_checkpointing_; }
   // Sharded weights (models/llm/layer_shards.h): called around each layer; nullptr = none.
@@ -188,7 +190,7 @@ class LlamaForCausalLMImpl : public torch::nn::Module {
                         const torch::Tensor& attention_mask = {},
                         const torch::Tensor& position_ids = {},
                         std::vector<torch::Tensor>* hidden_states = nullptr,
-                        const LayerHook* hook = nullptr, KvCache* cache = nullptr);
+                        DecoderExtension* extension = nullptr, KvCache* cache = nullptr);
   // The load-balancing loss of the last forward (undefined for dense models).
   torch::Tensor aux_loss(const torch::Tensor& attention_mask = {}) const;
   torch::Tensor logits(const torch::Tensor& hidden);  // (...,C) -> (...,V)
