@@ -50,25 +50,11 @@ Run read_run(const fs::path& dir, const std::string& label) {
   Run r;
   r.label = label;
   r.dir = dir;
-  std::ifstream in(dir / "metrics.jsonl");
-  std::string line;
-  int bad = 0;
-  for (size_t n = 1; std::getline(in, line); ++n) {
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    Json j;
-    try {
-      j = Json::parse(line);
-    } catch (const Json::exception&) {
-      ++bad;  // a run killed mid-write leaves a partial last line
-      continue;
-    }
-    if (!j.is_object() || !j.contains("step") || !j["step"].is_number()) continue;
-    const double step = j["step"].get<double>();
-    for (const auto& [k, v] : j.items())
-      if (k != "step" && v.is_number()) r.series[k].emplace_back(step, v.get<double>());
-  }
-  if (bad > 0)
-    spdlog::warn("{}: {} unreadable line(s) left out", (dir / "metrics.jsonl").string(), bad);
+  MetricsSeries m = read_metrics_jsonl(dir / "metrics.jsonl");
+  r.series = std::move(m.series);
+  if (m.unreadable > 0)
+    spdlog::warn("{}: {} unreadable line(s) left out", (dir / "metrics.jsonl").string(),
+                 m.unreadable);
   r.summary = read_json(dir / "summary.json");
   r.results = read_json(dir / "eval/results.json");
   return r;
@@ -178,6 +164,25 @@ std::optional<double> headline(const Json& scores) {
 }
 
 }  // namespace
+
+MetricsSeries read_metrics_jsonl(const fs::path& file) {
+  MetricsSeries m;
+  std::ifstream in(file);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const Json j = Json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (j.is_discarded()) {
+      ++m.unreadable;
+      continue;
+    }
+    if (!j.is_object() || !j.contains("step") || !j["step"].is_number()) continue;
+    const double step = j["step"].get<double>();
+    for (const auto& [k, v] : j.items())
+      if (k != "step" && v.is_number()) m.series[k].emplace_back(step, v.get<double>());
+  }
+  return m;
+}
 
 fs::path write_run_report(const RunReportOptions& options) {
   if (options.runs.empty()) throw Error("report: no run directory given");

@@ -20,6 +20,9 @@
 #pragma once
 
 #include <filesystem>
+#include <map>
+#include <string>
+#include <utility>
 #include <vector>
 
 namespace mllm::eval {
@@ -29,6 +32,17 @@ struct RunReportOptions {
   std::filesystem::path out;  // the folder for report.html and the PNGs
   int samples_per_task = 4;   // held-out samples shown per eval task
 };
+
+// A run's metrics.jsonl as series: every numeric field of every record that has a numeric "step",
+// as (step, value) in file order (a resumed run logs some steps twice). Lines that are not JSON (a
+// run killed mid-write leaves a partial last line) are counted in `unreadable` and left out; a
+// missing file gives no series. The report and a sweep's summary (train/sweep_report.h) both read
+// runs through this.
+struct MetricsSeries {
+  std::map<std::string, std::vector<std::pair<double, double>>> series;
+  int unreadable = 0;
+};
+MetricsSeries read_metrics_jsonl(const std::filesystem::path& file);
 
 // Writes the report; returns the path of report.html. Throws Error naming a run directory that
 // has nothing to report (no metrics.jsonl, no runs below it).

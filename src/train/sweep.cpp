@@ -109,7 +109,8 @@ uint64_t fnv1a(const std::string& s) {
 // ------------------------------------------------------------------------
 
 struct Child {
-  size_t index;
+  size_t index;  // the run
+  size_t stage;  // its stage (0 in a single-base sweep)
   fs::path log;
   std::streamoff log_offset;  // where this attempt's output starts in the log
   bool resumed;
@@ -196,24 +197,45 @@ SweepSpec load_sweep_file(const fs::path& file) {
   }
   if (!root.IsMap())
     throw ConfigError(file.string() +
-                      ": expected a mapping with base, grid (and set, out, "
+                      ": expected a mapping with base (or stages), grid (and set, out, "
                       "parallel)");
   SweepSpec spec;
   spec.source = file.string();
-  const std::vector<std::string> known = {"base", "grid", "set", "out", "parallel"};
+  const std::vector<std::string> known = {"base", "stages", "grid", "set", "out", "parallel"};
   for (const auto& kv : root) {
     const std::string key = kv.first.Scalar();
     if (std::find(known.begin(), known.end(), key) != known.end()) continue;
     const std::string guess = closest_match(key, known);
     throw ConfigError(where(file, kv.first) + ": " + key + ": unknown key" +
-                      (guess.empty() ? " (expected base, grid, set, out, parallel)"
+                      (guess.empty() ? " (expected base, stages, grid, set, out, parallel)"
                                      : " (did you mean " + guess + "?)"));
   }
+  auto relative = [&file](const std::string& p) {
+    return fs::path(p).is_absolute() ? fs::path(p) : file.parent_path() / p;
+  };
   const YAML::Node base = root["base"];
-  if (!base || !base.IsScalar() || base.Scalar().empty())
-    throw ConfigError(file.string() + ": base: required (the base recipe, relative to this file)");
-  spec.base = fs::path(base.Scalar()).is_absolute() ? fs::path(base.Scalar())
-                                                    : file.parent_path() / base.Scalar();
+  const YAML::Node stages = root["stages"];
+  if (base && stages)
+    throw ConfigError(where(file, stages) +
+                      ": stages: give either base (one recipe) or stages (recipes trained one "
+                      "after the other), not both");
+  if (stages) {
+    const std::string expected =
+        ": stages: expected a list of recipe paths (relative to this file), trained in order";
+    if (!stages.IsSequence() || stages.size() == 0)
+      throw ConfigError(where(file, stages) + expected);
+    for (const auto& st : stages) {
+      if (!st.IsScalar() || st.Scalar().empty()) throw ConfigError(where(file, st) + expected);
+      spec.stages.push_back(relative(st.Scalar()));
+    }
+    stage_labels(spec.stages, where(file, stages));
+  } else {
+    if (!base || !base.IsScalar() || base.Scalar().empty())
+      throw ConfigError(file.string() +
+                        ": base: required (the base recipe, relative to this file), or stages: a "
+                        "list of recipes trained one after the other");
+    spec.base = relative(base.Scalar());
+  }
   const YAML::Node grid = root["grid"];
   if (!grid || !grid.IsMap() || grid.size() == 0)
     throw ConfigError(file.string() +
@@ -296,6 +318,22 @@ std::vector<SweepRun> expand_grid(const std::vector<GridAxis>& grid) {
   return runs;
 }
 
+std::vector<std::string> stage_labels(const std::vector<fs::path>& stages,
+                                      const std::string& source) {
+  if (stages.empty()) throw ConfigError(source + ": stages: no recipes");
+  std::vector<std::string> labels;
+  std::map<std::string, size_t> seen;
+  for (size_t k = 0; k < stages.size(); ++k) {
+    labels.push_back(sanitize_file_name(stages[k].stem().string()));
+    const auto [it, fresh] = seen.emplace(labels.back(), k);
+    if (!fresh)
+      throw ConfigError(source + ": stages: " + stages[it->second].string() + " and " +
+                        stages[k].string() + " both get the directory name '" + labels.back() +
+                        "' (a stage's directory is its recipe's file name); rename one");
+  }
+  return labels;
+}
+
 std::string run_name(const std::vector<std::pair<std::string, std::string>>& overrides) {
   std::string name;
   for (const auto& [key, value] : overrides) name += (name.empty() ? "" : ",") + key + "=" + value;
@@ -330,18 +368,23 @@ void check_run_names(const std::vector<SweepRun>& runs, const std::string& sourc
   }
 }
 
-// The base recipe with the common overrides should be valid by itself, or at least with one run's
-// overrides (the grid may supply a file the base lacks): otherwise the mistake is the sweep's (a
-// typo in --set), reported once, not as every run's.
-Config load_base(const SweepSpec& spec, const std::vector<SweepRun>& runs) {
+// A stage's recipe with the common overrides should be valid by itself, or at least with one run's
+// overrides (the grid may supply a file the recipe lacks): otherwise the mistake is the sweep's (a
+// typo in --set), reported once, not as every run's. `last` goes after the run's overrides, as
+// the sweep adds its own to a child's.
+Config load_base(const fs::path& recipe, const std::vector<std::string>& set,
+                 const std::vector<SweepRun>& runs, const std::vector<std::string>& last) {
+  std::vector<std::string> common = set;
+  common.insert(common.end(), last.begin(), last.end());
   try {
-    return load_config(spec.base, spec.set);
+    return load_config(recipe, common);
   } catch (const ConfigError&) {
     for (const auto& run : runs) {
-      std::vector<std::string> overrides = spec.set;
+      std::vector<std::string> overrides = set;
       for (const auto& [key, value] : run.overrides) overrides.push_back(key + "=" + value);
+      overrides.insert(overrides.end(), last.begin(), last.end());
       try {
-        return load_config(spec.base, overrides);
+        return load_config(recipe, overrides);
       } catch (const ConfigError&) {
       }
     }
@@ -349,45 +392,79 @@ Config load_base(const SweepSpec& spec, const std::vector<SweepRun>& runs) {
   }
 }
 
-// What a child's exit says of its run.
-void settle_exit(RunReport& report, const Child& child, int status, const fs::path& dir) {
+// What a child's exit says of its run (or stage): a status and a note.
+struct Outcome {
+  std::string status, note;
+};
+
+// `name` names the run (and stage) in the log.
+Outcome settle_exit(const std::string& name, const Child& child, int status, const fs::path& dir) {
   const auto lines = log_lines(child.log, child.log_offset);
   std::error_code ec;
+  Outcome o;
   if (WIFEXITED(status) && WEXITSTATUS(status) == 0 && fs::is_directory(dir / "final", ec)) {
-    report.status = "done";
-    report.note = child.resumed ? "resumed from a checkpoint" : "";
-    return;
+    o.status = "done";
+    o.note = child.resumed ? "resumed from a checkpoint" : "";
+    return o;
   }
   if (WIFEXITED(status) && WEXITSTATUS(status) == 2) {
-    report.status = "invalid";
-    report.note = last_error(lines);
-    return;
+    o.status = "invalid";
+    o.note = last_error(lines);
+    return o;
   }
-  report.status = "failed";
+  o.status = "failed";
   if (WIFSIGNALED(status))
-    report.note = "killed by signal " + std::to_string(WTERMSIG(status)) + " (" +
-                  strsignal(WTERMSIG(status)) + ")";
+    o.note = "killed by signal " + std::to_string(WTERMSIG(status)) + " (" +
+             strsignal(WTERMSIG(status)) + ")";
   else if (WEXITSTATUS(status) == 0)
-    report.note = "exited 0 without writing final/";
+    o.note = "exited 0 without writing final/";
   else
-    report.note = last_error(lines);
-  if (report.note.empty()) report.note = "exited with code " + std::to_string(WEXITSTATUS(status));
+    o.note = last_error(lines);
+  if (o.note.empty()) o.note = "exited with code " + std::to_string(WEXITSTATUS(status));
   std::string tail;
   for (size_t k = lines.size() > 15 ? lines.size() - 15 : 0; k < lines.size(); ++k)
     tail += "\n  " + lines[k];
-  spdlog::error("{} failed; the end of {}:{}", report.name, child.log.string(), tail);
+  spdlog::error("{} failed; the end of {}:{}", name, child.log.string(), tail);
+  return o;
 }
 
-// One sweep: its runs, their reports, and the children running now.
+// One sweep: its runs, their reports, and the children running now. A single-base sweep is a
+// sweep of one stage whose directory is the run's own.
 class Sweep {
  public:
   Sweep(const SweepSpec& spec, const fs::path& binary) : spec_(spec), binary_(binary) {
     check_grid(spec.grid, spec.source);
     if (spec.parallel < 1)
       throw ConfigError("--parallel: must be >= 1 (got " + std::to_string(spec.parallel) + ")");
+    multi_ = !spec.stages.empty();
+    if (multi_ && !spec.base.empty())
+      throw ConfigError(spec.source +
+                        ": give either a base recipe or stages (recipes trained one after the "
+                        "other), not both");
+    if (multi_) {
+      recipes_ = spec.stages;
+      labels_ = stage_labels(spec.stages, spec.source);
+    } else {
+      recipes_ = {spec.base};
+      labels_ = {""};
+    }
     runs_ = expand_grid(spec.grid);
     check_run_names(runs_, spec.source);
-    const Config base = load_base(spec, runs_);
+    // Every stage before any run starts. A later stage's train.init_from is the previous stage's
+    // final/, which does not exist yet: left out here.
+    std::optional<Config> first;
+    for (size_t k = 0; k < recipes_.size(); ++k) {
+      try {
+        Config c = load_base(
+            recipes_[k], spec.set, runs_,
+            k > 0 ? std::vector<std::string>{"train.init_from=null"} : std::vector<std::string>{});
+        if (!first) first = std::move(c);
+      } catch (const ConfigError& e) {
+        if (!multi_) throw;
+        throw ConfigError("stage " + labels_[k] + ": " + e.what());
+      }
+    }
+    const Config& base = *first;
     out_ = spec.out.empty() ? fs::path(base.output_dir().string() + "-sweep") : spec.out;
     out_ = out_.lexically_normal();
     if (out_.filename().empty()) out_ = out_.parent_path();
@@ -396,6 +473,11 @@ class Sweep {
     for (size_t i = 0; i < runs_.size(); ++i) {
       reports_[i].name = runs_[i].name;
       for (const auto& o : runs_[i].overrides) reports_[i].values.push_back(o.second);
+      if (multi_)
+        for (const auto& label : labels_) {
+          reports_[i].stages.emplace_back();
+          reports_[i].stages.back().label = label;
+        }
     }
     grid_sets_threads_ = std::find(keys_.begin(), keys_.end(), "run.threads") != keys_.end();
     const int64_t total = base.run.threads > 0
@@ -406,11 +488,17 @@ class Sweep {
 
   int run() {
     fs::create_directories(out_);
-    spdlog::info("sweep: {} runs of {} -> {} ({} at a time, run.threads={})", runs_.size(),
-                 spec_.base.string(), out_.string(), spec_.parallel,
+    std::string what = spec_.base.string();
+    if (multi_) {
+      what = std::to_string(recipes_.size()) + " stages (";
+      for (size_t k = 0; k < recipes_.size(); ++k) what += (k ? ", " : "") + recipes_[k].string();
+      what += ")";
+    }
+    spdlog::info("sweep: {} runs of {} -> {} ({} at a time, run.threads={})", runs_.size(), what,
+                 out_.string(), spec_.parallel,
                  grid_sets_threads_ ? std::string("from the grid") : std::to_string(threads_));
     const auto started = std::chrono::steady_clock::now();
-    steps_.assign(runs_.size(), {0, 0});
+    steps_.assign(runs_.size() * recipes_.size(), {0, 0});
     progress_ = std::make_unique<Progress>("sweep", 0, "training steps of all runs");
     size_t next = 0;
     while (next < runs_.size() || !running_.empty()) {
@@ -436,35 +524,113 @@ class Sweep {
   }
 
  private:
+  // Where stage k of run i trains: the run's directory itself in a single-base sweep.
+  fs::path stage_dir(size_t i, size_t k) const {
+    return multi_ ? out_ / runs_[i].name / labels_[k] : out_ / runs_[i].name;
+  }
+
+  static bool finished(const fs::path& dir) {
+    std::error_code ec;
+    return fs::is_directory(dir / "final", ec);
+  }
+
+  // The overrides of stage k of run i, in the order the child applies them: the common ones, the
+  // run's grid values, then the sweep's own. `checking` (validation before the previous stage has
+  // finished): without train.init_from where the previous stage has no final/ yet.
+  std::vector<std::string> overrides(size_t i, size_t k, bool checking) const {
+    std::vector<std::string> o = spec_.set;
+    for (const auto& [key, value] : runs_[i].overrides) o.push_back(key + "=" + value);
+    if (k > 0) {
+      const fs::path from = stage_dir(i, k - 1) / "final";
+      o.push_back(checking && !finished(stage_dir(i, k - 1))
+                      ? std::string("train.init_from=null")
+                      : "train.init_from=" + yaml_quoted(from.string()));
+    }
+    o.push_back("run.output_dir=" + yaml_quoted(stage_dir(i, k).string()));
+    if (!grid_sets_threads_) o.push_back("run.threads=" + std::to_string(threads_));
+    return o;
+  }
+
+  // "stage1_pretrain: " in a multi-stage sweep: what a stage's note starts with.
+  std::string prefix(size_t k) const { return multi_ ? labels_[k] + ": " : ""; }
+
+  static void add_note(RunReport& report, const std::string& note) {
+    if (!note.empty()) report.note += (report.note.empty() ? "" : "; ") + note;
+  }
+
+  // Reads stage k's outputs into the run's report (the stage's, then combined).
+  void read_stage(size_t i, size_t k) {
+    RunReport& report = reports_[i];
+    if (!multi_) return read_run_outputs(stage_dir(i, k), report);
+    read_run_outputs(stage_dir(i, k), report.stages[k]);
+    combine_stages(report);
+  }
+
+  // A stage that ended counts whole in the progress line; one finished earlier by its step count.
+  void count_whole(size_t i, size_t k, int64_t steps) {
+    auto& s = steps_[i * recipes_.size() + k];
+    const int64_t n = std::max(steps, s.second);
+    s = {n, n};
+  }
+
   // Starts run i, or settles it without a child (finished earlier, invalid, cannot start).
   void start(size_t i) {
-    const fs::path dir = out_ / runs_[i].name;
+    RunReport& report = reports_[i];
+    size_t first = 0;
+    while (first < recipes_.size() && finished(stage_dir(i, first))) ++first;
+    if (first == recipes_.size()) {
+      report.status = "skipped-finished";
+      for (size_t k = 0; k < recipes_.size(); ++k) {
+        if (multi_) report.stages[k].status = "skipped-finished";
+        read_stage(i, k);
+        const RunFigures& f = multi_ ? static_cast<const RunFigures&>(report.stages[k]) : report;
+        if (f.steps) count_whole(i, k, *f.steps);
+      }
+      return finish(i);
+    }
+    // Every stage still to train, before the first one starts.
+    for (size_t k = first; k < recipes_.size(); ++k) {
+      if (finished(stage_dir(i, k))) continue;
+      try {
+        load_config(recipes_[k], overrides(i, k, /*checking=*/true));
+      } catch (const ConfigError& e) {
+        report.status = "invalid";
+        report.note = prefix(k) + e.what();
+        if (multi_) report.stages[k].status = "invalid";
+        return finish(i);
+      }
+    }
+    advance(i, 0);
+  }
+
+  // Starts the first stage of run i from stage k on that has not finished; settles the run when
+  // none is left.
+  void advance(size_t i, size_t k) {
+    RunReport& report = reports_[i];
+    for (; k < recipes_.size(); ++k) {
+      if (!finished(stage_dir(i, k))) return start_stage(i, k);
+      // Only a multi-stage run gets here: a finished single-base run was skipped in start().
+      report.stages[k].status = "skipped-finished";
+      read_stage(i, k);
+      if (report.stages[k].steps) count_whole(i, k, *report.stages[k].steps);
+      add_note(report, prefix(k) + "finished earlier");
+    }
+    report.status = "done";
+    finish(i);
+  }
+
+  void start_stage(size_t i, size_t k) {
+    const fs::path dir = stage_dir(i, k);
     RunReport& report = reports_[i];
     std::error_code ec;
-    if (fs::is_directory(dir / "final", ec)) {
-      report.status = "skipped-finished";
-      read_run_outputs(dir, report);
-      return finish(i);
-    }
-    std::vector<std::string> overrides = spec_.set;
-    for (const auto& [key, value] : runs_[i].overrides) overrides.push_back(key + "=" + value);
-    overrides.push_back("run.output_dir=" + yaml_quoted(dir.string()));
-    if (!grid_sets_threads_) overrides.push_back("run.threads=" + std::to_string(threads_));
-    try {
-      load_config(spec_.base, overrides);
-    } catch (const ConfigError& e) {
-      report.status = "invalid";
-      report.note = e.what();
-      return finish(i);
-    }
     const bool resumed =
         fs::is_directory(dir / "checkpoints", ec) && !fs::is_empty(dir / "checkpoints", ec);
     fs::create_directories(dir);
     // Without a checkpoint the run starts afresh: an earlier attempt's metrics would mix in.
     if (!resumed) fs::remove(dir / "metrics.jsonl", ec);
 
-    std::vector<std::string> argv = {binary_.string(), "train", "--config", spec_.base.string()};
-    for (const auto& o : overrides) argv.insert(argv.end(), {"--set", o});
+    std::vector<std::string> argv = {binary_.string(), "train", "--config", recipes_[k].string()};
+    for (const auto& o : overrides(i, k, /*checking=*/false)) argv.insert(argv.end(), {"--set", o});
     argv.insert(argv.end(), {"--resume", "auto"});
     const fs::path log = dir / "train.log";
     std::string command;
@@ -477,11 +643,14 @@ class Sweep {
     const pid_t pid = spawn_logged(argv, log);
     if (pid < 0) {
       report.status = "failed";
-      report.note = "cannot start " + binary_.string() + ": " + std::strerror(errno);
+      add_note(report,
+               prefix(k) + "cannot start " + binary_.string() + ": " + std::strerror(errno));
+      if (multi_) report.stages[k].status = "failed";
       return finish(i);
     }
     report.status = "running";
-    running_[pid] = Child{i, log, offset, resumed};
+    if (multi_) report.stages[k].status = "running";
+    running_[pid] = Child{i, k, log, offset, resumed};
   }
 
   // The last "step N/M" a run's log shows since `offset` (the trainer's step lines).
@@ -502,19 +671,31 @@ class Sweep {
     return {0, 0};
   }
 
-  // One progress line over all runs: the steps the running ones have logged, finished runs
-  // counted whole, runs not yet started counted as the average length of those seen.
+  // One progress line over all runs and stages: the steps the running ones have logged, ended
+  // stages counted whole, stages not yet started counted as the average length of the same stage
+  // in the runs seen (of every stage seen where none of that stage has been).
   void show_progress() {
+    const size_t n = recipes_.size();
     for (const auto& [pid, child] : running_) {
       const auto s = last_step(child.log, child.log_offset);
-      if (s.second > 0) steps_[child.index] = s;
+      if (s.second > 0) steps_[child.index * n + child.stage] = s;
     }
     int64_t known = 0, known_total = 0, done = 0;
-    for (const auto& [n, m] : steps_)
-      if (m > 0) ++known, known_total += m, done += n;
+    std::vector<int64_t> stage_known(n, 0), stage_total(n, 0);
+    for (size_t slot = 0; slot < steps_.size(); ++slot) {
+      const auto [s, m] = steps_[slot];
+      if (m <= 0) continue;
+      ++known, known_total += m, done += s;
+      ++stage_known[slot % n], stage_total[slot % n] += m;
+    }
     if (known == 0) return;
-    const int64_t unknown = static_cast<int64_t>(runs_.size()) - known;
-    progress_->set_total(known_total + unknown * (known_total / known));
+    int64_t total = known_total;
+    for (size_t k = 0; k < n; ++k) {
+      const int64_t unknown = static_cast<int64_t>(runs_.size()) - stage_known[k];
+      total +=
+          unknown * (stage_known[k] > 0 ? stage_total[k] / stage_known[k] : known_total / known);
+    }
+    progress_->set_total(total);
     progress_->update(done);
   }
 
@@ -531,14 +712,34 @@ class Sweep {
     if (it == running_.end()) return true;
     const Child child = it->second;
     running_.erase(it);
-    const fs::path dir = out_ / runs_[child.index].name;
-    read_run_outputs(dir, reports_[child.index]);
-    settle_exit(reports_[child.index], child, status, dir);
-    // A run that ended counts whole (a failed one too: no more of it will run).
-    const auto s = last_step(child.log, child.log_offset);
-    steps_[child.index] = {std::max(s.second, steps_[child.index].second),
-                           std::max(s.second, steps_[child.index].second)};
-    finish(child.index);
+    const size_t i = child.index, k = child.stage;
+    RunReport& report = reports_[i];
+    const fs::path dir = stage_dir(i, k);
+    read_stage(i, k);
+    const Outcome o =
+        settle_exit(multi_ ? report.name + " " + labels_[k] : report.name, child, status, dir);
+    // A stage that ended counts whole (a failed one too: no more of it will run).
+    count_whole(i, k, last_step(child.log, child.log_offset).second);
+    if (!multi_) {
+      report.status = o.status;
+      report.note = o.note;
+      finish(i);
+      return true;
+    }
+    report.stages[k].status = o.status;
+    add_note(report, o.note.empty() ? "" : prefix(k) + o.note);
+    if (o.status != "done") {
+      // The stages after a failed or invalid one are not attempted: they would start from
+      // nothing.
+      report.status = o.status;
+      finish(i);
+      return true;
+    }
+    if (k + 1 < recipes_.size()) {
+      spdlog::info("{}: stage {} done", report.name, labels_[k]);
+      write_sweep_summary(out_, keys_, reports_);
+    }
+    advance(i, k + 1);
     return true;
   }
 
@@ -549,6 +750,7 @@ class Sweep {
     std::string detail;
     if (r.final_loss) detail += fmt::format(" | loss {:.4f}", *r.final_loss);
     if (r.eval_loss) detail += fmt::format(" | eval {:.4f}", *r.eval_loss);
+    for (const auto& [name, value] : r.scores) detail += fmt::format(" | {} {:.4f}", name, value);
     if (r.wall_seconds) detail += fmt::format(" | {:.3f}s", *r.wall_seconds);
     if (!r.note.empty()) detail += " | " + r.note;
     const std::string line =
@@ -562,6 +764,9 @@ class Sweep {
 
   const SweepSpec& spec_;
   const fs::path binary_;
+  bool multi_ = false;
+  std::vector<fs::path> recipes_;    // the stages' recipes: the base alone in a single-base sweep
+  std::vector<std::string> labels_;  // the stages' directory names ("" for the base)
   std::vector<SweepRun> runs_;
   fs::path out_;
   std::vector<std::string> keys_;
@@ -570,7 +775,8 @@ class Sweep {
   int64_t threads_ = 1;
   std::map<pid_t, Child> running_;
   size_t finished_ = 0;
-  std::vector<std::pair<int64_t, int64_t>> steps_;  // per run: (step, of steps) last seen
+  // Per run and stage (run * stages + stage): (step, of steps) last seen.
+  std::vector<std::pair<int64_t, int64_t>> steps_;
   std::unique_ptr<Progress> progress_;
 };
 

@@ -1,11 +1,13 @@
 // `mllm sweep` through the executable: a 2x2 grid of tiny stage-1 runs on ShapesWorld, rerun,
-// resumed, run two at a time; invalid and failing runs; bad sweep input.
+// resumed, run two at a time; invalid and failing runs; bad sweep input; a two-stage sweep
+// (pretraining, then instruction tuning with an eval task).
 #include <catch2/catch.hpp>
 
 #include <sys/wait.h>
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <fstream>
 #include <set>
 
 #include <opencv2/imgcodecs.hpp>
@@ -357,4 +359,144 @@ TEST_CASE("sweep: a terminal shows one progress line over the runs' training ste
   CHECK(r.output.find("sweep: ") != std::string::npos);
   CHECK(r.output.find("/12 training steps of all runs") != std::string::npos);
   CHECK(r.output.find("\r") != std::string::npos);  // redrawn in place
+}
+
+TEST_CASE(
+    "sweep: two stages per run, stage 2 from stage 1's final/, an eval task's score in the "
+    "summary") {
+  TempDir dir("mllm-sweep-stages");
+  const auto data = dir / "shapes";
+  REQUIRE(run("data shapes --out " + data.string() + " --seed 0 --train 16 --val 8 --image-size 32")
+              .code == 0);
+  const std::string d = data.string();
+  // Tiny models (a random 1-layer LLM), 4 steps a stage. Stage 2 reads instruction data through
+  // its own template, trains the LLM too and answers 8 held-out questions; its own init_from
+  // names a folder that does not exist: the sweep's replaces it.
+  const std::string model =
+      "model:\n"
+      "  vision: {type: clip_vit, image_size: 32, patch_size: 8, hidden: 32, layers: 2, heads: 4,\n"
+      "           intermediate: 64, feature_layer: -2, select: patch}\n"
+      "  llm: {type: llama, hidden: 32, layers: 1, intermediate: 64}\n"
+      "  tokenizer: " +
+      d + "/tokenizer.json\n";
+  const std::string train =
+      "  max_steps: 4\n  batch_size: 8\n  lr: 1.0e-3\n  log_every: 1\n  eval_every: 0\n"
+      "  eval_batches: 1\n  save_every: 2\n";
+  write_text(dir / "recipes/stage1_pretrain.yaml",
+             "run: {output_dir: " + (dir / "s1").string() + ", threads: 1}\n" + model +
+                 "data:\n  train: {format: llava_json, path: " + d +
+                 "/captions_train.json, image_root: " + d + "/images}\n" +
+                 "  eval: {format: llava_json, path: " + d + "/captions_val.json, image_root: " +
+                 d + "/images}\n  template: plain\n  max_length: 128\n" +
+                 "  image: {size: 32, aspect: pad}\n  workers: 0\n" +
+                 "train:\n  stage: pretrain\n  trainable: [\"multi_modal_projector.*\"]\n" + train);
+  write_text(dir / "recipes/stage2_instruct.yaml",
+             "run: {output_dir: " + (dir / "s2").string() + ", threads: 1}\n" + model +
+                 "data:\n  train: {format: llava_json, path: " + d +
+                 "/instruct_train.json, image_root: " + d + "/images}\n" +
+                 "  eval: {format: llava_json, path: " + d + "/instruct_val.json, image_root: " +
+                 d + "/images}\n  template: vicuna_v1\n  max_length: 192\n" +
+                 "  image: {size: 32, aspect: pad}\n  workers: 0\n" +
+                 "train:\n  stage: instruct\n  init_from: " + (dir / "nowhere/final").string() +
+                 "\n  trainable: [\"multi_modal_projector.*\", \"language_model.*\"]\n" + train +
+                 "eval:\n  batch_size: 8\n  tasks:\n"
+                 "    - {name: qa, format: qa_json, path: " +
+                 d + "/questions_val.json, image_root: " + d +
+                 "/images, max_samples: 8, metrics: [exact], generation: {max_new_tokens: 4}}\n");
+  const auto out = dir / "two";
+  write_text(dir / "sweeps/two.yaml",
+             "stages: [../recipes/stage1_pretrain.yaml, ../recipes/stage2_instruct.yaml]\n"
+             "grid: {model.connector.type: [linear, mlp2x_gelu]}\nout: " +
+                 out.string() + "\n");
+  // On a terminal (script(1)), slowed so that the progress line is drawn: 2 runs x 2 stages x 4.
+  const std::string sweep = std::string("env MLLM_TEST_STEP_DELAY_MS=100 ") + MLLM_BIN +
+                            " sweep --sweep " + (dir / "sweeps/two.yaml").string();
+  const Result r = mllm::test::run_shell("script -qec '" + sweep + "' /dev/null");
+  INFO(r.output);
+  REQUIRE(r.code == 0);
+  CHECK_THAT(r.output, Catch::Contains("2 done, 0 skipped"));
+  CHECK_THAT(r.output, Catch::Contains("/16 training steps of all runs"));
+
+  const std::vector<std::string> names = {"model.connector.type=linear",
+                                          "model.connector.type=mlp2x_gelu"};
+  const auto csv = read_csv(out / "summary.csv");
+  REQUIRE(csv.size() == 3);
+  CHECK(csv[0] ==
+        std::vector<std::string>{"run", "model.connector.type", "status", "trainable_params",
+                                 "visual_tokens", "stage2_instruct/final_train_loss",
+                                 "stage1_pretrain/eval_loss", "stage1_pretrain/tokens_per_s",
+                                 "stage2_instruct/eval_loss", "stage2_instruct/qa/accuracy",
+                                 "stage2_instruct/tokens_per_s", "wall_s", "note"});
+  for (size_t i = 0; i < names.size(); ++i) {
+    const auto run_dir = out / names[i];
+    INFO(names[i]);
+    CHECK(fs::exists(run_dir / "stage1_pretrain/final/model.safetensors"));
+    CHECK(fs::exists(run_dir / "stage2_instruct/final/model.safetensors"));
+    // Stage 2 started from this run's stage 1, not from its recipe's init_from.
+    const auto from = (run_dir / "stage1_pretrain/final").string();
+    CHECK_THAT(read_text(run_dir / "stage2_instruct/config.yaml"),
+               Catch::Contains("init_from: \"" + from + "\""));
+    CHECK_THAT(read_text(run_dir / "stage2_instruct/train.log"),
+               Catch::Contains("tensors of the model from " + from));
+    CHECK_THAT(read_text(run_dir / "stage1_pretrain/train.log"),
+               !Catch::Contains("train.init_from: "));
+
+    const auto& row = csv[i + 1];
+    CHECK(row[0] == names[i]);
+    CHECK(row[2] == "done");
+    // Stage 1's trainable parameters (the connector; stage 2 trains the LLM as well).
+    CHECK(number(row[3]) == (i == 0 ? 1056 : 2112));
+    CHECK(number(row[4]) == 16);
+    for (size_t k : {5, 6, 7, 8, 10}) {
+      CHECK(std::isfinite(number(row[k])));
+      CHECK(number(row[k]) > 0);
+    }
+    const double qa = number(row[9]);
+    CHECK(qa >= 0);
+    CHECK(qa <= 1);
+    // Wall time: the stages' sum.
+    double wall = 0;
+    for (const char* stage : {"stage1_pretrain", "stage2_instruct"}) {
+      std::ifstream in(run_dir / stage / "summary.json");
+      wall += nlohmann::json::parse(in)["wall_seconds"].get<double>();
+    }
+    CHECK(number(row[11]) == Approx(wall).margin(2e-3));
+  }
+  const cv::Mat png = cv::imread((out / "loss_curves.png").string(), cv::IMREAD_COLOR);
+  REQUIRE(!png.empty());
+  CHECK(png.rows == 1200);  // a panel per stage
+
+  // Again: both runs finished, nothing is trained.
+  const Result again = run("sweep --sweep " + (dir / "sweeps/two.yaml").string());
+  INFO(again.output);
+  REQUIRE(again.code == 0);
+  CHECK_THAT(again.output, Catch::Contains("0 done, 2 skipped"));
+  CHECK(read_csv(out / "summary.csv")[1][9] == csv[1][9]);
+}
+
+TEST_CASE("sweep: --stages on the command line; a bad stage is one clear error and exit code 2") {
+  TempDir dir("mllm-sweep");
+  write_text(dir / "tok.json", "{}");
+  write_text(dir / "train.json", "[]");
+  write_text(dir / "a.yaml", "model: {tokenizer: " + (dir / "tok.json").string() +
+                                 "}\ndata: {train: {path: " + (dir / "train.json").string() +
+                                 "}}\n");
+  const std::string a = (dir / "a.yaml").string();
+  write_text(dir / "other/a.yaml", read_text(dir / "a.yaml"));
+  auto check = [](const std::string& args, const std::string& message) {
+    Result r = run(args);
+    INFO(args << "\n" << r.output);
+    CHECK(r.code == 2);
+    CHECK_THAT(r.output, Catch::Contains(message));
+  };
+  check("sweep --stages " + a + "," + (dir / "other/a.yaml").string() + " --grid train.lr=1e-3",
+        "--stages: stages: " + a + " and " + (dir / "other/a.yaml").string() +
+            " both get the directory name 'a'");
+  check("sweep --stages " + a + "," + (dir / "b.yaml").string() + " --grid train.lr=1e-3",
+        "stage b: " + (dir / "b.yaml").string() + ": config file not found");
+  check("sweep --stages " + a + "," + (dir / "other/b.yaml").string() + " --grid train.lrr=1e-3",
+        "train.lrr: unknown key (did you mean train.lr?)");
+  const Result both = run("sweep --stages " + a + " --config " + a + " --grid train.lr=1e-3");
+  CHECK(both.code != 0);
+  CHECK_THAT(both.output, Catch::Contains("excludes"));
 }
