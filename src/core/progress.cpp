@@ -51,9 +51,14 @@ void Progress::update(int64_t done) {
   // Sample the rate a few times a second at most, so a fast loop costs nothing.
   const double since_sample = seconds(now - last_sample_);
   if (since_sample < 0.25 && done < total_) return;
-  rate_.observe(since_sample, done - last_done_);
-  last_done_ = done;
-  last_sample_ = now;
+  if (done > last_done_) {
+    // An interval without progress joins the next one that has some: work reported in chunks (a
+    // sweep reads its runs' steps from their logs, every log_every steps) would otherwise count
+    // only the quarter second in which a chunk arrived, and the rate be that many times too high.
+    rate_.observe(since_sample, done - last_done_);
+    last_done_ = done;
+    last_sample_ = now;
+  }
   const double since_print = seconds(now - last_print_);
   if (tty_ ? since_print < 0.5 : since_print < plain_every_) return;
   last_print_ = now;

@@ -30,8 +30,9 @@ class Progress {
   // The final line (on a terminal: the line completed with a newline); idempotent.
   void finish();
 
-  // The line as shown (exposed for tests).
+  // The line as shown, and the rate it shows (exposed for tests).
   std::string line(int64_t done, double per_second) const;
+  double rate() const { return rate_.per_second(); }
 
  private:
   using Clock = std::chrono::steady_clock;

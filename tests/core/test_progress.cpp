@@ -1,6 +1,9 @@
 // The progress line of long non-training work: done/total, percent, rate and ETA.
 #include <catch2/catch.hpp>
 
+#include <chrono>
+#include <thread>
+
 #include "core/progress.h"
 
 using mllm::Progress;
@@ -16,4 +19,18 @@ TEST_CASE("progress: the line says done of total, the rate and what is left at t
   p.update(10);
   p.finish();
   p.finish();
+}
+
+TEST_CASE("progress: work reported in chunks is rated over the time it took, not the last tick") {
+  // A sweep learns its runs' steps 25 at a time, when their logs say so: 25 steps that took at
+  // least 0.9 s (three idle samples, then the chunk) are at most 25 / 0.9 per second.
+  Progress p("sweep", 1000, "steps", 1e9);
+  p.update(0);
+  for (int i = 0; i < 3; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    p.update(0);
+  }
+  p.update(25);
+  CHECK(p.rate() > 0);
+  CHECK(p.rate() <= 25 / 0.85);
 }

@@ -100,6 +100,30 @@ TEST_CASE("inspect: parameters per component, trainable counts, visual tokens; w
   CHECK_THAT(r.output, Catch::Contains("multi_modal_projector"));
   CHECK_THAT(r.output, Catch::Contains("language_model"));
 
+  // The designs inside the LLM's layers: their parts and counts (LLM width 32, 2 layers, head
+  // dim 16 with 1 kv head, MLP 64; vision width 32, 16 patches).
+  c.model.connector.type = "visual_expert";
+  test::write_text(data / "recipe.yaml", config_to_yaml(c));
+  auto e = run_mllm("inspect --config " + (data / "recipe.yaml").string());
+  INFO(e.output);
+  REQUIRE(e.code == 0);
+  const int64_t per_layer = (32 * 32 + 2 * 32 * 16 + 32 * 32) + 3 * 32 * 64;  // q k v o, MLP
+  CHECK_THAT(e.output,
+             Catch::Contains("parameters_trainable " + std::to_string(projector + 2 * per_layer)));
+  CHECK_THAT(e.output, Catch::Contains("visual_expert: 16 visual tokens per image (through") &&
+                           Catch::Contains("connector parameters: experts"));
+  c.model.connector.type = "adapter_prompt";
+  c.model.connector.prompt_length = 4;
+  test::write_text(data / "recipe.yaml", config_to_yaml(c));
+  e = run_mllm("inspect --config " + (data / "recipe.yaml").string());
+  INFO(e.output);
+  REQUIRE(e.code == 0);
+  const int64_t adapter = 2 * 4 * 32 + 2 * 2 + (32 * 32 + 32);  // prompts, gates, visual_proj
+  CHECK_THAT(e.output, Catch::Contains("parameters_trainable " + std::to_string(adapter)));
+  CHECK_THAT(e.output, Catch::Contains("adapter_prompt: 1 visual tokens per image (one") &&
+                           Catch::Contains("gates") && Catch::Contains("prompts") &&
+                           Catch::Contains("visual_proj"));
+
   const auto w = run_mllm("inspect --weights " + std::string(MLLM_SOURCE_DIR) +
                           "/tests/fixtures/hf/llama_sharded");
   CHECK(w.code == 0);
