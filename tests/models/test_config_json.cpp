@@ -7,6 +7,7 @@
 #include "core/config.h"
 #include "core/error.h"
 #include "models/hf/config_json.h"
+#include "models/hf/llava_folder.h"
 #include "test_util.h"
 
 using namespace mllm;
@@ -187,4 +188,29 @@ TEST_CASE("config.json: a CLIP text tower reads with CLIPTextConfig's defaults, 
   CHECK_THAT(error({{"vocab_size", "many"}}), Catch::Contains("vocab_size has the wrong type"));
   CHECK_THAT(error({{"hidden_act", "gelu"}}),
              Catch::Contains("hidden_act 'gelu' is not supported"));
+}
+
+TEST_CASE("config.json: a llava folder's connector settings are bounded as a recipe's") {
+  TempDir dir("mllm-cfgjson");
+  ModelConfig m;
+  m.connector.type = "visual_expert";
+  m.connector.expert_every = 2;
+  const nlohmann::json good = llava_config_json(m, 5);
+  write_text(dir / "config.json", good.dump());
+  int64_t image_id = -1;
+  CHECK(read_llava_config_json(dir.path(), &image_id).connector.expert_every == 2);
+  for (const char* key : {"expert_every", "xattn_every", "prompt_length", "pool_factor"}) {
+    INFO(key);
+    nlohmann::json bad = good;
+    bad["mllm_connector"][key] = 0;  // a modulo or a division by it otherwise
+    write_text(dir / "config.json", bad.dump());
+    CHECK_THROWS_WITH(
+        read_llava_config_json(dir.path(), &image_id),
+        Catch::Contains("mllm_connector." + std::string(key) + " must be at least 1"));
+  }
+  nlohmann::json bad = good;
+  bad["mllm_connector"]["prompt_layers"] = -1;
+  write_text(dir / "config.json", bad.dump());
+  CHECK_THROWS_WITH(read_llava_config_json(dir.path(), &image_id),
+                    Catch::Contains("must not be negative"));
 }
