@@ -203,12 +203,19 @@ cv::Mat draw_line_plot(const std::vector<PlotSeries>& series, const PlotOptions&
   return img;
 }
 
+std::string encode_png(const cv::Mat& image, const std::string& what) {
+  std::vector<uchar> png;
+  if (!cv::imencode(".png", image, png)) throw Error(what + ": cannot encode the plot as PNG");
+  return std::string(png.begin(), png.end());
+}
+
+void write_png(const std::filesystem::path& file, const cv::Mat& image) {
+  write_file_atomic(file, encode_png(image, file.string()));
+}
+
 void write_line_plot_png(const std::filesystem::path& file, const std::vector<PlotSeries>& series,
                          const PlotOptions& options) {
-  std::vector<uchar> png;
-  if (!cv::imencode(".png", draw_line_plot(series, options), png))
-    throw Error(file.string() + ": cannot encode the plot as PNG");
-  write_file_atomic(file, std::string(png.begin(), png.end()));
+  write_png(file, draw_line_plot(series, options));
 }
 
 }  // namespace mllm

@@ -35,6 +35,11 @@ cv::Scalar series_color(size_t i);
 // Draws the series on a white canvas of options.width x (at least) options.height, 8-bit BGR.
 cv::Mat draw_line_plot(const std::vector<PlotSeries>& series, const PlotOptions& options);
 
+// `image` as PNG bytes; throws Error naming `what` if encoding fails.
+std::string encode_png(const cv::Mat& image, const std::string& what);
+// encode_png, written atomically to `file`.
+void write_png(const std::filesystem::path& file, const cv::Mat& image);
+
 // draw_line_plot, encoded as PNG and written atomically. Throws Error if encoding fails.
 void write_line_plot_png(const std::filesystem::path& file, const std::vector<PlotSeries>& series,
                          const PlotOptions& options);

@@ -229,10 +229,7 @@ fs::path write_run_report(const RunReportOptions& options) {
     po.title = f.title;
     po.x_label = "step";
     po.y_label = f.y_label;
-    const cv::Mat img = draw_line_plot(series, po);
-    std::vector<uchar> png;
-    if (!cv::imencode(".png", img, png)) throw Error("report: cannot encode " + f.file);
-    const std::string bytes(png.begin(), png.end());
+    const std::string bytes = encode_png(draw_line_plot(series, po), "report: " + f.file);
     write_file_atomic(options.out / f.file, bytes);
     plots_html += "<figure>" + png_tag(bytes, f.title) + "<figcaption>" + html_escape(f.title) +
                   " (" + f.file + ")</figcaption></figure>\n";

@@ -148,6 +148,8 @@ torch::Tensor MultimodalModelImpl::image_features(const torch::Tensor& pixel_val
 torch::Tensor MultimodalModelImpl::embed(const torch::Tensor& input_ids,
                                          const torch::Tensor& pixel_values,
                                          const ImageLayout& layout) {
+  // A feature-level connector's image enters inside the LLM: nothing to splice, no features needed.
+  if (connector->feature_level()) return language_model->embed(input_ids);
   return prepare(input_ids, pixel_values, {}, layout).first;
 }
 

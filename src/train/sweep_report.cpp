@@ -8,9 +8,7 @@
 
 #include <nlohmann/json.hpp>
 #include <opencv2/core.hpp>
-#include <opencv2/imgcodecs.hpp>
 
-#include "core/error.h"
 #include "core/fs.h"
 #include "core/logging.h"
 #include "core/plot.h"
@@ -300,11 +298,7 @@ void write_sweep_summary(const std::filesystem::path& sweep_dir,
   }
   cv::Mat image;
   cv::vconcat(panels, image);
-  std::vector<uchar> png;
-  const auto file = sweep_dir / "loss_curves.png";
-  if (!cv::imencode(".png", image, png))
-    throw Error(file.string() + ": cannot encode the plot as PNG");
-  write_file_atomic(file, std::string(png.begin(), png.end()));
+  write_png(sweep_dir / "loss_curves.png", image);
 }
 
 }  // namespace mllm

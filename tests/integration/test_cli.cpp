@@ -39,6 +39,15 @@ std::string shrink(const std::filesystem::path& data, const std::filesystem::pat
          " --set train.batch_size=8 --set train.log_every=2 --set train.eval_batches=1";
 }
 
+// `mllm data shapes` into `data`: a small ShapesWorld at 32 pixels (the test stops if it fails).
+void make_shapes(const std::filesystem::path& data, int seed, int train, int val) {
+  const Result gen =
+      run("data shapes --out " + data.string() + " --seed " + std::to_string(seed) + " --train " +
+          std::to_string(train) + " --val " + std::to_string(val) + " --image-size 32");
+  INFO(gen.output);
+  REQUIRE(gen.code == 0);
+}
+
 // The raw bytes of tensor `name` in a safetensors file (8-byte little-endian header length, a JSON
 // header with each tensor's data_offsets, then the data), read without LibTorch.
 std::string tensor_bytes(const std::filesystem::path& file, const std::string& name) {
@@ -68,10 +77,7 @@ TEST_CASE(
     "cli: stage 0 then stage 1 through the shapes recipes, with checkpoints, resume and errors") {
   TempDir dir("mllm-cli");
   const auto data = dir / "shapes";
-  Result gen =
-      run("data shapes --out " + data.string() + " --seed 0 --train 64 --val 16 --image-size 32");
-  INFO(gen.output);
-  REQUIRE(gen.code == 0);
+  make_shapes(data, 0, 64, 16);
 
   // Stage 0: text warm-up of the LLM.
   const auto s0 = dir / "stage0";
@@ -148,8 +154,7 @@ TEST_CASE(
     "lengths") {
   TempDir dir("mllm-cli");
   const auto data = dir / "shapes";
-  REQUIRE(run("data shapes --out " + data.string() + " --seed 2 --train 12 --val 4 --image-size 32")
-              .code == 0);
+  make_shapes(data, 2, 12, 4);
   const std::string tok = " --tokenizer " + (data / "tokenizer.json").string();
 
   Result plain = run("tokenize" + tok + " --text 'a red circle.'");
@@ -198,8 +203,7 @@ TEST_CASE(
     "templates") {
   TempDir dir("mllm-cli");
   const auto data = dir / "shapes";
-  REQUIRE(run("data shapes --out " + data.string() + " --seed 3 --train 24 --val 4 --image-size 32")
-              .code == 0);
+  make_shapes(data, 3, 24, 4);
   for (const char* templ : {"vicuna_v1", "chatml"}) {
     const auto out = dir / templ;
     Result r =
@@ -220,10 +224,7 @@ TEST_CASE(
 TEST_CASE("cli: the orpo and simpo recipes train from the command line, without a reference") {
   TempDir dir("mllm-cli");
   const auto data = dir / "shapes";
-  Result gen =
-      run("data shapes --out " + data.string() + " --seed 0 --train 32 --val 8 --image-size 32");
-  INFO(gen.output);
-  REQUIRE(gen.code == 0);
+  make_shapes(data, 0, 32, 8);
   for (const std::string stage : {"orpo", "simpo"}) {
     INFO(stage);
     const auto out = dir / stage;
@@ -263,8 +264,7 @@ TEST_CASE(
     "a tokenizer's own chat template is the default") {
   TempDir dir("mllm-cli");
   const auto data = dir / "shapes";
-  REQUIRE(run("data shapes --out " + data.string() + " --seed 3 --train 24 --val 4 --image-size 32")
-              .code == 0);
+  make_shapes(data, 3, 24, 4);
   const auto convert = [&](const std::string& to, const std::string& in, const std::string& out) {
     Result r = run("data convert --from llava --to " + to + " " + (data / in).string() + " " +
                    (dir / out).string());
@@ -354,10 +354,7 @@ TEST_CASE(
     "the command line") {
   TempDir dir("mllm-cli");
   const auto data = dir / "shapes";
-  Result gen =
-      run("data shapes --out " + data.string() + " --seed 0 --train 32 --val 8 --image-size 32");
-  INFO(gen.output);
-  REQUIRE(gen.code == 0);
+  make_shapes(data, 0, 32, 8);
   const std::string llm = " --set 'model.llm.pretrained=\"\"' --set model.llm.hidden=32" +
                           std::string(" --set model.llm.layers=2 --set model.llm.heads=2") +
                           " --set model.llm.kv_heads=1 --set model.llm.intermediate=64";

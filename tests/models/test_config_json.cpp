@@ -208,6 +208,11 @@ TEST_CASE("config.json: a llava folder's connector settings are bounded as a rec
         read_llava_config_json(dir.path(), &image_id),
         Catch::Contains("mllm_connector." + std::string(key) + " must be at least 1"));
   }
+  nlohmann::json huge = good;
+  huge["mllm_connector"]["prompt_length"] = int64_t{1} << 40;
+  write_text(dir / "config.json", huge.dump());
+  CHECK_THROWS_WITH(read_llava_config_json(dir.path(), &image_id),
+                    Catch::Contains("mllm_connector.prompt_length 1099511627776 exceeds"));
   nlohmann::json bad = good;
   bad["mllm_connector"]["prompt_layers"] = -1;
   write_text(dir / "config.json", bad.dump());

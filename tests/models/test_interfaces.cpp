@@ -51,6 +51,12 @@ void fill(MultimodalModel& m, const std::string& name, double value) {
   params_of(*m->connector).at(name).fill_(value);
 }
 
+// Stage 1's split: the connector trains, the vision tower and the LLM are frozen.
+void train_connector_only(MultimodalModel& m) {
+  for (auto& p : m->parameters()) p.set_requires_grad(false);
+  for (auto& p : m->connector->parameters()) p.set_requires_grad(true);
+}
+
 // Two rows: row 0 text, an image, text; row 1 text only, left-padded.
 std::pair<torch::Tensor, torch::Tensor> batch(int64_t Q) {
   std::vector<int64_t> row0{1, 7};
@@ -107,8 +113,7 @@ TEST_CASE("visual_expert: at initialisation the model is the token-level mlp2x_g
 TEST_CASE("visual_expert: stage 1 trains the projector and the experts, not the LLM") {
   torch::manual_seed(1);
   MultimodalModel m(tiny("visual_expert"), kImage);
-  for (auto& p : m->parameters()) p.set_requires_grad(false);
-  for (auto& p : m->connector->parameters()) p.set_requires_grad(true);
+  train_connector_only(m);
   const auto [ids, mask] = batch(16);
   m->logits(m->forward(ids, torch::randn({1, 3, 32, 32}), mask)).pow(2).sum().backward();
   for (const auto& [name, p] : named_parameters(*m->connector)) {
@@ -170,8 +175,7 @@ TEST_CASE("adapter_prompt: zero gates leave the LLM unchanged; open ones bring i
 TEST_CASE("adapter_prompt: gradients reach the gates at zero, then prompts and projection") {
   torch::manual_seed(3);
   MultimodalModel m(tiny("adapter_prompt"), kImage);
-  for (auto& p : m->parameters()) p.set_requires_grad(false);
-  for (auto& p : m->connector->parameters()) p.set_requires_grad(true);
+  train_connector_only(m);
   const auto [ids, mask] = batch(1);
   const auto pixels = torch::randn({1, 3, 32, 32});
   auto grads = [&] {

@@ -62,6 +62,12 @@ ModelConfig read_llava_config_json(const std::filesystem::path& folder, int64_t*
         if (v < 1)
           throw Error(path.string() + ": mllm_connector." + key + " must be at least 1, not " +
                       std::to_string(v));
+      // Prompts are keys next to the sequence's: more of them than its positions is a broken
+      // file (and an allocation the machine may not survive), not a design.
+      if (m.connector.prompt_length > m.llm.max_position)
+        throw Error(path.string() + ": mllm_connector.prompt_length " +
+                    std::to_string(m.connector.prompt_length) + " exceeds text_config's " +
+                    std::to_string(m.llm.max_position) + " positions");
       if (m.connector.num_queries < 0 || m.connector.hidden < 0 || m.connector.prompt_layers < 0)
         throw Error(path.string() +
                     ": mllm_connector.num_queries, hidden and prompt_layers must "
