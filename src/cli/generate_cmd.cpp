@@ -66,7 +66,8 @@ Action add_generate_command(CLI::App& app) {
     if (with_image) images.push_back(eval::load_prompt_image(model, loaded.transform, args->image));
     const std::vector<int64_t> ids =
         eval::prompt_ids(tok, name, (with_image ? "<image>\n" : std::string()) + args->prompt,
-                         with_image ? images.front().tokens : model.image_tokens());
+                         with_image ? images.front().tokens : model.image_tokens(),
+                         args->template_name.empty() ? loaded.system : std::nullopt);
     const ImageBatch pixels = eval::prompt_image_batch(images);
     const GenerationOptions o = eval::generation_options(args->g, tok);
     auto decode = [&](const std::vector<int64_t>& t) { return tok.decode(t); };

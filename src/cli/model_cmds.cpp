@@ -182,8 +182,9 @@ int export_model(const std::string& from, const std::string& out_dir) {
   LlavaFolderExtras extras;
   if (fs::exists(src / "tokenizer.json")) {
     extras.tokenizer = src / "tokenizer.json";
-    extras.tokenizer_config = tokenizer_config_json(*load_tokenizer(extras.tokenizer),
-                                                    m.llm.max_position, model_template(src, m));
+    extras.tokenizer_config =
+        tokenizer_config_json(*load_tokenizer(extras.tokenizer), m.llm.max_position,
+                              model_template(src, m), model_system(src));
   }
   if (fs::exists(src / "preprocessor_config.json")) {
     try {

@@ -54,18 +54,23 @@ Action add_tokenize_command(CLI::App& app) {
       "tokenize", "Show the ids (and with --template, the supervised spans) of some text");
   struct Args {
     std::string tokenizer, template_name, text_file, text;
+    std::string system;
   };
   auto args = std::make_shared<Args>();
   cmd->add_option("--tokenizer", args->tokenizer, "tokenizer.json or SentencePiece .model")
       ->required();
   cmd->add_option("--template", args->template_name,
                   "Render a conversation through this chat template first");
+  auto* system = cmd->add_option(
+      "--system", args->system,
+      "With --template: the system prompt of a conversation without one (data.system; "
+      "--system '' for none)");
   auto* file = cmd->add_option(
       "--text-file", args->text_file,
       "Text to tokenize; with --template, a LLaVA record or a list of turns (JSON)");
   auto* text = cmd->add_option("--text", args->text, "Text to tokenize (instead of --text-file)");
   file->excludes(text);
-  return [args]() {
+  return [args, system]() {
     if (args->text_file.empty() && args->text.empty())
       throw ConfigError("tokenize: give --text-file or --text");
     const auto tok = load_tokenizer(args->tokenizer);
@@ -81,11 +86,13 @@ Action add_tokenize_command(CLI::App& app) {
         throw ConfigError((args->text_file.empty() ? "--text" : args->text_file) +
                           ": malformed JSON: " + e.what());
       }
-      const RenderedConversation r =
-          render_template(args->template_name,
-                          read_conversation(j, args->text_file.empty() ? "--text" : args->text_file,
-                                            args->template_name),
-                          template_tokens(*tok, args->template_name));
+      const RenderedConversation r = render_template(
+          args->template_name,
+          read_conversation(j, args->text_file.empty() ? "--text" : args->text_file,
+                            args->template_name),
+          template_tokens(
+              *tok, args->template_name,
+              system->count() > 0 ? std::optional<std::string>(args->system) : std::nullopt));
       text = r.text;
       spans = r.supervised;
       out["rendered"] = text;

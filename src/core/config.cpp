@@ -346,6 +346,16 @@ class Binder {
     else
       fail(path, "expected true or false, got " + kind(n));
   }
+  // null -> none; a string, "" included, -> that string.
+  void parse(const std::string& path, const YAML::Node& n, std::optional<std::string>& v) const {
+    if (n.IsNull()) {
+      v.reset();
+      return;
+    }
+    std::string s;
+    parse(path, n, s);
+    v = std::move(s);
+  }
   void parse(const std::string& path, const YAML::Node& n, std::string& v) const {
     if (n.IsNull()) {
       v.clear();
@@ -379,6 +389,12 @@ class Binder {
       *out_ << YAML::Null;
     else
       *out_ << YAML::DoubleQuoted << s;
+  }
+  void emit_value(const std::optional<std::string>& s) {
+    if (s)
+      *out_ << YAML::DoubleQuoted << *s;
+    else
+      *out_ << YAML::Null;
   }
   void emit_value(int64_t x) { *out_ << x; }
   void emit_value(bool b) { *out_ << (b ? "true" : "false"); }
@@ -521,6 +537,7 @@ void describe(Binder& b, ConnectorConfig& c) {
   b.value("xattn_every", c.xattn_every, at_least(1));
   b.value("value_positions", c.value_positions);
   b.value("expert_every", c.expert_every, at_least(1));
+  b.choice("projector", c.projector, {"linear", "mlp2x_gelu", "qformer", "resampler", "pool"});
   b.value("prompt_length", c.prompt_length, at_least(1));
   b.value("prompt_layers", c.prompt_layers, at_least(0));
 }
@@ -568,6 +585,7 @@ void describe(Binder& b, DataConfig& c) {
   b.section_or_list("train", c.train, c.mixture);
   b.section("eval", c.eval);
   b.value("template", c.template_name);  // a chat template name (data/chat_template.h)
+  b.value("system", c.system);
   b.value("max_length", c.max_length, at_least(8));
   b.section("image", c.image);
   b.section("video", c.video);

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -122,6 +123,10 @@ struct ConnectorConfig {
   // each output token carries where what it read lies (Qwen-VL adds them to the keys only: false).
   bool value_positions = false;
   int64_t expert_every = 1;  // visual_expert: experts in every k-th LLM layer (CogVLM: every one)
+  // visual_expert: the token-level design that makes the image tokens the experts work on
+  // (CogVLM: mlp2x_gelu over every patch; resampler or pool for fewer tokens), with that design's
+  // keys (num_queries, heads, hidden, value_positions, pool_factor) and parameter names.
+  std::string projector = "mlp2x_gelu";
   // adapter_prompt: learned prompt tokens per adapted layer (LLaMA-Adapter: 10), and how many of
   // the top layers are adapted (0 = every layer; LLaMA-Adapter: the top 30 of 32).
   int64_t prompt_length = 10;
@@ -187,6 +192,12 @@ struct DataConfig {
   // YAML key: template; data/chat_template.h. When a recipe leaves it out, load_config makes it hf
   // if the tokenizer's folder has a chat template (tokenizer_config.json or chat_template.jinja).
   std::string template_name = "plain";
+  // YAML key: system. The system prompt of every record that has no system turn of its own, in
+  // the templates that have one (vicuna_v1, llama_2, chatml, hf; plain and text have none): null
+  // keeps the template's own (LLaVA's "A chat between a curious user and ..."), "" gives none —
+  // LLaMA-Factory's default_system, ms-swift's --system. Saved with the model
+  // (tokenizer_config.json "mllm_system"), so evaluation and generation prompt as training did.
+  std::optional<std::string> system;
   int64_t max_length = 512;
   ImageConfig image;
   VideoConfig video;

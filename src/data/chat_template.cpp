@@ -181,18 +181,19 @@ struct TemplateEntry {
   const char* name;
   RenderedConversation (*render)(const Exchanges&, const TemplateTokens&);
   bool uses_images;
+  bool has_system;  // takes a system prompt (data.system applies)
 };
 
 const std::vector<TemplateEntry>& registry() {
   static const std::vector<TemplateEntry> r = {
-      {"plain", render_plain, true},
-      {"vicuna_v1", render_vicuna_v1, true},
-      {"llama_2", render_llama_2, true},
-      {"chatml", [](const Exchanges& ex, const TemplateTokens&) { return render_chatml(ex); },
+      {"plain", render_plain, true, false},
+      {"vicuna_v1", render_vicuna_v1, true, true},
+      {"llama_2", render_llama_2, true, true},
+      {"chatml", [](const Exchanges& ex, const TemplateTokens&) { return render_chatml(ex); }, true,
        true},
-      {"text", render_text, false},
+      {"text", render_text, false, false},
       // The tokenizer's own template: rendered by render_template before the turns are parsed.
-      {"hf", nullptr, true},
+      {"hf", nullptr, true, true},
   };
   return r;
 }
@@ -508,15 +509,27 @@ bool template_uses_images(const std::string& name) {
   return find_template(name).uses_images;
 }
 
-TemplateTokens template_tokens(const Tokenizer& tokenizer, const std::string& template_name) {
+TemplateTokens template_tokens(const Tokenizer& tokenizer, const std::string& template_name,
+                               std::optional<std::string> system) {
   return {tokenizer.bos_id() >= 0 ? tokenizer.id_to_token(tokenizer.bos_id()) : "",
           tokenizer.eos_id() >= 0 ? tokenizer.id_to_token(tokenizer.eos_id()) : "", "<image>",
-          template_name == "hf" ? hf_template_of(tokenizer) : nullptr};
+          template_name == "hf" ? hf_template_of(tokenizer) : nullptr, std::move(system)};
 }
 
-RenderedConversation render_template(const std::string& name, const std::vector<Turn>& turns,
+bool template_has_system(const std::string& name) {
+  return find_template(name).has_system;
+}
+
+RenderedConversation render_template(const std::string& name, const std::vector<Turn>& given,
                                      const TemplateTokens& tokens) {
   const TemplateEntry& entry = find_template(name);  // before the turns: a bad name says so
+  std::vector<Turn> with_system;
+  if (tokens.system && entry.has_system && !given.empty() && given.front().from != "system") {
+    with_system.reserve(given.size() + 1);
+    with_system.push_back({"system", *tokens.system});
+    with_system.insert(with_system.end(), given.begin(), given.end());
+  }
+  const std::vector<Turn>& turns = with_system.empty() ? given : with_system;
   if (!entry.render) {
     if (!tokens.hf)
       throw Error(

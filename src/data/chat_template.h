@@ -32,6 +32,7 @@
 #include <cstddef>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -56,6 +57,9 @@ struct TemplateTokens {
   std::string image;  // "<image>"
   // The tokenizer's own chat template (data.template: hf); null when its folder has none.
   std::shared_ptr<const HfChatTemplate> hf;
+  // data.system: when set, a conversation without a system turn is rendered as if it began with
+  // one saying this ("" included), in the templates that have a system prompt (not plain, text).
+  std::optional<std::string> system = std::nullopt;
 };
 
 class Tokenizer;
@@ -63,7 +67,8 @@ class Tokenizer;
 // The tokenizer's BOS and EOS texts (empty when it has none), "<image>" and, for template "hf",
 // its folder's chat template (hf_template_of): what every template is rendered with, made here
 // only. Other templates never read the folder's chat template.
-TemplateTokens template_tokens(const Tokenizer& tokenizer, const std::string& template_name);
+TemplateTokens template_tokens(const Tokenizer& tokenizer, const std::string& template_name,
+                               std::optional<std::string> system = std::nullopt);
 
 // The chat template of the tokenizer's folder (read once per tokenizer file and process; a
 // template that does not parse is an Error naming its file); null when the folder has none.
@@ -135,6 +140,9 @@ const std::vector<std::string>& template_names();
 
 // Whether the template keeps the record's image (all but "text").
 bool template_uses_images(const std::string& name);
+
+// Whether the template has a system prompt (data.system applies): all but plain and text.
+bool template_has_system(const std::string& name);
 
 // Renders a conversation (human and gpt turns alternating, starting with human, after an optional
 // system turn). A conversation that ends with a human turn renders the generation prompt for the

@@ -154,7 +154,12 @@ struct Context {
 
   Context(const DataSourceConfig& s, const DataConfig& d, const Tokenizer& t, const std::string& k,
           DatasetStats& st)
-      : source(s), data(d), tok(t), key(k), stats(st), tt(template_tokens(t, d.template_name)) {
+      : source(s),
+        data(d),
+        tok(t),
+        key(k),
+        stats(st),
+        tt(template_tokens(t, d.template_name, d.system)) {
     use_images = template_uses_images(data.template_name);
     if (use_images && tok.image_id() < 0)
       throw Error(tok.path().string() + ": the tokenizer has no <image> token (data.template=" +

@@ -167,9 +167,11 @@ namespace {
 // The rendered prompt's ids, the i-th <image> expanded to tokens_of(i) placeholder ids.
 std::vector<int64_t> expand_prompt(const Tokenizer& tok, const std::string& template_name,
                                    const std::string& human,
-                                   const std::function<int64_t(size_t)>& tokens_of) {
-  const std::string text =
-      render_template(template_name, {{"human", human}}, template_tokens(tok, template_name)).text;
+                                   const std::function<int64_t(size_t)>& tokens_of,
+                                   const std::optional<std::string>& system) {
+  const std::string text = render_template(template_name, {{"human", human}},
+                                           template_tokens(tok, template_name, system))
+                               .text;
   std::vector<int64_t> ids;
   size_t tag = 0;
   for (int64_t id : tok.encode(text)) {
@@ -184,19 +186,24 @@ std::vector<int64_t> expand_prompt(const Tokenizer& tok, const std::string& temp
 }  // namespace
 
 std::vector<int64_t> prompt_ids(const Tokenizer& tok, const std::string& template_name,
-                                const std::string& human,
-                                const std::vector<int64_t>& image_tokens) {
-  return expand_prompt(tok, template_name, human, [&](size_t tag) {
-    if (tag >= image_tokens.size())
-      throw Error("[prompt] more <image> tags than images (" + std::to_string(image_tokens.size()) +
-                  ")");
-    return image_tokens[tag];
-  });
+                                const std::string& human, const std::vector<int64_t>& image_tokens,
+                                const std::optional<std::string>& system) {
+  return expand_prompt(
+      tok, template_name, human,
+      [&](size_t tag) {
+        if (tag >= image_tokens.size())
+          throw Error("[prompt] more <image> tags than images (" +
+                      std::to_string(image_tokens.size()) + ")");
+        return image_tokens[tag];
+      },
+      system);
 }
 
 std::vector<int64_t> prompt_ids(const Tokenizer& tok, const std::string& template_name,
-                                const std::string& human, int64_t image_tokens) {
-  return expand_prompt(tok, template_name, human, [&](size_t) { return image_tokens; });
+                                const std::string& human, int64_t image_tokens,
+                                const std::optional<std::string>& system) {
+  return expand_prompt(
+      tok, template_name, human, [&](size_t) { return image_tokens; }, system);
 }
 
 PromptImage load_prompt_image(const MultimodalModelImpl& model, const ImageTransform& transform,
@@ -234,7 +241,9 @@ FolderModel load_folder_model(const std::filesystem::path& folder) {
   read_preprocessor_config_json(folder, image);
   ImageTransform transform(image, model->config().vision.image_size, model->anyres_pinpoints());
   std::string name = model_template(folder, model->config());
-  return {std::move(model), std::move(tokenizer), std::move(transform), std::move(name)};
+  auto system = model_system(folder);
+  return {std::move(model), std::move(tokenizer), std::move(transform), std::move(name),
+          std::move(system)};
 }
 
 GenerationOptions generation_options(const GenerationConfig& g, const Tokenizer& tok) {
@@ -330,7 +339,8 @@ TaskResult run_task(const EvalTaskConfig& task, const EvalModel& m, int64_t batc
           tag_tokens.push_back(n);
         }
       }
-      prompts.push_back(prompt_ids(tok, r.template_name, human, tag_tokens));
+      prompts.push_back(prompt_ids(tok, r.template_name, human, tag_tokens,
+                                   task.template_name.empty() ? m.system : std::nullopt));
     }
     const ImageBatch pixels = prompt_image_batch(images);
     const auto g = generate(m.model, prompts, pixels, options, decode);

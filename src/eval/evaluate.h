@@ -24,6 +24,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -54,13 +55,16 @@ struct EvalItem {
 // record for a malformed one, and for a task left with no items.
 std::vector<EvalItem> load_eval_items(const EvalTaskConfig& task);
 
-// The token ids of a generation prompt: `human` as one human turn through the template, ending in
-// the assistant's generation prompt, with each <image> expanded to `image_tokens` placeholder ids.
+// The token ids of a generation prompt: `human` as one human turn through the template (after
+// `system` as its system prompt when set: data.system), ending in the assistant's generation
+// prompt, with each <image> expanded to `image_tokens` placeholder ids.
 std::vector<int64_t> prompt_ids(const Tokenizer& tok, const std::string& template_name,
-                                const std::string& human, int64_t image_tokens);
+                                const std::string& human, int64_t image_tokens,
+                                const std::optional<std::string>& system = std::nullopt);
 // As above, the i-th <image> expanded to image_tokens[i] ids (a tag without a count: an Error).
 std::vector<int64_t> prompt_ids(const Tokenizer& tok, const std::string& template_name,
-                                const std::string& human, const std::vector<int64_t>& image_tokens);
+                                const std::string& human, const std::vector<int64_t>& image_tokens,
+                                const std::optional<std::string>& system = std::nullopt);
 
 // One prompt image as the model takes it: its crops (1, or with AnyRes the base image and the
 // tiles), its (height, width) for AnyRes ((0,0) otherwise) and the placeholders it takes.
@@ -86,6 +90,9 @@ struct EvalModel {
   const Tokenizer& tokenizer;
   const ImageTransform& transform;
   std::string default_template;  // for tasks without eval.tasks[].template
+  // Its system prompt (data.system; tokenizer_config.json "mllm_system"), for the tasks that use
+  // default_template; unset = the template's own.
+  std::optional<std::string> system = std::nullopt;
 };
 
 // A llava folder as mllm eval and mllm generate use it: the model, its tokenizer.json, how its
@@ -96,7 +103,8 @@ struct FolderModel {
   std::unique_ptr<Tokenizer> tokenizer;
   ImageTransform transform;
   std::string default_template;
-  EvalModel view() { return {*model, *tokenizer, transform, default_template}; }
+  std::optional<std::string> system;
+  EvalModel view() { return {*model, *tokenizer, transform, default_template, system}; }
 };
 // `folder` comes from resolve_llava_folder(..., need_tokenizer = true).
 FolderModel load_folder_model(const std::filesystem::path& folder);

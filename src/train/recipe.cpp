@@ -44,6 +44,9 @@ void check_registered_names(const Config& c) {
   check_name(c, "train.stage", c.train.stage, stage_names());
   check_name(c, "model.connector.type", c.model.connector.type, connector_names());
   check_name(c, "data.template", c.data.template_name, template_names());
+  if (c.data.system && c.data.mixture.empty() && !template_has_system(c.data.template_name))
+    throw ConfigError(where(c, "data.system") + ": the " + c.data.template_name +
+                      " template has no system prompt (vicuna_v1, llama_2, chatml and hf do)");
   check_tasks(c, c.eval);
   const Stage& stage = find_stage(c.train.stage);
   std::vector<std::pair<std::string, const DataSourceConfig*>> sources = {

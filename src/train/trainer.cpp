@@ -264,8 +264,8 @@ void write_final(const fs::path& out, MultimodalModelImpl& model, const Config& 
     spdlog::info("lora: merged the adapters of {} layers into their weights", merged);
   LlavaFolderExtras extras;
   extras.tokenizer = config.model.tokenizer;
-  extras.tokenizer_config =
-      tokenizer_config_json(tokenizer, config.model.llm.max_position, config.data.template_name);
+  extras.tokenizer_config = tokenizer_config_json(tokenizer, config.model.llm.max_position,
+                                                  config.data.template_name, config.data.system);
   extras.preprocessor_config = preprocessor_config_json(
       config.data.image, config.model.vision.image_size,
       anyres_pinpoints(config.model.vision.anyres, config.model.vision.image_size));
@@ -831,7 +831,8 @@ struct Trainer::Impl {
       // Every rank runs them (the same weights give the same answers), so none waits on rank 0.
       EvalConfig tasks = config.eval;
       tasks.chance = false;
-      const eval::EvalModel em{*model, *tokenizer, *transform, config.data.template_name};
+      const eval::EvalModel em{*model, *tokenizer, *transform, config.data.template_name,
+                               config.data.system};
       std::string extra;
       for (const auto& [k, v] :
            eval::flat_scores(eval::run_eval(tasks, em, static_cast<uint64_t>(config.run.seed)))) {

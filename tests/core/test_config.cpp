@@ -112,6 +112,11 @@ TEST_CASE("config: connector settings are read, range-checked and written back")
              Catch::Contains("model.vision.anyres.grid_pinpoints[0][0]"));
   CHECK_THAT(error_of(p, {"model.vision.anyres.max_tiles=65"}),
              Catch::Contains("model.vision.anyres.max_tiles"));
+  CHECK(c.model.connector.projector == "mlp2x_gelu");  // CogVLM's, under visual_expert
+  CHECK(load_config(p, {"model.connector.projector=resampler"}).model.connector.projector ==
+        "resampler");
+  CHECK_THAT(error_of(p, {"model.connector.projector=gated_xattn"}),
+             Catch::Contains("model.connector.projector"));
   CHECK(!c.model.connector.value_positions);  // Qwen-VL's resampler: positions on the keys only
   CHECK(load_config(p, {"model.connector.value_positions=true"}).model.connector.value_positions);
   CHECK_THAT(error_of(p, {"model.connector.value_positions=sometimes"}),
@@ -172,6 +177,25 @@ TEST_CASE("config: the resolved YAML reads back to the same config") {
   CHECK(b.model.llm.layers == 7);
   CHECK(b.train.trainable == a.train.trainable);
   CHECK(b.run.name == "r1");
+}
+
+TEST_CASE("config: data.system is unset, empty or a prompt, and refused where there is none") {
+  TempDir dir;
+  const auto p = recipe(dir, "  template: vicuna_v1\n");
+  CHECK_FALSE(load_config(p).data.system.has_value());  // the template's own
+  const Config none = load_config(p, {"data.system=\"\""});
+  REQUIRE(none.data.system.has_value());
+  CHECK(none.data.system->empty());
+  CHECK(load_config(p, {"data.system=Be brief."}).data.system ==
+        std::optional<std::string>("Be brief."));
+  CHECK_FALSE(load_config(p, {"data.system=null"}).data.system.has_value());
+  // Written back, "" stays "" (no system prompt), not null (the template's).
+  write_text(dir / "resolved.yaml", config_to_yaml(none));
+  CHECK(load_config(dir / "resolved.yaml").data.system == std::optional<std::string>(""));
+  CHECK_THAT(error_of(p, {"data.template=plain", "data.system=Be brief."}),
+             Catch::Contains("data.system: the plain template has no system prompt"));
+  CHECK_THAT(error_of(p, {"data.system=[a, b]"}),
+             Catch::Contains("data.system: expected a string"));
 }
 
 TEST_CASE("config: edit distance") {

@@ -121,6 +121,35 @@ TEST_CASE("template: a system turn replaces the system prompt; roles user/assist
         "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST] Hello. </s>");
 }
 
+TEST_CASE("template: data.system is the system prompt of conversations without their own") {
+  const std::vector<Turn> turns = {{"user", "Hi"}, {"assistant", "Hello."}};
+  TemplateTokens none = kTokens, brief = kTokens;
+  none.system = "";
+  brief.system = "Be brief.";
+  // LLaVA's get_prompt writes system + sep even when the system is empty.
+  CHECK(render_template("vicuna_v1", turns, none).text == "<s> USER: Hi ASSISTANT: Hello.</s>");
+  CHECK(render_template("vicuna_v1", turns, brief).text ==
+        "<s>Be brief. USER: Hi ASSISTANT: Hello.</s>");
+  // Meta's format has no <<SYS>> block without a system prompt.
+  CHECK(render_template("llama_2", turns, none).text == "<s>[INST] Hi [/INST] Hello. </s>");
+  // Qwen2's template renders a system message with empty content as an empty system turn.
+  CHECK(render_template("chatml", turns, none).text ==
+        "<|im_start|>system\n<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+        "<|im_start|>assistant\nHello.<|im_end|>\n");
+  // A conversation's own system turn wins; the reply is still what is supervised.
+  const std::vector<Turn> own = {{"system", "Be kind."}, {"user", "Hi"}, {"assistant", "Hello."}};
+  const auto r = render_template("vicuna_v1", own, brief);
+  CHECK(r.text == "<s>Be kind. USER: Hi ASSISTANT: Hello.</s>");
+  CHECK(spans(r) == std::vector<std::string>{"Hello.</s>"});
+  // The templates without a system prompt are unchanged by it (text would refuse a system turn).
+  CHECK(render_template("text", turns, brief).text == render_template("text", turns, kTokens).text);
+  CHECK(render_template("plain", {{"human", "<image>"}, {"gpt", "a cat."}}, brief).text ==
+        "<s><image>a cat.</s>");
+  CHECK(template_has_system("vicuna_v1"));
+  CHECK_FALSE(template_has_system("plain"));
+  CHECK_FALSE(template_has_system("text"));
+}
+
 TEST_CASE("template: turns out of order, empty replies and unknown names are errors") {
   CHECK_THROWS_WITH(render_template("vicuna_v1", {{"gpt", "hi"}}, kTokens),
                     Catch::Contains("turn 0 is from 'gpt', expected 'human'"));

@@ -2,6 +2,8 @@
 // predictions do not depend on how the prompts are batched.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
+
 #include "core/error.h"
 #include "eval/evaluate.h"
 #include "fixtures.h"
@@ -98,6 +100,20 @@ TEST_CASE("eval items: bad records name the file, line, record and id") {
              Catch::Contains("\"answers\" must be a non-empty list"));
   t.types = {"nosuchtype"};
   CHECK_THAT(bad(ok + "\n"), Catch::Contains("no records for eval task 'qa' of the types"));
+}
+
+TEST_CASE("eval prompts: the model's system prompt (data.system) replaces the template's") {
+  TempDir data("mllm-eval-system");
+  test::make_shapes(data.path(), 2, 4);
+  const auto tok = load_tokenizer(data / "tokenizer.json");
+  const auto own = eval::prompt_ids(*tok, "vicuna_v1", "<image>\nwhat color is it?", 3);
+  const auto none = eval::prompt_ids(*tok, "vicuna_v1", "<image>\nwhat color is it?", 3,
+                                     std::optional<std::string>(""));
+  // The same prompt without vicuna's system prompt: <s>, then the two agree to the end.
+  REQUIRE(none.size() + 20 < own.size());
+  CHECK(none.front() == own.front());
+  CHECK(std::equal(none.begin() + 1, none.end(), own.end() - (none.size() - 1)));
+  CHECK(std::count(none.begin(), none.end(), tok->image_id()) == 3);
 }
 
 TEST_CASE("eval task: predictions do not depend on the batch size; every metric is scored") {

@@ -291,15 +291,26 @@ TEST_CASE(
   for (const auto& [format, file] : {std::pair{"sharegpt", "instruct.sharegpt.json"},
                                      std::pair{"messages_jsonl", "instruct.messages.jsonl"}}) {
     const auto out = dir / (std::string("sft-") + format);
-    Result r =
-        run("train --config " + src("configs/shapes/stage1_pretrain.yaml") + shrink(data, out) +
-            sft + " --set data.template=vicuna_v1" + " --set data.train.format=" + format +
-            " --set data.train.path=" + (dir / file).string() +
-            " --set data.eval.path=" + (data / "instruct_val.json").string());
+    // Without vicuna's system prompt (data.system: ""), which the model folder then records.
+    Result r = run(
+        "train --config " + src("configs/shapes/stage1_pretrain.yaml") + shrink(data, out) + sft +
+        " --set data.template=vicuna_v1 --set 'data.system=\"\"'" +
+        " --set data.train.format=" + format + " --set data.train.path=" + (dir / file).string() +
+        " --set data.eval.path=" + (data / "instruct_val.json").string());
     INFO(format << "\n" << r.output);
     CHECK(r.code == 0);
     CHECK(read_jsonl(out / "metrics.jsonl").size() >= 1);
+    const auto tc = nlohmann::json::parse(read_text(out / "final/tokenizer_config.json"));
+    CHECK(tc["mllm_system"] == "");
+    CHECK(tc["mllm_template"] == "vicuna_v1");
   }
+  // mllm tokenize shows the prompt as such a model sees it.
+  Result t = run("tokenize --tokenizer " + (data / "tokenizer.json").string() +
+                 " --template vicuna_v1 --system '' --text '[{\"from\": \"human\", \"value\": "
+                 "\"hi\"}, {\"from\": \"gpt\", \"value\": \"a.\"}]'");
+  INFO(t.output);
+  CHECK(t.code == 0);
+  CHECK(t.output.find("\"rendered\":\"<s> USER: hi ASSISTANT: a.</s>\"") != std::string::npos);
   for (const auto& [format, file] : {std::pair{"messages", "preference.messages.json"},
                                      std::pair{"sharegpt_jsonl", "preference.sharegpt.jsonl"}}) {
     const auto out = dir / (std::string("orpo-") + format);

@@ -219,3 +219,20 @@ TEST_CASE("config.json: a llava folder's connector settings are bounded as a rec
   CHECK_THROWS_WITH(read_llava_config_json(dir.path(), &image_id),
                     Catch::Contains("must not be negative"));
 }
+
+// (REQUIRE: this file's CHECK is glog's where ATen's headers follow catch.hpp.)
+TEST_CASE("a model folder's template and system prompt come from its tokenizer_config.json") {
+  TempDir dir("mllm-cfgjson");
+  ModelConfig m;
+  REQUIRE(model_template(dir.path(), m) == "vicuna_v1");  // LLaVA-1.5's, for a LLaMA LLM
+  CHECK_FALSE(model_system(dir.path()).has_value());      // no file: the template's own
+  write_text(dir / "tokenizer_config.json", R"({"mllm_template": "llama_2", "mllm_system": ""})");
+  REQUIRE(model_template(dir.path(), m) == "llama_2");
+  REQUIRE(model_system(dir.path()) == std::optional<std::string>(""));
+  write_text(dir / "tokenizer_config.json", R"({"mllm_template": "chatml"})");
+  CHECK_FALSE(model_system(dir.path()).has_value());
+  write_text(dir / "tokenizer_config.json", R"({"mllm_system": 3})");
+  CHECK_THROWS_WITH(model_system(dir.path()), Catch::Contains("tokenizer_config.json: malformed"));
+  write_text(dir / "tokenizer_config.json", "{");
+  CHECK_THROWS_WITH(model_system(dir.path()), Catch::Contains("tokenizer_config.json: malformed"));
+}

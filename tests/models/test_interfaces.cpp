@@ -110,6 +110,59 @@ TEST_CASE("visual_expert: at initialisation the model is the token-level mlp2x_g
   CHECK((c[1] - a[1]).abs().max().item<double>() < 1e-12);
 }
 
+TEST_CASE("visual_expert over a resampler: the resampler model at initialisation, its few tokens") {
+  torch::manual_seed(3);
+  auto cfg = tiny("visual_expert");
+  auto& cc = cfg.connector;
+  cc.projector = "resampler";
+  cc.num_queries = 4, cc.heads = 2, cc.hidden = 16, cc.value_positions = true;
+  auto plain_cfg = cfg;
+  plain_cfg.connector.type = "resampler";
+  MultimodalModel expert(cfg, kImage);
+  MultimodalModel plain(plain_cfg, kImage);
+  copy_shared(*expert, *plain);
+  // The resampler's parts under its own names, next to the experts; no mlp2x_gelu left.
+  const auto names = params_of(*expert->connector);
+  for (const auto& [name, t] : params_of(*plain->connector)) {
+    INFO(name);
+    CHECK(names.count(name));
+  }
+  CHECK(names.count("query"));
+  CHECK(names.count("experts.2.mlp.down_proj.weight"));
+  CHECK(!names.count("linear_1.weight"));
+  CHECK(expert->image_tokens() == 4);
+
+  // In fp64 (the resampler's own tensors follow the connector's dtype: they are its parameters
+  // and buffers), equal to the plain resampler model until the experts differ from the LLM.
+  expert->to(torch::kDouble), plain->to(torch::kDouble);
+  expert->eval(), plain->eval();
+  const auto [ids, mask] = batch(4);
+  const auto pixels = torch::randn({1, 3, 32, 32}, torch::kDouble);
+  {
+    torch::NoGradGuard no_grad;
+    const auto a = plain->forward(ids, pixels, mask), b = expert->forward(ids, pixels, mask);
+    CHECK((a - b).abs().max().item<double>() < 1e-12);
+    perturb(expert, "experts.");
+    const auto c = expert->forward(ids, pixels, mask);
+    CHECK((c[0].slice(0, 2, 6) - a[0].slice(0, 2, 6)).abs().max().item<double>() > 1e-3);
+    CHECK((c[1] - a[1]).abs().max().item<double>() < 1e-12);
+  }
+  // Stage 1: gradients reach the resampler and the experts.
+  train_connector_only(expert);
+  expert->logits(expert->forward(ids, pixels, mask)).pow(2).sum().backward();
+  for (const auto& [name, p] : named_parameters(*expert->connector)) {
+    INFO(name);
+    REQUIRE(p.grad().defined());
+    CHECK(p.grad().abs().sum().item<double>() > 0);
+  }
+  // Not every design can sit under the experts.
+  for (const char* bad : {"gated_xattn", "visual_expert"}) {
+    auto c = cfg;
+    c.connector.projector = bad;
+    CHECK_THROWS_AS(MultimodalModel(c, kImage), ConfigError);
+  }
+}
+
 TEST_CASE("visual_expert: stage 1 trains the projector and the experts, not the LLM") {
   torch::manual_seed(1);
   MultimodalModel m(tiny("visual_expert"), kImage);

@@ -261,13 +261,15 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::filesystem::path& path) {
 }
 
 nlohmann::json tokenizer_config_json(const Tokenizer& tokenizer, int64_t model_max_length,
-                                     const std::string& template_name) {
+                                     const std::string& template_name,
+                                     const std::optional<std::string>& system) {
   nlohmann::json tc = {{"tokenizer_class", "PreTrainedTokenizerFast"},
                        {"model_max_length", model_max_length}};
   if (tokenizer.bos_id() >= 0) tc["bos_token"] = tokenizer.id_to_token(tokenizer.bos_id());
   if (tokenizer.eos_id() >= 0) tc["eos_token"] = tokenizer.id_to_token(tokenizer.eos_id());
   if (tokenizer.pad_id() >= 0) tc["pad_token"] = tokenizer.id_to_token(tokenizer.pad_id());
   if (!template_name.empty()) tc["mllm_template"] = template_name;
+  if (system) tc["mllm_system"] = *system;
   // The tokenizer's own chat template travels with it, with the tokens it is rendered with.
   if (template_name == "hf")
     if (const auto hf = hf_template_of(tokenizer)) {

@@ -122,8 +122,10 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::filesystem::path& path);
 
 // tokenizer_config.json as transformers reads it (tokenizer class, special tokens, max length)
 // plus "mllm_template": the conversation template the model was trained with (data.template), so
-// that `mllm generate` and `mllm eval` prompt it the same way. Written in final/ and exports.
+// that `mllm generate` and `mllm eval` prompt it the same way, and "mllm_system" when the run set
+// one (data.system). Written in final/ and exports.
 nlohmann::json tokenizer_config_json(const Tokenizer& tokenizer, int64_t model_max_length,
-                                     const std::string& template_name);
+                                     const std::string& template_name,
+                                     const std::optional<std::string>& system = std::nullopt);
 
 }  // namespace mllm

@@ -12,6 +12,10 @@
 // multi_modal_projector.experts.N.self_attn.{q,k,v,o}_proj.*,
 // multi_modal_projector.experts.N.mlp.{gate,up,down}_proj.weight, for the N-th expert layer
 // (LLM layer N * expert_every).
+// model.connector.projector puts another token-level design in the projector's place (its
+// parameter names then, e.g. a resampler's query, attn.*, proj): experts over the resampler's
+// few tokens cost about what the resampler alone does, where CogVLM's every-patch tokens make the
+// sequence as long as the image has patches.
 #include "core/error.h"
 #include "models/connectors/connector.h"
 #include "models/llm/llama.h"
@@ -33,21 +37,35 @@ TORCH_MODULE(ExpertLayer);
 
 class VisualExpert : public Connector {
  public:
-  explicit VisualExpert(const ConnectorSpec& s)
-      : tokens_(s.input_tokens), every_(s.config.expert_every) {
+  explicit VisualExpert(const ConnectorSpec& s) : every_(s.config.expert_every) {
     if (s.llm.experts > 0)
       throw ConfigError(
           "model.connector.type: visual_expert copies each layer's MLP, but model.llm has "
           "mixture-of-experts layers (experts: " +
           std::to_string(s.llm.experts) + "); use a dense LLM");
-    linear_1 = register_module("linear_1", torch::nn::Linear(s.vision_hidden, s.llm_hidden));
-    linear_2 = register_module("linear_2", torch::nn::Linear(s.llm_hidden, s.llm_hidden));
+    ConnectorSpec under = s;
+    under.config.type = s.config.projector;
+    if (under.config.type == "visual_expert")
+      throw ConfigError("model.connector.projector: visual_expert cannot be its own projector");
+    projector_ = make_connector(under);
+    if (projector_->feature_level())
+      throw ConfigError("model.connector.projector: '" + under.config.type +
+                        "' is feature-level; the experts need a token-level design");
+    tokens_ = projector_->output_tokens();
+    // The projector's parts become this module's own, under their own names (linear_1,
+    // linear_2 for mlp2x_gelu, as CogVLM's): one tensor each, saved and loaded as the
+    // connector's.
+    for (const auto& kv : projector_->named_parameters(/*recurse=*/false))
+      register_parameter(kv.key(), kv.value(), kv.value().requires_grad());
+    for (const auto& kv : projector_->named_buffers(/*recurse=*/false))
+      register_buffer(kv.key(), kv.value());
+    for (const auto& kv : projector_->named_children()) register_module(kv.key(), kv.value());
     experts = register_module("experts", torch::nn::ModuleList());
     for (int64_t l = 0; l < s.llm.layers; l += every_) experts->push_back(ExpertLayer(s.llm));
   }
 
-  torch::Tensor forward(const torch::Tensor& features) override {  // (N,P,Cv) -> (N,P,C)
-    return linear_2(torch::gelu(linear_1(features)));
+  torch::Tensor forward(const torch::Tensor& features) override {  // (N,P,Cv) -> (N,Q,C)
+    return projector_->forward(features);
   }
   int64_t output_tokens() const override { return tokens_; }
 
@@ -70,7 +88,6 @@ class VisualExpert : public Connector {
     return ext;
   }
 
-  torch::nn::Linear linear_1{nullptr}, linear_2{nullptr};
   torch::nn::ModuleList experts{nullptr};
 
  private:
@@ -119,7 +136,8 @@ class VisualExpert : public Connector {
     }
   };
 
-  int64_t tokens_, every_;
+  std::shared_ptr<Connector> projector_;
+  int64_t tokens_ = 0, every_;
 };
 
 }  // namespace

@@ -105,6 +105,7 @@ nlohmann::json llava_config_json(const ModelConfig& m, int64_t image_token_id) {
         {"xattn_every", m.connector.xattn_every},
         {"value_positions", m.connector.value_positions},
         {"expert_every", m.connector.expert_every},
+        {"projector", m.connector.projector},
         {"prompt_length", m.connector.prompt_length},
         {"prompt_layers", m.connector.prompt_layers}}},
       {"torch_dtype", "float32"},
@@ -409,6 +410,18 @@ std::string model_template(const std::filesystem::path& folder, const ModelConfi
   }
   if (std::filesystem::is_regular_file(folder / "chat_template.jinja")) return "hf";
   return model.llm.type == "qwen2" ? "chatml" : "vicuna_v1";
+}
+
+std::optional<std::string> model_system(const std::filesystem::path& folder) {
+  const auto file = folder / "tokenizer_config.json";
+  if (!std::filesystem::is_regular_file(file)) return std::nullopt;
+  try {
+    const auto j = nlohmann::json::parse(read_file(file));
+    if (j.contains("mllm_system")) return j.at("mllm_system").get<std::string>();
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(file.string() + ": malformed (" + e.what() + ")");
+  }
+  return std::nullopt;
 }
 
 std::filesystem::path model_folder(const std::filesystem::path& path) {

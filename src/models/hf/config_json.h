@@ -55,6 +55,8 @@ bool read_preprocessor_config_json(const std::filesystem::path& folder, ImageCon
 // Qwen2 LLM and vicuna_v1 otherwise (LLaVA-1.5's). Throws Error naming the file for a malformed
 // one.
 std::string model_template(const std::filesystem::path& folder, const ModelConfig& model);
+// The system prompt recorded there ("mllm_system": the run's data.system); unset when absent.
+std::optional<std::string> model_system(const std::filesystem::path& folder);
 
 // The folder a model path names — the one resolver behind train.init_from, mllm generate, eval and
 // export: `path` itself when it holds config.json or model.safetensors (a llava folder, a run's

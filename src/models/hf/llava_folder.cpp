@@ -50,6 +50,13 @@ ModelConfig read_llava_config_json(const std::filesystem::path& folder, int64_t*
       m.connector.expert_every = c.value("expert_every", m.connector.expert_every);
       m.connector.prompt_length = c.value("prompt_length", m.connector.prompt_length);
       m.connector.prompt_layers = c.value("prompt_layers", m.connector.prompt_layers);
+      m.connector.projector = c.value("projector", m.connector.projector);
+      const char* projectors[] = {"linear", "mlp2x_gelu", "qformer", "resampler", "pool"};
+      if (std::find(std::begin(projectors), std::end(projectors), m.connector.projector) ==
+          std::end(projectors))
+        throw Error(path.string() + ": mllm_connector.projector '" + m.connector.projector +
+                    "' is not a token-level connector (linear, mlp2x_gelu, qformer, resampler, "
+                    "pool)");
       // The recipe's bounds (core/config.cpp): a hand-edited file must not divide by zero.
       const std::pair<const char*, int64_t> at_least_one[] = {
           {"layers", m.connector.layers},
