@@ -14,6 +14,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/projectors.h"
 #include "core/strings.h"
 
 namespace mllm {
@@ -537,7 +538,7 @@ void describe(Binder& b, ConnectorConfig& c) {
   b.value("xattn_every", c.xattn_every, at_least(1));
   b.value("value_positions", c.value_positions);
   b.value("expert_every", c.expert_every, at_least(1));
-  b.choice("projector", c.projector, {"linear", "mlp2x_gelu", "qformer", "resampler", "pool"});
+  b.choice("projector", c.projector, projector_names());
   b.value("prompt_length", c.prompt_length, at_least(1));
   b.value("prompt_layers", c.prompt_layers, at_least(0));
 }

@@ -218,6 +218,16 @@ TEST_CASE("config.json: a llava folder's connector settings are bounded as a rec
   write_text(dir / "config.json", bad.dump());
   CHECK_THROWS_WITH(read_llava_config_json(dir.path(), &image_id),
                     Catch::Contains("must not be negative"));
+  // The projector under the experts round-trips, and only a token-level design is read.
+  m.connector.projector = "resampler";
+  write_text(dir / "config.json", llava_config_json(m, 5).dump());
+  REQUIRE(read_llava_config_json(dir.path(), &image_id).connector.projector == "resampler");
+  bad = good;
+  bad["mllm_connector"]["projector"] = "gated_xattn";
+  write_text(dir / "config.json", bad.dump());
+  CHECK_THROWS_WITH(read_llava_config_json(dir.path(), &image_id),
+                    Catch::Contains("mllm_connector.projector 'gated_xattn' is not a token-level "
+                                    "connector (linear, mlp2x_gelu, qformer, resampler, pool)"));
 }
 
 // (REQUIRE: this file's CHECK is glog's where ATen's headers follow catch.hpp.)

@@ -397,31 +397,41 @@ bool read_preprocessor_config_json(const std::filesystem::path& folder, ImageCon
   return true;
 }
 
-std::string model_template(const std::filesystem::path& folder, const ModelConfig& model) {
+namespace {
+
+// `read` applied to folder/tokenizer_config.json, its JSON errors one line naming the file;
+// `absent` when the folder has no such file.
+template <class T, class Read>
+T from_tokenizer_config(const std::filesystem::path& folder, T absent, Read read) {
   const auto file = folder / "tokenizer_config.json";
-  if (std::filesystem::is_regular_file(file)) {
-    try {
-      const auto j = nlohmann::json::parse(read_file(file));
-      if (j.contains("mllm_template")) return j.at("mllm_template").get<std::string>();
-      if (j.contains("chat_template")) return "hf";  // a Hugging Face folder's own template
-    } catch (const nlohmann::json::exception& e) {
-      throw Error(file.string() + ": malformed (" + e.what() + ")");
-    }
+  if (!std::filesystem::is_regular_file(file)) return absent;
+  try {
+    return read(nlohmann::json::parse(read_file(file)));
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(file.string() + ": malformed (" + e.what() + ")");
   }
+}
+
+}  // namespace
+
+std::string model_template(const std::filesystem::path& folder, const ModelConfig& model) {
+  const std::string recorded =
+      from_tokenizer_config(folder, std::string(), [](const nlohmann::json& j) -> std::string {
+        if (j.contains("mllm_template")) return j.at("mllm_template").get<std::string>();
+        return j.contains("chat_template") ? "hf" : "";  // a Hugging Face folder's own template
+      });
+  if (!recorded.empty()) return recorded;
   if (std::filesystem::is_regular_file(folder / "chat_template.jinja")) return "hf";
   return model.llm.type == "qwen2" ? "chatml" : "vicuna_v1";
 }
 
 std::optional<std::string> model_system(const std::filesystem::path& folder) {
-  const auto file = folder / "tokenizer_config.json";
-  if (!std::filesystem::is_regular_file(file)) return std::nullopt;
-  try {
-    const auto j = nlohmann::json::parse(read_file(file));
-    if (j.contains("mllm_system")) return j.at("mllm_system").get<std::string>();
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(file.string() + ": malformed (" + e.what() + ")");
-  }
-  return std::nullopt;
+  return from_tokenizer_config(folder, std::optional<std::string>(),
+                               [](const nlohmann::json& j) -> std::optional<std::string> {
+                                 if (j.contains("mllm_system"))
+                                   return j.at("mllm_system").get<std::string>();
+                                 return std::nullopt;
+                               });
 }
 
 std::filesystem::path model_folder(const std::filesystem::path& path) {

@@ -4,6 +4,8 @@
 
 #include "core/error.h"
 #include "core/fs.h"
+#include "core/projectors.h"
+#include "core/strings.h"
 #include "models/hf/config_json.h"
 #include "models/hf/weights.h"
 
@@ -51,12 +53,11 @@ ModelConfig read_llava_config_json(const std::filesystem::path& folder, int64_t*
       m.connector.prompt_length = c.value("prompt_length", m.connector.prompt_length);
       m.connector.prompt_layers = c.value("prompt_layers", m.connector.prompt_layers);
       m.connector.projector = c.value("projector", m.connector.projector);
-      const char* projectors[] = {"linear", "mlp2x_gelu", "qformer", "resampler", "pool"};
-      if (std::find(std::begin(projectors), std::end(projectors), m.connector.projector) ==
-          std::end(projectors))
+      const auto& projectors = projector_names();
+      if (std::find(projectors.begin(), projectors.end(), m.connector.projector) ==
+          projectors.end())
         throw Error(path.string() + ": mllm_connector.projector '" + m.connector.projector +
-                    "' is not a token-level connector (linear, mlp2x_gelu, qformer, resampler, "
-                    "pool)");
+                    "' is not a token-level connector (" + join(projectors, ", ") + ")");
       // The recipe's bounds (core/config.cpp): a hand-edited file must not divide by zero.
       const std::pair<const char*, int64_t> at_least_one[] = {
           {"layers", m.connector.layers},
