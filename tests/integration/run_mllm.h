@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -38,6 +39,18 @@ inline Result run_shell(const std::string& cmd) {
 
 inline Result run_mllm(const std::string& args) {
   return run_shell(std::string(MLLM_BIN) + " " + args);
+}
+
+// The first line of `output` that is not a log line ("[01:20:45] warning ..." or spdlog's
+// "[2026-12-06 01:19:55.504] [info] ..."): what `mllm generate` streams to stdout, wherever a
+// warning logged before it (the BLAS core's, on CPUs whose OpenBLAS kernels are generic) lands.
+inline std::string first_reply_line(const std::string& output) {
+  std::istringstream lines(output);
+  std::string line;
+  while (std::getline(lines, line))
+    if (!(line.size() > 1 && line[0] == '[' && std::isdigit(static_cast<unsigned char>(line[1]))))
+      return line;
+  return "";
 }
 
 // `train` arguments for a small ShapesWorld stage-0 run on the dataset at `data` (made with

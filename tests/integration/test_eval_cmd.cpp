@@ -83,7 +83,7 @@ TEST_CASE("eval: tasks from YAML on a run; predictions are what generate says; b
                                 (data / "images" / rec["image"].get<std::string>()).string() +
                                 " --prompt '" + quoted + "' --max-new-tokens 4 --threads 1");
       REQUIRE(g.code == 0);
-      std::string reply = g.output.substr(0, g.output.find('\n'));
+      std::string reply = mllm::test::first_reply_line(g.output);
       while (!reply.empty() && reply.back() == ' ') reply.pop_back();
       while (!reply.empty() && reply.front() == ' ') reply.erase(0, 1);
       CHECK(reply == p["text"].get<std::string>());

@@ -22,9 +22,9 @@ namespace {
 using mllm::test::Result;
 using mllm::test::run_mllm;
 
-// The streamed reply: the first line of the output (the log follows on stderr).
+// The streamed reply: the first line of the output that is not the log's.
 std::string reply(const Result& r) {
-  return r.output.substr(0, r.output.find('\n'));
+  return mllm::test::first_reply_line(r.output);
 }
 
 torch::Tensor logits_of(MultimodalModel& m, const torch::Tensor& ids, const torch::Tensor& px) {

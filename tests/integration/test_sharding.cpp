@@ -63,8 +63,10 @@ TEST_CASE("sharding: each level on 2 ranks ends with the weights of 1 unsharded 
       const auto pair = f.launch(2, f.args(two, 2) + level_arg(level));
       INFO(pair.output);
       REQUIRE(pair.code == 0);
+      // fp32 sums in another order, through 12 Adam steps: 1.0e-6 seen on an Intel Xeon with
+      // OpenBLAS's generic kernels; a gradient or parameter shard lost moves weights by ~lr.
       CHECK(max_weight_diff(ref / "final/model.safetensors", two / "final/model.safetensors") <=
-            1e-6);
+            1e-5);
       check_losses_close(ref, two, 12);
       // Each rank holds half the AdamW state (to a padding element), counted from its tensors.
       const auto [per_rank, unsharded] = optimizer_bytes(pair.output);
@@ -197,8 +199,10 @@ TEST_CASE("sharding: a rank whose batch has no image runs the same collectives (
       const auto pair = f.launch(2, args(two, 1) + level_arg(level));
       INFO(pair.output);
       REQUIRE(pair.code == 0);
+      // fp32 sums in another order, through 12 Adam steps: 1.0e-6 seen on an Intel Xeon with
+      // OpenBLAS's generic kernels; a gradient or parameter shard lost moves weights by ~lr.
       CHECK(max_weight_diff(ref / "final/model.safetensors", two / "final/model.safetensors") <=
-            1e-6);
+            1e-5);
     }
   }
 }
