@@ -752,6 +752,14 @@ std::string set_path(YAML::Node node, const std::vector<std::string>& parts, siz
       return "";
     }
     const YAML::Node& cnode = node;
+    // A key under a list (data.train.path where data.train is a mixture) would replace the whole
+    // list by a mapping holding that one key: name the element, or set the list itself.
+    if (cnode[part] && cnode[part].IsSequence()) {
+      std::string list;
+      for (size_t k = 0; k <= i; ++k) list += (k ? "." : "") + parts[k];
+      return "'" + list + "' is a list: set one element ('" + list + "[0]." + parts[i + 1] +
+             "') or the whole list ('" + list + "=[...]')";
+    }
     if (!cnode[part] || !cnode[part].IsMap()) node[part] = YAML::Node(YAML::NodeType::Map);
     return set_path(node[part], parts, i + 1, value);
   }

@@ -211,10 +211,15 @@ TEST_CASE("config: the shipped recipes load, with the LLaVA-1.5 anchor hyperpara
   const std::string folder = (dir / "folder").string(), file = (dir / "file.json").string();
   // Point every path at something that exists here; the rest is the recipe's own.
   auto load = [&](const std::string& name) {
-    std::vector<std::string> set = {"model.tokenizer=" + file, "data.train.path=" + file,
-                                    "data.train.image_root=" + folder};
     const std::string text = test::read_text(std::string(MLLM_SOURCE_DIR) + "/configs/" + name);
     auto has = [&](const std::string& s) { return text.find(s) != std::string::npos; };
+    std::vector<std::string> set = {"model.tokenizer=" + file};
+    if (has("  train:\n    - {"))  // a mixture of two sources
+      for (const char* at : {"data.train[0].", "data.train[1]."})
+        set.insert(set.end(),
+                   {at + std::string("path=") + file, at + std::string("image_root=") + folder});
+    else
+      set.insert(set.end(), {"data.train.path=" + file, "data.train.image_root=" + folder});
     if (has("eval:"))
       set.insert(set.end(), {"data.eval.path=" + file, "data.eval.image_root=" + folder});
     if (has("llm: {type: llama, pretrained") || has("llm: {type: qwen2, pretrained"))
@@ -232,6 +237,10 @@ TEST_CASE("config: the shipped recipes load, with the LLaVA-1.5 anchor hyperpara
   const Config s2 = load("shapes/stage2_instruct.yaml");
   CHECK(s2.train.stage == "instruct");
   CHECK(s2.data.template_name == "vicuna_v1");
+  // The questions, and a quarter epoch of captions so that it keeps captioning.
+  REQUIRE(s2.data.mixture.size() == 2);
+  CHECK(s2.data.mixture[0].epochs == 1);
+  CHECK(s2.data.mixture[1].epochs == 0.25);
   const Config s3 = load("shapes/stage3_dpo.yaml");
   CHECK(s3.train.stage == "dpo");
   CHECK(s3.data.train.format == "preference_json");

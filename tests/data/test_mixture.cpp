@@ -148,6 +148,15 @@ TEST_CASE("mixture: data.train as a list parses, is validated and is written bac
   const Config again = load_config(dir / "again.yaml");
   REQUIRE(again.data.mixture.size() == 2);
   CHECK(again.data.mixture[1].epochs == 2);
+  // --set reaches an element; a key set on the list itself would have replaced the mixture by a
+  // one-source mapping without its format or image_root: refused, naming both ways to say it.
+  const Config one = load_config(dir / "mix.yaml", {"data.train[1].epochs=0.5"});
+  REQUIRE(one.data.mixture.size() == 2);
+  CHECK(one.data.mixture[1].epochs == 0.5);
+  CHECK_THROWS_WITH(
+      load_config(dir / "mix.yaml", {"data.train.path=" + d + "/text_train.json"}),
+      Catch::Contains("--set data.train.path=") && Catch::Contains("'data.train' is a list") &&
+          Catch::Contains("'data.train[0].path'") && Catch::Contains("'data.train=[...]'"));
 
   write_text(dir / "bad1.yaml",
              base + "data:\n  train:\n    - {path: " + d + "/captions_train.json}\n");

@@ -26,14 +26,20 @@ std::string src(const std::string& rel) {
   return std::string(MLLM_SOURCE_DIR) + "/" + rel;
 }
 
-// --set arguments that point a shapes recipe at `data` and shrink its models and run.
-std::string shrink(const std::filesystem::path& data, const std::filesystem::path& out) {
+// --set arguments that point a shapes recipe at `data` and shrink its models and run. A recipe
+// whose data.train is a mixture (a list: stage2_instruct.yaml) has it replaced by one source.
+std::string shrink(const std::filesystem::path& data, const std::filesystem::path& out,
+                   bool mixture = false) {
   const std::string d = data.string();
+  const std::string train = mixture ? " --set 'data.train={format: llava_json, path: " + d +
+                                          "/captions_train.json, image_root: " + d + "/images}'"
+                                    : " --set data.train.path=" + d +
+                                          "/captions_train.json --set data.train.image_root=" + d +
+                                          "/images";
   return " --set run.output_dir=" + out.string() + " --set run.threads=1" +
-         " --set model.tokenizer=" + d + "/tokenizer.json" + " --set data.train.path=" + d +
-         "/captions_train.json --set data.train.image_root=" + d + "/images" +
-         " --set data.eval.path=" + d + "/captions_val.json --set data.eval.image_root=" + d +
-         "/images" + " --set model.vision.pretrained=null --set model.vision.image_size=32" +
+         " --set model.tokenizer=" + d + "/tokenizer.json" + train + " --set data.eval.path=" + d +
+         "/captions_val.json --set data.eval.image_root=" + d + "/images" +
+         " --set model.vision.pretrained=null --set model.vision.image_size=32" +
          " --set data.image.size=32 --set model.vision.hidden=32" +
          " --set model.vision.layers=2 --set model.vision.intermediate=64" +
          " --set train.batch_size=8 --set train.log_every=2 --set train.eval_batches=1";
@@ -390,8 +396,8 @@ TEST_CASE(
       CHECK(tensor_bytes(f1, "multi_modal_projector.gates").find_first_not_of('\0') !=
             std::string::npos);
     }
-    r = run("train --config " + src("configs/shapes/stage2_instruct.yaml") + shrink(data, s2) +
-            llm + " --set model.connector.type=" + type +
+    r = run("train --config " + src("configs/shapes/stage2_instruct.yaml") +
+            shrink(data, s2, true) + llm + " --set model.connector.type=" + type +
             " --set model.connector.prompt_length=4 --set train.max_steps=4" +
             " --set train.save_every=0 --set train.init_from=" + (s1 / "final").string() +
             " --set data.train.path=" + (data / "instruct_train.json").string() +

@@ -176,8 +176,8 @@ TEST_CASE("sharding: a rank whose batch has no image runs the same collectives (
            "/configs/shapes/stage2_instruct.yaml" + " --set run.output_dir=" + out.string() +
            " --set run.threads=1 --set train.init_from= --set model.llm.pretrained=" +
            " --set model.vision.pretrained= --set model.tokenizer=" + d + "/tokenizer.json" +
-           " --set data.train.path=" + data.string() + " --set data.train.image_root=" + d +
-           "/images --set data.eval.path= --set data.eval.image_root=" + d +
+           " --set 'data.train={format: llava_json, path: " + data.string() + ", image_root: " + d +
+           "/images}' --set data.eval.path= --set data.eval.image_root=" + d +
            "/images --set data.image.size=32" +
            " --set model.vision.image_size=32 --set model.vision.hidden=32" +
            " --set model.vision.layers=1 --set model.vision.intermediate=64" +

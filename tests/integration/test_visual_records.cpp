@@ -36,8 +36,8 @@ std::string stage2_args(const std::filesystem::path& out, const std::filesystem:
          " --set run.output_dir=" + out.string() +
          " --set run.threads=1 --set train.init_from= --set model.llm.pretrained=" +
          " --set model.vision.pretrained= --set model.tokenizer=" + data.string() +
-         "/tokenizer.json --set data.train.path=" + records.string() +
-         " --set data.train.image_root=" + images.string() +
+         "/tokenizer.json --set 'data.train={format: llava_json, path: " + records.string() +
+         ", image_root: " + images.string() + "}'" +
          " --set data.eval.path=" + " --set data.eval.image_root=" + images.string() +
          " --set data.image.size=32" +
          " --set model.vision.image_size=32 --set model.vision.hidden=32" +
