@@ -537,6 +537,7 @@ void describe(Binder& b, ConnectorConfig& c) {
   b.value("pool_factor", c.pool_factor, at_least(1));
   b.value("xattn_every", c.xattn_every, at_least(1));
   b.value("value_positions", c.value_positions);
+  b.value("window", c.window, in_range(0, 1e3));
   b.value("expert_every", c.expert_every, at_least(1));
   b.choice("projector", c.projector, projector_names());
   b.value("prompt_length", c.prompt_length, at_least(1));

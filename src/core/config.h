@@ -122,6 +122,11 @@ struct ConnectorConfig {
   // resampler: add the 2D sin-cos positions to the attention's values as well as its keys, so that
   // each output token carries where what it read lies (Qwen-VL adds them to the keys only: false).
   bool value_positions = false;
+  // resampler: each query attends only to the patches within `window` query-grid cells of its own
+  // position (0.5: its own cell's patches; 0: every patch, as Qwen-VL). Locality as Honeybee's
+  // locality-enhanced projectors argue for (Cha et al. 2024, arXiv:2312.06742): a query that
+  // reads the whole image mixes the objects of several cells into its token.
+  double window = 0;
   int64_t expert_every = 1;  // visual_expert: experts in every k-th LLM layer (CogVLM: every one)
   // visual_expert: the token-level design that makes the image tokens the experts work on
   // (CogVLM: mlp2x_gelu over every patch; resampler or pool for fewer tokens), with that design's

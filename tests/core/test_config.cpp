@@ -121,6 +121,9 @@ TEST_CASE("config: connector settings are read, range-checked and written back")
   CHECK(load_config(p, {"model.connector.value_positions=true"}).model.connector.value_positions);
   CHECK_THAT(error_of(p, {"model.connector.value_positions=sometimes"}),
              Catch::Contains("model.connector.value_positions"));
+  CHECK(c.model.connector.window == 0);  // Qwen-VL's resampler: every query reads every patch
+  CHECK(load_config(p, {"model.connector.window=1.5"}).model.connector.window == 1.5);
+  CHECK_THAT(error_of(p, {"model.connector.window=-1"}), Catch::Contains("model.connector.window"));
 }
 
 TEST_CASE("config: a key that is a list or a mapping is a config error with its line") {

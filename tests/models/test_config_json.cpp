@@ -218,6 +218,19 @@ TEST_CASE("config.json: a llava folder's connector settings are bounded as a rec
   write_text(dir / "config.json", bad.dump());
   CHECK_THROWS_WITH(read_llava_config_json(dir.path(), &image_id),
                     Catch::Contains("must not be negative"));
+  // The resampler's window round-trips; a negative one (or NaN: null) is refused.
+  {
+    ModelConfig r;
+    r.connector.type = "resampler";
+    r.connector.window = 1.5;
+    write_text(dir / "config.json", llava_config_json(r, 5).dump());
+    CHECK(read_llava_config_json(dir.path(), &image_id).connector.window == 1.5);
+    nlohmann::json w = llava_config_json(r, 5);
+    w["mllm_connector"]["window"] = -1;
+    write_text(dir / "config.json", w.dump());
+    CHECK_THROWS_WITH(read_llava_config_json(dir.path(), &image_id),
+                      Catch::Contains("mllm_connector.window must be in [0, 1000]"));
+  }
   // The projector under the experts round-trips, and only a token-level design is read.
   m.connector.projector = "resampler";
   write_text(dir / "config.json", llava_config_json(m, 5).dump());

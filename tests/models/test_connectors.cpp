@@ -257,6 +257,41 @@ TEST_CASE("resampler: value_positions puts where each query read into what it re
   CHECK(params(*keys_only).size() == params(*with_values).size());
 }
 
+TEST_CASE("resampler: a window keeps each query to the patches near its own cell") {
+  // 6x6 patches, a 3x3 grid of queries: a query's own cell is 2x2 patches.
+  torch::manual_seed(6);
+  auto s = spec("resampler", 36);
+  s.config.num_queries = 9;
+  torch::NoGradGuard g;
+  const auto f = torch::randn({2, 36, kCv});
+  auto changed = f.clone();  // the bottom-right cell's 2x2 patches (rows 4-5, columns 4-5)
+  for (int64_t r = 4; r < 6; ++r) changed.narrow(1, r * 6 + 4, 2).add_(torch::randn({2, 2, kCv}));
+  auto tokens_moved = [&](double window) {
+    s.config.window = window;
+    auto c = make_connector(s);
+    const auto a = c->forward(f), b = c->forward(changed);
+    std::vector<int64_t> moved;
+    for (int64_t q = 0; q < 9; ++q)
+      if (!close(a.select(1, q), b.select(1, q))) moved.push_back(q);
+    return moved;
+  };
+  // 0: every query reads every patch (Qwen-VL).
+  CHECK(tokens_moved(0) == std::vector<int64_t>{0, 1, 2, 3, 4, 5, 6, 7, 8});
+  // 0.5: its own cell only.
+  CHECK(tokens_moved(0.5) == std::vector<int64_t>{8});
+  // 1.0: the patches within one cell of its centre, so the neighbours' nearest rows and columns.
+  CHECK(tokens_moved(1.0) == std::vector<int64_t>{4, 5, 7, 8});
+  // Same parameters with or without a window: a checkpoint loads into both.
+  s.config.window = 0;
+  const auto global = params(*make_connector(s));
+  s.config.window = 0.5;
+  CHECK(params(*make_connector(s)).size() == global.size());
+  // A window that leaves a query nothing to read is refused, naming the key.
+  s.config.window = 0.1;
+  CHECK_THROWS_WITH(make_connector(s), Catch::Contains("model.connector.window") &&
+                                           Catch::Contains("without a patch"));
+}
+
 TEST_CASE("resampler: the 2D sin-cos tables") {
   auto s = spec("resampler", 16);
   s.config.num_queries = 16;  // the same 4x4 grid for queries and patches

@@ -16,7 +16,7 @@ ConnectorAttentionImpl::ConnectorAttentionImpl(int64_t width, int64_t kv_width, 
 }
 
 torch::Tensor ConnectorAttentionImpl::forward(const torch::Tensor& query, const torch::Tensor& key,
-                                              const torch::Tensor& value) {
+                                              const torch::Tensor& value, const torch::Tensor& mask) {
   const int64_t N = query.size(0), Q = query.size(1), S = key.size(1);
   const int64_t H = q_proj->weight.size(0), D = H / heads;
   auto q = q_proj(query).view({N, Q, heads, D}).transpose(1, 2);  // (N,heads,Q,D)
@@ -27,9 +27,12 @@ torch::Tensor ConnectorAttentionImpl::forward(const torch::Tensor& query, const 
     // A text-only batch runs the connector on zero images. Some fused kernels reject an empty
     // batch; the explicit form returns the empty result and keeps every projection in the graph.
     const double scale = 1.0 / std::sqrt(static_cast<double>(D));
-    y = torch::matmul(torch::softmax(torch::matmul(q, k.transpose(-2, -1)) * scale, -1), v);
+    auto scores = torch::matmul(q, k.transpose(-2, -1)) * scale;
+    if (mask.defined()) scores = scores + mask.to(scores.scalar_type());
+    y = torch::matmul(torch::softmax(scores, -1), v);
   } else {
-    y = attention(q, k, v, {}, false);
+    y = attention(q, k, v, mask.defined() ? c10::optional<torch::Tensor>(mask) : c10::nullopt,
+                  false);
   }
   return out_proj(y.transpose(1, 2).reshape({N, Q, H}));
 }

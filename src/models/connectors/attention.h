@@ -14,9 +14,10 @@ namespace mllm {
 class ConnectorAttentionImpl : public torch::nn::Module {
  public:
   ConnectorAttentionImpl(int64_t width, int64_t kv_width, int64_t heads);
-  // query (N,Q,H), key (N,S,Ckv), value (N,S,Ckv) -> (N,Q,H). N may be 0.
+  // query (N,Q,H), key (N,S,Ckv), value (N,S,Ckv) -> (N,Q,H). N may be 0. mask: optional
+  // additive (Q,S), -inf where a query may not look.
   torch::Tensor forward(const torch::Tensor& query, const torch::Tensor& key,
-                        const torch::Tensor& value);
+                        const torch::Tensor& value, const torch::Tensor& mask = {});
 
   torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, out_proj{nullptr};
   int64_t heads;

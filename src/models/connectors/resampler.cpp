@@ -12,6 +12,10 @@
 // x @ proj; LayerNorm eps 1e-6). The sin-cos table is MAE's get_2d_sincos_pos_embed (first half
 // of the channels encodes the column, second half the row, each as [sin, cos] over frequencies
 // 1 / 10000^(i / (H/4))).
+// With model.connector.window > 0 query (i, j) attends only to the patches whose centres, in
+// query-grid units (the coordinates of the key positions below), lie within `window` of (i, j) in
+// both directions: 0.5 is its own cell of the patch grid, 1.5 adds the neighbouring cells.
+//
 // With model.connector.value_positions the key positions are added to the values too (not in
 // Qwen-VL): the attention then returns, next to what each query read, the weighted position of
 // where it read it, which a decoder whose RoPE positions reach only its attention scores cannot
@@ -25,6 +29,8 @@
 // Parameter names, relative to multi_modal_projector.: query (Q,H), kv_proj (absent when H = Cv),
 // ln_q, ln_kv, attn.{q_proj, k_proj, v_proj, out_proj}, ln_post, proj. The position tables are
 // buffers (query_pos (Q,H), key_pos (P,H)), recomputed at construction and never saved.
+#include <limits>
+
 #include "core/error.h"
 #include "models/connectors/attention.h"
 
@@ -90,13 +96,31 @@ class Resampler : public Connector {
         0.5;
     query_pos = register_buffer("query_pos", sincos_2d(query_coords, width));
     key_pos = register_buffer("key_pos", sincos_2d(patch_coords, width));
+    if (s.config.window > 0) {
+      // |query coordinate - patch coordinate| <= window along rows and along columns; a query
+      // with no patch in reach is an error here rather than a softmax over nothing.
+      const auto near = (query_coords.unsqueeze(1) - patch_coords.unsqueeze(0)).abs() <=
+                        s.config.window + 1e-9;  // (Gq, Gp)
+      const auto allowed = (near.unsqueeze(1).unsqueeze(3) & near.unsqueeze(0).unsqueeze(2))
+                               .reshape({queries_, patch_side * patch_side});  // (Q, P)
+      if (!allowed.any(1).all().item<bool>())
+        throw ConfigError("model.connector.window: " + std::to_string(s.config.window) +
+                          " leaves a query of the " + std::to_string(query_side) + "x" +
+                          std::to_string(query_side) + " grid without a patch of the " +
+                          std::to_string(patch_side) + "x" + std::to_string(patch_side) +
+                          " grid");
+      window_mask = register_buffer(
+          "window_mask", torch::zeros({queries_, patch_side * patch_side})
+                             .masked_fill(allowed.logical_not(),
+                                          -std::numeric_limits<float>::infinity()));
+    }
   }
 
   torch::Tensor forward(const torch::Tensor& features) override {  // (N,P,Cv) -> (N,Q,C)
     auto x = norm(ln_kv, kv_proj ? kv_proj(features) : features);  // (N,P,H)
     auto q = (norm(ln_q, query) + query_pos).unsqueeze(0).expand({features.size(0), -1, -1});
     const auto keys = x + key_pos;
-    return proj(norm(ln_post, attn(q, keys, value_positions_ ? keys : x)));
+    return proj(norm(ln_post, attn(q, keys, value_positions_ ? keys : x, window_mask)));
   }
   int64_t output_tokens() const override { return queries_; }
 
@@ -108,7 +132,7 @@ class Resampler : public Connector {
     return ln(x.to(ln->weight.scalar_type()));
   }
 
-  torch::Tensor query, query_pos, key_pos;
+  torch::Tensor query, query_pos, key_pos, window_mask;  // window_mask: (Q,P), or undefined
   torch::nn::Linear kv_proj{nullptr}, proj{nullptr};
   torch::nn::LayerNorm ln_q{nullptr}, ln_kv{nullptr}, ln_post{nullptr};
   ConnectorAttention attn{nullptr};

@@ -104,6 +104,7 @@ nlohmann::json llava_config_json(const ModelConfig& m, int64_t image_token_id) {
         {"pool_factor", m.connector.pool_factor},
         {"xattn_every", m.connector.xattn_every},
         {"value_positions", m.connector.value_positions},
+        {"window", m.connector.window},
         {"expert_every", m.connector.expert_every},
         {"projector", m.connector.projector},
         {"prompt_length", m.connector.prompt_length},

@@ -49,6 +49,9 @@ ModelConfig read_llava_config_json(const std::filesystem::path& folder, int64_t*
       m.connector.pool_factor = c.value("pool_factor", m.connector.pool_factor);
       m.connector.xattn_every = c.value("xattn_every", m.connector.xattn_every);
       m.connector.value_positions = c.value("value_positions", m.connector.value_positions);
+      m.connector.window = c.value("window", m.connector.window);
+      if (!(m.connector.window >= 0 && m.connector.window <= 1e3))
+        throw Error(path.string() + ": mllm_connector.window must be in [0, 1000]");
       m.connector.expert_every = c.value("expert_every", m.connector.expert_every);
       m.connector.prompt_length = c.value("prompt_length", m.connector.prompt_length);
       m.connector.prompt_layers = c.value("prompt_layers", m.connector.prompt_layers);
