@@ -16,7 +16,8 @@ ConnectorAttentionImpl::ConnectorAttentionImpl(int64_t width, int64_t kv_width, 
 }
 
 torch::Tensor ConnectorAttentionImpl::forward(const torch::Tensor& query, const torch::Tensor& key,
-                                              const torch::Tensor& value, const torch::Tensor& mask) {
+                                              const torch::Tensor& value,
+                                              const torch::Tensor& mask) {
   const int64_t N = query.size(0), Q = query.size(1), S = key.size(1);
   const int64_t H = q_proj->weight.size(0), D = H / heads;
   auto q = q_proj(query).view({N, Q, heads, D}).transpose(1, 2);  // (N,heads,Q,D)

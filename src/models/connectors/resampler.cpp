@@ -107,12 +107,11 @@ class Resampler : public Connector {
         throw ConfigError("model.connector.window: " + std::to_string(s.config.window) +
                           " leaves a query of the " + std::to_string(query_side) + "x" +
                           std::to_string(query_side) + " grid without a patch of the " +
-                          std::to_string(patch_side) + "x" + std::to_string(patch_side) +
-                          " grid");
+                          std::to_string(patch_side) + "x" + std::to_string(patch_side) + " grid");
       window_mask = register_buffer(
-          "window_mask", torch::zeros({queries_, patch_side * patch_side})
-                             .masked_fill(allowed.logical_not(),
-                                          -std::numeric_limits<float>::infinity()));
+          "window_mask",
+          torch::zeros({queries_, patch_side * patch_side})
+              .masked_fill(allowed.logical_not(), -std::numeric_limits<float>::infinity()));
     }
   }
 
