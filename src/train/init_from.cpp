@@ -23,7 +23,7 @@ struct Field {
   const char* json_key;  // in a llava config.json
   std::function<std::string(const ModelConfig&)> get;
   std::function<void(ModelConfig&, const ModelConfig&)> take;  // copy from the second
-  bool llm;                                                    // else the vision tower's
+  enum Part { kLlm, kVision, kConnector } part;
   bool in_pretrained = true;  // a pretrained part's config.json sets it (not feature_layer, select)
 };
 
@@ -37,35 +37,49 @@ const std::vector<Field>& fields() {
   static const std::vector<Field> f = {
       {"model.llm.rms_norm_eps", "text_config.rms_norm_eps",
        [](const ModelConfig& m) { return number(m.llm.rms_norm_eps); },
-       [](ModelConfig& a, const ModelConfig& b) { a.llm.rms_norm_eps = b.llm.rms_norm_eps; }, true},
+       [](ModelConfig& a, const ModelConfig& b) { a.llm.rms_norm_eps = b.llm.rms_norm_eps; },
+       Field::kLlm},
       {"model.llm.rope_theta", "text_config.rope_theta",
        [](const ModelConfig& m) { return number(m.llm.rope_theta); },
-       [](ModelConfig& a, const ModelConfig& b) { a.llm.rope_theta = b.llm.rope_theta; }, true},
+       [](ModelConfig& a, const ModelConfig& b) { a.llm.rope_theta = b.llm.rope_theta; },
+       Field::kLlm},
       {"model.llm.rope_scaling", "text_config.rope_scaling",
        [](const ModelConfig& m) { return m.llm.rope_scaling; },
-       [](ModelConfig& a, const ModelConfig& b) { a.llm.rope_scaling = b.llm.rope_scaling; }, true},
+       [](ModelConfig& a, const ModelConfig& b) { a.llm.rope_scaling = b.llm.rope_scaling; },
+       Field::kLlm},
       {"model.llm.rope_scaling_factor", "text_config.rope_scaling.factor",
        [](const ModelConfig& m) { return number(m.llm.rope_scaling_factor); },
        [](ModelConfig& a, const ModelConfig& b) {
          a.llm.rope_scaling_factor = b.llm.rope_scaling_factor;
        },
-       true},
+       Field::kLlm},
       {"model.vision.layer_norm_eps", "vision_config.layer_norm_eps",
        [](const ModelConfig& m) { return number(m.vision.layer_norm_eps); },
        [](ModelConfig& a, const ModelConfig& b) {
          a.vision.layer_norm_eps = b.vision.layer_norm_eps;
        },
-       false},
+       Field::kVision},
       {"model.vision.feature_layer", "vision_feature_layer",
        [](const ModelConfig& m) { return std::to_string(m.vision.feature_layer); },
        [](ModelConfig& a, const ModelConfig& b) {
          a.vision.feature_layer = b.vision.feature_layer;
        },
-       false, false},
+       Field::kVision, false},
       {"model.vision.select", "vision_feature_select_strategy",
        [](const ModelConfig& m) { return m.vision.select; },
-       [](ModelConfig& a, const ModelConfig& b) { a.vision.select = b.vision.select; }, false,
-       false},
+       [](ModelConfig& a, const ModelConfig& b) { a.vision.select = b.vision.select; },
+       Field::kVision, false},
+      // The resampler's settings that change what its tokens say without changing a shape.
+      {"model.connector.window", "mllm_connector.window",
+       [](const ModelConfig& m) { return number(m.connector.window); },
+       [](ModelConfig& a, const ModelConfig& b) { a.connector.window = b.connector.window; },
+       Field::kConnector, false},
+      {"model.connector.value_positions", "mllm_connector.value_positions",
+       [](const ModelConfig& m) { return m.connector.value_positions ? "true" : "false"; },
+       [](ModelConfig& a, const ModelConfig& b) {
+         a.connector.value_positions = b.connector.value_positions;
+       },
+       Field::kConnector, false},
   };
   return f;
 }
@@ -86,6 +100,19 @@ std::optional<std::pair<ModelConfig, fs::path>> recorded(const fs::path& from) {
         m.vision.select = j["vision_feature_select_strategy"].get<std::string>() == "full"
                               ? "cls_patch"
                               : "patch";
+      // Without mllm_connector the folder's projector is transformers' llava one (mlp2x_gelu).
+      m.connector.type = "mlp2x_gelu";
+      if (const auto c = j.find("mllm_connector"); c != j.end() && c->is_object()) {
+        const auto text = [&](const char* key, std::string& out) {
+          if (const auto v = c->find(key); v != c->end() && v->is_string()) out = *v;
+        };
+        text("type", m.connector.type);
+        text("projector", m.connector.projector);
+        if (const auto v = c->find("window"); v != c->end() && v->is_number())
+          m.connector.window = v->get<double>();
+        if (const auto v = c->find("value_positions"); v != c->end() && v->is_boolean())
+          m.connector.value_positions = v->get<bool>();
+      }
     }
     return std::make_pair(m, file);
   }
@@ -102,6 +129,11 @@ std::optional<std::pair<ModelConfig, fs::path>> recorded(const fs::path& from) {
       m.vision.layer_norm_eps = v["layer_norm_eps"].as<double>(m.vision.layer_norm_eps);
       m.vision.feature_layer = v["feature_layer"].as<int64_t>(m.vision.feature_layer);
       m.vision.select = v["select"].as<std::string>(m.vision.select);
+      const YAML::Node c = root["model"]["connector"];
+      m.connector.type = c["type"].as<std::string>(m.connector.type);
+      m.connector.projector = c["projector"].as<std::string>(m.connector.projector);
+      m.connector.window = c["window"].as<double>(m.connector.window);
+      m.connector.value_positions = c["value_positions"].as<bool>(m.connector.value_positions);
     } catch (const YAML::Exception& e) {
       throw Error(yaml.string() + ": cannot read the run's model section (" + e.msg + ")");
     }
@@ -128,19 +160,34 @@ void adopt_init_from_architecture(Config& config) {
   ModelConfig ours = config.model;
   if (!ours.llm.pretrained.empty()) read_llm_config_json(ours.llm.pretrained, ours.llm);
   if (!ours.vision.pretrained.empty()) read_vision_config_json(ours.vision.pretrained, ours.vision);
+  // The connector's settings compare only between the same design: another one's weights are
+  // not this connector's (loading them reports that), and its keys mean nothing here.
+  const bool same_connector = ours.connector.type == from.connector.type &&
+                              (ours.connector.type != "visual_expert" ||
+                               ours.connector.projector == from.connector.projector);
   for (const auto& f : fields()) {
+    if (f.part == Field::kConnector && !same_connector) continue;
     const std::string a = f.get(ours), b = f.get(from);
     if (a == b) continue;
-    const std::string pretrained = !f.in_pretrained ? ""
-                                   : f.llm          ? ours.llm.pretrained
-                                                    : ours.vision.pretrained;
+    const std::string pretrained = !f.in_pretrained        ? ""
+                                   : f.part == Field::kLlm ? ours.llm.pretrained
+                                                           : ours.vision.pretrained;
     const bool stated = !pretrained.empty() || config.origin.count(f.key) > 0;
     const std::string there =
         file.string() + ": " + (from_yaml ? f.key : f.json_key) + " = " + b + " (train.init_from)";
+    // A connector setting is a design choice a run may change on purpose (a wider window for the
+    // next stage): the same weights then compute other tokens, which is said, not refused.
+    if (stated && f.part == Field::kConnector) {
+      spdlog::warn(
+          "{} = {}, but {}: the connector's weights were trained under the other value; "
+          "leave the key out to take the folder's",
+          config.where(f.key), a, there);
+      continue;
+    }
     if (stated) {
       const std::string here = !pretrained.empty()
                                    ? (fs::path(pretrained) / "config.json").string() + ": the " +
-                                         (f.llm ? "model.llm" : "model.vision") +
+                                         (f.part == Field::kLlm ? "model.llm" : "model.vision") +
                                          ".pretrained config's value " + a
                                    : config.where(f.key) + " = " + a;
       throw ConfigError(here + ", but " + there +
