@@ -186,13 +186,20 @@ QA multiple_choice(const std::string& question, int correct, int n, const char* 
 }
 
 // "is there a <colour> <kind>?" about shape s (present) or about a colour and kind the scene does
-// not have (absent; POPE's negative questions).
-QA exists_question(const Scene& scene, const ShapeSpec& s, bool present, Rng& rng) {
+// not have (absent; POPE's negative questions). A near miss keeps one of s's two attributes and
+// changes the other (s's colour on another kind, or its kind in another colour): the absent
+// object a model that checks one attribute only says yes to, as POPE's adversarial negatives are
+// the objects that co-occur with what is there (Li et al. 2023).
+QA exists_question(const Scene& scene, const ShapeSpec& s, bool present, Rng& rng,
+                   bool near_miss = false) {
   if (present) return {"is there a " + colour_kind(s) + "?", "yes.", "no."};
   ShapeSpec absent = s;
+  const bool keep_colour = near_miss && rng.bernoulli(0.5);
   do {
-    absent.colour = static_cast<int>(rng.uniform_int(0, kShapeColours - 1));
-    absent.kind = static_cast<int>(rng.uniform_int(0, kShapeKinds - 1));
+    if (!near_miss || !keep_colour)
+      absent.colour = static_cast<int>(rng.uniform_int(0, kShapeColours - 1));
+    if (!near_miss || keep_colour)
+      absent.kind = static_cast<int>(rng.uniform_int(0, kShapeKinds - 1));
   } while (has_colour_kind(scene, absent.colour, absent.kind));
   return {"is there a " + colour_kind(absent) + "?", "no.", "yes."};
 }
@@ -479,9 +486,14 @@ Split generate_split(const fs::path& out_dir, const std::string& name, uint64_t 
     // A quarter of the pairs instead ask whether an object is there (half the time one that is
     // not: chosen "no.", rejected "yes."), as hallucination-targeted preference data do (POPE's
     // questions, Li et al. 2023), from a stream of their own so that the other files stay as they
-    // were.
-    if (pope_rng.bernoulli(0.25))
-      pair = exists_question(scene, pope_rng.pick(scene.shapes), pope_rng.bernoulli(0.5), pope_rng);
+    // were. Half of the absent ones are near misses (a present object with its colour or its kind
+    // changed): drawn at random, most absent objects share nothing with the scene, and a model
+    // that says yes whenever the colour is there (stage 2's, 2026-12-06) is never corrected.
+    if (pope_rng.bernoulli(0.25)) {
+      const ShapeSpec& about = pope_rng.pick(scene.shapes);
+      const bool present = pope_rng.bernoulli(0.5);
+      pair = exists_question(scene, about, present, pope_rng, !present && pope_rng.bernoulli(0.5));
+    }
     if (pair.answer == pair.rejected)
       throw Error("shapes: internal error: chosen == rejected for " + id + " (\"" + pair.answer +
                   "\")");

@@ -407,8 +407,8 @@ TEST_CASE("shapes world: a share of the preference pairs ask about present and a
   const json pairs = load(dir / "preference_train.json");
   const json captions = load(dir / "captions_train.json");
   REQUIRE(pairs.size() == captions.size());
-  int exists = 0, absent = 0;
-  const std::regex question("<image>\nis there a (\\w+ \\w+)\\?");
+  int exists = 0, absent = 0, near = 0;
+  const std::regex question("<image>\nis there a ((\\w+) (\\w+))\\?");
   for (size_t i = 0; i < pairs.size(); ++i) {
     const std::string prompt = pairs[i]["prompt"];
     std::smatch m;
@@ -420,11 +420,17 @@ TEST_CASE("shapes world: a share of the preference pairs ask about present and a
     CHECK(pairs[i]["chosen"] == (there ? "yes." : "no."));
     CHECK(pairs[i]["rejected"] == (there ? "no." : "yes."));
     absent += !there;
+    // A near miss: the absent object's colour or kind is in the scene.
+    near += !there && (caption.find(" " + m[2].str() + " ") != std::string::npos ||
+                       caption.find(" " + m[3].str()) != std::string::npos);
   }
   CHECK(exists > 0.22 * 400);
   CHECK(exists < 0.4 * 400);
   CHECK(absent > 0.35 * exists);
   CHECK(absent < 0.65 * exists);
+  // Half of the absent ones are near misses by construction; of the others, drawn at random, about
+  // half share an attribute with the scene by chance: ~0.75 in all (~0.5 without near misses).
+  CHECK(near > 0.65 * absent);
 }
 
 TEST_CASE("shapes world: the val set does not depend on the train count") {
