@@ -93,11 +93,17 @@ TEST_CASE("init_from: a checkpoint's architecture is its run's config.yaml") {
   write_text(dir / "run/checkpoints/step-000010/trainer_state.json", "{}");
   Config written;
   written.model = folder_model();
+  written.model.connector.type = "resampler";
+  written.model.connector.window = 1.5;
+  written.model.connector.value_positions = true;
   write_text(dir / "run/config.yaml", config_to_yaml(written));
   Config c = recipe_with(dir / "run/checkpoints/step-000010");
+  c.model.connector.type = "resampler";
   adopt_init_from_architecture(c);
   CHECK(c.model.llm.rms_norm_eps == Approx(1e-5));
   CHECK(c.model.vision.select == "cls_patch");
+  CHECK(c.model.connector.window == Approx(1.5));
+  CHECK(c.model.connector.value_positions);
 }
 
 namespace {
@@ -156,17 +162,4 @@ TEST_CASE("init_from: the resampler's window and value_positions come from the f
   adopt_init_from_architecture(other);
   CHECK(other.model.connector.window == Approx(0));
   CHECK_FALSE(other.model.connector.value_positions);
-}
-
-TEST_CASE("init_from: a checkpoint's connector settings are its run's config.yaml") {
-  TempDir dir("mllm-initfrom");
-  write_text(dir / "run/checkpoints/step-000010/trainer_state.json", "{}");
-  Config written;
-  written.model = resampler_folder();
-  write_text(dir / "run/config.yaml", config_to_yaml(written));
-  Config c = recipe_with(dir / "run/checkpoints/step-000010");
-  c.model.connector.type = "resampler";
-  adopt_init_from_architecture(c);
-  CHECK(c.model.connector.window == Approx(1.5));
-  CHECK(c.model.connector.value_positions);
 }
