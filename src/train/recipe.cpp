@@ -1,11 +1,15 @@
 #include "train/recipe.h"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 
 #include "core/error.h"
+#include "core/strings.h"
 #include "data/chat_template.h"
 #include "eval/metrics.h"
 #include "models/connectors/connector.h"
+#include "models/connectors/keys.h"
 #include "train/stage.h"
 
 namespace mllm {
@@ -43,6 +47,19 @@ void check_tasks(const C& c, const EvalConfig& e) {
 void check_registered_names(const Config& c) {
   check_name(c, "train.stage", c.train.stage, stage_names());
   check_name(c, "model.connector.type", c.model.connector.type, connector_names());
+  // Settings given for another design (a recipe's resampler keys under --set
+  // model.connector.type=mlp2x_gelu, as a sweep over designs does): said, not refused. Only values
+  // other than the defaults: a run's resolved config.yaml states every key.
+  std::vector<std::string> unread;
+  const auto read = connector_keys(c.model.connector);
+  for (const auto& key : connector_keys_changed(c.model.connector))
+    if (c.origin.count("model.connector." + key) &&
+        std::find(read.begin(), read.end(), key) == read.end())
+      unread.push_back(key);
+  if (!unread.empty())
+    spdlog::warn("{}: the {} connector does not read {} ({})", where(c, "model.connector.type"),
+                 c.model.connector.type, join(unread, ", "),
+                 read.empty() ? std::string("it has no settings") : "it reads " + join(read, ", "));
   check_name(c, "data.template", c.data.template_name, template_names());
   if (c.data.system && c.data.mixture.empty() && !template_has_system(c.data.template_name))
     throw ConfigError(where(c, "data.system") + ": the " + c.data.template_name +

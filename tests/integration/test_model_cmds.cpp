@@ -99,6 +99,18 @@ TEST_CASE("inspect: parameters per component, trainable counts, visual tokens; w
   CHECK_THAT(r.output, Catch::Contains("parameters_trainable " + std::to_string(projector)));
   CHECK_THAT(r.output, Catch::Contains("multi_modal_projector"));
   CHECK_THAT(r.output, Catch::Contains("language_model"));
+  CHECK_THAT(r.output, !Catch::Contains("does not read"));
+  // The resampler's settings on a pool connector: read by nothing, and said so.
+  Config ignored = c;
+  ignored.model.connector.window = 1.0;
+  ignored.model.connector.value_positions = true;
+  test::write_text(data / "ignored.yaml", config_to_yaml(ignored));
+  const auto ir = run_mllm("inspect --config " + (data / "ignored.yaml").string());
+  INFO(ir.output);
+  CHECK(ir.code == 0);
+  CHECK_THAT(ir.output, Catch::Contains("ignored.yaml:") &&
+                            Catch::Contains("model.connector.type: the pool connector does not "
+                                            "read value_positions, window (it reads pool_factor)"));
 
   // The designs inside the LLM's layers: their parts and counts (LLM width 32, 2 layers, head
   // dim 16 with 1 kv head, MLP 64; vision width 32, 16 patches).

@@ -3,6 +3,7 @@
 
 #include "core/error.h"
 #include "models/connectors/connector.h"
+#include "models/connectors/keys.h"
 
 namespace mllm {
 
@@ -64,6 +65,48 @@ int64_t patch_grid_side(const ConnectorSpec& spec) {
                       " tokens per image, not a square (model.vision.select: cls_patch adds the "
                       "class token; use patch)");
   return side;
+}
+
+std::vector<std::string> connector_keys_changed(const ConnectorConfig& c) {
+  const ConnectorConfig d;
+  const std::pair<const char*, bool> changed[] = {
+      {"num_queries", c.num_queries != d.num_queries},
+      {"layers", c.layers != d.layers},
+      {"heads", c.heads != d.heads},
+      {"hidden", c.hidden != d.hidden},
+      {"pool_factor", c.pool_factor != d.pool_factor},
+      {"xattn_every", c.xattn_every != d.xattn_every},
+      {"value_positions", c.value_positions != d.value_positions},
+      {"window", c.window != d.window},
+      {"expert_every", c.expert_every != d.expert_every},
+      {"projector", c.projector != d.projector},
+      {"prompt_length", c.prompt_length != d.prompt_length},
+      {"prompt_layers", c.prompt_layers != d.prompt_layers}};
+  std::vector<std::string> keys;
+  for (const auto& [key, differs] : changed)
+    if (differs) keys.push_back(key);
+  return keys;
+}
+
+std::vector<std::string> connector_keys(const ConnectorConfig& c) {
+  // What each design's factory reads from its ConnectorConfig (the files next to this one).
+  static const std::map<std::string, std::vector<std::string>> read = {
+      {"linear", {}},
+      {"mlp2x_gelu", {}},
+      {"qformer", {"num_queries", "layers", "heads", "hidden"}},
+      {"resampler", {"num_queries", "heads", "hidden", "value_positions", "window"}},
+      {"pool", {"pool_factor"}},
+      {"gated_xattn", {"xattn_every"}},
+      {"adapter_prompt", {"prompt_length", "prompt_layers"}},
+      {"visual_expert", {"expert_every", "projector"}},
+  };
+  const auto it = read.find(c.type);
+  if (it == read.end()) return {};
+  std::vector<std::string> keys = it->second;
+  if (c.type == "visual_expert")
+    if (const auto p = read.find(c.projector); p != read.end())
+      keys.insert(keys.end(), p->second.begin(), p->second.end());
+  return keys;
 }
 
 std::vector<std::string> connector_names() {
