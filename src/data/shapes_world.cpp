@@ -194,12 +194,10 @@ QA exists_question(const Scene& scene, const ShapeSpec& s, bool present, Rng& rn
                    bool near_miss = false) {
   if (present) return {"is there a " + colour_kind(s) + "?", "yes.", "no."};
   ShapeSpec absent = s;
-  const bool keep_colour = near_miss && rng.bernoulli(0.5);
+  const bool keep_colour = near_miss && rng.bernoulli(0.5), keep_kind = near_miss && !keep_colour;
   do {
-    if (!near_miss || !keep_colour)
-      absent.colour = static_cast<int>(rng.uniform_int(0, kShapeColours - 1));
-    if (!near_miss || keep_colour)
-      absent.kind = static_cast<int>(rng.uniform_int(0, kShapeKinds - 1));
+    if (!keep_colour) absent.colour = static_cast<int>(rng.uniform_int(0, kShapeColours - 1));
+    if (!keep_kind) absent.kind = static_cast<int>(rng.uniform_int(0, kShapeKinds - 1));
   } while (has_colour_kind(scene, absent.colour, absent.kind));
   return {"is there a " + colour_kind(absent) + "?", "no.", "yes."};
 }

@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "core/fs.h"
 #include "models/hf/config_json.h"
+#include "models/hf/llava_folder.h"
 
 namespace mllm {
 
@@ -89,9 +90,13 @@ std::optional<std::pair<ModelConfig, fs::path>> recorded(const fs::path& from) {
   ModelConfig m;
   if (const fs::path folder = model_folder(from), file = folder / "config.json";
       fs::is_regular_file(file)) {
+    const nlohmann::json j = nlohmann::json::parse(read_file(file), nullptr, false);
+    // A llava folder (a run's final/, an export): its reader, connector settings included.
+    if (j.is_object() && j.contains("text_config") && j.contains("vision_config"))
+      return std::make_pair(read_llava_config_json(folder, nullptr), file);
     read_llm_config_json(folder, m.llm);
     read_vision_config_json(folder, m.vision);
-    const nlohmann::json j = nlohmann::json::parse(read_file(file), nullptr, false);
+    m.connector.type.clear();  // no connector recorded: nothing to compare it with
     if (j.is_object()) {
       if (j.contains("vision_feature_layer") && j["vision_feature_layer"].is_number_integer())
         m.vision.feature_layer = j["vision_feature_layer"].get<int64_t>();
@@ -100,19 +105,6 @@ std::optional<std::pair<ModelConfig, fs::path>> recorded(const fs::path& from) {
         m.vision.select = j["vision_feature_select_strategy"].get<std::string>() == "full"
                               ? "cls_patch"
                               : "patch";
-      // Without mllm_connector the folder's projector is transformers' llava one (mlp2x_gelu).
-      m.connector.type = "mlp2x_gelu";
-      if (const auto c = j.find("mllm_connector"); c != j.end() && c->is_object()) {
-        const auto text = [&](const char* key, std::string& out) {
-          if (const auto v = c->find(key); v != c->end() && v->is_string()) out = *v;
-        };
-        text("type", m.connector.type);
-        text("projector", m.connector.projector);
-        if (const auto v = c->find("window"); v != c->end() && v->is_number())
-          m.connector.window = v->get<double>();
-        if (const auto v = c->find("value_positions"); v != c->end() && v->is_boolean())
-          m.connector.value_positions = v->get<bool>();
-      }
     }
     return std::make_pair(m, file);
   }
