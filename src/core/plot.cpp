@@ -61,10 +61,12 @@ std::string fit(const std::string& s, int max_px) {
   return "..";
 }
 
+// An axis in drawing coordinates (log10 of the value on a logarithmic axis): the frame's ends and
+// the ticks, with their labels.
 struct Axis {
   double lo, hi;
   std::vector<double> ticks;
-  int decimals;
+  std::vector<std::string> labels;
 };
 
 // The data range widened to whole tick steps, so the outermost ticks sit on the frame.
@@ -78,7 +80,23 @@ Axis make_axis(double lo, double hi) {
   a.lo = std::floor(lo / step + 1e-9) * step;
   a.hi = std::ceil(hi / step - 1e-9) * step;
   a.ticks = nice_ticks(a.lo, a.hi);
-  a.decimals = a.ticks.size() > 1 ? decimals_for(a.ticks[1] - a.ticks[0]) : 0;
+  const int decimals = a.ticks.size() > 1 ? decimals_for(a.ticks[1] - a.ticks[0]) : 0;
+  for (double t : a.ticks) a.labels.push_back(format_tick(t, decimals));
+  return a;
+}
+
+// A logarithmic axis over the values [lo, hi] (both > 0), from its first tick to its last.
+Axis make_log_axis(double lo, double hi) {
+  const auto ticks = log_ticks(lo, hi);
+  if (ticks.empty()) return make_axis(0, 1);  // not reached: the caller's points are all > 0
+  Axis a;
+  for (double t : ticks) {
+    a.ticks.push_back(std::log10(t));
+    // As many decimals as the tick's leading digit needs: 0.05, 0.2, 1, 20.
+    a.labels.push_back(
+        format_tick(t, std::max(0, -static_cast<int>(std::floor(std::log10(t) + 1e-9)))));
+  }
+  a.lo = a.ticks.front(), a.hi = a.ticks.back();
   return a;
 }
 
@@ -96,6 +114,31 @@ std::vector<double> nice_ticks(double lo, double hi, int target) {
   return out;
 }
 
+std::vector<double> log_ticks(double lo, double hi) {
+  if (!(lo > 0) || !std::isfinite(lo) || !std::isfinite(hi)) return {};
+  hi = std::max(lo, hi);
+  const auto candidates = [](int e0, int e1, bool all) {
+    std::vector<double> v;
+    for (int e = e0; e <= e1; ++e)
+      for (double m : {1.0, 2.0, 5.0})
+        if (all || m == 1.0) v.push_back(m * std::pow(10.0, e));
+    return v;
+  };
+  const int e0 = static_cast<int>(std::floor(std::log10(lo) + 1e-9)) - 1;
+  const int e1 = static_cast<int>(std::ceil(std::log10(hi) - 1e-9)) + 1;
+  const bool all = std::log10(hi) - std::log10(lo) <= 3.0;
+  const auto c = candidates(e0, e1, all);
+  // The largest candidate at or below lo, through the smallest at or above hi.
+  size_t first = 0, last = c.size() - 1;
+  for (size_t i = 0; i < c.size(); ++i)
+    if (c[i] <= lo * (1 + 1e-9)) first = i;
+  for (size_t i = c.size(); i-- > 0;)
+    if (c[i] >= hi * (1 - 1e-9)) last = i;
+  if (last == first) last = std::min(c.size() - 1, first + 1);  // a single value: one step up
+  return std::vector<double>(c.begin() + static_cast<std::ptrdiff_t>(first),
+                             c.begin() + static_cast<std::ptrdiff_t>(last) + 1);
+}
+
 cv::Scalar series_color(size_t i) {
   // matplotlib's tab10, as BGR.
   static const cv::Scalar tab10[] = {
@@ -110,22 +153,27 @@ cv::Scalar series_color(size_t i) {
 }
 
 cv::Mat draw_line_plot(const std::vector<PlotSeries>& series, const PlotOptions& options) {
-  // Data range over every finite point.
+  // A point is drawn where x and y are finite (and y > 0 on a log axis).
+  const bool log_y = options.log_y;
+  const auto drawn = [log_y](const std::pair<double, double>& p) {
+    return std::isfinite(p.first) && std::isfinite(p.second) && (!log_y || p.second > 0);
+  };
+  // Data range over every drawn point.
   double x0 = std::numeric_limits<double>::infinity(), x1 = -x0, y0 = x0, y1 = -x0;
   for (const auto& s : series)
-    for (const auto& [x, y] : s.points) {
-      if (!std::isfinite(x) || !std::isfinite(y)) continue;
-      x0 = std::min(x0, x), x1 = std::max(x1, x);
-      y0 = std::min(y0, y), y1 = std::max(y1, y);
+    for (const auto& p : s.points) {
+      if (!drawn(p)) continue;
+      x0 = std::min(x0, p.first), x1 = std::max(x1, p.first);
+      y0 = std::min(y0, p.second), y1 = std::max(y1, p.second);
     }
   const bool empty = !std::isfinite(x0);
   const Axis ax = empty ? make_axis(0, 1) : make_axis(x0, x1);
-  const Axis ay = empty ? make_axis(0, 1) : make_axis(y0, y1);
+  const Axis ay = empty ? (log_y ? make_log_axis(0.1, 1) : make_axis(0, 1))
+                        : (log_y ? make_log_axis(y0, y1) : make_axis(y0, y1));
 
   // Layout: title and y label above the frame, tick labels left of and below it, legend right.
   int y_label_w = 0;
-  for (double t : ay.ticks)
-    y_label_w = std::max(y_label_w, text_size(format_tick(t, ay.decimals), kSmall).width);
+  for (const auto& l : ay.labels) y_label_w = std::max(y_label_w, text_size(l, kSmall).width);
   const int left = std::max(60, y_label_w + 20);
   const int top = 50, bottom_margin = 55, row = 20;
   int legend_w = 0;
@@ -141,23 +189,25 @@ cv::Mat draw_line_plot(const std::vector<PlotSeries>& series, const PlotOptions&
   auto px = [&](double x) {
     return left + static_cast<int>(std::lround((x - ax.lo) / (ax.hi - ax.lo) * (right - left)));
   };
+  // py takes the axis coordinate (log10 of the value on a log axis), pv the value.
   auto py = [&](double y) {
     return bottom - static_cast<int>(std::lround((y - ay.lo) / (ay.hi - ay.lo) * (bottom - top)));
   };
+  auto pv = [&](double v) { return py(log_y ? std::log10(v) : v); };
 
   // Grid and ticks.
-  for (double t : ax.ticks) {
-    const int x = px(t);
+  for (size_t i = 0; i < ax.ticks.size(); ++i) {
+    const int x = px(ax.ticks[i]);
     cv::line(img, {x, top}, {x, bottom}, kGrid, 1);
     cv::line(img, {x, bottom}, {x, bottom + 5}, kInk, 1);
-    const std::string s = format_tick(t, ax.decimals);
+    const std::string& s = ax.labels[i];
     put(img, s, {x - text_size(s, kSmall).width / 2, bottom + 20}, kSmall);
   }
-  for (double t : ay.ticks) {
-    const int y = py(t);
+  for (size_t i = 0; i < ay.ticks.size(); ++i) {
+    const int y = py(ay.ticks[i]);
     cv::line(img, {left, y}, {right, y}, kGrid, 1);
     cv::line(img, {left - 5, y}, {left, y}, kInk, 1);
-    const std::string s = format_tick(t, ay.decimals);
+    const std::string& s = ay.labels[i];
     const cv::Size sz = text_size(s, kSmall);
     put(img, s, {left - 9 - sz.width, y + sz.height / 2}, kSmall);
   }
@@ -181,16 +231,16 @@ cv::Mat draw_line_plot(const std::vector<PlotSeries>& series, const PlotOptions&
   for (size_t i = 0; i < series.size(); ++i) {
     std::vector<std::pair<double, double>> pts;
     for (const auto& p : series[i].points)
-      if (std::isfinite(p.first) && std::isfinite(p.second)) pts.push_back(p);
+      if (drawn(p)) pts.push_back(p);
     std::stable_sort(pts.begin(), pts.end(),
                      [](const auto& a, const auto& b) { return a.first < b.first; });
     const cv::Scalar color = series_color(i);
     for (size_t k = 1; k < pts.size(); ++k)
-      cv::line(img, {px(pts[k - 1].first), py(pts[k - 1].second)},
-               {px(pts[k].first), py(pts[k].second)}, color, 2, cv::LINE_AA);
+      cv::line(img, {px(pts[k - 1].first), pv(pts[k - 1].second)},
+               {px(pts[k].first), pv(pts[k].second)}, color, 2, cv::LINE_AA);
     if (pts.size() <= 50)
       for (const auto& p : pts)
-        cv::circle(img, {px(p.first), py(p.second)}, 3, color, cv::FILLED, cv::LINE_AA);
+        cv::circle(img, {px(p.first), pv(p.second)}, 3, color, cv::FILLED, cv::LINE_AA);
   }
 
   // Legend: a swatch and the (possibly shortened) label per series.

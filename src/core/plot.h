@@ -23,11 +23,20 @@ struct PlotOptions {
   std::string title;
   std::string x_label;
   std::string y_label;
+  // A logarithmic y axis (ticks at 1, 2 and 5 times powers of ten, or at the powers alone over
+  // more than three decades), for curves that fall by orders of magnitude (losses). Points with
+  // y <= 0 are left out.
+  bool log_y = false;
 };
 
 // "Nice" tick positions (1, 2 or 5 times a power of ten apart) covering [lo, hi], about `target`
 // of them.
 std::vector<double> nice_ticks(double lo, double hi, int target = 6);
+
+// The ticks of a logarithmic axis over [lo, hi] (0 < lo <= hi): the values 1, 2 and 5 times a
+// power of ten from the largest at or below lo to the smallest at or above hi, or the powers of
+// ten alone when that spans more than three decades.
+std::vector<double> log_ticks(double lo, double hi);
 
 // The colour (BGR) of the i-th series: the ten "tab10" colours, then golden-angle hues.
 cv::Scalar series_color(size_t i);

@@ -123,6 +123,7 @@ std::string fmt(double v) {
 struct Figure {
   std::string file, title, y_label;
   std::vector<std::string> metrics;  // exact names, or a prefix ending in '/'
+  bool log_y = false;
 };
 
 bool matches(const std::string& metric, const std::string& name) {
@@ -197,7 +198,10 @@ fs::path write_run_report(const RunReportOptions& options) {
   fs::create_directories(options.out);
 
   const std::vector<Figure> figures = {
-      {"loss.png", "Training and held-out loss", "loss", {"loss", "eval_loss"}},
+      // Log scale: the runs' losses differ in kind (a CLIP encoder's InfoNCE, an LLM's per-token
+      // loss, DPO's) and fall by orders of magnitude; on a linear axis the first steps flatten the
+      // rest (the demo's stage-2v eval starts at 7.7, its stage 2 ends near 0.1).
+      {"loss.png", "Training and held-out loss (log scale)", "loss", {"loss", "eval_loss"}, true},
       {"lr.png", "Learning rate", "lr", {"lr"}},
       {"grad_norm.png", "Gradient norm", "grad norm", {"grad_norm"}},
       {"throughput.png", "Throughput", "tokens/s", {"tokens_per_s"}},
@@ -229,6 +233,7 @@ fs::path write_run_report(const RunReportOptions& options) {
     po.title = f.title;
     po.x_label = "step";
     po.y_label = f.y_label;
+    po.log_y = f.log_y;
     const std::string bytes = encode_png(draw_line_plot(series, po), "report: " + f.file);
     write_file_atomic(options.out / f.file, bytes);
     plots_html += "<figure>" + png_tag(bytes, f.title) + "<figcaption>" + html_escape(f.title) +

@@ -41,6 +41,59 @@ TEST_CASE("plot: ticks are 1, 2 or 5 times a power of ten apart and cover the ra
   CHECK(nice_ticks(0, std::numeric_limits<double>::infinity()).empty());
 }
 
+TEST_CASE("plot: a log axis ticks 1, 2 and 5 times the powers of ten that cover the range") {
+  auto approx = [](const std::vector<double>& got, const std::vector<double>& want) {
+    REQUIRE(got.size() == want.size());
+    for (size_t i = 0; i < got.size(); ++i) CHECK(got[i] == Approx(want[i]).epsilon(1e-12));
+  };
+  approx(log_ticks(0.07, 7.7), {0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10});
+  approx(log_ticks(0.1, 5), {0.1, 0.2, 0.5, 1, 2, 5});  // ends on ticks: no step beyond
+  approx(log_ticks(3e-5, 40), {1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1, 10, 100});  // > 3 decades
+  approx(log_ticks(1, 1), {1, 2});
+  CHECK(log_ticks(0, 1).empty());
+  CHECK(log_ticks(-1, 1).empty());
+}
+
+TEST_CASE("plot: on a log y axis equal ratios are equal heights; y <= 0 is left out") {
+  // Three flat series at 10, 1 and 0.1: on a log axis the middle one is halfway between the
+  // others (on a linear one it would sit next to 0.1).
+  std::vector<PlotSeries> s(3);
+  const double level[] = {10, 1, 0.1};
+  for (size_t i = 0; i < 3; ++i)
+    for (int step = 0; step <= 10; ++step) s[i].points.emplace_back(step, level[i]);
+  s[2].points.emplace_back(11, 0.0);   // not drawn on a log axis
+  s[2].points.emplace_back(12, -1.0);  // nor this
+  PlotOptions o;
+  o.log_y = true;
+  o.title = "loss";
+  const cv::Mat img = draw_line_plot(s, o);
+  auto mean_row = [&](size_t i) {
+    double sum = 0;
+    int n = 0;
+    for (int y = 0; y < img.rows; ++y)
+      for (int x = 100; x < 800; ++x) {
+        const auto p = img.at<cv::Vec3b>(y, x);
+        const auto c = series_color(i);
+        if (std::abs(p[0] - c[0]) < 30 && std::abs(p[1] - c[1]) < 30 && std::abs(p[2] - c[2]) < 30)
+          sum += y, ++n;
+      }
+    return n ? sum / n : -1.0;
+  };
+  const double top = mean_row(0), middle = mean_row(1), bottom = mean_row(2);
+  REQUIRE(top > 0);
+  CHECK(bottom > top + 200);
+  CHECK(std::abs(middle - (top + bottom) / 2) < 4);
+  // The series at 0.1 stays flat: no line down to the points left out.
+  int low = 0;
+  for (int y = static_cast<int>(bottom) + 6; y < img.rows; ++y)
+    for (int x = 100; x < 800; ++x) {
+      const auto p = img.at<cv::Vec3b>(y, x);
+      const auto c = series_color(2);
+      low += std::abs(p[0] - c[0]) < 30 && std::abs(p[1] - c[1]) < 30 && std::abs(p[2] - c[2]) < 30;
+    }
+  CHECK(low == 0);
+}
+
 TEST_CASE("plot: each series is drawn in its own colour inside the frame, with a legend") {
   std::vector<PlotSeries> s(2);
   s[0].label = "falling";
