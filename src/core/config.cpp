@@ -782,6 +782,9 @@ void cross_check(const Config& c, const Binder& b) {
   if (const auto p = check_architecture(c.model.vision))
     b.fail("model.vision." + p.field, p.message);
   if (const auto p = check_architecture(c.model.llm)) b.fail("model.llm." + p.field, p.message);
+  if (const auto p = check_architecture(c.model.connector))
+    b.fail("model.connector." + p.field, p.message);
+  if (const auto p = check_architecture(c.model.text)) b.fail("model.text." + p.field, p.message);
   if (c.data.train.path.empty()) b.fail("data.train.path", "is required");
   // weight / epochs / template belong to the sources of a mixture.
   if (c.data.mixture.empty()) {
@@ -969,6 +972,35 @@ ArchitectureProblem check_architecture(const LlmConfig& l) {
   if (!(l.router_aux_loss_coef >= 0 && l.router_aux_loss_coef <= 1e6))
     return {"router_aux_loss_coef", "must be in [0, 1e6]"};
   return {};
+}
+
+ArchitectureProblem check_architecture(const ConnectorConfig& c) {
+  // A resampler's 16384 queries are a 128x128 grid; published designs use 32-576.
+  constexpr int64_t kMaxQueries = 16384;
+  for (const auto& p :
+       {out_of("num_queries", c.num_queries, 0, kMaxQueries),
+        out_of("layers", c.layers, 1, kMaxLayers), out_of("heads", c.heads, 1, kMaxHeads),
+        out_of("hidden", c.hidden, 0, kMaxWidth),
+        out_of("pool_factor", c.pool_factor, 1, kMaxImageSize),
+        out_of("xattn_every", c.xattn_every, 1, kMaxLayers),
+        out_of("expert_every", c.expert_every, 1, kMaxLayers),
+        out_of("prompt_length", c.prompt_length, 1, kMaxQueries),
+        out_of("prompt_layers", c.prompt_layers, 0, kMaxLayers)})
+    if (p) return p;
+  if (!(c.window >= 0 && c.window <= 1e3)) return {"window", "must be in [0, 1000]"};
+  return {};
+}
+
+ArchitectureProblem check_architecture(const ClipTextConfig& t) {
+  for (const auto& p :
+       {out_of("hidden", t.hidden, 1, kMaxWidth), out_of("layers", t.layers, 1, kMaxLayers),
+        out_of("heads", t.heads, 1, kMaxHeads),
+        out_of("intermediate", t.intermediate, 1, kMaxIntermediate),
+        out_of("max_position", t.max_position, 2, kMaxPositions),
+        out_of("projection_dim", t.projection_dim, 1, kMaxWidth),
+        out_of("layer_norm_eps", t.layer_norm_eps, 0.0, 1.0)})
+    if (p) return p;
+  return {};  // hidden by heads: the clip stage says so, naming both keys
 }
 
 ArchitectureProblem check_architecture(const VisionConfig& v) {

@@ -390,6 +390,11 @@ struct ArchitectureProblem {
 };
 ArchitectureProblem check_architecture(const LlmConfig& llm);
 ArchitectureProblem check_architecture(const VisionConfig& vision);
+// The connector's sizes (queries, width, layers, heads, strides, prompts) and the CLIP text
+// encoder's, bounded as the others: a recipe's typo or a hand-edited config.json is refused
+// naming the field, not left to the allocator (or the OOM killer).
+ArchitectureProblem check_architecture(const ConnectorConfig& connector);
+ArchitectureProblem check_architecture(const ClipTextConfig& text);
 
 // Levenshtein distance, for did-you-mean suggestions.
 size_t edit_distance(const std::string& a, const std::string& b);

@@ -53,7 +53,10 @@ void check_fits(const Config& config, int64_t vocab) {
       llm_biggest ? (m.llm.pretrained.empty() ? "model.llm.hidden" : "model.llm.pretrained")
       : e.vision >= e.connector
           ? (m.vision.pretrained.empty() ? "model.vision.hidden" : "model.vision.pretrained")
-          : "model.connector.type";
+          : (m.connector.hidden > 0 &&
+                     (m.connector.type == "qformer" || m.connector.type == "resampler")
+                 ? "model.connector.hidden"
+                 : "model.connector.type");
   throw ConfigError(fmt::format(
       "{}: the model needs {} for its fp32 parameters alone (LLM {:.3g}, vision {:.3g}, "
       "connector {:.3g} parameters) but this machine has {} of memory",
@@ -92,6 +95,17 @@ ParameterEstimate estimate_parameters(const ModelConfig& m) {
   const double every = static_cast<double>(
       std::max<int64_t>(1, cc.type == "gated_xattn" ? cc.xattn_every : cc.expert_every));
   double connector = vh * h + h * h + 2 * h;
+  if (cc.type == "qformer" || cc.type == "resampler") {
+    // Queries of width W, then W -> the LLM's width. The resampler: the patches projected to W
+    // and one cross-attention (4 W^2). A Q-Former layer: a self-attention (4 W^2), a
+    // cross-attention (2 W^2 + 2 W vh) and a 4x MLP (8 W^2), with biases and norms.
+    const double w = static_cast<double>(cc.hidden > 0 ? cc.hidden : v.hidden);
+    const double queries = static_cast<double>(cc.num_queries) * w, out = w * h + h;
+    connector = cc.type == "resampler"
+                    ? queries + vh * w + 4 * w * w + 10 * w + out
+                    : static_cast<double>(cc.layers) * (14 * w * w + 2 * w * vh + 19 * w) +
+                          queries + 2 * w + out;
+  }
   if (cc.type == "gated_xattn") connector = std::ceil(layers / every) * (4 * h * h + 8 * h * h);
   if (cc.type == "visual_expert")
     connector += std::ceil(layers / every) *

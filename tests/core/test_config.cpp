@@ -416,6 +416,18 @@ TEST_CASE("config: architecture sizes are bounded and divisibility checked in re
              Catch::Contains("model.llm.vocab: must be in [1, "));
   CHECK_THAT(error_of(recipe(dir, "", "  vision:\n    image_size: 100000\n")),
              Catch::Contains("model.vision.image_size: must be in [1, 16384]"));
+  // The connector's and the CLIP text tower's sizes too (a typo's extra zeros would otherwise
+  // reach the allocator: "can't allocate memory" naming nothing, or the OOM killer).
+  CHECK_THAT(error_of(recipe(dir, "", "  connector:\n    hidden: 100000000\n")),
+             Catch::Contains("model.connector.hidden: must be in [0, 131072]"));
+  CHECK_THAT(error_of(recipe(dir, "", "  connector:\n    num_queries: 100000000\n")),
+             Catch::Contains("model.connector.num_queries: must be in [0, 16384]"));
+  CHECK_THAT(error_of(recipe(dir, "", "  connector:\n    layers: 5000\n")),
+             Catch::Contains("model.connector.layers: must be in [1, 1024]"));
+  CHECK_THAT(error_of(recipe(dir, "", "  text:\n    hidden: 100000000\n")),
+             Catch::Contains("model.text.hidden: must be in [1, 131072]"));
+  CHECK_THAT(error_of(recipe(dir, "", "  text:\n    max_position: 1\n")),
+             Catch::Contains("model.text.max_position: must be >= 2"));
 }
 
 TEST_CASE("strings: trim drops the given edge characters, join puts the separator between") {

@@ -100,6 +100,14 @@ TEST_CASE("bad input: absurd sizes are refused before the allocator, naming the 
                                  "model.llm.heads=512 --set model.llm.kv_heads=512 --set "
                                  "model.llm.intermediate=262144"),
       2, "--set model.llm.hidden=65536: model.llm.hidden: the model needs");
+  // The connector's width too: bounded, and within the bound counted against the memory (a
+  // resampler 131072 wide has ~2.4e11 parameters).
+  const std::string resampler =
+      run + " --set model.connector.type=resampler --set model.connector.num_queries=16";
+  check_clean_error(mllm::test::run_mllm(resampler + " --set model.connector.hidden=100000000"), 2,
+                    "model.connector.hidden: must be in [0, 131072]");
+  check_clean_error(mllm::test::run_mllm(resampler + " --set model.connector.hidden=131072"), 2,
+                    "model.connector.hidden: the model needs");
   // A tokenizer id of 10^14 would have become the embedding's size.
   auto tok = nlohmann::json::parse(read_text(f.data / "tokenizer.json"));
   tok["model"]["vocab"]["circle"] = 100000000000000LL;

@@ -2,6 +2,8 @@
 // with the file and key named, never divided by or allocated from unchecked.
 #include <catch2/catch.hpp>
 
+#include <tuple>
+
 #include <nlohmann/json.hpp>
 
 #include "core/config.h"
@@ -204,20 +206,30 @@ TEST_CASE("config.json: a llava folder's connector settings are bounded as a rec
     nlohmann::json bad = good;
     bad["mllm_connector"][key] = 0;  // a modulo or a division by it otherwise
     write_text(dir / "config.json", bad.dump());
-    CHECK_THROWS_WITH(
-        read_llava_config_json(dir.path(), &image_id),
-        Catch::Contains("mllm_connector." + std::string(key) + " must be at least 1"));
+    CHECK_THROWS_WITH(read_llava_config_json(dir.path(), &image_id),
+                      Catch::Contains("mllm_connector." + std::string(key) + ": must be in [1, "));
   }
-  nlohmann::json huge = good;
-  huge["mllm_connector"]["prompt_length"] = int64_t{1} << 40;
-  write_text(dir / "config.json", huge.dump());
-  CHECK_THROWS_WITH(read_llava_config_json(dir.path(), &image_id),
-                    Catch::Contains("mllm_connector.prompt_length 1099511627776 exceeds"));
+  // Sizes past any design are refused before they reach the allocator (a resampler of 10^10
+  // queries, a connector 10^8 wide), naming the key.
+  for (const auto& [key, value, message] :
+       {std::tuple{"num_queries", int64_t{100000} * 100000, "must be in [0, 16384]"},
+        std::tuple{"hidden", int64_t{100000000}, "must be in [0, 131072]"},
+        std::tuple{"prompt_length", int64_t{1} << 40, "must be in [1, 16384]"},
+        std::tuple{"prompt_layers", int64_t{-1}, "must be in [0, 1024] (got -1)"},
+        std::tuple{"heads", int64_t{1} << 20, "must be in [1, 1024]"}}) {
+    INFO(key);
+    nlohmann::json huge = good;
+    huge["mllm_connector"][key] = value;
+    write_text(dir / "config.json", huge.dump());
+    CHECK_THROWS_WITH(read_llava_config_json(dir.path(), &image_id),
+                      Catch::Contains("mllm_connector." + std::string(key) + ": " + message));
+  }
+  // Within the bounds, prompts still may not outnumber the LLM's positions (2048 by default).
   nlohmann::json bad = good;
-  bad["mllm_connector"]["prompt_layers"] = -1;
+  bad["mllm_connector"]["prompt_length"] = 4000;
   write_text(dir / "config.json", bad.dump());
   CHECK_THROWS_WITH(read_llava_config_json(dir.path(), &image_id),
-                    Catch::Contains("must not be negative"));
+                    Catch::Contains("mllm_connector.prompt_length 4000 exceeds"));
   // The resampler's window round-trips; a negative one (or NaN: null) is refused.
   {
     ModelConfig r;
@@ -229,7 +241,7 @@ TEST_CASE("config.json: a llava folder's connector settings are bounded as a rec
     w["mllm_connector"]["window"] = -1;
     write_text(dir / "config.json", w.dump());
     CHECK_THROWS_WITH(read_llava_config_json(dir.path(), &image_id),
-                      Catch::Contains("mllm_connector.window must be in [0, 1000]"));
+                      Catch::Contains("mllm_connector.window: must be in [0, 1000]"));
   }
   // The projector under the experts round-trips, and only a token-level design is read.
   m.connector.projector = "resampler";

@@ -289,6 +289,20 @@ TEST_CASE("the parameter estimate made before building matches the built model")
     CHECK(static_cast<double>(e.llm) == Approx(count(*model->language_model)).epsilon(0.05));
     CHECK(static_cast<double>(e.vision) == Approx(count(*model->vision_tower)).epsilon(0.05));
   }
+  // Query-based connectors: the estimate bounds the built one from above, within a few times.
+  for (const std::string type : {"resampler", "qformer"}) {
+    ModelConfig m = tiny_model();
+    m.connector.type = type, m.connector.num_queries = 16, m.connector.hidden = 48;
+    m.connector.heads = 4;
+    torch::manual_seed(0);
+    MultimodalModel model(m, kImage);
+    int64_t built = 0;
+    for (const auto& p : model->connector->parameters()) built += p.numel();
+    const auto estimate = static_cast<double>(estimate_parameters(m).connector);
+    INFO(type << ": built " << built << ", estimated " << estimate);
+    CHECK(estimate >= static_cast<double>(built));
+    CHECK(estimate <= 4.0 * static_cast<double>(built));
+  }
   // The largest sizes the config allows do not wrap around.
   ModelConfig huge = tiny_model();
   huge.llm.hidden = 1 << 17, huge.llm.layers = 1024, huge.llm.intermediate = 1 << 20;

@@ -50,8 +50,6 @@ ModelConfig read_llava_config_json(const std::filesystem::path& folder, int64_t*
       m.connector.xattn_every = c.value("xattn_every", m.connector.xattn_every);
       m.connector.value_positions = c.value("value_positions", m.connector.value_positions);
       m.connector.window = c.value("window", m.connector.window);
-      if (!(m.connector.window >= 0 && m.connector.window <= 1e3))
-        throw Error(path.string() + ": mllm_connector.window must be in [0, 1000]");
       m.connector.expert_every = c.value("expert_every", m.connector.expert_every);
       m.connector.prompt_length = c.value("prompt_length", m.connector.prompt_length);
       m.connector.prompt_layers = c.value("prompt_layers", m.connector.prompt_layers);
@@ -61,28 +59,16 @@ ModelConfig read_llava_config_json(const std::filesystem::path& folder, int64_t*
           projectors.end())
         throw Error(path.string() + ": mllm_connector.projector '" + m.connector.projector +
                     "' is not a token-level connector (" + join(projectors, ", ") + ")");
-      // The recipe's bounds (core/config.cpp): a hand-edited file must not divide by zero.
-      const std::pair<const char*, int64_t> at_least_one[] = {
-          {"layers", m.connector.layers},
-          {"heads", m.connector.heads},
-          {"pool_factor", m.connector.pool_factor},
-          {"xattn_every", m.connector.xattn_every},
-          {"expert_every", m.connector.expert_every},
-          {"prompt_length", m.connector.prompt_length}};
-      for (const auto& [key, v] : at_least_one)
-        if (v < 1)
-          throw Error(path.string() + ": mllm_connector." + key + " must be at least 1, not " +
-                      std::to_string(v));
+      // The recipe's bounds (core/config.cpp): a hand-edited file must not divide by zero nor
+      // ask the allocator for more than the machine has.
+      if (const auto p = check_architecture(m.connector))
+        throw Error(path.string() + ": mllm_connector." + p.field + ": " + p.message);
       // Prompts are keys next to the sequence's: more of them than its positions is a broken
       // file (and an allocation the machine may not survive), not a design.
       if (m.connector.prompt_length > m.llm.max_position)
         throw Error(path.string() + ": mllm_connector.prompt_length " +
                     std::to_string(m.connector.prompt_length) + " exceeds text_config's " +
                     std::to_string(m.llm.max_position) + " positions");
-      if (m.connector.num_queries < 0 || m.connector.hidden < 0 || m.connector.prompt_layers < 0)
-        throw Error(path.string() +
-                    ": mllm_connector.num_queries, hidden and prompt_layers must "
-                    "not be negative");
     }
   } catch (const nlohmann::json::exception& e) {
     throw Error(path.string() + ": " + e.what());
