@@ -285,3 +285,55 @@ TEST_CASE("gradient checkpointing through the trainer: the same losses as withou
   for (size_t i = 0; i < plain.losses.size(); ++i)
     CHECK(ckpt.losses[i].second == Approx(plain.losses[i].second).epsilon(1e-6));
 }
+
+TEST_CASE("lora on a mixture of experts: every expert and the router adapted, trained, merged") {
+  TempDir data("mllm-data");
+  test::make_shapes(data.path(), 8, 4);
+  Config c = test::tiny_config(data.path(), data / "run");
+  c.model.llm.type = "mixtral";
+  c.model.llm.experts = 4, c.model.llm.experts_per_token = 2;
+  c.train.lora.rank = 4, c.train.lora.alpha = 8, c.train.lora.dropout = 0;
+  const auto tok = load_tokenizer(c.model.tokenizer);
+  MultimodalModel model = build_model(c, tok->vocabulary());
+  apply_trainable(*model, c);
+  const auto adapted = apply_lora(*model, c);
+  // Per layer q k v o, the router and w1 w2 w3 of each of the 4 experts (PEFT's all-linear).
+  CHECK(adapted.size() == 2 * (4 + 1 + 3 * 4));
+  CHECK(std::count(adapted.begin(), adapted.end(),
+                   "language_model.model.layers.1.block_sparse_moe.experts.3.w2"));
+  CHECK(std::count(adapted.begin(), adapted.end(),
+                   "language_model.model.layers.0.block_sparse_moe.gate"));
+  const auto b = sample_batch(*model, *tok);
+  const auto before = snapshot(*model);
+  auto optimizer = make_optimizer(*model, c.train);
+  for (int step = 0; step < 2; ++step) {  // A's gradient is zero until B is not
+    optimizer->zero_grad();
+    lm_loss(*model, b).loss_sum.backward();
+    optimizer->step();
+  }
+  // Base weights bit-identical; the router's adapters train, and those of the experts the
+  // sample's tokens were routed to (each token picks 2 of 4: some expert in every layer).
+  int64_t experts_changed = 0;
+  for (const auto& [name, p] : named_parameters(*model)) {
+    INFO(name);
+    if (!is_adapter(name)) {
+      if (name.rfind("multi_modal_projector.", 0) != 0) CHECK(torch::equal(p, before.at(name)));
+      continue;
+    }
+    const bool changed = !torch::equal(p, before.at(name));
+    if (name.find(".gate.lora_") != std::string::npos) CHECK(changed);
+    if (name.find(".experts.") != std::string::npos && changed) ++experts_changed;
+  }
+  CHECK(experts_changed >= 2 * 6);  // w1 w2 w3, A and B, of at least one expert per layer
+  // Merged, the experts compute what they did with their adapters.
+  {
+    torch::NoGradGuard no_grad;
+    for (const auto& [name, p] : named_parameters(*model))
+      if (is_adapter(name)) p.normal_(0, 0.2);
+  }
+  torch::NoGradGuard no_grad;
+  model->eval();
+  const auto h = model->forward(b.input_ids, b.pixel_values);
+  CHECK(merge_lora(*model) == static_cast<int64_t>(adapted.size()));
+  CHECK((model->forward(b.input_ids, b.pixel_values) - h).abs().max().item<double>() < 1e-5);
+}
