@@ -169,6 +169,7 @@ void check_source(const std::string& key, const DataSourceConfig& source, DataCo
 int run_data_check(const std::string& config_path, const std::vector<std::string>& overrides) {
   const Config c = load_config(config_path, overrides);
   const auto tok = load_tokenizer(c.model.tokenizer);
+  tok->set_chat_template_file(c.data.chat_template);
   // Tokens per image come from the connector, built alone and without the parts it adds to each
   // LLM layer (for a real model, those would be billions of parameters to count to 1).
   const int64_t P = ClipVisionModelImpl(c.model.vision).num_feature_tokens();

@@ -587,6 +587,7 @@ void describe(Binder& b, DataConfig& c) {
   b.section_or_list("train", c.train, c.mixture);
   b.section("eval", c.eval);
   b.value("template", c.template_name);  // a chat template name (data/chat_template.h)
+  b.existing_path("chat_template", c.chat_template, false);
   b.value("system", c.system);
   b.value("max_length", c.max_length, at_least(8));
   b.section("image", c.image);

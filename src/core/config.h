@@ -197,6 +197,10 @@ struct DataConfig {
   // YAML key: template; data/chat_template.h. When a recipe leaves it out, load_config makes it hf
   // if the tokenizer's folder has a chat template (tokenizer_config.json or chat_template.jinja).
   std::string template_name = "plain";
+  // YAML key: chat_template. A Jinja chat template file rendered as the tokenizer's own (template
+  // hf) in place of its folder's — transformers' `tokenizer.chat_template = ...`, vLLM's
+  // --chat-template; data.template then defaults to hf. final/'s tokenizer_config.json carries it.
+  std::string chat_template;
   // YAML key: system. The system prompt of every record that has no system turn of its own, in
   // the templates that have one (vicuna_v1, llama_2, chatml, hf; plain and text have none): null
   // keeps the template's own (LLaVA's "A chat between a curious user and ..."), "" gives none —

@@ -287,9 +287,15 @@ std::shared_ptr<const HfChatTemplate> hf_template_of(const Tokenizer& tokenizer)
   static std::mutex mutex;
   static std::map<std::string, std::shared_ptr<const HfChatTemplate>> cache;
   const std::lock_guard<std::mutex> lock(mutex);
-  const std::string key = tokenizer.path().string();
+  const auto& own = tokenizer.chat_template_file();
+  const std::string key = tokenizer.path().string() + "\n" + own.string();
   if (const auto it = cache.find(key); it != cache.end()) return it->second;
   TemplateFiles files = find_template_files(tokenizer.path());
+  if (!own.empty()) {  // data.chat_template: this file instead (the folder's BOS/EOS texts kept)
+    files.source = read_file(own);
+    files.name = own.string();
+    if (files.source.empty()) throw Error(own.string() + ": the chat template file is empty");
+  }
   std::shared_ptr<const HfChatTemplate> t;
   if (!files.source.empty()) {
     const auto special = [&](const char* k, int64_t id) {

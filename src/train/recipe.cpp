@@ -100,9 +100,18 @@ void check_registered_names(const Config& c) {
 Config load_config(const std::filesystem::path& yaml_path,
                    const std::vector<std::string>& overrides, bool check_files) {
   Config c = parse_config(yaml_path, overrides, check_files);
-  // A recipe without data.template uses the tokenizer's own chat template where it has one.
-  if (!c.origin.count("data.template") && has_hf_chat_template(c.model.tokenizer))
+  // A recipe without data.template uses the tokenizer's own chat template where it has one, or
+  // data.chat_template's.
+  if (!c.data.chat_template.empty()) {
+    if (c.origin.count("data.template") && c.data.template_name != "hf")
+      throw ConfigError(where(c, "data.chat_template") + ": " + c.data.chat_template +
+                        " is rendered as the tokenizer's own template (data.template hf), but " +
+                        where(c, "data.template") + " is " + c.data.template_name +
+                        "; leave data.template out or make it hf");
     c.data.template_name = "hf";
+  } else if (!c.origin.count("data.template") && has_hf_chat_template(c.model.tokenizer)) {
+    c.data.template_name = "hf";
+  }
   check_registered_names(c);
   return c;
 }

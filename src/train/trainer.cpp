@@ -413,6 +413,7 @@ struct Trainer::Impl {
     if (const auto job = group->describe(); !job.empty()) spdlog::info("{}", job);
 
     tokenizer = load_tokenizer(config.model.tokenizer);
+    tokenizer->set_chat_template_file(config.data.chat_template);
     adopt_init_from_architecture(config);  // before either model is built
     if (stage->needs_reference) {
       // The reference: the initial policy, built the same way before `config` is filled in.

@@ -241,6 +241,42 @@ TEST_CASE(
   CHECK(template_tokens(*broken, "chatml").hf == nullptr);
 }
 
+TEST_CASE("hf template: a chat template file (data.chat_template) replaces the folder's") {
+  TempDir dir;
+  const auto file = tokenizer_dir(
+      dir, "qwen3", "{% for m in messages %}FOLDER {{ m['content'] }}\n{% endfor %}", "", "");
+  auto tok = load_tokenizer(file);
+  // Each role's turn written out, the replies in generation blocks (their loss).
+  test::write_text(dir / "mine.jinja",
+                   "{% for m in messages %}{% if m['role'] == 'assistant' %}A: {% generation %}"
+                   "{{ m['content'] }}<|im_end|>{% endgeneration %}\n{% else %}Q: {{ m['content'] "
+                   "}}\n{% endif %}{% endfor %}{% if add_generation_prompt %}A: {% endif %}");
+  const std::vector<Turn> turns = {{"human", "hi"}, {"gpt", "Fine"}};
+  const std::string folder = "FOLDER hi\nFOLDER Fine\n";
+  CHECK(render_template("hf", turns, template_tokens(*tok, "hf")).text == folder);
+  tok->set_chat_template_file(dir / "mine.jinja");
+  const auto own = template_tokens(*tok, "hf");
+  REQUIRE(own.hf);
+  CHECK(own.hf->name() == (dir / "mine.jinja").string());
+  const auto r = render_template("hf", turns, own);
+  CHECK(r.text == "Q: hi\nA: Fine<|im_end|>");  // trim_blocks: no newline after a block tag
+  CHECK(spans(r) == std::vector<std::string>{"Fine<|im_end|>"});
+  // A tokenizer without the override still renders its folder's (the cache keeps both apart).
+  auto plain = load_tokenizer(file);
+  CHECK(render_template("hf", turns, template_tokens(*plain, "hf")).text == folder);
+  // A folder without a template of its own takes one too; an empty file is an error naming it.
+  fs::create_directories(dir / "bare");
+  fs::copy_file(file, dir / "bare" / "tokenizer.json");
+  auto bare = load_tokenizer(dir / "bare" / "tokenizer.json");
+  bare->set_chat_template_file(dir / "mine.jinja");
+  CHECK(render_template("hf", turns, template_tokens(*bare, "hf")).text == r.text);
+  test::write_text(dir / "empty.jinja", "");
+  auto empty = load_tokenizer(dir / "bare" / "tokenizer.json");
+  empty->set_chat_template_file(dir / "empty.jinja");
+  CHECK_THROWS_WITH(template_tokens(*empty, "hf"),
+                    Catch::Contains("empty.jinja: the chat template file is empty"));
+}
+
 TEST_CASE("hf template: a llava-hf style template gets typed content parts, image parts for tags") {
   TempDir dir;
   test::make_shapes(dir.path(), 4, 1);

@@ -73,3 +73,23 @@ TEST_CASE(
              Catch::Contains("data.packing: train.stage 'clip' does not pack samples"));
   CHECK_THAT(error_of(p, {"data.packing=yes please"}), Catch::Contains("data.packing"));
 }
+
+TEST_CASE("recipe: data.chat_template makes the template hf; another data.template is an error") {
+  TempDir dir;
+  write_text(dir / "mine.jinja", "{% for m in messages %}{{ m['content'] }}{% endfor %}");
+  const auto p = recipe(dir, "");
+  const std::string file = "data.chat_template=" + (dir / "mine.jinja").string();
+  CHECK(load_config(p).data.template_name == "plain");  // the tokenizer's folder has none
+  const Config c = load_config(p, {file});
+  CHECK(c.data.template_name == "hf");
+  CHECK(c.data.chat_template == (dir / "mine.jinja").string());
+  CHECK(load_config(p, {file, "data.template=hf"}).data.template_name == "hf");
+  CHECK_THAT(error_of(p, {file, "data.template=vicuna_v1"}),
+             Catch::Contains("data.chat_template: " + (dir / "mine.jinja").string() +
+                             " is rendered as the tokenizer's own template (data.template hf), "
+                             "but --set data.template=vicuna_v1: data.template is vicuna_v1"));
+  CHECK_THAT(error_of(p, {"data.chat_template=" + (dir / "none.jinja").string()}),
+             Catch::Contains("data.chat_template: not found: "));
+  CHECK_THAT(error_of(p, {"data.chat_template=" + dir.path().string()}),
+             Catch::Contains("data.chat_template: "));  // a directory
+}

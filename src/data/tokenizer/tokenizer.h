@@ -69,6 +69,10 @@ class Tokenizer {
   int64_t pad_id() const { return pad_id_; }
   int64_t image_id() const { return image_id_; }
   const std::filesystem::path& path() const { return path_; }
+  // A chat template file used in place of the folder's (data.chat_template; data/chat_template.h's
+  // hf_template_of reads it); empty for the folder's own.
+  void set_chat_template_file(std::filesystem::path file) { chat_template_file_ = std::move(file); }
+  const std::filesystem::path& chat_template_file() const { return chat_template_file_; }
   // The size and image id, as a model is built from them (models/factory.h).
   Vocabulary vocabulary() const { return {vocab_size(), image_id(), path_.string()}; }
 
@@ -103,6 +107,7 @@ class Tokenizer {
   // Called by subclasses once vocab_ and added_ are filled: fills the reverse map and special ids.
   void finish_setup();
 
+  std::filesystem::path chat_template_file_;
   std::filesystem::path path_;
   std::map<std::string, int64_t> vocab_;  // model vocabulary plus added tokens
   std::vector<AddedToken> added_;
