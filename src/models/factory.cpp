@@ -38,6 +38,11 @@ std::string bytes_text(double b) {
   return fmt::format("{:.1f} {}", b, units[u]);
 }
 
+// The designs whose size follows model.connector.hidden and num_queries.
+bool query_based(const ConnectorConfig& c) {
+  return c.type == "qformer" || c.type == "resampler";
+}
+
 // Refuses, before anything is allocated, a model whose fp32 parameters alone exceed this machine's
 // memory (the model is built on the CPU whatever run.device says), naming the part that needs it.
 void check_fits(const Config& config, int64_t vocab) {
@@ -53,10 +58,8 @@ void check_fits(const Config& config, int64_t vocab) {
       llm_biggest ? (m.llm.pretrained.empty() ? "model.llm.hidden" : "model.llm.pretrained")
       : e.vision >= e.connector
           ? (m.vision.pretrained.empty() ? "model.vision.hidden" : "model.vision.pretrained")
-          : (m.connector.hidden > 0 &&
-                     (m.connector.type == "qformer" || m.connector.type == "resampler")
-                 ? "model.connector.hidden"
-                 : "model.connector.type");
+          : (m.connector.hidden > 0 && query_based(m.connector) ? "model.connector.hidden"
+                                                                : "model.connector.type");
   throw ConfigError(fmt::format(
       "{}: the model needs {} for its fp32 parameters alone (LLM {:.3g}, vision {:.3g}, "
       "connector {:.3g} parameters) but this machine has {} of memory",
@@ -95,7 +98,7 @@ ParameterEstimate estimate_parameters(const ModelConfig& m) {
   const double every = static_cast<double>(
       std::max<int64_t>(1, cc.type == "gated_xattn" ? cc.xattn_every : cc.expert_every));
   double connector = vh * h + h * h + 2 * h;
-  if (cc.type == "qformer" || cc.type == "resampler") {
+  if (query_based(cc)) {
     // Queries of width W, then W -> the LLM's width. The resampler: the patches projected to W
     // and one cross-attention (4 W^2). A Q-Former layer: a self-attention (4 W^2), a
     // cross-attention (2 W^2 + 2 W vh) and a 4x MLP (8 W^2), with biases and norms.
