@@ -67,8 +67,11 @@ GenerationResult generate(MultimodalModelImpl& model,
   auto [embeds, extension] =
       model.prepare(ids, pixels.defined() ? pixels.to(device) : pixels, {}, images.layout);
   KvCache cache;
-  auto hidden =
-      model.language_model->forward(embeds, mask, positions, nullptr, extension.get(), &cache);
+  // Only the last position's hidden state is read: the last layer runs its queries there alone.
+  auto wanted = torch::zeros({B, static_cast<int64_t>(T)}, torch::kBool);
+  wanted.select(1, -1).fill_(true);
+  auto hidden = model.language_model->forward(embeds, mask, positions, nullptr, extension.get(),
+                                              &cache, wanted);
   auto last = hidden.select(1, hidden.size(1) - 1);  // (B,C)
 
   torch::Generator gen = at::detail::createCPUGenerator(o.seed);

@@ -213,9 +213,10 @@ torch::Tensor MultimodalModelImpl::forward(const torch::Tensor& input_ids,
                                            const torch::Tensor& pixel_values,
                                            const torch::Tensor& attention_mask,
                                            const torch::Tensor& position_ids,
-                                           const ImageLayout& layout) {
+                                           const ImageLayout& layout, const torch::Tensor& wanted) {
   const auto [embeds, extension] = prepare(input_ids, pixel_values, attention_mask, layout);
-  return language_model->forward(embeds, attention_mask, position_ids, nullptr, extension.get());
+  return language_model->forward(embeds, attention_mask, position_ids, nullptr, extension.get(),
+                                 nullptr, wanted);
 }
 
 }  // namespace mllm

@@ -41,10 +41,12 @@ class MultimodalModelImpl : public torch::nn::Module {
 
   // Hidden states after the LLM's final norm, (B,T,C). attention_mask (B,T) may be undefined;
   // in packed rows it numbers each token's sample and position_ids (B,T) restart per sample
-  // (data/collator.h).
+  // (data/collator.h). `wanted` (B,T) bool, when given: the positions the caller reads (the
+  // others may be zeros), so that the LLM's last layer runs at those alone (LlamaModelImpl).
   torch::Tensor forward(const torch::Tensor& input_ids, const torch::Tensor& pixel_values,
                         const torch::Tensor& attention_mask = {},
-                        const torch::Tensor& position_ids = {}, const ImageLayout& layout = {});
+                        const torch::Tensor& position_ids = {}, const ImageLayout& layout = {},
+                        const torch::Tensor& wanted = {});
 
   // The LLM's input for a batch: its embeddings (images spliced in for a token-level connector)
   // and what the connector does inside the decoder's layers (Connector::decoder_extension; null

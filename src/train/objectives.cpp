@@ -4,9 +4,15 @@
 
 namespace mllm {
 
+torch::Tensor predicting_positions(const torch::Tensor& labels) {
+  const auto supervised = labels.slice(1, 1) != kIgnoreIndex;  // (B,T-1)
+  return torch::cat({supervised, torch::zeros({labels.size(0), 1}, supervised.options())}, 1);
+}
+
 ObjectiveOutput lm_loss(MultimodalModelImpl& model, const Batch& batch) {
   auto hidden = model.forward(batch.input_ids, batch.pixel_values, batch.attention_mask,
-                              batch.position_ids, ImageLayout{batch.image_pool, batch.image_sizes});
+                              batch.position_ids, ImageLayout{batch.image_pool, batch.image_sizes},
+                              predicting_positions(batch.labels));
   auto targets = batch.labels.slice(1, 1);  // (B,T-1)
   auto keep = targets != kIgnoreIndex;
   auto h = hidden.slice(1, 0, -1).index({keep});  // (N,C)
@@ -41,7 +47,8 @@ torch::Tensor sequence_logps(MultimodalModelImpl& model, const Batch& batch, boo
   return response_logps_from_hidden(
       model,
       model.forward(batch.input_ids, batch.pixel_values, batch.attention_mask, {},
-                    ImageLayout{batch.image_pool, batch.image_sizes}),
+                    ImageLayout{batch.image_pool, batch.image_sizes},
+                    predicting_positions(batch.labels)),
       batch.labels, average);
 }
 

@@ -33,7 +33,8 @@ class Objective {
 
 // Next-token cross-entropy on the supervised tokens: position t predicts labels[t+1]. Only the
 // hidden states of supervised positions go through the LM head, in chunks of bounded size
-// (train.lm_head_chunk_mb): B*T*V logits are never materialised. MoE LLMs add
+// (train.lm_head_chunk_mb): B*T*V logits are never materialised; and the LLM's last layer runs at
+// those positions alone (predicting_positions). MoE LLMs add
 // router_aux_loss_coef x their load-balancing loss.
 ObjectiveOutput lm_loss(MultimodalModelImpl& model, const Batch& batch);
 
@@ -44,6 +45,10 @@ torch::Tensor sequence_logps(MultimodalModelImpl& model, const Batch& batch, boo
 // The same from the model's hidden states (B,T,C) of the batch, already computed.
 torch::Tensor response_logps_from_hidden(MultimodalModelImpl& model, const torch::Tensor& hidden,
                                          const torch::Tensor& labels, bool average);
+
+// The positions (B,T) whose hidden states lm_loss and response_logps read: t where labels[t+1]
+// is supervised. Passed to the model's forward as `wanted`, so the LLM's last layer runs there.
+torch::Tensor predicting_positions(const torch::Tensor& labels);
 
 // The objective of pretrain and instruct: lm_loss, weighted by supervised tokens.
 std::unique_ptr<Objective> make_lm_objective();

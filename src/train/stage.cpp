@@ -112,8 +112,16 @@ class PreferenceObjective : public Objective {
     const int64_t P = batch.pairs;
     if (P <= 0) throw Error("[" + train_.stage + "] the batch holds no preference pairs");
     const bool average = spec_->average_logps(train_);
+    // The positions read: the responses' (every pair's), and, for a sequence NLL, every text
+    // token of the chosen rows.
+    auto wanted = predicting_positions(batch.labels);
+    if (spec_->nll(train_) == PreferenceSpec::Nll::sequence) {
+      const auto t =
+          sequence_targets(batch.input_ids, batch.attention_mask, model.image_token_id(), P);
+      wanted.slice(0, 0, P).slice(1, 0, -1).logical_or_(t.keep);
+    }
     const auto hidden = model.forward(batch.input_ids, batch.pixel_values, batch.attention_mask, {},
-                                      ImageLayout{batch.image_pool, batch.image_sizes});
+                                      ImageLayout{batch.image_pool, batch.image_sizes}, wanted);
     const auto policy = response_logps_from_hidden(model, hidden, batch.labels, average);
     PreferenceLogps in;
     in.chosen = policy.slice(0, 0, P);

@@ -233,3 +233,116 @@ TEST_CASE("kernels: a decoder layer computes the same with gradients (fused) as 
     CHECK(torch::allclose(with_grad, without, 1e-5, 1e-6));
   }
 }
+
+namespace {
+
+// Each parameter's gradient and the input's, after backward of sum(out[wanted] * up).
+std::vector<torch::Tensor> wanted_grads(torch::nn::Module& m, const torch::Tensor& x,
+                                        const torch::Tensor& out, const torch::Tensor& wanted,
+                                        const torch::Tensor& up) {
+  for (auto& p : m.parameters()) p.mutable_grad() = torch::Tensor();
+  if (x.grad().defined()) x.mutable_grad() = torch::Tensor();
+  (out.index({wanted}) * up).sum().backward();
+  std::vector<torch::Tensor> g{x.grad().clone()};
+  for (auto& p : m.parameters())
+    g.push_back(p.grad().defined() ? p.grad().clone() : torch::zeros_like(p));
+  return g;
+}
+
+}  // namespace
+
+TEST_CASE(
+    "kernels: the last layer run at the wanted positions alone gives their states and grads") {
+  torch::manual_seed(5);
+  const int64_t B = 3, T = 9, C = 32;
+  auto opts = torch::TensorOptions().dtype(torch::kDouble);
+  // Row 0: a few positions; row 1: none; row 2: most of them.
+  const auto wanted = torch::tensor({0, 1, 0, 0, 1, 1, 0, 0, 0,  //
+                                     0, 0, 0, 0, 0, 0, 0, 0, 0,  //
+                                     1, 0, 1, 1, 1, 0, 1, 1, 1},
+                                    torch::kBool)
+                          .view({B, T});
+  struct Case {
+    std::string name, type;
+    torch::Tensor mask, positions;
+  };
+  const auto padded = torch::ones({B, T}, torch::kLong);
+  padded[0].slice(0, 7).fill_(0), padded[2].slice(0, 8).fill_(0);  // right padding
+  const auto packed = torch::tensor({1, 1, 1, 2, 2, 2, 2, 0, 0,    //
+                                     1, 1, 1, 1, 1, 1, 1, 1, 1,    //
+                                     1, 1, 2, 2, 2, 3, 3, 3, 3},
+                                    torch::kLong)
+                          .view({B, T});
+  const auto packed_pos = torch::tensor({0, 1, 2, 0, 1, 2, 3, 0, 0,  //
+                                         0, 1, 2, 3, 4, 5, 6, 7, 8,  //
+                                         0, 1, 0, 1, 2, 0, 1, 2, 3},
+                                        torch::kLong)
+                              .view({B, T});
+  for (const auto& k : std::vector<Case>{{"causal", "llama", {}, {}},
+                                         {"causal qwen2", "qwen2", {}, {}},
+                                         {"padded", "llama", padded, {}},
+                                         {"packed", "qwen2", packed, packed_pos}}) {
+    DYNAMIC_SECTION(k.name) {
+      LlmConfig c;
+      c.type = k.type;
+      c.hidden = C, c.layers = 2, c.heads = 4, c.kv_heads = 2, c.intermediate = 48, c.vocab = 20;
+      LlamaModel llm(c);
+      llm->to(torch::kDouble);
+      // A LoRA adapter on the last layer's q_proj, with a non-zero update.
+      auto& q = llm->layers->ptr<LlamaDecoderLayerImpl>(1)->self_attn->q_proj;
+      q->add_adapter(4, 8.0, 0.0);
+      q->to(torch::kDouble);
+      {
+        torch::NoGradGuard no_grad;
+        q->lora_B->weight.normal_();
+      }
+      const auto x0 = torch::randn({B, T, C}, opts);
+      auto x1 = x0.clone().requires_grad_(), x2 = x0.clone().requires_grad_();
+      const auto full = llm->forward(x1, k.mask, k.positions);
+      const auto rows = llm->forward(x2, k.mask, k.positions, nullptr, nullptr, nullptr, wanted);
+      CHECK(torch::allclose(rows.index({wanted}), full.index({wanted}), 1e-10, 1e-12));
+      // The shortened path ran: what was not wanted is zero.
+      CHECK(rows.index({wanted.logical_not()}).abs().max().item<double>() == 0.0);
+      const auto up = torch::randn({wanted.sum().item<int64_t>(), C}, opts);
+      const auto g_full = wanted_grads(*llm, x1, full, wanted, up);
+      const auto g_rows = wanted_grads(*llm, x2, rows, wanted, up);
+      REQUIRE(g_full.size() == g_rows.size());
+      for (size_t i = 0; i < g_full.size(); ++i)
+        CHECK(torch::allclose(g_rows[i], g_full[i], 1e-10, 1e-12));
+    }
+  }
+  SECTION("generation: the prefill's last position, and the cache it fills, as the full prefill") {
+    LlmConfig c;
+    c.hidden = C, c.layers = 2, c.heads = 4, c.kv_heads = 1, c.intermediate = 48, c.vocab = 20;
+    LlamaModel llm(c);
+    llm->to(torch::kDouble);
+    torch::NoGradGuard no_grad;
+    const auto x = torch::randn({B, T, C}, opts), next = torch::randn({B, 1, C}, opts);
+    auto mask = torch::ones({B, T}, torch::kLong);
+    mask[1].slice(0, 0, 3).fill_(0);  // left padding
+    const auto pos = (mask.cumsum(1) - 1).clamp_min(0);
+    auto last = torch::zeros({B, T}, torch::kBool);
+    last.select(1, T - 1).fill_(true);
+    KvCache full_cache, rows_cache;
+    const auto full = llm->forward(x, mask, pos, nullptr, nullptr, &full_cache);
+    const auto rows = llm->forward(x, mask, pos, nullptr, nullptr, &rows_cache, last);
+    CHECK(torch::allclose(rows.select(1, T - 1), full.select(1, T - 1), 1e-10, 1e-12));
+    for (size_t i = 0; i < 2; ++i) CHECK(torch::allclose(rows_cache.k[i], full_cache.k[i]));
+    const auto step_mask = torch::cat({mask, torch::ones({B, 1}, torch::kLong)}, 1);
+    const auto step_pos = pos.select(1, T - 1).view({B, 1}) + 1;
+    const auto a = llm->forward(next, step_mask, step_pos, nullptr, nullptr, &full_cache);
+    const auto b = llm->forward(next, step_mask, step_pos, nullptr, nullptr, &rows_cache);
+    CHECK(torch::allclose(a, b, 1e-10, 1e-12));
+  }
+  SECTION("a mixture of experts runs every position (its auxiliary loss counts them all)") {
+    LlmConfig c;
+    c.hidden = C, c.layers = 1, c.heads = 4, c.kv_heads = 2, c.intermediate = 48, c.vocab = 20;
+    c.experts = 4, c.experts_per_token = 2;
+    LlamaModel llm(c);
+    const auto x = torch::randn({B, T, C});
+    const auto full = llm->forward(x);
+    const auto rows = llm->forward(x, {}, {}, nullptr, nullptr, nullptr, wanted);
+    CHECK(torch::allclose(rows, full));
+    CHECK(llm->router_logits[0].size(0) == B * T);
+  }
+}

@@ -151,6 +151,83 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const torch::T
       [e = extras->expert_attn](const torch::Tensor& r) { return std::vector{e->o_proj(r)}; })[0];
 }
 
+WantedRows wanted_rows(const torch::Tensor& wanted, int64_t S, const DecoderMask& mask,
+                       const torch::TensorOptions& options) {
+  const auto B = wanted.size(0), T = wanted.size(1), past = S - T;
+  const auto along = options.dtype(torch::kLong);
+  const auto w = wanted.to(options.device(), torch::kBool);
+  WantedRows r;
+  r.rows = B;
+  r.flat = w.reshape({-1}).nonzero().squeeze(1);  // ascending: row by row, as index({wanted})
+  r.per_row = r.flat.size(0) > 0 ? w.sum(1).max().item<int64_t>() : 0;
+  const auto b = torch::div(r.flat, T, "trunc");
+  r.t = r.flat - b * T;
+  const auto rank = (w.to(torch::kLong).cumsum(1) - 1).reshape({-1}).index_select(0, r.flat);
+  r.slot = b * r.per_row + rank;
+  // What each wanted query sees, (N,S): its row of the additive mask when there is one; else
+  // the keys up to its own, from its own sample's first when the rows are packed.
+  torch::Tensor seen;
+  if (mask.additive) {
+    seen = mask.additive->reshape({B * T, S}).index_select(0, r.flat);
+  } else {
+    const auto keys = torch::arange(S, along).view({1, S});
+    auto allowed = keys <= (r.t + past).view({-1, 1});
+    if (mask.packed()) {
+      std::vector<int64_t> first(static_cast<size_t>(B * T));
+      for (int64_t i = 0; i < B * T; ++i) first[static_cast<size_t>(i)] = i % T;  // pads: self
+      for (const auto& span : mask.samples)
+        for (int64_t t = span.start; t < span.start + span.length; ++t)
+          first[static_cast<size_t>(span.row * T + t)] = span.start;
+      const auto lowest = torch::tensor(first, torch::kLong).to(options.device());
+      allowed = allowed & (keys >= lowest.index_select(0, r.flat).view({-1, 1}));
+    }
+    seen = torch::zeros(allowed.sizes(), options.dtype(torch::kFloat))
+               .masked_fill(allowed.logical_not(), -1e9);
+  }
+  // Idle slots see every key (no row of -1e9 only); what they compute is dropped.
+  r.mask = torch::zeros({B * r.per_row, S}, seen.options())
+               .index_copy(0, r.slot, seen)
+               .view({B, 1, r.per_row, S});
+  return r;
+}
+
+torch::Tensor LlamaAttentionImpl::forward_rows(const torch::Tensor& x, const torch::Tensor& cos,
+                                               const torch::Tensor& sin, const WantedRows& rows,
+                                               torch::Tensor* cache_k, torch::Tensor* cache_v) {
+  const auto B = x.size(0), T = x.size(1), C = x.size(2), N = rows.flat.size(0);
+  const auto kv = fused_linear(x, {k_proj.get(), v_proj.get()});
+  auto q = q_proj(x.reshape({B * T, C}).index_select(0, rows.flat)).view({N, heads, head_dim});
+  auto k = kv[0].reshape({B, T, kv_heads, head_dim});
+  auto v = kv[1].reshape({B, T, kv_heads, head_dim}).transpose(1, 2);  // (B,KVH,T,D)
+  const auto c = cos.to(q.scalar_type()), s = sin.to(q.scalar_type());
+  // Keys: (T,D) tables broadcast as (T,1,D), per-row (B,T,D) ones as (B,T,1,D). Queries: the
+  // tables at each one's own position, (N,1,D).
+  k = (k * c.unsqueeze(-2) + rotate_half(k) * s.unsqueeze(-2)).transpose(1, 2);
+  auto at_rows = [&](const torch::Tensor& table) {
+    return table.dim() == 2 ? table.index_select(0, rows.t)
+                            : table.expand({B, T, table.size(-1)})
+                                  .reshape({B * T, table.size(-1)})
+                                  .index_select(0, rows.flat);
+  };
+  const auto cq = at_rows(c).unsqueeze(1), sq = at_rows(s).unsqueeze(1);
+  q = q * cq + rotate_half(q) * sq;
+  if (cache_k && cache_v) {
+    if (cache_k->defined()) {
+      k = torch::cat({*cache_k, k}, 2);
+      v = torch::cat({*cache_v, v}, 2);
+    }
+    *cache_k = k, *cache_v = v;
+  }
+  // Each row's wanted queries side by side, (B,H,Tq,D), the idle slots zero.
+  const auto Tq = rows.per_row;
+  const auto block = torch::zeros({B * Tq, heads, head_dim}, q.options())
+                         .index_copy(0, rows.slot, q)
+                         .view({B, Tq, heads, head_dim})
+                         .transpose(1, 2);
+  const auto y = attention(block, k, v, rows.mask, false);  // (B,H,Tq,D)
+  return o_proj(y.transpose(1, 2).reshape({B * Tq, heads * head_dim}).index_select(0, rows.slot));
+}
+
 LlamaMlpImpl::LlamaMlpImpl(const LlmConfig& c) {
   auto lin = [](int64_t in, int64_t out) { return LoraLinear(in, out, false); };
   gate_proj = register_module("gate_proj", lin(c.hidden, c.intermediate));
@@ -255,6 +332,15 @@ torch::Tensor LlamaDecoderLayerImpl::forward(const torch::Tensor& x, const torch
   return h + (block_sparse_moe ? block_sparse_moe->forward(n, router_logits) : mlp(n));
 }
 
+torch::Tensor LlamaDecoderLayerImpl::forward_rows(const torch::Tensor& x, const torch::Tensor& cos,
+                                                  const torch::Tensor& sin, const WantedRows& rows,
+                                                  torch::Tensor* cache_k, torch::Tensor* cache_v) {
+  if (block_sparse_moe) throw std::logic_error("forward_rows on a mixture-of-experts layer");
+  const auto h = x.reshape({-1, x.size(-1)}).index_select(0, rows.flat) +
+                 self_attn->forward_rows(input_layernorm(x), cos, sin, rows, cache_k, cache_v);
+  return h + mlp(post_attention_layernorm(h));
+}
+
 DecoderMask decoder_mask(const torch::Tensor& attention_mask, int64_t T, int64_t S,
                          const torch::TensorOptions& options) {
   DecoderMask out;
@@ -337,8 +423,9 @@ torch::Tensor LlamaModelImpl::forward(const torch::Tensor& inputs_embeds,
                                       const torch::Tensor& attention_mask,
                                       const torch::Tensor& position_ids,
                                       std::vector<torch::Tensor>* hidden_states,
-                                      DecoderExtension* extension, KvCache* cache) {
-  const auto T = inputs_embeds.size(1);
+                                      DecoderExtension* extension, KvCache* cache,
+                                      const torch::Tensor& wanted) {
+  const auto B = inputs_embeds.size(0), T = inputs_embeds.size(1);
   const int64_t past = cache ? cache->length() : 0;
   const int64_t S = past + T;  // keys attended to
   if (cache && cache->k.empty()) {
@@ -365,6 +452,20 @@ torch::Tensor LlamaModelImpl::forward(const torch::Tensor& inputs_embeds,
     }
     const LayerExtras* ex = extras.empty() ? nullptr : &extras;
     if (shards_) shards_->before_layer(index);
+    if (wanted.defined() && !hidden_states && config_.experts == 0 && !ex &&
+        i + 1 == layers->size()) {
+      const auto rows = wanted_rows(wanted, S, mask, inputs_embeds.options());
+      if (rows.flat.size(0) > 0) {
+        // The last layer at the wanted positions alone (not checkpointed: it keeps little).
+        auto out = layer->forward_rows(h, cos, sin, rows, cache ? &cache->k[i] : nullptr,
+                                       cache ? &cache->v[i] : nullptr);
+        if (shards_) out = shards_->after_layer(index, out);
+        out = norm(out);
+        return torch::zeros({B * T, out.size(-1)}, out.options())
+            .index_copy(0, rows.flat, out)
+            .view({B, T, out.size(-1)});
+      }
+    }
     torch::Tensor logits;
     if (cache)
       h = layer->forward(h, cos, sin, mask, logits, &cache->k[i], &cache->v[i], ex);
@@ -395,9 +496,10 @@ torch::Tensor LlamaForCausalLMImpl::forward(const torch::Tensor& inputs_embeds,
                                             const torch::Tensor& attention_mask,
                                             const torch::Tensor& position_ids,
                                             std::vector<torch::Tensor>* hidden_states,
-                                            DecoderExtension* extension, KvCache* cache) {
+                                            DecoderExtension* extension, KvCache* cache,
+                                            const torch::Tensor& wanted) {
   return model->forward(inputs_embeds, attention_mask, position_ids, hidden_states, extension,
-                        cache);
+                        cache, wanted);
 }
 
 torch::Tensor LlamaForCausalLMImpl::aux_loss(const torch::Tensor& attention_mask) const {

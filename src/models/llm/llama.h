@@ -72,6 +72,22 @@ torch::Tensor packed_attention(const torch::Tensor& q, const torch::Tensor& k,
                                const torch::Tensor& v,
                                const std::vector<DecoderMask::Span>& samples);
 
+// The queries of a decoder's last layer when only some positions' outputs are wanted
+// (LlamaModelImpl::forward's `wanted`): N positions, each a slot of a (B,Tq) query block (Tq the
+// most any row has, the rest of the block idle), with the additive mask of what each may see.
+struct WantedRows {
+  torch::Tensor flat;             // (N) long: b*T + t into the layer's (B*T) positions, ascending
+  torch::Tensor slot;             // (N) long: b*Tq + its rank in row b
+  torch::Tensor t;                // (N) long: its position in the row
+  torch::Tensor mask;             // (B,1,Tq,S) additive: 0 where the query may look, -1e9 where not
+  int64_t rows = 0, per_row = 0;  // B, Tq
+};
+
+// The WantedRows of the (B,T) bool `wanted`, for T queries that are the last T of S keys, under
+// `mask` (the decoder's: causal, padding, or packed samples, each of which the queries keep).
+WantedRows wanted_rows(const torch::Tensor& wanted, int64_t S, const DecoderMask& mask,
+                       const torch::TensorOptions& options);
+
 class LlamaAttentionImpl : public torch::nn::Module {
  public:
   explicit LlamaAttentionImpl(const LlmConfig& c);
@@ -82,6 +98,11 @@ class LlamaAttentionImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
                         const DecoderMask& mask, torch::Tensor* cache_k = nullptr,
                         torch::Tensor* cache_v = nullptr, const LayerExtras* extras = nullptr);
+  // The outputs at rows.flat only, (N,C): keys and values from every position of x (and the
+  // cache, which grows as forward's does), queries from the wanted ones alone.
+  torch::Tensor forward_rows(const torch::Tensor& x, const torch::Tensor& cos,
+                             const torch::Tensor& sin, const WantedRows& rows,
+                             torch::Tensor* cache_k = nullptr, torch::Tensor* cache_v = nullptr);
   LoraLinear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
   int64_t heads, kv_heads, head_dim;
 };
@@ -134,6 +155,10 @@ class LlamaDecoderLayerImpl : public torch::nn::Module {
                         const DecoderMask& mask, torch::Tensor& router_logits,
                         torch::Tensor* cache_k = nullptr, torch::Tensor* cache_v = nullptr,
                         const LayerExtras* extras = nullptr);
+  // The layer's outputs at rows.flat only, (N,C) (a dense layer without extras).
+  torch::Tensor forward_rows(const torch::Tensor& x, const torch::Tensor& cos,
+                             const torch::Tensor& sin, const WantedRows& rows,
+                             torch::Tensor* cache_k = nullptr, torch::Tensor* cache_v = nullptr);
   LlamaAttention self_attn{nullptr};
   LlamaMlp mlp{nullptr};                       // dense layers
   MixtralSparseMoe block_sparse_moe{nullptr};  // MoE layers
@@ -153,11 +178,18 @@ class LlamaModelImpl : public torch::nn::Module {
   // DecoderExtension). With `cache`,
   // inputs_embeds are the positions after the cached ones: attention_mask then covers all of them
   // (B, cached + T), position_ids default to cached..cached+T-1, and the cache grows by T.
+  // `wanted` (B,T) bool, when given, names the positions whose hidden states the caller reads
+  // (the supervised ones, the last one to generate from): the others may come back as zeros.
+  // The last layer then runs its queries, attention, MLP and the final norm at those positions
+  // only, as no later layer needs the others' outputs (its keys and values still come from every
+  // position); the same values, a layer's worth of work less. Not for MoE layers (the router's
+  // auxiliary loss counts every token), a last layer with extras, or with hidden_states.
   torch::Tensor forward(const torch::Tensor& inputs_embeds,
                         const torch::Tensor& attention_mask = {},
                         const torch::Tensor& position_ids = {},
                         std::vector<torch::Tensor>* hidden_states = nullptr,
-                        DecoderExtension* extension = nullptr, KvCache* cache = nullptr);
+                        DecoderExtension* extension = nullptr, KvCache* cache = nullptr,
+                        const torch::Tensor& wanted = {});
   // Gradient checkpointing (models/llm/layer_checkpoint.h): when on, a layer that would build a
   // graph (grad mode on, its input or a parameter requiring grad) keeps only its input and is run
   // again in backward. Same loss and gradients, less memory; off by default. An extension's
@@ -190,7 +222,8 @@ class LlamaForCausalLMImpl : public torch::nn::Module {
                         const torch::Tensor& attention_mask = {},
                         const torch::Tensor& position_ids = {},
                         std::vector<torch::Tensor>* hidden_states = nullptr,
-                        DecoderExtension* extension = nullptr, KvCache* cache = nullptr);
+                        DecoderExtension* extension = nullptr, KvCache* cache = nullptr,
+                        const torch::Tensor& wanted = {});
   // The load-balancing loss of the last forward (undefined for dense models).
   torch::Tensor aux_loss(const torch::Tensor& attention_mask = {}) const;
   torch::Tensor logits(const torch::Tensor& hidden);  // (...,C) -> (...,V)
