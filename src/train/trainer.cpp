@@ -47,6 +47,16 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+// Gradients dropped, not zero-filled (PyTorch 2's zero_grad(set_to_none=True), where 1.13's
+// zeroed them): backward writes each one fresh instead of adding it to zeros, a pass over every
+// trainable weight less; a parameter no gradient reaches in a step is skipped by the optimizer
+// (no momentum or weight-decay update), as in PyTorch 2 and HF's Trainer.
+void drop_grads(torch::optim::Optimizer& optimizer) {
+  for (auto& group : optimizer.param_groups())
+    for (auto& p : group.params())
+      if (p.grad().defined()) p.mutable_grad().reset();
+}
+
 double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
@@ -671,7 +681,7 @@ struct Trainer::Impl {
     if (sharded)
       sharded->zero_grad();
     else
-      optimizer->zero_grad();
+      drop_grads(*optimizer);
     r.optimizer_s += seconds_since(t);
     // The loss is a mean over the step's global batch: every rank divides by the global weight
     // (tokens, or pairs), and the gradients are summed across ranks.
@@ -721,7 +731,7 @@ struct Trainer::Impl {
     if (sharded)
       sharded->zero_grad();
     else
-      optimizer->zero_grad();
+      drop_grads(*optimizer);
     r.skipped = true;
     ++bad_in_a_row;
     ++summary.skipped_steps;

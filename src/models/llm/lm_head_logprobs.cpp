@@ -29,6 +29,7 @@ class LmHeadLogprobs : public torch::autograd::Function<LmHeadLogprobs> {
     const auto w = weight.to(dt);
     auto out = torch::empty({N}, hidden.options().dtype(torch::kFloat));
     auto lse = torch::empty({N}, hidden.options().dtype(torch::kFloat));
+    torch::Tensor kept;  // one chunk's worth: its logits are kept for backward, not recomputed
     for (int64_t i = 0; i < N; i += chunk) {
       const auto n = std::min(chunk, N - i);
       const auto logits = torch::matmul(hidden.narrow(0, i, n).to(dt), w.t()).to(torch::kFloat);
@@ -36,8 +37,9 @@ class LmHeadLogprobs : public torch::autograd::Function<LmHeadLogprobs> {
       lse.narrow(0, i, n).copy_(l);
       out.narrow(0, i, n).copy_(logits.gather(1, targets.narrow(0, i, n).unsqueeze(1)).squeeze(1) -
                                 l);
+      if (N <= chunk) kept = logits;
     }
-    ctx->save_for_backward({hidden, weight, targets, lse});
+    ctx->save_for_backward({hidden, weight, targets, lse, kept});
     ctx->saved_data["chunk"] = chunk;
     ctx->saved_data["dtype"] = dtype;
     return out;
@@ -45,7 +47,8 @@ class LmHeadLogprobs : public torch::autograd::Function<LmHeadLogprobs> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const auto &hidden = saved[0], &weight = saved[1], &targets = saved[2], &lse = saved[3];
+    const auto &hidden = saved[0], &weight = saved[1], &targets = saved[2], &lse = saved[3],
+               &kept = saved[4];
     const auto chunk = ctx->saved_data["chunk"].toInt();
     const auto dt = static_cast<at::ScalarType>(ctx->saved_data["dtype"].toInt());
     const bool need_h = ctx->needs_input_grad(0), need_w = ctx->needs_input_grad(1);
@@ -54,18 +57,22 @@ class LmHeadLogprobs : public torch::autograd::Function<LmHeadLogprobs> {
     const auto N = hidden.size(0);
     torch::Tensor grad_h, grad_w;
     if (need_h) grad_h = torch::empty_like(hidden);
-    if (need_w) grad_w = torch::zeros(weight.sizes(), weight.options().dtype(torch::kFloat));
+    if (need_w && N == 0) grad_w = torch::zeros(weight.sizes(), weight.options());
     for (int64_t i = 0; i < N && (need_h || need_w); i += chunk) {
       const auto n = std::min(chunk, N - i);
       const auto h = hidden.narrow(0, i, n).to(dt);
       const auto g_out = go.narrow(0, i, n).unsqueeze(1);  // (n,1)
-      const auto logits = torch::matmul(h, w.t()).to(torch::kFloat);
+      const auto logits = kept.defined() ? kept : torch::matmul(h, w.t()).to(torch::kFloat);
       // d logp_t / d logits = onehot(t) - softmax(logits), scaled by the incoming gradient.
       auto g = (logits - lse.narrow(0, i, n).unsqueeze(1)).exp_().mul_(-g_out);
       g.scatter_add_(1, targets.narrow(0, i, n).unsqueeze(1), g_out);
       const auto gd = g.to(dt);
       if (need_h) grad_h.narrow(0, i, n).copy_(torch::matmul(gd, w));
-      if (need_w) grad_w.add_(torch::matmul(gd.t(), h));
+      if (need_w) {
+        // Accumulated in fp32 across chunks (the first one's product is the sum so far).
+        const auto part = torch::matmul(gd.t(), h).to(torch::kFloat);
+        grad_w = grad_w.defined() ? grad_w.add_(part) : part;
+      }
     }
     return {grad_h, need_w ? grad_w.to(weight.scalar_type()) : torch::Tensor(), torch::Tensor(),
             torch::Tensor(), torch::Tensor()};
