@@ -172,6 +172,7 @@ struct Flops {
 //   LLM: 2 x the decoder's matrix parameters (q,k,v,o, gate/up/down; MoE: the top-k experts and
 //     the router) x rows*T, plus attention 4*rows*T^2*H*hd per layer (the whole T x T score
 //     matrix: LibTorch 1.13's masked path computes it, and padded positions are computed too);
+//     a dense last layer: only k and v x rows*T, the rest x the supervised positions;
 //   LM head: 2*C*V x supervised positions (only those reach it; objectives.cpp).
 // Not counted: norms, softmax, activations, RoPE, other elementwise work, embedding lookups, the
 // loss and the optimizer (AdamW is a few tens of FLOPs per trainable parameter, memory-bound).
@@ -204,9 +205,16 @@ Flops step_flops(const ModelConfig& m, const Trains& tr, int64_t connector_param
   if (l.experts > 0)
     ffn = static_cast<double>(l.experts_per_token) * 3 * d * I + d * static_cast<double>(l.experts);
   const double layer_params = d * H * hd + 2 * d * KV * hd + H * hd * d + ffn;
-  const double positions = static_cast<double>(rows * T);
-  const double llm_mm = 2.0 * layer_params * L * positions;
-  const double llm_attn = 4.0 * static_cast<double>(rows) * static_cast<double>(T * T) * H * hd * L;
+  const double positions = static_cast<double>(rows * T), sup = static_cast<double>(supervised);
+  double llm_mm = 2.0 * layer_params * L * positions;
+  double llm_attn = 4.0 * static_cast<double>(rows) * static_cast<double>(T * T) * H * hd * L;
+  if (l.experts == 0 && l.layers > 0) {
+    // A dense last layer runs k and v at every position, the rest (q, o, the MLP, attention's
+    // queries) at the supervised ones only (LlamaModelImpl::forward's `wanted`).
+    const double kv = 2 * d * KV * hd;
+    llm_mm -= 2.0 * (layer_params - kv) * (positions - sup);
+    llm_attn -= 4.0 * (positions - sup) * static_cast<double>(T) * H * hd;
+  }
   const double head = 2.0 * d * static_cast<double>(l.vocab) * static_cast<double>(supervised);
 
   Flops f;
