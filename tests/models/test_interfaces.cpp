@@ -98,7 +98,10 @@ TEST_CASE("visual_expert: at initialisation the model is the token-level mlp2x_g
   const auto [ids, mask] = batch(16);
   const auto pixels = torch::randn({1, 3, 32, 32}, torch::kDouble);
   const auto a = plain->forward(ids, pixels, mask), b = expert->forward(ids, pixels, mask);
-  CHECK((a - b).abs().max().item<double>() < 1e-12);
+  // The real tokens (row 1 starts with two pads, whose outputs mean nothing: the plain model
+  // skips them and returns zeros there).
+  const auto real = mask.unsqueeze(-1).to(torch::kDouble);
+  CHECK(((a - b) * real).abs().max().item<double>() < 1e-12);
 
   // Experts of their own: the image positions change, and the text after them (it attends to
   // the experts' keys and values); the text before the image and the text-only row do not.
@@ -107,7 +110,7 @@ TEST_CASE("visual_expert: at initialisation the model is the token-level mlp2x_g
   CHECK((c[0].slice(0, 0, 2) - a[0].slice(0, 0, 2)).abs().max().item<double>() < 1e-12);
   CHECK((c[0].slice(0, 2, 18) - a[0].slice(0, 2, 18)).abs().max().item<double>() > 1e-3);
   CHECK((c[0].slice(0, 18) - a[0].slice(0, 18)).abs().max().item<double>() > 1e-3);
-  CHECK((c[1] - a[1]).abs().max().item<double>() < 1e-12);
+  CHECK((c[1].slice(0, 2) - a[1].slice(0, 2)).abs().max().item<double>() < 1e-12);
 }
 
 TEST_CASE("visual_expert over a resampler: the resampler model at initialisation, its few tokens") {
@@ -141,11 +144,12 @@ TEST_CASE("visual_expert over a resampler: the resampler model at initialisation
   {
     torch::NoGradGuard no_grad;
     const auto a = plain->forward(ids, pixels, mask), b = expert->forward(ids, pixels, mask);
-    CHECK((a - b).abs().max().item<double>() < 1e-12);
+    const auto real = mask.unsqueeze(-1).to(torch::kDouble);  // row 1's two pads left out
+    CHECK(((a - b) * real).abs().max().item<double>() < 1e-12);
     perturb(expert, "experts.");
     const auto c = expert->forward(ids, pixels, mask);
     CHECK((c[0].slice(0, 2, 6) - a[0].slice(0, 2, 6)).abs().max().item<double>() > 1e-3);
-    CHECK((c[1] - a[1]).abs().max().item<double>() < 1e-12);
+    CHECK((c[1].slice(0, 2) - a[1].slice(0, 2)).abs().max().item<double>() < 1e-12);
   }
   // Stage 1: gradients reach the resampler and the experts.
   train_connector_only(expert);

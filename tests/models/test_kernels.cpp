@@ -298,14 +298,19 @@ TEST_CASE(
       }
       const auto x0 = torch::randn({B, T, C}, opts);
       auto x1 = x0.clone().requires_grad_(), x2 = x0.clone().requires_grad_();
-      const auto full = llm->forward(x1, k.mask, k.positions);
+      // The reference: every position through every layer (collecting hidden_states turns both
+      // the short last layer and the skipping of padding off).
+      std::vector<torch::Tensor> states;
+      const auto full = llm->forward(x1, k.mask, k.positions, &states);
       const auto rows = llm->forward(x2, k.mask, k.positions, nullptr, nullptr, nullptr, wanted);
-      CHECK(torch::allclose(rows.index({wanted}), full.index({wanted}), 1e-10, 1e-12));
+      // What a caller reads: the wanted real tokens (a wanted pad, row 2's last, comes back zero).
+      const auto read = k.mask.defined() ? wanted & (k.mask != 0) : wanted;
+      CHECK(torch::allclose(rows.index({read}), full.index({read}), 1e-10, 1e-12));
       // The shortened path ran: what was not wanted is zero.
-      CHECK(rows.index({wanted.logical_not()}).abs().max().item<double>() == 0.0);
-      const auto up = torch::randn({wanted.sum().item<int64_t>(), C}, opts);
-      const auto g_full = wanted_grads(*llm, x1, full, wanted, up);
-      const auto g_rows = wanted_grads(*llm, x2, rows, wanted, up);
+      CHECK(rows.index({read.logical_not()}).abs().max().item<double>() == 0.0);
+      const auto up = torch::randn({read.sum().item<int64_t>(), C}, opts);
+      const auto g_full = wanted_grads(*llm, x1, full, read, up);
+      const auto g_rows = wanted_grads(*llm, x2, rows, read, up);
       REQUIRE(g_full.size() == g_rows.size());
       for (size_t i = 0; i < g_full.size(); ++i)
         CHECK(torch::allclose(g_rows[i], g_full[i], 1e-10, 1e-12));
@@ -344,5 +349,65 @@ TEST_CASE(
     const auto rows = llm->forward(x, {}, {}, nullptr, nullptr, nullptr, wanted);
     CHECK(torch::allclose(rows, full));
     CHECK(llm->router_logits[0].size(0) == B * T);
+  }
+}
+
+TEST_CASE("kernels: padding skipped, the real tokens' states and gradients as on the padded grid") {
+  torch::manual_seed(6);
+  const int64_t B = 3, T = 8, C = 32;
+  auto opts = torch::TensorOptions().dtype(torch::kDouble);
+  auto right = torch::ones({B, T}, torch::kLong);
+  right[0].slice(0, 5).fill_(0), right[2].slice(0, 2).fill_(0);
+  auto left = torch::ones({B, T}, torch::kLong);
+  left[1].slice(0, 0, 3).fill_(0);
+  const auto left_pos = (left.cumsum(1) - 1).clamp_min(0);
+  struct Case {
+    std::string name, type;
+    torch::Tensor mask, positions;
+    bool checkpoint, lora;
+  };
+  for (const auto& k :
+       std::vector<Case>{{"right padding", "llama", right, {}, false, false},
+                         {"left padding, positions", "qwen2", left, left_pos, false, true},
+                         {"checkpointed layers", "llama", right, {}, true, false}}) {
+    DYNAMIC_SECTION(k.name) {
+      LlmConfig c;
+      c.type = k.type;
+      c.hidden = C, c.layers = 3, c.heads = 4, c.kv_heads = 2, c.intermediate = 48, c.vocab = 20;
+      LlamaModel llm(c);
+      llm->to(torch::kDouble);
+      if (k.lora) {  // an adapter: the unfused projections' path
+        auto& v = llm->layers->ptr<LlamaDecoderLayerImpl>(0)->self_attn->v_proj;
+        v->add_adapter(4, 8.0, 0.0);
+        v->to(torch::kDouble);
+        torch::NoGradGuard no_grad;
+        v->lora_B->weight.normal_();
+      }
+      llm->set_gradient_checkpointing(k.checkpoint);
+      const auto x0 = torch::randn({B, T, C}, opts);
+      auto x1 = x0.clone().requires_grad_(), x2 = x0.clone().requires_grad_();
+      std::vector<torch::Tensor> states;  // the reference runs the padded grid whole
+      const auto grid = llm->forward(x1, k.mask, k.positions, &states);
+      const auto unpadded = llm->forward(x2, k.mask, k.positions);
+      const auto real = k.mask != 0;
+      CHECK(torch::allclose(unpadded.index({real}), grid.index({real}), 1e-10, 1e-12));
+      // The padding was skipped: zeros there (the grid computed something).
+      CHECK(unpadded.index({real.logical_not()}).abs().max().item<double>() == 0.0);
+      CHECK(grid.index({real.logical_not()}).abs().max().item<double>() > 0.0);
+      const auto up = torch::randn({real.sum().item<int64_t>(), C}, opts);
+      const auto g_grid = wanted_grads(*llm, x1, grid, real, up);
+      const auto g_unpadded = wanted_grads(*llm, x2, unpadded, real, up);
+      REQUIRE(g_grid.size() == g_unpadded.size());
+      for (size_t i = 0; i < g_grid.size(); ++i)
+        CHECK(torch::allclose(g_unpadded[i], g_grid[i], 1e-10, 1e-12));
+      SECTION("with the last layer at a few wanted positions too") {
+        auto wanted = torch::zeros({B, T}, torch::kBool);
+        wanted[0][1] = wanted[0][4] = wanted[1][6] = wanted[2][7] = true;
+        const auto both = llm->forward(x0, k.mask, k.positions, nullptr, nullptr, nullptr, wanted);
+        const auto read = wanted & real;  // a wanted pad comes back zero
+        CHECK(torch::allclose(both.index({read}), grid.index({read}), 1e-10, 1e-12));
+        CHECK(both.index({read.logical_not()}).abs().max().item<double>() == 0.0);
+      }
+    }
   }
 }

@@ -65,6 +65,13 @@ std::vector<torch::Tensor> LayerExtras::grad_inputs() const {
 }
 
 namespace {
+// (1,N,h,D) of the real tokens -> (B,T,h,D) on the padded grid, zeros at the padding.
+torch::Tensor on_grid(const torch::Tensor& t, const DecoderMask::Grid& grid) {
+  return torch::zeros({grid.rows * grid.length, t.size(2), t.size(3)}, t.options())
+      .index_copy(0, grid.real, t.squeeze(0))
+      .view({grid.rows, grid.length, t.size(2), t.size(3)});
+}
+
 // x (B,T,C) through `own` at extras.own_rows and `expert` at extras.expert_rows: each output
 // (B,T,O_i) with every position's row from the function that owns it. Two GEMMs on the rows each
 // needs (index_select), not both on every row.
@@ -100,26 +107,28 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const torch::T
                      return fused_linear(r, {e->q_proj.get(), e->k_proj.get(), e->v_proj.get()});
                    })
              : fused_linear(x, {q_proj.get(), k_proj.get(), v_proj.get()}, &joint);
-  auto v = qkv[2].reshape({B, T, kv_heads, head_dim}).transpose(1, 2);  // (B,KVH,T,D)
-  auto c = cos.to(qkv[0].scalar_type()), s = sin.to(qkv[0].scalar_type());
-  torch::Tensor q, k;
+  auto v = qkv[2].reshape({B, T, kv_heads, head_dim});  // (B,T,KVH,D)
+  // (T,D) tables broadcast as (T,1,D), per-row (B,T,D) ones as (B,T,1,D).
+  const auto c = cos.to(qkv[0].scalar_type()).unsqueeze(-2),
+             s = sin.to(qkv[0].scalar_type()).unsqueeze(-2);
+  torch::Tensor q, k;  // (B,T,H,D), (B,T,KVH,D)
   if (joint.defined()) {
     // q and k side by side in the fused output (B,T,H+KVH,D): one rotary pass for both heads.
-    // (T,D) tables broadcast as (T,1,D), per-row (B,T,D) ones as (B,T,1,D).
     auto qk =
         joint.narrow(-1, 0, (heads + kv_heads) * head_dim).view({B, T, heads + kv_heads, head_dim});
-    c = c.unsqueeze(-2), s = s.unsqueeze(-2);
     qk = qk * c + rotate_half(qk) * s;
-    q = qk.narrow(2, 0, heads).transpose(1, 2);  // (B,H,T,D)
-    k = qk.narrow(2, heads, kv_heads).transpose(1, 2);
+    if (mask.grid) qk = on_grid(qk, *mask.grid);
+    q = qk.narrow(2, 0, heads);
+    k = qk.narrow(2, heads, kv_heads);
   } else {
-    q = qkv[0].reshape({B, T, heads, head_dim}).transpose(1, 2);
-    k = qkv[1].reshape({B, T, kv_heads, head_dim}).transpose(1, 2);
-    // (T,D) tables broadcast over (B,H,T,D); per-row (B,T,D) ones need the head axis.
-    if (c.dim() == 3) c = c.unsqueeze(1), s = s.unsqueeze(1);
+    q = qkv[0].reshape({B, T, heads, head_dim});
+    k = qkv[1].reshape({B, T, kv_heads, head_dim});
     q = q * c + rotate_half(q) * s;
     k = k * c + rotate_half(k) * s;
+    if (mask.grid) q = on_grid(q, *mask.grid), k = on_grid(k, *mask.grid);
   }
+  if (mask.grid) v = on_grid(v, *mask.grid);
+  q = q.transpose(1, 2), k = k.transpose(1, 2), v = v.transpose(1, 2);  // (B,H|KVH,T,D)
   if (cache_k && cache_v) {
     if (cache_k->defined()) {
       k = torch::cat({*cache_k, k}, 2);
@@ -144,7 +153,9 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const torch::T
     y = y + gate * attention(q, pk.to(q.scalar_type()), pv.to(q.scalar_type()), extras->prompt_mask,
                              false);
   }
-  const auto merged = y.transpose(1, 2).reshape({B, T, heads * head_dim});
+  auto merged = y.transpose(1, 2).reshape({y.size(0), y.size(2), heads * head_dim});
+  if (mask.grid)  // off the grid: the real tokens' rows again, (1,N,H*D)
+    merged = merged.reshape({-1, heads * head_dim}).index_select(0, mask.grid->real).unsqueeze(0);
   if (!expert) return o_proj(merged);
   return by_rows(
       merged, *extras, [this](const torch::Tensor& r) { return std::vector{o_proj(r)}; },
@@ -164,6 +175,14 @@ WantedRows wanted_rows(const torch::Tensor& wanted, int64_t S, const DecoderMask
   r.t = r.flat - b * T;
   const auto rank = (w.to(torch::kLong).cumsum(1) - 1).reshape({-1}).index_select(0, r.flat);
   r.slot = b * r.per_row + rank;
+  r.input = r.flat;
+  r.grid = mask.grid;
+  if (mask.grid) {  // each wanted position's number among the real tokens
+    const auto& real = mask.grid->real;
+    r.input = torch::full({B * T}, -1, along)
+                  .index_copy_(0, real, torch::arange(real.size(0), along))
+                  .index_select(0, r.flat);
+  }
   // What each wanted query sees, (N,S): its row of the additive mask when there is one; else
   // the keys up to its own, from its own sample's first when the rows are packed.
   torch::Tensor seen;
@@ -194,20 +213,23 @@ WantedRows wanted_rows(const torch::Tensor& wanted, int64_t S, const DecoderMask
 torch::Tensor LlamaAttentionImpl::forward_rows(const torch::Tensor& x, const torch::Tensor& cos,
                                                const torch::Tensor& sin, const WantedRows& rows,
                                                torch::Tensor* cache_k, torch::Tensor* cache_v) {
+  // x (B,T,C), or (1,N,C) under a grid (the real tokens).
   const auto B = x.size(0), T = x.size(1), C = x.size(2), N = rows.flat.size(0);
   const auto kv = fused_linear(x, {k_proj.get(), v_proj.get()});
-  auto q = q_proj(x.reshape({B * T, C}).index_select(0, rows.flat)).view({N, heads, head_dim});
+  auto q = q_proj(x.reshape({B * T, C}).index_select(0, rows.input)).view({N, heads, head_dim});
   auto k = kv[0].reshape({B, T, kv_heads, head_dim});
-  auto v = kv[1].reshape({B, T, kv_heads, head_dim}).transpose(1, 2);  // (B,KVH,T,D)
+  auto v = kv[1].reshape({B, T, kv_heads, head_dim});
   const auto c = cos.to(q.scalar_type()), s = sin.to(q.scalar_type());
   // Keys: (T,D) tables broadcast as (T,1,D), per-row (B,T,D) ones as (B,T,1,D). Queries: the
   // tables at each one's own position, (N,1,D).
-  k = (k * c.unsqueeze(-2) + rotate_half(k) * s.unsqueeze(-2)).transpose(1, 2);
+  k = k * c.unsqueeze(-2) + rotate_half(k) * s.unsqueeze(-2);
+  if (rows.grid) k = on_grid(k, *rows.grid), v = on_grid(v, *rows.grid);  // the slots' grid
+  k = k.transpose(1, 2), v = v.transpose(1, 2);                           // (B,KVH,T,D)
   auto at_rows = [&](const torch::Tensor& table) {
     return table.dim() == 2 ? table.index_select(0, rows.t)
                             : table.expand({B, T, table.size(-1)})
                                   .reshape({B * T, table.size(-1)})
-                                  .index_select(0, rows.flat);
+                                  .index_select(0, rows.input);
   };
   const auto cq = at_rows(c).unsqueeze(1), sq = at_rows(s).unsqueeze(1);
   q = q * cq + rotate_half(q) * sq;
@@ -219,13 +241,13 @@ torch::Tensor LlamaAttentionImpl::forward_rows(const torch::Tensor& x, const tor
     *cache_k = k, *cache_v = v;
   }
   // Each row's wanted queries side by side, (B,H,Tq,D), the idle slots zero.
-  const auto Tq = rows.per_row;
-  const auto block = torch::zeros({B * Tq, heads, head_dim}, q.options())
+  const auto Bg = rows.rows, Tq = rows.per_row;
+  const auto block = torch::zeros({Bg * Tq, heads, head_dim}, q.options())
                          .index_copy(0, rows.slot, q)
-                         .view({B, Tq, heads, head_dim})
+                         .view({Bg, Tq, heads, head_dim})
                          .transpose(1, 2);
   const auto y = attention(block, k, v, rows.mask, false);  // (B,H,Tq,D)
-  return o_proj(y.transpose(1, 2).reshape({B * Tq, heads * head_dim}).index_select(0, rows.slot));
+  return o_proj(y.transpose(1, 2).reshape({Bg * Tq, heads * head_dim}).index_select(0, rows.slot));
 }
 
 LlamaMlpImpl::LlamaMlpImpl(const LlmConfig& c) {
@@ -336,7 +358,7 @@ torch::Tensor LlamaDecoderLayerImpl::forward_rows(const torch::Tensor& x, const 
                                                   const torch::Tensor& sin, const WantedRows& rows,
                                                   torch::Tensor* cache_k, torch::Tensor* cache_v) {
   if (block_sparse_moe) throw std::logic_error("forward_rows on a mixture-of-experts layer");
-  const auto h = x.reshape({-1, x.size(-1)}).index_select(0, rows.flat) +
+  const auto h = x.reshape({-1, x.size(-1)}).index_select(0, rows.input) +
                  self_attn->forward_rows(input_layernorm(x), cos, sin, rows, cache_k, cache_v);
   return h + mlp(post_attention_layernorm(h));
 }
@@ -432,15 +454,29 @@ torch::Tensor LlamaModelImpl::forward(const torch::Tensor& inputs_embeds,
     cache->k.resize(layers->size());
     cache->v.resize(layers->size());
   }
-  const auto positions = position_ids.defined()
-                             ? position_ids
-                             : torch::arange(past, S, inputs_embeds.options().dtype(torch::kLong));
+  auto positions = position_ids.defined()
+                       ? position_ids
+                       : torch::arange(past, S, inputs_embeds.options().dtype(torch::kLong));
+  auto mask = decoder_mask(attention_mask, T, S, inputs_embeds.options());
+  auto h = inputs_embeds;
+  auto want = wanted;
+  // Padding skipped: the layers run on the real tokens in one row, (1,N,C); attention alone puts
+  // them on the (B,T) grid (DecoderMask::Grid). Whole for what reads or writes every position.
+  if (mask.additive && !mask.packed() && !cache && !extension && !hidden_states &&
+      config_.experts == 0) {
+    const auto is_real = attention_mask.to(inputs_embeds.device()) != 0;
+    const auto real = is_real.reshape({-1}).nonzero().squeeze(1);
+    if (real.size(0) > 0) {
+      mask.grid = DecoderMask::Grid{real, B, T};
+      h = inputs_embeds.reshape({B * T, -1}).index_select(0, real).unsqueeze(0);
+      positions = positions.expand({B, T}).reshape({-1}).index_select(0, real).unsqueeze(0);
+      if (want.defined()) want = want.to(is_real.device(), torch::kBool) & is_real;
+    }
+  }
   const double factor = config_.rope_scaling == "linear" ? config_.rope_scaling_factor : 1.0;
   auto [cos, sin] = rope_tables(positions, config_.attention_head_dim(), config_.rope_theta, factor,
                                 inputs_embeds.options());
-  const auto mask = decoder_mask(attention_mask, T, S, inputs_embeds.options());
   router_logits.clear();
-  auto h = inputs_embeds;
   if (hidden_states) hidden_states->assign(1, h);
   for (size_t i = 0; i < layers->size(); ++i) {
     const auto layer = layers->ptr<LlamaDecoderLayerImpl>(i);
@@ -452,9 +488,9 @@ torch::Tensor LlamaModelImpl::forward(const torch::Tensor& inputs_embeds,
     }
     const LayerExtras* ex = extras.empty() ? nullptr : &extras;
     if (shards_) shards_->before_layer(index);
-    if (wanted.defined() && !hidden_states && config_.experts == 0 && !ex &&
+    if (want.defined() && !hidden_states && config_.experts == 0 && !ex &&
         i + 1 == layers->size()) {
-      const auto rows = wanted_rows(wanted, S, mask, inputs_embeds.options());
+      const auto rows = wanted_rows(want, S, mask, inputs_embeds.options());
       if (rows.flat.size(0) > 0) {
         // The last layer at the wanted positions alone (not checkpointed: it keeps little).
         auto out = layer->forward_rows(h, cos, sin, rows, cache ? &cache->k[i] : nullptr,
@@ -479,6 +515,10 @@ torch::Tensor LlamaModelImpl::forward(const torch::Tensor& inputs_embeds,
   }
   h = norm(h);
   if (hidden_states) hidden_states->back() = h;
+  if (mask.grid)  // back on the grid, zeros at the padding
+    h = torch::zeros({B * T, h.size(-1)}, h.options())
+            .index_copy(0, mask.grid->real, h.squeeze(0))
+            .view({B, T, h.size(-1)});
   return h;
 }
 

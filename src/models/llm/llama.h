@@ -55,6 +55,14 @@ struct DecoderMask {
   };
   std::vector<Span> samples;  // packed rows; positions outside every span (padding) get zeros
   bool packed() const { return !samples.empty(); }
+  // Unpadded layers: the layers' input is (1,N,C), the batch's N real tokens in a row (padding
+  // skipped by every projection and MLP); attention puts them back on the (B,T) grid (`real`:
+  // each one's b*T + t, ascending), where `additive` masks the padding, and takes them off again.
+  struct Grid {
+    torch::Tensor real;
+    int64_t rows = 0, length = 0;  // B, T
+  };
+  c10::optional<Grid> grid;
 };
 
 // The DecoderMask for T queries over S keys (the queries are the last T) from `attention_mask`
@@ -77,14 +85,18 @@ torch::Tensor packed_attention(const torch::Tensor& q, const torch::Tensor& k,
 // most any row has, the rest of the block idle), with the additive mask of what each may see.
 struct WantedRows {
   torch::Tensor flat;             // (N) long: b*T + t into the layer's (B*T) positions, ascending
+  torch::Tensor input;            // (N) long: their rows in the layer's input (flat; under a Grid,
+                                  // the real tokens' numbering)
   torch::Tensor slot;             // (N) long: b*Tq + its rank in row b
   torch::Tensor t;                // (N) long: its position in the row
   torch::Tensor mask;             // (B,1,Tq,S) additive: 0 where the query may look, -1e9 where not
   int64_t rows = 0, per_row = 0;  // B, Tq
+  c10::optional<DecoderMask::Grid> grid;  // the decoder's, when its layers run unpadded
 };
 
 // The WantedRows of the (B,T) bool `wanted`, for T queries that are the last T of S keys, under
 // `mask` (the decoder's: causal, padding, or packed samples, each of which the queries keep).
+// Under mask.grid, every wanted position must be a real token.
 WantedRows wanted_rows(const torch::Tensor& wanted, int64_t S, const DecoderMask& mask,
                        const torch::TensorOptions& options);
 
@@ -184,6 +196,9 @@ class LlamaModelImpl : public torch::nn::Module {
   // only, as no later layer needs the others' outputs (its keys and values still come from every
   // position); the same values, a layer's worth of work less. Not for MoE layers (the router's
   // auxiliary loss counts every token), a last layer with extras, or with hidden_states.
+  // Padding (zeros in a 0/1 attention_mask) is skipped: the layers run on the real tokens alone
+  // (DecoderMask::Grid), and padded positions come back as zeros; not with a cache, an
+  // extension, MoE layers or hidden_states, which run the padded grid whole.
   torch::Tensor forward(const torch::Tensor& inputs_embeds,
                         const torch::Tensor& attention_mask = {},
                         const torch::Tensor& position_ids = {},
