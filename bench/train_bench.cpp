@@ -170,9 +170,10 @@ struct Flops {
 //     patch conv 2*3*p^2*Cv*P, per layer 2*(4*Cv^2 + 2*Cv*Iv)*S + attention 4*S^2*Cv;
 //   connector: 2 x its matrix parameters x the image tokens (exact for linear and mlp2x_gelu);
 //   LLM: 2 x the decoder's matrix parameters (q,k,v,o, gate/up/down; MoE: the top-k experts and
-//     the router) x rows*T, plus attention 4*rows*T^2*H*hd per layer (the whole T x T score
-//     matrix: LibTorch 1.13's masked path computes it, and padded positions are computed too);
-//     a dense last layer: only k and v x rows*T, the rest x the supervised positions;
+//     the router) x the real tokens (`real`: padding is skipped, LlamaModelImpl::forward; all
+//     rows*T positions in packed rows), plus attention 4*rows*T^2*H*hd per layer (the whole T x T
+//     score matrix of the padded grid: LibTorch 1.13's masked path computes it); a dense last
+//     layer: only k and v x the real tokens, the rest x the supervised positions;
 //   LM head: 2*C*V x supervised positions (only those reach it; objectives.cpp).
 // Not counted: norms, softmax, activations, RoPE, other elementwise work, embedding lookups, the
 // loss and the optimizer (AdamW is a few tens of FLOPs per trainable parameter, memory-bound).
@@ -183,7 +184,8 @@ struct Flops {
 // nothing trainable before it (a frozen vision tower, run without a graph) 0. DPO adds the frozen
 // reference model's forward (no backward) on the same rows.
 Flops step_flops(const ModelConfig& m, const Trains& tr, int64_t connector_params, int64_t rows,
-                 int64_t T, int64_t images, int64_t image_tokens, int64_t supervised, bool dpo) {
+                 int64_t T, int64_t real, int64_t images, int64_t image_tokens, int64_t supervised,
+                 bool dpo) {
   const auto& v = m.vision;
   const double Cv = static_cast<double>(v.hidden), Iv = static_cast<double>(v.intermediate);
   const double P =
@@ -205,7 +207,7 @@ Flops step_flops(const ModelConfig& m, const Trains& tr, int64_t connector_param
   if (l.experts > 0)
     ffn = static_cast<double>(l.experts_per_token) * 3 * d * I + d * static_cast<double>(l.experts);
   const double layer_params = d * H * hd + 2 * d * KV * hd + H * hd * d + ffn;
-  const double positions = static_cast<double>(rows * T), sup = static_cast<double>(supervised);
+  const double positions = static_cast<double>(real), sup = static_cast<double>(supervised);
   double llm_mm = 2.0 * layer_params * L * positions;
   double llm_attn = 4.0 * static_cast<double>(rows) * static_cast<double>(T * T) * H * hd * L;
   if (l.experts == 0 && l.layers > 0) {
@@ -213,7 +215,7 @@ Flops step_flops(const ModelConfig& m, const Trains& tr, int64_t connector_param
     // queries) at the supervised ones only (LlamaModelImpl::forward's `wanted`).
     const double kv = 2 * d * KV * hd;
     llm_mm -= 2.0 * (layer_params - kv) * (positions - sup);
-    llm_attn -= 4.0 * (positions - sup) * static_cast<double>(T) * H * hd;
+    llm_attn -= 4.0 * (static_cast<double>(rows * T) - sup) * static_cast<double>(T) * H * hd;
   }
   const double head = 2.0 * d * static_cast<double>(l.vocab) * static_cast<double>(supervised);
 
@@ -404,7 +406,9 @@ void run_case(const Case& c, double bench_start_rss, const std::filesystem::path
     for (const auto& b : micro) {
       const int64_t rows = b.input_ids.size(0), T = b.input_ids.size(1);
       const int64_t images = b.pixel_values.defined() ? b.pixel_values.size(0) : 0;
-      const auto f = step_flops(config.model, tr, connector_params, rows, T, images, Q,
+      // The decoder skips padding unless the rows are packed (then every position runs).
+      const int64_t real = config.data.packing ? rows * T : b.tokens;
+      const auto f = step_flops(config.model, tr, connector_params, rows, T, real, images, Q,
                                 b.supervised_tokens, dpo);
       acc->flops.forward += f.forward;
       acc->flops.backward += f.backward;
