@@ -249,6 +249,22 @@ std::vector<torch::Tensor> wanted_grads(torch::nn::Module& m, const torch::Tenso
   return g;
 }
 
+// A shortened forward (`fast`, from x_fast) against the whole one (`ref`, from x_ref) of the same
+// module: equal states at `read` and zeros elsewhere (so the short path ran), and equal gradients
+// of the input and every parameter for a loss on the states at `read`.
+void check_same_where_read(torch::nn::Module& m, const torch::Tensor& x_ref,
+                           const torch::Tensor& ref, const torch::Tensor& x_fast,
+                           const torch::Tensor& fast, const torch::Tensor& read) {
+  CHECK(torch::allclose(fast.index({read}), ref.index({read}), 1e-10, 1e-12));
+  CHECK(fast.index({read.logical_not()}).abs().max().item<double>() == 0.0);
+  const auto up = torch::randn({read.sum().item<int64_t>(), ref.size(-1)}, ref.options());
+  const auto g_ref = wanted_grads(m, x_ref, ref, read, up);
+  const auto g_fast = wanted_grads(m, x_fast, fast, read, up);
+  REQUIRE(g_ref.size() == g_fast.size());
+  for (size_t i = 0; i < g_ref.size(); ++i)
+    CHECK(torch::allclose(g_fast[i], g_ref[i], 1e-10, 1e-12));
+}
+
 }  // namespace
 
 TEST_CASE(
@@ -305,15 +321,7 @@ TEST_CASE(
       const auto rows = llm->forward(x2, k.mask, k.positions, nullptr, nullptr, nullptr, wanted);
       // What a caller reads: the wanted real tokens (a wanted pad, row 2's last, comes back zero).
       const auto read = k.mask.defined() ? wanted & (k.mask != 0) : wanted;
-      CHECK(torch::allclose(rows.index({read}), full.index({read}), 1e-10, 1e-12));
-      // The shortened path ran: what was not wanted is zero.
-      CHECK(rows.index({read.logical_not()}).abs().max().item<double>() == 0.0);
-      const auto up = torch::randn({read.sum().item<int64_t>(), C}, opts);
-      const auto g_full = wanted_grads(*llm, x1, full, read, up);
-      const auto g_rows = wanted_grads(*llm, x2, rows, read, up);
-      REQUIRE(g_full.size() == g_rows.size());
-      for (size_t i = 0; i < g_full.size(); ++i)
-        CHECK(torch::allclose(g_rows[i], g_full[i], 1e-10, 1e-12));
+      check_same_where_read(*llm, x1, full, x2, rows, read);
     }
   }
   SECTION("generation: the prefill's last position, and the cache it fills, as the full prefill") {
@@ -390,16 +398,9 @@ TEST_CASE("kernels: padding skipped, the real tokens' states and gradients as on
       const auto grid = llm->forward(x1, k.mask, k.positions, &states);
       const auto unpadded = llm->forward(x2, k.mask, k.positions);
       const auto real = k.mask != 0;
-      CHECK(torch::allclose(unpadded.index({real}), grid.index({real}), 1e-10, 1e-12));
-      // The padding was skipped: zeros there (the grid computed something).
-      CHECK(unpadded.index({real.logical_not()}).abs().max().item<double>() == 0.0);
+      // The padding was skipped: zeros there, where the grid computed something.
       CHECK(grid.index({real.logical_not()}).abs().max().item<double>() > 0.0);
-      const auto up = torch::randn({real.sum().item<int64_t>(), C}, opts);
-      const auto g_grid = wanted_grads(*llm, x1, grid, real, up);
-      const auto g_unpadded = wanted_grads(*llm, x2, unpadded, real, up);
-      REQUIRE(g_grid.size() == g_unpadded.size());
-      for (size_t i = 0; i < g_grid.size(); ++i)
-        CHECK(torch::allclose(g_unpadded[i], g_grid[i], 1e-10, 1e-12));
+      check_same_where_read(*llm, x1, grid, x2, unpadded, real);
       SECTION("with the last layer at a few wanted positions too") {
         auto wanted = torch::zeros({B, T}, torch::kBool);
         wanted[0][1] = wanted[0][4] = wanted[1][6] = wanted[2][7] = true;
