@@ -249,6 +249,16 @@ std::vector<torch::Tensor> wanted_grads(torch::nn::Module& m, const torch::Tenso
   return g;
 }
 
+// A small decoder (width 32, 4 heads over 2 kv heads) in double precision.
+LlamaModel double_llm(const std::string& type, int64_t layers) {
+  LlmConfig c;
+  c.type = type;
+  c.hidden = 32, c.layers = layers, c.heads = 4, c.kv_heads = 2, c.intermediate = 48, c.vocab = 20;
+  LlamaModel llm(c);
+  llm->to(torch::kDouble);
+  return llm;
+}
+
 // A shortened forward (`fast`, from x_fast) against the whole one (`ref`, from x_ref) of the same
 // module: equal states at `read` and zeros elsewhere (so the short path ran), and equal gradients
 // of the input and every parameter for a loss on the states at `read`.
@@ -299,11 +309,7 @@ TEST_CASE(
                                          {"padded", "llama", padded, {}},
                                          {"packed", "qwen2", packed, packed_pos}}) {
     DYNAMIC_SECTION(k.name) {
-      LlmConfig c;
-      c.type = k.type;
-      c.hidden = C, c.layers = 2, c.heads = 4, c.kv_heads = 2, c.intermediate = 48, c.vocab = 20;
-      LlamaModel llm(c);
-      llm->to(torch::kDouble);
+      auto llm = double_llm(k.type, 2);
       // A LoRA adapter on the last layer's q_proj, with a non-zero update.
       auto& q = llm->layers->ptr<LlamaDecoderLayerImpl>(1)->self_attn->q_proj;
       q->add_adapter(4, 8.0, 0.0);
@@ -379,11 +385,7 @@ TEST_CASE("kernels: padding skipped, the real tokens' states and gradients as on
                          {"left padding, positions", "qwen2", left, left_pos, false, true},
                          {"checkpointed layers", "llama", right, {}, true, false}}) {
     DYNAMIC_SECTION(k.name) {
-      LlmConfig c;
-      c.type = k.type;
-      c.hidden = C, c.layers = 3, c.heads = 4, c.kv_heads = 2, c.intermediate = 48, c.vocab = 20;
-      LlamaModel llm(c);
-      llm->to(torch::kDouble);
+      auto llm = double_llm(k.type, 3);
       if (k.lora) {  // an adapter: the unfused projections' path
         auto& v = llm->layers->ptr<LlamaDecoderLayerImpl>(0)->self_attn->v_proj;
         v->add_adapter(4, 8.0, 0.0);
