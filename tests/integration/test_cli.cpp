@@ -341,29 +341,25 @@ TEST_CASE(
   REQUIRE(at != std::string::npos);
   yaml.erase(at, std::string("  template: plain\n").size());
   write_text(dir / "no_template.yaml", yaml);
-  const auto out = dir / "hf";
-  Result r = run("train --config " + (dir / "no_template.yaml").string() + shrink(data, out) + sft +
-                 " --set model.tokenizer=" + (dir / "tok/tokenizer.json").string() +
-                 " --set data.train.path=" + (data / "instruct_train.json").string() +
-                 " --set data.eval.path=" + (data / "instruct_val.json").string());
-  INFO(r.output);
-  REQUIRE(r.code == 0);
-  CHECK(read_text(out / "config.yaml").find("template: \"hf\"") != std::string::npos);
-  const auto tc = nlohmann::json::parse(read_text(out / "final/tokenizer_config.json"));
-  CHECK(tc["mllm_template"] == "hf");
-  CHECK(tc["chat_template"] == read_text(dir / "tok/chat_template.jinja"));
+  // Trains into `out` with `extra` options; the run renders the folder's template (template hf)
+  // and its final/ carries it.
+  auto trains_with_hf_template = [&](const std::filesystem::path& out, const std::string& extra) {
+    const Result r =
+        run("train --config " + (dir / "no_template.yaml").string() + shrink(data, out) + sft +
+            extra + " --set data.train.path=" + (data / "instruct_train.json").string() +
+            " --set data.eval.path=" + (data / "instruct_val.json").string());
+    INFO(r.output);
+    REQUIRE(r.code == 0);
+    CHECK(read_text(out / "config.yaml").find("template: \"hf\"") != std::string::npos);
+    const auto tc = nlohmann::json::parse(read_text(out / "final/tokenizer_config.json"));
+    CHECK(tc["mllm_template"] == "hf");
+    CHECK(tc["chat_template"] == read_text(dir / "tok/chat_template.jinja"));
+  };
+  trains_with_hf_template(dir / "hf",
+                          " --set model.tokenizer=" + (dir / "tok/tokenizer.json").string());
   // The same template given as data.chat_template, with a tokenizer whose folder has none.
-  const auto own = dir / "own";
-  r = run("train --config " + (dir / "no_template.yaml").string() + shrink(data, own) + sft +
-          " --set data.chat_template=" + (dir / "tok/chat_template.jinja").string() +
-          " --set data.train.path=" + (data / "instruct_train.json").string() +
-          " --set data.eval.path=" + (data / "instruct_val.json").string());
-  INFO(r.output);
-  REQUIRE(r.code == 0);
-  CHECK(read_text(own / "config.yaml").find("template: \"hf\"") != std::string::npos);
-  const auto own_tc = nlohmann::json::parse(read_text(own / "final/tokenizer_config.json"));
-  CHECK(own_tc["mllm_template"] == "hf");
-  CHECK(own_tc["chat_template"] == read_text(dir / "tok/chat_template.jinja"));
+  trains_with_hf_template(
+      dir / "own", " --set data.chat_template=" + (dir / "tok/chat_template.jinja").string());
 
   // A record convert cannot carry names its file, line and record, and writes nothing.
   write_text(

@@ -2,10 +2,11 @@
 // large vocabulary (Qwen2's 152k) and thousands of supervised positions per batch would otherwise
 // hold an (N,V) fp32 logits tensor of gigabytes, and autograd would keep it (the log-softmax's
 // output) until backward. Here no more than `max_logits` logits exist at once, in the forward or
-// the backward pass: the forward keeps only each row's log-sum-exp, and the backward computes each
+// the backward pass: the forward keeps each row's log-sum-exp, and the backward computes each
 // chunk's logits again and turns them into the gradient of the hidden states and of the weight at
-// once (d logp_t / d logits = onehot(t) - softmax). The idea of Liger-Kernel's fused linear
-// cross-entropy and of torchtune's chunked output loss.
+// once (d logp_t / d logits = onehot(t) - softmax). When all rows fit in one chunk, the forward's
+// logits are kept for backward instead (the same bounded tensor, not a second GEMM). The idea of
+// Liger-Kernel's fused linear cross-entropy and of torchtune's chunked output loss.
 #pragma once
 
 #include <torch/torch.h>
