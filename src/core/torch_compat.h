@@ -8,6 +8,9 @@
 #include <ATen/autocast_mode.h>
 #include <torch/version.h>
 
+#include <algorithm>
+#include <vector>
+
 #define MLLM_TORCH_AT_LEAST(major, minor) \
   (TORCH_VERSION_MAJOR > (major) ||       \
    (TORCH_VERSION_MAJOR == (major) && TORCH_VERSION_MINOR >= (minor)))
@@ -34,6 +37,9 @@ inline at::Tensor causal_additive_mask(int64_t T, int64_t S, const at::TensorOpt
   return at::zeros({T, S}, options.dtype(at::kFloat)).masked_fill(future, -1e9);
 }
 
+// Queries per block of attention()'s causal path without a fused kernel (LibTorch before 2.5).
+inline constexpr int64_t kCausalQueryBlock = 128;
+
 // Scaled dot-product attention with grouped-query heads. q is (B,H,T,D); k and v are (B,KVH,S,D)
 // with H a multiple of KVH: query head h reads kv head h / (H/KVH), the arrangement of
 // transformers' repeat_kv, without k and v ever being copied out to H heads. `mask` is an optional
@@ -44,7 +50,8 @@ inline at::Tensor causal_additive_mask(int64_t T, int64_t S, const at::TensorOpt
 // LibTorch 2.5+ runs its fused kernel (flash / memory-efficient on CUDA, the flash-style CPU
 // kernel) with enable_gqa. Otherwise the math is explicit and folds each kv head's H/KVH query
 // heads into its rows, (B,KVH,(H/KVH)*T,D), so one batched matmul per kv head serves them all;
-// the softmax in fp32 (or wider), as transformers' eager attention.
+// the softmax in fp32 (or wider), as transformers' eager attention; causal attention over many
+// queries runs in blocks of queries, each against the keys it may see.
 inline at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                             const c10::optional<at::Tensor>& mask, bool is_causal) {
   const auto B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3);
@@ -64,6 +71,19 @@ inline at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::
   }
   return at::scaled_dot_product_attention(q, k, v, m, 0.0, false, c10::nullopt, gqa);
 #else
+  // Causal without a mask over many queries: in blocks of kCausalQueryBlock queries, each block
+  // against the keys up to its last query (all it may see), so most of the masked upper triangle
+  // of the scores is never computed: n blocks do (n+1)/2n of the whole product's work, its
+  // softmax and its mask. Exact: each query's row of scores is the same, only shorter.
+  if (is_causal && !mask.has_value() && T >= 2 * kCausalQueryBlock) {
+    std::vector<at::Tensor> blocks;
+    for (int64_t s = 0; s < T; s += kCausalQueryBlock) {
+      const auto n = std::min(kCausalQueryBlock, T - s), seen = S - T + s + n;
+      blocks.push_back(
+          attention(q.narrow(2, s, n), k.narrow(2, 0, seen), v.narrow(2, 0, seen), {}, true));
+    }
+    return at::cat(blocks, 2);
+  }
   const auto G = H / KVH;
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
   // (B,H,T,D) -> (B,KVH,G*T,D): head h = kv*G + g, so each kv head's G query heads are adjacent.

@@ -78,6 +78,37 @@ TEST_CASE("kernels: grouped-query attention reads shared kv heads without copies
   }
 }
 
+TEST_CASE("kernels: causal attention over many queries, in blocks of queries, as the whole") {
+  // Long enough for attention()'s blocks of queries (without a fused kernel) and not a multiple
+  // of the block; the same math as the whole scores with the causal mask, values and gradients.
+  torch::manual_seed(1);
+  const int64_t B = 2, H = 4, KVH = 2, T = 2 * kCausalQueryBlock + 37, D = 4;
+  auto opts = torch::TensorOptions().dtype(torch::kDouble);
+  const auto q = torch::randn({B, H, T, D}, opts);
+  const auto k = torch::randn({B, KVH, T, D}, opts), v = torch::randn({B, KVH, T, D}, opts);
+  SECTION("all queries, with gradients") {
+    auto q1 = q.clone().requires_grad_(), k1 = k.clone().requires_grad_(),
+         v1 = v.clone().requires_grad_();
+    auto q2 = q.clone().requires_grad_(), k2 = k.clone().requires_grad_(),
+         v2 = v.clone().requires_grad_();
+    const auto w = torch::randn({B, H, T, D}, opts);
+    const auto y = attention(q1, k1, v1, c10::nullopt, true);
+    const auto ref = reference_attention(q2, k2, v2, causal(T, T));
+    CHECK(torch::allclose(y, ref, 1e-10, 1e-12));
+    (y * w).sum().backward();
+    (ref * w).sum().backward();
+    CHECK(torch::allclose(q1.grad(), q2.grad(), 1e-10, 1e-12));
+    CHECK(torch::allclose(k1.grad(), k2.grad(), 1e-10, 1e-12));
+    CHECK(torch::allclose(v1.grad(), v2.grad(), 1e-10, 1e-12));
+  }
+  SECTION("the last queries of more keys (a cached prefix): causality aligned to the end") {
+    const int64_t past = 11;
+    const auto q2 = q.slice(2, past);
+    const auto full = reference_attention(q, k, v, causal(T, T)).slice(2, past);
+    CHECK(torch::allclose(attention(q2, k, v, c10::nullopt, true), full, 1e-10, 1e-12));
+  }
+}
+
 TEST_CASE("kernels: the chunked LM head gives the full logits' log-probabilities and gradients") {
   torch::manual_seed(1);
   const int64_t N = 10, C = 16, V = 37;
