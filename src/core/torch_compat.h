@@ -45,7 +45,9 @@ inline constexpr int64_t kCausalQueryBlock = 128;
 // transformers' repeat_kv, without k and v ever being copied out to H heads. `mask` is an optional
 // additive float mask, the same for every head: (T,S), (B,1,1,S) or (B,1,T,S) (padding, the
 // block-diagonal mask of packed rows). `is_causal` adds the causal mask, aligned to the end when
-// T < S (the queries are the last T of S positions). Returns (B,H,T,D).
+// T < S (the queries are the last T of S positions). `mask_hides_future`: the mask itself hides
+// every key after its query (the decoder's masks), which lets the blocks below drop those keys.
+// Returns (B,H,T,D).
 //
 // LibTorch 2.5+ runs its fused kernel (flash / memory-efficient on CUDA, the flash-style CPU
 // kernel) with enable_gqa. Otherwise the math is explicit and folds each kv head's H/KVH query
@@ -53,13 +55,15 @@ inline constexpr int64_t kCausalQueryBlock = 128;
 // the softmax in fp32 (or wider), as transformers' eager attention; causal attention over many
 // queries runs in blocks of queries, each against the keys it may see.
 inline at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                            const c10::optional<at::Tensor>& mask, bool is_causal) {
+                            const c10::optional<at::Tensor>& mask, bool is_causal,
+                            bool mask_hides_future = false) {
   const auto B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3);
   const auto KVH = k.size(1), S = k.size(2);
   TORCH_CHECK(KVH > 0 && H % KVH == 0, "attention: ", H, " query heads for ", KVH, " kv heads");
   TORCH_CHECK(!mask.has_value() || mask->dim() == 2 || (mask->dim() == 4 && mask->size(1) == 1),
               "attention: the mask must be (T,S) or (B,1,T|1,S), not ", mask->sizes());
 #if MLLM_TORCH_AT_LEAST(2, 5)
+  static_cast<void>(mask_hides_future);  // the fused kernels take the mask whole
   const bool gqa = KVH != H;
   if (!mask.has_value() && (!is_causal || T == S))
     return at::scaled_dot_product_attention(q, k, v, {}, 0.0, is_causal, c10::nullopt, gqa);
@@ -71,16 +75,23 @@ inline at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::
   }
   return at::scaled_dot_product_attention(q, k, v, m, 0.0, false, c10::nullopt, gqa);
 #else
-  // Causal without a mask over many queries: in blocks of kCausalQueryBlock queries, each block
+  // Causal attention over many queries: in blocks of kCausalQueryBlock queries, each block
   // against the keys up to its last query (all it may see), so most of the masked upper triangle
   // of the scores is never computed: n blocks do (n+1)/2n of the whole product's work, its
-  // softmax and its mask. Exact: each query's row of scores is the same, only shorter.
-  if (is_causal && !mask.has_value() && T >= 2 * kCausalQueryBlock) {
+  // softmax and its mask. Exact: each query's row of scores is the same, only shorter (a mask
+  // that hides the future hid the keys dropped).
+  const bool causal = is_causal || (mask.has_value() && mask_hides_future);
+  if (causal && T >= 2 * kCausalQueryBlock) {
     std::vector<at::Tensor> blocks;
     for (int64_t s = 0; s < T; s += kCausalQueryBlock) {
       const auto n = std::min(kCausalQueryBlock, T - s), seen = S - T + s + n;
+      c10::optional<at::Tensor> m;
+      if (mask.has_value()) {
+        m = mask->narrow(-1, 0, seen);
+        if (m->size(-2) == T) m = m->narrow(-2, s, n);  // (.., T, S); (B,1,1,S) has no query axis
+      }
       blocks.push_back(
-          attention(q.narrow(2, s, n), k.narrow(2, 0, seen), v.narrow(2, 0, seen), {}, true));
+          attention(q.narrow(2, s, n), k.narrow(2, 0, seen), v.narrow(2, 0, seen), m, is_causal));
     }
     return at::cat(blocks, 2);
   }

@@ -101,6 +101,28 @@ TEST_CASE("kernels: causal attention over many queries, in blocks of queries, as
     CHECK(torch::allclose(k1.grad(), k2.grad(), 1e-10, 1e-12));
     CHECK(torch::allclose(v1.grad(), v2.grad(), 1e-10, 1e-12));
   }
+  SECTION("the decoder's padding masks, which hide the future themselves") {
+    // Right padding in row 0, left padding in row 1; the real queries' outputs and the gradients
+    // that flow from them (a padding query that sees nothing is no one's concern).
+    auto am = torch::ones({B, T}, torch::kLong);
+    am.index_put_({0, torch::indexing::Slice(T - 40)}, 0);
+    am.index_put_({1, torch::indexing::Slice(0, 150)}, 0);
+    const auto m = *decoder_mask(am, T, T, opts).additive;  // (B,1,T,T)
+    auto q1 = q.clone().requires_grad_(), k1 = k.clone().requires_grad_(),
+         v1 = v.clone().requires_grad_();
+    auto q2 = q.clone().requires_grad_(), k2 = k.clone().requires_grad_(),
+         v2 = v.clone().requires_grad_();
+    const auto real = am.to(torch::kBool).view({B, 1, T, 1});
+    const auto w = torch::randn({B, H, T, D}, opts) * real;
+    const auto y = attention(q1, k1, v1, m, false, true);
+    const auto ref = reference_attention(q2, k2, v2, m.to(torch::kDouble));
+    CHECK(torch::allclose(y * real, ref * real, 1e-10, 1e-12));
+    (y * w).sum().backward();
+    (ref * w).sum().backward();
+    CHECK(torch::allclose(q1.grad(), q2.grad(), 1e-10, 1e-12));
+    CHECK(torch::allclose(k1.grad(), k2.grad(), 1e-10, 1e-12));
+    CHECK(torch::allclose(v1.grad(), v2.grad(), 1e-10, 1e-12));
+  }
   SECTION("the last queries of more keys (a cached prefix): causality aligned to the end") {
     const int64_t past = 11;
     const auto q2 = q.slice(2, past);

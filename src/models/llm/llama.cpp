@@ -139,7 +139,7 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const torch::T
   // Grouped-query attention reads each kv head for its heads/kv_heads query heads in place.
   // An additive mask, when given, is the whole mask (causal included); without one, causal.
   auto y = mask.packed() ? packed_attention(q, k, v, mask.samples)
-                         : attention(q, k, v, mask.additive, !mask.additive.has_value());
+                         : attention(q, k, v, mask.additive, !mask.additive.has_value(), true);
   if (extras && extras->has_prompts()) {
     // LLaMA-Adapter's zero-init attention: the prompts' keys and values through this layer's own
     // projections, a softmax of their own over them, gated per head (reference: the adapter_*
