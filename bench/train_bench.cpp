@@ -6,6 +6,7 @@
 //   4. a d=1024 LLM in the stage-2 setting (batch 8),
 //   5. a 32k-vocabulary LLM (d=256) in the stage-2 setting, few supervised positions,
 //   6. variable-length samples shaped like llava_v1_5_mix665k (~100 to 2048 tokens), packed,
+//   7. the same samples unpacked, batches padded to their longest (as eager runs them),
 // sets up the trainer (src/train/trainer.h: Trainer::setup, as `mllm train` does) and runs its own
 // step, Trainer::step, on the micro-batches of Trainer::next_micro_batches: the phases are the
 // step's own timings — data (waiting for the loader), forward (the objective under AutocastScope),
@@ -14,9 +15,9 @@
 // non-pad tokens), samples/s, ms per step by phase, the process's peak RSS, the estimated model
 // FLOPs and achieved GFLOP/s, and the GFLOP/s of a plain fp32 torch::mm measured just before the
 // timed steps, in the same process. For the blocks compared with PyTorch eager (stage2, d1024,
-// vocab32k, varlen) it prints an `eager-args` line: what bench/train_eager.py needs to run the
-// same step (scripts/bench runs it and prints the ratio). With --profile N, N more steps run
-// under LibTorch's profiler and the ops taking the most self time are listed. Prints figures;
+// vocab32k, varlen, unpacked) it prints an `eager-args` line: what bench/train_eager.py needs to
+// run the same step (scripts/bench runs it and prints the ratio). With --profile N, N more steps
+// run under LibTorch's profiler and the ops taking the most self time are listed. Prints figures;
 // asserts nothing.
 //
 // Run: scripts/bench, or build/bench_train [--steps N] [--warmup N] [--big-steps N]
@@ -98,13 +99,14 @@ struct Options {
 };
 
 [[noreturn]] void usage(const char* argv0) {
-  std::fprintf(stderr,
-               "usage: %s [--steps N] [--warmup N] [--big-steps N] [--big-warmup N] [--threads N] "
-               "[--workers N] [--big-layers N] [--big-kv-heads N] [--only NAME] [--profile N] "
-               "[--eager-dir DIR] [--bf16 1] [--gpu 1]\n"
-               "  NAME: stage1, stage2, stage3, d1024, vocab32k or varlen; threads also from "
-               "MLLM_BENCH_THREADS\n",
-               argv0);
+  std::fprintf(
+      stderr,
+      "usage: %s [--steps N] [--warmup N] [--big-steps N] [--big-warmup N] [--threads N] "
+      "[--workers N] [--big-layers N] [--big-kv-heads N] [--only NAME] [--profile N] "
+      "[--eager-dir DIR] [--bf16 1] [--gpu 1]\n"
+      "  NAME: stage1, stage2, stage3, d1024, vocab32k, varlen or unpacked; threads also from "
+      "MLLM_BENCH_THREADS\n",
+      argv0);
   std::exit(2);
 }
 
@@ -234,7 +236,9 @@ struct Case {
   std::string name, title;
   Config config;
   int64_t warmup = 0, steps = 0;
-  double eager_target = 0;  // > 0: compared with bench/train_eager.py (the ratio's target)
+  bool eager = false;          // compared with bench/train_eager.py (scripts/bench runs it)
+  double eager_target = 0;     // the ratio's target, where the issue set one
+  bool eager_lengths = false;  // eager pads the samples' own lengths per batch (tokens/s)
 };
 
 // The ops that took the most self time (their time less that of the ops they called) over the
@@ -519,13 +523,13 @@ void run_case(const Case& c, double bench_start_rss, const std::filesystem::path
               100.0 * (1.0 - static_cast<double>(tot.tokens) /
                                  static_cast<double>(std::max<int64_t>(1, tot.unpacked))),
               config.data.packing ? " (data.packing)" : "");
-  if (c.eager_target > 0) {
+  if (c.eager) {
     // What bench/train_eager.py needs to run the same step (scripts/bench passes it on): the
     // same sizes; a fixed batch x length with the same share of supervised positions, compared
-    // in positions/s, or (packed blocks) the samples' own lengths, padded per batch by eager and
-    // compared in real tokens/s.
+    // in positions/s, or (the variable-length blocks) the samples' own lengths, padded per batch
+    // by eager and compared in real tokens/s.
     std::string shape;
-    if (config.data.packing) {
+    if (c.eager_lengths) {
       const auto path = std::filesystem::path(o.eager_dir) / ("mllm-eager-" + c.name + ".json");
       write_lengths(config, Q, path);
       shape = fmt::format("--lengths {} --batch 16 --unit tokens --cpp-per-s {:.1f}", path.string(),
@@ -627,7 +631,7 @@ int main(int argc, char** argv) {
   instruct.train.trainable = {"multi_modal_projector.*", "language_model.*"};
   instruct.train.batch_size = 32, instruct.train.lr = 1e-3, instruct.train.warmup_ratio = 0.03;
   cases.push_back({"stage2", "ShapesWorld stage 2 (instruct, vicuna_v1, connector + LLM train)",
-                   instruct, o.warmup, o.steps, 1.3});
+                   instruct, o.warmup, o.steps, true, 1.3});
   {
     Case c{"stage3", "ShapesWorld stage 3 (DPO on preference pairs, frozen reference)", instruct,
            o.warmup, o.steps};
@@ -648,7 +652,7 @@ int main(int argc, char** argv) {
     // supervised positions anyway: objectives.cpp).
     b.vocab = (load_tokenizer(base.model.tokenizer)->vocab_size() + 63) / 64 * 64;
     c.config.train.batch_size = 8;
-    c.eager_target = 1.3;
+    c.eager = true, c.eager_target = 1.3;
     cases.push_back(c);
   }
   {
@@ -659,7 +663,7 @@ int main(int argc, char** argv) {
     b.hidden = 256, b.layers = 4, b.heads = 8, b.kv_heads = 4, b.intermediate = 704,
     b.vocab = 32000;
     c.config.train.batch_size = 16;
-    c.eager_target = 4.0;
+    c.eager = true, c.eager_target = 4.0;
     cases.push_back(c);
   }
   {
@@ -675,7 +679,21 @@ int main(int argc, char** argv) {
     k.data.packing = true;
     k.model.llm.max_position = 2048;
     k.train.batch_size = 64;
-    c.eager_target = 5.0;
+    c.eager = true, c.eager_target = 5.0, c.eager_lengths = true;
+    cases.push_back(c);
+  }
+  {
+    // The same samples unpacked, as eager runs them: batches of 16 padded to their longest (the
+    // padding skipped by the projections and MLPs, attention on the padded grid). No target.
+    Case c{"unpacked",
+           "the variable-length samples unpacked, batches of 16 padded to their longest", instruct,
+           std::min<int64_t>(o.warmup, 1), std::min<int64_t>(o.steps, 4)};
+    auto& k = c.config;
+    k.data.train.path = (dir / "varlen_train.json").string();
+    k.data.max_length = 2048;
+    k.model.llm.max_position = 2048;
+    k.train.batch_size = 16;
+    c.eager = true, c.eager_lengths = true;
     cases.push_back(c);
   }
 

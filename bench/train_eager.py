@@ -321,7 +321,8 @@ def main():
         ours = pps if a.unit == "positions" else tps
         r = a.cpp_per_s / ours
         print(f"  ratio       bench_train {a.name} {a.cpp_per_s:.0f} {a.unit}/s / eager {ours:.0f} "
-              f"-> {r:.2f}x eager (target: >= {a.target:g}x){'' if r >= a.target else ' MISSED'}")
+              f"-> {r:.2f}x eager" + (f" (target: >= {a.target:g}x){'' if r >= a.target else ' MISSED'}"
+                                       if a.target > 0 else ""))
         if a.cpp_gemm_gflops > 0:  # the machine may be shared: each over its own GEMM reference
             print(f"  per GEMM GFLOP/s of each run (bench_train's {a.cpp_gemm_gflops:.1f}): "
                   f"{r * gemm / a.cpp_gemm_gflops:.2f}x")
