@@ -467,3 +467,75 @@ TEST_CASE("kernels: padding skipped, the real tokens' states and gradients as on
     }
   }
 }
+
+TEST_CASE("kernels: row_spans lays each row's run of real tokens out in one row, when it pays") {
+  const int64_t T = 2 * kCausalQueryBlock + 4;
+  auto is_real = torch::zeros({3, T}, torch::kBool);
+  is_real[0].fill_(true);                // whole
+  is_real[1].slice(0, 0, 40).fill_(1);   // right padding
+  is_real[2].slice(0, T - 90).fill_(1);  // left padding
+  const auto spans = row_spans(is_real);
+  REQUIRE(spans.size() == 3);
+  CHECK((spans[0].row == 0 && spans[0].start == 0 && spans[0].length == T));
+  CHECK((spans[1].row == 0 && spans[1].start == T && spans[1].length == 40));
+  CHECK((spans[2].row == 0 && spans[2].start == T + 40 && spans[2].length == 90));
+  SECTION("a row with a hole stays on the grid") {
+    is_real[1][20] = false;
+    CHECK(row_spans(is_real).empty());
+  }
+  SECTION("little padding: the grid, one call for all rows") {
+    is_real[1].fill_(true);
+    CHECK(row_spans(is_real).empty());
+  }
+  SECTION("short rows: the grid") {
+    CHECK(row_spans(is_real.slice(1, 0, 2 * kCausalQueryBlock - 1)).empty());
+  }
+  SECTION("a row with no real token has no run") {
+    is_real[1].fill_(false);
+    const auto two = row_spans(is_real);
+    REQUIRE(two.size() == 2);
+    CHECK((two[1].start == T && two[1].length == 90));
+  }
+}
+
+TEST_CASE("kernels: padding skipped in long rows, attention per run of real tokens, as the grid") {
+  torch::manual_seed(8);
+  const int64_t B = 3, T = 2 * kCausalQueryBlock + 4, C = 32;
+  auto opts = torch::TensorOptions().dtype(torch::kDouble);
+  auto right = torch::ones({B, T}, torch::kLong);
+  right[1].slice(0, 40).fill_(0), right[2].slice(0, 90).fill_(0);
+  auto left = torch::ones({B, T}, torch::kLong);
+  left[0].slice(0, 0, T - 60).fill_(0), left[2].slice(0, 0, T - 100).fill_(0);
+  const auto left_pos = (left.cumsum(1) - 1).clamp_min(0);
+  REQUIRE(!row_spans(right != 0).empty());
+  REQUIRE(!row_spans(left != 0).empty());
+  struct Case {
+    std::string name, type;
+    torch::Tensor mask, positions;
+    bool checkpoint;
+  };
+  for (const auto& k :
+       std::vector<Case>{{"right padding", "llama", right, {}, false},
+                         {"left padding, positions", "qwen2", left, left_pos, false},
+                         {"checkpointed layers", "llama", right, {}, true}}) {
+    DYNAMIC_SECTION(k.name) {
+      auto llm = double_llm(k.type, 2);
+      llm->set_gradient_checkpointing(k.checkpoint);
+      const auto x0 = torch::randn({B, T, C}, opts);
+      auto x1 = x0.clone().requires_grad_(), x2 = x0.clone().requires_grad_();
+      std::vector<torch::Tensor> states;  // the reference runs the padded grid whole
+      const auto grid = llm->forward(x1, k.mask, k.positions, &states);
+      const auto runs = llm->forward(x2, k.mask, k.positions);
+      const auto real = k.mask != 0;
+      check_same_where_read(*llm, x1, grid, x2, runs, real);
+      SECTION("with the last layer at a few wanted positions too") {
+        auto wanted = torch::zeros({B, T}, torch::kBool);
+        wanted[0][T - 1] = wanted[1][30] = wanted[2][T - 1] = wanted[2][95] = true;
+        const auto both = llm->forward(x0, k.mask, k.positions, nullptr, nullptr, nullptr, wanted);
+        const auto read = wanted & real;
+        REQUIRE(read.sum().item<int64_t>() >= 2);
+        CHECK(torch::allclose(both.index({read}), grid.index({read}), 1e-10, 1e-12));
+      }
+    }
+  }
+}

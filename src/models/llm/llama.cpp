@@ -97,6 +97,9 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const torch::T
   const auto B = x.size(0), T = x.size(1);
   torch::Tensor joint;
   const bool expert = extras && extras->has_expert();
+  // Under a grid, q/k/v go onto it for attention — unless attention runs per run of real tokens
+  // on the row they are in (the grid's spans).
+  const bool to_grid = mask.grid && mask.grid->spans.empty();
   const auto qkv =
       expert ? by_rows(
                    x, *extras,
@@ -117,7 +120,7 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const torch::T
     auto qk =
         joint.narrow(-1, 0, (heads + kv_heads) * head_dim).view({B, T, heads + kv_heads, head_dim});
     qk = qk * c + rotate_half(qk) * s;
-    if (mask.grid) qk = on_grid(qk, *mask.grid);
+    if (to_grid) qk = on_grid(qk, *mask.grid);
     q = qk.narrow(2, 0, heads);
     k = qk.narrow(2, heads, kv_heads);
   } else {
@@ -125,9 +128,9 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const torch::T
     k = qkv[1].reshape({B, T, kv_heads, head_dim});
     q = q * c + rotate_half(q) * s;
     k = k * c + rotate_half(k) * s;
-    if (mask.grid) q = on_grid(q, *mask.grid), k = on_grid(k, *mask.grid);
+    if (to_grid) q = on_grid(q, *mask.grid), k = on_grid(k, *mask.grid);
   }
-  if (mask.grid) v = on_grid(v, *mask.grid);
+  if (to_grid) v = on_grid(v, *mask.grid);
   q = q.transpose(1, 2), k = k.transpose(1, 2), v = v.transpose(1, 2);  // (B,H|KVH,T,D)
   if (cache_k && cache_v) {
     if (cache_k->defined()) {
@@ -139,7 +142,9 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const torch::T
   // Grouped-query attention reads each kv head for its heads/kv_heads query heads in place.
   // An additive mask, when given, is the whole mask (causal included); without one, causal.
   auto y = mask.packed() ? packed_attention(q, k, v, mask.samples)
-                         : attention(q, k, v, mask.additive, !mask.additive.has_value(), true);
+           : mask.grid && !mask.grid->spans.empty()
+               ? packed_attention(q, k, v, mask.grid->spans)
+               : attention(q, k, v, mask.additive, !mask.additive.has_value(), true);
   if (extras && extras->has_prompts()) {
     // LLaMA-Adapter's zero-init attention: the prompts' keys and values through this layer's own
     // projections, a softmax of their own over them, gated per head (reference: the adapter_*
@@ -154,7 +159,7 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const torch::T
                              false);
   }
   auto merged = y.transpose(1, 2).reshape({y.size(0), y.size(2), heads * head_dim});
-  if (mask.grid)  // off the grid: the real tokens' rows again, (1,N,H*D)
+  if (to_grid)  // off the grid: the real tokens' rows again, (1,N,H*D)
     merged = merged.reshape({-1, heads * head_dim}).index_select(0, mask.grid->real).unsqueeze(0);
   if (!expert) return o_proj(merged);
   return by_rows(
@@ -399,6 +404,32 @@ DecoderMask decoder_mask(const torch::Tensor& attention_mask, int64_t T, int64_t
   return out;
 }
 
+std::vector<DecoderMask::Span> row_spans(const torch::Tensor& is_real) {
+  const auto B = is_real.size(0), T = is_real.size(1);
+  if (T < 2 * kCausalQueryBlock) return {};
+  const auto m = is_real.to(torch::kCPU, torch::kBool).contiguous();
+  const auto a = m.accessor<bool, 2>();
+  std::vector<DecoderMask::Span> spans;
+  int64_t offset = 0;
+  double squares = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    int64_t first = -1, last = -1, count = 0;
+    for (int64_t t = 0; t < T; ++t)
+      if (a[b][t]) {
+        if (first < 0) first = t;
+        last = t, ++count;
+      }
+    if (count == 0) continue;
+    if (last - first + 1 != count) return {};  // a hole inside the row
+    spans.push_back({0, offset, count});
+    offset += count;
+    squares += static_cast<double>(count) * static_cast<double>(count);
+  }
+  if (2 * squares > static_cast<double>(B) * static_cast<double>(T) * static_cast<double>(T))
+    return {};
+  return spans;
+}
+
 torch::Tensor packed_attention(const torch::Tensor& q, const torch::Tensor& k,
                                const torch::Tensor& v,
                                const std::vector<DecoderMask::Span>& samples) {
@@ -467,7 +498,7 @@ torch::Tensor LlamaModelImpl::forward(const torch::Tensor& inputs_embeds,
     const auto is_real = attention_mask.to(inputs_embeds.device()) != 0;
     const auto real = is_real.reshape({-1}).nonzero().squeeze(1);
     if (real.size(0) > 0) {
-      mask.grid = DecoderMask::Grid{real, B, T};
+      mask.grid = DecoderMask::Grid{real, B, T, row_spans(is_real)};
       h = inputs_embeds.reshape({B * T, -1}).index_select(0, real).unsqueeze(0);
       positions = positions.expand({B, T}).reshape({-1}).index_select(0, real).unsqueeze(0);
       if (want.defined()) want = want.to(is_real.device(), torch::kBool) & is_real;

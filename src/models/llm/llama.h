@@ -58,9 +58,12 @@ struct DecoderMask {
   // Unpadded layers: the layers' input is (1,N,C), the batch's N real tokens in a row (padding
   // skipped by every projection and MLP); attention puts them back on the (B,T) grid (`real`:
   // each one's b*T + t, ascending), where `additive` masks the padding, and takes them off again.
+  // `spans`, when not empty: each row's real tokens are one run, and attention runs per run on
+  // the (1,N) row itself (packed_attention), not on the grid (row_spans says when).
   struct Grid {
     torch::Tensor real;
     int64_t rows = 0, length = 0;  // B, T
+    std::vector<Span> spans;
   };
   c10::optional<Grid> grid;
 };
@@ -73,6 +76,13 @@ struct DecoderMask {
 // else additive, where -1e9 marks what a query may not see.
 DecoderMask decoder_mask(const torch::Tensor& attention_mask, int64_t T, int64_t S,
                          const torch::TensorOptions& options);
+
+// The runs of real tokens of a padded batch laid out in one row, as DecoderMask::Grid::spans:
+// `is_real` (B,T), each row's real tokens contiguous (right or left padding). Empty — attention
+// stays on the padded grid — when a row's are not, or when the grid costs less: rows shorter
+// than two of attention()'s causal blocks, or the runs' squared lengths over half the grid's
+// B*T*T (per-run attention is a call per row, the grid one for all).
+std::vector<DecoderMask::Span> row_spans(const torch::Tensor& is_real);
 
 // Attention of packed rows, one sample at a time: q (B,H,T,D), k and v (B,KVH,T,D), each span of
 // `samples` attending causally to itself alone; positions outside every span get zeros.
