@@ -189,7 +189,8 @@ WantedRows wanted_rows(const torch::Tensor& wanted, int64_t S, const DecoderMask
                   .index_select(0, r.flat);
   }
   // What each wanted query sees, (N,S): its row of the additive mask when there is one; else
-  // the keys up to its own, from its own sample's first when the rows are packed.
+  // the keys up to its own, from its own sample's first when the rows are packed, its own row's
+  // real ones under a grid (whose additive mask was dropped for its spans).
   torch::Tensor seen;
   if (mask.additive) {
     seen = mask.additive->reshape({B * T, S}).index_select(0, r.flat);
@@ -204,6 +205,12 @@ WantedRows wanted_rows(const torch::Tensor& wanted, int64_t S, const DecoderMask
           first[static_cast<size_t>(span.row * T + t)] = span.start;
       const auto lowest = torch::tensor(first, torch::kLong).to(options.device());
       allowed = allowed & (keys >= lowest.index_select(0, r.flat).view({-1, 1}));
+    }
+    if (mask.grid) {  // S == T: no cache under a grid
+      const auto real_keys = torch::zeros({B * T}, options.dtype(torch::kBool))
+                                 .index_fill_(0, mask.grid->real, true)
+                                 .view({B, T});
+      allowed = allowed & real_keys.index_select(0, b);
     }
     seen = torch::zeros(allowed.sizes(), options.dtype(torch::kFloat))
                .masked_fill(allowed.logical_not(), -1e9);
@@ -499,6 +506,8 @@ torch::Tensor LlamaModelImpl::forward(const torch::Tensor& inputs_embeds,
     const auto real = is_real.reshape({-1}).nonzero().squeeze(1);
     if (real.size(0) > 0) {
       mask.grid = DecoderMask::Grid{real, B, T, row_spans(is_real)};
+      // Attention per run never reads the (B,1,T,T) mask: not kept through forward and backward.
+      if (!mask.grid->spans.empty()) mask.additive.reset();
       h = inputs_embeds.reshape({B * T, -1}).index_select(0, real).unsqueeze(0);
       positions = positions.expand({B, T}).reshape({-1}).index_select(0, real).unsqueeze(0);
       if (want.defined()) want = want.to(is_real.device(), torch::kBool) & is_real;
