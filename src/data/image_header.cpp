@@ -1,6 +1,7 @@
 #include "data/image_header.h"
 
 #include <cctype>
+#include <fstream>
 
 #include "core/error.h"
 #include "core/fs.h"
@@ -45,13 +46,50 @@ std::optional<std::pair<int64_t, int64_t>> pnm_size(const std::string& b) {
   return std::make_pair(v[0], v[1]);
 }
 
+// TIFF (TIFF 6.0, sections 2 and 8): "II" (little-endian) or "MM" (big-endian), 42, the first
+// IFD's offset; the IFD's entries (tag, type, count, value) hold ImageWidth (256) and ImageLength
+// (257) as a SHORT or a LONG in the value field. `b` from the file's start, or (`ifd_at` > 0)
+// holding the IFD at that offset; nullopt when the IFD lies past `b` (tiff_ifd_offset says where).
+bool tiff_big_endian(const std::string& b) {
+  return b[0] == 'M';
+}
+bool is_tiff(const std::string& b) {
+  return b.size() >= 8 && (b.compare(0, 4, "II*\0", 4) == 0 || b.compare(0, 4, "MM\0*", 4) == 0);
+}
+uint32_t tiff16(const std::string& b, size_t i, bool be) {
+  return be ? be16(b, i) : le16(b, i);
+}
+uint32_t tiff32(const std::string& b, size_t i, bool be) {
+  return be ? be32(b, i) : le32(b, i);
+}
+
+std::optional<std::pair<int64_t, int64_t>> tiff_ifd_size(const std::string& b, size_t ifd,
+                                                         bool be) {
+  if (ifd + 2 > b.size()) return std::nullopt;
+  const size_t entries = tiff16(b, ifd, be);
+  int64_t w = -1, h = -1;
+  for (size_t e = 0; e < entries; ++e) {
+    const size_t at = ifd + 2 + 12 * e;
+    if (at + 12 > b.size()) return std::nullopt;
+    const uint32_t tag = tiff16(b, at, be), type = tiff16(b, at + 2, be);
+    if ((tag != 256 && tag != 257) || tiff32(b, at + 4, be) < 1) continue;
+    int64_t v = -1;
+    if (type == 3) v = tiff16(b, at + 8, be);  // SHORT
+    if (type == 4) v = tiff32(b, at + 8, be);  // LONG
+    (tag == 256 ? w : h) = v;
+  }
+  if (w < 0 || h < 0) return std::nullopt;
+  return std::make_pair(w, h);
+}
+
 }  // namespace
 
-// Width and height from the header of a PNG, JPEG, WebP, BMP or PNM file, read before decoding
-// so that a header claiming a huge image is refused before anything is allocated for it (as PIL
-// checks Image.size on open). Other formats, or a header it cannot follow: nullopt (they are
-// checked after decoding). Layouts: PNG's IHDR; JPEG's SOFn segment (ITU T.81 B.2.2); WebP's
-// VP8 / VP8L / VP8X chunks (RFC 9649); BMP's BITMAPINFOHEADER / BITMAPCOREHEADER; Netpbm's header.
+// Width and height from the header of a PNG, JPEG, WebP, BMP, PNM or TIFF file, read before
+// decoding so that a header claiming a huge image is refused before anything is allocated for it
+// (as PIL checks Image.size on open). Other formats, or a header it cannot follow: nullopt (they
+// are checked after decoding). Layouts: PNG's IHDR; JPEG's SOFn segment (ITU T.81 B.2.2); WebP's
+// VP8 / VP8L / VP8X chunks (RFC 9649); BMP's BITMAPINFOHEADER / BITMAPCOREHEADER; Netpbm's header;
+// TIFF's first IFD, when it lies within `b`.
 std::optional<std::pair<int64_t, int64_t>> image_header_size(const std::string& b) {
   const size_t n = b.size();
   if (n >= 24 && b.compare(0, 8, "\x89PNG\r\n\x1a\n", 8) == 0 && b.compare(12, 4, "IHDR") == 0)
@@ -96,6 +134,7 @@ std::optional<std::pair<int64_t, int64_t>> image_header_size(const std::string& 
     return std::make_pair<int64_t, int64_t>(std::abs(int64_t{w}), std::abs(int64_t{h}));
   }
   if (n >= 3 && b[0] == 'P' && b[1] >= '1' && b[1] <= '6') return pnm_size(b);
+  if (is_tiff(b)) return tiff_ifd_size(b, tiff32(b, 4, tiff_big_endian(b)), tiff_big_endian(b));
   return std::nullopt;
 }
 
@@ -104,8 +143,19 @@ Resolution image_file_size(const std::filesystem::path& path) {
   // A header is near the start (a JPEG's SOF after its EXIF segments, at most 64 KiB each).
   const std::string head = read_file_prefix(path, 1 << 20);
   if (const auto wh = image_header_size(head)) return {wh->second, wh->first};
+  if (is_tiff(head)) {  // a TIFF's IFD may follow its image data: read it where it is
+    const bool be = tiff_big_endian(head);
+    const uint64_t ifd = tiff32(head, 4, be);
+    std::ifstream f(path, std::ios::binary);
+    std::string count(2, '\0'), entries;
+    if (f.seekg(static_cast<std::streamoff>(ifd)) && f.read(count.data(), 2)) {
+      entries.resize(12 * size_t{tiff16(count, 0, be)});
+      if (f.read(entries.data(), static_cast<std::streamsize>(entries.size())))
+        if (const auto wh = tiff_ifd_size(count + entries, 0, be)) return {wh->second, wh->first};
+    }
+  }
   throw Error(path.string() +
-              ": cannot read the image's size from its header (PNG, JPEG, WebP, BMP or PNM; "
+              ": cannot read the image's size from its header (PNG, JPEG, WebP, BMP, PNM or TIFF; "
               "AnyRes counts its tokens by it)");
 }
 

@@ -13,8 +13,8 @@
 
 namespace mllm {
 
-// Width and height read from a PNG, JPEG, WebP, BMP or PNM header without decoding; nullopt for
-// other formats or a header it cannot follow.
+// Width and height read from a PNG, JPEG, WebP, BMP, PNM or TIFF header without decoding; nullopt
+// for other formats or a header it cannot follow.
 std::optional<std::pair<int64_t, int64_t>> image_header_size(const std::string& bytes);
 
 // (height, width) of an image file from its header. Throws Error naming the file when it is

@@ -116,10 +116,13 @@ TEST_CASE(
   CHECK_THROWS_WITH(ImageTransform::decode(dir / "strip.png", 599),
                     Catch::Contains("strip.png: cannot decode image (its header says 300x2, over "
                                     "data.image.max_pixels = 599)"));
-  // A format whose header is not read before decoding (TIFF) is checked once decoded.
   REQUIRE(cv::imwrite((dir / "strip.tiff").string(), strip));
   CHECK_THROWS_WITH(ImageTransform::decode(dir / "strip.tiff", 599),
-                    Catch::Contains("strip.tiff: cannot decode image (300x2 is over "
+                    Catch::Contains("strip.tiff: cannot decode image (its header says 300x2"));
+  // A format whose header is not read before decoding (Sun raster) is checked once decoded.
+  REQUIRE(cv::imwrite((dir / "strip.ras").string(), strip));
+  CHECK_THROWS_WITH(ImageTransform::decode(dir / "strip.ras", 599),
+                    Catch::Contains("strip.ras: cannot decode image (300x2 is over "
                                     "data.image.max_pixels = 599)"));
   ImageConfig ic;
   ic.max_pixels = 90000;  // the 300 x 300 square fits
@@ -140,7 +143,8 @@ TEST_CASE(
   CHECK(ImageTransform(ic, 8).load(dir / "strip.png").size(2) == 8);
 }
 
-TEST_CASE("image_header_size: the size in PNG, JPEG, WebP, BMP and PNM headers, before decoding") {
+TEST_CASE(
+    "image_header_size: the size in PNG, JPEG, WebP, BMP, PNM and TIFF headers, before decoding") {
   TempDir dir;
   cv::Mat img(37, 53, CV_8UC3, cv::Scalar(1, 2, 3));
   struct Format {
@@ -153,7 +157,9 @@ TEST_CASE("image_header_size: the size in PNG, JPEG, WebP, BMP and PNM headers, 
                                              {"lossy.webp", {cv::IMWRITE_WEBP_QUALITY, 50}},
                                              {"a.bmp", {}},
                                              {"a.ppm", {}},
-                                             {"a.pgm", {}}}) {
+                                             {"a.pgm", {}},
+                                             {"a.tiff", {}},
+                                             {"raw.tiff", {cv::IMWRITE_TIFF_COMPRESSION, 1}}}) {
     INFO(f.file);
     cv::Mat gray;
     cv::cvtColor(img, gray, cv::COLOR_BGR2GRAY);
@@ -165,6 +171,51 @@ TEST_CASE("image_header_size: the size in PNG, JPEG, WebP, BMP and PNM headers, 
     CHECK(wh->second == 37);
   }
   CHECK_FALSE(image_header_size("not an image").has_value());
+  SECTION("TIFF: either byte order, SHORT or LONG sizes, the IFD wherever it lies") {
+    // Written out by hand from TIFF 6.0's layout: header, then one IFD of two 12-byte entries.
+    const auto tiff = [](bool be, uint16_t w_type, uint32_t w, uint16_t h_type, uint32_t h) {
+      std::string b = be ? std::string("MM\0*", 4) : std::string("II*\0", 4);
+      const auto put = [&](uint32_t v, int bytes) {
+        for (int i = 0; i < bytes; ++i)
+          b += static_cast<char>(be ? (v >> (8 * (bytes - 1 - i))) & 0xFF : (v >> (8 * i)) & 0xFF);
+      };
+      const auto value = [&](uint16_t type, uint32_t v) {  // left-justified in its 4 bytes
+        if (type == 3)
+          put(v, 2), put(0, 2);
+        else
+          put(v, 4);
+      };
+      put(8, 4);                                     // the IFD's offset
+      put(3, 2);                                     // entries
+      put(254, 2), put(4, 2), put(1, 4), put(0, 4);  // NewSubfileType, skipped
+      put(256, 2), put(w_type, 2), put(1, 4), value(w_type, w);
+      put(257, 2), put(h_type, 2), put(1, 4), value(h_type, h);
+      return b;
+    };
+    for (const bool be : {false, true}) {
+      INFO("big-endian " << be);
+      const auto a = image_header_size(tiff(be, 3, 291, 4, 70000));
+      REQUIRE(a.has_value());
+      CHECK((a->first == 291 && a->second == 70000));
+      const auto b = image_header_size(tiff(be, 4, 100000, 3, 7));
+      REQUIRE(b.has_value());
+      CHECK((b->first == 100000 && b->second == 7));
+      CHECK_FALSE(image_header_size(tiff(be, 5, 1, 3, 7)).has_value());  // a RATIONAL width
+      CHECK_FALSE(image_header_size(tiff(be, 3, 1, 3, 7).substr(0, 40)).has_value());  // cut
+    }
+    // OpenCV's uncompressed TIFF of 1.4 MB keeps its IFD after the pixels, past the 1 MiB that
+    // image_file_size reads first: it reads the IFD where the header says.
+    cv::Mat wide(600, 800, CV_8UC3, cv::Scalar(1, 2, 3));
+    REQUIRE(cv::imwrite((dir / "wide.tiff").string(), wide, {cv::IMWRITE_TIFF_COMPRESSION, 1}));
+    const std::string bytes = read_file(dir / "wide.tiff");
+    REQUIRE(bytes.compare(0, 4, "II*\0", 4) == 0);
+    const uint32_t ifd = uint32_t(uint8_t(bytes[4])) | uint32_t(uint8_t(bytes[5])) << 8 |
+                         uint32_t(uint8_t(bytes[6])) << 16 | uint32_t(uint8_t(bytes[7])) << 24;
+    REQUIRE(ifd > (1u << 20));
+    CHECK_FALSE(image_header_size(bytes.substr(0, 1 << 20)).has_value());
+    const auto size = image_file_size(dir / "wide.tiff");
+    CHECK((size.first == 600 && size.second == 800));
+  }
   // A 30000 x 30000 PNG header over a few bytes of data: refused before OpenCV allocates 2.7 GB.
   std::string png = read_file(dir / "a.png");
   const char big[8] = {0, 0, 0x75, 0x30, 0, 0, 0x75, 0x30};
