@@ -30,6 +30,27 @@ torch::Tensor causal(int64_t T, int64_t S) {
       .masked_fill(torch::ones({T, S}, torch::kBool).triu(S - T + 1), -1e9);
 }
 
+// attention() (causal without a mask, else under `mask`, which hides the future) against
+// reference_attention with `ref_mask`: outputs and q/k/v gradients where `read` is 1 (it
+// broadcasts over (B,H,T,D)), the gradients of a loss on those outputs alone.
+void check_like_reference(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                          const c10::optional<torch::Tensor>& mask, const torch::Tensor& ref_mask,
+                          const torch::Tensor& read) {
+  auto q1 = q.clone().requires_grad_(), k1 = k.clone().requires_grad_(),
+       v1 = v.clone().requires_grad_();
+  auto q2 = q.clone().requires_grad_(), k2 = k.clone().requires_grad_(),
+       v2 = v.clone().requires_grad_();
+  const auto w = torch::randn(q.sizes(), q.options()) * read;
+  const auto y = attention(q1, k1, v1, mask, !mask.has_value(), mask.has_value());
+  const auto ref = reference_attention(q2, k2, v2, ref_mask);
+  CHECK(torch::allclose(y * read, ref * read, 1e-10, 1e-12));
+  (y * w).sum().backward();
+  (ref * w).sum().backward();
+  CHECK(torch::allclose(q1.grad(), q2.grad(), 1e-10, 1e-12));
+  CHECK(torch::allclose(k1.grad(), k2.grad(), 1e-10, 1e-12));
+  CHECK(torch::allclose(v1.grad(), v2.grad(), 1e-10, 1e-12));
+}
+
 }  // namespace
 
 TEST_CASE("kernels: grouped-query attention reads shared kv heads without copies, as repeat_kv") {
@@ -87,19 +108,7 @@ TEST_CASE("kernels: causal attention over many queries, in blocks of queries, as
   const auto q = torch::randn({B, H, T, D}, opts);
   const auto k = torch::randn({B, KVH, T, D}, opts), v = torch::randn({B, KVH, T, D}, opts);
   SECTION("all queries, with gradients") {
-    auto q1 = q.clone().requires_grad_(), k1 = k.clone().requires_grad_(),
-         v1 = v.clone().requires_grad_();
-    auto q2 = q.clone().requires_grad_(), k2 = k.clone().requires_grad_(),
-         v2 = v.clone().requires_grad_();
-    const auto w = torch::randn({B, H, T, D}, opts);
-    const auto y = attention(q1, k1, v1, c10::nullopt, true);
-    const auto ref = reference_attention(q2, k2, v2, causal(T, T));
-    CHECK(torch::allclose(y, ref, 1e-10, 1e-12));
-    (y * w).sum().backward();
-    (ref * w).sum().backward();
-    CHECK(torch::allclose(q1.grad(), q2.grad(), 1e-10, 1e-12));
-    CHECK(torch::allclose(k1.grad(), k2.grad(), 1e-10, 1e-12));
-    CHECK(torch::allclose(v1.grad(), v2.grad(), 1e-10, 1e-12));
+    check_like_reference(q, k, v, c10::nullopt, causal(T, T), torch::ones({1, 1, T, 1}, opts));
   }
   SECTION("the decoder's padding masks, which hide the future themselves") {
     // Right padding in row 0, left padding in row 1; the real queries' outputs and the gradients
@@ -108,20 +117,8 @@ TEST_CASE("kernels: causal attention over many queries, in blocks of queries, as
     am.index_put_({0, torch::indexing::Slice(T - 40)}, 0);
     am.index_put_({1, torch::indexing::Slice(0, 150)}, 0);
     const auto m = *decoder_mask(am, T, T, opts).additive;  // (B,1,T,T)
-    auto q1 = q.clone().requires_grad_(), k1 = k.clone().requires_grad_(),
-         v1 = v.clone().requires_grad_();
-    auto q2 = q.clone().requires_grad_(), k2 = k.clone().requires_grad_(),
-         v2 = v.clone().requires_grad_();
-    const auto real = am.to(torch::kBool).view({B, 1, T, 1});
-    const auto w = torch::randn({B, H, T, D}, opts) * real;
-    const auto y = attention(q1, k1, v1, m, false, true);
-    const auto ref = reference_attention(q2, k2, v2, m.to(torch::kDouble));
-    CHECK(torch::allclose(y * real, ref * real, 1e-10, 1e-12));
-    (y * w).sum().backward();
-    (ref * w).sum().backward();
-    CHECK(torch::allclose(q1.grad(), q2.grad(), 1e-10, 1e-12));
-    CHECK(torch::allclose(k1.grad(), k2.grad(), 1e-10, 1e-12));
-    CHECK(torch::allclose(v1.grad(), v2.grad(), 1e-10, 1e-12));
+    check_like_reference(q, k, v, m, m.to(torch::kDouble),
+                         am.to(torch::kDouble).view({B, 1, T, 1}));
   }
   SECTION("the last queries of more keys (a cached prefix): causality aligned to the end") {
     const int64_t past = 11;
@@ -420,25 +417,47 @@ TEST_CASE(
 }
 
 TEST_CASE("kernels: padding skipped, the real tokens' states and gradients as on the padded grid") {
+  // Short rows (attention on the grid) and long ones (256+ tokens, mostly padding: attention per
+  // run of real tokens, row_spans), each right-padded, left-padded and checkpointed.
   torch::manual_seed(6);
-  const int64_t B = 3, T = 8, C = 32;
+  const int64_t B = 3, C = 32, L = 2 * kCausalQueryBlock + 4;
   auto opts = torch::TensorOptions().dtype(torch::kDouble);
-  auto right = torch::ones({B, T}, torch::kLong);
+  auto right = torch::ones({B, 8}, torch::kLong);
   right[0].slice(0, 5).fill_(0), right[2].slice(0, 2).fill_(0);
-  auto left = torch::ones({B, T}, torch::kLong);
+  auto left = torch::ones({B, 8}, torch::kLong);
   left[1].slice(0, 0, 3).fill_(0);
-  const auto left_pos = (left.cumsum(1) - 1).clamp_min(0);
+  auto long_right = torch::ones({B, L}, torch::kLong);
+  long_right[1].slice(0, 40).fill_(0), long_right[2].slice(0, 90).fill_(0);
+  auto long_left = torch::ones({B, L}, torch::kLong);
+  long_left[0].slice(0, 0, L - 60).fill_(0), long_left[2].slice(0, 0, L - 100).fill_(0);
+  REQUIRE(row_spans(right != 0).empty());
+  REQUIRE(!row_spans(long_right != 0).empty());
+  REQUIRE(!row_spans(long_left != 0).empty());
+  const auto positions = [](const torch::Tensor& m) { return (m.cumsum(1) - 1).clamp_min(0); };
+  const auto wanted_at = [](int64_t T, std::vector<std::pair<int64_t, int64_t>> at) {
+    auto w = torch::zeros({B, T}, torch::kBool);
+    for (const auto& [b, t] : at) w[b][t] = true;
+    return w;
+  };
+  const auto short_wanted = wanted_at(8, {{0, 1}, {0, 4}, {1, 6}, {2, 7}});
+  const auto long_wanted = wanted_at(L, {{0, L - 1}, {1, 30}, {2, L - 1}, {2, 95}});
   struct Case {
     std::string name, type;
     torch::Tensor mask, positions;
     bool checkpoint, lora;
+    torch::Tensor wanted;
   };
-  for (const auto& k :
-       std::vector<Case>{{"right padding", "llama", right, {}, false, false},
-                         {"left padding, positions", "qwen2", left, left_pos, false, true},
-                         {"checkpointed layers", "llama", right, {}, true, false}}) {
+  for (const auto& k : std::vector<Case>{
+           {"right padding", "llama", right, {}, false, false, short_wanted},
+           {"left padding, positions", "qwen2", left, positions(left), false, true, short_wanted},
+           {"checkpointed layers", "llama", right, {}, true, false, short_wanted},
+           {"long rows, right padding", "llama", long_right, {}, false, false, long_wanted},
+           {"long rows, left padding, positions", "qwen2", long_left, positions(long_left), false,
+            false, long_wanted},
+           {"long rows, checkpointed layers", "llama", long_right, {}, true, false, long_wanted}}) {
     DYNAMIC_SECTION(k.name) {
-      auto llm = double_llm(k.type, 3);
+      const auto T = k.mask.size(1);
+      auto llm = double_llm(k.type, T > 8 ? 2 : 3);
       if (k.lora) {  // an adapter: the unfused projections' path
         auto& v = llm->layers->ptr<LlamaDecoderLayerImpl>(0)->self_attn->v_proj;
         v->add_adapter(4, 8.0, 0.0);
@@ -457,10 +476,10 @@ TEST_CASE("kernels: padding skipped, the real tokens' states and gradients as on
       CHECK(grid.index({real.logical_not()}).abs().max().item<double>() > 0.0);
       check_same_where_read(*llm, x1, grid, x2, unpadded, real);
       SECTION("with the last layer at a few wanted positions too") {
-        auto wanted = torch::zeros({B, T}, torch::kBool);
-        wanted[0][1] = wanted[0][4] = wanted[1][6] = wanted[2][7] = true;
-        const auto both = llm->forward(x0, k.mask, k.positions, nullptr, nullptr, nullptr, wanted);
-        const auto read = wanted & real;  // a wanted pad comes back zero
+        const auto both =
+            llm->forward(x0, k.mask, k.positions, nullptr, nullptr, nullptr, k.wanted);
+        const auto read = k.wanted & real;  // a wanted pad comes back zero
+        REQUIRE(read.sum().item<int64_t>() >= 2);
         CHECK(torch::allclose(both.index({read}), grid.index({read}), 1e-10, 1e-12));
         CHECK(both.index({read.logical_not()}).abs().max().item<double>() == 0.0);
       }
@@ -495,47 +514,5 @@ TEST_CASE("kernels: row_spans lays each row's run of real tokens out in one row,
     const auto two = row_spans(is_real);
     REQUIRE(two.size() == 2);
     CHECK((two[1].start == T && two[1].length == 90));
-  }
-}
-
-TEST_CASE("kernels: padding skipped in long rows, attention per run of real tokens, as the grid") {
-  torch::manual_seed(8);
-  const int64_t B = 3, T = 2 * kCausalQueryBlock + 4, C = 32;
-  auto opts = torch::TensorOptions().dtype(torch::kDouble);
-  auto right = torch::ones({B, T}, torch::kLong);
-  right[1].slice(0, 40).fill_(0), right[2].slice(0, 90).fill_(0);
-  auto left = torch::ones({B, T}, torch::kLong);
-  left[0].slice(0, 0, T - 60).fill_(0), left[2].slice(0, 0, T - 100).fill_(0);
-  const auto left_pos = (left.cumsum(1) - 1).clamp_min(0);
-  REQUIRE(!row_spans(right != 0).empty());
-  REQUIRE(!row_spans(left != 0).empty());
-  struct Case {
-    std::string name, type;
-    torch::Tensor mask, positions;
-    bool checkpoint;
-  };
-  for (const auto& k :
-       std::vector<Case>{{"right padding", "llama", right, {}, false},
-                         {"left padding, positions", "qwen2", left, left_pos, false},
-                         {"checkpointed layers", "llama", right, {}, true}}) {
-    DYNAMIC_SECTION(k.name) {
-      auto llm = double_llm(k.type, 2);
-      llm->set_gradient_checkpointing(k.checkpoint);
-      const auto x0 = torch::randn({B, T, C}, opts);
-      auto x1 = x0.clone().requires_grad_(), x2 = x0.clone().requires_grad_();
-      std::vector<torch::Tensor> states;  // the reference runs the padded grid whole
-      const auto grid = llm->forward(x1, k.mask, k.positions, &states);
-      const auto runs = llm->forward(x2, k.mask, k.positions);
-      const auto real = k.mask != 0;
-      check_same_where_read(*llm, x1, grid, x2, runs, real);
-      SECTION("with the last layer at a few wanted positions too") {
-        auto wanted = torch::zeros({B, T}, torch::kBool);
-        wanted[0][T - 1] = wanted[1][30] = wanted[2][T - 1] = wanted[2][95] = true;
-        const auto both = llm->forward(x0, k.mask, k.positions, nullptr, nullptr, nullptr, wanted);
-        const auto read = wanted & real;
-        REQUIRE(read.sum().item<int64_t>() >= 2);
-        CHECK(torch::allclose(both.index({read}), grid.index({read}), 1e-10, 1e-12));
-      }
-    }
   }
 }
