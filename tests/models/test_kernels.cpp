@@ -498,9 +498,17 @@ TEST_CASE("kernels: row_spans lays each row's run of real tokens out in one row,
   CHECK((spans[0].row == 0 && spans[0].start == 0 && spans[0].length == T));
   CHECK((spans[1].row == 0 && spans[1].start == T && spans[1].length == 40));
   CHECK((spans[2].row == 0 && spans[2].start == T + 40 && spans[2].length == 90));
+  SECTION("decoder_mask asked for the runs: a grid with them, and no (B,1,T,T) mask built") {
+    const auto m = decoder_mask(is_real.to(torch::kLong), T, T, {}, true);
+    CHECK_FALSE(m.additive.has_value());
+    REQUIRE(m.grid.has_value());
+    CHECK(m.grid->spans.size() == 3);
+    CHECK(decoder_mask(is_real.to(torch::kLong), T, T, {}).additive.has_value());
+  }
   SECTION("a row with a hole stays on the grid") {
     is_real[1][20] = false;
     CHECK(row_spans(is_real).empty());
+    CHECK(decoder_mask(is_real.to(torch::kLong), T, T, {}, true).additive.has_value());
   }
   SECTION("little padding: the grid, one call for all rows") {
     is_real[1].fill_(true);

@@ -190,7 +190,7 @@ WantedRows wanted_rows(const torch::Tensor& wanted, int64_t S, const DecoderMask
   }
   // What each wanted query sees, (N,S): its row of the additive mask when there is one; else
   // the keys up to its own, from its own sample's first when the rows are packed, its own row's
-  // real ones under a grid (whose additive mask was dropped for its spans).
+  // real ones under a grid (with spans, it has no additive mask).
   torch::Tensor seen;
   if (mask.additive) {
     seen = mask.additive->reshape({B * T, S}).index_select(0, r.flat);
@@ -376,7 +376,7 @@ torch::Tensor LlamaDecoderLayerImpl::forward_rows(const torch::Tensor& x, const 
 }
 
 DecoderMask decoder_mask(const torch::Tensor& attention_mask, int64_t T, int64_t S,
-                         const torch::TensorOptions& options) {
+                         const torch::TensorOptions& options, bool padding_runs) {
   DecoderMask out;
   if (!attention_mask.defined()) return out;
   if (attention_mask.size(1) != S)
@@ -387,6 +387,13 @@ DecoderMask decoder_mask(const torch::Tensor& attention_mask, int64_t T, int64_t
   const auto range = torch::stack({lowest, highest}).to(torch::kCPU, torch::kLong);
   const bool packed = range[1].item<int64_t>() > 1;
   if (!packed && range[0].item<int64_t>() != 0) return out;  // all real: plain causal
+  if (!packed && padding_runs && T == S) {
+    auto spans = row_spans(attention_mask != 0);
+    if (!spans.empty()) {
+      out.grid = DecoderMask::Grid{torch::Tensor(), B, T, std::move(spans)};
+      return out;
+    }
+  }
   if (packed && T == S) {
     // Each sample's span: a run of one non-zero value along its row.
     const auto m = attention_mask.to(torch::kCPU, torch::kLong).contiguous();
@@ -495,19 +502,20 @@ torch::Tensor LlamaModelImpl::forward(const torch::Tensor& inputs_embeds,
   auto positions = position_ids.defined()
                        ? position_ids
                        : torch::arange(past, S, inputs_embeds.options().dtype(torch::kLong));
-  auto mask = decoder_mask(attention_mask, T, S, inputs_embeds.options());
+  // Padding skipped: the layers run on the real tokens in one row, (1,N,C); attention alone puts
+  // them on the (B,T) grid (DecoderMask::Grid), or runs per row's run of real tokens (its spans,
+  // when decoder_mask finds them: then no (B,1,T,T) mask is built). Whole for what reads or
+  // writes every position.
+  const bool may_skip = !cache && !extension && !hidden_states && config_.experts == 0;
+  auto mask = decoder_mask(attention_mask, T, S, inputs_embeds.options(), may_skip);
   auto h = inputs_embeds;
   auto want = wanted;
-  // Padding skipped: the layers run on the real tokens in one row, (1,N,C); attention alone puts
-  // them on the (B,T) grid (DecoderMask::Grid). Whole for what reads or writes every position.
-  if (mask.additive && !mask.packed() && !cache && !extension && !hidden_states &&
-      config_.experts == 0) {
+  if ((mask.additive || mask.grid) && !mask.packed() && may_skip) {
     const auto is_real = attention_mask.to(inputs_embeds.device()) != 0;
     const auto real = is_real.reshape({-1}).nonzero().squeeze(1);
     if (real.size(0) > 0) {
-      mask.grid = DecoderMask::Grid{real, B, T, row_spans(is_real)};
-      // Attention per run never reads the (B,1,T,T) mask: not kept through forward and backward.
-      if (!mask.grid->spans.empty()) mask.additive.reset();
+      auto spans = mask.grid ? std::move(mask.grid->spans) : std::vector<DecoderMask::Span>{};
+      mask.grid = DecoderMask::Grid{real, B, T, std::move(spans)};
       h = inputs_embeds.reshape({B * T, -1}).index_select(0, real).unsqueeze(0);
       positions = positions.expand({B, T}).reshape({-1}).index_select(0, real).unsqueeze(0);
       if (want.defined()) want = want.to(is_real.device(), torch::kBool) & is_real;

@@ -73,9 +73,12 @@ struct DecoderMask {
 // several samples (1,1,2,2,2,3,0,0) and each token attends only to earlier tokens of its own
 // sample (values 0/1 are the usual padding mask). Plain causal when attention_mask is undefined
 // or all ones; packed spans when T == S and a value exceeds 1 (each sample's tokens contiguous);
-// else additive, where -1e9 marks what a query may not see.
+// else additive, where -1e9 marks what a query may not see. `padding_runs`: a caller that will
+// skip the padding (DecoderMask::Grid) asks for the runs of real tokens first; when row_spans
+// finds them, the mask is a grid with those spans (its `real` for the caller to fill) and no
+// additive mask is built.
 DecoderMask decoder_mask(const torch::Tensor& attention_mask, int64_t T, int64_t S,
-                         const torch::TensorOptions& options);
+                         const torch::TensorOptions& options, bool padding_runs = false);
 
 // The runs of real tokens of a padded batch laid out in one row, as DecoderMask::Grid::spans:
 // `is_real` (B,T), each row's real tokens contiguous (right or left padding). Empty — attention
