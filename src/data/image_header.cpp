@@ -48,8 +48,7 @@ std::optional<std::pair<int64_t, int64_t>> pnm_size(const std::string& b) {
 
 // TIFF (TIFF 6.0, sections 2 and 8): "II" (little-endian) or "MM" (big-endian), 42, the first
 // IFD's offset; the IFD's entries (tag, type, count, value) hold ImageWidth (256) and ImageLength
-// (257) as a SHORT or a LONG in the value field. `b` from the file's start, or (`ifd_at` > 0)
-// holding the IFD at that offset; nullopt when the IFD lies past `b` (tiff_ifd_offset says where).
+// (257) as a SHORT or a LONG in the value field.
 bool tiff_big_endian(const std::string& b) {
   return b[0] == 'M';
 }
@@ -63,6 +62,7 @@ uint32_t tiff32(const std::string& b, size_t i, bool be) {
   return be ? be32(b, i) : le32(b, i);
 }
 
+// The sizes from the IFD at offset `ifd` of `b`; nullopt when it lies past `b` or lacks them.
 std::optional<std::pair<int64_t, int64_t>> tiff_ifd_size(const std::string& b, size_t ifd,
                                                          bool be) {
   if (ifd + 2 > b.size()) return std::nullopt;
@@ -134,7 +134,10 @@ std::optional<std::pair<int64_t, int64_t>> image_header_size(const std::string& 
     return std::make_pair<int64_t, int64_t>(std::abs(int64_t{w}), std::abs(int64_t{h}));
   }
   if (n >= 3 && b[0] == 'P' && b[1] >= '1' && b[1] <= '6') return pnm_size(b);
-  if (is_tiff(b)) return tiff_ifd_size(b, tiff32(b, 4, tiff_big_endian(b)), tiff_big_endian(b));
+  if (is_tiff(b)) {
+    const bool be = tiff_big_endian(b);
+    return tiff_ifd_size(b, tiff32(b, 4, be), be);
+  }
   return std::nullopt;
 }
 

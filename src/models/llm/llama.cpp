@@ -99,7 +99,7 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const torch::T
   const bool expert = extras && extras->has_expert();
   // Under a grid, q/k/v go onto it for attention — unless attention runs per run of real tokens
   // on the row they are in (the grid's spans).
-  const bool to_grid = mask.grid && mask.grid->spans.empty();
+  const bool per_run = mask.grid && !mask.grid->spans.empty(), to_grid = mask.grid && !per_run;
   const auto qkv =
       expert ? by_rows(
                    x, *extras,
@@ -142,9 +142,8 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const torch::T
   // Grouped-query attention reads each kv head for its heads/kv_heads query heads in place.
   // An additive mask, when given, is the whole mask (causal included); without one, causal.
   auto y = mask.packed() ? packed_attention(q, k, v, mask.samples)
-           : mask.grid && !mask.grid->spans.empty()
-               ? packed_attention(q, k, v, mask.grid->spans)
-               : attention(q, k, v, mask.additive, !mask.additive.has_value(), true);
+           : per_run     ? packed_attention(q, k, v, mask.grid->spans)
+                         : attention(q, k, v, mask.additive, !mask.additive.has_value(), true);
   if (extras && extras->has_prompts()) {
     // LLaMA-Adapter's zero-init attention: the prompts' keys and values through this layer's own
     // projections, a softmax of their own over them, gated per head (reference: the adapter_*

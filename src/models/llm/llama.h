@@ -59,7 +59,8 @@ struct DecoderMask {
   // skipped by every projection and MLP); attention puts them back on the (B,T) grid (`real`:
   // each one's b*T + t, ascending), where `additive` masks the padding, and takes them off again.
   // `spans`, when not empty: each row's real tokens are one run, and attention runs per run on
-  // the (1,N) row itself (packed_attention), not on the grid (row_spans says when).
+  // the (1,N) row itself (packed_attention), not on the grid, with no additive mask (row_spans
+  // says when).
   struct Grid {
     torch::Tensor real;
     int64_t rows = 0, length = 0;  // B, T
